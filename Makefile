@@ -1,0 +1,45 @@
+# ember — two commands: `make run` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+export CGO_ENABLED := 0
+# Tests share one unpacked guest kernel so each does not download it again.
+export EMBER_TEST_CACHE ?= $(CURDIR)/.cache
+
+.PHONY: all build deps run stop test unit e2e bench vet fmt clean
+
+all: build
+
+deps:
+	@sh scripts/deps.sh
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ember-agent ./cmd/ember-agent
+	$(GO) build -trimpath -o $(BIN)/ember ./cmd/ember
+
+# run: start the daemon (default layout) if it is not running, boot a VM
+# from the built-in image and run a command in it.
+run: deps build
+	@sh scripts/run.sh
+
+stop:
+	@-$(BIN)/ember rm -f demo >/dev/null 2>&1; pkill -f '$(BIN)/ember daemon' || true
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l cmd internal)" || { gofmt -l cmd internal; echo "gofmt needed"; exit 1; }
+
+unit:
+	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
+
+e2e: build
+	$(GO) test -count=1 -timeout 25m -v ./test/e2e/...
+
+test: deps vet unit e2e
+
+bench: deps build
+	$(GO) run ./bench
+
+clean:
+	rm -rf $(BIN)

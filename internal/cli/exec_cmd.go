@@ -1,0 +1,109 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/emberhq/ember/internal/wire"
+)
+
+func execCmd(e *env) *cobra.Command {
+	var interactive, tty bool
+	var envs []string
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "exec [-i] [-t] VM -- CMD...",
+		Short: "Run a command in a VM; its exit status becomes ember's",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 && args[1] == "--" {
+				args = append(args[:1:1], args[2:]...)
+			}
+			if len(args) < 2 {
+				return wire.Errorf(wire.CodeInvalid, "exec needs a command: ember exec VM -- CMD...")
+			}
+			p := wire.ExecParams{Ref: args[0], Argv: args[1:], Stdin: interactive, TTY: tty, Dir: dir}
+			if len(envs) > 0 {
+				p.Env = map[string]string{}
+				for _, kv := range envs {
+					k, v, _ := cutEnv(kv)
+					p.Env[k] = v
+				}
+			}
+			inFile, inIsFile := e.stdin.(*os.File)
+			if tty {
+				p.Term = os.Getenv("TERM")
+				if inIsFile && term.IsTerminal(int(inFile.Fd())) {
+					if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
+						p.Cols, p.Rows = w, h
+					}
+				}
+			}
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			s, err := c.OpenStream(cmd.Context(), "vm.exec", p)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if tty && interactive && inIsFile && term.IsTerminal(int(inFile.Fd())) {
+				old, err := term.MakeRaw(int(inFile.Fd()))
+				if err == nil {
+					defer term.Restore(int(inFile.Fd()), old)
+				}
+				winch := make(chan os.Signal, 1)
+				signal.Notify(winch, syscall.SIGWINCH)
+				defer signal.Stop(winch)
+				go func() {
+					for range winch {
+						if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
+							b, _ := json.Marshal(wire.Resize{Rows: h, Cols: w})
+							_ = s.Send(wire.FrameResize, b)
+						}
+					}
+				}()
+			}
+			if interactive {
+				go func() {
+					buf := make([]byte, 32<<10)
+					for {
+						n, err := e.stdin.Read(buf)
+						if n > 0 {
+							if s.Send(wire.FrameStdin, buf[:n]) != nil {
+								return
+							}
+						}
+						if err != nil {
+							_ = s.Send(wire.FrameStdinEOF, nil)
+							return
+						}
+					}
+				}()
+			}
+			return copyStream(cmd.Context(), s, e.stdout, e.stderr)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&interactive, "interactive", "i", false, "pass stdin to the command")
+	f.BoolVarP(&tty, "tty", "t", false, "give the command a terminal")
+	f.StringArrayVarP(&envs, "env", "e", nil, "set an environment variable (KEY=VALUE)")
+	f.StringVarP(&dir, "workdir", "w", "", "working directory in the guest")
+	f.SetInterspersed(false)
+	return cmd
+}
+
+func cutEnv(kv string) (string, string, bool) {
+	for i := 0; i < len(kv); i++ {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], true
+		}
+	}
+	return kv, os.Getenv(kv), false
+}

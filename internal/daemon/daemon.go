@@ -1,0 +1,383 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/hypervisor/qemu"
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// Version is the daemon's version string, set by the build.
+var Version = "dev"
+
+// Options are the daemon's explicit dependencies. Zero values pick the real
+// ones; tests replace the seams.
+type Options struct {
+	Home   string // --home; empty uses EMBER_HOME or the defaults
+	Logger *slog.Logger
+	// Driver boots VMs; nil means QEMU.
+	Driver hypervisor.Driver
+	// AgentPath is the guest agent binary; empty finds it beside the
+	// executable.
+	AgentPath string
+	// WaitGuest waits until a booted guest answers; nil means SSH.
+	WaitGuest func(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error)
+	// PrepareBoot returns the kernel, initramfs and image disk for a create;
+	// nil means the real kernel and image code.
+	PrepareBoot func(ctx context.Context, p bootRequest) (bootFiles, error)
+}
+
+// Daemon is the composition root: infrastructure handles and subsystems.
+// Lock order: vmLocks[id] → {createVMMu, imageOpsMu} → subsystem-local locks.
+type Daemon struct {
+	// Immutable after Open.
+	layout  layout.Layout
+	cfg     layout.Config
+	store   *store.Store
+	log     *slog.Logger
+	driver  hypervisor.Driver
+	key     ssh.Signer
+	pidFile *os.File
+	agent   string
+	// base is the daemon's lifetime; VMs' work hangs on it, never on a request.
+	base       context.Context
+	stopBase   context.CancelFunc
+	waitGuest  func(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error)
+	prepBoot   func(ctx context.Context, p bootRequest) (bootFiles, error)
+	closeOnce  sync.Once
+	background sync.WaitGroup
+
+	vmLocks    vmLockSet
+	createVMMu sync.Mutex // name uniqueness and the address window of creates
+	imageOpsMu sync.Mutex // image-registry mutations (build, register, promote, delete)
+	// kernelFetchMu keeps two first creates from fetching the kernel twice;
+	// a leaf like the other subsystem locks.
+	kernelFetchMu sync.Mutex
+
+	createOps *opRegistry[*createOp]
+	guests    guestPool
+	accel     accelCache
+	initrd    initrdCache
+
+	listener net.Listener
+}
+
+// Open builds the daemon: layout, config, single-instance lock, store,
+// key, and the re-attachment of VMs that kept running while it was away.
+func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
+	lay, err := layout.Resolve(opts.Home)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := layout.LoadConfig(lay.Config)
+	if err != nil {
+		return nil, err
+	}
+	if err := lay.Ensure(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &Daemon{layout: lay, cfg: cfg, log: log, driver: opts.Driver, agent: opts.AgentPath,
+		waitGuest: opts.WaitGuest, prepBoot: opts.PrepareBoot}
+	d.base, d.stopBase = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if err := d.lockPIDFile(); err != nil {
+		return nil, err
+	}
+	if d.driver == nil {
+		drv, err := qemu.New(qemu.Options{Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		d.driver = drv
+	}
+	if d.waitGuest == nil {
+		d.waitGuest = dialGuest
+	}
+	if d.prepBoot == nil {
+		d.prepBoot = d.prepareBoot
+	}
+	if d.store, err = store.Open(ctx, lay.Store()); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if d.key, err = guest.LoadOrCreateKey(lay.Key()); err != nil {
+		return nil, fmt.Errorf("daemon key: %w", err)
+	}
+	d.createOps = newOpRegistry[*createOp](cfg.OperationRetention.Duration)
+	if n, err := d.store.FailUnfinishedOperations(ctx, "daemon restarted before the operation finished"); err != nil {
+		return nil, fmt.Errorf("mark unfinished operations: %w", err)
+	} else if n > 0 {
+		log.Info("marked unfinished operations failed", "count", n)
+	}
+	if err := d.reattach(ctx); err != nil {
+		return nil, err
+	}
+	d.registerKernels(ctx)
+	return d, nil
+}
+
+// lockPIDFile makes sure one daemon owns this layout: an flock on the pid
+// file (released by the kernel if we crash) plus a socket liveness check.
+func (d *Daemon) lockPIDFile() error {
+	f, err := os.OpenFile(d.layout.PIDFile(), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("open pid file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(d.layout.PIDFile())
+		f.Close()
+		return fmt.Errorf("another ember daemon (pid %s) already runs on %s; stop it first or use another --home",
+			string(trimSpace(b)), d.layout.Runtime)
+	}
+	if c, err := net.DialTimeout("unix", d.layout.Socket(), time.Second); err == nil {
+		c.Close()
+		f.Close()
+		return fmt.Errorf("a daemon already answers on %s; stop it first or use another --home", d.layout.Socket())
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	d.pidFile = f
+	return nil
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// Serve listens on the unix socket and answers requests until ctx ends.
+func (d *Daemon) Serve(ctx context.Context) error {
+	sock := d.layout.Socket()
+	_ = os.Remove(sock)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	if err := os.Chmod(sock, 0o660); err != nil {
+		l.Close()
+		return fmt.Errorf("chmod socket: %w", err)
+	}
+	if os.Geteuid() == 0 && d.cfg.SocketGroup != "" {
+		if g, err := user.LookupGroup(d.cfg.SocketGroup); err == nil {
+			if gid, err := strconv.Atoi(g.Gid); err == nil {
+				_ = os.Chown(sock, 0, gid)
+			}
+		}
+	}
+	d.listener = l
+	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid())
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		d.background.Add(1)
+		go func() {
+			defer d.background.Done()
+			d.serveConn(ctx, c)
+		}()
+	}
+}
+
+// serveConn answers one request. Streams keep the connection; other methods
+// close it after the response.
+func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return
+	}
+	var req wire.Request
+	if err := json.Unmarshal(line, &req); err != nil {
+		writeResponse(c, nil, wire.Errorf(wire.CodeInvalid, "bad request: %v", err))
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(d.base, cancel)
+	defer stop()
+	sc := &streamConn{Conn: c, r: br}
+	if !streamMethods[req.Method] {
+		// A client that hangs up cancels its request.
+		go func() {
+			_, _ = io.Copy(io.Discard, br)
+			cancel()
+		}()
+	}
+	res, err := d.dispatch(ctx, req, sc)
+	if sc.streaming {
+		return
+	}
+	writeResponse(c, res, err)
+}
+
+// streamConn is a connection that a handler may switch to frames.
+type streamConn struct {
+	net.Conn
+	r         *bufio.Reader
+	streaming bool
+	wmu       sync.Mutex
+}
+
+// startStream sends the response that switches the connection to frames.
+func (s *streamConn) startStream() error {
+	s.streaming = true
+	b, _ := json.Marshal(wire.Response{Stream: true})
+	_, err := s.Conn.Write(append(b, '\n'))
+	return err
+}
+
+func (s *streamConn) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+func (s *streamConn) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.Conn.Write(p)
+}
+
+func (s *streamConn) exit(code int, err error) {
+	_ = wire.WriteJSONFrame(s, wire.FrameExit, wire.Exit{Code: code, Error: toWireError(err)})
+}
+
+func writeResponse(w io.Writer, res any, err error) {
+	var resp wire.Response
+	if err != nil {
+		resp.Error = toWireError(err)
+	} else if res != nil {
+		b, merr := json.Marshal(res)
+		if merr != nil {
+			resp.Error = wire.Errorf(wire.CodeInternal, "encode result: %v", merr)
+		} else {
+			resp.Result = b
+		}
+	}
+	b, _ := json.Marshal(resp)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+var streamMethods = map[string]bool{"vm.exec": true, "vm.logs": true, "op.wait": true, "kernel.fetch": true}
+
+// dispatch is the one table of methods. Every capability starts here.
+func (d *Daemon) dispatch(ctx context.Context, req wire.Request, sc *streamConn) (any, error) {
+	switch req.Method {
+	case "daemon.info":
+		return d.info(), nil
+	case "vm.create":
+		return withParams(req, func(p wire.CreateVMParams) (any, error) { return d.createVM(ctx, p) })
+	case "vm.list":
+		return d.listVMs(ctx)
+	case "vm.inspect":
+		return withParams(req, func(p wire.RefParams) (any, error) { return d.inspectVM(ctx, p.Ref) })
+	case "vm.start":
+		return withParams(req, func(p wire.RefParams) (any, error) { return d.startVM(ctx, p.Ref) })
+	case "vm.stop":
+		return withParams(req, func(p wire.RefParams) (any, error) { return d.stopVM(ctx, p) })
+	case "vm.restart":
+		return withParams(req, func(p wire.RefParams) (any, error) { return d.restartVM(ctx, p) })
+	case "vm.delete":
+		return withParams(req, func(p wire.RefParams) (any, error) { return d.deleteVM(ctx, p) })
+	case "vm.exec":
+		return withParams(req, func(p wire.ExecParams) (any, error) { return nil, d.execVM(ctx, p, sc) })
+	case "vm.logs":
+		return withParams(req, func(p wire.LogsParams) (any, error) { return nil, d.logsVM(ctx, p, sc) })
+	case "op.list":
+		return d.listOps(ctx)
+	case "op.status":
+		return withParams(req, func(p wire.OpParams) (any, error) { return d.opStatus(ctx, p.ID) })
+	case "op.wait":
+		return withParams(req, func(p wire.OpParams) (any, error) { return nil, d.opWait(ctx, p.ID, sc) })
+	case "op.cancel":
+		return withParams(req, func(p wire.OpParams) (any, error) { return nil, d.createOps.Cancel(p.ID) })
+	case "op.prune":
+		return d.pruneOps(ctx)
+	case "image.list":
+		return d.listImages(ctx)
+	case "image.inspect":
+		return withParams(req, func(p wire.RefParams) (any, error) { return d.inspectImage(ctx, p.Ref) })
+	case "kernel.list":
+		return d.listKernels(ctx)
+	case "kernel.fetch":
+		return nil, d.fetchKernel(ctx, sc)
+	case "kernel.import":
+		return withParams(req, func(p wire.KernelImportParams) (any, error) { return d.importKernel(ctx, p) })
+	default:
+		return nil, invalidf("unknown method %q", req.Method)
+	}
+}
+
+// withParams decodes the request's params into P and calls fn.
+func withParams[P any](req wire.Request, fn func(P) (any, error)) (any, error) {
+	var p P
+	if len(req.Params) > 0 {
+		if err := json.Unmarshal(req.Params, &p); err != nil {
+			return nil, invalidf("%s: bad params: %v", req.Method, err)
+		}
+	}
+	return fn(p)
+}
+
+func (d *Daemon) info() wire.DaemonInfo {
+	accel, reason := d.accel.peek()
+	return wire.DaemonInfo{PID: os.Getpid(), Version: Version, Home: d.layout.Home, Socket: d.layout.Socket(),
+		Accel: accel, Reason: reason}
+}
+
+// Close stops serving and releases what the daemon holds. VMs keep running:
+// their QEMU processes are detached and the next daemon re-attaches.
+func (d *Daemon) Close() error {
+	d.closeOnce.Do(func() {
+		if d.stopBase != nil {
+			d.stopBase()
+		}
+		if d.listener != nil {
+			d.listener.Close()
+		}
+		d.background.Wait()
+		d.guests.closeAll()
+		if d.store != nil {
+			d.store.Close()
+		}
+		if d.pidFile != nil {
+			_ = os.Remove(d.layout.Socket())
+			d.pidFile.Close()
+		}
+	})
+	return nil
+}

@@ -1,0 +1,157 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/hypervisor/qemu"
+	"github.com/emberhq/ember/internal/image"
+	"github.com/emberhq/ember/internal/kernel"
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/store"
+)
+
+// Check is one doctor finding.
+type Check struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // pass, warn, fail
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+func pass(name, detail string) Check { return Check{Name: name, Status: "pass", Detail: detail} }
+func warn(name, detail, fix string) Check {
+	return Check{Name: name, Status: "warn", Detail: detail, Fix: fix}
+}
+func fail(name, detail, fix string) Check {
+	return Check{Name: name, Status: "fail", Detail: detail, Fix: fix}
+}
+
+// Doctor diagnoses the host for the layout at home. It needs no daemon.
+func Doctor(ctx context.Context, home string) []Check {
+	var out []Check
+	lay, err := layout.Resolve(home)
+	if err != nil {
+		return []Check{fail("layout", err.Error(), "set --home or EMBER_HOME to a writable folder")}
+	}
+	if drv, err := qemu.New(qemu.Options{}); err != nil {
+		out = append(out, fail("qemu", err.Error(), "apt-get install --no-install-recommends qemu-system-x86 qemu-utils"))
+	} else {
+		out = append(out, pass("qemu", drv.Binary()))
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		accel, reason := drv.ProbeAccel(pctx)
+		cancel()
+		if accel == "kvm" {
+			out = append(out, pass("kvm", reason))
+		} else {
+			out = append(out, warn("kvm", "not usable: "+reason+"; guests run under TCG software emulation (slower)",
+				"on a host with working virtualisation, load kvm_intel/kvm_amd and give ember access to /dev/kvm"))
+		}
+	}
+	if p, err := qemu.FindQEMUImg(); err != nil {
+		out = append(out, fail("qemu-img", err.Error(), "apt-get install --no-install-recommends qemu-utils"))
+	} else {
+		out = append(out, pass("qemu-img", p))
+	}
+	out = append(out, kernelCheck(ctx, lay))
+	if _, err := lookSbin("mkfs.ext4"); err != nil {
+		out = append(out, fail("e2fsprogs", "mkfs.ext4 not found", "apt-get install e2fsprogs"))
+	} else {
+		out = append(out, pass("e2fsprogs", "mkfs.ext4 present"))
+	}
+	if p, err := image.FindBusybox(); err != nil {
+		out = append(out, fail("busybox", err.Error(), "apt-get install busybox-static"))
+	} else {
+		out = append(out, pass("busybox", p))
+	}
+	out = append(out, diskCheck(lay))
+	out = append(out, storeCheck(ctx, lay))
+	out = append(out, daemonCheck(lay))
+	return out
+}
+
+func lookSbin(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, d := range []string{"/usr/sbin/", "/sbin/"} {
+		if _, err := os.Stat(d + name); err == nil {
+			return d + name, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found", name)
+}
+
+func kernelCheck(ctx context.Context, lay layout.Layout) Check {
+	if ks, err := kernel.List(lay.KernelsDir()); err == nil && len(ks) > 0 {
+		return pass("kernel", fmt.Sprintf("%s (%s)", ks[0].Name, ks[0].Release))
+	}
+	if k, err := kernel.Host(); err == nil {
+		return pass("kernel", "host kernel "+k.Release)
+	}
+	return warn("kernel", "no guest kernel yet", "run `ember kernel fetch` (the first create also fetches Debian's cloud kernel)")
+}
+
+func diskCheck(lay layout.Layout) Check {
+	dir := lay.State
+	for {
+		if _, err := os.Stat(dir); err == nil {
+			break
+		}
+		parent := dir[:max(1, len(dir)-len(lastElem(dir))-1)]
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return warn("disk", err.Error(), "")
+	}
+	free := int64(st.Bavail) * st.Bsize
+	detail := fmt.Sprintf("%d MiB free under %s", free>>20, dir)
+	if free < 2<<30 {
+		return warn("disk", detail, "free some space: images and the kernel need about 2 GiB")
+	}
+	return pass("disk", detail)
+}
+
+func lastElem(p string) string {
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			return p[i+1:]
+		}
+	}
+	return p
+}
+
+func storeCheck(ctx context.Context, lay layout.Layout) Check {
+	if _, err := os.Stat(lay.Store()); errors.Is(err, os.ErrNotExist) {
+		return pass("store", "not created yet (the daemon creates it)")
+	}
+	s, err := store.Open(ctx, lay.Store())
+	if err != nil {
+		return fail("store", err.Error(), "move the damaged "+lay.Store()+" aside and restart the daemon")
+	}
+	defer s.Close()
+	if err := s.Check(ctx); err != nil {
+		return fail("store", err.Error(), "move the damaged "+lay.Store()+" aside and restart the daemon")
+	}
+	return pass("store", lay.Store()+" ok")
+}
+
+func daemonCheck(lay layout.Layout) Check {
+	c, err := net.DialTimeout("unix", lay.Socket(), time.Second)
+	if err != nil {
+		return warn("daemon", "not reachable on "+lay.Socket(), "start it with `ember daemon` (or `make run`)")
+	}
+	c.Close()
+	return pass("daemon", "answers on "+lay.Socket())
+}

@@ -1,0 +1,150 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// execVM runs a command in the guest and streams it over sc.
+func (d *Daemon) execVM(ctx context.Context, p wire.ExecParams, sc *streamConn) error {
+	if len(p.Argv) == 0 {
+		return invalidf("exec needs a command")
+	}
+	vm, err := d.resolveRef(ctx, p.Ref)
+	if err != nil {
+		return err
+	}
+	if vm.State != wire.StateRunning {
+		return conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
+	}
+	conn, err := d.guests.get(ctx, d, vm)
+	if err != nil {
+		return err
+	}
+	if err := sc.startStream(); err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var stdin io.Reader
+	var stdinW *io.PipeWriter
+	if p.Stdin {
+		var r *io.PipeReader
+		r, stdinW = io.Pipe()
+		stdin = r
+	}
+	resize := make(chan guest.WindowSize, 4)
+	go func() {
+		// The client's frames: stdin, its end, resizes. A closed connection
+		// cancels the command.
+		defer cancel()
+		for {
+			kind, payload, err := wire.ReadFrame(sc)
+			if err != nil {
+				if stdinW != nil {
+					stdinW.CloseWithError(io.ErrUnexpectedEOF)
+				}
+				return
+			}
+			switch kind {
+			case wire.FrameStdin:
+				if stdinW != nil {
+					if _, err := stdinW.Write(payload); err != nil {
+						stdinW = nil
+					}
+				}
+			case wire.FrameStdinEOF:
+				if stdinW != nil {
+					stdinW.Close()
+					stdinW = nil
+				}
+			case wire.FrameResize:
+				var r wire.Resize
+				if json.Unmarshal(payload, &r) == nil {
+					select {
+					case resize <- guest.WindowSize{Rows: r.Rows, Cols: r.Cols}:
+					default:
+					}
+				}
+			}
+		}
+	}()
+	code, err := conn.Exec(ctx, guest.ExecRequest{Argv: p.Argv, Env: p.Env, Dir: p.Dir, Stdin: stdin,
+		Stdout: &wire.FrameWriter{W: sc, Kind: wire.FrameStdout},
+		Stderr: &wire.FrameWriter{W: sc, Kind: wire.FrameStderr},
+		TTY:    p.TTY, Term: p.Term, Rows: p.Rows, Cols: p.Cols, Resize: resize})
+	if err != nil && ctx.Err() == nil {
+		// A broken transport: forget the connection so the next exec dials.
+		d.guests.drop(vm.ID)
+	}
+	sc.exit(code, err)
+	return nil
+}
+
+// logsVM streams a VM's console log; with Follow it keeps streaming while
+// the client stays and the VM exists.
+func (d *Daemon) logsVM(ctx context.Context, p wire.LogsParams, sc *streamConn) error {
+	vm, err := d.resolveRef(ctx, p.Ref)
+	if err != nil {
+		return err
+	}
+	path := d.toWireVM(vm).Console
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := sc.startStream(); err != nil {
+			return nil
+		}
+		sc.exit(0, nil)
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := sc.startStream(); err != nil {
+		return nil
+	}
+	if p.Tail > 0 {
+		tail := consoleTail(path, p.Tail)
+		if !strings.HasSuffix(tail, "\n") {
+			tail += "\n"
+		}
+		_ = wire.WriteFrame(sc, wire.FrameStdout, []byte(tail))
+		_, _ = f.Seek(0, io.SeekEnd)
+	}
+	out := &wire.FrameWriter{W: sc, Kind: wire.FrameStdout}
+	if !p.Follow {
+		_, err := io.Copy(out, f)
+		sc.exit(0, err)
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // notice the client leaving
+		_, _ = io.Copy(io.Discard, sc)
+		cancel()
+	}()
+	done := ctx.Done()
+	for {
+		if _, err := io.Copy(out, f); err != nil {
+			return nil
+		}
+		select {
+		case <-done:
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		if _, err := d.store.GetVM(context.Background(), vm.ID); err != nil {
+			sc.exit(0, nil)
+			return nil
+		}
+	}
+}

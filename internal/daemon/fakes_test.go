@@ -1,0 +1,168 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/hypervisor"
+)
+
+// fakeDriver stands in for QEMU at the daemon's seam: processes are
+// entries in a map, disks are small files.
+type fakeDriver struct {
+	mu      sync.Mutex
+	nextPID int
+	alive   map[int]bool
+	started int
+	// startErr, when set, fails every Start.
+	startErr error
+	// block, when set, makes Start wait until it is closed or ctx ends.
+	block chan struct{}
+}
+
+func newFakeDriver() *fakeDriver { return &fakeDriver{nextPID: 1000, alive: map[int]bool{}} }
+
+func (f *fakeDriver) Name() string { return "fake" }
+
+func (f *fakeDriver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Instance, error) {
+	if f.block != nil {
+		select {
+		case <-f.block:
+		case <-ctx.Done():
+			return hypervisor.Instance{}, ctx.Err()
+		}
+	}
+	if f.startErr != nil {
+		return hypervisor.Instance{}, f.startErr
+	}
+	if err := os.WriteFile(s.ConsoleLog, []byte("fake console line 1\nfake console line 2\n"), 0o644); err != nil {
+		return hypervisor.Instance{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nextPID++
+	f.started++
+	f.alive[f.nextPID] = true
+	return hypervisor.Instance{PID: f.nextPID, StartTime: 1}, nil
+}
+
+func (f *fakeDriver) State(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) (hypervisor.State, error) {
+	if f.Alive(inst) {
+		return hypervisor.StateRunning, nil
+	}
+	return hypervisor.StateStopped, nil
+}
+
+func (f *fakeDriver) Alive(inst hypervisor.Instance) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.alive[inst.PID]
+}
+
+func (f *fakeDriver) Quit(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.alive, inst.PID)
+	return nil
+}
+
+func (f *fakeDriver) CreateDisk(ctx context.Context, base, baseFormat, overlay string, size int64) error {
+	return os.WriteFile(overlay, []byte("qcow2"), 0o644)
+}
+
+func (f *fakeDriver) running() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.alive)
+}
+
+// fakeGuest answers exec with "ran: ARGV" and the exit code in argv "exit N".
+type fakeGuest struct {
+	drv *fakeDriver
+	pid int
+}
+
+func (g *fakeGuest) Exec(ctx context.Context, req guest.ExecRequest) (int, error) {
+	if len(req.Argv) == 2 && req.Argv[0] == "exit" {
+		var code int
+		fmt.Sscanf(req.Argv[1], "%d", &code)
+		return code, nil
+	}
+	if len(req.Argv) == 1 && req.Argv[0] == "cat" && req.Stdin != nil {
+		_, err := io.Copy(req.Stdout, req.Stdin)
+		return 0, err
+	}
+	fmt.Fprintf(req.Stdout, "ran: %s\n", strings.Join(req.Argv, " "))
+	fmt.Fprintf(req.Stderr, "err: %s\n", req.Argv[0])
+	return 0, nil
+}
+
+func (g *fakeGuest) Poweroff(ctx context.Context) error {
+	g.drv.mu.Lock()
+	defer g.drv.mu.Unlock()
+	delete(g.drv.alive, g.pid)
+	return nil
+}
+
+func (g *fakeGuest) Close() error { return nil }
+
+type testDaemon struct {
+	*Daemon
+	drv    *fakeDriver
+	home   string
+	cancel context.CancelFunc
+	// bootHold, when set, makes the guest wait hold boots until closed.
+	bootHold chan struct{}
+	// prepErr, when set, fails the preparation of every boot.
+	prepErr error
+}
+
+func openTestDaemon(t *testing.T, home string, drv *fakeDriver) *testDaemon {
+	t.Helper()
+	if home == "" {
+		home = t.TempDir()
+	}
+	td := &testDaemon{drv: drv, home: home}
+	opts := Options{
+		Home:   home,
+		Driver: drv,
+		Logger: discardLogger(),
+		PrepareBoot: func(ctx context.Context, r bootRequest) (bootFiles, error) {
+			if td.prepErr != nil {
+				return bootFiles{}, td.prepErr
+			}
+			return bootFiles{KernelName: "k1", Vmlinuz: "/dev/null", Initrd: "/dev/null", Disk: "/dev/null", DiskFormat: "raw", DiskBytes: 1 << 30}, nil
+		},
+		WaitGuest: func(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error) {
+			if td.bootHold != nil {
+				select {
+				case <-td.bootHold:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			if err := alive(); err != nil {
+				return nil, err
+			}
+			drv.mu.Lock()
+			pid := drv.nextPID
+			drv.mu.Unlock()
+			return &fakeGuest{drv: drv, pid: pid}, nil
+		},
+	}
+	d, err := Open(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("open daemon: %v", err)
+	}
+	td.Daemon = d
+	t.Cleanup(func() { d.Close() })
+	return td
+}

@@ -1,0 +1,134 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/store"
+)
+
+// guestConn is the daemon's view of a guest agent connection; tests fake it.
+type guestConn interface {
+	Exec(ctx context.Context, req guest.ExecRequest) (int, error)
+	Poweroff(ctx context.Context) error
+	Close() error
+}
+
+func dialGuest(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error) {
+	return guest.WaitReady(ctx, addr, key, alive)
+}
+
+func keyArg(s ssh.Signer) string { return guest.KeyArg(s.PublicKey()) }
+
+// guestPool keeps one agent connection per running VM; sessions of one SSH
+// connection are cheap, handshakes under TCG are not. It owns its lock.
+type guestPool struct {
+	// mu guards conns.
+	mu    sync.Mutex
+	conns map[string]guestConn
+}
+
+func (p *guestPool) put(id string, c guestConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		p.conns = make(map[string]guestConn)
+	}
+	if old := p.conns[id]; old != nil && old != c {
+		old.Close()
+	}
+	p.conns[id] = c
+}
+
+// get returns the VM's connection, dialling one if there is none. The dial
+// happens outside the lock.
+func (p *guestPool) get(ctx context.Context, d *Daemon, vm store.VM) (guestConn, error) {
+	p.mu.Lock()
+	c := p.conns[vm.ID]
+	p.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	if vm.SSHPort == 0 {
+		return nil, fmt.Errorf("vm %s has no agent address", vm.Name)
+	}
+	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
+	c, err := d.waitGuest(ctx, fmt.Sprintf("127.0.0.1:%d", vm.SSHPort), d.key, func() error {
+		if !d.driver.Alive(inst) {
+			return fmt.Errorf("vm %s is not running", vm.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to the agent of %s: %w", vm.Name, err)
+	}
+	p.put(vm.ID, c)
+	return c, nil
+}
+
+// drop closes and forgets a VM's connection (stop, delete, broken link).
+func (p *guestPool) drop(id string) {
+	p.mu.Lock()
+	c := p.conns[id]
+	delete(p.conns, id)
+	p.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+func (p *guestPool) closeAll() {
+	p.mu.Lock()
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// accelCache remembers the accelerator decision; probing runs a guest, so
+// it happens once per daemon.
+type accelCache struct {
+	// mu guards the fields below; held across the probe so concurrent
+	// creates wait for one answer instead of probing twice.
+	mu     sync.Mutex
+	done   bool
+	accel  string
+	reason string
+}
+
+type accelProber interface {
+	ProbeAccel(ctx context.Context) (string, string)
+}
+
+func (a *accelCache) resolve(ctx context.Context, want string, drv hypervisor.Driver) (string, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.done {
+		return a.accel, a.reason
+	}
+	switch want {
+	case "kvm", "tcg":
+		a.accel, a.reason = want, "set in the config"
+	default:
+		if p, ok := drv.(accelProber); ok {
+			a.accel, a.reason = p.ProbeAccel(ctx)
+		} else {
+			a.accel, a.reason = "tcg", "driver cannot probe"
+		}
+	}
+	a.done = true
+	return a.accel, a.reason
+}
+
+func (a *accelCache) peek() (string, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.accel, a.reason
+}

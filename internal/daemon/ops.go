@@ -1,0 +1,105 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// persistOp writes an operation's snapshot to the store, so its outcome
+// outlives the daemon and a restart can mark it failed if it never ended.
+func (d *Daemon) persistOp(o wire.Operation) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	so := store.Operation{ID: o.ID, Kind: o.Kind, Target: o.Target, State: o.State, Progress: o.Progress,
+		Error: o.Error, Result: o.Result, CreatedAt: o.CreatedAt, UpdatedAt: time.Now().UTC(), FinishedAt: o.FinishedAt}
+	if err := d.store.PutOperation(ctx, so); err != nil {
+		d.log.Error("persist operation", "op", o.ID, "err", err)
+	}
+}
+
+func fromStoreOp(o store.Operation) wire.Operation {
+	return wire.Operation{ID: o.ID, Kind: o.Kind, Target: o.Target, State: o.State, Progress: o.Progress,
+		Error: o.Error, Result: o.Result, CreatedAt: o.CreatedAt, FinishedAt: o.FinishedAt}
+}
+
+// listOps merges live operations with finished ones from the store.
+func (d *Daemon) listOps(ctx context.Context) ([]wire.Operation, error) {
+	d.createOps.Prune(false)
+	live := d.createOps.List()
+	seen := make(map[string]bool, len(live))
+	for _, o := range live {
+		seen[o.ID] = true
+	}
+	stored, err := d.store.ListOperations(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cutoff := time.Now().Add(-d.cfg.OperationRetention.Duration)
+	for _, o := range stored {
+		if seen[o.ID] || (o.FinishedAt != nil && o.FinishedAt.Before(cutoff)) {
+			continue
+		}
+		live = append(live, fromStoreOp(o))
+	}
+	sort.Slice(live, func(i, j int) bool { return live[i].CreatedAt.Before(live[j].CreatedAt) })
+	return live, nil
+}
+
+// opStatus answers from the live registry, then from the store.
+func (d *Daemon) opStatus(ctx context.Context, id string) (wire.Operation, error) {
+	if s, err := d.createOps.Status(id); err == nil {
+		return s, nil
+	}
+	o, err := d.store.GetOperation(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return wire.Operation{}, notFoundf("operation %q not found (finished operations are kept for %s)", id, d.cfg.OperationRetention.Duration)
+	} else if err != nil {
+		return wire.Operation{}, err
+	}
+	return fromStoreOp(o), nil
+}
+
+// opWait streams snapshots of an operation until it finishes.
+func (d *Daemon) opWait(ctx context.Context, id string, sc *streamConn) error {
+	if _, ok := d.createOps.Get(id); !ok {
+		s, err := d.opStatus(ctx, id)
+		if err != nil {
+			return err
+		}
+		if err := sc.startStream(); err != nil {
+			return nil
+		}
+		_ = wire.WriteJSONFrame(sc, wire.FrameStdout, s)
+		sc.exit(0, nil)
+		return nil
+	}
+	if err := sc.startStream(); err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // a client that leaves ends the wait, not the operation
+		for {
+			if _, _, err := wire.ReadFrame(sc); err != nil {
+				cancel()
+				return
+			}
+		}
+	}()
+	_, err := d.createOps.Wait(ctx, id, func(s wire.Operation) {
+		_ = wire.WriteJSONFrame(sc, wire.FrameStdout, s)
+	})
+	sc.exit(0, err)
+	return nil
+}
+
+func (d *Daemon) pruneOps(ctx context.Context) (map[string]int, error) {
+	n := d.createOps.Prune(true)
+	m, err := d.store.PruneOperations(ctx, time.Now())
+	return map[string]int{"pruned": n + m}, err
+}

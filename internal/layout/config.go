@@ -1,0 +1,131 @@
+package layout
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"regexp"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the daemon's config file. Every field has a default, so a
+// missing file is a valid config.
+type Config struct {
+	// Accel is "auto", "kvm" or "tcg". auto runs a guest for a moment to
+	// decide, because /dev/kvm existing does not mean guests run.
+	Accel string `toml:"accel"`
+	// DefaultImage, DefaultCPUs, DefaultMemoryMiB apply when create omits them.
+	DefaultImage     string `toml:"default_image"`
+	DefaultCPUs      int    `toml:"default_cpus"`
+	DefaultMemoryMiB int    `toml:"default_memory_mib"`
+	// DefaultNet is "user" (QEMU user-mode networking, loopback forwards).
+	DefaultNet string `toml:"default_net"`
+	// UserNetEgress lets user-mode guests reach outside the host; off by
+	// default, so guests are isolated unless someone asks.
+	UserNetEgress bool `toml:"user_net_egress"`
+	// BootTimeout bounds create: a guest that has not answered by then fails
+	// with its console's last lines.
+	BootTimeout Duration `toml:"boot_timeout"`
+	// StopTimeout bounds a graceful stop before it is forced.
+	StopTimeout Duration `toml:"stop_timeout"`
+	// OperationRetention keeps finished operations for late `op wait`s.
+	OperationRetention Duration `toml:"operation_retention"`
+	// SocketGroup owns the socket when running as root (mode 0660).
+	SocketGroup string `toml:"socket_group"`
+	// Kernel names the kernel VMs boot when create omits one.
+	Kernel string `toml:"kernel"`
+}
+
+// Duration reads "90s" style values from TOML.
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// DefaultConfig is the config with no file.
+func DefaultConfig() Config {
+	return Config{
+		Accel:              "auto",
+		DefaultImage:       "tiny",
+		DefaultCPUs:        1,
+		DefaultMemoryMiB:   256,
+		DefaultNet:         "user",
+		BootTimeout:        Duration{60 * time.Second},
+		StopTimeout:        Duration{10 * time.Second},
+		OperationRetention: Duration{time.Hour},
+		SocketGroup:        "ember",
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// LoadConfig reads path over the defaults and reports every problem at once.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return cfg, nil
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("read config: %w", err)
+	}
+	md, err := toml.Decode(string(b), &cfg)
+	if err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	var errs []error
+	for _, k := range md.Undecoded() {
+		errs = append(errs, fmt.Errorf("unknown key `%s`", k.String()))
+	}
+	errs = append(errs, cfg.validate()...)
+	if len(errs) > 0 {
+		return cfg, fmt.Errorf("config %s: %w", path, errors.Join(errs...))
+	}
+	return cfg, nil
+}
+
+func (c Config) validate() []error {
+	var errs []error
+	switch c.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		errs = append(errs, fmt.Errorf("`accel` must be auto, kvm or tcg, not %q", c.Accel))
+	}
+	switch c.DefaultNet {
+	case "user":
+	default:
+		errs = append(errs, fmt.Errorf("`default_net` must be user, not %q", c.DefaultNet))
+	}
+	if c.DefaultCPUs < 1 || c.DefaultCPUs > 64 {
+		errs = append(errs, fmt.Errorf("`default_cpus` must be 1..64, not %d", c.DefaultCPUs))
+	}
+	if c.DefaultMemoryMiB < 64 || c.DefaultMemoryMiB > 1<<20 {
+		errs = append(errs, fmt.Errorf("`default_memory_mib` must be 64..1048576, not %d", c.DefaultMemoryMiB))
+	}
+	if c.BootTimeout.Duration <= 0 {
+		errs = append(errs, fmt.Errorf("`boot_timeout` must be positive"))
+	}
+	if c.StopTimeout.Duration <= 0 {
+		errs = append(errs, fmt.Errorf("`stop_timeout` must be positive"))
+	}
+	if c.OperationRetention.Duration < 0 {
+		errs = append(errs, fmt.Errorf("`operation_retention` must not be negative"))
+	}
+	return errs
+}
+
+// ValidName reports whether s is a valid VM or image name: a DNS label
+// (lower-case letters, digits, '-', at most 63 characters), so names can
+// later resolve as <vm>.<domain>.
+func ValidName(s string) bool { return nameRE.MatchString(s) }

@@ -1,0 +1,111 @@
+// Package layout decides where ember keeps its files: the state dir (store,
+// images, kernels, VM disks), the runtime dir (socket, pid file, per-VM
+// sockets) and the config file. Root and rootless get different defaults;
+// one home folder (--home or EMBER_HOME) puts everything under it, which is
+// what tests use.
+package layout
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// File names inside the layout's folders.
+const (
+	StoreFile    = "ember.db"
+	SocketFile   = "ember.sock"
+	PIDFile      = "ember.pid"
+	KeyFile      = "id_ed25519"
+	ConfigFile   = "config.toml"
+	ConsoleFile  = "console.log"
+	DiskFile     = "disk.qcow2"
+	QMPFile      = "qmp.sock"
+	QEMUPIDFile  = "qemu.pid"
+	ImagesDir    = "images"
+	KernelsDir   = "kernels"
+	VMsDir       = "vms"
+	InitramfsDir = "initramfs"
+)
+
+// Layout is the set of folders one daemon owns.
+type Layout struct {
+	Home    string // set when everything lives under one folder
+	State   string
+	Runtime string
+	Config  string // path of the config file
+}
+
+// Resolve picks the layout: home (flag) wins, then EMBER_HOME, then the root
+// or rootless defaults.
+func Resolve(home string) (Layout, error) {
+	if home == "" {
+		home = os.Getenv("EMBER_HOME")
+	}
+	if home != "" {
+		abs, err := filepath.Abs(home)
+		if err != nil {
+			return Layout{}, fmt.Errorf("home %q: %w", home, err)
+		}
+		return Layout{
+			Home:    abs,
+			State:   filepath.Join(abs, "state"),
+			Runtime: filepath.Join(abs, "run"),
+			Config:  filepath.Join(abs, ConfigFile),
+		}, nil
+	}
+	if os.Geteuid() == 0 {
+		return Layout{State: "/var/lib/ember", Runtime: "/run/ember", Config: "/etc/ember/config.toml"}, nil
+	}
+	return rootless()
+}
+
+func rootless() (Layout, error) {
+	userHome, err := os.UserHomeDir()
+	if err != nil {
+		return Layout{}, fmt.Errorf("rootless layout: %w", err)
+	}
+	state := os.Getenv("XDG_STATE_HOME")
+	if state == "" {
+		state = filepath.Join(userHome, ".local", "state")
+	}
+	cfg := os.Getenv("XDG_CONFIG_HOME")
+	if cfg == "" {
+		cfg = filepath.Join(userHome, ".config")
+	}
+	run := os.Getenv("XDG_RUNTIME_DIR")
+	if run == "" {
+		run = filepath.Join(os.TempDir(), fmt.Sprintf("ember-%d", os.Getuid()))
+	}
+	return Layout{
+		State:   filepath.Join(state, "ember"),
+		Runtime: filepath.Join(run, "ember"),
+		Config:  filepath.Join(cfg, "ember", ConfigFile),
+	}, nil
+}
+
+// Ensure creates the folders the daemon writes to.
+func (l Layout) Ensure() error {
+	var errs []error
+	for _, d := range []string{l.State, l.Runtime, l.ImagesDir(), l.KernelsDir(), l.VMsDir(), l.RunVMsDir(), l.InitramfsDir()} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			errs = append(errs, fmt.Errorf("create %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (l Layout) Socket() string       { return filepath.Join(l.Runtime, SocketFile) }
+func (l Layout) PIDFile() string      { return filepath.Join(l.Runtime, PIDFile) }
+func (l Layout) Store() string        { return filepath.Join(l.State, StoreFile) }
+func (l Layout) Key() string          { return filepath.Join(l.State, KeyFile) }
+func (l Layout) ImagesDir() string    { return filepath.Join(l.State, ImagesDir) }
+func (l Layout) KernelsDir() string   { return filepath.Join(l.State, KernelsDir) }
+func (l Layout) VMsDir() string       { return filepath.Join(l.State, VMsDir) }
+func (l Layout) RunVMsDir() string    { return filepath.Join(l.Runtime, VMsDir) }
+func (l Layout) InitramfsDir() string { return filepath.Join(l.State, InitramfsDir) }
+
+// VMDir holds a VM's disk and console log; VMRunDir its sockets.
+func (l Layout) VMDir(id string) string    { return filepath.Join(l.VMsDir(), id) }
+func (l Layout) VMRunDir(id string) string { return filepath.Join(l.RunVMsDir(), id) }

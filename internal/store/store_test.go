@@ -1,0 +1,277 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"testing"
+	"testing/fstest"
+	"time"
+)
+
+func openTest(t *testing.T) (*Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "ember.db")
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+// fakeClock makes stamped times deterministic and strictly increasing.
+func fakeClock(s *Store) {
+	var mu sync.Mutex
+	t := time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC)
+	s.now = func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		t = t.Add(time.Second)
+		return t
+	}
+}
+
+func testVM(id, name string) VM {
+	return VM{
+		ID: id, Name: name, State: VMRunning, Image: "debian", Kernel: "6.1",
+		CPUs: 2, MemoryMiB: 512, DiskBytes: 1 << 30, NetMode: "user", SSHPort: 2222,
+		PID: 4242, PIDStart: 987654321, Accel: "tcg", LastError: "",
+		Config: json.RawMessage(`{"machine":"microvm"}`),
+	}
+}
+
+func TestOpenRejectsMissingDirAndMemory(t *testing.T) {
+	ctx := context.Background()
+	if _, err := Open(ctx, filepath.Join(t.TempDir(), "nope", "ember.db")); err == nil {
+		t.Fatal("Open in a missing directory succeeded")
+	}
+	if _, err := Open(ctx, ":memory:"); err == nil {
+		t.Fatal("Open(:memory:) succeeded")
+	}
+}
+
+func TestOpenOddPath(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "a b?c#d%20e")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "ember.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.InsertVM(ctx, testVM("x", "x")); err != nil {
+		t.Fatal(err)
+	}
+	// The data went to exactly that file, not to a misparsed name.
+	if _, err := os.Stat(path + "-wal"); err != nil {
+		t.Errorf("no WAL beside %s: %v", path, err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(dir))
+	if len(entries) != 1 {
+		t.Errorf("stray files next to the db dir: %v", entries)
+	}
+}
+
+func TestCheckFindsCorruption(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTest(t)
+	for i := range 200 {
+		if err := s.InsertVM(ctx, testVM(fmt.Sprintf("id%03d", i), fmt.Sprintf("vm%03d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := f.Stat()
+	// Scribble over the second half of the file, past the schema page.
+	junk := make([]byte, fi.Size()/2)
+	for i := range junk {
+		junk[i] = 0xA5
+	}
+	f.WriteAt(junk, fi.Size()/2)
+	f.Close()
+	s2, err := Open(ctx, path)
+	if err != nil {
+		t.Skipf("corruption already caught by Open: %v", err)
+	}
+	defer s2.Close()
+	if err := s2.Check(ctx); err == nil {
+		t.Fatal("Check passed on a corrupted database")
+	} else {
+		t.Logf("Check: %v", err)
+	}
+}
+
+func TestOpenSetsPragmas(t *testing.T) {
+	s, path := openTest(t)
+	ctx := context.Background()
+	var mode string
+	if err := s.rdb.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+		t.Fatalf("journal_mode = %q, %v; want wal", mode, err)
+	}
+	for name, want := range map[string]int{"foreign_keys": 1, "busy_timeout": busyTimeoutMS} {
+		for _, db := range []dbtx{s.rdb, s.wdb} {
+			var got int
+			if err := db.QueryRowContext(ctx, "PRAGMA "+name).Scan(&got); err != nil || got != want {
+				t.Errorf("PRAGMA %s = %d, %v; want %d", name, got, err, want)
+			}
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("db file mode = %v, want 0600", fi.Mode().Perm())
+	}
+	// The read pool must not be able to write.
+	if _, err := s.rdb.ExecContext(ctx, "DELETE FROM vms"); err == nil {
+		t.Error("write through the read-only pool succeeded")
+	}
+}
+
+func TestMigrationsIdempotentOnReopen(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTest(t)
+	ms, err := loadMigrations(migrationFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.SchemaVersion(ctx); err != nil || v != len(ms) {
+		t.Fatalf("SchemaVersion = %d, %v; want %d", v, err, len(ms))
+	}
+	if err := s.InsertVM(ctx, testVM("a1", "one")); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for i := 0; i < 2; i++ {
+		s2, err := Open(ctx, path)
+		if err != nil {
+			t.Fatalf("reopen %d: %v", i, err)
+		}
+		if v, _ := s2.SchemaVersion(ctx); v != len(ms) {
+			t.Errorf("reopen %d: version %d", i, v)
+		}
+		if _, err := s2.GetVM(ctx, "a1"); err != nil {
+			t.Errorf("reopen %d: data lost: %v", i, err)
+		}
+		s2.Close()
+	}
+}
+
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTest(t)
+	if _, err := s.wdb.ExecContext(ctx, "PRAGMA user_version = 999"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s2, err := Open(ctx, path); err == nil {
+		s2.Close()
+		t.Fatal("Open accepted a schema newer than the binary")
+	}
+}
+
+func columns(t *testing.T, s *Store, table string) []string {
+	t.Helper()
+	rows, err := s.rdb.Query("SELECT name FROM pragma_table_info(?) ORDER BY cid", table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var cols []string
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			t.Fatal(err)
+		}
+		cols = append(cols, c)
+	}
+	return cols
+}
+
+func TestMigration0001Schema(t *testing.T) {
+	s, _ := openTest(t)
+	want := map[string][]string{
+		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at"},
+		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta"},
+		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config"},
+		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at"},
+	}
+	for table, cols := range want {
+		if got := columns(t, s, table); !reflect.DeepEqual(got, cols) {
+			t.Errorf("%s columns = %v, want %v", table, got, cols)
+		}
+	}
+	rows, err := s.rdb.Query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var tables []string
+	for rows.Next() {
+		var n string
+		rows.Scan(&n)
+		tables = append(tables, n)
+	}
+	if want := []string{"images", "kernels", "operations", "vms"}; !reflect.DeepEqual(tables, want) {
+		t.Errorf("tables = %v, want %v", tables, want)
+	}
+}
+
+func TestLoadMigrationsRejectsBadNames(t *testing.T) {
+	for name, fsys := range map[string]fstest.MapFS{
+		"gap":        {"migrations/0001_a.sql": {}, "migrations/0003_c.sql": {}},
+		"dup":        {"migrations/0001_a.sql": {}, "migrations/1_b.sql": {}},
+		"unnumbered": {"migrations/init.sql": {}},
+	} {
+		if _, err := loadMigrations(fsys); err == nil {
+			t.Errorf("%s: loadMigrations accepted %v", name, fsys)
+		}
+	}
+}
+
+func TestFailedMigrationRollsBack(t *testing.T) {
+	ctx := context.Background()
+	// A raw database, so the embedded migrations are not applied first.
+	db, err := sql.Open("sqlite", filepath.Join(t.TempDir(), "raw.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	fsys := fstest.MapFS{
+		"migrations/0001_init.sql": {Data: []byte("CREATE TABLE a (x INTEGER);")},
+		"migrations/0002_bad.sql":  {Data: []byte("CREATE TABLE b (x INTEGER); THIS IS NOT SQL;")},
+	}
+	if err := migrate(ctx, db, fsys); err == nil {
+		t.Fatal("migrate with a broken migration succeeded")
+	}
+	var v, a, b int
+	db.QueryRow("PRAGMA user_version").Scan(&v)
+	db.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = 'a'").Scan(&a)
+	db.QueryRow("SELECT count(*) FROM sqlite_schema WHERE name = 'b'").Scan(&b)
+	if v != 1 || a != 1 || b != 0 {
+		t.Errorf("after failed 0002: version %d, table a %d, table b %d; want 1, 1, 0", v, a, b)
+	}
+	// Fixing the file lets the next run finish the job.
+	fsys["migrations/0002_bad.sql"] = &fstest.MapFile{Data: []byte("CREATE TABLE b (x INTEGER);")}
+	if err := migrate(ctx, db, fsys); err != nil {
+		t.Fatalf("migrate after fix: %v", err)
+	}
+	db.QueryRow("PRAGMA user_version").Scan(&v)
+	if v != 2 {
+		t.Errorf("version after fix = %d, want 2", v)
+	}
+}

@@ -1,0 +1,218 @@
+// Package wire holds the types that cross the daemon's socket: requests,
+// responses, typed errors, the resources the API returns and the framed byte
+// stream that exec and log-follow switch a connection to. The CLI, the daemon
+// and the web UI share it, so a field renamed here is renamed everywhere.
+//
+// A connection carries newline-delimited JSON: the client writes one Request,
+// the daemon answers with one Response. If the Response has Stream set, the
+// connection then carries Frames (see frame.go) until one side closes it.
+package wire
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Request names a method and carries its JSON params.
+type Request struct {
+	Method string          `json:"method"`
+	Params json.RawMessage `json:"params,omitempty"`
+}
+
+// Response is a result or an error; Stream says the connection switches to
+// frames after this line.
+type Response struct {
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
+	Stream bool            `json:"stream,omitempty"`
+}
+
+// Error codes. They are few on purpose: a client decides what to do by code,
+// a person by message.
+const (
+	CodeNotFound  = "not_found"
+	CodeConflict  = "conflict"
+	CodeInvalid   = "invalid"
+	CodeBusy      = "busy"
+	CodeCancelled = "cancelled"
+	CodeInternal  = "internal"
+)
+
+// Error is a typed error with a message a person can act on.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Is lets errors.Is match by code against the sentinels below.
+func (e *Error) Is(target error) bool {
+	var t *Error
+	if errors.As(target, &t) {
+		return t.Code == e.Code && t.Message == ""
+	}
+	return false
+}
+
+// Sentinels for errors.Is; they carry only a code.
+var (
+	ErrNotFound  = &Error{Code: CodeNotFound}
+	ErrConflict  = &Error{Code: CodeConflict}
+	ErrInvalid   = &Error{Code: CodeInvalid}
+	ErrBusy      = &Error{Code: CodeBusy}
+	ErrCancelled = &Error{Code: CodeCancelled}
+	ErrInternal  = &Error{Code: CodeInternal}
+)
+
+// Errorf builds a typed error.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// CodeOf returns the wire code of err ("internal" for untyped errors).
+func CodeOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
+
+// VM states.
+const (
+	StateCreating = "creating"
+	StateRunning  = "running"
+	StateStopped  = "stopped"
+	StateError    = "error"
+)
+
+// VM is what ls, inspect and create return.
+type VM struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	State     string    `json:"state"`
+	Image     string    `json:"image"`
+	Kernel    string    `json:"kernel"`
+	CPUs      int       `json:"cpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	DiskBytes int64     `json:"disk_bytes"`
+	Net       string    `json:"net"`
+	SSHPort   int       `json:"ssh_port,omitempty"`
+	PID       int       `json:"pid,omitempty"`
+	Accel     string    `json:"accel,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	LastError string    `json:"last_error,omitempty"`
+	Console   string    `json:"console_log,omitempty"`
+}
+
+// Image is what image ls and inspect return.
+type Image struct {
+	Name      string    `json:"name"`
+	Kind      string    `json:"kind"`
+	Format    string    `json:"format"`
+	Path      string    `json:"path"`
+	SizeBytes int64     `json:"size_bytes"`
+	Kernel    string    `json:"kernel,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	InUse     int       `json:"in_use"`
+}
+
+// Kernel is what kernel ls returns.
+type Kernel struct {
+	Name      string    `json:"name"`
+	Release   string    `json:"release"`
+	Source    string    `json:"source"`
+	Vmlinuz   string    `json:"vmlinuz"`
+	Modules   string    `json:"modules_dir,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	Default   bool      `json:"default,omitempty"`
+}
+
+// Operation states.
+const (
+	OpRunning   = "running"
+	OpSucceeded = "succeeded"
+	OpFailed    = "failed"
+	OpCancelled = "cancelled"
+)
+
+// Operation is an asynchronous piece of work (vm.create, ...).
+type Operation struct {
+	ID         string          `json:"id"`
+	Kind       string          `json:"kind"`
+	Target     string          `json:"target"`
+	State      string          `json:"state"`
+	Progress   string          `json:"progress,omitempty"`
+	Error      string          `json:"error,omitempty"`
+	ErrorCode  string          `json:"error_code,omitempty"`
+	Result     json.RawMessage `json:"result,omitempty"`
+	CreatedAt  time.Time       `json:"created_at"`
+	FinishedAt *time.Time      `json:"finished_at,omitempty"`
+}
+
+// Done reports whether the operation has finished, one way or another.
+func (o Operation) Done() bool { return o.State != OpRunning }
+
+// Params of the methods.
+
+// CreateVMParams: nil sizes take the daemon's defaults; an explicit zero is
+// an error, not a default.
+type CreateVMParams struct {
+	Name      string `json:"name"`
+	Image     string `json:"image,omitempty"`
+	Kernel    string `json:"kernel,omitempty"`
+	CPUs      *int   `json:"cpus,omitempty"`
+	MemoryMiB *int   `json:"memory_mib,omitempty"`
+	DiskGiB   *int   `json:"disk_gib,omitempty"`
+	Net       string `json:"net,omitempty"`
+}
+
+type RefParams struct {
+	Ref   string `json:"ref"`
+	Force bool   `json:"force,omitempty"`
+	// TimeoutSeconds bounds a graceful stop before it is forced.
+	TimeoutSeconds int `json:"timeout_seconds,omitempty"`
+}
+
+type OpParams struct {
+	ID string `json:"id"`
+}
+
+type ExecParams struct {
+	Ref   string            `json:"ref"`
+	Argv  []string          `json:"argv"`
+	Env   map[string]string `json:"env,omitempty"`
+	Dir   string            `json:"dir,omitempty"`
+	Stdin bool              `json:"stdin,omitempty"`
+	TTY   bool              `json:"tty,omitempty"`
+	Term  string            `json:"term,omitempty"`
+	Rows  int               `json:"rows,omitempty"`
+	Cols  int               `json:"cols,omitempty"`
+}
+
+type LogsParams struct {
+	Ref    string `json:"ref"`
+	Follow bool   `json:"follow,omitempty"`
+	Tail   int    `json:"tail,omitempty"`
+}
+
+type KernelFetchParams struct{}
+
+type KernelImportParams struct {
+	Name       string `json:"name"`
+	Vmlinuz    string `json:"vmlinuz"`
+	ModulesDir string `json:"modules_dir,omitempty"`
+}
+
+// DaemonInfo is what daemon.info returns (doctor, web).
+type DaemonInfo struct {
+	PID     int    `json:"pid"`
+	Version string `json:"version"`
+	Home    string `json:"home"`
+	Socket  string `json:"socket"`
+	Accel   string `json:"accel"`
+	Reason  string `json:"accel_reason"`
+}

@@ -1,0 +1,237 @@
+// Package e2e drives the real ember binary: a real daemon, real QEMU, a
+// real guest kernel and agent. Each test gets its own --home; all share one
+// unpacked guest kernel in $EMBER_TEST_CACHE so it is fetched once.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emberhq/ember/internal/kernel"
+)
+
+var (
+	binDir    string // holds ember and ember-agent built for this run
+	kernelDir string // the shared unpacked kernel
+	skipWhy   string
+)
+
+func TestMain(m *testing.M) {
+	code, err := setup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e setup:", err)
+		os.Exit(1)
+	}
+	if code >= 0 {
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+func setup() (int, error) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		skipWhy = "qemu-system-x86_64 not installed (make test installs it)"
+		return -1, nil
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		return 1, err
+	}
+	binDir, err = os.MkdirTemp("", "ember-e2e-bin")
+	if err != nil {
+		return 1, err
+	}
+	for _, b := range []struct{ out, pkg string }{{"ember-agent", "./cmd/ember-agent"}, {"ember", "./cmd/ember"}} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.out), b.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 1, fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
+		}
+	}
+	cache := os.Getenv("EMBER_TEST_CACHE")
+	if cache == "" {
+		cache = filepath.Join(root, ".cache")
+	}
+	kroot := filepath.Join(cache, "kernels")
+	if err := os.MkdirAll(kroot, 0o755); err != nil {
+		return 1, err
+	}
+	ks, _ := kernel.List(kroot)
+	if len(ks) == 0 {
+		fmt.Fprintln(os.Stderr, "e2e: fetching the guest kernel into", kroot)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		k, err := kernel.Fetch(ctx, kroot, func(s string) { fmt.Fprintln(os.Stderr, "e2e:", s) })
+		if err != nil {
+			return 1, fmt.Errorf("fetch kernel: %w", err)
+		}
+		ks = append(ks, k)
+	}
+	kernelDir = filepath.Join(kroot, ks[0].Name)
+	return -1, nil
+}
+
+// env is one daemon with its own home.
+type env struct {
+	t      *testing.T
+	home   string
+	daemon *exec.Cmd
+	log    *bytes.Buffer
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	if skipWhy != "" {
+		t.Skip(skipWhy)
+	}
+	// Short path: unix sockets are limited to 107 bytes.
+	home, err := os.MkdirTemp("", "em")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, home: home}
+	kdir := filepath.Join(home, "state", "kernels")
+	if err := os.MkdirAll(kdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(kernelDir, filepath.Join(kdir, filepath.Base(kernelDir))); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.stopDaemon(syscall.SIGTERM)
+		killQEMUs(home)
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", e.log.String())
+			for _, f := range consoleLogs(home) {
+				b, _ := os.ReadFile(f)
+				t.Logf("console %s:\n%s", f, tail(string(b), 30))
+			}
+		}
+		os.RemoveAll(home)
+	})
+	e.startDaemon()
+	return e
+}
+
+func (e *env) startDaemon() {
+	e.t.Helper()
+	e.log = &bytes.Buffer{}
+	cmd := exec.Command(filepath.Join(binDir, "ember"), "--home", e.home, "daemon")
+	cmd.Stdout, cmd.Stderr = e.log, e.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.daemon = cmd
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, _, code := e.run("ls"); code == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("daemon did not come up:\n%s", e.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (e *env) stopDaemon(sig syscall.Signal) {
+	if e.daemon == nil || e.daemon.Process == nil {
+		return
+	}
+	_ = e.daemon.Process.Signal(sig)
+	done := make(chan struct{})
+	go func() { _ = e.daemon.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = e.daemon.Process.Kill()
+		<-done
+	}
+	e.daemon = nil
+}
+
+// run runs the CLI against this env's daemon.
+func (e *env) run(args ...string) (string, string, int) {
+	return e.runStdin("", args...)
+}
+
+func (e *env) runStdin(stdin string, args ...string) (string, string, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "ember"), append([]string{"--home", e.home}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Stdin = strings.NewReader(stdin)
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("run ember %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// must runs the CLI and fails the test on a non-zero exit.
+func (e *env) must(args ...string) string {
+	e.t.Helper()
+	out, errOut, code := e.run(args...)
+	if code != 0 {
+		e.t.Fatalf("ember %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// qemuPIDs lists QEMU processes whose command line mentions home.
+func qemuPIDs(home string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, ent := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(ent.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		cl := string(b)
+		if strings.Contains(cl, "qemu-system") && strings.Contains(cl, home) {
+			stat, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
+			if strings.Contains(string(stat), ") Z ") {
+				continue
+			}
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func killQEMUs(home string) {
+	for _, pid := range qemuPIDs(home) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+func consoleLogs(home string) []string {
+	m, _ := filepath.Glob(filepath.Join(home, "state", "vms", "*", "console.log"))
+	return m
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
