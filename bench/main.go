@@ -1,0 +1,198 @@
+// Command bench measures ember against the floor set by QEMU itself and
+// writes the results, as ratios against that floor measured in the same
+// run, into BENCHMARKS.md.
+//
+// floor: qemu-system-x86_64 booting the same kernel and initramfs, from
+// process start to the agent's first console line ("ember-agent: start").
+// ember: `ember create` until the first successful `ember exec` returns.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emberhq/ember/internal/hypervisor/qemu"
+	"github.com/emberhq/ember/internal/kernel"
+)
+
+func main() {
+	runs := flag.Int("runs", 5, "measured runs of each side")
+	out := flag.String("out", "BENCHMARKS.md", "file to write")
+	flag.Parse()
+	if err := run(*runs, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(runs int, out string) error {
+	root, _ := filepath.Abs(".")
+	bin := filepath.Join(root, "bin", "ember")
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("%s missing: run make build", bin)
+	}
+	home, err := os.MkdirTemp("", "emb")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(home)
+	if err := linkKernel(root, home); err != nil {
+		return err
+	}
+	ember := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, append([]string{"--home", home}, args...)...)
+		var o, e bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &e
+		if err := cmd.Run(); err != nil {
+			return o.String(), fmt.Errorf("ember %s: %v: %s", strings.Join(args, " "), err, e.String())
+		}
+		return o.String(), nil
+	}
+	daemon := exec.Command(bin, "--home", home, "daemon")
+	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := daemon.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = daemon.Process.Signal(syscall.SIGTERM); _ = daemon.Wait() }()
+	for i := 0; ; i++ {
+		if _, err := ember("ls"); err == nil {
+			break
+		} else if i > 100 {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Warm up: the first create builds the image and the initramfs.
+	if _, err := ember("create", "warm"); err != nil {
+		return err
+	}
+	if _, err := ember("rm", "-f", "warm"); err != nil {
+		return err
+	}
+
+	initrds, _ := filepath.Glob(filepath.Join(home, "state", "initramfs", "*.cpio.gz"))
+	ks, _ := kernel.List(filepath.Join(home, "state", "kernels"))
+	if len(initrds) != 1 || len(ks) == 0 {
+		return fmt.Errorf("want one initramfs and a kernel, got %v %v", initrds, ks)
+	}
+	var floor, full []time.Duration
+	// Interleave the two sides so machine noise hits both alike.
+	for i := 0; i < runs; i++ {
+		d, err := bootFloor(ks[0].Vmlinuz, initrds[0], filepath.Join(home, "state", "images", "tiny.ext4"))
+		if err != nil {
+			return fmt.Errorf("floor run %d: %w", i, err)
+		}
+		floor = append(floor, d)
+		name := fmt.Sprintf("b%d", i)
+		start := time.Now()
+		if _, err := ember("create", name); err != nil {
+			return err
+		}
+		if _, err := ember("exec", name, "--", "true"); err != nil {
+			return err
+		}
+		full = append(full, time.Since(start))
+		if _, err := ember("rm", "-f", name); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "run %d: floor %v, ember %v\n", i, floor[i].Round(time.Millisecond), full[i].Round(time.Millisecond))
+	}
+	return write(out, runs, median(floor), median(full))
+}
+
+// linkKernel shares the unpacked test kernel (make test fetches it).
+func linkKernel(root, home string) error {
+	cache := os.Getenv("EMBER_TEST_CACHE")
+	if cache == "" {
+		cache = filepath.Join(root, ".cache")
+	}
+	kroot := filepath.Join(cache, "kernels")
+	ks, _ := kernel.List(kroot)
+	if len(ks) == 0 {
+		if err := os.MkdirAll(kroot, 0o755); err != nil {
+			return err
+		}
+		k, err := kernel.Fetch(context.Background(), kroot, func(s string) { fmt.Fprintln(os.Stderr, s) })
+		if err != nil {
+			return err
+		}
+		ks = append(ks, k)
+	}
+	kdir := filepath.Join(home, "state", "kernels")
+	if err := os.MkdirAll(kdir, 0o755); err != nil {
+		return err
+	}
+	return os.Symlink(filepath.Join(kroot, ks[0].Name), filepath.Join(kdir, ks[0].Name))
+}
+
+// bootFloor starts QEMU like the driver does (same machine, accelerator,
+// devices, kernel, initramfs and disk) and times it to the agent's first line.
+func bootFloor(vmlinuz, initrd, disk string) (time.Duration, error) {
+	tmp, err := os.MkdirTemp("", "floor")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(tmp)
+	overlay := filepath.Join(tmp, "d.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", disk, "-F", "raw", overlay).CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("qemu-img: %v: %s", err, out)
+	}
+	cmdline := fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=3 ember.root=/dev/vda tsc_early_khz=%d", qemu.HostTSCKHz())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-m", "256",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
+		"-kernel", vmlinuz, "-initrd", initrd, "-append", cmdline,
+		"-drive", "id=root,file="+overlay+",format=qcow2,if=none", "-device", "virtio-blk-device,drive=root",
+		"-device", "virtio-rng-device")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "ember-agent: start") {
+			d := time.Since(start)
+			go io.Copy(io.Discard, stdout)
+			return d, nil
+		}
+	}
+	return 0, fmt.Errorf("qemu ended before the agent's first line")
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func write(path string, runs int, floor, full time.Duration) error {
+	ratio := float64(full) / float64(floor)
+	host, _ := os.Hostname()
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` (`go run ./bench`); numbers are medians of %d interleaved runs on one machine in one run, so the ratio is what matters.\n\n", runs)
+	fmt.Fprintf(&b, "## Create → first exec vs the QEMU floor\n\n")
+	fmt.Fprintf(&b, "| measure | median |\n| --- | --- |\n")
+	fmt.Fprintf(&b, "| floor: QEMU start → agent's first console line (same kernel, initramfs, disk, TCG) | %v |\n", floor.Round(time.Millisecond))
+	fmt.Fprintf(&b, "| ember: `ember create` → first `ember exec` returns | %v |\n", full.Round(time.Millisecond))
+	fmt.Fprintf(&b, "| **ratio ember / floor** (target ≤ 1.5) | **%.2f** |\n\n", ratio)
+	fmt.Fprintf(&b, "Measured %s on %s (accelerator: TCG; KVM does not run guests on these machines).\n",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), host)
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}

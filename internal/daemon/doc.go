@@ -1,0 +1,44 @@
+// Package daemon is ember's composition root: it owns all state and answers
+// the CLI and the web UI over one request dispatch.
+//
+// # Shape
+//
+// Open(ctx, Options) builds a Daemon from explicit dependencies (layout,
+// config, store, hypervisor driver, the daemon's SSH key, seams for tests),
+// takes the single-instance lock (flock on the pid file plus a socket check),
+// marks unfinished operations failed and re-attaches to VMs whose QEMU kept
+// running while no daemon was there. Serve(ctx) accepts connections on the
+// unix socket; each carries one request, routed by dispatch in daemon.go.
+// Close() stops serving; VMs keep running.
+//
+// # State and locks
+//
+// Each subsystem owns its state and its lock:
+//
+//   - vmLocks (vmLockSet): one mutex per VM ID, reached through
+//     withVMLockByID and withVMLockByRef (name or unique ID prefix). Held
+//     only to read and change a VM's record, never across guest I/O or a
+//     hypervisor call: slow work (boot, shutdown) happens between two short
+//     critical sections, with a transitional state (creating, starting,
+//     stopping, deleting) in the store keeping other changes out (busy).
+//   - createVMMu: name uniqueness and the insert of a new VM row. Released
+//     before any slow work.
+//   - imageOpsMu: image-registry mutations (today: building the built-in
+//     image on first use).
+//   - createOps (opRegistry[*createOp]): vm.create operations with Begin,
+//     Status, Cancel, Prune and Wait; finished ones stay for the configured
+//     retention and are also written to the store.
+//   - guests (guestPool): one agent SSH connection per running VM.
+//   - accel (accelCache), initrd (initrdCache), kernelFetchMu: one-time
+//     decisions and builds, each behind its own leaf lock.
+//
+// Lock order — acquire left to right, release in reverse:
+//
+//	vmLocks[id] → {createVMMu, imageOpsMu} → subsystem-local locks
+//
+// A VM's work hangs on the daemon's base context, never on the request that
+// started it: a create survives its client hanging up, and op cancel or
+// Close cancels it, after which everything it made is removed.
+//
+// See ARCHITECTURE.md for the request flow of create and the crash rules.
+package daemon

@@ -1,0 +1,183 @@
+package kernel
+
+import (
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// initramfsFormat changes whenever the archive layout changes, so old cached
+// files get new keys.
+const initramfsFormat = "ember-initramfs-v1"
+
+// ModuleListPath is where the initramfs lists its modules (absolute in-guest
+// paths, one per line, in load order).
+const ModuleListPath = "/etc/ember/modules"
+
+// initramfsDirs are created in every initramfs; /newroot is where the agent
+// mounts the real root before switching to it.
+var initramfsDirs = []string{"dev", "proc", "sys", "newroot", "etc", "etc/ember", "lib", "lib/modules"}
+
+// plan is what goes into one kernel's initramfs besides the agent.
+type plan struct {
+	release string
+	modules []resolvedModule
+}
+
+func makePlan(ctx context.Context, k Kernel) (plan, error) {
+	p := plan{release: k.Release}
+	if k.ModulesDir == "" {
+		slog.InfoContext(ctx, "kernel has no modules folder; virtio drivers must be built in", "kernel", k.Name)
+		return p, nil
+	}
+	if p.release == "" {
+		p.release = releaseFromModulesDir(k.ModulesDir)
+	}
+	if p.release == "" {
+		return p, fmt.Errorf("kernel %s: release unknown, cannot place modules", k.Name)
+	}
+	ix, err := loadIndex(k.ModulesDir)
+	if err != nil {
+		return p, fmt.Errorf("kernel %s: %w", k.Name, err)
+	}
+	mods, err := ix.resolve(ctx, GuestModules)
+	if err != nil {
+		return p, fmt.Errorf("kernel %s: %w", k.Name, err)
+	}
+	p.modules = mods
+	return p, nil
+}
+
+// guestPath is a module's absolute path inside the initramfs.
+func (p plan) guestPath(m resolvedModule) string {
+	return path.Join("/lib/modules", p.release, m.Rel)
+}
+
+// InitramfsKey identifies the initramfs BuildInitramfs would make for k and
+// this agent: a hash of the agent's bytes, the kernel release and the
+// resolved module list (paths and sizes). The daemon names the file
+// initramfs-<key>.cpio.gz and reuses it while the key is unchanged.
+func InitramfsKey(k Kernel, agentPath string) (string, error) {
+	p, err := makePlan(context.Background(), k)
+	if err != nil {
+		return "", err
+	}
+	return p.key(agentPath)
+}
+
+func (p plan) key(agentPath string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\nrelease=%s\n", initramfsFormat, p.release)
+	for _, m := range p.modules {
+		st, err := os.Stat(m.Src)
+		if err != nil {
+			return "", fmt.Errorf("initramfs key: %w", err)
+		}
+		fmt.Fprintf(h, "module=%s size=%d\n", p.guestPath(m), st.Size())
+	}
+	f, err := os.Open(agentPath)
+	if err != nil {
+		return "", fmt.Errorf("initramfs key: agent: %w", err)
+	}
+	defer f.Close()
+	io.WriteString(h, "agent\n")
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("initramfs key: read agent: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:20], nil
+}
+
+// BuildInitramfs writes a gzip-compressed newc archive to outPath holding
+// /init (the agent), /dev/console, the folders the agent needs, the guest
+// modules (decompressed) and ModuleListPath. The output is written to a
+// temporary file and renamed, and is byte-for-byte reproducible.
+func BuildInitramfs(ctx context.Context, k Kernel, agentPath, outPath string) (err error) {
+	p, err := makePlan(ctx, k)
+	if err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	agent, err := os.ReadFile(agentPath)
+	if err != nil {
+		return fmt.Errorf("build initramfs: read agent: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(outPath), ".initramfs-*.tmp")
+	if err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := p.write(ctx, tmp, agent); err != nil {
+		return fmt.Errorf("build initramfs for %s: %w", k.Name, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), outPath); err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	return nil
+}
+
+func (p plan) write(ctx context.Context, w io.Writer, agent []byte) error {
+	// Header fields (name, mtime) stay zero, which keeps the output stable.
+	zw, err := gzip.NewWriterLevel(w, gzip.BestSpeed)
+	if err != nil {
+		return err
+	}
+	c := &newcWriter{w: zw}
+
+	dirs := map[string]bool{}
+	for _, d := range initramfsDirs {
+		dirs[d] = true
+	}
+	var list strings.Builder
+	for _, m := range p.modules {
+		gp := p.guestPath(m)
+		for d := path.Dir(strings.TrimPrefix(gp, "/")); d != "." && d != "/"; d = path.Dir(d) {
+			dirs[d] = true
+		}
+		list.WriteString(gp + "\n")
+	}
+	// Sorted order puts every parent before its children.
+	sorted := make([]string, 0, len(dirs))
+	for d := range dirs {
+		sorted = append(sorted, d)
+	}
+	sort.Strings(sorted)
+	for _, d := range sorted {
+		c.dir(d, 0o755)
+	}
+	c.charDev("dev/console", 0o600, 5, 1)
+	c.file("init", 0o755, agent)
+	c.file(strings.TrimPrefix(ModuleListPath, "/"), 0o644, []byte(list.String()))
+	for _, m := range p.modules {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		data, err := readModule(m.Src)
+		if err != nil {
+			return err
+		}
+		c.file(strings.TrimPrefix(p.guestPath(m), "/"), 0o644, data)
+	}
+	if err := c.close(); err != nil {
+		return err
+	}
+	return zw.Close()
+}

@@ -1,0 +1,302 @@
+package kernel
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+// GuestModules are the modules the guest agent loads, in the order it wants
+// them (dependencies are added in front as needed). virtio-rng comes right
+// after the transport so the guest's entropy pool fills while the rest loads;
+// without it the first getrandom blocks about a second under TCG.
+var GuestModules = []string{
+	"virtio_ring", "virtio", "virtio_mmio", "virtio-rng",
+	"virtio_blk", "failover", "net_failover", "virtio_net",
+}
+
+// moduleSuffixes are the file endings of kernel modules, compressed or not.
+var moduleSuffixes = []string{".ko.xz", ".ko.zst", ".ko.gz", ".ko"}
+
+// modName normalises a module name: '-' and '_' are the same to the kernel.
+func modName(s string) string { return strings.ReplaceAll(s, "-", "_") }
+
+// modNameFromPath turns "kernel/drivers/char/hw_random/virtio-rng.ko.xz"
+// into "virtio_rng"; ok is false for files that are not modules.
+func modNameFromPath(p string) (string, bool) {
+	base := filepath.Base(p)
+	for _, s := range moduleSuffixes {
+		if strings.HasSuffix(base, s) {
+			return modName(strings.TrimSuffix(base, s)), true
+		}
+	}
+	return "", false
+}
+
+// plainPath drops a compression suffix: the agent loads plain .ko files.
+func plainPath(p string) string {
+	for _, s := range []string{".xz", ".zst", ".gz"} {
+		if strings.HasSuffix(p, ".ko"+s) {
+			return strings.TrimSuffix(p, s)
+		}
+	}
+	return p
+}
+
+// moduleIndex knows where each module of one kernel is and what it needs.
+type moduleIndex struct {
+	root    string
+	paths   map[string]string   // name -> path relative to root
+	deps    map[string][]string // name -> direct deps (names); filled from modules.dep or lazily
+	hasDep  bool                // deps came from modules.dep
+	builtin map[string]bool
+}
+
+// loadIndex reads modules.dep and modules.builtin when present. Debian's
+// packages do not ship modules.dep (depmod makes it at install time), so
+// without it the tree is scanned and dependencies are read from each needed
+// module's .modinfo "depends=" entry.
+func loadIndex(root string) (*moduleIndex, error) {
+	ix := &moduleIndex{root: root, paths: map[string]string{}, deps: map[string][]string{}, builtin: map[string]bool{}}
+	if err := ix.readBuiltin(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(root, "modules.dep"))
+	switch {
+	case err == nil:
+		defer f.Close()
+		if err := ix.parseDep(f); err != nil {
+			return nil, fmt.Errorf("parse %s: %w", f.Name(), err)
+		}
+		ix.hasDep = true
+		return ix, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("read modules.dep: %w", err)
+	}
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || !d.Type().IsRegular() {
+			return nil
+		}
+		if name, ok := modNameFromPath(p); ok {
+			rel, err := filepath.Rel(root, p)
+			if err != nil {
+				return err
+			}
+			if _, dup := ix.paths[name]; !dup {
+				ix.paths[name] = filepath.ToSlash(rel)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("scan modules in %s: %w", root, err)
+	}
+	return ix, nil
+}
+
+func (ix *moduleIndex) readBuiltin() error {
+	b, err := os.ReadFile(filepath.Join(ix.root, "modules.builtin"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read modules.builtin: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, ok := modNameFromPath(strings.TrimSpace(line)); ok {
+			ix.builtin[name] = true
+		}
+	}
+	return nil
+}
+
+// parseDep reads modules.dep lines of the form "path: dep1 dep2 ...".
+func (ix *moduleIndex) parseDep(r io.Reader) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		path, rest, ok := strings.Cut(text, ":")
+		if !ok {
+			return fmt.Errorf("line %d: no ':'", line)
+		}
+		name, ok := modNameFromPath(path)
+		if !ok {
+			return fmt.Errorf("line %d: %q is not a module path", line, path)
+		}
+		ix.paths[name] = path
+		var deps []string
+		for _, d := range strings.Fields(rest) {
+			if dn, ok := modNameFromPath(d); ok {
+				deps = append(deps, dn)
+			}
+		}
+		ix.deps[name] = deps
+	}
+	return sc.Err()
+}
+
+// depsOf returns the direct dependencies of an indexed module.
+func (ix *moduleIndex) depsOf(name string) ([]string, error) {
+	if d, ok := ix.deps[name]; ok || ix.hasDep {
+		return d, nil
+	}
+	data, err := readModule(filepath.Join(ix.root, ix.paths[name]))
+	if err != nil {
+		return nil, err
+	}
+	deps, err := modinfoDepends(data)
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", name, err)
+	}
+	ix.deps[name] = deps
+	return deps, nil
+}
+
+// modinfoDepends reads "depends=a,b" from a module's .modinfo section.
+func modinfoDepends(ko []byte) ([]string, error) {
+	ef, err := elf.NewFile(bytes.NewReader(ko))
+	if err != nil {
+		return nil, fmt.Errorf("parse elf: %w", err)
+	}
+	defer ef.Close()
+	sec := ef.Section(".modinfo")
+	if sec == nil {
+		return nil, nil
+	}
+	data, err := sec.Data()
+	if err != nil {
+		return nil, fmt.Errorf("read .modinfo: %w", err)
+	}
+	var deps []string
+	for _, kv := range bytes.Split(data, []byte{0}) {
+		v, ok := bytes.CutPrefix(kv, []byte("depends="))
+		if !ok {
+			continue
+		}
+		for _, d := range strings.Split(string(v), ",") {
+			if d = strings.TrimSpace(d); d != "" {
+				deps = append(deps, modName(d))
+			}
+		}
+	}
+	return deps, nil
+}
+
+// resolvedModule is one module to put in the initramfs.
+type resolvedModule struct {
+	Name string
+	Src  string // absolute source path, possibly compressed
+	Rel  string // path relative to the modules folder, without compression suffix
+}
+
+// resolve returns want and all their dependencies, dependencies first, each
+// once. Built-in modules are skipped (logged); a module that is neither
+// present nor built in is an error.
+func (ix *moduleIndex) resolve(ctx context.Context, want []string) ([]resolvedModule, error) {
+	var out []resolvedModule
+	done := map[string]bool{}
+	visiting := map[string]bool{}
+	var visit func(name string, chain []string) error
+	visit = func(name string, chain []string) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if done[name] {
+			return nil
+		}
+		if visiting[name] {
+			return fmt.Errorf("module dependency cycle: %s", strings.Join(append(chain, name), " -> "))
+		}
+		rel, present := ix.paths[name]
+		if !present {
+			if ix.builtin[name] {
+				slog.InfoContext(ctx, "module is built into the kernel, skipping", "module", name)
+				done[name] = true
+				return nil
+			}
+			if len(chain) > 0 {
+				return fmt.Errorf("module %s (needed by %s) not found in %s", name, chain[len(chain)-1], ix.root)
+			}
+			return fmt.Errorf("module %s not found in %s and not built into the kernel", name, ix.root)
+		}
+		visiting[name] = true
+		deps, err := ix.depsOf(name)
+		if err != nil {
+			return err
+		}
+		for _, d := range deps {
+			if err := visit(d, append(chain, name)); err != nil {
+				return err
+			}
+		}
+		visiting[name] = false
+		done[name] = true
+		out = append(out, resolvedModule{Name: name, Src: filepath.Join(ix.root, filepath.FromSlash(rel)), Rel: plainPath(rel)})
+		return nil
+	}
+	for _, w := range want {
+		if err := visit(modName(w), nil); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// readModule returns a module's plain ELF bytes, decompressing .xz, .zst
+// and .gz files, since the agent loads modules with finit_module on plain
+// files.
+func readModule(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read module: %w", err)
+	}
+	defer f.Close()
+	var r io.Reader = f
+	switch {
+	case strings.HasSuffix(path, ".xz"):
+		xr, err := xz.NewReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("decompress %s: %w", path, err)
+		}
+		r = xr
+	case strings.HasSuffix(path, ".zst"):
+		zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, fmt.Errorf("decompress %s: %w", path, err)
+		}
+		defer zr.Close()
+		r = zr
+	case strings.HasSuffix(path, ".gz"):
+		gr, err := gzip.NewReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("decompress %s: %w", path, err)
+		}
+		defer gr.Close()
+		r = gr
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("decompress %s: %w", path, err)
+	}
+	return b, nil
+}
