@@ -22,7 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/emberhq/ember/internal/hypervisor/qemu"
 	"github.com/emberhq/ember/internal/kernel"
 )
 
@@ -148,7 +147,11 @@ func bootFloor(vmlinuz, initrd, disk string) (time.Duration, error) {
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", disk, "-F", "raw", overlay).CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("qemu-img: %v: %s", err, out)
 	}
-	cmdline := fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=3 ember.root=/dev/vda tsc_early_khz=%d", qemu.HostTSCKHz())
+	khz, err := kernel.HostTSCkHz()
+	if err != nil {
+		return 0, err
+	}
+	cmdline := fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=3 ember.root=/dev/vda tsc_early_khz=%d", khz)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	start := time.Now()
