@@ -1,0 +1,72 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"net"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+)
+
+func testKeyArg(t *testing.T) (ssh.PublicKey, string) {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, base64.RawURLEncoding.EncodeToString(k.Marshal())
+}
+
+func TestParseCmdline(t *testing.T) {
+	key, arg := testKeyArg(t)
+	cfg, err := ParseCmdline("console=ttyS0 panic=-1 quiet ember.root=/dev/vda ember.hostname=t1 ember.key=" + arg +
+		" ember.ip=10.0.2.15/24 ember.gw=10.0.2.2 ember.dns=10.0.2.3,10.0.2.4 ember.port=2222 ember.future=x\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Root != "/dev/vda" || cfg.Hostname != "t1" || cfg.Port != 2222 {
+		t.Errorf("got %+v", cfg)
+	}
+	if !bytes.Equal(cfg.Key.Marshal(), key.Marshal()) {
+		t.Error("key differs")
+	}
+	if cfg.IP.String() != "10.0.2.15/24" || !cfg.Gateway.Equal(net.ParseIP("10.0.2.2")) {
+		t.Errorf("ip %v gw %v", cfg.IP, cfg.Gateway)
+	}
+	if len(cfg.DNS) != 2 || !cfg.DNS[1].Equal(net.ParseIP("10.0.2.4")) {
+		t.Errorf("dns %v", cfg.DNS)
+	}
+}
+
+func TestParseCmdlineDefaults(t *testing.T) {
+	cfg, err := ParseCmdline("console=ttyS0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Port != DefaultPort || cfg.IP != nil || cfg.Key != nil {
+		t.Errorf("got %+v", cfg)
+	}
+}
+
+func TestParseCmdlineErrors(t *testing.T) {
+	for _, tc := range []struct{ arg, want string }{
+		{"ember.key=!!!", "kernel argument ember.key: decode key"},
+		{"ember.key=AAAA", "kernel argument ember.key: parse key"},
+		{"ember.ip=10.0.2.15", "kernel argument ember.ip"},
+		{"ember.gw=nope", `kernel argument ember.gw: bad address "nope"`},
+		{"ember.dns=10.0.2.3,x", `kernel argument ember.dns: bad address "x"`},
+		{"ember.port=70000", "kernel argument ember.port: out of range"},
+	} {
+		_, err := ParseCmdline(tc.arg)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want prefix %q", tc.arg, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,16 @@
+// Package agent is ember-agent, the static guest agent that runs inside every
+// ember VM.
+//
+// The same binary has two roles. As PID 1 of the initramfs the daemon
+// generates ("init mode") it mounts the basic filesystems, loads the kernel
+// modules listed in /etc/ember/modules, switches to the VM's root disk, sets
+// the hostname and network from the ember.* kernel arguments, and then stays
+// a zombie reaper while a child copy of itself ("serve mode") runs the SSH
+// server the host talks to. Keeping the SSH server out of PID 1 means PID 1
+// can reap every orphan with wait4(-1) without stealing exit statuses that
+// os/exec in the server is waiting for.
+//
+// Serve mode is also usable on its own (ember-agent serve --listen ...) and
+// in-process through NewServer, which is how the host-side client in
+// internal/guest is tested without a VM.
+package agent

@@ -1,0 +1,243 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+// DefaultPath is the PATH commands get unless the request sets one.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// ExecPrefix starts an exec payload that carries a JSON ExecPayload instead
+// of a shell command line, so argv reaches the guest without quoting.
+const ExecPrefix = "ember-exec "
+
+// PoweroffCommand is the exec payload that asks PID 1 to shut down.
+const PoweroffCommand = "ember-poweroff"
+
+// ExecPayload is the JSON after ExecPrefix.
+type ExecPayload struct {
+	Argv []string          `json:"argv"`
+	Env  map[string]string `json:"env,omitempty"`
+	Dir  string            `json:"dir,omitempty"`
+}
+
+// Exit codes that follow the shell's conventions.
+const (
+	exitNotFound      = 127
+	exitNotExecutable = 126
+	exitSignalBase    = 128
+)
+
+// procSpec is everything needed to start one guest process. It is kept
+// independent of SSH so persistent sessions can reuse it.
+type procSpec struct {
+	path string   // resolved executable
+	argv []string // argv[0] may differ from path (login shells)
+	env  []string
+	dir  string
+}
+
+// startError is a failure to start that the client sees as an exit code
+// plus a message on stderr, like a shell would report it.
+type startError struct {
+	code int
+	msg  string
+}
+
+func (e *startError) Error() string { return e.msg }
+
+// baseEnv is the environment every command starts from: root's, as if it
+// had logged in. The agent's own environment (whatever the kernel handed
+// PID 1) is deliberately not inherited.
+func baseEnv() map[string]string {
+	return map[string]string{
+		"PATH":    DefaultPath,
+		"HOME":    "/root",
+		"USER":    "root",
+		"LOGNAME": "root",
+		"SHELL":   loginShell(),
+	}
+}
+
+func envList(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// loginShell is root's shell from /etc/passwd when it exists and is
+// executable, else /bin/sh.
+func loginShell() string {
+	f, err := os.Open("/etc/passwd")
+	if err == nil {
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fields := strings.Split(sc.Text(), ":")
+			if len(fields) >= 7 && fields[0] == "root" && fields[6] != "" {
+				if isExecutable(fields[6]) == nil {
+					return fields[6]
+				}
+				break
+			}
+		}
+	}
+	return "/bin/sh"
+}
+
+func isExecutable(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if st.IsDir() || st.Mode().Perm()&0o111 == 0 {
+		return fs.ErrPermission
+	}
+	return nil
+}
+
+// lookPath resolves name like a shell does, with the PATH of the command's
+// own environment (not the agent's).
+func lookPath(name, path string) (string, error) {
+	if strings.Contains(name, "/") {
+		if err := isExecutable(name); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return "", &startError{exitNotFound, fmt.Sprintf("ember: %s: no such file or directory", name)}
+			}
+			return "", &startError{exitNotExecutable, fmt.Sprintf("ember: %s: permission denied", name)}
+		}
+		return name, nil
+	}
+	denied := ""
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, name)
+		err := isExecutable(p)
+		if err == nil {
+			return p, nil
+		}
+		if errors.Is(err, fs.ErrPermission) && denied == "" {
+			denied = p
+		}
+	}
+	if denied != "" {
+		return "", &startError{exitNotExecutable, fmt.Sprintf("ember: %s: permission denied", denied)}
+	}
+	return "", &startError{exitNotFound, fmt.Sprintf("ember: %s: command not found", name)}
+}
+
+// workDir picks the directory a command runs in: the requested one, else
+// HOME when it exists, else /.
+func workDir(dir string, env map[string]string) (string, error) {
+	if dir != "" {
+		st, err := os.Stat(dir)
+		if err != nil || !st.IsDir() {
+			return "", &startError{1, fmt.Sprintf("ember: cd %s: no such directory", dir)}
+		}
+		return dir, nil
+	}
+	if h := env["HOME"]; h != "" {
+		if st, err := os.Stat(h); err == nil && st.IsDir() {
+			return h, nil
+		}
+	}
+	return "/", nil
+}
+
+// specForExec turns an SSH exec payload into a procSpec. sessEnv holds
+// the "env" requests seen so far and term the PTY's terminal type.
+func specForExec(payload string, sessEnv map[string]string, term string) (procSpec, error) {
+	env := baseEnv()
+	for k, v := range sessEnv {
+		env[k] = v
+	}
+	if term != "" {
+		env["TERM"] = term
+	}
+	var argv []string
+	dir := ""
+	if rest, ok := strings.CutPrefix(payload, ExecPrefix); ok {
+		var p ExecPayload
+		if err := json.Unmarshal([]byte(rest), &p); err != nil {
+			return procSpec{}, &startError{exitNotExecutable, fmt.Sprintf("ember: bad exec request: %v", err)}
+		}
+		if len(p.Argv) == 0 {
+			return procSpec{}, &startError{exitNotExecutable, "ember: bad exec request: empty argv"}
+		}
+		for k, v := range p.Env {
+			env[k] = v
+		}
+		argv, dir = p.Argv, p.Dir
+	} else {
+		argv = []string{"/bin/sh", "-c", payload}
+	}
+	path, err := lookPath(argv[0], env["PATH"])
+	if err != nil {
+		return procSpec{}, err
+	}
+	wd, err := workDir(dir, env)
+	if err != nil {
+		return procSpec{}, err
+	}
+	return procSpec{path: path, argv: argv, env: envList(env), dir: wd}, nil
+}
+
+// specForShell is an interactive login shell: argv[0] starting with "-" is
+// the convention every shell understands.
+func specForShell(sessEnv map[string]string, term string) (procSpec, error) {
+	env := baseEnv()
+	for k, v := range sessEnv {
+		env[k] = v
+	}
+	if term != "" {
+		env["TERM"] = term
+	}
+	shell := env["SHELL"]
+	if err := isExecutable(shell); err != nil {
+		return procSpec{}, &startError{exitNotFound, fmt.Sprintf("ember: %s: no shell", shell)}
+	}
+	wd, _ := workDir("", env)
+	return procSpec{path: shell, argv: []string{"-" + filepath.Base(shell)}, env: envList(env), dir: wd}, nil
+}
+
+func (p procSpec) command() *exec.Cmd {
+	return &exec.Cmd{Path: p.path, Args: p.argv, Env: p.env, Dir: p.dir}
+}
+
+// startFailure maps an error from exec.Cmd.Start to the shell's codes.
+func startFailure(path string, err error) *startError {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return &startError{exitNotFound, fmt.Sprintf("ember: %s: %v", path, err)}
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOEXEC):
+		return &startError{exitNotExecutable, fmt.Sprintf("ember: %s: %v", path, err)}
+	}
+	return &startError{exitNotExecutable, fmt.Sprintf("ember: start %s: %v", path, err)}
+}
+
+// exitCode is the status a shell would report: the exit code, or 128+N
+// when killed by signal N.
+func exitCode(ps *os.ProcessState) int {
+	if ps == nil {
+		return exitSignalBase + int(syscall.SIGKILL)
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return exitSignalBase + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}

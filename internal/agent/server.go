@@ -1,0 +1,203 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// ServerConfig configures the agent's SSH server.
+type ServerConfig struct {
+	// AuthorizedKey is the only public key accepted. Required.
+	AuthorizedKey ssh.PublicKey
+	// HostKey is the server's key; nil generates a fresh ed25519 key. The
+	// host does not pin it (its transport is a forward it owns), so a new
+	// key per boot costs nothing.
+	HostKey ssh.Signer
+	// Poweroff is called after the reply to an ember-poweroff request has
+	// been sent. Nil makes ember-poweroff fail with a message.
+	Poweroff func() error
+	// Logger receives connection-level problems. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Server is the agent's SSH server: exec, shell, PTY, sftp and direct-tcpip
+// forwarding, all as the user the agent runs as (root in a VM).
+type Server struct {
+	cfg    ServerConfig
+	sshCfg *ssh.ServerConfig
+	log    *slog.Logger
+
+	wg sync.WaitGroup // connection and channel goroutines
+
+	// mu guards the fields that follow.
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+}
+
+// NewServer checks cfg and prepares a server; call Serve to accept.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.AuthorizedKey == nil {
+		return nil, errors.New("new server: no authorized key")
+	}
+	if cfg.HostKey == nil {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("generate host key: %w", err)
+		}
+		cfg.HostKey, err = ssh.NewSignerFromKey(priv)
+		if err != nil {
+			return nil, fmt.Errorf("host key signer: %w", err)
+		}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	want := cfg.AuthorizedKey.Marshal()
+	sc := &ssh.ServerConfig{
+		PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if bytes.Equal(key.Marshal(), want) {
+				return &ssh.Permissions{}, nil
+			}
+			return nil, errors.New("key not authorized")
+		},
+	}
+	sc.AddHostKey(cfg.HostKey)
+	return &Server{
+		cfg:       cfg,
+		sshCfg:    sc,
+		log:       log,
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[net.Conn]struct{}{},
+	}, nil
+}
+
+// Serve accepts connections on ln until ln fails or the server is closed.
+// It returns nil after Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		if !s.track(c) {
+			c.Close()
+			return nil
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			s.handleConn(c)
+		}()
+	}
+}
+
+// Close stops all listeners, drops every connection (which ends their
+// processes' I/O) and waits for the handlers to return.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	c.Close()
+}
+
+// handshakeTimeout bounds a client that connects and never speaks.
+const handshakeTimeout = 30 * time.Second
+
+func (s *Server) handleConn(c net.Conn) {
+	c.SetDeadline(time.Now().Add(handshakeTimeout))
+	sc, chans, reqs, err := ssh.NewServerConn(c, s.sshCfg)
+	if err != nil {
+		s.log.Debug("ssh handshake failed", "remote", c.RemoteAddr(), "err", err)
+		return
+	}
+	c.SetDeadline(time.Time{})
+	defer sc.Close()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ssh.DiscardRequests(reqs)
+	}()
+	for nc := range chans {
+		switch nc.ChannelType() {
+		case "session":
+			ch, creqs, err := nc.Accept()
+			if err != nil {
+				continue
+			}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				newSession(s, ch, creqs).run()
+			}()
+		case "direct-tcpip":
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.directTCPIP(nc)
+			}()
+		default:
+			nc.Reject(ssh.UnknownChannelType, "unsupported channel type")
+		}
+	}
+}

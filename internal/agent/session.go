@@ -1,0 +1,386 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+)
+
+// outputDrain bounds how long the session waits for a finished command's
+// output after it exits: a background child that inherited stdout or the
+// PTY would otherwise keep the session open for ever (the classic "ssh
+// hangs on exit" problem).
+const outputDrain = 2 * time.Second
+
+// session is one SSH "session" channel: at most one exec, shell or
+// subsystem, plus the requests that tune it (env, pty-req, window-change,
+// signal). Its process lives exactly as long as the channel. Named
+// persistent sessions will be a separate registry on Server that owns PTY
+// processes (started from the same procSpec) and a scrollback ring, with
+// channels attaching to them instead of owning them.
+type session struct {
+	srv  *Server
+	ch   ssh.Channel
+	reqs <-chan *ssh.Request
+
+	wg sync.WaitGroup // the running program and its copiers
+
+	// mu guards the fields that follow.
+	mu      sync.Mutex
+	env     map[string]string
+	tty     *ptyRequest
+	ptmx    *os.File  // set while a PTY process runs
+	cmd     *exec.Cmd // set while a process runs
+	started bool
+	exited  bool
+}
+
+type ptyRequest struct {
+	Term     string
+	Cols     uint32
+	Rows     uint32
+	WidthPx  uint32
+	HeightPx uint32
+	Modes    string
+}
+
+type windowChange struct {
+	Cols     uint32
+	Rows     uint32
+	WidthPx  uint32
+	HeightPx uint32
+}
+
+func newSession(s *Server, ch ssh.Channel, reqs <-chan *ssh.Request) *session {
+	return &session{srv: s, ch: ch, reqs: reqs, env: map[string]string{}}
+}
+
+// run handles requests until the client closes the channel, then makes
+// sure nothing the session started outlives it.
+func (s *session) run() {
+	for req := range s.reqs {
+		ok, then := s.handle(req)
+		if req.WantReply {
+			req.Reply(ok, nil)
+		}
+		// The program starts only after the reply: a client must not
+		// see output or an exit status before its request was accepted.
+		if then != nil {
+			then()
+		}
+	}
+	s.mu.Lock()
+	if s.cmd != nil && !s.exited {
+		// The client went away while the command ran: end its whole
+		// process group rather than leave it orphaned.
+		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	s.mu.Unlock()
+	s.ch.Close()
+	s.wg.Wait()
+}
+
+// handle applies one request and says whether it succeeded; a non-nil
+// then is run after the reply has been sent.
+func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
+	switch req.Type {
+	case "env":
+		var kv struct{ Name, Value string }
+		if ssh.Unmarshal(req.Payload, &kv) != nil {
+			return false, nil
+		}
+		s.mu.Lock()
+		s.env[kv.Name] = kv.Value
+		s.mu.Unlock()
+		return true, nil
+	case "pty-req":
+		var p ptyRequest
+		if ssh.Unmarshal(req.Payload, &p) != nil {
+			return false, nil
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.started {
+			return false, nil
+		}
+		s.tty = &p
+		return true, nil
+	case "window-change":
+		var w windowChange
+		if ssh.Unmarshal(req.Payload, &w) != nil {
+			return false, nil
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.tty == nil {
+			return false, nil
+		}
+		s.tty.Cols, s.tty.Rows = w.Cols, w.Rows
+		if s.ptmx != nil {
+			pty.Setsize(s.ptmx, &pty.Winsize{Rows: uint16(w.Rows), Cols: uint16(w.Cols)})
+		}
+		return true, nil
+	case "signal":
+		var sig struct{ Name string }
+		if ssh.Unmarshal(req.Payload, &sig) != nil {
+			return false, nil
+		}
+		num := unix.SignalNum("SIG" + sig.Name)
+		if num == 0 {
+			return false, nil
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.cmd == nil || s.exited {
+			return false, nil
+		}
+		return s.cmd.Process.Signal(num) == nil, nil
+	case "exec":
+		var p struct{ Command string }
+		if ssh.Unmarshal(req.Payload, &p) != nil {
+			return false, nil
+		}
+		if !s.claim() {
+			return false, nil
+		}
+		if p.Command == PoweroffCommand {
+			return true, s.poweroff
+		}
+		env, term := s.snapshot()
+		spec, err := specForExec(p.Command, env, term)
+		return true, func() { s.start(spec, err) }
+	case "shell":
+		if !s.claim() {
+			return false, nil
+		}
+		env, term := s.snapshot()
+		spec, err := specForShell(env, term)
+		return true, func() { s.start(spec, err) }
+	case "subsystem":
+		var p struct{ Name string }
+		if ssh.Unmarshal(req.Payload, &p) != nil || p.Name != "sftp" {
+			return false, nil
+		}
+		if !s.claim() {
+			return false, nil
+		}
+		return true, s.startSFTP
+	}
+	return false, nil
+}
+
+// claim marks the session as running a program; SSH allows one per
+// channel.
+func (s *session) claim() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return false
+	}
+	s.started = true
+	return true
+}
+
+func (s *session) snapshot() (map[string]string, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	env := make(map[string]string, len(s.env))
+	for k, v := range s.env {
+		env[k] = v
+	}
+	term := ""
+	if s.tty != nil {
+		term = s.tty.Term
+		if term == "" {
+			term = "xterm"
+		}
+	}
+	return env, term
+}
+
+// finish ends the channel the way sshd does: EOF, exit-status, close.
+func (s *session) finish(code int) {
+	s.ch.CloseWrite()
+	s.ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(code)}))
+	s.ch.Close()
+}
+
+// fail reports a start failure as a shell would: a message and a code.
+func (s *session) fail(err error) {
+	var se *startError
+	if !errors.As(err, &se) {
+		se = &startError{exitNotExecutable, "ember: " + err.Error()}
+	}
+	s.mu.Lock()
+	tty := s.tty != nil
+	s.mu.Unlock()
+	w := s.ch.Stderr()
+	msg := se.msg + "\n"
+	if tty {
+		// A PTY has one output stream, and its line discipline would
+		// have turned \n into \r\n.
+		w = s.ch
+		msg = se.msg + "\r\n"
+	}
+	io.WriteString(w, msg)
+	s.finish(se.code)
+}
+
+// start runs spec (or reports err) in the background; the request loop
+// keeps serving window-change and signal meanwhile.
+func (s *session) start(spec procSpec, err error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		s.mu.Lock()
+		tty := s.tty != nil
+		s.mu.Unlock()
+		var code int
+		if tty {
+			code, err = s.runPTY(spec)
+		} else {
+			code, err = s.runPipes(spec)
+		}
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		s.finish(code)
+	}()
+}
+
+func (s *session) runPipes(spec procSpec) (int, error) {
+	cmd := spec.command()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stdout = s.ch
+	cmd.Stderr = s.ch.Stderr()
+	cmd.WaitDelay = outputDrain
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return 0, fmt.Errorf("stdin pipe: %w", err)
+	}
+	if err := s.startCmd(cmd); err != nil {
+		return 0, startFailure(spec.path, err)
+	}
+	// Not in s.wg: it ends when the channel closes, which happens
+	// after this function returns.
+	go func() {
+		io.Copy(stdin, s.ch)
+		stdin.Close()
+	}()
+	cmd.Wait()
+	s.markExited()
+	return exitCode(cmd.ProcessState), nil
+}
+
+func (s *session) runPTY(spec procSpec) (int, error) {
+	cmd := spec.command()
+	ptmx, err := s.startPTY(cmd)
+	if err != nil {
+		return 0, startFailure(spec.path, err)
+	}
+	out := make(chan struct{})
+	go func() {
+		defer close(out)
+		io.Copy(s.ch, ptmx) // ends with EIO once every slave fd is closed
+	}()
+	go func() {
+		io.Copy(ptmx, s.ch)
+	}()
+	cmd.Wait()
+	s.markExited()
+	select {
+	case <-out:
+	case <-time.After(outputDrain):
+	}
+	s.mu.Lock()
+	s.ptmx = nil
+	s.mu.Unlock()
+	ptmx.Close()
+	<-out
+	return exitCode(cmd.ProcessState), nil
+}
+
+// startPTY starts cmd on a new PTY under s.mu so a window-change cannot
+// slip between reading the size and publishing the PTY.
+func (s *session) startPTY(cmd *exec.Cmd) (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: uint16(s.tty.Rows), Cols: uint16(s.tty.Cols)})
+	if err != nil {
+		return nil, err
+	}
+	s.ptmx = ptmx
+	s.cmd = cmd
+	return ptmx, nil
+}
+
+func (s *session) startCmd(cmd *exec.Cmd) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
+	return nil
+}
+
+func (s *session) markExited() {
+	s.mu.Lock()
+	s.exited = true
+	s.mu.Unlock()
+}
+
+func (s *session) startSFTP() {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		srv, err := sftp.NewServer(s.ch)
+		if err != nil {
+			s.fail(fmt.Errorf("sftp: %w", err))
+			return
+		}
+		err = srv.Serve()
+		srv.Close()
+		code := 0
+		if err != nil && !errors.Is(err, io.EOF) {
+			code = 1
+		}
+		s.finish(code)
+	}()
+}
+
+// poweroff answers first and only then asks for the shutdown, so the
+// client sees exit 0 before the connection drops.
+func (s *session) poweroff() {
+	if s.srv.cfg.Poweroff == nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.fail(&startError{1, "ember: poweroff is only available when the agent is PID 1"})
+		}()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.finish(0)
+		if err := s.srv.cfg.Poweroff(); err != nil {
+			s.srv.log.Error("poweroff", "err", err)
+		}
+	}()
+}

@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Shutdown timings: how long processes get to exit after SIGTERM, and
+// after SIGKILL, before the root is remounted read-only regardless.
+const (
+	termGrace     = 3 * time.Second
+	killGrace     = 1 * time.Second
+	restartPause  = 500 * time.Millisecond
+	serverCommand = "/proc/self/exe"
+)
+
+// superviseAndWait runs the SSH server as a child, reaps every process
+// that ends up as PID 1's child, restarts the server if it dies, and
+// shuts the VM down on a signal. It never returns.
+func superviseAndWait(sigs <-chan os.Signal) {
+	var serverPid atomic.Int64
+	serverDied := make(chan unix.WaitStatus, 8)
+	go reap(&serverPid, serverDied)
+
+	start := func() {
+		pid, err := startServer()
+		if err != nil {
+			consolef("error: start ssh server: %v", err)
+			return
+		}
+		serverPid.Store(int64(pid))
+	}
+	start()
+	for {
+		select {
+		case sig := <-sigs:
+			shutdown(sig.String())
+		case ws := <-serverDied:
+			consolef("ssh server exited (%s), restarting", waitString(ws))
+			time.Sleep(restartPause)
+			start()
+		}
+	}
+}
+
+// startServer starts "ember-agent serve --from-cmdline" with the console
+// as its output. Its exit status is collected by reap, never by os.
+func startServer() (int, error) {
+	p, err := os.StartProcess(serverCommand, []string{"ember-agent", "serve", "--from-cmdline"}, &os.ProcAttr{
+		Dir:   "/",
+		Env:   []string{"PATH=" + DefaultPath, "HOME=/root"},
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+	})
+	if err != nil {
+		return 0, err
+	}
+	pid := p.Pid
+	// Release drops os's handle (a pidfd); the reaper owns the status.
+	p.Release()
+	return pid, nil
+}
+
+// reap collects every exited child of PID 1: the server and all orphans
+// that were re-parented here.
+func reap(serverPid *atomic.Int64, serverDied chan<- unix.WaitStatus) {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			// ECHILD: nothing to wait for (the server is being
+			// restarted); try again shortly.
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		if int64(pid) == serverPid.Load() {
+			serverPid.Store(0)
+			select {
+			case serverDied <- ws:
+			default:
+			}
+		}
+	}
+}
+
+func waitString(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "signal " + ws.Signal().String()
+	}
+	return "exit status " + strconv.Itoa(ws.ExitStatus())
+}
+
+// shutdown stops every process, makes the root filesystem clean and
+// powers off. It never returns.
+func shutdown(reason string) {
+	consolef("shutting down (%s)", reason)
+	unix.Kill(-1, unix.SIGTERM)
+	waitForProcesses(termGrace)
+	unix.Kill(-1, unix.SIGKILL)
+	waitForProcesses(killGrace)
+	unix.Sync()
+	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		consolef("warning: remount root read-only: %v", err)
+	}
+	unix.Sync()
+	consolef("power off")
+	powerOff()
+}
+
+// waitForProcesses polls until no user process other than PID 1 is left
+// (zombies count as gone: the reaper collects them) or d passes.
+func waitForProcesses(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for userProcesses() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// pfKthread is PF_KTHREAD in /proc/PID/stat's flags.
+const pfKthread = 0x00200000
+
+func userProcesses() int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == 1 {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which may itself hold ") ".
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 7 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		flags, _ := strconv.ParseUint(f[6], 10, 64)
+		if flags&pfKthread != 0 {
+			continue
+		}
+		n++
+	}
+	return n
+}

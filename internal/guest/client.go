@@ -1,0 +1,148 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+)
+
+// User is the account the agent runs everything as.
+const User = "root"
+
+// Client is an SSH connection to one guest agent.
+type Client struct {
+	ssh *ssh.Client
+}
+
+// Dial makes one connection attempt to the agent at addr (host:port) and
+// completes the SSH handshake, honouring ctx for both.
+func Dial(ctx context.Context, addr string, signer ssh.Signer) (*Client, error) {
+	return dial(ctx, addr, signer, 0)
+}
+
+// dial is Dial with an optional bound on the wait for the server's first
+// bytes (its SSH version line).
+func dial(ctx context.Context, addr string, signer ssh.Signer, bannerTimeout time.Duration) (*Client, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial guest %s: %w", addr, err)
+	}
+	var conn net.Conn = nc
+	if bannerTimeout > 0 {
+		nc.SetReadDeadline(time.Now().Add(bannerTimeout))
+		conn = &firstByteConn{Conn: nc}
+	}
+	// The handshake has no context of its own: a watcher closes the
+	// connection if ctx ends first.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	cfg := &ssh.ClientConfig{
+		User: User,
+		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		// Any host key is accepted: the agent makes a fresh one each
+		// boot, and the transport is a loopback forward or a private
+		// link that the daemon itself set up for this VM, so there is no
+		// third party to be fooled. Authentication that matters is the
+		// other way round (the guest accepts only the daemon's key).
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
+	if !stop() {
+		if err == nil {
+			sc.Close()
+		}
+		conn.Close()
+		return nil, fmt.Errorf("ssh handshake with guest %s: %w", addr, ctx.Err())
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("ssh handshake with guest %s: %w", addr, err)
+	}
+	return &Client{ssh: ssh.NewClient(sc, chans, reqs)}, nil
+}
+
+// pollInterval is how often WaitReady retries a guest that is not up yet.
+const pollInterval = 50 * time.Millisecond
+
+// bannerTimeout is how long WaitReady waits for the agent's first bytes on
+// a connection. QEMU's user-mode forward accepts at once, then keeps
+// retrying its SYN to a guest that is not listening yet with a growing
+// back-off; waiting on that connection would cost seconds after the agent
+// is up, while a fresh connection gets through at once.
+const bannerTimeout = 500 * time.Millisecond
+
+// firstByteConn lifts the banner read deadline once the server has said
+// anything: from then on only the context bounds the handshake.
+type firstByteConn struct {
+	net.Conn
+	got bool
+}
+
+func (c *firstByteConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.got {
+		c.got = true
+		c.Conn.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+// attemptTimeout bounds one handshake, so a guest that accepted the TCP
+// connection but stalls does not eat the whole wait.
+const attemptTimeout = 5 * time.Second
+
+// WaitReady dials addr until an SSH handshake succeeds, ctx ends, or
+// alive (called before each attempt; may be nil) reports that the VM is
+// gone. A TCP connect alone proves nothing: QEMU's user-mode forward
+// accepts connections before anything listens in the guest.
+func WaitReady(ctx context.Context, addr string, signer ssh.Signer, alive func() error) (*Client, error) {
+	var last error
+	for {
+		if alive != nil {
+			if err := alive(); err != nil {
+				return nil, fmt.Errorf("wait for guest %s: %w", addr, err)
+			}
+		}
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		c, err := dial(actx, addr, signer, bannerTimeout)
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		last = err
+		t := time.NewTimer(pollInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("wait for guest %s: %w (last attempt: %v)", addr, ctx.Err(), last)
+		case <-t.C:
+		}
+	}
+}
+
+// SSH exposes the underlying connection for things this package does not
+// wrap yet (port forwards, persistent sessions).
+func (c *Client) SSH() *ssh.Client { return c.ssh }
+
+// SFTP opens an SFTP session on the connection; close it when done.
+func (c *Client) SFTP() (*sftp.Client, error) {
+	s, err := sftp.NewClient(c.ssh)
+	if err != nil {
+		return nil, fmt.Errorf("open sftp: %w", err)
+	}
+	return s, nil
+}
+
+// Close drops the connection; running commands lose their session and
+// the agent kills them.
+func (c *Client) Close() error {
+	if err := c.ssh.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("close guest connection: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,150 @@
+package guest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/emberhq/ember/internal/agent"
+	"golang.org/x/crypto/ssh"
+)
+
+// WindowSize is a terminal size in character cells.
+type WindowSize struct {
+	Rows, Cols int
+}
+
+// ExecRequest describes one command to run in the guest.
+type ExecRequest struct {
+	Argv []string          // run directly, looked up in the guest's PATH
+	Env  map[string]string // added to root's login environment
+	Dir  string            // working directory; empty means HOME
+
+	Stdin          io.Reader // nil means no input (EOF at once)
+	Stdout, Stderr io.Writer // nil discards; with TTY, Stderr is unused
+
+	TTY        bool
+	Term       string // TERM for the PTY; empty means xterm
+	Rows, Cols int    // initial PTY size; zero means 24x80
+	Resize     <-chan WindowSize
+}
+
+// Exec runs req in the guest and returns its exit status (128+N when
+// killed by signal N, 127 when not found, 126 when not executable). err is
+// only for transport problems or ctx ending, in which case the command is
+// killed.
+func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
+	if len(req.Argv) == 0 {
+		return 0, errors.New("exec: empty argv")
+	}
+	payload, err := json.Marshal(agent.ExecPayload{Argv: req.Argv, Env: req.Env, Dir: req.Dir})
+	if err != nil {
+		return 0, fmt.Errorf("exec: encode request: %w", err)
+	}
+	sess, err := c.ssh.NewSession()
+	if err != nil {
+		return 0, fmt.Errorf("exec: open session: %w", err)
+	}
+	defer sess.Close()
+	sess.Stdin = req.Stdin
+	sess.Stdout = req.Stdout
+	sess.Stderr = req.Stderr
+	if req.TTY {
+		term, rows, cols := req.Term, req.Rows, req.Cols
+		if term == "" {
+			term = "xterm"
+		}
+		if rows <= 0 || cols <= 0 {
+			rows, cols = 24, 80
+		}
+		if err := sess.RequestPty(term, rows, cols, ssh.TerminalModes{}); err != nil {
+			return 0, fmt.Errorf("exec: request pty: %w", err)
+		}
+	}
+	if err := sess.Start(agent.ExecPrefix + string(payload)); err != nil {
+		return 0, fmt.Errorf("exec: start: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sess.Wait() }()
+	for {
+		select {
+		case err := <-done:
+			return exitStatus(err)
+		case ws, ok := <-req.Resize:
+			if !ok {
+				req.Resize = nil // a nil channel blocks for ever
+				continue
+			}
+			if req.TTY {
+				sess.WindowChange(ws.Rows, ws.Cols)
+			}
+		case <-ctx.Done():
+			sess.Signal(ssh.SIGKILL)
+			sess.Close() // the agent kills the process group when the channel closes
+			<-done
+			return 0, fmt.Errorf("exec: %w", ctx.Err())
+		}
+	}
+}
+
+// signalNumbers maps the names a standard sshd sends in exit-signal to
+// Linux numbers, so a non-ember server still yields 128+N.
+var signalNumbers = map[string]int{
+	"HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "ABRT": 6, "FPE": 8, "KILL": 9,
+	"SEGV": 11, "PIPE": 13, "ALRM": 14, "TERM": 15, "USR1": 10, "USR2": 12,
+}
+
+func exitStatus(err error) (int, error) {
+	if err == nil {
+		return 0, nil
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		if ee.Signal() != "" {
+			if n, ok := signalNumbers[ee.Signal()]; ok {
+				return 128 + n, nil
+			}
+			return 128, nil
+		}
+		return ee.ExitStatus(), nil
+	}
+	return 0, fmt.Errorf("exec: %w", err)
+}
+
+// Poweroff asks the agent (PID 1) to shut the VM down cleanly. It returns
+// once the guest has accepted; the VM process exits shortly after.
+func (c *Client) Poweroff(ctx context.Context) error {
+	sess, err := c.ssh.NewSession()
+	if err != nil {
+		return fmt.Errorf("poweroff: open session: %w", err)
+	}
+	defer sess.Close()
+	done := make(chan error, 1)
+	var stderr limitedBuffer
+	sess.Stderr = &stderr
+	go func() { done <- sess.Run(agent.PoweroffCommand) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("poweroff: %w: %s", err, stderr.String())
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("poweroff: %w", ctx.Err())
+	}
+}
+
+// limitedBuffer keeps the first few KiB written to it, enough for an
+// error message.
+type limitedBuffer struct{ b []byte }
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if room := 4096 - len(l.b); room > 0 {
+		l.b = append(l.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (l *limitedBuffer) String() string { return string(l.b) }
