@@ -43,7 +43,7 @@ func (f *fakeDriver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.I
 	if f.startErr != nil {
 		return hypervisor.Instance{}, f.startErr
 	}
-	if err := os.WriteFile(s.ConsoleLog, []byte("fake console line 1\nfake console line 2\n"), 0o644); err != nil {
+	if err := os.WriteFile(s.ConsoleLog, []byte("fake console line 1\nfake console line 2\nember-agent: ready\n"), 0o644); err != nil {
 		return hypervisor.Instance{}, err
 	}
 	f.mu.Lock()

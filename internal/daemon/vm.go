@@ -247,6 +247,9 @@ func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk st
 		}
 		return nil
 	}
+	// Dial only once the agent says it listens: an early connection through
+	// QEMU's user-mode forward stalls while the guest is not up yet.
+	waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
 	conn, err := d.waitGuest(bootCtx, fmt.Sprintf("127.0.0.1:%d", spec.Net.SSHHostPort), d.key, alive)
 	if err != nil {
 		_ = d.driver.Quit(context.Background(), spec, inst)
