@@ -6,7 +6,7 @@ export CGO_ENABLED := 0
 # Tests share one unpacked guest kernel so each does not download it again.
 export EMBER_TEST_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all build deps run stop test unit e2e bench vet fmt clean
+.PHONY: all build deps run stop test unit e2e bench vet fmt clean testkernel
 
 all: build
 
@@ -30,10 +30,14 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l cmd internal)" || { gofmt -l cmd internal; echo "gofmt needed"; exit 1; }
 
-unit:
-	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
+# The guest kernel that every test tier boots, fetched once into .cache/.
+testkernel:
+	@$(GO) run ./test/kernelcache >/dev/null
 
-e2e: build
+unit: testkernel
+	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/e2e)
+
+e2e: build testkernel
 	$(GO) test -count=1 -timeout 25m -v ./test/e2e/...
 
 test: deps vet unit e2e

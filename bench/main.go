@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/emberhq/ember/internal/hypervisor/qemu"
 	"github.com/emberhq/ember/internal/kernel"
 )
 
@@ -147,10 +148,7 @@ func bootFloor(vmlinuz, initrd, disk string) (time.Duration, error) {
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", disk, "-F", "raw", overlay).CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("qemu-img: %v: %s", err, out)
 	}
-	khz, err := kernel.HostTSCkHz()
-	if err != nil {
-		return 0, err
-	}
+	khz := qemu.HostTSCKHz()
 	cmdline := fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=3 ember.root=/dev/vda tsc_early_khz=%d", khz)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -321,12 +321,3 @@ func (d *Daemon) importKernel(ctx context.Context, p wire.KernelImportParams) (w
 	return wire.Kernel{Name: sk.Name, Release: sk.Release, Source: sk.Source, Vmlinuz: sk.Vmlinuz,
 		Modules: sk.ModulesDir, CreatedAt: sk.CreatedAt}, nil
 }
-
-// tscKHz is the host's TSC rate for the guest's tsc_early_khz (TESTING.md:
-// without it about one TCG boot in five hangs); -1 when unknown.
-func tscKHz() int {
-	if khz, err := kernel.HostTSCkHz(); err == nil && khz > 0 {
-		return khz
-	}
-	return -1
-}

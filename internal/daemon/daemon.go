@@ -111,7 +111,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	if d.driver == nil {
-		drv, err := qemu.New(qemu.Options{Logger: log, TSCKHz: tscKHz()})
+		drv, err := qemu.New(qemu.Options{Logger: log})
 		if err != nil {
 			return nil, err
 		}

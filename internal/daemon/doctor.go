@@ -41,7 +41,7 @@ func Doctor(ctx context.Context, home string) []Check {
 	if err != nil {
 		return []Check{fail("layout", err.Error(), "set --home or EMBER_HOME to a writable folder")}
 	}
-	if drv, err := qemu.New(qemu.Options{TSCKHz: tscKHz()}); err != nil {
+	if drv, err := qemu.New(qemu.Options{}); err != nil {
 		out = append(out, fail("qemu", err.Error(), "apt-get install --no-install-recommends qemu-system-x86 qemu-utils"))
 	} else {
 		out = append(out, pass("qemu", drv.Binary()))

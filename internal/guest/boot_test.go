@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/emberhq/ember/internal/testkernel"
 	"io"
 	"net"
 	"os"
@@ -34,17 +35,8 @@ func TestBootRealVM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM; skipped with -short")
 	}
-	kdir := os.Getenv("EMBER_TEST_KERNEL")
-	if kdir == "" {
-		kdir = "/tmp/k/x"
-	}
-	kernels, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
-	if len(kernels) == 0 {
-		t.Skipf("no kernel under %s/boot (set EMBER_TEST_KERNEL to an unpacked kernel package)", kdir)
-	}
-	kernel := kernels[0]
-	kver := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
-	modDir := filepath.Join(kdir, "lib", "modules", kver)
+	tk := testkernel.Find(t)
+	kernel, kver, modDir := tk.Vmlinuz, tk.Release, tk.ModulesDir
 	for _, tool := range []string{"qemu-system-x86_64", "mkfs.ext4", "go"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s not installed", tool)

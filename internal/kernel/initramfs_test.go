@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"github.com/emberhq/ember/internal/testkernel"
 	"io"
 	"os"
 	"path/filepath"
@@ -239,26 +240,11 @@ func TestBuildInitramfsNoModules(t *testing.T) {
 	}
 }
 
-// realKernelRoot is an unpacked Debian kernel package (boot/, lib/modules/).
+// realKernelRoot is the cached test kernel (see internal/testkernel).
 func realKernelRoot(t *testing.T) Kernel {
 	t.Helper()
-	root := os.Getenv("EMBER_TEST_KERNEL_ROOT")
-	if root == "" {
-		root = "/tmp/k/x"
-	}
-	vms, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
-	if len(vms) == 0 {
-		t.Skipf("no unpacked kernel at %s (set EMBER_TEST_KERNEL_ROOT)", root)
-	}
-	rel := strings.TrimPrefix(filepath.Base(vms[0]), "vmlinuz-")
-	mods := filepath.Join(root, "lib", "modules", rel)
-	if _, err := os.Stat(mods); err != nil {
-		mods = filepath.Join(root, "usr", "lib", "modules", rel)
-	}
-	if _, err := os.Stat(mods); err != nil {
-		t.Skipf("no modules for %s under %s", rel, root)
-	}
-	return Kernel{Name: "real", Release: rel, Vmlinuz: vms[0], ModulesDir: mods, Source: SourceImport}
+	tk := testkernel.Find(t)
+	return Kernel{Name: "real", Release: tk.Release, Vmlinuz: tk.Vmlinuz, ModulesDir: tk.ModulesDir, Source: SourceImport}
 }
 
 func TestBuildInitramfsRealKernel(t *testing.T) {

@@ -1,0 +1,110 @@
+// Package hypervisor defines the seam between the daemon and the programs that
+// run virtual machines (QEMU now, Firecracker later). A Driver starts a VM as a
+// process detached from the daemon, so VMs outlive a daemon restart; the daemon
+// keeps the Spec and Instance in its store and re-attaches by calling State and
+// Alive from a fresh process.
+package hypervisor
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrUnsupported is returned (wrapped) when a driver cannot do what a Spec asks,
+// for example a network mode it does not implement.
+var ErrUnsupported = errors.New("unsupported")
+
+// Network modes for NetSpec.Mode.
+const (
+	NetNone = "none" // no network device at all
+	NetUser = "user" // QEMU user-mode networking with a loopback port forward for SSH
+	NetTAP  = "tap"  // a host TAP interface, attached to a bridge by the caller
+)
+
+// Accelerators for Spec.Accel; the caller resolves "auto" before Start.
+const (
+	AccelKVM = "kvm"
+	AccelTCG = "tcg"
+)
+
+// NetSpec describes the VM's single network interface.
+type NetSpec struct {
+	Mode string // NetNone, NetUser or NetTAP; "" means NetNone
+	// SSHHostPort is the loopback port forwarded to the guest's port 22 (user mode).
+	SSHHostPort int
+	// Restrict isolates a user-mode guest: it cannot reach anything outside,
+	// only the host's port forward reaches it.
+	Restrict bool
+	TAP      string // tap mode: interface name
+	MAC      string // optional guest MAC address, e.g. "52:54:00:12:34:56"
+}
+
+// Spec is everything a driver needs to start one VM. Paths should be absolute
+// (drivers make them so); they must stay the same across a daemon restart,
+// since State and Quit find the running VM through them.
+type Spec struct {
+	ID, Name  string
+	CPUs      int
+	MemoryMiB int
+	Kernel    string
+	Initrd    string // optional
+	Cmdline   string
+	Disk      string // qcow2 root disk; optional
+	Net       NetSpec
+	// ConsoleLog receives the guest's serial console; it is appended to, so the
+	// lines of earlier boots stay above the current one.
+	ConsoleLog string
+	QMPSocket  string // control socket (QEMU), at most 107 bytes long
+	PIDFile    string
+	Accel      string // AccelKVM or AccelTCG, already resolved
+}
+
+// Instance identifies a running VM process. StartTime (the starttime field of
+// /proc/PID/stat, in clock ticks since boot) tells the process apart from a
+// later one that got the same PID.
+type Instance struct {
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+}
+
+// State is what the hypervisor reports about a VM.
+type State string
+
+// VM states.
+const (
+	StateRunning  State = "running"  // vCPUs run
+	StatePaused   State = "paused"   // process alive, vCPUs stopped (paused, migrating, starting up)
+	StateShutdown State = "shutdown" // the guest shut down but the process still exists
+	StateCrashed  State = "crashed"  // guest panic or hypervisor internal/IO error; process still exists
+	StateStopped  State = "stopped"  // no process
+)
+
+// Driver runs VMs with one hypervisor program.
+type Driver interface {
+	// Name is the driver's short name, e.g. "qemu".
+	Name() string
+	// Start launches the VM and returns once the hypervisor runs it. The
+	// process is detached from the caller (own session) and outlives it. If
+	// ctx ends before Start returns, whatever was started is killed.
+	Start(ctx context.Context, s Spec) (Instance, error)
+	// State asks the running hypervisor; StateStopped (and no error) if the
+	// process is gone. Works from a process other than the one that started it.
+	State(ctx context.Context, s Spec, inst Instance) (State, error)
+	// Alive reports whether the process exists, is the same process (start
+	// time matches) and is not a zombie.
+	Alive(inst Instance) bool
+	// Quit stops the VM at once (no guest shutdown): a polite hypervisor quit,
+	// then SIGKILL after a short grace. It returns when the process is gone.
+	Quit(ctx context.Context, s Spec, inst Instance) error
+	// CreateDisk makes overlay a copy-on-write qcow2 disk on top of base.
+	// sizeBytes 0 keeps the base's size; a size below the base's is an error.
+	// An existing overlay is an error (it is never overwritten).
+	CreateDisk(ctx context.Context, base, baseFormat, overlay string, sizeBytes int64) error
+}
+
+// AccelProber is implemented by drivers that can choose between KVM and
+// software emulation by trying them.
+type AccelProber interface {
+	// ProbeAccel returns AccelKVM or AccelTCG and a sentence saying why.
+	ProbeAccel(ctx context.Context) (accel, reason string)
+}

@@ -1,0 +1,203 @@
+package qemu
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/emberhq/ember/internal/hypervisor"
+)
+
+func testSpec() hypervisor.Spec {
+	return hypervisor.Spec{
+		ID: "abc123", Name: "web", CPUs: 2, MemoryMiB: 512,
+		Kernel: "/k/vmlinuz", Initrd: "/k/initrd", Cmdline: "console=ttyS0 quiet",
+		Disk:       "/vm/root.qcow2",
+		Net:        hypervisor.NetSpec{Mode: hypervisor.NetUser, SSHHostPort: 2222, Restrict: true},
+		ConsoleLog: "/run/vm/console.log", QMPSocket: "/run/vm/qmp.sock", PIDFile: "/run/vm/qemu.pid",
+		Accel: hypervisor.AccelTCG,
+	}
+}
+
+// argAfter returns the value following flag, or "" (and fails if the flag appears twice).
+func argAfter(t *testing.T, args []string, flag string) string {
+	t.Helper()
+	v, n := "", 0
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			v, n = args[i+1], n+1
+		}
+	}
+	if n > 1 {
+		t.Fatalf("%s appears %d times in %q", flag, n, args)
+	}
+	return v
+}
+
+func allAfter(args []string, flag string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+func TestBuildArgsUserNetTCG(t *testing.T) {
+	a := buildArgs(testSpec())
+	for flag, want := range map[string]string{
+		"-M": "microvm", "-accel": "tcg", "-smp": "2", "-m": "512", "-display": "none",
+		"-pidfile": "/run/vm/qemu.pid", "-kernel": "/k/vmlinuz", "-initrd": "/k/initrd",
+		"-append": "console=ttyS0 quiet", "-name": "ember-web",
+		"-qmp":     "unix:/run/vm/qmp.sock,server=on,wait=off",
+		"-serial":  "chardev:console",
+		"-chardev": "file,id=console,path=/run/vm/console.log,append=on",
+		"-drive":   "id=root,file=/vm/root.qcow2,format=qcow2,if=none,cache=writeback,discard=unmap",
+		"-netdev":  "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22",
+	} {
+		if got := argAfter(t, a, flag); got != want {
+			t.Errorf("%s = %q, want %q", flag, got, want)
+		}
+	}
+	for _, f := range []string{"-nodefaults", "-no-user-config", "-no-reboot", "-daemonize"} {
+		if !slices.Contains(a, f) {
+			t.Errorf("missing %s in %q", f, a)
+		}
+	}
+	for _, f := range []string{"-nographic", "-cpu", "-enable-kvm"} {
+		if slices.Contains(a, f) {
+			t.Errorf("unexpected %s in %q", f, a)
+		}
+	}
+	devs := allAfter(a, "-device")
+	want := []string{"virtio-blk-device,drive=root", "virtio-net-device,netdev=net0", "virtio-rng-device"}
+	if !slices.Equal(devs, want) {
+		t.Errorf("devices = %q, want %q", devs, want)
+	}
+}
+
+func TestBuildArgsKVMUsesHostCPU(t *testing.T) {
+	s := testSpec()
+	s.Accel = hypervisor.AccelKVM
+	a := buildArgs(s)
+	if argAfter(t, a, "-accel") != "kvm" || argAfter(t, a, "-cpu") != "host" {
+		t.Errorf("kvm args wrong: %q", a)
+	}
+}
+
+func TestBuildArgsOptionalParts(t *testing.T) {
+	s := testSpec()
+	s.Initrd, s.Disk, s.Cmdline = "", "", ""
+	s.Net = hypervisor.NetSpec{}
+	a := buildArgs(s)
+	for _, f := range []string{"-initrd", "-drive", "-netdev", "-append"} {
+		if slices.Contains(a, f) {
+			t.Errorf("unexpected %s in %q", f, a)
+		}
+	}
+	if devs := allAfter(a, "-device"); !slices.Equal(devs, []string{"virtio-rng-device"}) {
+		t.Errorf("devices = %q", devs)
+	}
+}
+
+func TestBuildArgsUnrestrictedAndTAP(t *testing.T) {
+	s := testSpec()
+	s.Net.Restrict = false
+	if got := argAfter(t, buildArgs(s), "-netdev"); !strings.Contains(got, "restrict=off") {
+		t.Errorf("netdev = %q, want restrict=off", got)
+	}
+	s.Net = hypervisor.NetSpec{Mode: hypervisor.NetTAP, TAP: "ember0", MAC: "52:54:00:12:34:56"}
+	a := buildArgs(s)
+	if got := argAfter(t, a, "-netdev"); got != "tap,id=net0,ifname=ember0,script=no,downscript=no" {
+		t.Errorf("netdev = %q", got)
+	}
+	if !slices.Contains(allAfter(a, "-device"), "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56") {
+		t.Errorf("devices = %q", allAfter(a, "-device"))
+	}
+}
+
+func TestBuildArgsEscapesCommaInName(t *testing.T) {
+	s := testSpec()
+	s.Name = "a,b"
+	if got := argAfter(t, buildArgs(s), "-name"); got != "ember-a,,b" {
+		t.Errorf("-name = %q", got)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	if err := validate(testSpec()); err != nil {
+		t.Fatalf("valid spec rejected: %v", err)
+	}
+	cases := map[string]func(*hypervisor.Spec){
+		"cpus":        func(s *hypervisor.Spec) { s.CPUs = 0 },
+		"memory":      func(s *hypervisor.Spec) { s.MemoryMiB = 8 },
+		"kernel":      func(s *hypervisor.Spec) { s.Kernel = "" },
+		"accel":       func(s *hypervisor.Spec) { s.Accel = "auto" },
+		"port":        func(s *hypervisor.Spec) { s.Net.SSHHostPort = 0 },
+		"comma":       func(s *hypervisor.Spec) { s.Disk = "/a,b.qcow2" },
+		"long socket": func(s *hypervisor.Spec) { s.QMPSocket = "/" + strings.Repeat("x", 120) },
+		"tap no name": func(s *hypervisor.Spec) { s.Net = hypervisor.NetSpec{Mode: hypervisor.NetTAP} },
+		"mac":         func(s *hypervisor.Spec) { s.Net.MAC = "nope" },
+		"pidfile":     func(s *hypervisor.Spec) { s.PIDFile = "" },
+	}
+	for name, mut := range cases {
+		s := testSpec()
+		mut(&s)
+		if err := validate(s); err == nil {
+			t.Errorf("%s: invalid spec accepted", name)
+		}
+	}
+	s := testSpec()
+	s.Net.Mode = "vde"
+	if err := validate(s); !errors.Is(err, hypervisor.ErrUnsupported) {
+		t.Errorf("unknown net mode: err = %v, want ErrUnsupported", err)
+	}
+}
+
+func TestAbsSpec(t *testing.T) {
+	t.Chdir(t.TempDir())
+	s := testSpec()
+	s.Disk, s.Initrd = "rel/root.qcow2", ""
+	got, err := absSpec(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(got.Disk, "/") || !strings.HasSuffix(got.Disk, "/rel/root.qcow2") {
+		t.Errorf("disk = %q, want absolute", got.Disk)
+	}
+	if got.Initrd != "" {
+		t.Errorf("empty initrd became %q", got.Initrd)
+	}
+}
+
+func TestWithTSC(t *testing.T) {
+	for _, c := range []struct {
+		cmdline, accel string
+		khz            int
+		want           string
+	}{
+		{"console=ttyS0", "tcg", 2096019, "console=ttyS0 tsc_early_khz=2096019"},
+		{"", "tcg", 2096019, "tsc_early_khz=2096019"},
+		{"console=ttyS0", "kvm", 2096019, "console=ttyS0"},
+		{"console=ttyS0", "tcg", 0, "console=ttyS0"},
+		{"tsc_early_khz=1 x", "tcg", 2096019, "tsc_early_khz=1 x"},
+	} {
+		if got := withTSC(c.cmdline, c.accel, c.khz); got != c.want {
+			t.Errorf("withTSC(%q, %q, %d) = %q, want %q", c.cmdline, c.accel, c.khz, got, c.want)
+		}
+	}
+}
+
+func TestMapStatus(t *testing.T) {
+	for in, want := range map[string]hypervisor.State{
+		"running": hypervisor.StateRunning, "paused": hypervisor.StatePaused,
+		"prelaunch": hypervisor.StatePaused, "shutdown": hypervisor.StateShutdown,
+		"guest-panicked": hypervisor.StateCrashed, "internal-error": hypervisor.StateCrashed,
+	} {
+		if got := mapStatus(in); got != want {
+			t.Errorf("mapStatus(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

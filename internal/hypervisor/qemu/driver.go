@@ -1,0 +1,204 @@
+// Package qemu is the QEMU hypervisor driver: it runs each VM as a daemonized
+// qemu-system-x86_64 on the microvm machine type (virtio-mmio devices), with
+// KVM when it works and TCG software emulation otherwise, and controls it
+// through its QMP socket.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/emberhq/ember/internal/hypervisor"
+)
+
+// Options configure a Driver; zero values pick defaults.
+type Options struct {
+	QEMUPath    string        // qemu-system-x86_64; found on PATH, /usr/bin or /usr/libexec if empty
+	QEMUImgPath string        // qemu-img; found the same way if empty
+	QuitGrace   time.Duration // how long Quit waits after QMP quit before SIGKILL (default 3s)
+	// TSCKHz is passed as tsc_early_khz to TCG guests; 0 detects the host's
+	// rate, negative disables.
+	TSCKHz int
+	Logger *slog.Logger
+}
+
+// Driver runs VMs with QEMU. It is safe for concurrent use: it keeps no
+// per-VM state, everything is in the Spec, the Instance and the files they name.
+type Driver struct {
+	qemu, qemuImg string
+	quitGrace     time.Duration
+	tscKHz        int
+	log           *slog.Logger
+}
+
+var _ hypervisor.Driver = (*Driver)(nil)
+var _ hypervisor.AccelProber = (*Driver)(nil)
+
+// New finds the QEMU binaries. A missing qemu-system-x86_64 is an error; a
+// missing qemu-img only makes CreateDisk fail.
+func New(o Options) (*Driver, error) {
+	d := &Driver{quitGrace: o.QuitGrace, tscKHz: o.TSCKHz, log: o.Logger}
+	if d.quitGrace <= 0 {
+		d.quitGrace = 3 * time.Second
+	}
+	if d.tscKHz == 0 {
+		d.tscKHz = HostTSCKHz()
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	var err error
+	if d.qemu = o.QEMUPath; d.qemu == "" {
+		if d.qemu, err = FindQEMU(); err != nil {
+			return nil, err
+		}
+	}
+	if d.qemuImg = o.QEMUImgPath; d.qemuImg == "" {
+		d.qemuImg, _ = FindQEMUImg()
+	}
+	return d, nil
+}
+
+// FindQEMU locates qemu-system-x86_64.
+func FindQEMU() (string, error) {
+	if p := findBinary("qemu-system-x86_64", "qemu-kvm"); p != "" {
+		return p, nil
+	}
+	return "", errors.New("qemu-system-x86_64 not found on PATH, in /usr/bin or /usr/libexec: install it (Debian/Ubuntu package qemu-system-x86)")
+}
+
+// FindQEMUImg locates qemu-img.
+func FindQEMUImg() (string, error) {
+	if p := findBinary("qemu-img"); p != "" {
+		return p, nil
+	}
+	return "", errors.New("qemu-img not found on PATH, in /usr/bin or /usr/libexec: install it (Debian/Ubuntu package qemu-utils)")
+}
+
+func findBinary(names ...string) string {
+	for _, n := range names {
+		if p, err := exec.LookPath(n); err == nil {
+			if a, err := filepath.Abs(p); err == nil {
+				return a
+			}
+		}
+		for _, dir := range []string{"/usr/bin", "/usr/libexec"} {
+			p := filepath.Join(dir, n)
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+				return p
+			}
+		}
+	}
+	return ""
+}
+
+// Name implements hypervisor.Driver.
+func (d *Driver) Name() string { return "qemu" }
+
+// Binary is the qemu-system-x86_64 in use.
+func (d *Driver) Binary() string { return d.qemu }
+
+// Alive implements hypervisor.Driver.
+func (d *Driver) Alive(inst hypervisor.Instance) bool { return alive(inst) }
+
+// State implements hypervisor.Driver by asking QEMU over QMP.
+func (d *Driver) State(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) (hypervisor.State, error) {
+	if !alive(inst) {
+		return hypervisor.StateStopped, nil
+	}
+	sock, err := filepath.Abs(s.QMPSocket)
+	if err != nil {
+		return "", fmt.Errorf("qmp socket path: %w", err)
+	}
+	status, err := qmpStatus(ctx, sock)
+	if err != nil {
+		if !alive(inst) { // it exited while we asked
+			return hypervisor.StateStopped, nil
+		}
+		return "", fmt.Errorf("state of vm %s: %w", vmName(s), err)
+	}
+	return mapStatus(status), nil
+}
+
+// mapStatus folds QEMU's RunState names into hypervisor states.
+func mapStatus(status string) hypervisor.State {
+	switch status {
+	case "running":
+		return hypervisor.StateRunning
+	case "shutdown":
+		return hypervisor.StateShutdown
+	case "guest-panicked", "internal-error", "io-error":
+		return hypervisor.StateCrashed
+	default: // paused, prelaunch, inmigrate, suspended, debug, watchdog, ...
+		return hypervisor.StatePaused
+	}
+}
+
+// Quit implements hypervisor.Driver.
+func (d *Driver) Quit(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
+	if alive(inst) {
+		sock, _ := filepath.Abs(s.QMPSocket)
+		// A QEMU that does not answer QMP within the grace gets killed anyway.
+		qctx, cancel := context.WithTimeout(ctx, d.quitGrace)
+		err := qmpQuit(qctx, sock)
+		cancel()
+		if err != nil {
+			d.log.Debug("qmp quit failed, will kill", "vm", vmName(s), "pid", inst.PID, "err", err)
+		}
+		if !waitGone(ctx, inst, d.quitGrace) {
+			d.log.Warn("qemu still running after quit, killing", "vm", vmName(s), "pid", inst.PID)
+			if err := killInstance(inst); err != nil {
+				return fmt.Errorf("quit vm %s: %w", vmName(s), err)
+			}
+			if !waitGone(ctx, inst, 5*time.Second) {
+				if err := ctx.Err(); err != nil {
+					return fmt.Errorf("quit vm %s: %w", vmName(s), err)
+				}
+				return fmt.Errorf("quit vm %s: pid %d still alive after SIGKILL", vmName(s), inst.PID)
+			}
+		}
+	}
+	// A killed QEMU leaves its socket and pid file behind; the next start
+	// must not mistake them for a live VM.
+	removeIfExists(s.QMPSocket)
+	removeIfExists(s.PIDFile)
+	return nil
+}
+
+// waitGone polls until inst is gone, the timeout passes or ctx ends. The
+// QEMU process is not our child (it daemonized), so it cannot be waited for.
+func waitGone(ctx context.Context, inst hypervisor.Instance, timeout time.Duration) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if !alive(inst) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return !alive(inst)
+		case <-deadline.C:
+			return !alive(inst)
+		case <-tick.C:
+		}
+	}
+}
+
+func removeIfExists(p string) {
+	if p == "" {
+		return
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		slog.Debug("remove stale file", "path", p, "err", err)
+	}
+}
+
+func vmName(s hypervisor.Spec) string { return firstNonEmpty(s.Name, s.ID) }
