@@ -21,7 +21,7 @@ build:
 # run: start the daemon (default layout) if it is not running, boot a VM
 # from the built-in image and run a command in it.
 run: deps build
-	@sh scripts/run.sh
+	@bash scripts/run.sh
 
 stop:
 	@-$(BIN)/ember rm -f demo >/dev/null 2>&1; pkill -f '$(BIN)/ember daemon' || true
