@@ -53,7 +53,9 @@ func execCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer s.Close()
-			if tty && interactive && inIsFile && term.IsTerminal(int(inFile.Fd())) {
+			// Raw mode whenever the guest has the terminal: its line discipline
+			// does the work, ours would translate its output a second time.
+			if tty && inIsFile && term.IsTerminal(int(inFile.Fd())) {
 				old, err := term.MakeRaw(int(inFile.Fd()))
 				if err == nil {
 					defer term.Restore(int(inFile.Fd()), old)

@@ -201,7 +201,7 @@ func (o *opState) finish(result []byte, err error) {
 	o.finished = &now
 	switch {
 	case err == nil:
-		o.state, o.result = wire.OpSucceeded, result
+		o.state, o.result, o.progress = wire.OpSucceeded, result, "done"
 	case o.ctx.Err() != nil && wire.CodeOf(err) == wire.CodeInternal:
 		o.state, o.err = wire.OpCancelled, wire.Errorf(wire.CodeCancelled, "cancelled: %v", err)
 	default:
