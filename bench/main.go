@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/hypervisor/qemu"
 	"github.com/emberhq/ember/internal/kernel"
 )
@@ -29,7 +30,22 @@ import (
 func main() {
 	runs := flag.Int("runs", 5, "measured runs of each side")
 	out := flag.String("out", "BENCHMARKS.md", "file to write")
+	netOnly := flag.Bool("net", false, "measure only the tap networking section (root; uses a network namespace)")
 	flag.Parse()
+	if *dnsLoad != "" {
+		if err := runDNSLoad(*dnsLoad); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *netOnly {
+		if err := runNet(*runs, *out); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*runs, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -108,7 +124,19 @@ func run(runs int, out string) error {
 		}
 		fmt.Fprintf(os.Stderr, "run %d: floor %v, ember %v\n", i, floor[i].Round(time.Millisecond), full[i].Round(time.Millisecond))
 	}
-	return write(out, runs, median(floor), median(full))
+	// Sessions vs exec, in one VM.
+	if _, err := ember("create", "sess"); err != nil {
+		return err
+	}
+	c, err := client.New(home)
+	if err != nil {
+		return err
+	}
+	sess, err := benchSessions(c, "sess", runs, 50)
+	if err != nil {
+		return fmt.Errorf("sessions: %w", err)
+	}
+	return write(out, runs, median(floor), median(full), sess)
 }
 
 // linkKernel shares the unpacked test kernel (make test fetches it).
@@ -183,10 +211,10 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-func write(path string, runs int, floor, full time.Duration) error {
+func write(path string, runs int, floor, full time.Duration, sess sessionResult) error {
 	ratio := float64(full) / float64(floor)
 	host, _ := os.Hostname()
-	var b strings.Builder
+	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` (`go run ./bench`); numbers are medians of %d interleaved runs on one machine in one run, so the ratio is what matters.\n\n", runs)
 	fmt.Fprintf(&b, "## Create → first exec vs the QEMU floor\n\n")
 	fmt.Fprintf(&b, "| measure | median |\n| --- | --- |\n")
@@ -195,5 +223,7 @@ func write(path string, runs int, floor, full time.Duration) error {
 	fmt.Fprintf(&b, "| **ratio ember / floor** (target ≤ 1.5) | **%.2f** |\n\n", ratio)
 	fmt.Fprintf(&b, "Measured %s on %s (accelerator: TCG; KVM does not run guests on these machines).\n",
 		time.Now().UTC().Format("2006-01-02 15:04 MST"), host)
-	return os.WriteFile(path, []byte(b.String()), 0o644)
+	writeSessions(&b, sess, runs)
+	b.Write(keepSection(path, netHeading)) // written by -net; keep it
+	return os.WriteFile(path, b.Bytes(), 0o644)
 }

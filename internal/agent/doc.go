@@ -10,6 +10,14 @@
 // can reap every orphan with wait4(-1) without stealing exit statuses that
 // os/exec in the server is waiting for.
 //
+// Serve mode also hosts persistent sessions (sessions.go, protocol in
+// sessionproto.go): named processes on PTYs with a scrollback ring, owned
+// by the server process rather than by any SSH connection, so they survive
+// the host's connections (and the daemon) coming and going. The host
+// creates, lists, attaches to (replay, then live output), writes to,
+// resizes, signals and kills them over one custom channel type,
+// "ember-session".
+//
 // Serve mode is also usable on its own (ember-agent serve --listen ...) and
 // in-process through NewServer, which is how the host-side client in
 // internal/guest is tested without a VM.

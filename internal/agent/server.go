@@ -38,6 +38,8 @@ type Server struct {
 
 	wg sync.WaitGroup // connection and channel goroutines
 
+	sessions *sessionManager // persistent sessions; outlive connections
+
 	// mu guards the fields that follow.
 	mu        sync.Mutex
 	closed    bool
@@ -78,6 +80,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg:       cfg,
 		sshCfg:    sc,
 		log:       log,
+		sessions:  newSessionManager(log),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
 	}, nil
@@ -141,6 +144,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.sessions.closeAll()
 	return nil
 }
 
@@ -189,6 +193,12 @@ func (s *Server) handleConn(c net.Conn) {
 			go func() {
 				defer s.wg.Done()
 				newSession(s, ch, creqs).run()
+			}()
+		case SessionChannelType:
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.sessions.handleChannel(nc)
 			}()
 		case "direct-tcpip":
 			s.wg.Add(1)

@@ -25,9 +25,9 @@ const outputDrain = 2 * time.Second
 // session is one SSH "session" channel: at most one exec, shell or
 // subsystem, plus the requests that tune it (env, pty-req, window-change,
 // signal). Its process lives exactly as long as the channel. Named
-// persistent sessions will be a separate registry on Server that owns PTY
-// processes (started from the same procSpec) and a scrollback ring, with
-// channels attaching to them instead of owning them.
+// persistent sessions are the other model (sessions.go): a registry on
+// Server owns their PTY processes (started from the same procSpec) and
+// scrollback rings, and channels attach to them instead of owning them.
 type session struct {
 	srv  *Server
 	ch   ssh.Channel

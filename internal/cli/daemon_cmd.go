@@ -4,20 +4,27 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/emberhq/ember/internal/daemon"
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/netconf"
 )
 
 func daemonCmd(e *env) *cobra.Command {
-	var debug bool
+	var debug, cleanup bool
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the daemon in the foreground",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cleanup {
+				return cleanupNetwork(e)
+			}
 			level := slog.LevelInfo
 			if debug {
 				level = slog.LevelDebug
@@ -32,7 +39,36 @@ func daemonCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&debug, "debug", false, "log debug details")
+	cmd.Flags().BoolVar(&cleanup, "cleanup", false, "remove the host networking ember set up (nftables table, TAPs, bridge) and exit")
 	return cmd
+}
+
+// cleanupNetwork undoes what a tap-mode daemon set up in this network
+// namespace. It refuses while a daemon runs: that daemon would rebuild it.
+func cleanupNetwork(e *env) error {
+	lay, err := layout.Resolve(e.home)
+	if err != nil {
+		return err
+	}
+	cfg, err := layout.LoadConfig(lay.Config)
+	if err != nil {
+		return err
+	}
+	if c, err := net.DialTimeout("unix", lay.Socket(), time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("a daemon answers on %s; stop it before --cleanup", lay.Socket())
+	}
+	done, err := netconf.Cleanup(cfg.NFTable, cfg.Bridge, cfg.TAPPrefix)
+	for _, d := range done {
+		fmt.Fprintln(e.stdout, "removed", d)
+	}
+	if len(done) == 0 && err == nil {
+		fmt.Fprintln(e.stdout, "nothing to remove")
+	}
+	if err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	return nil
 }
 
 func doctorCmd(e *env) *cobra.Command {

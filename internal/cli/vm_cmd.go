@@ -69,7 +69,7 @@ func createCmd(e *env) *cobra.Command {
 	f.IntVar(&cpus, "cpus", 1, "virtual CPUs (default from the daemon's config)")
 	f.IntVar(&memory, "memory", 256, "memory in MiB (default from the daemon's config)")
 	f.IntVar(&disk, "disk", 0, "disk size in GiB (default: the image's size)")
-	f.StringVar(&p.Net, "net", "", "network mode: user (default)")
+	f.StringVar(&p.Net, "net", "", "network mode: user (QEMU user-mode, loopback only) or tap (bridge, own address and DNS name; needs a root daemon with tap on); default from the daemon's config")
 	f.BoolVarP(&detach, "detach", "d", false, "print the operation ID and return at once")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd

@@ -44,6 +44,14 @@ type Options struct {
 	// PrepareBoot returns the kernel, initramfs and image disk for a create;
 	// nil means the real kernel and image code.
 	PrepareBoot func(ctx context.Context, p bootRequest) (bootFiles, error)
+	// NetSetup prepares the host side of tap networking (bridge,
+	// forwarding, NAT); nil means the real one (netlink, nftables).
+	NetSetup hostNetSetup
+	// Taps is the TAP pool; nil means netlink TAPs on the bridge.
+	Taps tapSource
+	// DNSAddr is where the VM DNS server listens; empty means the bridge
+	// address, port 53.
+	DNSAddr string
 }
 
 // Daemon is the composition root: infrastructure handles and subsystems.
@@ -75,8 +83,12 @@ type Daemon struct {
 
 	createOps *opRegistry[*createOp]
 	guests    guestPool
+	sessions  sessionRegistry // persistent-session controllers; see session.go
 	accel     accelCache
 	initrd    initrdCache
+	// net is tap networking (TAP pool, leases cache, VM DNS); nil when the
+	// config leaves tap off. See network.go.
+	net *netSubsys
 
 	listener net.Listener
 }
@@ -135,7 +147,13 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	} else if n > 0 {
 		log.Info("marked unfinished operations failed", "count", n)
 	}
+	if err := d.openNet(ctx, opts); err != nil {
+		return nil, err
+	}
 	if err := d.reattach(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.reconcileNet(ctx); err != nil {
 		return nil, err
 	}
 	d.registerKernels(ctx)
@@ -292,7 +310,8 @@ func writeResponse(w io.Writer, res any, err error) {
 	_, _ = w.Write(append(b, '\n'))
 }
 
-var streamMethods = map[string]bool{"vm.exec": true, "vm.logs": true, "op.wait": true, "kernel.fetch": true}
+var streamMethods = map[string]bool{"vm.exec": true, "vm.logs": true, "op.wait": true, "kernel.fetch": true,
+	"session.attach": true, "session.read": true}
 
 // dispatch is the one table of methods. Every capability starts here.
 func (d *Daemon) dispatch(ctx context.Context, req wire.Request, sc *streamConn) (any, error) {
@@ -337,6 +356,18 @@ func (d *Daemon) dispatch(ctx context.Context, req wire.Request, sc *streamConn)
 		return nil, d.fetchKernel(ctx, sc)
 	case "kernel.import":
 		return withParams(req, func(p wire.KernelImportParams) (any, error) { return d.importKernel(ctx, p) })
+	case "session.list":
+		return withParams(req, func(p wire.SessionParams) (any, error) { return d.listSessions(ctx, p) })
+	case "session.create":
+		return withParams(req, func(p wire.SessionCreateParams) (any, error) { return d.createSession(ctx, p) })
+	case "session.attach":
+		return withParams(req, func(p wire.SessionAttachParams) (any, error) { return nil, d.attachSession(ctx, p, sc) })
+	case "session.send":
+		return withParams(req, func(p wire.SessionSendParams) (any, error) { return nil, d.sendSession(ctx, p) })
+	case "session.read":
+		return withParams(req, func(p wire.SessionReadParams) (any, error) { return nil, d.readSession(ctx, p, sc) })
+	case "session.kill":
+		return withParams(req, func(p wire.SessionParams) (any, error) { return nil, d.killSession(ctx, p) })
 	default:
 		return nil, invalidf("unknown method %q", req.Method)
 	}
@@ -371,6 +402,7 @@ func (d *Daemon) Close() error {
 		}
 		d.background.Wait()
 		d.guests.closeAll()
+		d.closeNet()
 		if d.store != nil {
 			d.store.Close()
 		}

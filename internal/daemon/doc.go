@@ -21,14 +21,30 @@
 //     hypervisor call: slow work (boot, shutdown) happens between two short
 //     critical sections, with a transitional state (creating, starting,
 //     stopping, deleting) in the store keeping other changes out (busy).
-//   - createVMMu: name uniqueness and the insert of a new VM row. Released
-//     before any slow work.
+//   - createVMMu: name uniqueness, the guest address allocation (tap mode)
+//     and the insert of a new VM row. Released before any slow work.
 //   - imageOpsMu: image-registry mutations (today: building the built-in
 //     image on first use).
 //   - createOps (opRegistry[*createOp]): vm.create operations with Begin,
 //     Status, Cancel, Prune and Wait; finished ones stay for the configured
 //     retention and are also written to the store.
 //   - guests (guestPool): one agent SSH connection per running VM.
+//   - sessions (sessionRegistry, session.go): one guestSessionController
+//     per persistent session in use, keyed by (VM ID, name), plus the
+//     sessions of stopped VMs reported as ended. Sessions themselves live
+//     in the guest agent; controllers are re-created lazily after a daemon
+//     restart. Inside a controller, writeMu (one write or resize into the
+//     session at a time, held across that guest write) comes before
+//     attachMu (the set of attached clients, the scrollback mirror and the
+//     most recently active client; never held across I/O). Output is fanned
+//     out without blocking: a client more than 4 MiB behind is dropped
+//     with a message, so it never stalls the others.
+//   - net (netSubsys, network.go; nil unless tap is configured): the TAP
+//     pool (tapSource, netconf.TapPool, its own lock), the VM DNS server
+//     (vmdns.Server, its own lock) and a cache of the leases (netSubsys.mu,
+//     a leaf). Addresses are allocated inside createVMMu, in the same store
+//     transaction as the VM's insert; the TAP is taken just before that
+//     window and given back if the create goes no further.
 //   - accel (accelCache), initrd (initrdCache), kernelFetchMu: one-time
 //     decisions and builds, each behind its own leaf lock.
 //

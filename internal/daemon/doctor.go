@@ -71,6 +71,7 @@ func Doctor(ctx context.Context, home string) []Check {
 	} else {
 		out = append(out, pass("busybox", p))
 	}
+	out = append(out, netChecks(ctx, lay)...)
 	out = append(out, diskCheck(lay))
 	out = append(out, storeCheck(ctx, lay))
 	out = append(out, daemonCheck(lay))

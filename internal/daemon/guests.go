@@ -54,11 +54,12 @@ func (p *guestPool) get(ctx context.Context, d *Daemon, vm store.VM) (guestConn,
 	if c != nil {
 		return c, nil
 	}
-	if vm.SSHPort == 0 {
+	addr := d.agentAddr(vm)
+	if addr == "" {
 		return nil, fmt.Errorf("vm %s has no agent address", vm.Name)
 	}
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
-	c, err := d.waitGuest(ctx, fmt.Sprintf("127.0.0.1:%d", vm.SSHPort), d.key, func() error {
+	c, err := d.waitGuest(ctx, addr, d.key, func() error {
 		if !d.driver.Alive(inst) {
 			return fmt.Errorf("vm %s is not running", vm.Name)
 		}

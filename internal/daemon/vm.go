@@ -71,8 +71,8 @@ func (d *Daemon) validateCreate(ctx context.Context, p *wire.CreateVMParams) err
 	if maxMem := hostMemoryMiB(); *p.MemoryMiB < minMemoryMiB || *p.MemoryMiB > maxMem {
 		errs = append(errs, invalidf("memory must be %d..%d MiB (this host's memory), not %d", minMemoryMiB, maxMem, *p.MemoryMiB))
 	}
-	if p.Net != "user" {
-		errs = append(errs, invalidf("net must be user, not %q (tap mode is not built yet)", p.Net))
+	if err := d.validateNet(p.Net); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return joinInvalid(errs)
@@ -131,14 +131,25 @@ func (d *Daemon) createVM(ctx context.Context, p wire.CreateVMParams) (wire.Oper
 		CPUs: *p.CPUs, MemoryMiB: *p.MemoryMiB, DiskBytes: int64(*p.DiskGiB) << 30, NetMode: p.Net,
 		CreatedAt: now, UpdatedAt: now}
 
-	// createVMMu covers only the uniqueness check and the insert.
+	// A TAP is taken before the window (the pool has its own lock) and
+	// given back if the create goes no further.
+	tap, err := d.takeTAP(p.Net)
+	if err != nil {
+		return wire.Operation{}, err
+	}
+	// createVMMu covers only the uniqueness check, the address allocation
+	// and the insert.
 	d.createVMMu.Lock()
 	if _, err := d.store.GetVMByName(ctx, p.Name); err == nil {
 		d.createVMMu.Unlock()
+		d.putTAP(tap)
 		return wire.Operation{}, conflictf("a vm named %q already exists", p.Name)
 	}
-	err := d.store.InsertVM(ctx, vm)
+	err = d.insertVM(ctx, vm, tap)
 	d.createVMMu.Unlock()
+	if err != nil {
+		d.putTAP(tap)
+	}
 	if errors.Is(err, store.ErrConflict) {
 		return wire.Operation{}, conflictf("a vm named %q already exists", p.Name)
 	} else if err != nil {
@@ -209,15 +220,20 @@ func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk st
 	}
 	_ = os.Remove(spec.ConsoleLog) // each boot's log starts empty
 	spec.Cmdline = d.cmdline(vm, files)
+	if err := d.vmNet(vm, &spec); err != nil {
+		return vm, err
+	}
 
 	var inst hypervisor.Instance
 	var err error
 	for attempt := 0; ; attempt++ {
-		port, perr := freePort()
-		if perr != nil {
-			return vm, fmt.Errorf("pick ssh port: %w", perr)
+		if spec.Net.Mode == hypervisor.NetUser {
+			port, perr := freePort()
+			if perr != nil {
+				return vm, fmt.Errorf("pick ssh port: %w", perr)
+			}
+			spec.Net.SSHHostPort = port
 		}
-		spec.Net.SSHHostPort = port
 		progress(fmt.Sprintf("booting (%s)", accel))
 		inst, err = d.driver.Start(ctx, spec)
 		// Another process can take the port between our probe and QEMU's
@@ -250,7 +266,7 @@ func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk st
 	// Dial only once the agent says it listens: an early connection through
 	// QEMU's user-mode forward stalls while the guest is not up yet.
 	waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
-	conn, err := d.waitGuest(bootCtx, fmt.Sprintf("127.0.0.1:%d", spec.Net.SSHHostPort), d.key, alive)
+	conn, err := d.waitGuest(bootCtx, d.agentAddr(vm), d.key, alive)
 	if err != nil {
 		_ = d.driver.Quit(context.Background(), spec, inst)
 		if ctx.Err() != nil {
@@ -276,8 +292,8 @@ func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk st
 // settings.
 func (d *Daemon) cmdline(vm store.VM, files bootFiles) string {
 	args := []string{"console=ttyS0", "panic=-1", "quiet", "loglevel=3",
-		"ember.root=/dev/vda", "ember.hostname=" + vm.Name, "ember.key=" + keyArg(d.key),
-		"ember.ip=10.0.2.15/24", "ember.gw=10.0.2.2", "ember.dns=10.0.2.3"}
+		"ember.root=/dev/vda", "ember.hostname=" + vm.Name, "ember.key=" + keyArg(d.key)}
+	args = append(args, d.guestNetArgs(vm)...)
 	// The driver adds tsc_early_khz under TCG; see TESTING.md.
 	return strings.Join(args, " ")
 }
@@ -307,6 +323,7 @@ func consoleTail(path string, n int) string {
 // destroyVM removes everything of a VM: process, guest connection, folders
 // and its row. It is the undo of create and the body of rm.
 func (d *Daemon) destroyVM(ctx context.Context, id string) {
+	d.sessionsGone(id)
 	d.guests.drop(id)
 	if vm, err := d.store.GetVM(ctx, id); err == nil {
 		d.killVM(ctx, vm)
@@ -316,6 +333,7 @@ func (d *Daemon) destroyVM(ctx context.Context, id string) {
 	if err := d.store.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		d.log.Error("delete vm row", "id", id, "err", err)
 	}
+	d.releaseNet(ctx, id)
 }
 
 // killVM stops a VM's process without asking the guest.
@@ -399,6 +417,7 @@ func (d *Daemon) toWireVM(vm store.VM) wire.VM {
 	if vm.State == wire.StateRunning {
 		w.PID, w.SSHPort = vm.PID, vm.SSHPort
 	}
+	d.netInfo(&w)
 	return w
 }
 
@@ -503,6 +522,9 @@ func (d *Daemon) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, error) 
 // to end, then forces it.
 func (d *Daemon) shutdown(ctx context.Context, vm store.VM, force bool, timeout time.Duration) {
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
+	if d.driver.Alive(inst) {
+		d.sessionsStopping(ctx, vm, "vm stopped")
+	}
 	if !force && d.driver.Alive(inst) {
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		if conn, err := d.guests.get(pctx, d, vm); err == nil {

@@ -21,8 +21,27 @@ type Config struct {
 	DefaultImage     string `toml:"default_image"`
 	DefaultCPUs      int    `toml:"default_cpus"`
 	DefaultMemoryMiB int    `toml:"default_memory_mib"`
-	// DefaultNet is "user" (QEMU user-mode networking, loopback forwards).
+	// DefaultNet is "user" (QEMU user-mode networking, loopback forwards)
+	// or "tap" (a TAP on the bridge; needs root). "tap" implies TAP.
 	DefaultNet string `toml:"default_net"`
+	// TAP sets up tap networking at daemon start (bridge, NAT, VM DNS, TAP
+	// pool) so `create --net tap` works while user stays the default.
+	TAP bool `toml:"tap"`
+	// Bridge is the host bridge tap-mode VMs attach to.
+	Bridge string `toml:"bridge"`
+	// Subnet is the guest subnet (IPv4 CIDR); the first address is the
+	// bridge's, the rest are leased to VMs. The default avoids Docker
+	// (172.17.0.0/16 and up), libvirt (192.168.122.0/24) and Podman
+	// (10.88.0.0/16).
+	Subnet string `toml:"subnet"`
+	// Domain is the VM DNS zone: <vm>.<domain>.
+	Domain string `toml:"domain"`
+	// TAPPoolWarm is how many spare TAPs are kept ready.
+	TAPPoolWarm int `toml:"tap_pool_warm"`
+	// TAPPrefix names pool TAPs prefix+N; every link with it is ember's.
+	TAPPrefix string `toml:"tap_prefix"`
+	// NFTable is ember's own nftables table (family inet) for NAT.
+	NFTable string `toml:"nftables_table"`
 	// UserNetEgress lets user-mode guests reach outside the host; off by
 	// default, so guests are isolated unless someone asks.
 	UserNetEgress bool `toml:"user_net_egress"`
@@ -61,6 +80,12 @@ func DefaultConfig() Config {
 		DefaultCPUs:        1,
 		DefaultMemoryMiB:   256,
 		DefaultNet:         "user",
+		Bridge:             "ember0",
+		Subnet:             "10.231.0.0/24",
+		Domain:             "ember.internal",
+		TAPPoolWarm:        4,
+		TAPPrefix:          "embtap",
+		NFTable:            "ember",
 		BootTimeout:        Duration{60 * time.Second},
 		StopTimeout:        Duration{10 * time.Second},
 		OperationRetention: Duration{time.Hour},
@@ -103,10 +128,11 @@ func (c Config) validate() []error {
 		errs = append(errs, fmt.Errorf("`accel` must be auto, kvm or tcg, not %q", c.Accel))
 	}
 	switch c.DefaultNet {
-	case "user":
+	case "user", "tap":
 	default:
-		errs = append(errs, fmt.Errorf("`default_net` must be user, not %q", c.DefaultNet))
+		errs = append(errs, fmt.Errorf("`default_net` must be user or tap, not %q", c.DefaultNet))
 	}
+	errs = append(errs, c.validateNet()...)
 	if c.DefaultCPUs < 1 || c.DefaultCPUs > 64 {
 		errs = append(errs, fmt.Errorf("`default_cpus` must be 1..64, not %d", c.DefaultCPUs))
 	}

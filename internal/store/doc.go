@@ -2,7 +2,7 @@
 // asynchronous operations, kept in one SQLite database (pure-Go driver
 // modernc.org/sqlite, so the binary stays static).
 //
-// # Schema (version 1, migrations/0001_init.sql)
+// # Schema (version 2: migrations/0001_init.sql, 0002_leases.sql)
 //
 //	kernels    (name PK, release, source, vmlinuz, modules_dir, created_at)
 //	images     (name PK, kind, path, format, size_bytes, kernel, created_at, meta JSON)
@@ -13,6 +13,8 @@
 //	operations (id PK, kind, target, state, progress, error, result JSON,
 //	            created_at, updated_at, finished_at NULL while unfinished)
 //	           indexes: operations(created_at), operations(finished_at)
+//	leases     (ip PK, vm_id UNIQUE REFERENCES vms(id) ON DELETE CASCADE,
+//	            mac, tap, created_at)   -- tap-mode guest addresses
 //
 // Conventions: every table is STRICT; times are INTEGER unix nanoseconds in
 // UTC with 0 meaning unset (only operations.finished_at is nullable); JSON
@@ -29,10 +31,9 @@
 // its own IMMEDIATE transaction together with the PRAGMA user_version bump,
 // so a crash mid-migration leaves the previous version intact. A database
 // whose user_version is newer than this binary knows is refused. To extend
-// the schema add the next file (e.g. 0002_leases.sql creating
-// leases(ip PRIMARY KEY, vm_id REFERENCES vms(id) ON DELETE CASCADE));
-// foreign_keys is on for every connection, so the cascade works with no
-// change to DeleteVM.
+// the schema add the next file. foreign_keys is on for every connection, so
+// the leases cascade works with no change to DeleteVM: deleting a VM row
+// frees its address in the same statement.
 //
 // # Connections and atomicity
 //

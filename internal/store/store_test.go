@@ -226,7 +226,8 @@ func TestMigration0001Schema(t *testing.T) {
 		rows.Scan(&n)
 		tables = append(tables, n)
 	}
-	if want := []string{"images", "kernels", "operations", "vms"}; !reflect.DeepEqual(tables, want) {
+	// leases comes from 0002 (TestMigration0002Leases).
+	if want := []string{"images", "kernels", "leases", "operations", "vms"}; !reflect.DeepEqual(tables, want) {
 		t.Errorf("tables = %v, want %v", tables, want)
 	}
 }

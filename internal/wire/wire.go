@@ -106,6 +106,12 @@ type VM struct {
 	CreatedAt time.Time `json:"created_at"`
 	LastError string    `json:"last_error,omitempty"`
 	Console   string    `json:"console_log,omitempty"`
+	// Tap mode: the leased address, the guest's MAC, the host TAP and the
+	// name the VM DNS answers for.
+	IP      string `json:"ip,omitempty"`
+	MAC     string `json:"mac,omitempty"`
+	TAP     string `json:"tap,omitempty"`
+	DNSName string `json:"dns_name,omitempty"`
 }
 
 // Image is what image ls and inspect return.

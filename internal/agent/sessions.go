@@ -1,0 +1,538 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+)
+
+// watcherStall is how long a session's output waits for one attached
+// channel that does not take data before that channel is dropped. Waiting
+// at all gives a busy host natural back-pressure instead of losing it.
+const watcherStall = 10 * time.Second
+
+// killWait bounds how long kill waits for the process to be reaped.
+const killWait = 5 * time.Second
+
+// sessionManager owns the persistent sessions of one agent server. It
+// lives as long as the server process, so sessions survive the host's
+// connections coming and going.
+type sessionManager struct {
+	log *slog.Logger
+
+	// mu guards sessions and closed. Lock order: mu before a session's
+	// locks; never held across channel I/O.
+	mu       sync.Mutex
+	sessions map[string]*persistentSession
+	closed   bool
+}
+
+func newSessionManager(log *slog.Logger) *sessionManager {
+	return &sessionManager{log: log, sessions: map[string]*persistentSession{}}
+}
+
+// persistentSession is one named process on a PTY with its scrollback.
+type persistentSession struct {
+	name    string
+	argv    []string
+	created time.Time
+	size    int
+	ptmx    *os.File
+	cmd     *exec.Cmd
+	done    chan struct{} // closed once the process is reaped and output drained
+
+	inMu sync.Mutex // one write into the PTY at a time
+
+	// outMu orders output delivery against attach: a new watcher gets the
+	// ring as of its registration and every chunk after it, never one
+	// twice. Held while output is handed to watchers (which may wait up to
+	// watcherStall), so it is taken before mu and never by list.
+	outMu sync.Mutex
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	ring     *ring
+	exited   bool
+	code     int
+	watchers map[*watcher]struct{}
+}
+
+// watcher is one attach channel's queue of output.
+type watcher struct {
+	out      chan []byte // closed by the session when it ends
+	gone     chan struct{}
+	goneOnce sync.Once
+}
+
+func (w *watcher) stop() { w.goneOnce.Do(func() { close(w.gone) }) }
+
+func sessErr(code, format string, args ...any) *SessionError {
+	return &SessionError{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// handleChannel serves one SessionChannelType channel.
+func (m *sessionManager) handleChannel(nc ssh.NewChannel) {
+	var req SessionRequest
+	if err := json.Unmarshal(nc.ExtraData(), &req); err != nil {
+		nc.Reject(ssh.ConnectionFailed, "bad session request: "+err.Error())
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	if req.Op == SessionOpAttach {
+		s, err := m.get(req.Name)
+		if err != nil {
+			go ssh.DiscardRequests(reqs)
+			writeSessionResponse(ch, SessionResponse{Error: err})
+			ch.CloseWrite()
+			return
+		}
+		s.attach(ch, reqs)
+		return
+	}
+	go ssh.DiscardRequests(reqs)
+	var resp SessionResponse
+	var tail []byte
+	switch req.Op {
+	case SessionOpCreate:
+		info, err := m.create(req)
+		resp.Session, resp.Error = info, err
+	case SessionOpList:
+		resp.Sessions = m.list()
+	case SessionOpRead:
+		s, err := m.get(req.Name)
+		if err != nil {
+			resp.Error = err
+			break
+		}
+		s.mu.Lock()
+		tail = s.ring.Bytes()
+		info := s.infoLocked()
+		s.mu.Unlock()
+		resp.Session, resp.Len = &info, len(tail)
+	case SessionOpKill:
+		resp.Error = m.kill(req.Name)
+	case SessionOpSignal:
+		resp.Error = m.signal(req.Name, req.Signal)
+	default:
+		resp.Error = sessErr(SessionInvalid, "unknown session op %q", req.Op)
+	}
+	if writeSessionResponse(ch, resp) == nil && len(tail) > 0 {
+		ch.Write(tail)
+	}
+	ch.CloseWrite()
+}
+
+func writeSessionResponse(ch ssh.Channel, resp SessionResponse) error {
+	b, err := json.Marshal(resp)
+	if err != nil {
+		return err
+	}
+	_, err = ch.Write(append(b, '\n'))
+	return err
+}
+
+func (m *sessionManager) get(name string) (*persistentSession, *SessionError) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.sessions[name]
+	if s == nil {
+		return nil, sessErr(SessionNotFound, "no session named %q", name)
+	}
+	return s, nil
+}
+
+func (m *sessionManager) list() []SessionInfo {
+	m.mu.Lock()
+	ss := make([]*persistentSession, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		ss = append(ss, s)
+	}
+	m.mu.Unlock()
+	out := make([]SessionInfo, 0, len(ss))
+	for _, s := range ss {
+		s.mu.Lock()
+		out = append(out, s.infoLocked())
+		s.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out
+}
+
+// create starts a session. The name is reserved under mu, the process is
+// started outside it.
+func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError) {
+	if !ValidSessionName(req.Name) {
+		return nil, sessErr(SessionInvalid, "session name %q is not valid: use 1-64 letters, digits, '.', '_' or '-'", req.Name)
+	}
+	size := req.Scrollback
+	if size == 0 {
+		size = DefaultScrollback
+	}
+	if size < 0 || size > MaxScrollback {
+		return nil, sessErr(SessionInvalid, "scrollback must be 1..%d bytes, not %d", MaxScrollback, size)
+	}
+	term := req.Term
+	if term == "" {
+		term = "xterm"
+	}
+	var spec procSpec
+	var err error
+	if len(req.Argv) == 0 {
+		spec, err = specForShell(req.Env, term)
+	} else {
+		b, _ := json.Marshal(ExecPayload{Argv: req.Argv})
+		spec, err = specForExec(ExecPrefix+string(b), req.Env, term)
+	}
+	if err != nil {
+		return nil, sessErr(SessionInvalid, "%v", err)
+	}
+	argv := req.Argv
+	if len(argv) == 0 {
+		argv = []string{spec.path, "-l"}
+	}
+	s := &persistentSession{name: req.Name, argv: argv, created: time.Now().UTC(), size: size,
+		ring: newRing(size), watchers: map[*watcher]struct{}{}, done: make(chan struct{})}
+
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, sessErr(SessionConflict, "the agent is shutting down")
+	}
+	if m.sessions[req.Name] != nil {
+		m.mu.Unlock()
+		return nil, sessErr(SessionConflict, "a session named %q already exists", req.Name)
+	}
+	m.sessions[req.Name] = s
+	m.mu.Unlock()
+
+	rows, cols := req.Rows, req.Cols
+	if rows <= 0 || cols <= 0 {
+		rows, cols = 24, 80
+	}
+	cmd := spec.command()
+	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: uint16(rows), Cols: uint16(cols)})
+	if err != nil {
+		m.mu.Lock()
+		delete(m.sessions, req.Name)
+		m.mu.Unlock()
+		return nil, sessErr(SessionInvalid, "%v", startFailure(spec.path, err))
+	}
+	s.ptmx, s.cmd = ptmx, cmd
+	s.run()
+	s.mu.Lock()
+	info := s.infoLocked()
+	s.mu.Unlock()
+	m.log.Info("session started", "name", s.name, "argv", argv, "pid", cmd.Process.Pid)
+	return &info, nil
+}
+
+// kill ends a session's process and forgets the session.
+func (m *sessionManager) kill(name string) *SessionError {
+	m.mu.Lock()
+	s := m.sessions[name]
+	delete(m.sessions, name)
+	m.mu.Unlock()
+	if s == nil {
+		return sessErr(SessionNotFound, "no session named %q", name)
+	}
+	s.terminate()
+	return nil
+}
+
+func (m *sessionManager) signal(name, sig string) *SessionError {
+	s, err := m.get(name)
+	if err != nil {
+		return err
+	}
+	num := unix.SignalNum("SIG" + sig)
+	if num == 0 {
+		return sessErr(SessionInvalid, "unknown signal %q", sig)
+	}
+	s.mu.Lock()
+	exited := s.exited
+	s.mu.Unlock()
+	if exited {
+		return sessErr(SessionConflict, "session %q has exited", name)
+	}
+	// The foreground process group is what Ctrl-C would reach.
+	pgrp := s.cmd.Process.Pid
+	if rc, err := s.ptmx.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			if p, err := unix.IoctlGetInt(int(fd), unix.TIOCGPGRP); err == nil && p > 0 {
+				pgrp = p
+			}
+		})
+	}
+	if err := syscall.Kill(-pgrp, num); err != nil {
+		return sessErr(SessionConflict, "signal session %q: %v", name, err)
+	}
+	return nil
+}
+
+// closeAll kills every session; the server is going away.
+func (m *sessionManager) closeAll() {
+	m.mu.Lock()
+	m.closed = true
+	ss := m.sessions
+	m.sessions = map[string]*persistentSession{}
+	m.mu.Unlock()
+	for _, s := range ss {
+		s.terminate()
+	}
+}
+
+// terminate kills the session's process group and waits (bounded) for
+// the session to end.
+func (s *persistentSession) terminate() {
+	s.mu.Lock()
+	exited := s.exited
+	s.mu.Unlock()
+	if !exited {
+		// pty.Start makes the process a session (and group) leader.
+		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(killWait):
+	}
+}
+
+func (s *persistentSession) infoLocked() SessionInfo {
+	info := SessionInfo{Name: s.name, Argv: s.argv, CreatedAt: s.created, Running: !s.exited,
+		Scrollback: s.size, Attached: len(s.watchers)}
+	if s.exited {
+		code := s.code
+		info.ExitCode = &code
+	}
+	return info
+}
+
+// run starts the output pump and the reaper.
+func (s *persistentSession) run() {
+	pumped := make(chan struct{})
+	go func() {
+		defer close(pumped)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := s.ptmx.Read(buf)
+			if n > 0 {
+				s.output(append([]byte(nil), buf[:n]...))
+			}
+			if err != nil { // EIO once every slave fd is closed
+				return
+			}
+		}
+	}()
+	go func() {
+		s.cmd.Wait()
+		// A background child holding the PTY must not keep the session
+		// from ending; see outputDrain.
+		select {
+		case <-pumped:
+		case <-time.After(outputDrain):
+		}
+		s.ptmx.Close()
+		<-pumped
+		s.outMu.Lock()
+		s.mu.Lock()
+		s.exited = true
+		s.code = exitCode(s.cmd.ProcessState)
+		for w := range s.watchers {
+			close(w.out)
+		}
+		s.watchers = map[*watcher]struct{}{}
+		s.mu.Unlock()
+		s.outMu.Unlock()
+		close(s.done)
+	}()
+}
+
+// output records p in the scrollback and hands it to every watcher.
+func (s *persistentSession) output(p []byte) {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	s.mu.Lock()
+	s.ring.Write(p)
+	ws := make([]*watcher, 0, len(s.watchers))
+	for w := range s.watchers {
+		ws = append(ws, w)
+	}
+	s.mu.Unlock()
+	for _, w := range ws {
+		select {
+		case w.out <- p:
+			continue
+		case <-w.gone:
+			continue
+		default:
+		}
+		t := time.NewTimer(watcherStall)
+		select {
+		case w.out <- p:
+		case <-w.gone:
+		case <-t.C:
+			w.stop() // its writer closes the channel
+		}
+		t.Stop()
+	}
+}
+
+func (s *persistentSession) removeWatcher(w *watcher) {
+	w.stop()
+	s.mu.Lock()
+	delete(s.watchers, w)
+	s.mu.Unlock()
+}
+
+// attach replays the scrollback on ch, then streams output until the
+// session ends (exit-status, close) or the client goes away (detach).
+func (s *persistentSession) attach(ch ssh.Channel, reqs <-chan *ssh.Request) {
+	w := &watcher{out: make(chan []byte, 64), gone: make(chan struct{})}
+	s.outMu.Lock()
+	s.mu.Lock()
+	replay := s.ring.Bytes()
+	info := s.infoLocked()
+	exited, code := s.exited, s.code
+	if !exited {
+		s.watchers[w] = struct{}{}
+		info.Attached = len(s.watchers)
+	}
+	s.mu.Unlock()
+	s.outMu.Unlock()
+	defer s.removeWatcher(w)
+
+	go func() {
+		for req := range reqs {
+			ok := false
+			if req.Type == "window-change" {
+				var wc windowChange
+				if ssh.Unmarshal(req.Payload, &wc) == nil {
+					ok = s.resize(int(wc.Rows), int(wc.Cols)) == nil
+				}
+			}
+			if req.WantReply {
+				req.Reply(ok, nil)
+			}
+		}
+	}()
+	if writeSessionResponse(ch, SessionResponse{Session: &info}) != nil {
+		return
+	}
+	if len(replay) > 0 {
+		if _, err := ch.Write(replay); err != nil {
+			return
+		}
+	}
+	if !exited {
+		go func() {
+			// Input: the client's bytes go to the PTY; its end is a detach.
+			defer w.stop()
+			r := bufio.NewReaderSize(ch, 32<<10)
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := r.Read(buf)
+				if n > 0 {
+					s.input(buf[:n])
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	streaming:
+		for {
+			select {
+			case p, ok := <-w.out:
+				if !ok {
+					break streaming
+				}
+				// A PTY yields a few KiB per read; sending what has queued
+				// up as one write saves SSH packets, which is most of the
+				// cost of output under emulation.
+				p, more := coalesce(p, w.out)
+				if _, err := ch.Write(p); err != nil {
+					return
+				}
+				if !more {
+					break streaming
+				}
+			case <-w.gone:
+				return
+			}
+		}
+		s.mu.Lock()
+		code = s.code
+		s.mu.Unlock()
+	}
+	ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(code)}))
+	ch.CloseWrite()
+}
+
+// coalesceMax bounds one coalesced write: one SSH packet's worth.
+const coalesceMax = 32 << 10
+
+// coalesce appends to p whatever is already queued in out, up to
+// coalesceMax; more is false once out is closed (the session ended).
+func coalesce(p []byte, out chan []byte) (_ []byte, more bool) {
+	var buf []byte
+	for len(p)+len(buf) < coalesceMax {
+		select {
+		case q, ok := <-out:
+			if !ok {
+				return append(p, buf...), false
+			}
+			if buf == nil {
+				buf = make([]byte, 0, coalesceMax)
+				buf = append(buf, p...)
+				p = nil
+			}
+			buf = append(buf, q...)
+			continue
+		default:
+		}
+		break
+	}
+	if buf != nil {
+		return buf, true
+	}
+	return p, true
+}
+
+func (s *persistentSession) input(p []byte) {
+	s.inMu.Lock()
+	defer s.inMu.Unlock()
+	s.mu.Lock()
+	exited := s.exited
+	s.mu.Unlock()
+	if exited {
+		return
+	}
+	if _, err := s.ptmx.Write(p); err != nil && !errors.Is(err, os.ErrClosed) {
+		return
+	}
+}
+
+func (s *persistentSession) resize(rows, cols int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.exited {
+		return errors.New("session has exited")
+	}
+	return pty.Setsize(s.ptmx, &pty.Winsize{Rows: uint16(rows), Cols: uint16(cols)})
+}

@@ -1,0 +1,403 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// Persistent sessions live in the guest agent (see internal/agent's
+// sessionproto.go); the daemon only keeps, per session in use, one
+// guestSessionController that fans output out to attached clients.
+// Controllers are made lazily on first attach, send or follow, so after a
+// daemon restart they come back on first use.
+//
+// Stop, restart and delete end a VM's sessions: attached clients get an
+// Exit with a conflict error. Before a stop the daemon asks the agent for
+// its sessions and remembers them (in memory, until the VM is deleted or
+// the daemon restarts) as "ended" with the reason, so `session ls` keeps
+// reporting them; a session that had already exited keeps its status.
+// After a reboot the agent has no sessions, so nothing is listed running.
+
+// sessionGuest is what sessions need from a guest connection;
+// *guest.Client has it.
+type sessionGuest interface {
+	SessionCreate(ctx context.Context, spec guest.SessionSpec) (agent.SessionInfo, error)
+	SessionList(ctx context.Context) ([]agent.SessionInfo, error)
+	SessionRead(ctx context.Context, name string) ([]byte, agent.SessionInfo, error)
+	SessionKill(ctx context.Context, name string) error
+	SessionAttach(ctx context.Context, name string) (*guest.SessionStream, error)
+}
+
+type sessionKey struct{ vm, name string }
+
+// sessionRegistry holds the active controllers and the sessions of stopped
+// VMs. It owns its lock, a leaf: never held across guest I/O.
+type sessionRegistry struct {
+	mu    sync.Mutex
+	ctls  map[sessionKey]*guestSessionController
+	ended map[string]map[string]wire.Session // vm id → name → last known
+}
+
+func (r *sessionRegistry) get(k sessionKey) *guestSessionController {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ctls[k]
+}
+
+// put registers c unless another controller won the race; it returns the
+// one to use.
+func (r *sessionRegistry) put(k sessionKey, c *guestSessionController) *guestSessionController {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ctls == nil {
+		r.ctls = map[sessionKey]*guestSessionController{}
+	}
+	if old := r.ctls[k]; old != nil {
+		return old
+	}
+	r.ctls[k] = c
+	return c
+}
+
+func (r *sessionRegistry) remove(c *guestSessionController) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := sessionKey{c.vmID, c.name}
+	if r.ctls[k] == c {
+		delete(r.ctls, k)
+	}
+}
+
+// takeVM removes and returns every controller of a VM.
+func (r *sessionRegistry) takeVM(vmID string) []*guestSessionController {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*guestSessionController
+	for k, c := range r.ctls {
+		if k.vm == vmID {
+			out = append(out, c)
+			delete(r.ctls, k)
+		}
+	}
+	return out
+}
+
+func (r *sessionRegistry) setEnded(vmID string, ss []wire.Session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ended == nil {
+		r.ended = map[string]map[string]wire.Session{}
+	}
+	m := r.ended[vmID]
+	if m == nil {
+		m = map[string]wire.Session{}
+		r.ended[vmID] = m
+	}
+	for _, s := range ss {
+		m[s.Name] = s
+	}
+}
+
+func (r *sessionRegistry) endedOf(vmID string) map[string]wire.Session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]wire.Session{}
+	for k, v := range r.ended[vmID] {
+		out[k] = v
+	}
+	return out
+}
+
+func (r *sessionRegistry) forget(vmID, name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if name == "" {
+		delete(r.ended, vmID)
+		return
+	}
+	delete(r.ended[vmID], name)
+}
+
+// sessionErr turns a guest error into a wire error; a broken transport
+// also drops the pooled connection so the next call dials again.
+func (d *Daemon) sessionErr(vm store.VM, err error) error {
+	var se *agent.SessionError
+	if errors.As(err, &se) {
+		return wire.Errorf(se.Code, "vm %s: %s", vm.Name, se.Message)
+	}
+	if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		d.guests.drop(vm.ID)
+	}
+	return fmt.Errorf("vm %s: %w", vm.Name, err)
+}
+
+// sessionTarget resolves a running VM and its agent connection.
+func (d *Daemon) sessionTarget(ctx context.Context, ref, name string) (store.VM, sessionGuest, error) {
+	vm, err := d.resolveRef(ctx, ref)
+	if err != nil {
+		return vm, nil, err
+	}
+	if name != "" && !agent.ValidSessionName(name) {
+		return vm, nil, invalidf("session name %q is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+	}
+	if vm.State != wire.StateRunning {
+		return vm, nil, conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
+	}
+	conn, err := d.guests.get(ctx, d, vm)
+	if err != nil {
+		return vm, nil, err
+	}
+	sg, ok := conn.(sessionGuest)
+	if !ok {
+		return vm, nil, conflictf("the agent of vm %s does not support sessions", vm.Name)
+	}
+	return vm, sg, nil
+}
+
+func toWireSession(vm store.VM, s agent.SessionInfo) wire.Session {
+	w := wire.Session{VM: vm.Name, Name: s.Name, Command: s.Argv, CreatedAt: s.CreatedAt,
+		State: wire.SessionRunning, ExitCode: s.ExitCode, Scrollback: s.Scrollback}
+	if !s.Running {
+		w.State = wire.SessionExited
+	}
+	return w
+}
+
+func (d *Daemon) listSessions(ctx context.Context, p wire.SessionParams) ([]wire.Session, error) {
+	vm, err := d.resolveRef(ctx, p.Ref)
+	if err != nil {
+		return nil, err
+	}
+	ended := d.sessions.endedOf(vm.ID)
+	out := []wire.Session{}
+	if vm.State == wire.StateRunning {
+		_, sg, err := d.sessionTarget(ctx, p.Ref, "")
+		if err != nil {
+			return nil, err
+		}
+		infos, err := sg.SessionList(ctx)
+		if err != nil {
+			return nil, d.sessionErr(vm, err)
+		}
+		for _, s := range infos {
+			w := toWireSession(vm, s)
+			if c := d.sessions.get(sessionKey{vm.ID, s.Name}); c != nil {
+				w.Attached = c.clientCount()
+			}
+			delete(ended, s.Name)
+			out = append(out, w)
+		}
+	}
+	for _, s := range ended {
+		out = append(out, s)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+func (d *Daemon) createSession(ctx context.Context, p wire.SessionCreateParams) (wire.Session, error) {
+	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+	if err != nil {
+		return wire.Session{}, err
+	}
+	if p.Name == "" {
+		return wire.Session{}, invalidf("a session needs a name")
+	}
+	if p.Scrollback < 0 || p.Scrollback > agent.MaxScrollback {
+		return wire.Session{}, invalidf("scrollback must be 1..%d bytes, not %d", agent.MaxScrollback, p.Scrollback)
+	}
+	info, err := sg.SessionCreate(ctx, guest.SessionSpec{Name: p.Name, Argv: p.Argv, Env: p.Env,
+		Scrollback: p.Scrollback, Rows: p.Rows, Cols: p.Cols, Term: p.Term})
+	if err != nil {
+		return wire.Session{}, d.sessionErr(vm, err)
+	}
+	d.sessions.forget(vm.ID, p.Name)
+	return toWireSession(vm, info), nil
+}
+
+func (d *Daemon) killSession(ctx context.Context, p wire.SessionParams) error {
+	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+	if err != nil {
+		return err
+	}
+	if err := sg.SessionKill(ctx, p.Name); err != nil {
+		return d.sessionErr(vm, err)
+	}
+	// The agent ends the controller's channel with the exit status.
+	d.sessions.forget(vm.ID, p.Name)
+	return nil
+}
+
+// controller returns the session's controller, attaching one if there is
+// none. The guest I/O happens outside the registry's lock.
+func (d *Daemon) controller(ctx context.Context, vm store.VM, sg sessionGuest, name string) (*guestSessionController, error) {
+	k := sessionKey{vm.ID, name}
+	if c := d.sessions.get(k); c != nil {
+		return c, nil
+	}
+	st, err := sg.SessionAttach(ctx, name)
+	if err != nil {
+		return nil, d.sessionErr(vm, err)
+	}
+	c := newSessionController(vm.ID, name, st, st.Info.Scrollback, d.sessions.remove)
+	if won := d.sessions.put(k, c); won != c {
+		st.Close()
+		return won, nil
+	}
+	go c.pump()
+	return c, nil
+}
+
+func (d *Daemon) sendSession(ctx context.Context, p wire.SessionSendParams) error {
+	if len(p.Text) > wire.MaxSessionSend {
+		return invalidf("text of %d bytes is over the limit of %d; send it in parts", len(p.Text), wire.MaxSessionSend)
+	}
+	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+	if err != nil {
+		return err
+	}
+	c, err := d.controller(ctx, vm, sg, p.Name)
+	if err != nil {
+		return err
+	}
+	return c.write(nil, []byte(p.Text))
+}
+
+// attachSession streams a session to one client until it detaches, the
+// session ends, or the client is dropped for falling behind.
+func (d *Daemon) attachSession(ctx context.Context, p wire.SessionAttachParams, sc *streamConn) error {
+	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+	if err != nil {
+		return err
+	}
+	if p.Create {
+		_, err := sg.SessionCreate(ctx, guest.SessionSpec{Name: p.Name, Rows: p.Rows, Cols: p.Cols, Term: p.Term})
+		var se *agent.SessionError
+		switch {
+		case err == nil:
+			d.sessions.forget(vm.ID, p.Name)
+		case errors.As(err, &se) && se.Code == agent.SessionConflict:
+			// It exists already: attach to it.
+		default:
+			return d.sessionErr(vm, err)
+		}
+	}
+	c, err := d.controller(ctx, vm, sg, p.Name)
+	if err != nil {
+		return err
+	}
+	if err := sc.startStream(); err != nil {
+		return nil
+	}
+	d.streamSession(ctx, c, newSessionClient(p.Rows, p.Cols), !p.ReadOnly, sc)
+	return nil
+}
+
+func (d *Daemon) streamSession(ctx context.Context, c *guestSessionController, cl *sessionClient, input bool, sc *streamConn) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.attach(cl)
+	defer c.detach(cl)
+	go func() {
+		// The client's frames; its hang-up is a detach.
+		defer cancel()
+		for {
+			kind, payload, err := wire.ReadFrame(sc)
+			if err != nil {
+				return
+			}
+			switch kind {
+			case wire.FrameStdin:
+				if input {
+					_ = c.write(cl, payload)
+				}
+			case wire.FrameResize:
+				var r wire.Resize
+				if input && json.Unmarshal(payload, &r) == nil && r.Rows > 0 && r.Cols > 0 {
+					c.resize(cl, r.Rows, r.Cols)
+				}
+			}
+		}
+	}()
+	cl.serve(ctx, sc)
+}
+
+// readSession streams the scrollback; with Follow it goes on with live
+// output like a read-only attach.
+func (d *Daemon) readSession(ctx context.Context, p wire.SessionReadParams, sc *streamConn) error {
+	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+	if err != nil {
+		return err
+	}
+	if p.Follow {
+		c, err := d.controller(ctx, vm, sg, p.Name)
+		if err != nil {
+			return err
+		}
+		if err := sc.startStream(); err != nil {
+			return nil
+		}
+		d.streamSession(ctx, c, newSessionClient(0, 0), false, sc)
+		return nil
+	}
+	data, info, err := sg.SessionRead(ctx, p.Name)
+	if err != nil {
+		return d.sessionErr(vm, err)
+	}
+	if err := sc.startStream(); err != nil {
+		return nil
+	}
+	_, _ = (&wire.FrameWriter{W: sc, Kind: wire.FrameStdout}).Write(data)
+	code := 0
+	if info.ExitCode != nil {
+		code = *info.ExitCode
+	}
+	sc.exit(code, nil)
+	return nil
+}
+
+// sessionsStopping is called before a VM is stopped: it remembers the
+// VM's sessions as ended and ends their controllers. The list is best
+// effort, bounded so a stuck guest cannot hold up the stop.
+func (d *Daemon) sessionsStopping(ctx context.Context, vm store.VM, reason string) {
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var ended []wire.Session
+	if conn, err := d.guests.get(lctx, d, vm); err == nil {
+		if sg, ok := conn.(sessionGuest); ok {
+			if infos, err := sg.SessionList(lctx); err == nil {
+				for _, s := range infos {
+					w := toWireSession(vm, s)
+					if w.State == wire.SessionRunning {
+						w.State, w.Reason = wire.SessionEnded, reason
+					}
+					ended = append(ended, w)
+				}
+			}
+		}
+	}
+	d.sessions.setEnded(vm.ID, ended)
+	d.endControllers(vm.ID, reason)
+}
+
+// sessionsGone ends a deleted VM's controllers and forgets its sessions.
+func (d *Daemon) sessionsGone(vmID string) {
+	d.endControllers(vmID, "vm deleted")
+	d.sessions.forget(vmID, "")
+}
+
+func (d *Daemon) endControllers(vmID, reason string) {
+	for _, c := range d.sessions.takeVM(vmID) {
+		c.end(wire.Exit{Code: -1, Error: wire.Errorf(wire.CodeConflict, "session %s ended: %s", c.name, reason)})
+	}
+}

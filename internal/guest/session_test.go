@@ -1,0 +1,238 @@
+package guest_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/guest"
+)
+
+func ctx20(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// syncBuf collects a stream's output for polling.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func sessionCode(err error) string {
+	var se *agent.SessionError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return ""
+}
+
+func TestSessionCreateListDuplicateAndKill(t *testing.T) {
+	c := dial(t)
+	ctx := ctx20(t)
+	info, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "s1", Argv: []string{"sh"}, Scrollback: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Running || info.Scrollback != 4096 || info.Name != "s1" {
+		t.Fatalf("info: %+v", info)
+	}
+	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "s1", Argv: []string{"sh"}}); sessionCode(err) != agent.SessionConflict {
+		t.Fatalf("duplicate: want conflict, got %v", err)
+	}
+	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "bad name"}); sessionCode(err) != agent.SessionInvalid {
+		t.Fatalf("bad name: want invalid, got %v", err)
+	}
+	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "x", Argv: []string{"no-such-cmd-xyz"}}); sessionCode(err) != agent.SessionInvalid {
+		t.Fatalf("missing command: want invalid, got %v", err)
+	}
+	if _, _, err := c.SessionRead(ctx, "nope"); sessionCode(err) != agent.SessionNotFound {
+		t.Fatalf("read unknown: want not_found, got %v", err)
+	}
+	if _, err := c.SessionAttach(ctx, "nope"); sessionCode(err) != agent.SessionNotFound {
+		t.Fatalf("attach unknown: want not_found, got %v", err)
+	}
+	list, err := c.SessionList(ctx)
+	if err != nil || len(list) != 1 || list[0].Name != "s1" {
+		t.Fatalf("list: %v %+v", err, list)
+	}
+	if err := c.SessionKill(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := c.SessionList(ctx); len(list) != 0 {
+		t.Fatalf("after kill: %+v", list)
+	}
+	if err := c.SessionKill(ctx, "s1"); sessionCode(err) != agent.SessionNotFound {
+		t.Fatalf("kill twice: want not_found, got %v", err)
+	}
+}
+
+func TestSessionReplayAndSeveralAttachers(t *testing.T) {
+	c := dial(t)
+	ctx := ctx20(t)
+	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "sh", Argv: []string{"sh"}}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.SessionAttach(ctx, "sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outA syncBuf
+	go io.Copy(&outA, a)
+	if _, err := a.Write([]byte("echo first-$((40+2))\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "first output on A", func() bool { return strings.Contains(outA.String(), "first-42") })
+
+	// A second attacher gets the history, then live output, as does A.
+	b, err := c.SessionAttach(ctx, "sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Info.Attached != 2 {
+		t.Fatalf("attached: want 2, got %d", b.Info.Attached)
+	}
+	var outB syncBuf
+	go io.Copy(&outB, b)
+	waitFor(t, "replay on B", func() bool { return strings.Contains(outB.String(), "first-42") })
+	if _, err := b.Write([]byte("echo second-$((50+5))\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "live output on A and B", func() bool {
+		return strings.Contains(outA.String(), "second-55") && strings.Contains(outB.String(), "second-55")
+	})
+	if n := strings.Count(outB.String(), "first-42"); n != 1 { // the output once; the echoed command reads first-$((40+2))
+		t.Fatalf("replay duplicated or lost history: %d times in %q", n, outB.String())
+	}
+
+	// Detach A: the session keeps running; read returns the scrollback.
+	a.Close()
+	data, info, err := c.SessionRead(ctx, "sh")
+	if err != nil || !info.Running || !strings.Contains(string(data), "second-55") {
+		t.Fatalf("read after detach: %v %+v %q", err, info, data)
+	}
+
+	// Resize is seen by the process.
+	if err := b.Resize(33, 101); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // window-change is not acknowledged
+	b.Write([]byte("stty size\n"))
+	waitFor(t, "new size", func() bool { return strings.Contains(outB.String(), "33 101") })
+
+	// The process exits: B sees EOF and the status; list keeps it.
+	b.Write([]byte("exit 7\n"))
+	waitFor(t, "exit", func() bool {
+		l, _ := c.SessionList(ctx)
+		return len(l) == 1 && !l[0].Running
+	})
+	if code, ok := b.Exit(); !ok || code != 7 {
+		t.Fatalf("exit on stream: %d %v", code, ok)
+	}
+	l, _ := c.SessionList(ctx)
+	if l[0].ExitCode == nil || *l[0].ExitCode != 7 {
+		t.Fatalf("list exit code: %+v", l[0])
+	}
+	// Attaching to an ended session replays and reports the status.
+	d, err := c.SessionAttach(ctx, "sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, _ := io.ReadAll(d)
+	if !strings.Contains(string(all), "second-55") {
+		t.Fatalf("replay of ended session: %q", all)
+	}
+	if code, ok := d.Exit(); !ok || code != 7 {
+		t.Fatalf("exit of ended session: %d %v", code, ok)
+	}
+	d.Close()
+	b.Close()
+}
+
+func TestSessionScrollbackIsBounded(t *testing.T) {
+	c := dial(t)
+	ctx := ctx20(t)
+	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "big", Scrollback: 1000,
+		Argv: []string{"sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; echo END"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "exit", func() bool {
+		l, _ := c.SessionList(ctx)
+		return len(l) == 1 && !l[0].Running
+	})
+	data, info, err := c.SessionRead(ctx, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) != 1000 || !strings.HasSuffix(string(data), "END\r\n") || strings.Contains(string(data), "line-1\r\n") {
+		t.Fatalf("scrollback: %d bytes, %+v, tail %q", len(data), info, data[max(0, len(data)-40):])
+	}
+	if *info.ExitCode != 0 {
+		t.Fatalf("exit code %d", *info.ExitCode)
+	}
+}
+
+func TestSessionSurvivesConnection(t *testing.T) {
+	addr, key := startAgent(t)
+	ctx := ctx20(t)
+	c1, err := guest.WaitReady(ctx, addr, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c1.SessionCreate(ctx, guest.SessionSpec{Name: "keep", Argv: []string{"sh"}}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := c1.SessionAttach(ctx, "keep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Write([]byte("echo before-drop\n"))
+	c1.Close() // the whole connection goes, as when the daemon dies
+
+	c2, err := guest.WaitReady(ctx, addr, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	waitFor(t, "history on a new connection", func() bool {
+		data, info, err := c2.SessionRead(ctx, "keep")
+		return err == nil && info.Running && strings.Contains(string(data), "before-drop")
+	})
+	if err := c2.SessionSignal(ctx, "keep", "KILL"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "killed by signal", func() bool {
+		l, _ := c2.SessionList(ctx)
+		return len(l) == 1 && l[0].ExitCode != nil && *l[0].ExitCode == 137
+	})
+}

@@ -1,0 +1,317 @@
+// Package vmdns is the DNS server on the bridge: it answers A and PTR for
+// <vm>.<domain> from an in-memory table the daemon updates the moment a VM
+// is created or deleted, NXDOMAIN for unknown VM names, and forwards every
+// other name to the host's upstream resolvers — but only for clients inside
+// the guest subnet, so it is never an open resolver.
+package vmdns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// ttl is short: a VM deleted and re-created gets new records at once.
+const ttl = 5
+
+// forwardTimeout bounds one upstream exchange; with no upstream reachable a
+// client gets SERVFAIL instead of hanging.
+const forwardTimeout = 2 * time.Second
+
+// Config describes the zone and who may recurse.
+type Config struct {
+	Domain      string     // e.g. "ember.internal" (no trailing dot)
+	Subnet      *net.IPNet // guest subnet: PTR zone, and the clients that may recurse
+	Self        net.IP     // the server's own address, answered for the bare domain
+	Upstreams   []string   // "ip:port" resolvers for other names; nil = none
+	Logger      *slog.Logger
+	AllowRecurs []*net.IPNet // extra networks that may recurse (tests)
+}
+
+// Server answers for one domain. Safe for concurrent use.
+type Server struct {
+	cfg    Config
+	zone   string // fqdn of the domain, lower case
+	client *dns.Client
+
+	// mu guards byName and byIP.
+	mu     sync.RWMutex
+	byName map[string]net.IP // short VM name → address
+	byIP   map[string]string // dotted address → short VM name
+
+	srvs []*dns.Server
+}
+
+// New makes a server; Start listens.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Server{cfg: cfg, zone: dns.Fqdn(strings.ToLower(cfg.Domain)),
+		client: &dns.Client{Timeout: forwardTimeout},
+		byName: map[string]net.IP{}, byIP: map[string]string{}}
+}
+
+// Set adds or replaces a VM's record.
+func (s *Server) Set(name string, ip net.IP) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	name = strings.ToLower(name)
+	if old, ok := s.byName[name]; ok {
+		delete(s.byIP, old.String())
+	}
+	s.byName[name] = ip
+	s.byIP[ip.String()] = name
+}
+
+// Remove drops a VM's record.
+func (s *Server) Remove(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	name = strings.ToLower(name)
+	if ip, ok := s.byName[name]; ok {
+		delete(s.byIP, ip.String())
+		delete(s.byName, name)
+	}
+}
+
+// Rename moves a VM's record to a new name.
+func (s *Server) Rename(from, to string) {
+	s.mu.Lock()
+	ip, ok := s.byName[strings.ToLower(from)]
+	s.mu.Unlock()
+	if ok {
+		s.Remove(from)
+		s.Set(to, ip)
+	}
+}
+
+// Name is the fully qualified name of a VM, without the trailing dot.
+func (s *Server) Name(vm string) string { return vm + "." + strings.TrimSuffix(s.zone, ".") }
+
+// Start listens on addr ("ip:port") over UDP and TCP. Port 0 picks one
+// port free for both.
+func (s *Server) Start(addr string) (string, error) {
+	var pc net.PacketConn
+	var l net.Listener
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		pc, err = net.ListenPacket("udp", addr)
+		if err != nil {
+			return "", fmt.Errorf("dns: listen udp %s: %w", addr, err)
+		}
+		taddr := pc.LocalAddr().String()
+		l, err = net.Listen("tcp", taddr)
+		if err == nil {
+			break
+		}
+		pc.Close()
+		if !strings.HasSuffix(addr, ":0") {
+			return "", fmt.Errorf("dns: listen tcp %s: %w", taddr, err)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("dns: listen tcp %s: %w", addr, err)
+	}
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: s}, {Listener: l, Handler: s}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		s.srvs = append(s.srvs, srv)
+		go func() {
+			if err := srv.ActivateAndServe(); err != nil {
+				s.cfg.Logger.Warn("dns server ended", "err", err)
+			}
+		}()
+		<-started
+	}
+	return pc.LocalAddr().String(), nil
+}
+
+// Close stops listening.
+func (s *Server) Close() error {
+	var errs []error
+	for _, srv := range s.srvs {
+		errs = append(errs, srv.Shutdown())
+	}
+	s.srvs = nil
+	return errors.Join(errs...)
+}
+
+// ServeDNS answers one query.
+func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	m := new(dns.Msg)
+	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery {
+		m.SetRcode(req, dns.RcodeNotImplemented)
+		_ = w.WriteMsg(m)
+		return
+	}
+	q := req.Question[0]
+	name := strings.ToLower(q.Name)
+	switch {
+	case name == s.zone || strings.HasSuffix(name, "."+s.zone):
+		s.answerZone(m, req, name, q)
+	case s.inReverse(name):
+		s.answerPTR(m, req, name, q)
+	default:
+		s.forward(w, req)
+		return
+	}
+	_ = w.WriteMsg(m)
+}
+
+func (s *Server) soa() dns.RR {
+	return &dns.SOA{Hdr: dns.RR_Header{Name: s.zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
+		Ns: "ns." + s.zone, Mbox: "hostmaster." + s.zone, Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: ttl}
+}
+
+func (s *Server) answerZone(m, req *dns.Msg, name string, q dns.Question) {
+	m.SetReply(req)
+	m.Authoritative = true
+	var ip net.IP
+	found := false
+	if name == s.zone {
+		ip, found = s.cfg.Self, true
+	} else {
+		label := strings.TrimSuffix(name, "."+s.zone)
+		s.mu.RLock()
+		ip, found = s.byName[label]
+		s.mu.RUnlock()
+	}
+	if !found {
+		m.Rcode = dns.RcodeNameError
+		m.Ns = []dns.RR{s.soa()}
+		return
+	}
+	switch {
+	case (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY) && ip != nil:
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}, A: ip.To4()}}
+	case q.Qtype == dns.TypeSOA && name == s.zone:
+		m.Answer = []dns.RR{s.soa()}
+	default:
+		m.Ns = []dns.RR{s.soa()} // the name exists, not with this type
+	}
+}
+
+// inReverse reports whether name is a PTR name for an address in the subnet.
+func (s *Server) inReverse(name string) bool {
+	if s.cfg.Subnet == nil || !strings.HasSuffix(name, ".in-addr.arpa.") {
+		return false
+	}
+	ip := reverseIP(name)
+	return ip != nil && s.cfg.Subnet.Contains(ip)
+}
+
+func reverseIP(name string) net.IP {
+	parts := strings.Split(strings.TrimSuffix(name, ".in-addr.arpa."), ".")
+	if len(parts) != 4 {
+		return nil
+	}
+	return net.ParseIP(parts[3] + "." + parts[2] + "." + parts[1] + "." + parts[0])
+}
+
+func (s *Server) answerPTR(m, req *dns.Msg, name string, q dns.Question) {
+	m.SetReply(req)
+	m.Authoritative = true
+	ip := reverseIP(name)
+	s.mu.RLock()
+	vm, ok := s.byIP[ip.String()]
+	s.mu.RUnlock()
+	if !ok {
+		m.Rcode = dns.RcodeNameError
+		m.Ns = []dns.RR{s.soa()}
+		return
+	}
+	if q.Qtype == dns.TypePTR || q.Qtype == dns.TypeANY {
+		m.Answer = []dns.RR{&dns.PTR{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: ttl}, Ptr: vm + "." + s.zone}}
+	}
+}
+
+// mayRecurse: only guests (and the host through the bridge) may use the
+// server as a resolver for other names.
+func (s *Server) mayRecurse(addr net.Addr) bool {
+	var ip net.IP
+	switch a := addr.(type) {
+	case *net.UDPAddr:
+		ip = a.IP
+	case *net.TCPAddr:
+		ip = a.IP
+	}
+	if ip == nil {
+		return false
+	}
+	if s.cfg.Subnet != nil && s.cfg.Subnet.Contains(ip) {
+		return true
+	}
+	for _, n := range s.cfg.AllowRecurs {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) forward(w dns.ResponseWriter, req *dns.Msg) {
+	if !s.mayRecurse(w.RemoteAddr()) {
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeRefused)
+		_ = w.WriteMsg(m)
+		return
+	}
+	network := "udp"
+	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
+		network = "tcp"
+	}
+	c := *s.client
+	c.Net = network
+	for _, up := range s.cfg.Upstreams {
+		ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
+		resp, _, err := c.ExchangeContext(ctx, req, up)
+		cancel()
+		if err == nil && resp != nil {
+			resp.Id = req.Id
+			_ = w.WriteMsg(resp)
+			return
+		}
+		s.cfg.Logger.Debug("dns upstream failed", "upstream", up, "err", err)
+	}
+	m := new(dns.Msg)
+	m.SetRcode(req, dns.RcodeServerFailure)
+	m.RecursionAvailable = true
+	_ = w.WriteMsg(m)
+}
+
+// HostUpstreams reads the nameservers of a resolv.conf, leaving out the
+// addresses in skip (the server itself, so it never forwards to itself).
+func HostUpstreams(path string, skip ...net.IP) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		ip := net.ParseIP(strings.Split(f[1], "%")[0])
+		if ip == nil {
+			continue
+		}
+		self := false
+		for _, s := range skip {
+			self = self || s.Equal(ip)
+		}
+		if !self {
+			out = append(out, net.JoinHostPort(ip.String(), "53"))
+		}
+	}
+	return out
+}
