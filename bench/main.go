@@ -32,6 +32,13 @@ func main() {
 	out := flag.String("out", "BENCHMARKS.md", "file to write")
 	netOnly := flag.Bool("net", false, "measure only the tap networking section (root; uses a network namespace)")
 	flag.Parse()
+	if *dnsServe != "" {
+		if err := serveDNS(*dnsServe); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *dnsLoad != "" {
 		if err := runDNSLoad(*dnsLoad); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)

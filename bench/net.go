@@ -6,6 +6,7 @@ package main
 // namespace made for the run and deleted at its end (TESTING.md).
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -31,7 +32,10 @@ import (
 
 const netHeading = "## Tap networking"
 
-var dnsLoad = flag.String("dnsload", "", "internal: run the DNS load inside the namespace against ADDR and print answers/s")
+var (
+	dnsLoad  = flag.String("dnsload", "", "internal: run the DNS load inside the namespace against ADDR and print answers/s")
+	dnsServe = flag.String("dnsserve", "", "internal: serve the benchmark's VM names with ember's DNS on ADDR")
+)
 
 // keepSection returns the section of the file at path that starts with
 // heading, up to the next "## " heading; so a run of one section keeps the
@@ -218,9 +222,21 @@ func runNet(runs int, out string) error {
 		_, err = fmt.Sscanf(strings.TrimSpace(string(o)), "%f", &qps)
 		return qps, err
 	}
+	srv := inNS(self, "-dnsserve", "127.0.0.1:5301")
+	srvOut, err := srv.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("ember dns server: %w", err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	if _, err := bufio.NewReader(srvOut).ReadString('\n'); err != nil {
+		return fmt.Errorf("ember dns server did not start: %w", err)
+	}
 	var emberQPS, dnsmasqQPS []float64
 	for i := 0; i < 3; i++ {
-		e, err := load("ember")
+		e, err := load("127.0.0.1:5301")
 		if err != nil {
 			return err
 		}
@@ -270,22 +286,26 @@ func killHomeQEMUs(home string) {
 // DNS server (package vmdns, the code the daemon runs) here with the same
 // records as dnsmasq's hosts file; otherwise target is a server address.
 // It prints correct answers per second.
-func runDNSLoad(target string) error {
-	const records = 200
-	addr := target
-	if target == "ember" {
-		_, sub, _ := net.ParseCIDR("10.231.0.0/16")
-		s := vmdns.New(vmdns.Config{Domain: "bench.internal", Subnet: sub})
-		for i := 0; i < records; i++ {
-			s.Set(fmt.Sprintf("vm%d", i), net.IPv4(10, 231, byte(i/250), byte(2+i%250)))
-		}
-		a, err := s.Start("127.0.0.1:5301")
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		addr = a
+// dnsRecords is how many VM names both DNS servers serve.
+const dnsRecords = 200
+
+// serveDNS runs ember's VM DNS server with the benchmark's records until
+// the process is killed: a process of its own, like dnsmasq.
+func serveDNS(addr string) error {
+	_, sub, _ := net.ParseCIDR("10.231.0.0/16")
+	s := vmdns.New(vmdns.Config{Domain: "bench.internal", Subnet: sub})
+	for i := 0; i < dnsRecords; i++ {
+		s.Set(fmt.Sprintf("vm%d", i), net.IPv4(10, 231, byte(i/250), byte(2+i%250)))
 	}
+	if _, err := s.Start(addr); err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	select {}
+}
+
+func runDNSLoad(addr string) error {
+	const records = dnsRecords
 	const workers, dur = 8, 3 * time.Second
 	var ok atomic.Int64
 	var wg sync.WaitGroup

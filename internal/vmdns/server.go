@@ -12,11 +12,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // ttl is short: a VM deleted and re-created gets new records at once.
@@ -98,22 +101,30 @@ func (s *Server) Rename(from, to string) {
 func (s *Server) Name(vm string) string { return vm + "." + strings.TrimSuffix(s.zone, ".") }
 
 // Start listens on addr ("ip:port") over UDP and TCP. Port 0 picks one
-// port free for both.
+// port free for both. UDP gets one socket per CPU (SO_REUSEPORT): the kernel
+// spreads clients over them, so answers are not bound to one reading
+// goroutine.
 func (s *Server) Start(addr string) (string, error) {
-	var pc net.PacketConn
+	var pcs []net.PacketConn
 	var l net.Listener
 	var err error
+	closeAll := func() {
+		for _, pc := range pcs {
+			pc.Close()
+		}
+		pcs = nil
+	}
 	for attempt := 0; attempt < 20; attempt++ {
-		pc, err = net.ListenPacket("udp", addr)
+		pcs, err = listenUDP(addr, udpSockets())
 		if err != nil {
 			return "", fmt.Errorf("dns: listen udp %s: %w", addr, err)
 		}
-		taddr := pc.LocalAddr().String()
+		taddr := pcs[0].LocalAddr().String()
 		l, err = net.Listen("tcp", taddr)
 		if err == nil {
 			break
 		}
-		pc.Close()
+		closeAll()
 		if !strings.HasSuffix(addr, ":0") {
 			return "", fmt.Errorf("dns: listen tcp %s: %w", taddr, err)
 		}
@@ -121,7 +132,11 @@ func (s *Server) Start(addr string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("dns: listen tcp %s: %w", addr, err)
 	}
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: s}, {Listener: l, Handler: s}} {
+	srvs := []*dns.Server{{Listener: l, Handler: s}}
+	for _, pc := range pcs {
+		srvs = append(srvs, &dns.Server{PacketConn: pc, Handler: s})
+	}
+	for _, srv := range srvs {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
 		s.srvs = append(s.srvs, srv)
@@ -132,7 +147,36 @@ func (s *Server) Start(addr string) (string, error) {
 		}()
 		<-started
 	}
-	return pc.LocalAddr().String(), nil
+	return pcs[0].LocalAddr().String(), nil
+}
+
+func udpSockets() int { return min(max(runtime.GOMAXPROCS(0), 1), 8) }
+
+// listenUDP opens n UDP sockets on one address with SO_REUSEPORT; with port
+// 0 the first picks the port and the others join it.
+func listenUDP(addr string, n int) ([]net.PacketConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		return errors.Join(err, serr)
+	}}
+	var pcs []net.PacketConn
+	for i := 0; i < n; i++ {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			for _, p := range pcs {
+				p.Close()
+			}
+			return nil, err
+		}
+		if i == 0 {
+			addr = pc.LocalAddr().String()
+		}
+		pcs = append(pcs, pc)
+	}
+	return pcs, nil
 }
 
 // Close stops listening.
