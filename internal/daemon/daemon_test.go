@@ -30,8 +30,9 @@ func serveStoppable(t *testing.T, td *testDaemon) (*client.Client, func()) {
 	stop := func() { cancel(); <-done }
 	t.Cleanup(stop)
 	c := &client.Client{Socket: td.layout.Socket()}
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(c.Socket); err == nil {
+	// Wait until the daemon answers; a loaded machine can take a while.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		if err := c.Call(context.Background(), "vm.list", nil, nil); err == nil {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -250,6 +250,8 @@ func (d *Daemon) controller(ctx context.Context, vm store.VM, sg sessionGuest, n
 		return nil, d.sessionErr(vm, err)
 	}
 	c := newSessionController(vm.ID, name, st, st.Info.Scrollback, d.sessions.remove)
+	// An exited session still replays to attachers, but takes no input.
+	c.exitedAtAttach = !st.Info.Running
 	if won := d.sessions.put(k, c); won != c {
 		st.Close()
 		return won, nil

@@ -36,6 +36,9 @@ type guestSessionController struct {
 	ch         sessionChannel
 	onEnd      func(*guestSessionController)
 	done       chan struct{}
+	// exitedAtAttach: the session had already exited when the channel was
+	// opened; set before the controller is shared.
+	exitedAtAttach bool
 
 	writeMu sync.Mutex // one write or resize into the session at a time
 
@@ -163,6 +166,9 @@ func (c *guestSessionController) write(cl *sessionClient, p []byte) error {
 	case <-c.done:
 		return conflictf("session %s has ended", c.name)
 	default:
+	}
+	if c.exitedAtAttach {
+		return conflictf("session %s has exited", c.name)
 	}
 	if _, err := c.ch.Write(p); err != nil {
 		return conflictf("write to session %s: %v", c.name, err)

@@ -45,12 +45,18 @@ type Server struct {
 	zone   string // fqdn of the domain, lower case
 	client *dns.Client
 
-	// mu guards byName and byIP.
+	// mu guards byName, byIP and fast.
 	mu     sync.RWMutex
-	byName map[string]net.IP // short VM name → address
-	byIP   map[string]string // dotted address → short VM name
+	byName map[string]net.IP    // short VM name → address
+	byIP   map[string]string    // dotted address → short VM name
+	fast   map[string]fastEntry // wire-form lower-case name → fast-path answer
+	// soaWire is the zone's SOA record as the fast path appends it.
+	soaWire []byte
 
-	srvs []*dns.Server
+	tcp  *dns.Server
+	udp  []*net.UDPConn
+	wg   sync.WaitGroup // the UDP read loops and their slow-path handlers
+	stop sync.Mutex     // serialises Start and Close
 }
 
 // New makes a server; Start listens.
@@ -58,9 +64,19 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Server{cfg: cfg, zone: dns.Fqdn(strings.ToLower(cfg.Domain)),
+	s := &Server{cfg: cfg, zone: dns.Fqdn(strings.ToLower(cfg.Domain)),
 		client: &dns.Client{Timeout: forwardTimeout},
-		byName: map[string]net.IP{}, byIP: map[string]string{}}
+		byName: map[string]net.IP{}, byIP: map[string]string{}, fast: map[string]fastEntry{}}
+	s.soaWire = s.packSOA()
+	if key, ok := fastKey(s.zone); ok && s.soaWire != nil {
+		if e, ok := newFastEntry(cfg.Self, true); ok {
+			s.fast[key] = e
+		}
+	}
+	if s.soaWire == nil {
+		clear(s.fast) // no SOA to answer NODATA with: the slow path decides
+	}
+	return s
 }
 
 // Set adds or replaces a VM's record.
@@ -73,6 +89,9 @@ func (s *Server) Set(name string, ip net.IP) {
 	}
 	s.byName[name] = ip
 	s.byIP[ip.String()] = name
+	if s.soaWire != nil {
+		s.setFast(name, ip)
+	}
 }
 
 // Remove drops a VM's record.
@@ -83,6 +102,7 @@ func (s *Server) Remove(name string) {
 	if ip, ok := s.byName[name]; ok {
 		delete(s.byIP, ip.String())
 		delete(s.byName, name)
+		s.removeFast(name)
 	}
 }
 
@@ -103,8 +123,11 @@ func (s *Server) Name(vm string) string { return vm + "." + strings.TrimSuffix(s
 // Start listens on addr ("ip:port") over UDP and TCP. Port 0 picks one
 // port free for both. UDP gets one socket per CPU (SO_REUSEPORT): the kernel
 // spreads clients over them, so answers are not bound to one reading
-// goroutine.
+// goroutine. Each socket has its own read loop (serveUDP); TCP is served by
+// miekg's server.
 func (s *Server) Start(addr string) (string, error) {
+	s.stop.Lock()
+	defer s.stop.Unlock()
 	var pcs []net.PacketConn
 	var l net.Listener
 	var err error
@@ -132,20 +155,21 @@ func (s *Server) Start(addr string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("dns: listen tcp %s: %w", addr, err)
 	}
-	srvs := []*dns.Server{{Listener: l, Handler: s}}
+	srv := &dns.Server{Listener: l, Handler: s}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	s.tcp = srv
+	go func() {
+		if err := srv.ActivateAndServe(); err != nil {
+			s.cfg.Logger.Warn("dns server ended", "err", err)
+		}
+	}()
+	<-started
 	for _, pc := range pcs {
-		srvs = append(srvs, &dns.Server{PacketConn: pc, Handler: s})
-	}
-	for _, srv := range srvs {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		s.srvs = append(s.srvs, srv)
-		go func() {
-			if err := srv.ActivateAndServe(); err != nil {
-				s.cfg.Logger.Warn("dns server ended", "err", err)
-			}
-		}()
-		<-started
+		conn := pc.(*net.UDPConn)
+		s.udp = append(s.udp, conn)
+		s.wg.Add(1)
+		go s.serveUDP(conn)
 	}
 	return pcs[0].LocalAddr().String(), nil
 }
@@ -179,13 +203,21 @@ func listenUDP(addr string, n int) ([]net.PacketConn, error) {
 	return pcs, nil
 }
 
-// Close stops listening.
+// Close stops listening and waits for the queries in hand (a forward takes
+// at most forwardTimeout per upstream).
 func (s *Server) Close() error {
+	s.stop.Lock()
+	defer s.stop.Unlock()
 	var errs []error
-	for _, srv := range s.srvs {
-		errs = append(errs, srv.Shutdown())
+	if s.tcp != nil {
+		errs = append(errs, s.tcp.Shutdown())
+		s.tcp = nil
 	}
-	s.srvs = nil
+	for _, c := range s.udp {
+		errs = append(errs, c.Close())
+	}
+	s.udp = nil
+	s.wg.Wait()
 	return errors.Join(errs...)
 }
 

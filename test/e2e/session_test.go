@@ -206,6 +206,9 @@ func TestSessions(t *testing.T) {
 	if !e.readHas("vm1", "ex", "bye") {
 		t.Fatal("read of an exited session lost its output")
 	}
+	if _, errOut, code := e.run("session", "send", "vm1", "ex", "x"); code != 4 {
+		t.Fatalf("send to an exited session: want exit 4, got %d %q", code, errOut)
+	}
 
 	t.Run("pty", func(t *testing.T) { testSessionPTY(t, e) })
 
