@@ -12,6 +12,8 @@ have mkfs.ext4 || need="$need e2fsprogs"
 have debugfs || need="$need e2fsprogs"
 have apt-get || { echo "deps: apt-get not found; install qemu-system-x86 qemu-utils busybox-static e2fsprogs by hand" >&2; exit 1; }
 have dpkg-deb || need="$need dpkg"
+# ip netns isolates the tap-networking tests (see TESTING.md's network rule).
+have ip || need="$need iproute2"
 if [ -n "$need" ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "deps: missing packages:$need — run as root or: sudo apt-get install --no-install-recommends$need" >&2
