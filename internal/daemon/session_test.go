@@ -144,6 +144,8 @@ func TestControllerFanOutReplayAndExit(t *testing.T) {
 
 	// The mirror keeps only the scrollback's size.
 	ch.w.Write([]byte(strings.Repeat("x", 20) + "END"))
+	// Attach only once the pump has taken the bytes into the mirror.
+	eventually(t, "A sees the long write", func() bool { return strings.HasSuffix(da.String(), "END") })
 	late := newSessionClient(0, 0)
 	c.attach(late)
 	dl := drain(ctx, late)
