@@ -2,10 +2,14 @@ package vmdns
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
+	"unsafe"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // udpReadSize is what miekg's server reads of a datagram (dns.MinMsgSize):
@@ -17,30 +21,103 @@ const udpReadSize = dns.MinMsgSize
 // goroutine of its own, since a forward can take seconds.
 func (s *Server) serveUDP(conn *net.UDPConn) {
 	defer s.wg.Done()
-	buf := make([]byte, udpReadSize)
-	out := make([]byte, 0, 512)
-	for {
-		n, from, err := conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.cfg.Logger.Warn("dns server ended", "err", err)
-			}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		s.cfg.Logger.Warn("dns server ended", "err", err)
+		return
+	}
+	l := &udpLoop{s: s, conn: conn, buf: make([]byte, udpReadSize), out: make([]byte, 0, 512)}
+	for !s.closing.Load() {
+		err := rc.Read(l.drain)
+		if errors.Is(err, net.ErrClosed) || s.closing.Load() {
 			return
 		}
+		if err == nil {
+			err = l.err
+		}
+		if err != nil {
+			s.cfg.Logger.Warn("dns server ended", "err", err)
+			return
+		}
+	}
+}
+
+// udpLoop is the state of one socket's read loop, reused for every packet.
+type udpLoop struct {
+	s    *Server
+	conn *net.UDPConn
+	buf  []byte
+	out  []byte
+	sa   unix.RawSockaddrAny
+	err  error // why drain stopped, other than a closed socket
+}
+
+// drain answers the datagrams queued on fd until there are none (false:
+// wait until fd is readable, then call again) or the server closes. It
+// uses raw non-blocking system calls: these return at once, and the
+// runtime's syscall bookkeeping (which wakes its monitor thread when the
+// process was idle) would cost more than the answer itself.
+func (l *udpLoop) drain(fd uintptr) bool {
+	for !l.s.closing.Load() {
+		salen := uint32(unix.SizeofSockaddrAny)
+		r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&l.buf[0])), uintptr(len(l.buf)),
+			0, uintptr(unsafe.Pointer(&l.sa)), uintptr(unsafe.Pointer(&salen)))
+		switch errno {
+		case 0:
+		case unix.EAGAIN:
+			return false
+		case unix.EINTR:
+			continue
+		default:
+			l.err = fmt.Errorf("dns: read udp: %w", errno)
+			return true
+		}
+		n := int(r)
 		if n < hdrLen {
 			continue // as miekg: no answer to something that is not DNS
 		}
-		if resp, ok := s.fastAnswer(buf[:n], out[:0]); ok {
-			_, _ = conn.WriteToUDPAddrPort(resp, from)
+		if resp, ok := l.s.fastAnswer(l.buf[:n], l.out[:0]); ok {
+			// A reply that does not fit the socket buffer is dropped, as
+			// any UDP answer may be.
+			_, _, _ = unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&resp[0])), uintptr(len(resp)),
+				unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&l.sa)), uintptr(salen))
 			continue
 		}
-		pkt := append([]byte(nil), buf[:n]...)
-		s.wg.Add(1)
+		from, ok := addrPort(&l.sa)
+		if !ok {
+			continue
+		}
+		pkt := append([]byte(nil), l.buf[:n]...)
+		l.s.wg.Add(1)
 		go func() {
-			defer s.wg.Done()
-			s.serveSlow(pkt, &udpWriter{conn: conn, to: from})
+			defer l.s.wg.Done()
+			l.s.serveSlow(pkt, &udpWriter{conn: l.conn, to: from})
 		}()
 	}
+	return true
+}
+
+// addrPort is the address of a datagram's sender.
+func addrPort(sa *unix.RawSockaddrAny) (netip.AddrPort, bool) {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), ntohs(a.Port)), true
+	case unix.AF_INET6:
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+		ip := netip.AddrFrom16(a.Addr)
+		if a.Scope_id != 0 {
+			ip = ip.WithZone(strconv.FormatUint(uint64(a.Scope_id), 10))
+		}
+		return netip.AddrPortFrom(ip, ntohs(a.Port)), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// ntohs reads a port as the kernel stores it, in network byte order.
+func ntohs(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // serveSlow handles one datagram the way miekg's server does (its
