@@ -169,15 +169,22 @@ func (e *env) runStdin(stdin string, args ...string) (string, string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "ember"), append([]string{"--home", e.home}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	return runCmd(e.t, cmd, args)
+}
+
+// runCmd runs an ember CLI command and returns stdout, stderr and the exit
+// status; failing to run it at all fails the test.
+func runCmd(t *testing.T, cmd *exec.Cmd, args []string) (string, string, int) {
+	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	cmd.Stdin = strings.NewReader(stdin)
 	err := cmd.Run()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
-		e.t.Fatalf("run ember %v: %v", args, err)
+		t.Fatalf("run ember %v: %v", args, err)
 	}
 	return out.String(), errb.String(), code
 }
@@ -185,9 +192,15 @@ func (e *env) runStdin(stdin string, args ...string) (string, string, int) {
 // must runs the CLI and fails the test on a non-zero exit.
 func (e *env) must(args ...string) string {
 	e.t.Helper()
-	out, errOut, code := e.run(args...)
+	return mustOK(e.t, args, e.run)
+}
+
+// mustOK runs args with run and fails the test unless it exits 0.
+func mustOK(t *testing.T, args []string, run func(...string) (string, string, int)) string {
+	t.Helper()
+	out, errOut, code := run(args...)
 	if code != 0 {
-		e.t.Fatalf("ember %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+		t.Fatalf("ember %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
 	}
 	return out
 }

@@ -174,26 +174,12 @@ func (e *nsEnv) stopDaemon(sig syscall.Signal) {
 func (e *nsEnv) run(args ...string) (string, string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := e.inNS(ctx, filepath.Join(binDir, "ember"), append([]string{"--home", e.home}, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatalf("run ember %v: %v", args, err)
-	}
-	return out.String(), errb.String(), code
+	return runCmd(e.t, e.inNS(ctx, filepath.Join(binDir, "ember"), append([]string{"--home", e.home}, args...)...), args)
 }
 
 func (e *nsEnv) must(args ...string) string {
 	e.t.Helper()
-	out, errOut, code := e.run(args...)
-	if code != 0 {
-		e.t.Fatalf("ember %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
-	}
-	return out
+	return mustOK(e.t, args, e.run)
 }
 
 // helper runs this test binary inside the namespace as a network probe
