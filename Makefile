@@ -47,7 +47,7 @@ test: deps vet unit e2e
 bench: deps build testkernel
 	$(GO) run ./bench
 	@if [ "$$(id -u)" = 0 ]; then \
-		command -v dnsmasq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dnsmasq >/dev/null; \
+		command -v dnsmasq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dnsmasq-base >/dev/null; \
 		$(GO) run ./bench -net; \
 	else echo "bench: skipping the tap section (needs root)"; fi
 

@@ -203,7 +203,7 @@ func runNet(runs int, out string) error {
 	var dmLog bytes.Buffer
 	dm.Stderr = &dmLog
 	if err := dm.Start(); err != nil {
-		return fmt.Errorf("dnsmasq (apt-get install -y --no-install-recommends dnsmasq): %w", err)
+		return fmt.Errorf("dnsmasq (apt-get install -y --no-install-recommends dnsmasq-base): %w", err)
 	}
 	defer func() { _ = dm.Process.Kill(); _ = dm.Wait() }()
 	time.Sleep(300 * time.Millisecond)
