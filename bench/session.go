@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/emberhq/ember/internal/client"
@@ -65,6 +70,7 @@ func benchSessions(c *client.Client, vm string, runs, keys int) (sessionResult, 
 		// the marker after the bytes arrives.
 		marker := fmt.Sprintf("END-%d", 1000+i)
 		drainFrames(frames)
+		g0 := cpuStat(ctx, c, vm)
 		start := time.Now()
 		cmd := fmt.Sprintf("%s; echo; echo END-$((%d+1000))\r", gen, i)
 		if err := tp.Send(wire.FrameStdin, []byte(cmd)); err != nil {
@@ -92,6 +98,7 @@ func benchSessions(c *client.Client, vm string, runs, keys int) (sessionResult, 
 			return res, fmt.Errorf("session delivered %d of %d bytes", got, throughputBytes)
 		}
 		sess = append(sess, mbps(throughputBytes, d))
+		g0 = cpuReport(ctx, c, vm, "session", g0)
 
 		// Exec: the same bytes as a plain command's stdout.
 		start = time.Now()
@@ -104,6 +111,7 @@ func benchSessions(c *client.Client, vm string, runs, keys int) (sessionResult, 
 			return res, fmt.Errorf("exec delivered %d of %d bytes", n, throughputBytes)
 		}
 		ex = append(ex, mbps(throughputBytes, d))
+		g0 = cpuReport(ctx, c, vm, "exec", g0)
 
 		// Exec -t: the same guest PTY path as a session, without one.
 		start = time.Now()
@@ -116,6 +124,7 @@ func benchSessions(c *client.Client, vm string, runs, keys int) (sessionResult, 
 			return res, fmt.Errorf("exec -t delivered %d of %d bytes", n, throughputBytes)
 		}
 		exT = append(exT, mbps(throughputBytes, d))
+		cpuReport(ctx, c, vm, "exec -t", g0)
 		fmt.Fprintf(os.Stderr, "throughput run %d: session %.1f MB/s, exec %.1f MB/s, exec -t %.1f MB/s\n", i, sess[i], ex[i], exT[i])
 	}
 	res.SessionMBps, res.ExecMBps, res.ExecTTYMBps = medianF(sess), medianF(ex), medianF(exT)
@@ -215,7 +224,7 @@ func medianF(xs []float64) float64 {
 }
 
 func writeSessions(b *bytes.Buffer, r sessionResult, runs int) {
-	fmt.Fprintf(b, "\n## Persistent sessions vs exec (same VM, same run)\n\n")
+	fmt.Fprintf(b, "\n%s\n\n", sessionsHeading)
 	fmt.Fprintf(b, "Throughput: %d MiB of output ('a's, no newlines), medians of %d interleaved runs. Session: typed into a shell in an attached session, timed until a marker after the bytes arrives at the client. Exec: `ember exec VM -- sh -c ...` (no TTY), timed from the request to its exit.\n\n", r.Bytes>>20, runs)
 	fmt.Fprintf(b, "| measure | median |\n| --- | --- |\n")
 	fmt.Fprintf(b, "| session attach throughput | %.1f MB/s |\n", r.SessionMBps)
@@ -229,4 +238,151 @@ func writeSessions(b *bytes.Buffer, r sessionResult, runs int) {
 	fmt.Fprintf(b, "| through a session (daemon controller → agent session) | %v |\n", r.SessionEcho.Round(10*time.Microsecond))
 	fmt.Fprintf(b, "| through `ember exec -t` | %v |\n", r.ExecTTYEcho.Round(10*time.Microsecond))
 	fmt.Fprintf(b, "| **ratio session / exec -t** (lower is better) | **%.2f** |\n", float64(r.SessionEcho)/float64(r.ExecTTYEcho))
+}
+
+const sessionsHeading = "## Persistent sessions vs exec (same VM, same run)"
+
+// sessionsOnly, when set, measures only the sessions section and rewrites
+// just that section of the output file. main knows nothing of it: init
+// parses the flags early and runs this mode before main's own modes.
+var sessionsOnly = flag.Bool("sessions", false, "measure only the persistent sessions section")
+
+func init() {
+	for _, a := range os.Args[1:] {
+		if a == "-sessions" || a == "--sessions" || strings.HasPrefix(a, "-sessions=") || strings.HasPrefix(a, "--sessions=") {
+			// main defines -runs and -out inside main; this mode exits
+			// before main runs, so defining them here does not clash.
+			runs := flag.Int("runs", 5, "measured runs of each side")
+			out := flag.String("out", "BENCHMARKS.md", "file to write")
+			flag.Parse()
+			if !*sessionsOnly {
+				return
+			}
+			if err := runSessionsOnly(*runs, *out); err != nil {
+				fmt.Fprintln(os.Stderr, "bench:", err)
+				os.Exit(1)
+			}
+			os.Exit(0)
+		}
+	}
+}
+
+// runSessionsOnly starts a daemon in a fresh home, creates one VM and
+// measures sessions against exec in it.
+func runSessionsOnly(runs int, out string) error {
+	root, _ := filepath.Abs(".")
+	bin := filepath.Join(root, "bin", "ember")
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("%s missing: run make build", bin)
+	}
+	home, err := os.MkdirTemp("", "emb")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(home)
+	if err := linkKernel(root, home); err != nil {
+		return err
+	}
+	ember := func(args ...string) error {
+		cmd := exec.Command(bin, append([]string{"--home", home}, args...)...)
+		var e bytes.Buffer
+		cmd.Stderr = &e
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("ember %s: %v: %s", strings.Join(args, " "), err, e.String())
+		}
+		return nil
+	}
+	daemon := exec.Command(bin, "--home", home, "daemon")
+	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := daemon.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = daemon.Process.Signal(syscall.SIGTERM); _ = daemon.Wait() }()
+	for i := 0; ; i++ {
+		if err := ember("ls"); err == nil {
+			break
+		} else if i > 100 {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := ember("create", "sess"); err != nil {
+		return err
+	}
+	// QEMU outlives the daemon by design: remove the VM, not just the home.
+	defer func() { _ = ember("rm", "-f", "sess") }()
+	c, err := client.New(home)
+	if err != nil {
+		return err
+	}
+	res, err := benchSessions(c, "sess", runs, 50)
+	if err != nil {
+		return fmt.Errorf("sessions: %w", err)
+	}
+	var b bytes.Buffer
+	writeSessions(&b, res, runs)
+	return replaceSection(out, sessionsHeading, b.String()+"\n")
+}
+
+// guestCPU is the guest's CPU time so far (clock ticks) from /proc/stat's
+// cpu line, and the agent's (PID 1) user+system time; for -v breakdowns.
+type guestCPU struct{ user, sys, irq, soft, idle, agent int }
+
+func readGuestCPU(ctx context.Context, c *client.Client, vm string) guestCPU {
+	s, err := c.OpenStream(ctx, "vm.exec", wire.ExecParams{Ref: vm, Argv: []string{"sh", "-c", "cat /proc/stat; for p in /proc/[0-9]*; do grep -q ember-agent $p/cmdline 2>/dev/null && cat $p/stat && echo; done"}})
+	if err != nil {
+		return guestCPU{}
+	}
+	defer s.Close()
+	var out []byte
+	for {
+		kind, p, err := s.Recv()
+		if err != nil || kind == wire.FrameExit {
+			break
+		}
+		if kind == wire.FrameStdout {
+			out = append(out, p...)
+		}
+	}
+	var g guestCPU
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 8 && f[0] == "cpu" {
+			fmt.Sscan(f[1], &g.user)
+			fmt.Sscan(f[3], &g.sys)
+			fmt.Sscan(f[4], &g.idle)
+			fmt.Sscan(f[6], &g.irq)
+			fmt.Sscan(f[7], &g.soft)
+		}
+		if len(f) > 15 && f[1] == "(exe)" {
+			var u, s int
+			fmt.Sscan(f[13], &u)
+			fmt.Sscan(f[14], &s)
+			g.agent += u + s
+		}
+	}
+	return g
+}
+
+func (a guestCPU) since(b guestCPU) string {
+	return fmt.Sprintf("guest ticks: user %d sys %d irq %d softirq %d idle %d (agent %d)",
+		a.user-b.user, a.sys-b.sys, a.irq-b.irq, a.soft-b.soft, a.idle-b.idle, a.agent-b.agent)
+}
+
+var cpuVerbose = os.Getenv("EMBER_BENCH_CPU") != ""
+
+func cpuStat(ctx context.Context, c *client.Client, vm string) guestCPU {
+	if !cpuVerbose {
+		return guestCPU{}
+	}
+	return readGuestCPU(ctx, c, vm)
+}
+
+func cpuReport(ctx context.Context, c *client.Client, vm, what string, g0 guestCPU) guestCPU {
+	if !cpuVerbose {
+		return g0
+	}
+	g := readGuestCPU(ctx, c, vm)
+	fmt.Fprintf(os.Stderr, "  %-8s %s\n", what, g.since(g0))
+	return readGuestCPU(ctx, c, vm)
 }

@@ -50,6 +50,7 @@ type persistentSession struct {
 	created time.Time
 	size    int
 	ptmx    *os.File
+	polled  bool // ptmx is in Go's poller: read deadlines work (see pollable)
 	cmd     *exec.Cmd
 	done    chan struct{} // closed once the process is reaped and output drained
 
@@ -233,7 +234,8 @@ func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError
 		m.mu.Unlock()
 		return nil, sessErr(SessionInvalid, "%v", startFailure(spec.path, err))
 	}
-	s.ptmx, s.cmd = ptmx, cmd
+	s.ptmx, s.polled = pollable(ptmx)
+	s.cmd = cmd
 	s.run()
 	s.mu.Lock()
 	info := s.infoLocked()
@@ -328,9 +330,9 @@ func (s *persistentSession) run() {
 	pumped := make(chan struct{})
 	go func() {
 		defer close(pumped)
-		buf := make([]byte, 32<<10)
+		buf := make([]byte, pumpChunk)
 		for {
-			n, err := s.ptmx.Read(buf)
+			n, err := s.readChunk(buf)
 			if n > 0 {
 				s.output(append([]byte(nil), buf[:n]...))
 			}
@@ -361,6 +363,69 @@ func (s *persistentSession) run() {
 		s.outMu.Unlock()
 		close(s.done)
 	}()
+}
+
+// Output gathering. The kernel hands a PTY master's output over at most
+// 4 KiB per read, and every chunk passed on becomes its own SSH packet,
+// which under emulation costs more than the bytes in it. Worse, waiting
+// in the poller for each 4 KiB wakes the agent as soon as the writer has
+// written a little, so the two ping-pong on a single vCPU. So after a
+// read that looks like part of a stream (lingerMin or more) the pump
+// takes what is already buffered without waiting and, when that runs
+// dry, sleeps for linger (the writer runs on meanwhile, the PTY buffers
+// a few hundred KiB) and looks again, until pumpChunk is full or a sleep
+// brought nothing new. Small reads (a key's echo, a prompt) go out at once.
+const (
+	pumpChunk = 32 << 10 // one SSH packet's payload
+	lingerMin = 1 << 10
+	linger    = 2 * time.Millisecond
+)
+
+// readChunk reads the next output into buf; see pumpChunk.
+func (s *persistentSession) readChunk(buf []byte) (int, error) {
+	n, err := s.ptmx.Read(buf)
+	if err != nil || n < lingerMin || !s.polled {
+		return n, err
+	}
+	rc, err := s.ptmx.SyscallConn()
+	if err != nil {
+		return n, nil
+	}
+	slept := false
+	for n < len(buf) {
+		m, err := readNow(rc, buf[n:])
+		if m > 0 {
+			n += m
+			slept = false
+			continue
+		}
+		if err != nil || slept {
+			// An error (EIO at the end) comes again on the next read.
+			break
+		}
+		time.Sleep(linger)
+		slept = true
+	}
+	return n, nil
+}
+
+// readNow reads what is buffered without waiting; 0 and no error means
+// nothing was.
+func readNow(rc syscall.RawConn, p []byte) (n int, err error) {
+	cerr := rc.Read(func(fd uintptr) bool {
+		n, err = unix.Read(int(fd), p)
+		return true // never wait in the poller
+	})
+	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+		return 0, nil
+	}
+	if n < 0 {
+		n = 0
+	}
+	if err == nil && cerr != nil {
+		err = cerr
+	}
+	return n, err
 }
 
 // output records p in the scrollback and hands it to every watcher.
@@ -534,5 +599,50 @@ func (s *persistentSession) resize(rows, cols int) error {
 	if s.exited {
 		return errors.New("session has exited")
 	}
-	return pty.Setsize(s.ptmx, &pty.Winsize{Rows: uint16(rows), Cols: uint16(cols)})
+	return setWinsize(s.ptmx, rows, cols)
+}
+
+// pollable returns the PTY master as a file in Go's poller. creack/pty
+// leaves it in blocking mode (its ioctls go through Fd), so every read
+// would hold an OS thread in a blocking syscall, and the runtime hands
+// the processor to another thread and back around each one: under
+// emulation that costs more than the read itself. Read deadlines, which
+// the output pump's gathering needs, also work only on a polled file.
+// The fd is duplicated rather than reused so the old *os.File's close
+// (and finalizer) cannot close it; if anything fails the original stays.
+func pollable(f *os.File) (_ *os.File, ok bool) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return f, false
+	}
+	nfd := -1
+	rc.Control(func(fd uintptr) {
+		nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if err != nil {
+		return f, false
+	}
+	if err := unix.SetNonblock(nfd, true); err != nil {
+		unix.Close(nfd)
+		return f, false
+	}
+	nf := os.NewFile(uintptr(nfd), f.Name())
+	f.Close()
+	return nf, true
+}
+
+// setWinsize resizes the PTY without (*os.File).Fd, which would put the
+// file back into blocking mode (see pollable).
+func setWinsize(f *os.File, rows, cols int) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ioErr error
+	if err := rc.Control(func(fd uintptr) {
+		ioErr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(rows), Col: uint16(cols)})
+	}); err != nil {
+		return err
+	}
+	return ioErr
 }

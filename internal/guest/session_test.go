@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -235,4 +236,37 @@ func TestSessionSurvivesConnection(t *testing.T) {
 		l, _ := c2.SessionList(ctx)
 		return len(l) == 1 && l[0].ExitCode != nil && *l[0].ExitCode == 137
 	})
+}
+
+// Bulk output is gathered into large chunks in the agent; every byte must
+// still arrive, in order, and the short tail after a burst must not wait
+// for more output that never comes.
+func TestSessionBulkOutputArrivesWhole(t *testing.T) {
+	c := dial(t)
+	ctx := ctx20(t)
+	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "bulk", Argv: []string{"sh"}}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.SessionAttach(ctx, "bulk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var out syncBuf
+	go io.Copy(&out, a)
+	const n = 300000
+	for i, marker := range []string{"DONE-1", "DONE-2"} {
+		cmd := fmt.Sprintf("head -c %d /dev/zero | tr '\\0' a; echo; echo DONE-$((%d+1))\n", n, i)
+		if _, err := a.Write([]byte(cmd)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, marker, func() bool { return strings.Contains(out.String(), marker+"\r\n") })
+	}
+	s := out.String()
+	if got := strings.Count(s, strings.Repeat("a", n)+"\r\n"); got != 2 {
+		t.Fatalf("want two unbroken runs of %d bytes, got %d (total 'a's %d)", n, got, strings.Count(s, "a"))
+	}
+	// Interactive use after a burst: a short echo comes back on its own.
+	a.Write([]byte("echo small-$((1+1))\n"))
+	waitFor(t, "small echo", func() bool { return strings.Contains(out.String(), "small-2\r\n") })
 }
