@@ -31,29 +31,22 @@ func main() {
 	runs := flag.Int("runs", 5, "measured runs of each side")
 	out := flag.String("out", "BENCHMARKS.md", "file to write")
 	netOnly := flag.Bool("net", false, "measure only the tap networking section (root; uses a network namespace)")
+	sessionsOnly := flag.Bool("sessions", false, "measure only the persistent sessions section")
 	flag.Parse()
-	if *dnsServe != "" {
-		if err := serveDNS(*dnsServe); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		return
+	var err error
+	switch {
+	case *dnsServe != "":
+		err = serveDNS(*dnsServe)
+	case *dnsLoad != "":
+		err = runDNSLoad(*dnsLoad)
+	case *netOnly:
+		err = runNet(*runs, *out)
+	case *sessionsOnly:
+		err = runSessionsOnly(*runs, *out)
+	default:
+		err = run(*runs, *out)
 	}
-	if *dnsLoad != "" {
-		if err := runDNSLoad(*dnsLoad); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if *netOnly {
-		if err := runNet(*runs, *out); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if err := run(*runs, *out); err != nil {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -70,6 +63,8 @@ func run(runs int, out string) error {
 		return err
 	}
 	defer os.RemoveAll(home)
+	// QEMU outlives the daemon by design; the bench must not leave VMs.
+	defer killHomeQEMUs(home)
 	if err := linkKernel(root, home); err != nil {
 		return err
 	}

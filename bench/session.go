@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -242,31 +241,6 @@ func writeSessions(b *bytes.Buffer, r sessionResult, runs int) {
 
 const sessionsHeading = "## Persistent sessions vs exec (same VM, same run)"
 
-// sessionsOnly, when set, measures only the sessions section and rewrites
-// just that section of the output file. main knows nothing of it: init
-// parses the flags early and runs this mode before main's own modes.
-var sessionsOnly = flag.Bool("sessions", false, "measure only the persistent sessions section")
-
-func init() {
-	for _, a := range os.Args[1:] {
-		if a == "-sessions" || a == "--sessions" || strings.HasPrefix(a, "-sessions=") || strings.HasPrefix(a, "--sessions=") {
-			// main defines -runs and -out inside main; this mode exits
-			// before main runs, so defining them here does not clash.
-			runs := flag.Int("runs", 5, "measured runs of each side")
-			out := flag.String("out", "BENCHMARKS.md", "file to write")
-			flag.Parse()
-			if !*sessionsOnly {
-				return
-			}
-			if err := runSessionsOnly(*runs, *out); err != nil {
-				fmt.Fprintln(os.Stderr, "bench:", err)
-				os.Exit(1)
-			}
-			os.Exit(0)
-		}
-	}
-}
-
 // runSessionsOnly starts a daemon in a fresh home, creates one VM and
 // measures sessions against exec in it.
 func runSessionsOnly(runs int, out string) error {
@@ -280,6 +254,7 @@ func runSessionsOnly(runs int, out string) error {
 		return err
 	}
 	defer os.RemoveAll(home)
+	defer killHomeQEMUs(home)
 	if err := linkKernel(root, home); err != nil {
 		return err
 	}

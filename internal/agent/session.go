@@ -127,7 +127,7 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		}
 		s.tty.Cols, s.tty.Rows = w.Cols, w.Rows
 		if s.ptmx != nil {
-			pty.Setsize(s.ptmx, &pty.Winsize{Rows: uint16(w.Rows), Cols: uint16(w.Cols)})
+			setWinsize(s.ptmx, int(w.Rows), int(w.Cols))
 		}
 		return true, nil
 	case "signal":
@@ -324,6 +324,7 @@ func (s *session) startPTY(cmd *exec.Cmd) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	ptmx, _ = pollable(ptmx) // blocking PTY reads cost dearly under emulation
 	s.ptmx = ptmx
 	s.cmd = cmd
 	return ptmx, nil
