@@ -1,13 +1,9 @@
 package cli
 
 import (
-	"encoding/json"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -35,13 +31,11 @@ func execCmd(e *env) *cobra.Command {
 					p.Env[k] = v
 				}
 			}
-			inFile, inIsFile := e.stdin.(*os.File)
+			tf := terminalOf(e.stdin)
 			if tty {
 				p.Term = os.Getenv("TERM")
-				if inIsFile && term.IsTerminal(int(inFile.Fd())) {
-					if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-						p.Cols, p.Rows = w, h
-					}
+				if tf != nil {
+					p.Rows, p.Cols = terminalSize(tf)
 				}
 			}
 			c, err := e.client()
@@ -53,24 +47,8 @@ func execCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer s.Close()
-			// Raw mode whenever the guest has the terminal: its line discipline
-			// does the work, ours would translate its output a second time.
-			if tty && inIsFile && term.IsTerminal(int(inFile.Fd())) {
-				old, err := term.MakeRaw(int(inFile.Fd()))
-				if err == nil {
-					defer term.Restore(int(inFile.Fd()), old)
-				}
-				winch := make(chan os.Signal, 1)
-				signal.Notify(winch, syscall.SIGWINCH)
-				defer signal.Stop(winch)
-				go func() {
-					for range winch {
-						if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-							b, _ := json.Marshal(wire.Resize{Rows: h, Cols: w})
-							_ = s.Send(wire.FrameResize, b)
-						}
-					}
-				}()
+			if tty && tf != nil {
+				defer rawTerminal(tf, s)()
 			}
 			if interactive {
 				go func() {

@@ -2,14 +2,11 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -218,13 +215,10 @@ func attach(ctx context.Context, e *env, p wire.SessionAttachParams, detachKeys 
 	if err != nil {
 		return wire.Errorf(wire.CodeInvalid, "--detach-keys: %v", err)
 	}
-	inFile, _ := e.stdin.(*os.File)
-	tty := inFile != nil && term.IsTerminal(int(inFile.Fd()))
-	if tty {
+	tf := terminalOf(e.stdin)
+	if tf != nil {
 		p.Term = os.Getenv("TERM")
-		if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-			p.Cols, p.Rows = w, h
-		}
+		p.Rows, p.Cols = terminalSize(tf)
 	}
 	c, err := e.client()
 	if err != nil {
@@ -235,22 +229,8 @@ func attach(ctx context.Context, e *env, p wire.SessionAttachParams, detachKeys 
 		return err
 	}
 	defer s.Close()
-	if tty {
-		old, err := term.MakeRaw(int(inFile.Fd()))
-		if err == nil {
-			defer term.Restore(int(inFile.Fd()), old)
-		}
-		winch := make(chan os.Signal, 1)
-		signal.Notify(winch, syscall.SIGWINCH)
-		defer signal.Stop(winch)
-		go func() {
-			for range winch {
-				if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-					b, _ := json.Marshal(wire.Resize{Rows: h, Cols: w})
-					_ = s.Send(wire.FrameResize, b)
-				}
-			}
-		}()
+	if tf != nil {
+		defer rawTerminal(tf, s)()
 	}
 	var detached atomic.Bool
 	go func() {
