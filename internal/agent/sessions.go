@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/emberhq/ember/internal/ring"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -64,7 +65,7 @@ type persistentSession struct {
 
 	// mu guards the fields below.
 	mu       sync.Mutex
-	ring     *ring
+	ring     *ring.Ring
 	exited   bool
 	code     int
 	watchers map[*watcher]struct{}
@@ -208,7 +209,7 @@ func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError
 		argv = []string{spec.path, "-l"}
 	}
 	s := &persistentSession{name: req.Name, argv: argv, created: time.Now().UTC(), size: size,
-		ring: newRing(size), watchers: map[*watcher]struct{}{}, done: make(chan struct{})}
+		ring: ring.New(size), watchers: map[*watcher]struct{}{}, done: make(chan struct{})}
 
 	m.mu.Lock()
 	if m.closed {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"github.com/emberhq/ember/internal/ring"
 	"io"
 	"sync"
 
@@ -45,7 +46,7 @@ type guestSessionController struct {
 	// attachMu guards the fields below.
 	attachMu   sync.Mutex
 	clients    map[*sessionClient]struct{}
-	ring       *ring
+	ring       *ring.Ring
 	ended      bool
 	exit       wire.Exit
 	active     *sessionClient // most recently active client; its size wins
@@ -57,7 +58,7 @@ func newSessionController(vmID, name string, ch sessionChannel, scrollback int, 
 		scrollback = 1 << 20
 	}
 	return &guestSessionController{vmID: vmID, name: name, ch: ch, onEnd: onEnd, done: make(chan struct{}),
-		clients: map[*sessionClient]struct{}{}, ring: newRing(scrollback)}
+		clients: map[*sessionClient]struct{}{}, ring: ring.New(scrollback)}
 }
 
 // pump copies the session's output to the clients until the channel ends.
@@ -319,37 +320,4 @@ func (cl *sessionClient) serve(ctx context.Context, w io.Writer) {
 			return
 		}
 	}
-}
-
-// ring is the controller's mirror of a session's scrollback: the newest
-// bytes up to its size.
-type ring struct {
-	buf      []byte
-	start, n int
-}
-
-func newRing(size int) *ring { return &ring{buf: make([]byte, size)} }
-
-func (r *ring) Write(p []byte) {
-	size := len(r.buf)
-	if len(p) >= size {
-		copy(r.buf, p[len(p)-size:])
-		r.start, r.n = 0, size
-		return
-	}
-	end := (r.start + r.n) % size
-	k := copy(r.buf[end:], p)
-	copy(r.buf, p[k:])
-	r.n += len(p)
-	if r.n > size {
-		r.start = (r.start + r.n - size) % size
-		r.n = size
-	}
-}
-
-func (r *ring) Bytes() []byte {
-	out := make([]byte, r.n)
-	k := copy(out, r.buf[r.start:min(r.start+r.n, len(r.buf))])
-	copy(out[k:], r.buf[:r.n-k])
-	return out
 }

@@ -1,22 +1,26 @@
-package agent
+// Package ring is a fixed-size byte ring keeping the newest bytes written
+// to it: the scrollback of a session in the agent and its mirror in the
+// daemon.
+package ring
 
-// ring is a fixed-size byte ring: the newest size bytes written to it.
-// Not safe for concurrent use; its owner locks.
-type ring struct {
+// Ring holds the newest Size bytes written to it. Not safe for concurrent
+// use; its owner locks.
+type Ring struct {
 	buf   []byte
 	start int // index of the oldest byte
 	n     int // bytes held
 }
 
-func newRing(size int) *ring {
+// New makes a ring of size bytes (at least one).
+func New(size int) *Ring {
 	if size < 1 {
 		size = 1
 	}
-	return &ring{buf: make([]byte, size)}
+	return &Ring{buf: make([]byte, size)}
 }
 
 // Write appends p, forgetting the oldest bytes when full.
-func (r *ring) Write(p []byte) {
+func (r *Ring) Write(p []byte) {
 	size := len(r.buf)
 	if len(p) >= size {
 		copy(r.buf, p[len(p)-size:])
@@ -34,7 +38,7 @@ func (r *ring) Write(p []byte) {
 }
 
 // Bytes returns a copy of what the ring holds, oldest first.
-func (r *ring) Bytes() []byte {
+func (r *Ring) Bytes() []byte {
 	out := make([]byte, r.n)
 	k := copy(out, r.buf[r.start:min(r.start+r.n, len(r.buf))])
 	copy(out[k:], r.buf[:r.n-k])

@@ -1,4 +1,4 @@
-package agent
+package ring
 
 import (
 	"bytes"
@@ -6,7 +6,7 @@ import (
 )
 
 func TestRingKeepsNewestBytes(t *testing.T) {
-	r := newRing(8)
+	r := New(8)
 	r.Write([]byte("abc"))
 	if got := string(r.Bytes()); got != "abc" {
 		t.Fatalf("got %q", got)
