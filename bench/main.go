@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/emberhq/ember/internal/client"
@@ -53,44 +52,12 @@ func main() {
 }
 
 func run(runs int, out string) error {
-	root, _ := filepath.Abs(".")
-	bin := filepath.Join(root, "bin", "ember")
-	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("%s missing: run make build", bin)
-	}
-	home, err := os.MkdirTemp("", "emb")
+	env, err := startBench()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(home)
-	// QEMU outlives the daemon by design; the bench must not leave VMs.
-	defer killHomeQEMUs(home)
-	if err := linkKernel(root, home); err != nil {
-		return err
-	}
-	ember := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, append([]string{"--home", home}, args...)...)
-		var o, e bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &o, &e
-		if err := cmd.Run(); err != nil {
-			return o.String(), fmt.Errorf("ember %s: %v: %s", strings.Join(args, " "), err, e.String())
-		}
-		return o.String(), nil
-	}
-	daemon := exec.Command(bin, "--home", home, "daemon")
-	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := daemon.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = daemon.Process.Signal(syscall.SIGTERM); _ = daemon.Wait() }()
-	for i := 0; ; i++ {
-		if _, err := ember("ls"); err == nil {
-			break
-		} else if i > 100 {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	defer env.close()
+	home, ember := env.home, env.ember
 	// Warm up: the first create builds the image and the initramfs.
 	if _, err := ember("create", "warm"); err != nil {
 		return err

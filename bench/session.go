@@ -6,11 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/emberhq/ember/internal/client"
@@ -244,43 +241,13 @@ const sessionsHeading = "## Persistent sessions vs exec (same VM, same run)"
 // runSessionsOnly starts a daemon in a fresh home, creates one VM and
 // measures sessions against exec in it.
 func runSessionsOnly(runs int, out string) error {
-	root, _ := filepath.Abs(".")
-	bin := filepath.Join(root, "bin", "ember")
-	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("%s missing: run make build", bin)
-	}
-	home, err := os.MkdirTemp("", "emb")
+	env, err := startBench()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(home)
-	defer killHomeQEMUs(home)
-	if err := linkKernel(root, home); err != nil {
-		return err
-	}
-	ember := func(args ...string) error {
-		cmd := exec.Command(bin, append([]string{"--home", home}, args...)...)
-		var e bytes.Buffer
-		cmd.Stderr = &e
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("ember %s: %v: %s", strings.Join(args, " "), err, e.String())
-		}
-		return nil
-	}
-	daemon := exec.Command(bin, "--home", home, "daemon")
-	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := daemon.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = daemon.Process.Signal(syscall.SIGTERM); _ = daemon.Wait() }()
-	for i := 0; ; i++ {
-		if err := ember("ls"); err == nil {
-			break
-		} else if i > 100 {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	defer env.close()
+	home := env.home
+	ember := func(args ...string) error { _, err := env.ember(args...); return err }
 	if err := ember("create", "sess"); err != nil {
 		return err
 	}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// benchEnv is one daemon in a fresh home, started from bin/ember, with the
+// shared test kernel linked in.
+type benchEnv struct {
+	root, bin, home string
+	daemon          *exec.Cmd
+}
+
+// startBench makes the home and starts the daemon; close stops it, kills
+// any QEMU left (they outlive the daemon by design) and removes the home.
+func startBench() (*benchEnv, error) {
+	root, _ := filepath.Abs(".")
+	e := &benchEnv{root: root, bin: filepath.Join(root, "bin", "ember")}
+	if _, err := os.Stat(e.bin); err != nil {
+		return nil, fmt.Errorf("%s missing: run make build", e.bin)
+	}
+	home, err := os.MkdirTemp("", "emb")
+	if err != nil {
+		return nil, err
+	}
+	e.home = home
+	if err := linkKernel(root, home); err != nil {
+		e.close()
+		return nil, err
+	}
+	e.daemon = exec.Command(e.bin, "--home", home, "daemon")
+	e.daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := e.daemon.Start(); err != nil {
+		e.close()
+		return nil, err
+	}
+	for i := 0; ; i++ {
+		if _, err := e.ember("ls"); err == nil {
+			return e, nil
+		} else if i > 100 {
+			e.close()
+			return nil, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ember runs the CLI against this daemon and returns its stdout.
+func (e *benchEnv) ember(args ...string) (string, error) {
+	cmd := exec.Command(e.bin, append([]string{"--home", e.home}, args...)...)
+	var o, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &errb
+	if err := cmd.Run(); err != nil {
+		return o.String(), fmt.Errorf("ember %s: %v: %s", strings.Join(args, " "), err, errb.String())
+	}
+	return o.String(), nil
+}
+
+func (e *benchEnv) close() {
+	if e.daemon != nil && e.daemon.Process != nil {
+		_ = e.daemon.Process.Signal(syscall.SIGTERM)
+		_ = e.daemon.Wait()
+	}
+	killHomeQEMUs(e.home)
+	os.RemoveAll(e.home)
+}
