@@ -6,7 +6,7 @@ export CGO_ENABLED := 0
 # Tests share one unpacked guest kernel so each does not download it again.
 export EMBER_TEST_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all build deps run stop test unit e2e bench vet fmt clean testkernel
+.PHONY: all build deps run stop test unit e2e bench vet fmt clean testkernel install
 
 all: build
 
@@ -50,6 +50,12 @@ bench: deps build testkernel
 		command -v dnsmasq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dnsmasq-base >/dev/null; \
 		$(GO) run ./bench -net; \
 	else echo "bench: skipping the tap section (needs root)"; fi
+
+# install puts ember on PATH and the guest agent where the daemon looks.
+PREFIX ?= /usr/local
+install: build
+	install -D -m 0755 $(BIN)/ember $(DESTDIR)$(PREFIX)/bin/ember
+	install -D -m 0755 $(BIN)/ember-agent $(DESTDIR)$(PREFIX)/lib/ember/ember-agent
 
 clean:
 	rm -rf $(BIN)

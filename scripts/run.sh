@@ -28,8 +28,9 @@ echo
 $EMBER ls
 cat <<'MSG'
 
-ember is running. Try next:
-  ./bin/ember exec -it demo -- sh     a shell in the VM
+ember is running. `make install` puts ember on your PATH. Try next:
+  ./bin/ember shell demo              a persistent shell in the VM (detach: Ctrl-P Ctrl-Q)
+  ./bin/ember exec -it demo -- sh     a one-off shell
   ./bin/ember create web1             another VM
   ./bin/ember ls                      your VMs
   ./bin/ember rm -f demo              delete it
