@@ -27,6 +27,13 @@ func netChecks(ctx context.Context, lay layout.Layout) []Check {
 	}
 	out := []Check{capCheck(), tunCheck()}
 	if !cfg.TAPEnabled() {
+		// Rootless and user-mode daemons do not need them: not a warning.
+		for i := range out {
+			if out[i].Status == "warn" {
+				out[i].Status, out[i].Fix = "pass", ""
+				out[i].Detail += " (needed only for tap networking, which is off)"
+			}
+		}
 		return append(out, pass("tap", "tap networking is off (user mode only); set tap = true in "+lay.Config+" to use --net tap"))
 	}
 	sub, err := ipam.Parse(cfg.Subnet)
