@@ -18,6 +18,7 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("image ls lacks tiny:\n%s", out)
 	}
 	e.must("create", "vm1")
+	checkDoctor(t, e)
 
 	release := strings.TrimSpace(e.must("exec", "vm1", "--", "uname", "-r"))
 	if want := filepath.Base(kernelDir); !strings.Contains(want, release) && !strings.Contains(release, "cloud") {
@@ -171,4 +172,30 @@ func TestCancelDuringBootLeavesNothing(t *testing.T) {
 		t.Fatalf("op status: %v %+v", err, op)
 	}
 	assertNoVMs(t, e)
+}
+
+// checkDoctor: with a daemon up and a VM booted, doctor's JSON says the
+// daemon, kernel, store and QEMU pass, and gives every check a status.
+func checkDoctor(t *testing.T, e *env) {
+	t.Helper()
+	out, _, _ := e.run("doctor", "--json")
+	var checks []struct{ Name, Status, Detail, Fix string }
+	if err := json.Unmarshal([]byte(out), &checks); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, c := range checks {
+		if c.Status != "pass" && c.Status != "warn" && c.Status != "fail" {
+			t.Errorf("check %s has status %q", c.Name, c.Status)
+		}
+		got[c.Name] = c.Status
+	}
+	for _, name := range []string{"qemu", "kernel", "store", "daemon", "busybox", "e2fsprogs"} {
+		if got[name] != "pass" {
+			t.Errorf("doctor %s: %q, want pass (all: %v)", name, got[name], got)
+		}
+	}
+	if got["kvm"] == "" {
+		t.Errorf("doctor has no kvm check: %v", got)
+	}
 }
