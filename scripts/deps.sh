@@ -14,14 +14,24 @@ have apt-get || { echo "deps: apt-get not found; install qemu-system-x86 qemu-ut
 have dpkg-deb || need="$need dpkg"
 # ip netns isolates the tap-networking tests (see TESTING.md's network rule).
 have ip || need="$need iproute2"
-if [ -n "$need" ]; then
+# The first VM fetches Debian's cloud kernel with apt-get download: the
+# package lists must know it (fresh containers have none).
+lists_ok=1
+apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || lists_ok=0
+if [ -n "$need" ] || [ "$lists_ok" = 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
+		if [ -z "$need" ]; then
+			echo "deps: apt's lists lack linux-image-cloud-amd64; run 'sudo apt-get update' or the first VM cannot fetch its kernel" >&2
+			exit 0
+		fi
 		echo "deps: missing packages:$need — run as root or: sudo apt-get install --no-install-recommends$need" >&2
 		exit 1
 	fi
-	echo "deps: installing$need"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
-	# shellcheck disable=SC2086
-	apt-get install -y -qq --no-install-recommends $need >/dev/null
+	if [ -n "$need" ]; then
+		echo "deps: installing$need"
+		# shellcheck disable=SC2086
+		apt-get install -y -qq --no-install-recommends $need >/dev/null
+	fi
 fi

@@ -32,8 +32,23 @@ func Fetch(ctx context.Context, destRoot string, progress func(string)) (Kernel,
 			return Kernel{}, fmt.Errorf("fetch kernel: %s not found: fetching the Debian cloud kernel needs apt (a Debian or Ubuntu host); use kernel import instead", tool)
 		}
 	}
+	// Missing or stale package lists (a fresh container, an old mirror
+	// snapshot) are refreshed once, when we may: as root.
+	refreshed := false
+	refresh := func() bool {
+		if refreshed || os.Geteuid() != 0 {
+			return false
+		}
+		refreshed = true
+		say("refreshing apt's package lists")
+		_, err := run(ctx, "", "apt-get", "update", "-qq")
+		return err == nil
+	}
 	say("resolving %s", DebianCloudPackage)
 	pkg, err := resolveCloudPackage(ctx)
+	if err != nil && refresh() {
+		pkg, err = resolveCloudPackage(ctx)
+	}
 	if err != nil {
 		return Kernel{}, fmt.Errorf("fetch kernel: %w", err)
 	}
@@ -62,7 +77,13 @@ func Fetch(ctx context.Context, destRoot string, progress func(string)) (Kernel,
 	}
 	say("downloading %s", pkg)
 	if _, err := run(ctx, dl, "apt-get", "download", pkg); err != nil {
-		return Kernel{}, fmt.Errorf("fetch kernel: download %s: %w", pkg, err)
+		// The lists may name a version the mirror no longer has.
+		if !refresh() {
+			return Kernel{}, fmt.Errorf("fetch kernel: download %s: %w", pkg, err)
+		}
+		if _, err := run(ctx, dl, "apt-get", "download", pkg); err != nil {
+			return Kernel{}, fmt.Errorf("fetch kernel: download %s (after apt-get update; a newer kernel may be listed now, try again): %w", pkg, err)
+		}
 	}
 	debs, _ := filepath.Glob(filepath.Join(dl, "*.deb"))
 	if len(debs) != 1 {
