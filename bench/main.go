@@ -146,7 +146,7 @@ func bootFloor(vmlinuz, initrd, disk string) (time.Duration, error) {
 		return 0, fmt.Errorf("qemu-img: %v: %s", err, out)
 	}
 	khz := qemu.HostTSCKHz()
-	cmdline := fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=3 ember.root=/dev/vda tsc_early_khz=%d", khz)
+	cmdline := fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=3 ember.root=/dev/vda tsc_early_khz=%d tsc=reliable", khz)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	start := time.Now()

@@ -84,11 +84,14 @@ func absSpec(s hypervisor.Spec) (hypervisor.Spec, error) {
 // withTSC appends tsc_early_khz under TCG: without it about one boot in five
 // hangs in the guest's TSC calibration against the emulated PIT, and TCG's
 // guest TSC runs at the host's rate, so the host value keeps guest time true.
+// tsc=reliable keeps the guest's clocksource watchdog from judging that TSC
+// against jiffies, which lag under emulation: after about two minutes it
+// marked the TSC unstable and fell back to jiffies (4 ms resolution).
 func withTSC(cmdline, accel string, tscKHz int) string {
 	if accel != hypervisor.AccelTCG || tscKHz <= 0 || strings.Contains(cmdline, "tsc_early_khz=") {
 		return cmdline
 	}
-	return strings.TrimSpace(cmdline + " tsc_early_khz=" + strconv.Itoa(tscKHz))
+	return strings.TrimSpace(cmdline + " tsc_early_khz=" + strconv.Itoa(tscKHz) + " tsc=reliable")
 }
 
 // buildArgs turns a validated, absolute Spec into QEMU's command line.

@@ -178,8 +178,8 @@ func TestWithTSC(t *testing.T) {
 		khz            int
 		want           string
 	}{
-		{"console=ttyS0", "tcg", 2096019, "console=ttyS0 tsc_early_khz=2096019"},
-		{"", "tcg", 2096019, "tsc_early_khz=2096019"},
+		{"console=ttyS0", "tcg", 2096019, "console=ttyS0 tsc_early_khz=2096019 tsc=reliable"},
+		{"", "tcg", 2096019, "tsc_early_khz=2096019 tsc=reliable"},
 		{"console=ttyS0", "kvm", 2096019, "console=ttyS0"},
 		{"console=ttyS0", "tcg", 0, "console=ttyS0"},
 		{"tsc_early_khz=1 x", "tcg", 2096019, "tsc_early_khz=1 x"},
