@@ -382,3 +382,28 @@ func TestSecondDaemonRefused(t *testing.T) {
 		t.Fatalf("want refusal, got %v", err)
 	}
 }
+
+func TestVMWhoseProcessDiesIsStopped(t *testing.T) {
+	drv := newFakeDriver()
+	td := openTestDaemon(t, "", drv)
+	c := serve(t, td)
+	if op, err := createAndWait(t, c, wire.CreateVMParams{Name: "gone"}); err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	drv.mu.Lock()
+	for pid := range drv.alive {
+		delete(drv.alive, pid) // the guest powered off by itself
+	}
+	drv.mu.Unlock()
+	var vms []wire.VM
+	if err := c.Call(context.Background(), "vm.list", nil, &vms); err != nil {
+		t.Fatal(err)
+	}
+	if len(vms) != 1 || vms[0].State != wire.StateStopped || !strings.Contains(vms[0].LastError, "exited on its own") {
+		t.Fatalf("after the process died: %+v", vms)
+	}
+	var started wire.VM
+	if err := c.Call(context.Background(), "vm.start", wire.RefParams{Ref: "gone"}, &started); err != nil || started.State != wire.StateRunning {
+		t.Fatalf("start after death: %v %+v", err, started)
+	}
+}

@@ -328,6 +328,7 @@ func (d *Daemon) destroyVM(ctx context.Context, id string) {
 	if vm, err := d.store.GetVM(ctx, id); err == nil {
 		d.killVM(ctx, vm)
 	}
+	d.killStrays(id)
 	_ = os.RemoveAll(d.layout.VMDir(id))
 	_ = os.RemoveAll(d.layout.VMRunDir(id))
 	if err := d.store.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -362,7 +363,7 @@ func (d *Daemon) resolveRef(ctx context.Context, ref string) (store.VM, error) {
 		return store.VM{}, invalidf("no vm named")
 	}
 	if vm, err := d.store.GetVMByName(ctx, ref); err == nil {
-		return vm, nil
+		return d.settleDead(ctx, vm), nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return store.VM{}, err
 	}
@@ -374,7 +375,7 @@ func (d *Daemon) resolveRef(ctx context.Context, ref string) (store.VM, error) {
 	case 0:
 		return store.VM{}, notFoundf("vm %q not found; `ember ls` lists vms", ref)
 	case 1:
-		return vms[0], nil
+		return d.settleDead(ctx, vms[0]), nil
 	default:
 		return store.VM{}, invalidf("%q matches %d vms; use more of the id or the name", ref, len(vms))
 	}
@@ -428,7 +429,7 @@ func (d *Daemon) listVMs(ctx context.Context) ([]wire.VM, error) {
 	}
 	out := make([]wire.VM, 0, len(vms))
 	for _, vm := range vms {
-		out = append(out, d.toWireVM(vm))
+		out = append(out, d.toWireVM(d.settleDead(ctx, vm)))
 	}
 	return out, nil
 }
@@ -510,7 +511,9 @@ func (d *Daemon) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, error) 
 	if p.TimeoutSeconds > 0 {
 		timeout = time.Duration(p.TimeoutSeconds) * time.Second
 	}
-	d.shutdown(ctx, vm, p.Force, timeout)
+	// Once stopping, the graceful part runs to its own timeout: a client
+	// that hangs up must not turn a clean shutdown into pulling the plug.
+	d.shutdown(context.WithoutCancel(ctx), vm, p.Force, timeout)
 	vm, err = d.withVMLockByID(context.Background(), vm.ID, func(vm *store.VM) error {
 		vm.State, vm.PID, vm.SSHPort, vm.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()
 		return d.store.UpdateVM(context.Background(), *vm)
@@ -591,6 +594,7 @@ func (d *Daemon) reattach(ctx context.Context) error {
 			continue
 		case stateStarting:
 			d.killVM(ctx, vm)
+			d.killStrays(vm.ID)
 			alive = false
 		}
 		next := wire.StateStopped
@@ -609,4 +613,28 @@ func (d *Daemon) reattach(ctx context.Context) error {
 		d.log.Info("vm re-attached", "vm", vm.Name, "state", next, "pid", vm.PID)
 	}
 	return nil
+}
+
+// settleDead notices a VM recorded as running whose process is gone (the
+// guest powered itself off, panicked, or the OOM killer struck) and records
+// it as stopped, so ls, start and exec tell the truth. Callers hold no
+// VM lock.
+func (d *Daemon) settleDead(ctx context.Context, vm store.VM) store.VM {
+	if vm.State != wire.StateRunning || vm.PID == 0 || d.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
+		return vm
+	}
+	settled, err := d.withVMLockByID(ctx, vm.ID, func(v *store.VM) error {
+		if v.State != wire.StateRunning || v.PID != vm.PID {
+			return nil // changed meanwhile; leave it to whoever changed it
+		}
+		v.State, v.PID, v.SSHPort, v.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()
+		v.LastError = "the VM's process exited on its own (guest power-off or crash); see `ember logs`"
+		return d.store.UpdateVM(ctx, *v)
+	})
+	if err != nil {
+		return vm
+	}
+	d.guests.drop(vm.ID)
+	d.log.Info("vm process exited on its own", "vm", vm.Name)
+	return settled
 }

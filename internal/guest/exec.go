@@ -43,7 +43,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("exec: encode request: %w", err)
 	}
-	sess, err := c.ssh.NewSession()
+	sess, err := c.openSession(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("exec: open session: %w", err)
 	}
@@ -51,20 +51,36 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	sess.Stdin = req.Stdin
 	sess.Stdout = req.Stdout
 	sess.Stderr = req.Stderr
-	if req.TTY {
-		term, rows, cols := req.Term, req.Rows, req.Cols
-		if term == "" {
-			term = "xterm"
+	// RequestPty and Start wait for the guest's reply with no deadline of
+	// their own: a hung guest must not hang the caller past ctx.
+	started := make(chan error, 1)
+	go func() {
+		if req.TTY {
+			term, rows, cols := req.Term, req.Rows, req.Cols
+			if term == "" {
+				term = "xterm"
+			}
+			if rows <= 0 || cols <= 0 {
+				rows, cols = 24, 80
+			}
+			if err := sess.RequestPty(term, rows, cols, ssh.TerminalModes{}); err != nil {
+				started <- fmt.Errorf("exec: request pty: %w", err)
+				return
+			}
 		}
-		if rows <= 0 || cols <= 0 {
-			rows, cols = 24, 80
+		if err := sess.Start(agent.ExecPrefix + string(payload)); err != nil {
+			started <- fmt.Errorf("exec: start: %w", err)
+			return
 		}
-		if err := sess.RequestPty(term, rows, cols, ssh.TerminalModes{}); err != nil {
-			return 0, fmt.Errorf("exec: request pty: %w", err)
+		started <- nil
+	}()
+	select {
+	case err := <-started:
+		if err != nil {
+			return 0, err
 		}
-	}
-	if err := sess.Start(agent.ExecPrefix + string(payload)); err != nil {
-		return 0, fmt.Errorf("exec: start: %w", err)
+	case <-ctx.Done():
+		return 0, fmt.Errorf("exec: %w", ctx.Err())
 	}
 	done := make(chan error, 1)
 	go func() { done <- sess.Wait() }()
@@ -116,7 +132,7 @@ func exitStatus(err error) (int, error) {
 // Poweroff asks the agent (PID 1) to shut the VM down cleanly. It returns
 // once the guest has accepted; the VM process exits shortly after.
 func (c *Client) Poweroff(ctx context.Context) error {
-	sess, err := c.ssh.NewSession()
+	sess, err := c.openSession(ctx)
 	if err != nil {
 		return fmt.Errorf("poweroff: open session: %w", err)
 	}
@@ -148,3 +164,30 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 }
 
 func (l *limitedBuffer) String() string { return string(l.b) }
+
+// openSession opens an SSH session, giving up when ctx ends: x/crypto's
+// channel open waits for the guest's answer with no deadline, and a hung
+// guest behind a live loopback forward never answers. A session that
+// arrives after the caller gave up is closed.
+func (c *Client) openSession(ctx context.Context) (*ssh.Session, error) {
+	type result struct {
+		s   *ssh.Session
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := c.ssh.NewSession()
+		ch <- result{s, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.s, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.s != nil {
+				r.s.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
