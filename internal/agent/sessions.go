@@ -54,6 +54,9 @@ type persistentSession struct {
 	polled  bool // ptmx is in Go's poller: read deadlines work (see pollable)
 	cmd     *exec.Cmd
 	done    chan struct{} // closed once the process is reaped and output drained
+	// ready is closed once the process has started (cmd set) or failed to
+	// (cmd nil); the name is reserved in the map before that.
+	ready chan struct{}
 
 	inMu sync.Mutex // one write into the PTY at a time
 
@@ -151,10 +154,14 @@ func writeSessionResponse(ch ssh.Channel, resp SessionResponse) error {
 
 func (m *sessionManager) get(name string) (*persistentSession, *SessionError) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	s := m.sessions[name]
+	m.mu.Unlock()
 	if s == nil {
 		return nil, sessErr(SessionNotFound, "no session named %q", name)
+	}
+	<-s.ready
+	if s.cmd == nil {
+		return nil, sessErr(SessionNotFound, "no session named %q (it failed to start)", name)
 	}
 	return s, nil
 }
@@ -209,7 +216,7 @@ func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError
 		argv = []string{spec.path, "-l"}
 	}
 	s := &persistentSession{name: req.Name, argv: argv, created: time.Now().UTC(), size: size,
-		ring: ring.New(size), watchers: map[*watcher]struct{}{}, done: make(chan struct{})}
+		ring: ring.New(size), watchers: map[*watcher]struct{}{}, done: make(chan struct{}), ready: make(chan struct{})}
 
 	m.mu.Lock()
 	if m.closed {
@@ -231,13 +238,24 @@ func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError
 	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: uint16(rows), Cols: uint16(cols)})
 	if err != nil {
 		m.mu.Lock()
-		delete(m.sessions, req.Name)
+		if m.sessions[req.Name] == s {
+			delete(m.sessions, req.Name)
+		}
 		m.mu.Unlock()
+		close(s.ready)
 		return nil, sessErr(SessionInvalid, "%v", startFailure(spec.path, err))
 	}
 	s.ptmx, s.polled = pollable(ptmx)
 	s.cmd = cmd
+	close(s.ready)
 	s.run()
+	m.mu.Lock()
+	killed := m.sessions[req.Name] != s
+	m.mu.Unlock()
+	if killed { // a kill came while the process was starting
+		s.terminate()
+		return nil, sessErr(SessionNotFound, "session %q was killed while it started", req.Name)
+	}
 	s.mu.Lock()
 	info := s.infoLocked()
 	s.mu.Unlock()
@@ -303,6 +321,10 @@ func (m *sessionManager) closeAll() {
 // terminate kills the session's process group and waits (bounded) for
 // the session to end.
 func (s *persistentSession) terminate() {
+	<-s.ready
+	if s.cmd == nil {
+		return // never started
+	}
 	s.mu.Lock()
 	exited := s.exited
 	s.mu.Unlock()

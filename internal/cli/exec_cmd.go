@@ -67,7 +67,13 @@ func execCmd(e *env) *cobra.Command {
 					}
 				}()
 			}
-			return copyStream(cmd.Context(), s, e.stdout, e.stderr)
+			err = copyStream(cmd.Context(), s, e.stdout, e.stderr)
+			if err == nil && cmd.Context().Err() != nil {
+				// Interrupted before the command's status arrived: never
+				// report success for a command we stopped watching.
+				return &ExitError{Code: 130}
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()

@@ -237,11 +237,15 @@ func (d *Daemon) Serve(ctx context.Context) error {
 // close it after the response.
 func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	// A client that connects and says nothing must not hold the daemon's
+	// shutdown: the request line comes promptly or not at all.
+	_ = c.SetReadDeadline(time.Now().Add(requestLineTimeout))
 	br := bufio.NewReader(c)
 	line, err := br.ReadBytes('\n')
 	if err != nil {
 		return
 	}
+	_ = c.SetReadDeadline(time.Time{})
 	var req wire.Request
 	if err := json.Unmarshal(line, &req); err != nil {
 		writeResponse(c, nil, wire.Errorf(wire.CodeInvalid, "bad request: %v", err))
@@ -249,7 +253,12 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(d.base, cancel)
+	stop := context.AfterFunc(d.base, func() {
+		// Shutdown: unblock reads and writes of streams (a stalled pager, a
+		// suspended shell), not only the work behind them.
+		cancel()
+		c.Close()
+	})
 	defer stop()
 	sc := &streamConn{Conn: c, r: br}
 	if !streamMethods[req.Method] {
@@ -309,6 +318,9 @@ func writeResponse(w io.Writer, res any, err error) {
 	b, _ := json.Marshal(resp)
 	_, _ = w.Write(append(b, '\n'))
 }
+
+// requestLineTimeout bounds the wait for a connection's request.
+const requestLineTimeout = 30 * time.Second
 
 var streamMethods = map[string]bool{"vm.exec": true, "vm.logs": true, "op.wait": true, "kernel.fetch": true,
 	"session.attach": true, "session.read": true}

@@ -36,11 +36,14 @@ func (d *Daemon) execVM(ctx context.Context, p wire.ExecParams, sc *streamConn) 
 	defer cancel()
 
 	var stdin io.Reader
+	var stdinR *io.PipeReader
 	var stdinW *io.PipeWriter
 	if p.Stdin {
-		var r *io.PipeReader
-		r, stdinW = io.Pipe()
-		stdin = r
+		stdinR, stdinW = io.Pipe()
+		stdin = stdinR
+		// Once the command has ended nobody reads stdin: a later write must
+		// fail instead of blocking the frame reader for ever.
+		defer stdinR.CloseWithError(io.ErrClosedPipe)
 	}
 	resize := make(chan guest.WindowSize, 4)
 	go func() {

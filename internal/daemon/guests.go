@@ -68,7 +68,19 @@ func (p *guestPool) get(ctx context.Context, d *Daemon, vm store.VM) (guestConn,
 	if err != nil {
 		return nil, fmt.Errorf("connect to the agent of %s: %w", vm.Name, err)
 	}
-	p.put(vm.ID, c)
+	// Two callers may have dialled at once: the first one stored wins and
+	// the other connection is closed, never one in use.
+	p.mu.Lock()
+	if p.conns == nil {
+		p.conns = make(map[string]guestConn)
+	}
+	if old := p.conns[vm.ID]; old != nil {
+		p.mu.Unlock()
+		c.Close()
+		return old, nil
+	}
+	p.conns[vm.ID] = c
+	p.mu.Unlock()
 	return c, nil
 }
 
@@ -124,7 +136,9 @@ func (a *accelCache) resolve(ctx context.Context, want string, drv hypervisor.Dr
 			a.accel, a.reason = "tcg", "driver cannot probe"
 		}
 	}
-	a.done = true
+	// An interrupted probe answered nothing about the host: ask again next
+	// time rather than run every VM under TCG for the daemon's life.
+	a.done = ctx.Err() == nil
 	return a.accel, a.reason
 }
 
