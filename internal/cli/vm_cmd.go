@@ -223,6 +223,7 @@ func vmActionCmd(e *env, use, short, method string, extra func(*cobra.Command, *
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var errs []string
+			var first error
 			for _, ref := range args {
 				p.Ref = ref
 				if err := callPrint(cmd.Context(), e, method, p, &wire.VM{}, asJSON); err != nil {
@@ -230,10 +231,14 @@ func vmActionCmd(e *env, use, short, method string, extra func(*cobra.Command, *
 						return err
 					}
 					errs = append(errs, err.Error())
+					if first == nil {
+						first = err
+					}
 				}
 			}
 			if len(errs) > 0 {
-				return fmt.Errorf("%s", strings.Join(errs, "; "))
+				// The first failure's code decides the exit status.
+				return &wire.Error{Code: wire.CodeOf(first), Message: strings.Join(errs, "; ")}
 			}
 			return nil
 		},

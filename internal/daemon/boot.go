@@ -211,6 +211,11 @@ func (d *Daemon) ensureImage(ctx context.Context, name, agent string, progress f
 		if _, serr := os.Stat(img.Path); serr == nil {
 			return img, nil
 		}
+		// VM disks are overlays naming this file: a rebuilt file at the
+		// same path would silently change what they boot.
+		if n, _ := d.store.ImageInUse(ctx, name); n > 0 {
+			return img, fmt.Errorf("image %s: its file %s is missing and %d vms are built on it; restore the file or delete those vms", name, img.Path, n)
+		}
 	}
 	progress("building the built-in image tiny (first use)")
 	busybox, err := image.FindBusybox()

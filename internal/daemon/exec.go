@@ -111,7 +111,7 @@ func (d *Daemon) logsVM(ctx context.Context, p wire.LogsParams, sc *streamConn) 
 	} else if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() { f.Close() }() // f changes when a reboot replaces the log
 	if err := sc.startStream(); err != nil {
 		return nil
 	}
@@ -149,5 +149,27 @@ func (d *Daemon) logsVM(ctx context.Context, p wire.LogsParams, sc *streamConn) 
 			sc.exit(0, nil)
 			return nil
 		}
+		// Each boot starts a new log file: follow it from its start.
+		if nf, ok := reopenIfReplaced(f, path); ok {
+			f.Close()
+			f = nf
+		}
 	}
+}
+
+// reopenIfReplaced opens path again when it is no longer the file f has.
+func reopenIfReplaced(f *os.File, path string) (*os.File, bool) {
+	cur, err := f.Stat()
+	if err != nil {
+		return nil, false
+	}
+	now, err := os.Stat(path)
+	if err != nil || os.SameFile(cur, now) {
+		return nil, false
+	}
+	nf, err := os.Open(path)
+	if err != nil {
+		return nil, false
+	}
+	return nf, true
 }
