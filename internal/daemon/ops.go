@@ -16,7 +16,7 @@ func (d *Daemon) persistOp(o wire.Operation) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	so := store.Operation{ID: o.ID, Kind: o.Kind, Target: o.Target, State: o.State, Progress: o.Progress,
-		Error: o.Error, Result: o.Result, CreatedAt: o.CreatedAt, UpdatedAt: time.Now().UTC(), FinishedAt: o.FinishedAt}
+		Error: o.Error, ErrorCode: o.ErrorCode, Result: o.Result, CreatedAt: o.CreatedAt, UpdatedAt: time.Now().UTC(), FinishedAt: o.FinishedAt}
 	if err := d.store.PutOperation(ctx, so); err != nil {
 		d.log.Error("persist operation", "op", o.ID, "err", err)
 	}
@@ -24,7 +24,7 @@ func (d *Daemon) persistOp(o wire.Operation) {
 
 func fromStoreOp(o store.Operation) wire.Operation {
 	return wire.Operation{ID: o.ID, Kind: o.Kind, Target: o.Target, State: o.State, Progress: o.Progress,
-		Error: o.Error, Result: o.Result, CreatedAt: o.CreatedAt, FinishedAt: o.FinishedAt}
+		Error: o.Error, ErrorCode: o.ErrorCode, Result: o.Result, CreatedAt: o.CreatedAt, FinishedAt: o.FinishedAt}
 }
 
 // listOps merges live operations with finished ones from the store.

@@ -2,7 +2,8 @@
 // asynchronous operations, kept in one SQLite database (pure-Go driver
 // modernc.org/sqlite, so the binary stays static).
 //
-// # Schema (version 2: migrations/0001_init.sql, 0002_leases.sql)
+// # Schema (version 3: migrations/0001_init.sql, 0002_leases.sql,
+// 0003_operation_error_code.sql)
 //
 //	kernels    (name PK, release, source, vmlinuz, modules_dir, created_at)
 //	images     (name PK, kind, path, format, size_bytes, kernel, created_at, meta JSON)
@@ -11,7 +12,8 @@
 //	            created_at, updated_at, last_error, config JSON)
 //	           indexes: vms(created_at), vms(image)
 //	operations (id PK, kind, target, state, progress, error, result JSON,
-//	            created_at, updated_at, finished_at NULL while unfinished)
+//	            created_at, updated_at, finished_at NULL while unfinished,
+//	            error_code: the wire code of a failure, '' if none)
 //	           indexes: operations(created_at), operations(finished_at)
 //	leases     (ip PK, vm_id UNIQUE REFERENCES vms(id) ON DELETE CASCADE,
 //	            mac, tap, created_at)   -- tap-mode guest addresses

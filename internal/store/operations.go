@@ -25,6 +25,7 @@ type Operation struct {
 	State      string // OpRunning, OpSucceeded, OpFailed, OpCancelled
 	Progress   string
 	Error      string
+	ErrorCode  string // wire error code of a failure: not_found, invalid, ...
 	Result     json.RawMessage
 	CreatedAt  time.Time  // zero: now for a new operation, unchanged otherwise
 	UpdatedAt  time.Time  // stamped by PutOperation
@@ -36,7 +37,7 @@ func terminal(state string) bool {
 	return state == OpSucceeded || state == OpFailed || state == OpCancelled
 }
 
-const opColumns = `id, kind, target, state, progress, error, result, created_at, updated_at, finished_at`
+const opColumns = `id, kind, target, state, progress, error, result, created_at, updated_at, finished_at, error_code`
 
 func scanOp(row scanner) (Operation, error) {
 	var op Operation
@@ -44,7 +45,7 @@ func scanOp(row scanner) (Operation, error) {
 	var created, updated int64
 	var finished sql.NullInt64
 	if err := row.Scan(&op.ID, &op.Kind, &op.Target, &op.State, &op.Progress, &op.Error,
-		&result, &created, &updated, &finished); err != nil {
+		&result, &created, &updated, &finished, &op.ErrorCode); err != nil {
 		return Operation{}, err
 	}
 	op.Result = fromJSON(result)
@@ -74,14 +75,14 @@ func (o *ops) PutOperation(ctx context.Context, op Operation) error {
 	}
 	// ?8 is the caller's creation time (0 = unset), ?9 is now.
 	_, err = o.w.ExecContext(ctx, `INSERT INTO operations (`+opColumns+`)
-		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, coalesce(nullif(?8, 0), ?9), ?9, ?10)
+		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, coalesce(nullif(?8, 0), ?9), ?9, ?10, ?11)
 		ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, target = excluded.target,
 			state = excluded.state, progress = excluded.progress, error = excluded.error,
 			result = excluded.result, updated_at = excluded.updated_at,
-			finished_at = excluded.finished_at,
+			finished_at = excluded.finished_at, error_code = excluded.error_code,
 			created_at = coalesce(nullif(?8, 0), operations.created_at)`,
 		op.ID, op.Kind, op.Target, op.State, op.Progress, op.Error, result,
-		toNanos(op.CreatedAt), now, finished)
+		toNanos(op.CreatedAt), now, finished, op.ErrorCode)
 	if err != nil {
 		return fmt.Errorf("put operation %s: %w", op.ID, err)
 	}

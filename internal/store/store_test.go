@@ -208,7 +208,7 @@ func TestMigration0001Schema(t *testing.T) {
 		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at"},
 		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta"},
 		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config"},
-		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at"},
+		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"}, // error_code: 0003
 	}
 	for table, cols := range want {
 		if got := columns(t, s, table); !reflect.DeepEqual(got, cols) {
@@ -274,5 +274,18 @@ func TestFailedMigrationRollsBack(t *testing.T) {
 	db.QueryRow("PRAGMA user_version").Scan(&v)
 	if v != 2 {
 		t.Errorf("version after fix = %d, want 2", v)
+	}
+}
+
+func TestMigration0003OperationErrorCode(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	if err := s.PutOperation(ctx, Operation{ID: "o1", Kind: "vm.create", Target: "x", State: OpFailed,
+		Error: `image "y" not found`, ErrorCode: "not_found"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetOperation(ctx, "o1")
+	if err != nil || got.ErrorCode != "not_found" {
+		t.Fatalf("error code round trip: %v %+v", err, got)
 	}
 }
