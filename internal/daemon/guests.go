@@ -59,6 +59,9 @@ func (p *guestPool) get(ctx context.Context, d *Daemon, vm store.VM) (guestConn,
 		return nil, fmt.Errorf("vm %s has no agent address", vm.Name)
 	}
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
+	// A wedged agent must not keep a request dialling for ever.
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout.Duration)
+	defer cancel()
 	c, err := d.waitGuest(ctx, addr, d.key, func() error {
 		if !d.driver.Alive(inst) {
 			return fmt.Errorf("vm %s is not running", vm.Name)
