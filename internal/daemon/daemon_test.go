@@ -407,3 +407,30 @@ func TestVMWhoseProcessDiesIsStopped(t *testing.T) {
 		t.Fatalf("start after death: %v %+v", err, started)
 	}
 }
+
+func TestDeleteKeepsAVMWhoseProcessWillNotDie(t *testing.T) {
+	drv := newFakeDriver()
+	td := openTestDaemon(t, "", drv)
+	c := serve(t, td)
+	if op, err := createAndWait(t, c, wire.CreateVMParams{Name: "stuck"}); err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	drv.mu.Lock()
+	drv.stuck = true
+	drv.mu.Unlock()
+	err := c.Call(context.Background(), "vm.delete", wire.RefParams{Ref: "stuck", Force: true}, nil)
+	if err == nil || !strings.Contains(err.Error(), "could not be stopped") {
+		t.Fatalf("want a refusal, got %v", err)
+	}
+	var vm wire.VM
+	if err := c.Call(context.Background(), "vm.inspect", wire.RefParams{Ref: "stuck"}, &vm); err != nil || vm.State != wire.StateError {
+		t.Fatalf("the vm must stay, in state error: %v %+v", err, vm)
+	}
+	drv.mu.Lock()
+	drv.stuck = false
+	drv.mu.Unlock()
+	if err := c.Call(context.Background(), "vm.delete", wire.RefParams{Ref: "stuck", Force: true}, nil); err != nil {
+		t.Fatalf("rm -f once the process can die: %v", err)
+	}
+	assertNothingLeft(t, td)
+}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -26,6 +27,8 @@ type fakeDriver struct {
 	startErr error
 	// block, when set, makes Start wait until it is closed or ctx ends.
 	block chan struct{}
+	// stuck, when set, makes Quit fail and leave the process alive.
+	stuck bool
 }
 
 func newFakeDriver() *fakeDriver { return &fakeDriver{nextPID: 1000, alive: map[int]bool{}} }
@@ -70,6 +73,9 @@ func (f *fakeDriver) Alive(inst hypervisor.Instance) bool {
 func (f *fakeDriver) Quit(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.stuck {
+		return errors.New("process in uninterruptible sleep")
+	}
 	delete(f.alive, inst.PID)
 	return nil
 }

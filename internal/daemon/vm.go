@@ -322,19 +322,30 @@ func consoleTail(path string, n int) string {
 
 // destroyVM removes everything of a VM: process, guest connection, folders
 // and its row. It is the undo of create and the body of rm.
-func (d *Daemon) destroyVM(ctx context.Context, id string) {
+// A process that cannot be stopped keeps its row (state error), disk and
+// network, so nothing it still uses is handed to another VM.
+func (d *Daemon) destroyVM(ctx context.Context, id string) error {
 	d.sessionsGone(id)
 	d.guests.drop(id)
 	if vm, err := d.store.GetVM(ctx, id); err == nil {
 		d.killVM(ctx, vm)
+		d.killStrays(id)
+		if vm.PID != 0 && d.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
+			vm.State, vm.UpdatedAt = wire.StateError, time.Now().UTC()
+			vm.LastError = fmt.Sprintf("its process %d could not be stopped; kill it, then `ember rm -f %s`", vm.PID, vm.Name)
+			_ = d.store.UpdateVM(ctx, vm)
+			return fmt.Errorf("delete vm %s: %s", vm.Name, vm.LastError)
+		}
+	} else {
+		d.killStrays(id)
 	}
-	d.killStrays(id)
 	_ = os.RemoveAll(d.layout.VMDir(id))
 	_ = os.RemoveAll(d.layout.VMRunDir(id))
 	if err := d.store.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		d.log.Error("delete vm row", "id", id, "err", err)
 	}
 	d.releaseNet(ctx, id)
+	return nil
 }
 
 // killVM stops a VM's process without asking the guest.
@@ -571,7 +582,9 @@ func (d *Daemon) deleteVM(ctx context.Context, p wire.RefParams) (wire.VM, error
 	if err != nil {
 		return wire.VM{}, err
 	}
-	d.destroyVM(context.Background(), vm.ID)
+	if err := d.destroyVM(context.Background(), vm.ID); err != nil {
+		return wire.VM{}, err
+	}
 	w := d.toWireVM(vm)
 	w.State = "deleted"
 	return w, nil
