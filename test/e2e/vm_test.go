@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -198,4 +199,33 @@ func checkDoctor(t *testing.T, e *env) {
 	if got["kvm"] == "" {
 		t.Errorf("doctor has no kvm check: %v", got)
 	}
+}
+
+// TestDiskGrows: --disk larger than the image gives the guest a root
+// filesystem of that size (the agent grows ext4 online at boot).
+func TestDiskGrows(t *testing.T) {
+	e := newEnv(t)
+	e.must("create", "big", "--disk", "3", "--memory", "128")
+	var kb int
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out := e.must("exec", "big", "--", "sh", "-c", "df -k / | tail -1")
+		f := strings.Fields(out)
+		if len(f) > 1 {
+			kb, _ = strconv.Atoi(f[1])
+		}
+		if kb > 2<<20 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if kb <= 2<<20 {
+		t.Fatalf("root filesystem is %d KiB, want about 3 GiB", kb)
+	}
+	var vm wire.VM
+	if err := json.Unmarshal([]byte(e.must("inspect", "big")), &vm); err != nil || vm.DiskBytes != 3<<30 || vm.MemoryMiB != 128 {
+		t.Fatalf("inspect: %v %+v", err, vm)
+	}
+	e.must("rm", "-f", "big")
+	assertNoVMs(t, e)
 }
