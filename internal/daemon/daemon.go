@@ -142,15 +142,14 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("daemon key: %w", err)
 	}
 	d.createOps = newOpRegistry[*createOp](cfg.OperationRetention.Duration)
-	if n, err := d.store.FailUnfinishedOperations(ctx, "daemon restarted before the operation finished"); err != nil {
-		return nil, fmt.Errorf("mark unfinished operations: %w", err)
-	} else if n > 0 {
-		log.Info("marked unfinished operations failed", "count", n)
-	}
 	if err := d.openNet(ctx, opts); err != nil {
 		return nil, err
 	}
 	if err := d.reattach(ctx); err != nil {
+		return nil, err
+	}
+	// After reattach: a create whose VM came up before the crash succeeded.
+	if err := d.settleUnfinishedOps(ctx); err != nil {
 		return nil, err
 	}
 	if err := d.reconcileNet(ctx); err != nil {

@@ -434,3 +434,32 @@ func TestDeleteKeepsAVMWhoseProcessWillNotDie(t *testing.T) {
 	}
 	assertNothingLeft(t, td)
 }
+
+// A daemon killed after a create's VM came up but before the operation's
+// outcome was written: at restart the operation counts as succeeded.
+func TestCreateFinishedBeforeCrashSucceeds(t *testing.T) {
+	drv := newFakeDriver()
+	home := t.TempDir()
+	td := openTestDaemon(t, home, drv)
+	c, stopServing := serveStoppable(t, td)
+	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "done"})
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	stored, err := td.store.GetOperation(context.Background(), op.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored.State, stored.FinishedAt, stored.Result = wire.OpRunning, nil, nil // the lost write
+	if err := td.store.PutOperation(context.Background(), stored); err != nil {
+		t.Fatal(err)
+	}
+	stopServing()
+	td.Close()
+
+	td2 := openTestDaemon(t, home, drv)
+	got, err := td2.store.GetOperation(context.Background(), op.ID)
+	if err != nil || got.State != wire.OpSucceeded || len(got.Result) == 0 {
+		t.Fatalf("after restart: %v %+v", err, got)
+	}
+}

@@ -6,8 +6,8 @@
 // Open(ctx, Options) builds a Daemon from explicit dependencies (layout,
 // config, store, hypervisor driver, the daemon's SSH key, seams for tests),
 // takes the single-instance lock (flock on the pid file plus a socket check),
-// marks unfinished operations failed and re-attaches to VMs whose QEMU kept
-// running while no daemon was there. Serve(ctx) accepts connections on the
+// re-attaches to VMs whose QEMU kept running while no daemon was there and
+// settles the operations the previous daemon left unfinished. Serve(ctx) accepts connections on the
 // unix socket; each carries one request, routed by dispatch in daemon.go.
 // Close() stops serving; VMs keep running.
 //

@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -102,4 +104,37 @@ func (d *Daemon) pruneOps(ctx context.Context) (map[string]int, error) {
 	n := d.createOps.Prune(true)
 	m, err := d.store.PruneOperations(ctx, time.Now())
 	return map[string]int{"pruned": n + m}, err
+}
+
+// settleUnfinishedOps runs at Open, after reattach: the goroutines of
+// unfinished operations died with the previous daemon. A vm.create whose VM
+// is running finished its work before the crash (only its outcome was not
+// written), so it succeeded; every other one failed.
+func (d *Daemon) settleUnfinishedOps(ctx context.Context) error {
+	ops, err := d.store.ListOperations(ctx)
+	if err != nil {
+		return fmt.Errorf("list operations: %w", err)
+	}
+	for _, o := range ops {
+		if o.FinishedAt != nil || o.Kind != "vm.create" {
+			continue
+		}
+		vm, err := d.store.GetVMByName(ctx, o.Target)
+		if err != nil || vm.State != wire.StateRunning || vm.CreatedAt.Before(o.CreatedAt.Add(-time.Second)) {
+			continue
+		}
+		o.State, o.Progress, o.Error, o.ErrorCode = wire.OpSucceeded, "done", "", ""
+		o.Result, _ = json.Marshal(d.toWireVM(vm))
+		if err := d.store.PutOperation(ctx, o); err != nil {
+			return fmt.Errorf("settle operation %s: %w", o.ID, err)
+		}
+	}
+	n, err := d.store.FailUnfinishedOperations(ctx, "daemon restarted before the operation finished")
+	if err != nil {
+		return fmt.Errorf("mark unfinished operations: %w", err)
+	}
+	if n > 0 {
+		d.log.Info("marked unfinished operations failed", "count", n)
+	}
+	return nil
 }
