@@ -41,7 +41,7 @@ func shellCmd(e *env) *cobra.Command {
 
 func sessionCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "session", Short: "Persistent terminal sessions in a VM"}
-	cmd.AddCommand(sessionLsCmd(e), sessionNewCmd(e), sessionAttachCmd(e), sessionKillCmd(e),
+	cmd.AddCommand(sessionLsCmd(e), sessionNewCmd(e), sessionAttachCmd(e), sessionKillCmd(e), sessionSignalCmd(e),
 		sessionSendCmd(e), sessionReadCmd(e))
 	return cmd
 }
@@ -149,6 +149,21 @@ func sessionKillCmd(e *env) *cobra.Command {
 				return err
 			}
 			return c.Call(cmd.Context(), "session.kill", wire.SessionParams{Ref: args[0], Name: args[1]}, nil)
+		},
+	}
+}
+
+func sessionSignalCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "signal VM NAME SIGNAL",
+		Short: "Send a signal (INT, TERM, KILL, ...) to what runs in a session's foreground",
+		Args:  cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			return c.Call(cmd.Context(), "session.signal", wire.SessionSignalParams{Ref: args[0], Name: args[1], Signal: args[2]}, nil)
 		},
 	}
 }

@@ -379,6 +379,8 @@ func (d *Daemon) dispatch(ctx context.Context, req wire.Request, sc *streamConn)
 		return withParams(req, func(p wire.SessionReadParams) (any, error) { return nil, d.readSession(ctx, p, sc) })
 	case "session.kill":
 		return withParams(req, func(p wire.SessionParams) (any, error) { return nil, d.killSession(ctx, p) })
+	case "session.signal":
+		return withParams(req, func(p wire.SessionSignalParams) (any, error) { return nil, d.signalSession(ctx, p) })
 	default:
 		return nil, invalidf("unknown method %q", req.Method)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,7 @@ type sessionGuest interface {
 	SessionList(ctx context.Context) ([]agent.SessionInfo, error)
 	SessionRead(ctx context.Context, name string) ([]byte, agent.SessionInfo, error)
 	SessionKill(ctx context.Context, name string) error
+	SessionSignal(ctx context.Context, name, sig string) error
 	SessionAttach(ctx context.Context, name string) (*guest.SessionStream, error)
 }
 
@@ -235,6 +237,25 @@ func (d *Daemon) killSession(ctx context.Context, p wire.SessionParams) error {
 	}
 	// The agent ends the controller's channel with the exit status.
 	d.sessions.forget(vm.ID, p.Name)
+	return nil
+}
+
+// sessionSignals are the signals a session can be sent by name.
+var sessionSignals = map[string]bool{"HUP": true, "INT": true, "QUIT": true, "KILL": true, "USR1": true,
+	"USR2": true, "TERM": true, "CONT": true, "STOP": true, "TSTP": true, "WINCH": true}
+
+func (d *Daemon) signalSession(ctx context.Context, p wire.SessionSignalParams) error {
+	sig := strings.TrimPrefix(strings.ToUpper(p.Signal), "SIG")
+	if !sessionSignals[sig] {
+		return invalidf("signal %q is not one of HUP INT QUIT KILL USR1 USR2 TERM CONT STOP TSTP WINCH", p.Signal)
+	}
+	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+	if err != nil {
+		return err
+	}
+	if err := sg.SessionSignal(ctx, p.Name, sig); err != nil {
+		return d.sessionErr(vm, err)
+	}
 	return nil
 }
 

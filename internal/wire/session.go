@@ -67,6 +67,15 @@ type SessionSendParams struct {
 	Text string `json:"text"`
 }
 
+// SessionSignalParams sends a signal (a name such as "INT", "TERM",
+// "KILL", with or without "SIG") to the session's foreground process group,
+// as the terminal's keys would.
+type SessionSignalParams struct {
+	Ref    string `json:"ref"`
+	Name   string `json:"name"`
+	Signal string `json:"signal"`
+}
+
 // SessionReadParams reads a session's scrollback; Follow keeps streaming
 // live output. session.read is always a stream.
 type SessionReadParams struct {

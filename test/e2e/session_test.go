@@ -210,6 +210,18 @@ func TestSessions(t *testing.T) {
 		t.Fatalf("send to an exited session: want exit 4, got %d %q", code, errOut)
 	}
 
+	// A signal reaches what runs in the session (Ctrl-C from a script).
+	e.must("session", "new", "vm1", "sig", "--", "sh", "-c", "echo waiting; sleep 1000")
+	poll(t, "sig running", func() bool { return e.readHas("vm1", "sig", "waiting") })
+	e.must("session", "signal", "vm1", "sig", "INT")
+	poll(t, "status after SIGINT", func() bool {
+		s := e.sessions("vm1")["sig"]
+		return s.State == wire.SessionExited && s.ExitCode != nil && *s.ExitCode == 130
+	})
+	if _, _, code := e.run("session", "signal", "vm1", "sig", "BOGUS"); code != 2 {
+		t.Fatalf("bad signal: want exit 2, got %d", code)
+	}
+
 	t.Run("pty", func(t *testing.T) { testSessionPTY(t, e) })
 
 	// Kill removes; a stop ends sessions and reports them as ended; after a
