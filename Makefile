@@ -28,7 +28,7 @@ stop:
 
 vet:
 	$(GO) vet ./...
-	@test -z "$$(gofmt -l cmd internal)" || { gofmt -l cmd internal; echo "gofmt needed"; exit 1; }
+	@test -z "$$(gofmt -l cmd internal bench test)" || { gofmt -l cmd internal bench test; echo "gofmt needed"; exit 1; }
 
 # The guest kernel that every test tier boots, fetched once into .cache/.
 testkernel:
