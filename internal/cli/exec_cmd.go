@@ -15,7 +15,12 @@ func execCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "exec [-i] [-t] VM -- CMD...",
 		Short: "Run a command in a VM; its exit status becomes ember's",
-		Args:  cobra.MinimumNArgs(2),
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) < 2 {
+				return wire.Errorf(wire.CodeInvalid, "exec needs a VM and a command: ember exec [-i] [-t] VM -- CMD...")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 && args[1] == "--" {
 				args = append(args[:1:1], args[2:]...)
