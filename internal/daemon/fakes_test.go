@@ -84,6 +84,8 @@ func (f *fakeDriver) CreateDisk(ctx context.Context, base, baseFormat, overlay s
 	return os.WriteFile(overlay, []byte("qcow2"), 0o644)
 }
 
+func (f *fakeDriver) KillStrays(ctx context.Context, dir string) int { return 0 }
+
 func (f *fakeDriver) running() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -329,7 +329,7 @@ func (d *Daemon) destroyVM(ctx context.Context, id string) error {
 	d.guests.drop(id)
 	if vm, err := d.store.GetVM(ctx, id); err == nil {
 		d.killVM(ctx, vm)
-		d.killStrays(id)
+		d.driver.KillStrays(ctx, d.layout.VMDir(id))
 		if vm.PID != 0 && d.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
 			vm.State, vm.UpdatedAt = wire.StateError, time.Now().UTC()
 			vm.LastError = fmt.Sprintf("its process %d could not be stopped; kill it, then `ember rm -f %s`", vm.PID, vm.Name)
@@ -337,7 +337,7 @@ func (d *Daemon) destroyVM(ctx context.Context, id string) error {
 			return fmt.Errorf("delete vm %s: %s", vm.Name, vm.LastError)
 		}
 	} else {
-		d.killStrays(id)
+		d.driver.KillStrays(ctx, d.layout.VMDir(id))
 	}
 	_ = os.RemoveAll(d.layout.VMDir(id))
 	_ = os.RemoveAll(d.layout.VMRunDir(id))
@@ -607,7 +607,7 @@ func (d *Daemon) reattach(ctx context.Context) error {
 			continue
 		case stateStarting:
 			d.killVM(ctx, vm)
-			d.killStrays(vm.ID)
+			d.driver.KillStrays(ctx, d.layout.VMDir(vm.ID))
 			alive = false
 		}
 		next := wire.StateStopped

@@ -100,6 +100,10 @@ type Driver interface {
 	// sizeBytes 0 keeps the base's size; a size below the base's is an error.
 	// An existing overlay is an error (it is never overwritten).
 	CreateDisk(ctx context.Context, base, baseFormat, overlay string, sizeBytes int64) error
+	// KillStrays kills this driver's processes whose command line names
+	// dir (a VM's own folder) and returns how many: a caller that died
+	// inside Start never learnt their PIDs.
+	KillStrays(ctx context.Context, dir string) int
 }
 
 // AccelProber is implemented by drivers that can choose between KVM and

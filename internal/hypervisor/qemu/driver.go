@@ -171,6 +171,20 @@ func (d *Driver) Quit(ctx context.Context, s hypervisor.Spec, inst hypervisor.In
 	return nil
 }
 
+// KillStrays kills QEMU processes whose command line names dir: a caller
+// killed inside Start leaves a detached QEMU whose PID it never stored.
+func (d *Driver) KillStrays(ctx context.Context, dir string) int {
+	strays := findByArg(filepath.Clean(dir) + "/")
+	for _, inst := range strays {
+		d.log.Warn("killing a qemu nobody knew", "pid", inst.PID, "dir", dir)
+		_ = killInstance(inst)
+	}
+	for _, inst := range strays {
+		waitGone(ctx, inst, 5*time.Second)
+	}
+	return len(strays)
+}
+
 // waitGone polls until inst is gone, the timeout passes or ctx ends. The
 // QEMU process is not our child (it daemonized), so it cannot be waited for.
 func waitGone(ctx context.Context, inst hypervisor.Instance, timeout time.Duration) bool {

@@ -91,6 +91,22 @@ func killInstance(inst hypervisor.Instance) error {
 // file: they share the launcher's argv, which names this VM's own files.
 func findByArgv(argv []string) []hypervisor.Instance {
 	want := []byte(strings.Join(argv, "\x00") + "\x00")
+	return findProcs(func(cmdline []byte) bool { return bytes.Equal(cmdline, want) })
+}
+
+// findByArg lists live QEMU processes with an argument containing sub.
+func findByArg(sub string) []hypervisor.Instance {
+	want := []byte(sub)
+	return findProcs(func(cmdline []byte) bool {
+		argv0, _, _ := bytes.Cut(cmdline, []byte{0})
+		// Only QEMU: a user's `tail -f` of a console log names the folder too.
+		return strings.Contains(filepath.Base(string(argv0)), "qemu") && bytes.Contains(cmdline, want)
+	})
+}
+
+// findProcs lists live processes (not this one) whose raw command line
+// matches.
+func findProcs(match func(cmdline []byte) bool) []hypervisor.Instance {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -102,7 +118,7 @@ func findByArgv(argv []string) []hypervisor.Instance {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Equal(b, want) {
+		if err != nil || !match(b) {
 			continue
 		}
 		if inst, err := instanceOf(pid); err == nil && alive(inst) {

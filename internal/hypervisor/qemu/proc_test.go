@@ -138,3 +138,23 @@ func TestHostTSCKHzReturns(t *testing.T) {
 		t.Logf("host TSC: %d kHz", khz)
 	}
 }
+
+func TestFindByArgOnlyQEMU(t *testing.T) {
+	dir := t.TempDir()
+	// A non-QEMU process naming the folder (a user's tail -f) is left alone.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	cmd := exec.Command("/bin/sh", "-c", "read x; true", dir+"/console.log")
+	cmd.Stdin = r
+	if err := cmd.Start(); err != nil {
+		t.Skipf("no /bin/sh: %v", err)
+	}
+	r.Close()
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if got := findByArg(dir + "/"); len(got) != 0 {
+		t.Fatalf("matched a non-qemu process: %+v", got)
+	}
+}

@@ -149,20 +149,9 @@ func bootSpec(t *testing.T) hypervisor.Spec {
 
 // procsMentioning lists live processes whose command line contains s.
 func procsMentioning(s string) []int {
-	ents, _ := os.ReadDir("/proc")
 	var out []int
-	for _, e := range ents {
-		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(b, []byte(s)) {
-			continue
-		}
-		if inst, err := instanceOf(pid); err == nil && alive(inst) {
-			out = append(out, pid)
-		}
+	for _, inst := range findProcs(func(b []byte) bool { return bytes.Contains(b, []byte(s)) }) {
+		out = append(out, inst.PID)
 	}
 	return out
 }
@@ -481,3 +470,21 @@ func TestQuitKillsUnresponsiveQEMU(t *testing.T) {
 }
 
 func mySID() int { s, _ := unix.Getsid(0); return s }
+
+// TestKillStraysRealQEMU: a QEMU whose PID its caller never stored is found
+// by its VM folder and killed.
+func TestKillStraysRealQEMU(t *testing.T) {
+	d := testDriver(t)
+	s := bootSpec(t)
+	cleanupVM(t, d, s)
+	inst, err := d.Start(context.Background(), s)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if n := d.KillStrays(context.Background(), filepath.Dir(s.PIDFile)); n != 1 {
+		t.Fatalf("KillStrays killed %d, want 1", n)
+	}
+	if d.Alive(inst) {
+		t.Fatal("qemu still alive")
+	}
+}
