@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -61,8 +60,8 @@ func Doctor(ctx context.Context, home string) []Check {
 		out = append(out, pass("qemu-img", p))
 	}
 	out = append(out, kernelCheck(ctx, lay))
-	if _, err := lookSbin("mkfs.ext4"); err != nil {
-		out = append(out, fail("e2fsprogs", "mkfs.ext4 not found", "apt-get install e2fsprogs"))
+	if _, err := image.FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
+		out = append(out, fail("e2fsprogs", err.Error(), "apt-get install e2fsprogs"))
 	} else {
 		out = append(out, pass("e2fsprogs", "mkfs.ext4 present"))
 	}
@@ -76,18 +75,6 @@ func Doctor(ctx context.Context, home string) []Check {
 	out = append(out, storeCheck(ctx, lay))
 	out = append(out, daemonCheck(lay))
 	return out
-}
-
-func lookSbin(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin/", "/sbin/"} {
-		if _, err := os.Stat(d + name); err == nil {
-			return d + name, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found", name)
 }
 
 func kernelCheck(ctx context.Context, lay layout.Layout) Check {

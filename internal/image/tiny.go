@@ -56,11 +56,11 @@ func BuildTiny(ctx context.Context, agentPath, busyboxPath, outPath string, size
 	if sizeMiB <= 0 {
 		sizeMiB = DefaultTinySizeMiB
 	}
-	mkfs, err := findTool("mkfs.ext4", "e2fsprogs")
+	mkfs, err := FindTool("mkfs.ext4", "e2fsprogs")
 	if err != nil {
 		return fmt.Errorf("build tiny image: %w", err)
 	}
-	debugfs, err := findTool("debugfs", "e2fsprogs")
+	debugfs, err := FindTool("debugfs", "e2fsprogs")
 	if err != nil {
 		return fmt.Errorf("build tiny image: %w", err)
 	}

@@ -15,10 +15,10 @@ func needTools(t *testing.T) (busybox, debugfs string) {
 	if err != nil {
 		t.Skipf("no static busybox: %v", err)
 	}
-	if _, err := findTool("mkfs.ext4", "e2fsprogs"); err != nil {
+	if _, err := FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
 		t.Skipf("%v", err)
 	}
-	dfs, err := findTool("debugfs", "e2fsprogs")
+	dfs, err := FindTool("debugfs", "e2fsprogs")
 	if err != nil {
 		t.Skipf("%v", err)
 	}

@@ -38,9 +38,9 @@ func checkStatic(path string) error {
 	return nil
 }
 
-// findTool looks a program up in PATH and then in the sbin folders, which
+// FindTool looks a program up in PATH and then in the sbin folders, which
 // a non-root PATH often lacks (mkfs.ext4 and debugfs live there).
-func findTool(name, pkg string) (string, error) {
+func FindTool(name, pkg string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
