@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -247,8 +246,8 @@ func runNet(runs int, out string) error {
 		fmt.Fprintf(os.Stderr, "dns run %d: ember %.0f/s, dnsmasq %.0f/s\n", i, e, d)
 	}
 	dmVer, _ := exec.Command("dnsmasq", "--version").Output()
-	return writeNet(out, runs, median(warm), median(empty), netMedianF(emberQPS), netMedianF(dnsmasqQPS),
-		netMedianF(dnsRatios), dnsmasqName(string(dmVer)), records)
+	return writeNet(out, runs, median(warm), median(empty), median(emberQPS), median(dnsmasqQPS),
+		median(dnsRatios), dnsmasqName(string(dmVer)), records)
 }
 
 // dnsmasqName is "dnsmasq 2.90" from `dnsmasq --version`.
@@ -258,13 +257,6 @@ func dnsmasqName(v string) string {
 		return "dnsmasq " + f[2]
 	}
 	return "dnsmasq"
-}
-
-// netMedianF is the median of a few values.
-func netMedianF(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
 }
 
 func killHomeQEMUs(home string) {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"sort"
 	"strings"
 	"time"
 
@@ -123,7 +122,7 @@ func benchSessions(c *client.Client, vm string, runs, keys int) (sessionResult, 
 		cpuReport(ctx, c, vm, "exec -t", g0)
 		fmt.Fprintf(os.Stderr, "throughput run %d: session %.1f MB/s, exec %.1f MB/s, exec -t %.1f MB/s\n", i, sess[i], ex[i], exT[i])
 	}
-	res.SessionMBps, res.ExecMBps, res.ExecTTYMBps = medianF(sess), medianF(ex), medianF(exT)
+	res.SessionMBps, res.ExecMBps, res.ExecTTYMBps = median(sess), median(ex), median(exT)
 
 	// Echo: one key at a time into `cat` on a PTY; the terminal echoes it.
 	es, err := c.OpenStream(ctx, "session.attach", wire.SessionAttachParams{Ref: vm, Name: "echo", Rows: 24, Cols: 80})
@@ -212,12 +211,6 @@ func echoOnce(s *client.Stream, k byte) (time.Duration, error) {
 }
 
 func mbps(n int, d time.Duration) float64 { return float64(n) / 1e6 / d.Seconds() }
-
-func medianF(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
 
 func writeSessions(b *bytes.Buffer, r sessionResult, runs int) {
 	fmt.Fprintf(b, "\n%s\n\n", sessionsHeading)
