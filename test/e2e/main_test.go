@@ -109,13 +109,7 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(func() {
 		e.stopDaemon(syscall.SIGTERM)
 		killQEMUs(home)
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", e.log.String())
-			for _, f := range consoleLogs(home) {
-				b, _ := os.ReadFile(f)
-				t.Logf("console %s:\n%s", f, tail(string(b), 30))
-			}
-		}
+		logFailure(t, e.log, home)
 		os.RemoveAll(home)
 	})
 	e.startDaemon()
@@ -233,6 +227,20 @@ func qemuPIDs(home string) []int {
 func killQEMUs(home string) {
 	for _, pid := range qemuPIDs(home) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// logFailure prints a failed test's daemon log and the VMs' consoles.
+func logFailure(t *testing.T, daemonLog *bytes.Buffer, home string) {
+	if !t.Failed() {
+		return
+	}
+	if daemonLog != nil {
+		t.Logf("daemon log:\n%s", daemonLog.String())
+	}
+	for _, f := range consoleLogs(home) {
+		b, _ := os.ReadFile(f)
+		t.Logf("console %s:\n%s", f, tail(string(b), 30))
 	}
 }
 

@@ -72,13 +72,7 @@ func newNSEnv(t *testing.T, config string) *nsEnv {
 	t.Cleanup(func() {
 		e.stopDaemon(syscall.SIGTERM)
 		killQEMUs(home)
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", e.log.String())
-			for _, f := range consoleLogs(home) {
-				b, _ := os.ReadFile(f)
-				t.Logf("console %s:\n%s", f, tail(string(b), 30))
-			}
-		}
+		logFailure(t, e.log, home)
 		// QEMU is gone, so nothing holds the namespace's TAPs any more.
 		if out, err := exec.Command("ip", "netns", "del", e.ns).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v %s", e.ns, err, out)
