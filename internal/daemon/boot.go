@@ -12,15 +12,14 @@ import (
 
 	"github.com/emberhq/ember/internal/image"
 	"github.com/emberhq/ember/internal/kernel"
-	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
 
 // builtinImage is made by ember itself the first time it is needed.
-const builtinImage = "tiny"
+const builtinImage = image.TinyName
 
-const tinySizeMiB = 1024
+const tinySizeMiB = image.DefaultTinySizeMiB
 
 // bootRequest asks for what a boot needs; bootFiles is the answer.
 type bootRequest struct {
@@ -305,8 +304,8 @@ func (d *Daemon) fetchKernel(ctx context.Context, sc *streamConn) error {
 }
 
 func (d *Daemon) importKernel(ctx context.Context, p wire.KernelImportParams) (wire.Kernel, error) {
-	if !layout.ValidName(p.Name) {
-		return wire.Kernel{}, invalidf("kernel name %q is not valid: use lower-case letters, digits and '-'", p.Name)
+	if err := kernel.ValidateName(p.Name); err != nil {
+		return wire.Kernel{}, invalidf("%v", err)
 	}
 	if _, err := d.store.GetKernel(ctx, p.Name); err == nil {
 		return wire.Kernel{}, conflictf("a kernel named %q already exists", p.Name)
