@@ -9,10 +9,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/wire"
@@ -21,35 +27,151 @@ import (
 // Client talks to one daemon.
 type Client struct {
 	Socket string
+	// own is the user's own (rootless) socket that was missing when New
+	// fell back to the system daemon's; named when neither answers.
+	own string
+	// home is the home folder the socket was derived from, if any.
+	home string
 }
 
 // New finds the daemon's socket for home (or EMBER_HOME, or the defaults).
+// A non-root user without a home of their own talks to their own rootless
+// daemon if its socket exists, and to the system daemon otherwise.
 func New(home string) (*Client, error) {
 	lay, err := layout.Resolve(home)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{Socket: lay.Socket()}, nil
+	return locate(lay, layout.SystemSocket, os.Geteuid())
+}
+
+// locate picks the socket for lay, falling back to system as New says.
+func locate(lay layout.Layout, system string, uid int) (*Client, error) {
+	c := &Client{Socket: lay.Socket(), home: lay.Home}
+	if lay.Rootless {
+		_, err := os.Lstat(lay.Socket())
+		switch {
+		case err == nil || !errors.Is(err, fs.ErrNotExist):
+			// Something is there (or the folder hides it): talk through
+			// the folder only if it is the user's own, never to a socket
+			// another user planted.
+			if err := lay.CheckRuntime(uid); err != nil {
+				return nil, fmt.Errorf("refusing the daemon socket %s: %w", lay.Socket(), err)
+			}
+		default:
+			c = &Client{Socket: system, own: lay.Socket()}
+		}
+	}
+	if err := checkLength(c.Socket); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkLength refuses a socket path the kernel cannot take, with the fix
+// rather than connect's bare "invalid argument". The daemon refuses such a
+// home at start, so this only meets a home no daemon can serve.
+func checkLength(sock string) error {
+	if n := len(sock); n > layout.MaxSocketPath {
+		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf(
+			"socket path %s is %d bytes, over the %d bytes the kernel allows in a unix socket path: no daemon can listen there; use a shorter --home (or EMBER_HOME)",
+			sock, n, layout.MaxSocketPath)}
+	}
+	return nil
 }
 
 // ErrNoDaemon is returned when nothing answers on the socket.
 var ErrNoDaemon = errors.New("the ember daemon is not running")
 
+// ErrPermission is returned when the user may not reach the socket.
+var ErrPermission = errors.New("permission denied")
+
 func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	if err := checkLength(c.Socket); err != nil {
+		return nil, err
+	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.Socket)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("%w (no socket at %s); start it with `ember daemon`", ErrNoDaemon, c.Socket)
+			return nil, c.notRunning()
 		}
 		if errors.Is(err, os.ErrPermission) {
-			return nil, fmt.Errorf("no permission on %s: join the ember group or run as root", c.Socket)
+			return nil, permissionError(c.Socket)
 		}
-		return nil, fmt.Errorf("connect to the daemon: %w", err)
+		return nil, fmt.Errorf("connect to the daemon at %s: %w", c.Socket, err)
 	}
 	// A cancelled ctx closes the connection, which unblocks reads.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	return &ctxConn{Conn: conn, stop: stop}, nil
+}
+
+func (c *Client) notRunning() error {
+	where := "no socket at " + c.Socket
+	if c.own != "" {
+		where = fmt.Sprintf("no socket at %s, nor at the system daemon's %s", c.own, c.Socket)
+	}
+	hint := "start it with `ember daemon`"
+	// EMBER_HOME=/run/ember names a runtime folder, not a home: the socket
+	// is right there rather than in its run/.
+	if c.home != "" {
+		if fi, err := os.Lstat(filepath.Join(c.home, layout.SocketFile)); err == nil && fi.Mode()&fs.ModeSocket != 0 {
+			hint = fmt.Sprintf("%s holds a daemon's socket itself, so it is a runtime folder, not a home: unset EMBER_HOME (or drop --home) to reach that daemon", c.home)
+		}
+	}
+	return fmt.Errorf("%w (%s); %s", ErrNoDaemon, where, hint)
+}
+
+// permissionError says which folder or file keeps the user from sock and
+// which group opens it.
+func permissionError(sock string) error {
+	blocker := deniedAt(sock)
+	fi, err := os.Stat(blocker)
+	if err != nil {
+		return fmt.Errorf("%w on %s: join the socket's group (`ember` by default) or run as root", ErrPermission, sock)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%w on %s: join the socket's group or run as root", ErrPermission, sock)
+	}
+	what := fmt.Sprintf("%s is mode %04o, group %s", blocker, fi.Mode().Perm(), groupName(st.Gid))
+	if st.Gid == 0 {
+		return fmt.Errorf("%w: only root can reach the daemon at %s (%s); run as root, or create the `ember` group (groupadd --system ember), "+
+			"restart the daemon and join the group", ErrPermission, sock, what)
+	}
+	join := fmt.Sprintf("join the `%s` group", groupName(st.Gid))
+	howto := fmt.Sprintf("sudo usermod -aG %s $USER, then log in again", groupName(st.Gid))
+	if _, err := user.LookupGroupId(strconv.Itoa(int(st.Gid))); err != nil {
+		join = fmt.Sprintf("join the group with gid %d", st.Gid)
+		howto = "the group has no name on this host"
+	}
+	return fmt.Errorf("%w: %s to reach the daemon at %s (%s; %s), or run as root", ErrPermission, join, sock, what, howto)
+}
+
+// deniedAt finds the first folder on the way to sock that the user may not
+// pass through, or sock itself when it is the socket that is closed.
+func deniedAt(sock string) string {
+	dir := filepath.Dir(sock)
+	var walk []string
+	for d := dir; ; d = filepath.Dir(d) {
+		walk = append([]string{d}, walk...)
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	for _, d := range walk {
+		if unix.Access(d, unix.X_OK) != nil {
+			return d
+		}
+	}
+	return sock
+}
+
+func groupName(gid uint32) string {
+	if g, err := user.LookupGroupId(strconv.Itoa(int(gid))); err == nil {
+		return g.Name
+	}
+	return strconv.Itoa(int(gid))
 }
 
 type ctxConn struct {

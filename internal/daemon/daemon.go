@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/user"
 	"strconv"
 	"sync"
 	"syscall"
@@ -66,6 +65,9 @@ type Daemon struct {
 	key     ssh.Signer
 	pidFile *os.File
 	agent   string
+	// socketGID is the group that may reach a root daemon's socket; -1
+	// for a rootless daemon or when the configured group is missing.
+	socketGID int
 	// base is the daemon's lifetime; VMs' work hangs on it, never on a request.
 	base       context.Context
 	stopBase   context.CancelFunc
@@ -102,16 +104,28 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	cfg, err := layout.LoadConfig(lay.Config)
 	if err != nil {
-		return nil, err
+		return nil, invalidf("%v", err)
 	}
-	if err := lay.Ensure(); err != nil {
-		return nil, err
+	// Before anything is made: a home too deep for its sockets is a
+	// config problem with a fix, not a bind error later.
+	if err := lay.CheckSocketPaths(len(newID())); err != nil {
+		return nil, invalidf("%v", err)
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Daemon{layout: lay, cfg: cfg, log: log, driver: opts.Driver, agent: opts.AgentPath,
+	socketGID := -1
+	if os.Geteuid() == 0 {
+		if socketGID, err = layout.LookupGroup(cfg.SocketGroup); err != nil {
+			log.Warn("only root can reach this daemon: its socket group is missing; create it with `groupadd --system "+cfg.SocketGroup+
+				"` (make install does) and restart the daemon", "socket_group", cfg.SocketGroup, "err", err)
+		}
+	}
+	if err := lay.Ensure(socketGID); err != nil {
+		return nil, err
+	}
+	d := &Daemon{layout: lay, cfg: cfg, log: log, driver: opts.Driver, agent: opts.AgentPath, socketGID: socketGID,
 		waitGuest: opts.WaitGuest, prepBoot: opts.PrepareBoot}
 	d.base, d.stopBase = context.WithCancel(context.Background())
 	defer func() {
@@ -161,16 +175,28 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 
 // lockPIDFile makes sure one daemon owns this layout: an flock on the pid
 // file (released by the kernel if we crash) plus a socket liveness check.
+// The pid file is opened without following a symlink: one planted in its
+// place must not make the daemon truncate another file.
 func (d *Daemon) lockPIDFile() error {
-	f, err := os.OpenFile(d.layout.PIDFile(), os.O_RDWR|os.O_CREATE, 0o644)
+	path := d.layout.PIDFile()
+	fd, err := syscall.Open(path, syscall.O_RDWR|syscall.O_CREAT|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o644)
+	if errors.Is(err, syscall.ELOOP) {
+		return fmt.Errorf("pid file %s is a symlink: refusing to follow it; remove it if you made it", path)
+	}
 	if err != nil {
-		return fmt.Errorf("open pid file: %w", err)
+		return fmt.Errorf("open pid file: %w", &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	f := os.NewFile(uintptr(fd), path)
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return fmt.Errorf("pid file %s is not a regular file: remove it", path)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(d.layout.PIDFile())
+		b := make([]byte, 32)
+		n, _ := f.ReadAt(b, 0)
 		f.Close()
 		return fmt.Errorf("another ember daemon (pid %s) already runs on %s; stop it first or use another --home",
-			string(trimSpace(b)), d.layout.Runtime)
+			string(trimSpace(b[:n])), d.layout.Runtime)
 	}
 	if c, err := net.DialTimeout("unix", d.layout.Socket(), time.Second); err == nil {
 		c.Close()
@@ -194,21 +220,21 @@ func trimSpace(b []byte) []byte {
 // Serve listens on the unix socket and answers requests until ctx ends.
 func (d *Daemon) Serve(ctx context.Context) error {
 	sock := d.layout.Socket()
+	// A stale socket from a crash; Remove unlinks a symlink, never its target.
 	_ = os.Remove(sock)
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", sock, err)
 	}
-	if err := os.Chmod(sock, 0o660); err != nil {
-		l.Close()
-		return fmt.Errorf("chmod socket: %w", err)
+	// Root: the socket group reads and writes it (the runtime folder lets
+	// the group through, see layout.Ensure). Rootless: only the user.
+	mode, gid := os.FileMode(0o600), -1
+	if os.Geteuid() == 0 {
+		mode, gid = 0o660, max(d.socketGID, 0)
 	}
-	if os.Geteuid() == 0 && d.cfg.SocketGroup != "" {
-		if g, err := user.LookupGroup(d.cfg.SocketGroup); err == nil {
-			if gid, err := strconv.Atoi(g.Gid); err == nil {
-				_ = os.Chown(sock, 0, gid)
-			}
-		}
+	if err := layout.SecureSocket(sock, mode, gid); err != nil {
+		l.Close()
+		return err
 	}
 	d.listener = l
 	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid())

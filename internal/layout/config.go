@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -52,7 +55,10 @@ type Config struct {
 	StopTimeout Duration `toml:"stop_timeout"`
 	// OperationRetention keeps finished operations for late `op wait`s.
 	OperationRetention Duration `toml:"operation_retention"`
-	// SocketGroup owns the socket when running as root (mode 0660).
+	// SocketGroup is the group whose members reach a root daemon: it owns
+	// the socket (mode 0660) and the runtime folder (mode 0750). A group
+	// name or a numeric gid; a name that does not exist leaves the daemon
+	// to root alone (`make install` creates the default, ember).
 	SocketGroup string `toml:"socket_group"`
 	// Kernel names the kernel VMs boot when create omits one.
 	Kernel string `toml:"kernel"`
@@ -147,6 +153,11 @@ func (c Config) validate() []error {
 	}
 	if c.OperationRetention.Duration < 0 {
 		errs = append(errs, fmt.Errorf("`operation_retention` must not be negative"))
+	}
+	if g := c.SocketGroup; g != "" && strings.Trim(g, "0123456789") == "" {
+		if n, err := strconv.ParseUint(g, 10, 32); err != nil || n == math.MaxUint32 {
+			errs = append(errs, fmt.Errorf("`socket_group` must be a group name or a gid below %d, not %s", uint32(math.MaxUint32), g))
+		}
 	}
 	return errs
 }

@@ -3,10 +3,17 @@
 // sockets) and the config file. Root and rootless get different defaults;
 // one home folder (--home or EMBER_HOME) puts everything under it, which is
 // what tests use.
+//
+// It also decides who may use those folders (perm.go): a root daemon's
+// runtime folder is root:<socket group> 0750, so members of the group reach
+// the socket; a non-root daemon uses 0700 folders and refuses one that
+// another user owns or can write, because its default runtime folder may
+// sit in a shared /tmp. Unix socket paths are bounded by the kernel
+// (MaxSocketPath); CheckSocketPaths refuses a layout whose sockets would
+// not fit.
 package layout
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,12 +36,23 @@ const (
 	InitramfsDir = "initramfs"
 )
 
+// The system daemon's runtime folder and socket: where a user without a
+// daemon of their own finds the root one.
+const (
+	SystemRuntime = "/run/ember"
+	SystemSocket  = SystemRuntime + "/" + SocketFile
+)
+
 // Layout is the set of folders one daemon owns.
 type Layout struct {
 	Home    string // set when everything lives under one folder
 	State   string
 	Runtime string
 	Config  string // path of the config file
+	// Rootless is set for a non-root user's default layout (no home): its
+	// runtime folder may be /tmp/ember-UID, which another user can make
+	// first, so daemon and client both check who owns it.
+	Rootless bool
 }
 
 // Resolve picks the layout: home (flag) wins, then EMBER_HOME, then the root
@@ -56,7 +74,7 @@ func Resolve(home string) (Layout, error) {
 		}, nil
 	}
 	if os.Geteuid() == 0 {
-		return Layout{State: "/var/lib/ember", Runtime: "/run/ember", Config: "/etc/ember/config.toml"}, nil
+		return Layout{State: "/var/lib/ember", Runtime: SystemRuntime, Config: "/etc/ember/config.toml"}, nil
 	}
 	return rootless()
 }
@@ -79,21 +97,11 @@ func rootless() (Layout, error) {
 		run = filepath.Join(os.TempDir(), fmt.Sprintf("ember-%d", os.Getuid()))
 	}
 	return Layout{
-		State:   filepath.Join(state, "ember"),
-		Runtime: filepath.Join(run, "ember"),
-		Config:  filepath.Join(cfg, "ember", ConfigFile),
+		State:    filepath.Join(state, "ember"),
+		Runtime:  filepath.Join(run, "ember"),
+		Config:   filepath.Join(cfg, "ember", ConfigFile),
+		Rootless: true,
 	}, nil
-}
-
-// Ensure creates the folders the daemon writes to.
-func (l Layout) Ensure() error {
-	var errs []error
-	for _, d := range []string{l.State, l.Runtime, l.ImagesDir(), l.KernelsDir(), l.VMsDir(), l.RunVMsDir(), l.InitramfsDir()} {
-		if err := os.MkdirAll(d, 0o750); err != nil {
-			errs = append(errs, fmt.Errorf("create %s: %w", d, err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 func (l Layout) Socket() string       { return filepath.Join(l.Runtime, SocketFile) }

@@ -23,7 +23,7 @@ func TestResolveHome(t *testing.T) {
 	if l2, _ := Resolve(""); !reflect.DeepEqual(l2, l) {
 		t.Fatalf("EMBER_HOME ignored: %+v", l2)
 	}
-	if err := l.Ensure(); err != nil {
+	if err := l.Ensure(-1); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(l.VMsDir()); err != nil {

@@ -1,0 +1,139 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// fakeDaemon answers every request on sock with its own socket path.
+func fakeDaemon(t *testing.T, sock string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if _, err := bufio.NewReader(c).ReadBytes('\n'); err == nil {
+				res, _ := json.Marshal(wire.DaemonInfo{Socket: sock})
+				b, _ := json.Marshal(wire.Response{Result: res})
+				c.Write(append(b, '\n'))
+			}
+			c.Close()
+		}
+	}()
+}
+
+func answeredBy(t *testing.T, c *Client) string {
+	t.Helper()
+	var info wire.DaemonInfo
+	if err := c.Call(context.Background(), "daemon.info", nil, &info); err != nil {
+		t.Fatal(err)
+	}
+	return info.Socket
+}
+
+// rootless is a user's default layout in a temp folder, and the system
+// socket beside it; the real /run/ember is never touched.
+func rootless(t *testing.T) (layout.Layout, string) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "ember-1000")
+	if err := os.Mkdir(base, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	lay := layout.Layout{Runtime: filepath.Join(base, "ember"), State: filepath.Join(dir, "state"), Rootless: true}
+	return lay, filepath.Join(dir, "sys", layout.SocketFile)
+}
+
+func TestUserWithoutDaemonReachesTheSystemOne(t *testing.T) {
+	me := os.Geteuid()
+	lay, system := rootless(t)
+	fakeDaemon(t, system)
+	c, err := locate(lay, system, me)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := answeredBy(t, c); got != system {
+		t.Fatalf("answered by %s, want the system daemon %s", got, system)
+	}
+
+	// Once the user runs a daemon of their own, that one answers.
+	fakeDaemon(t, lay.Socket())
+	c, err = locate(lay, system, me)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := answeredBy(t, c); got != lay.Socket() {
+		t.Fatalf("answered by %s, want the user's own daemon %s", got, lay.Socket())
+	}
+}
+
+func TestNoDaemonNamesBothSockets(t *testing.T) {
+	lay, system := rootless(t)
+	c, err := locate(lay, system, os.Geteuid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Call(context.Background(), "vm.list", nil, nil)
+	if !errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), lay.Socket()) || !strings.Contains(err.Error(), system) {
+		t.Fatalf("want not running naming %s and %s, got %v", lay.Socket(), system, err)
+	}
+}
+
+func TestPlantedSocketRefused(t *testing.T) {
+	lay, system := rootless(t)
+	fakeDaemon(t, system)
+	fakeDaemon(t, lay.Socket())
+	// The folders belong to the test's uid; to another user they are
+	// someone else's, with a socket waiting in them.
+	_, err := locate(lay, system, os.Geteuid()+1)
+	if err == nil || !strings.Contains(err.Error(), "refusing the daemon socket "+lay.Socket()) || !strings.Contains(err.Error(), "belongs to uid") {
+		t.Fatalf("want a refusal, got %v", err)
+	}
+}
+
+func TestRuntimeFolderAsHomeIsExplained(t *testing.T) {
+	// EMBER_HOME=/run/ember: the socket is in the folder, not in its run/.
+	dir := t.TempDir()
+	fakeDaemon(t, filepath.Join(dir, layout.SocketFile))
+	lay, err := layout.Resolve(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := locate(lay, "/nonexistent/ember.sock", os.Geteuid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Call(context.Background(), "vm.list", nil, nil)
+	if !errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), lay.Socket()) || !strings.Contains(err.Error(), "is a runtime folder, not a home") {
+		t.Fatalf("want a hint, got %v", err)
+	}
+}
+
+func TestSocketPathTooLong(t *testing.T) {
+	home := "/" + strings.Repeat("h", 100)
+	lay, _ := layout.Resolve(home)
+	_, err := locate(lay, layout.SystemSocket, os.Geteuid())
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeInvalid || !strings.Contains(err.Error(), lay.Socket()+" is 116 bytes, over the 107") {
+		t.Fatalf("want an invalid error naming the path and its length, got %v", err)
+	}
+}
