@@ -6,12 +6,23 @@ export CGO_ENABLED := 0
 # Tests share one unpacked guest kernel so each does not download it again.
 export EMBER_TEST_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all build deps run stop test unit e2e bench vet fmt clean testkernel install
+.PHONY: all build deps deps-run deps-test deps-bench run stop test unit e2e bench vet fmt clean testkernel install
 
 all: build
 
+# deps installs the host tools (internal/hosttools/table.go) that the
+# purposes in DEPS_FOR need, only what is missing: run (default), test,
+# bench, tap, fresh-check. Each target below installs what it runs itself.
+DEPS_FOR ?= run
+DEPS = $(GO) run ./internal/hosttools/cmd/deps
 deps:
-	@sh scripts/deps.sh
+	@$(DEPS) $(DEPS_FOR)
+deps-run:
+	@$(DEPS) run
+deps-test:
+	@$(DEPS) run test tap
+deps-bench:
+	@$(DEPS) run bench tap
 
 build:
 	@mkdir -p $(BIN)
@@ -20,7 +31,7 @@ build:
 
 # run: start the daemon (default layout) if it is not running, boot a VM
 # from the built-in image and run a command in it.
-run: deps build
+run: deps-run build
 	@bash scripts/run.sh
 
 stop:
@@ -40,14 +51,13 @@ unit: testkernel
 e2e: build testkernel
 	$(GO) test -count=1 -timeout 25m -v ./test/e2e/...
 
-test: deps vet unit e2e
+test: deps-test vet unit e2e
 
 # bench writes BENCHMARKS.md; the tap section needs root (it runs in a
 # network namespace made for it) and dnsmasq to compare against.
-bench: deps build testkernel
+bench: deps-bench build testkernel
 	$(GO) run ./bench
 	@if [ "$$(id -u)" = 0 ]; then \
-		command -v dnsmasq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dnsmasq-base >/dev/null; \
 		$(GO) run ./bench -net; \
 	else echo "bench: skipping the tap section (needs root)"; fi
 
