@@ -6,7 +6,7 @@ export CGO_ENABLED := 0
 # Tests share one unpacked guest kernel so each does not download it again.
 export EMBER_TEST_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all build deps deps-run deps-test deps-bench run stop test unit e2e bench vet fmt clean testkernel install
+.PHONY: all build deps deps-run deps-test deps-bench run stop test unit e2e bench vet fmt clean testkernel install fresh-check
 
 all: build
 
@@ -60,6 +60,13 @@ bench: deps-bench build testkernel
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./bench -net; \
 	else echo "bench: skipping the tap section (needs root)"; fi
+
+# fresh-check: `make run` from a clean clone of HEAD in a fresh minimal
+# Debian 12 root (root only; CI runs it after `make test`). It reports what
+# ember's own install step failed to install.
+fresh-check:
+	@$(MAKE) --no-print-directory deps DEPS_FOR=fresh-check
+	@bash scripts/fresh-check.sh
 
 # install puts ember on PATH and the guest agent where the daemon looks.
 PREFIX ?= /usr/local
