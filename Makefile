@@ -69,10 +69,16 @@ fresh-check:
 	@bash scripts/fresh-check.sh
 
 # install puts ember on PATH and the guest agent where the daemon looks.
+# Installing into this system as root it also creates the `ember` group
+# (the default socket_group), as Docker's package does for `docker`: its
+# members reach the root daemon's socket.
 PREFIX ?= /usr/local
 install: build
 	install -D -m 0755 $(BIN)/ember $(DESTDIR)$(PREFIX)/bin/ember
 	install -D -m 0755 $(BIN)/ember-agent $(DESTDIR)$(PREFIX)/lib/ember/ember-agent
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! getent group ember >/dev/null; then \
+		groupadd --system ember && echo "created the ember group; let a user reach the daemon with: usermod -aG ember USER"; \
+	fi
 
 clean:
 	rm -rf $(BIN)
