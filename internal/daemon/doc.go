@@ -5,11 +5,16 @@
 //
 // Open(ctx, Options) builds a Daemon from explicit dependencies (layout,
 // config, store, hypervisor driver, the daemon's SSH key, seams for tests),
-// takes the single-instance lock (flock on the pid file plus a socket check),
+// refuses a layout whose unix sockets would exceed the kernel's 107 bytes
+// (invalid), makes its folders with safe owners and modes (layout.Ensure:
+// root:<socket_group> 0750 runtime folder as root; 0700 folders that must
+// be the user's own otherwise), takes the single-instance lock (flock on
+// the pid file, opened without following a symlink, plus a socket check),
 // re-attaches to VMs whose QEMU kept running while no daemon was there and
-// settles the operations the previous daemon left unfinished. Serve(ctx) accepts connections on the
-// unix socket; each carries one request, routed by dispatch in daemon.go.
-// Close() stops serving; VMs keep running.
+// settles the operations the previous daemon left unfinished. Serve(ctx)
+// accepts connections on the unix socket (0660, group socket_group, as
+// root; 0600 rootless); each carries one request, routed by dispatch in
+// daemon.go. Close() stops serving; VMs keep running.
 //
 // # State and locks
 //
