@@ -94,7 +94,7 @@ func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	conn, err := d.DialContext(ctx, "unix", c.Socket)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, c.notRunning()
+			return nil, c.notRunning(errors.Is(err, syscall.ECONNREFUSED))
 		}
 		if errors.Is(err, os.ErrPermission) {
 			return nil, permissionError(c.Socket)
@@ -106,10 +106,13 @@ func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	return &ctxConn{Conn: conn, stop: stop}, nil
 }
 
-func (c *Client) notRunning() error {
+func (c *Client) notRunning(stale bool) error {
 	where := "no socket at " + c.Socket
+	if stale {
+		where = "nothing answers on " + c.Socket
+	}
 	if c.own != "" {
-		where = fmt.Sprintf("no socket at %s, nor at the system daemon's %s", c.own, c.Socket)
+		where = fmt.Sprintf("no socket at %s (yours), and %s (the system daemon's)", c.own, where)
 	}
 	hint := "start it with `ember daemon`"
 	// EMBER_HOME=/run/ember names a runtime folder, not a home: the socket
