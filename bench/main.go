@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -25,6 +26,7 @@ import (
 	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/hypervisor/qemu"
 	"github.com/emberhq/ember/internal/kernel"
+	"github.com/emberhq/ember/internal/wire"
 )
 
 func main() {
@@ -59,10 +61,20 @@ func run(runs int, out string) error {
 	}
 	defer env.close()
 	home, ember := env.home, env.ember
-	// Warm up: the first create builds the image and the initramfs.
+	// Warm up: the first create builds the image and the initramfs and
+	// decides the accelerator, which the floor then uses too.
 	if _, err := ember("create", "warm"); err != nil {
 		return err
 	}
+	raw, err := ember("inspect", "warm")
+	if err != nil {
+		return err
+	}
+	var warm wire.VM
+	if err := json.Unmarshal([]byte(raw), &warm); err != nil || warm.Accel == "" {
+		return fmt.Errorf("inspect warm: no accelerator in %q (%v)", raw, err)
+	}
+	acc := accelUsed{Accel: warm.Accel, Reason: warm.AccelReason}
 	if _, err := ember("rm", "-f", "warm"); err != nil {
 		return err
 	}
@@ -75,7 +87,7 @@ func run(runs int, out string) error {
 	var floor, full []time.Duration
 	// Interleave the two sides so machine noise hits both alike.
 	for i := 0; i < runs; i++ {
-		d, err := bootFloor(ks[0].Vmlinuz, initrds[0], filepath.Join(home, "state", "images", "tiny.ext4"))
+		d, err := bootFloor(acc.Accel, ks[0].Vmlinuz, initrds[0], filepath.Join(home, "state", "images", "tiny.ext4"))
 		if err != nil {
 			return fmt.Errorf("floor run %d: %w", i, err)
 		}
@@ -106,8 +118,11 @@ func run(runs int, out string) error {
 	if err != nil {
 		return fmt.Errorf("sessions: %w", err)
 	}
-	return write(out, runs, median(floor), median(full), sess)
+	return write(out, runs, acc, median(floor), median(full), sess)
 }
+
+// accelUsed is the accelerator ember's VMs got in this run, and why.
+type accelUsed struct{ Accel, Reason string }
 
 // linkKernel shares the unpacked test kernel (make test fetches it).
 func linkKernel(root, home string) error {
@@ -136,7 +151,7 @@ func linkKernel(root, home string) error {
 
 // bootFloor starts QEMU like the driver does (same machine, accelerator,
 // devices, kernel, initramfs and disk) and times it to the agent's first line.
-func bootFloor(vmlinuz, initrd, disk string) (time.Duration, error) {
+func bootFloor(accel, vmlinuz, initrd, disk string) (time.Duration, error) {
 	tmp, err := os.MkdirTemp("", "floor")
 	if err != nil {
 		return 0, err
@@ -146,16 +161,22 @@ func bootFloor(vmlinuz, initrd, disk string) (time.Duration, error) {
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", disk, "-F", "raw", overlay).CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("qemu-img: %v: %s", err, out)
 	}
-	khz := qemu.HostTSCKHz()
-	cmdline := fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=3 ember.root=/dev/vda tsc_early_khz=%d tsc=reliable", khz)
+	cmdline := "console=ttyS0 panic=-1 quiet loglevel=3 ember.root=/dev/vda"
+	accelArgs := []string{"-accel", accel}
+	if accel == "kvm" {
+		accelArgs = append(accelArgs, "-cpu", "host") // as the driver does
+	} else {
+		cmdline += fmt.Sprintf(" tsc_early_khz=%d tsc=reliable", qemu.HostTSCKHz())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-m", "256",
+	args := append([]string{"-M", "microvm"}, accelArgs...)
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", append(args, "-m", "256",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
 		"-kernel", vmlinuz, "-initrd", initrd, "-append", cmdline,
 		"-drive", "id=root,file="+overlay+",format=qcow2,if=none", "-device", "virtio-blk-device,drive=root",
-		"-device", "virtio-rng-device")
+		"-device", "virtio-rng-device")...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return 0, err
@@ -182,18 +203,18 @@ func median[T cmp.Ordered](xs []T) T {
 	return s[len(s)/2]
 }
 
-func write(path string, runs int, floor, full time.Duration, sess sessionResult) error {
+func write(path string, runs int, acc accelUsed, floor, full time.Duration, sess sessionResult) error {
 	ratio := float64(full) / float64(floor)
 	host, _ := os.Hostname()
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` (`go run ./bench`); numbers are medians of %d interleaved runs on one machine in one run, so the ratio is what matters.\n\n", runs)
 	fmt.Fprintf(&b, "## Create → first exec vs the QEMU floor\n\n")
 	fmt.Fprintf(&b, "| measure | median |\n| --- | --- |\n")
-	fmt.Fprintf(&b, "| floor: QEMU start → agent's first console line (same kernel, initramfs, disk, TCG) | %v |\n", floor.Round(time.Millisecond))
+	fmt.Fprintf(&b, "| floor: QEMU start → agent's first console line (same kernel, initramfs, disk and accelerator, %s) | %v |\n", strings.ToUpper(acc.Accel), floor.Round(time.Millisecond))
 	fmt.Fprintf(&b, "| ember: `ember create` → first `ember exec` returns | %v |\n", full.Round(time.Millisecond))
 	fmt.Fprintf(&b, "| **ratio ember / floor** (target ≤ 1.5) | **%.2f** |\n\n", ratio)
-	fmt.Fprintf(&b, "Measured %s on %s (accelerator: TCG; KVM does not run guests on these machines).\n",
-		time.Now().UTC().Format("2006-01-02 15:04 MST"), host)
+	fmt.Fprintf(&b, "Measured %s on %s. Accelerator of both sides: %s (ember's decision: %s).\n",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), host, strings.ToUpper(acc.Accel), acc.Reason)
 	writeSessions(&b, sess, runs)
 	b.Write(keepSection(path, netHeading)) // written by -net; keep it
 	return os.WriteFile(path, b.Bytes(), 0o644)

@@ -21,6 +21,10 @@ type BootConfig struct {
 	Gateway  net.IP        // ember.gw: default route
 	DNS      []net.IP      // ember.dns: comma-separated resolvers for /etc/resolv.conf
 	Port     int           // ember.port: SSH listen port, default 22
+	// Probe (ember.probe=1) asks init to print "probe ok" and power off as
+	// soon as it runs: the daemon boots such a guest under KVM to learn
+	// whether KVM really runs this kernel.
+	Probe bool
 }
 
 // DefaultPort is the SSH port the agent listens on when ember.port is absent.
@@ -80,6 +84,8 @@ func ParseCmdline(cmdline string) (BootConfig, error) {
 				}
 				cfg.DNS = append(cfg.DNS, ip)
 			}
+		case "probe":
+			cfg.Probe = v == "1"
 		case "port":
 			cfg.Port, err = strconv.Atoi(v)
 			if err == nil && (cfg.Port <= 0 || cfg.Port > 65535) {

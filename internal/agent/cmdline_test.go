@@ -70,3 +70,13 @@ func TestParseCmdlineErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCmdlineProbe(t *testing.T) {
+	cfg, err := ParseCmdline("console=ttyS0 ember.probe=1")
+	if err != nil || !cfg.Probe {
+		t.Fatalf("probe not set: %+v %v", cfg, err)
+	}
+	if cfg, _ := ParseCmdline("ember.probe=0"); cfg.Probe {
+		t.Error("ember.probe=0 set probe")
+	}
+}

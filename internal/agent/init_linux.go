@@ -52,6 +52,13 @@ func bootSystem() (BootConfig, error) {
 	if err != nil {
 		return boot, err
 	}
+	if boot.Probe {
+		// Reaching this line proves the accelerator runs the guest's
+		// kernel up to userspace; the daemon waits for exactly this text
+		// (hypervisor.ProbeOKLine).
+		consolef("probe ok")
+		powerOff()
+	}
 	if boot.Key == nil {
 		return boot, fmt.Errorf("no ember.key on the kernel command line")
 	}

@@ -60,8 +60,12 @@ func (d *Daemon) prepareBoot(ctx context.Context, r bootRequest) (bootFiles, err
 
 // agentPath finds the guest agent: EMBER_AGENT, beside the executable, then
 // the install locations.
-func (d *Daemon) agentPath() (string, error) {
-	cands := []string{d.agent, os.Getenv("EMBER_AGENT")}
+func (d *Daemon) agentPath() (string, error) { return findAgent(d.agent) }
+
+// findAgent finds the guest agent binary: explicit, EMBER_AGENT, beside the
+// executable, then the install locations.
+func findAgent(explicit string) (string, error) {
+	cands := []string{explicit, os.Getenv("EMBER_AGENT")}
 	if exe, err := os.Executable(); err == nil {
 		cands = append(cands, filepath.Join(filepath.Dir(exe), "ember-agent"))
 	}

@@ -51,6 +51,9 @@ type Options struct {
 	// DNSAddr is where the VM DNS server listens; empty means the bridge
 	// address, port 53.
 	DNSAddr string
+	// KVMStallTimeout is how long a VM's KVM boot may print nothing on its
+	// console before it counts as stalled; zero means 8 s.
+	KVMStallTimeout time.Duration
 }
 
 // Daemon is the composition root: infrastructure handles and subsystems.
@@ -75,6 +78,7 @@ type Daemon struct {
 	prepBoot   func(ctx context.Context, p bootRequest) (bootFiles, error)
 	closeOnce  sync.Once
 	background sync.WaitGroup
+	kvmStall   time.Duration // see Options.KVMStallTimeout
 
 	vmLocks    vmLockSet
 	createVMMu sync.Mutex // name uniqueness and the address window of creates
@@ -126,7 +130,10 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d := &Daemon{layout: lay, cfg: cfg, log: log, driver: opts.Driver, agent: opts.AgentPath, socketGID: socketGID,
-		waitGuest: opts.WaitGuest, prepBoot: opts.PrepareBoot}
+		waitGuest: opts.WaitGuest, prepBoot: opts.PrepareBoot, kvmStall: opts.KVMStallTimeout}
+	if d.kvmStall <= 0 {
+		d.kvmStall = defaultKVMStall
+	}
 	d.base, d.stopBase = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -137,7 +144,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	if d.driver == nil {
-		drv, err := qemu.New(qemu.Options{Logger: log})
+		drv, err := qemu.New(qemu.Options{Logger: log, KVMDevice: cfg.KVMDevice})
 		if err != nil {
 			return nil, err
 		}
@@ -170,6 +177,9 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.registerKernels(ctx)
+	if opts.PrepareBoot == nil {
+		d.probeAtStart(ctx)
+	}
 	return d, nil
 }
 
@@ -424,9 +434,12 @@ func withParams[P any](req wire.Request, fn func(P) (any, error)) (any, error) {
 }
 
 func (d *Daemon) info() wire.DaemonInfo {
-	accel, reason := d.accel.peek()
+	a, forced := d.forcedAccel()
+	if !forced {
+		a = d.accel.peek()
+	}
 	return wire.DaemonInfo{PID: os.Getpid(), Version: Version, Home: d.layout.Home, Socket: d.layout.Socket(),
-		Accel: accel, Reason: reason}
+		Accel: a.Accel, Reason: a.Reason, AccelForced: a.Forced}
 }
 
 // Close stops serving and releases what the daemon holds. VMs keep running:

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -29,6 +30,15 @@ type fakeDriver struct {
 	block chan struct{}
 	// stuck, when set, makes Quit fail and leave the process alive.
 	stuck bool
+	// probeAnswer is what ProbeAccel answers ("" = tcg); probes counts calls
+	// and probeDelay slows each down.
+	probeAnswer string
+	probes      int
+	probeDelay  time.Duration
+	// kvmSilent makes a Start under KVM print nothing on the console, as a
+	// vCPU that does not run; accels lists the accelerator of every Start.
+	kvmSilent bool
+	accels    []string
 }
 
 func newFakeDriver() *fakeDriver { return &fakeDriver{nextPID: 1000, alive: map[int]bool{}} }
@@ -46,11 +56,16 @@ func (f *fakeDriver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.I
 	if f.startErr != nil {
 		return hypervisor.Instance{}, f.startErr
 	}
-	if err := os.WriteFile(s.ConsoleLog, []byte("fake console line 1\nfake console line 2\nember-agent: ready\n"), 0o644); err != nil {
-		return hypervisor.Instance{}, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.accels = append(f.accels, s.Accel)
+	console := "fake console line 1\nfake console line 2\nember-agent: ready\n"
+	if f.kvmSilent && s.Accel == hypervisor.AccelKVM {
+		console = ""
+	}
+	if err := os.WriteFile(s.ConsoleLog, []byte(console), 0o644); err != nil {
+		return hypervisor.Instance{}, err
+	}
 	f.nextPID++
 	f.started++
 	f.alive[f.nextPID] = true
@@ -82,6 +97,22 @@ func (f *fakeDriver) Quit(ctx context.Context, s hypervisor.Spec, inst hyperviso
 
 func (f *fakeDriver) CreateDisk(ctx context.Context, base, baseFormat, overlay string, size int64) error {
 	return os.WriteFile(overlay, []byte("qcow2"), 0o644)
+}
+
+func (f *fakeDriver) ProbeAccel(ctx context.Context, p hypervisor.ProbeSpec) (string, string) {
+	f.mu.Lock()
+	f.probes++
+	answer, delay := f.probeAnswer, f.probeDelay
+	f.mu.Unlock()
+	select {
+	case <-time.After(delay):
+	case <-ctx.Done():
+		return hypervisor.AccelTCG, "probe interrupted"
+	}
+	if answer == hypervisor.AccelKVM {
+		return answer, "fake kvm guest reached its agent"
+	}
+	return hypervisor.AccelTCG, "fake probe: no kvm"
 }
 
 func (f *fakeDriver) KillStrays(ctx context.Context, dir string) int { return 0 }

@@ -207,18 +207,16 @@ func (d *Daemon) runCreate(op *createOp, vm store.VM) (result []byte, err error)
 // boot starts a VM's hypervisor process and waits for its guest. The VM lock
 // is not held here: the VM's transitional state keeps others away.
 func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk string, progress func(string)) (store.VM, error) {
-	accel, _ := d.accel.resolve(ctx, d.cfg.Accel, d.driver)
+	dec := d.accelFor(ctx, files)
 	spec := hypervisor.Spec{ID: vm.ID, Name: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 		Kernel: files.Vmlinuz, Initrd: files.Initrd, Disk: disk,
 		ConsoleLog: d.layout.VMDir(vm.ID) + "/" + layout.ConsoleFile,
 		QMPSocket:  d.layout.VMRunDir(vm.ID) + "/" + layout.QMPFile,
 		PIDFile:    d.layout.VMRunDir(vm.ID) + "/" + layout.QEMUPIDFile,
-		Accel:      accel,
 		Net:        hypervisor.NetSpec{Mode: "user", Restrict: !d.cfg.UserNetEgress}}
 	if err := os.MkdirAll(d.layout.VMRunDir(vm.ID), 0o750); err != nil {
 		return vm, fmt.Errorf("create vm runtime folder: %w", err)
 	}
-	_ = os.Remove(spec.ConsoleLog) // each boot's log starts empty
 	spec.Cmdline = d.cmdline(vm, files)
 	if err := d.vmNet(vm, &spec); err != nil {
 		return vm, err
@@ -226,43 +224,50 @@ func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk st
 
 	var inst hypervisor.Instance
 	var err error
-	for attempt := 0; ; attempt++ {
-		if spec.Net.Mode == hypervisor.NetUser {
-			port, perr := freePort()
-			if perr != nil {
-				return vm, fmt.Errorf("pick ssh port: %w", perr)
-			}
-			spec.Net.SSHHostPort = port
-		}
-		progress(fmt.Sprintf("booting (%s)", accel))
-		inst, err = d.driver.Start(ctx, spec)
-		// Another process can take the port between our probe and QEMU's
-		// bind; try a new one.
-		if err != nil && attempt < 2 && strings.Contains(err.Error(), "forward") {
-			continue
-		}
-		break
-	}
-	if err != nil {
-		return vm, fmt.Errorf("start %s: %w", vm.Name, err)
-	}
-	vm.PID, vm.PIDStart, vm.SSHPort, vm.Accel = inst.PID, inst.StartTime, spec.Net.SSHHostPort, accel
-	vm.Config, _ = json.Marshal(spec)
-	vm.UpdatedAt = time.Now().UTC()
-	if err := d.store.UpdateVM(context.Background(), vm); err != nil {
-		_ = d.driver.Quit(context.Background(), spec, inst)
-		return vm, fmt.Errorf("record vm %s: %w", vm.Name, err)
-	}
-
-	progress("waiting for the guest agent")
-	bootCtx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout.Duration)
-	defer cancel()
 	alive := func() error {
 		if !d.driver.Alive(inst) {
 			return errors.New("the hypervisor process exited")
 		}
 		return nil
 	}
+	label := ""
+	for {
+		spec.Accel = dec.Accel
+		_ = os.Remove(spec.ConsoleLog) // each boot's log starts empty
+		progress(fmt.Sprintf("booting (%s%s)", spec.Accel, label))
+		if inst, err = d.startProcess(ctx, vm, &spec); err != nil {
+			return vm, err
+		}
+		vm.PID, vm.PIDStart, vm.SSHPort = inst.PID, inst.StartTime, spec.Net.SSHHostPort
+		vm.Accel, vm.AccelReason = dec.Accel, dec.Reason
+		vm.Config, _ = json.Marshal(spec)
+		vm.UpdatedAt = time.Now().UTC()
+		if err := d.store.UpdateVM(context.Background(), vm); err != nil {
+			_ = d.driver.Quit(context.Background(), spec, inst)
+			return vm, fmt.Errorf("record vm %s: %w", vm.Name, err)
+		}
+		if dec.Accel != hypervisor.AccelKVM || waitConsoleOutput(ctx, spec.ConsoleLog, d.kvmStall, alive) {
+			break
+		}
+		// Under KVM the guest prints within about a second; nothing at
+		// all means its vCPU does not run (incomplete nested
+		// virtualisation), and waiting the whole boot timeout helps no one.
+		_ = d.driver.Quit(context.Background(), spec, inst)
+		stall := fmt.Sprintf("its KVM boot printed nothing on the console in %s", d.kvmStall)
+		if dec.Forced {
+			return vm, fmt.Errorf("vm %s did not boot: %s: KVM does not run this guest here (nested virtualisation incomplete?); accel = \"kvm\" is forced in %s: set it to \"auto\" or \"tcg\"",
+				vm.Name, stall, d.layout.Config)
+		}
+		dec = accelDecision{Accel: hypervisor.AccelTCG,
+			Reason: fmt.Sprintf("the KVM boot of vm %s printed nothing on the console in %s; using TCG until the daemon restarts", vm.Name, d.kvmStall)}
+		d.accel.demote(accelKey(files), dec)
+		d.log.Warn("kvm boot showed no progress; falling back to tcg", "vm", vm.Name, "after", d.kvmStall)
+		label = "; the KVM boot showed no progress"
+	}
+
+	progress("waiting for the guest agent")
+	bootCtx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout.Duration)
+	defer cancel()
 	// Dial only once the agent says it listens: an early connection through
 	// QEMU's user-mode forward stalls while the guest is not up yet.
 	waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
@@ -286,6 +291,30 @@ func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk st
 		return vm, fmt.Errorf("record vm %s running: %w", vm.Name, err)
 	}
 	return vm, nil
+}
+
+// startProcess starts the VM's hypervisor process, retrying with a new
+// loopback port when another process took the one picked (user mode).
+func (d *Daemon) startProcess(ctx context.Context, vm store.VM, spec *hypervisor.Spec) (hypervisor.Instance, error) {
+	for attempt := 0; ; attempt++ {
+		if spec.Net.Mode == hypervisor.NetUser {
+			port, err := freePort()
+			if err != nil {
+				return hypervisor.Instance{}, fmt.Errorf("pick ssh port: %w", err)
+			}
+			spec.Net.SSHHostPort = port
+		}
+		inst, err := d.driver.Start(ctx, *spec)
+		// Another process can take the port between our probe and QEMU's
+		// bind; try a new one.
+		if err != nil && attempt < 2 && strings.Contains(err.Error(), "forward") {
+			continue
+		}
+		if err != nil {
+			return inst, fmt.Errorf("start %s: %w", vm.Name, err)
+		}
+		return inst, nil
+	}
 }
 
 // cmdline is the guest kernel's command line: console and the agent's
@@ -423,7 +452,7 @@ func (d *Daemon) withVMLockByID(ctx context.Context, id string, fn func(vm *stor
 
 func (d *Daemon) toWireVM(vm store.VM) wire.VM {
 	w := wire.VM{ID: vm.ID, Name: vm.Name, State: vm.State, Image: vm.Image, Kernel: vm.Kernel, CPUs: vm.CPUs,
-		MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, Net: vm.NetMode, Accel: vm.Accel,
+		MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, Net: vm.NetMode, Accel: vm.Accel, AccelReason: vm.AccelReason,
 		CreatedAt: vm.CreatedAt, LastError: vm.LastError,
 		Console: d.layout.VMDir(vm.ID) + "/" + layout.ConsoleFile}
 	if vm.State == wire.StateRunning {

@@ -8,6 +8,7 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // ErrUnsupported is returned (wrapped) when a driver cannot do what a Spec asks,
@@ -106,9 +107,33 @@ type Driver interface {
 	KillStrays(ctx context.Context, dir string) int
 }
 
+// ProbeSpec is the guest an accelerator probe boots: the same kernel and
+// initramfs the VMs boot, with a command line (ProbeCmdline) that makes the
+// agent print ProbeOKLine and power off at once. Booting the real guest is
+// the only proof that KVM runs it: on hosts with incomplete nested
+// virtualisation /dev/kvm opens and real-mode code runs, but a Linux kernel
+// stops right after its setup code (see TESTING.md in the shared docs).
+type ProbeSpec struct {
+	Kernel, Initrd string
+	// Cmdline is the kernel command line; it must contain ProbeCmdline.
+	Cmdline string
+	// Timeout bounds the KVM boot; a working KVM reaches the agent in well
+	// under a second.
+	Timeout time.Duration
+}
+
+// ProbeCmdline is the kernel argument that puts the agent in probe mode.
+const ProbeCmdline = "ember.probe=1"
+
+// ProbeOKLine is what the agent prints on the console in probe mode just
+// before it powers off.
+const ProbeOKLine = "ember-agent: probe ok"
+
 // AccelProber is implemented by drivers that can choose between KVM and
 // software emulation by trying them.
 type AccelProber interface {
-	// ProbeAccel returns AccelKVM or AccelTCG and a sentence saying why.
-	ProbeAccel(ctx context.Context) (accel, reason string)
+	// ProbeAccel boots p under KVM and returns AccelKVM if the guest reached
+	// its agent in time, else AccelTCG; reason is a sentence saying why (for
+	// TCG, where the KVM boot stalled).
+	ProbeAccel(ctx context.Context, p ProbeSpec) (accel, reason string)
 }

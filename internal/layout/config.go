@@ -20,6 +20,9 @@ type Config struct {
 	// Accel is "auto", "kvm" or "tcg". auto runs a guest for a moment to
 	// decide, because /dev/kvm existing does not mean guests run.
 	Accel string `toml:"accel"`
+	// KVMDevice is the KVM device node the probe opens (default /dev/kvm);
+	// a host that passes KVM in under another path sets it.
+	KVMDevice string `toml:"kvm_device"`
 	// DefaultImage, DefaultCPUs, DefaultMemoryMiB apply when create omits them.
 	DefaultImage     string `toml:"default_image"`
 	DefaultCPUs      int    `toml:"default_cpus"`
@@ -82,6 +85,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 func DefaultConfig() Config {
 	return Config{
 		Accel:              "auto",
+		KVMDevice:          "/dev/kvm",
 		DefaultImage:       "tiny",
 		DefaultCPUs:        1,
 		DefaultMemoryMiB:   256,

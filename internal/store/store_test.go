@@ -41,7 +41,7 @@ func testVM(id, name string) VM {
 	return VM{
 		ID: id, Name: name, State: VMRunning, Image: "debian", Kernel: "6.1",
 		CPUs: 2, MemoryMiB: 512, DiskBytes: 1 << 30, NetMode: "user", SSHPort: 2222,
-		PID: 4242, PIDStart: 987654321, Accel: "tcg", LastError: "",
+		PID: 4242, PIDStart: 987654321, Accel: "tcg", AccelReason: "set by accel = \"tcg\" in the config", LastError: "",
 		Config: json.RawMessage(`{"machine":"microvm"}`),
 	}
 }
@@ -207,8 +207,8 @@ func TestMigration0001Schema(t *testing.T) {
 	want := map[string][]string{
 		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at"},
 		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta"},
-		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config"},
-		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"}, // error_code: 0003
+		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason"}, // accel_reason: 0004
+		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                               // error_code: 0003
 	}
 	for table, cols := range want {
 		if got := columns(t, s, table); !reflect.DeepEqual(got, cols) {

@@ -33,14 +33,17 @@ type VM struct {
 	PID       int    // hypervisor process, 0 when none
 	PIDStart  uint64 // its start time, so a re-attach can tell a reused PID
 	Accel     string
-	CreatedAt time.Time // set to now by InsertVM when zero
-	UpdatedAt time.Time // set to now by InsertVM and UpdateVM
-	LastError string
-	Config    json.RawMessage // hypervisor spec snapshot; nil when none
+	// AccelReason says why Accel was chosen (probe result, config, or a
+	// KVM boot that showed no progress).
+	AccelReason string
+	CreatedAt   time.Time // set to now by InsertVM when zero
+	UpdatedAt   time.Time // set to now by InsertVM and UpdateVM
+	LastError   string
+	Config      json.RawMessage // hypervisor spec snapshot; nil when none
 }
 
 const vmColumns = `id, name, state, image, kernel, cpus, memory_mib, disk_bytes,
-	net_mode, ssh_port, pid, pid_start, accel, created_at, updated_at, last_error, config`
+	net_mode, ssh_port, pid, pid_start, accel, created_at, updated_at, last_error, config, accel_reason`
 
 func scanVM(row scanner) (VM, error) {
 	var vm VM
@@ -48,7 +51,7 @@ func scanVM(row scanner) (VM, error) {
 	var config sql.NullString
 	err := row.Scan(&vm.ID, &vm.Name, &vm.State, &vm.Image, &vm.Kernel, &vm.CPUs,
 		&vm.MemoryMiB, &vm.DiskBytes, &vm.NetMode, &vm.SSHPort, &vm.PID, &pidStart,
-		&vm.Accel, &created, &updated, &vm.LastError, &config)
+		&vm.Accel, &created, &updated, &vm.LastError, &config, &vm.AccelReason)
 	if err != nil {
 		return VM{}, err
 	}
@@ -69,7 +72,7 @@ func vmArgs(vm VM) ([]any, error) {
 	}
 	return []any{vm.ID, vm.Name, vm.State, vm.Image, vm.Kernel, vm.CPUs, vm.MemoryMiB,
 		vm.DiskBytes, vm.NetMode, vm.SSHPort, vm.PID, int64(vm.PIDStart), vm.Accel,
-		toNanos(vm.CreatedAt), toNanos(vm.UpdatedAt), vm.LastError, config}, nil
+		toNanos(vm.CreatedAt), toNanos(vm.UpdatedAt), vm.LastError, config, vm.AccelReason}, nil
 }
 
 // vmUpdateSQL sets every column but id, in vmColumns order, then takes the
@@ -97,7 +100,7 @@ func (o *ops) InsertVM(ctx context.Context, vm VM) error {
 		return err
 	}
 	_, err = o.w.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
 	if isConstraint(err) {
 		return fmt.Errorf("vm %q (id %s): name or id already in use: %w", vm.Name, vm.ID, ErrConflict)
 	}

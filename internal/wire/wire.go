@@ -91,21 +91,23 @@ const (
 
 // VM is what ls, inspect and create return.
 type VM struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	State     string    `json:"state"`
-	Image     string    `json:"image"`
-	Kernel    string    `json:"kernel"`
-	CPUs      int       `json:"cpus"`
-	MemoryMiB int       `json:"memory_mib"`
-	DiskBytes int64     `json:"disk_bytes"`
-	Net       string    `json:"net"`
-	SSHPort   int       `json:"ssh_port,omitempty"`
-	PID       int       `json:"pid,omitempty"`
-	Accel     string    `json:"accel,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	LastError string    `json:"last_error,omitempty"`
-	Console   string    `json:"console_log,omitempty"`
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	State     string `json:"state"`
+	Image     string `json:"image"`
+	Kernel    string `json:"kernel"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	DiskBytes int64  `json:"disk_bytes"`
+	Net       string `json:"net"`
+	SSHPort   int    `json:"ssh_port,omitempty"`
+	PID       int    `json:"pid,omitempty"`
+	Accel     string `json:"accel,omitempty"`
+	// AccelReason says why the VM runs under Accel.
+	AccelReason string    `json:"accel_reason,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+	LastError   string    `json:"last_error,omitempty"`
+	Console     string    `json:"console_log,omitempty"`
 	// Tap mode: the leased address, the guest's MAC, the host TAP and the
 	// name the VM DNS answers for.
 	IP      string `json:"ip,omitempty"`
@@ -219,6 +221,9 @@ type DaemonInfo struct {
 	Version string `json:"version"`
 	Home    string `json:"home"`
 	Socket  string `json:"socket"`
-	Accel   string `json:"accel"`
-	Reason  string `json:"accel_reason"`
+	// Accel is the accelerator VMs boot with ("" until the first probe),
+	// Reason why, AccelForced whether the config names it.
+	Accel       string `json:"accel"`
+	Reason      string `json:"accel_reason"`
+	AccelForced bool   `json:"accel_forced,omitempty"`
 }

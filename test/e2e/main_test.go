@@ -86,9 +86,24 @@ type env struct {
 	home   string
 	daemon *exec.Cmd
 	log    *bytes.Buffer
+	// daemonEnv is added to the daemon's environment (PATH for a QEMU
+	// wrapper, say).
+	daemonEnv []string
 }
 
+// e2eConfig is every e2e daemon's config unless a test gives its own:
+// TCG without a probe, so VMs boot the same way on every host and no test
+// waits for a KVM probe (accel_test.go covers "auto").
+const e2eConfig = "accel = \"tcg\"\n"
+
 func newEnv(t *testing.T) *env {
+	t.Helper()
+	return newEnvWith(t, e2eConfig, nil)
+}
+
+// newEnvWith starts a daemon whose config.toml is config and whose
+// environment has daemonEnv added.
+func newEnvWith(t *testing.T, config string, daemonEnv []string) *env {
 	t.Helper()
 	if skipWhy != "" {
 		t.Skip(skipWhy)
@@ -98,12 +113,15 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, home: home}
+	e := &env{t: t, home: home, daemonEnv: daemonEnv}
 	kdir := filepath.Join(home, "state", "kernels")
 	if err := os.MkdirAll(kdir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Symlink(kernelDir, filepath.Join(kdir, filepath.Base(kernelDir))); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -120,6 +138,7 @@ func (e *env) startDaemon() {
 	e.t.Helper()
 	e.log = &bytes.Buffer{}
 	cmd := exec.Command(filepath.Join(binDir, "ember"), "--home", e.home, "daemon")
+	cmd.Env = append(os.Environ(), e.daemonEnv...)
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -87,6 +87,9 @@ func newNSEnv(t *testing.T, config string) *nsEnv {
 	if err := os.Symlink(kernelDir, filepath.Join(kdir, filepath.Base(kernelDir))); err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(config, "accel") {
+		config = e2eConfig + config
+	}
 	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}

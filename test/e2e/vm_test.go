@@ -191,13 +191,13 @@ func checkDoctor(t *testing.T, e *env) {
 		}
 		got[c.Name] = c.Status
 	}
-	for _, name := range []string{"qemu", "kernel", "store", "daemon", "busybox", "e2fsprogs"} {
+	for _, name := range []string{"qemu", "qemu-img", "mkfs.ext4", "debugfs", "busybox", "kernel", "store", "daemon"} {
 		if got[name] != "pass" {
 			t.Errorf("doctor %s: %q, want pass (all: %v)", name, got[name], got)
 		}
 	}
-	if got["kvm"] == "" {
-		t.Errorf("doctor has no kvm check: %v", got)
+	if got["accel"] == "" {
+		t.Errorf("doctor has no accel check: %v", got)
 	}
 }
 

@@ -10,22 +10,24 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
+	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/hypervisor"
 )
 
 // Options configure a Driver; zero values pick defaults.
 type Options struct {
-	QEMUPath    string        // qemu-system-x86_64; found on PATH, /usr/bin or /usr/libexec if empty
+	QEMUPath    string        // qemu-system-x86_64; FindQEMU's if empty
 	QEMUImgPath string        // qemu-img; found the same way if empty
 	QuitGrace   time.Duration // how long Quit waits after QMP quit before SIGKILL (default 3s)
 	// TSCKHz is passed as tsc_early_khz to TCG guests; 0 detects the host's
 	// rate, negative disables.
 	TSCKHz int
-	Logger *slog.Logger
+	// KVMDevice is the KVM device node ProbeAccel opens; "" means /dev/kvm.
+	KVMDevice string
+	Logger    *slog.Logger
 }
 
 // Driver runs VMs with QEMU. It is safe for concurrent use: it keeps no
@@ -34,6 +36,7 @@ type Driver struct {
 	qemu, qemuImg string
 	quitGrace     time.Duration
 	tscKHz        int
+	kvmDevice     string
 	log           *slog.Logger
 }
 
@@ -43,7 +46,10 @@ var _ hypervisor.AccelProber = (*Driver)(nil)
 // New finds the QEMU binaries. A missing qemu-system-x86_64 is an error; a
 // missing qemu-img only makes CreateDisk fail.
 func New(o Options) (*Driver, error) {
-	d := &Driver{quitGrace: o.QuitGrace, tscKHz: o.TSCKHz, log: o.Logger}
+	d := &Driver{quitGrace: o.QuitGrace, tscKHz: o.TSCKHz, kvmDevice: o.KVMDevice, log: o.Logger}
+	if d.kvmDevice == "" {
+		d.kvmDevice = "/dev/kvm"
+	}
 	if d.quitGrace <= 0 {
 		d.quitGrace = 3 * time.Second
 	}
@@ -65,38 +71,12 @@ func New(o Options) (*Driver, error) {
 	return d, nil
 }
 
-// FindQEMU locates qemu-system-x86_64.
-func FindQEMU() (string, error) {
-	if p := findBinary("qemu-system-x86_64", "qemu-kvm"); p != "" {
-		return p, nil
-	}
-	return "", errors.New("qemu-system-x86_64 not found on PATH, in /usr/bin or /usr/libexec: install it (Debian/Ubuntu package qemu-system-x86)")
-}
+// FindQEMU locates qemu-system-x86_64 (or qemu-kvm) through the table of
+// host tools: PATH, the bin and sbin folders, /usr/libexec.
+func FindQEMU() (string, error) { return hosttools.Find("qemu-system-x86_64") }
 
-// FindQEMUImg locates qemu-img.
-func FindQEMUImg() (string, error) {
-	if p := findBinary("qemu-img"); p != "" {
-		return p, nil
-	}
-	return "", errors.New("qemu-img not found on PATH, in /usr/bin or /usr/libexec: install it (Debian/Ubuntu package qemu-utils)")
-}
-
-func findBinary(names ...string) string {
-	for _, n := range names {
-		if p, err := exec.LookPath(n); err == nil {
-			if a, err := filepath.Abs(p); err == nil {
-				return a
-			}
-		}
-		for _, dir := range []string{"/usr/bin", "/usr/libexec"} {
-			p := filepath.Join(dir, n)
-			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-				return p
-			}
-		}
-	}
-	return ""
-}
+// FindQEMUImg locates qemu-img the same way.
+func FindQEMUImg() (string, error) { return hosttools.Find("qemu-img") }
 
 // Name implements hypervisor.Driver.
 func (d *Driver) Name() string { return "qemu" }

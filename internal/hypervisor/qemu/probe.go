@@ -1,117 +1,292 @@
 package qemu
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/emberhq/ember/internal/hypervisor"
 )
 
-// ProbeTimeout is how long ProbeAccel lets a KVM guest run before deciding
-// that KVM does not work. A working KVM answers in a few milliseconds.
-var ProbeTimeout = 3 * time.Second
+// DefaultProbeTimeout bounds the KVM boot of ProbeAccel when the ProbeSpec
+// sets none. A working KVM reaches the agent of the Debian cloud kernel in
+// well under a second; the margin is for a loaded host.
+const DefaultProbeTimeout = 6 * time.Second
 
-// debugExitPort is the I/O port of QEMU's isa-debug-exit device in the probe.
-const debugExitPort = 0xf4
+// probeTailLines and probeLineMax bound what a probe keeps of the guest's
+// console: enough to say where a boot stalled, whatever the guest prints.
+const (
+	probeTailLines = 20
+	probeLineMax   = 256
+)
 
-// probeFirmware is a 64 KiB firmware image (QEMU wants a multiple of 64 KiB)
-// whose reset vector, the first instruction any x86 vCPU runs, writes 1 to
-// the isa-debug-exit port. QEMU then exits with status (1<<1)|1 = 3. Exit
-// status 3 proves the vCPU executed guest code; a vCPU that never runs (as
-// under broken nested virtualisation, where KVM_CREATE_VM still works)
-// leaves QEMU running until the timeout.
-func probeFirmware(spin bool) []byte {
-	img := make([]byte, 64<<10)
-	for i := range img {
-		img[i] = 0xf4 // hlt
+// ProbeAccel implements hypervisor.AccelProber. KVM counts only if the KVM
+// device opens and the real guest kernel, booted under -accel kvm with the
+// CPU model VMs get, reaches the agent (which prints hypervisor.ProbeOKLine
+// and powers off) within p.Timeout. Otherwise the answer is TCG and the
+// reason says where the KVM boot stalled, read from the guest's console.
+func (d *Driver) ProbeAccel(ctx context.Context, p hypervisor.ProbeSpec) (accel, reason string) {
+	if err := openKVM(d.kvmDevice); err != nil {
+		return hypervisor.AccelTCG, err.Error()
 	}
-	code := []byte{
-		0xb0, 0x01, // mov al, 1
-		0xe6, debugExitPort, // out 0xf4, al
-		0xf4,       // hlt
-		0xeb, 0xfd, // jmp back to hlt
+	if p.Kernel == "" {
+		return hypervisor.AccelTCG, "no guest kernel to prove KVM with"
 	}
-	if spin {
-		code = []byte{0xeb, 0xfe} // jmp $: runs for ever, for testing the timeout
+	timeout := p.Timeout
+	if timeout <= 0 {
+		timeout = DefaultProbeTimeout
 	}
-	// The reset vector is 16 bytes below 4 GiB, which is the image's last 16 bytes.
-	copy(img[len(img)-16:], code)
-	return img
+	r := d.bootProbe(ctx, p, timeout)
+	if r.ok {
+		return hypervisor.AccelKVM, fmt.Sprintf("a KVM guest booted the kernel to its agent in %s",
+			r.elapsed.Round(10*time.Millisecond))
+	}
+	return hypervisor.AccelTCG, "KVM does not run guests here: " + r.why
 }
 
-const probeExitOK = 3
-
-// ProbeAccel implements hypervisor.AccelProber: KVM only if /dev/kvm opens
-// and a tiny KVM guest actually runs; TCG otherwise, with the reason.
-func (d *Driver) ProbeAccel(ctx context.Context) (accel, reason string) {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return hypervisor.AccelTCG, "/dev/kvm does not exist (no KVM on this host)"
-		}
-		return hypervisor.AccelTCG, fmt.Sprintf("cannot open /dev/kvm: %v", err)
-	}
-	f.Close()
-	if err := d.runProbe(ctx, hypervisor.AccelKVM, false, ProbeTimeout); err != nil {
-		return hypervisor.AccelTCG, "KVM present but unusable: " + err.Error()
-	}
-	return hypervisor.AccelKVM, "a KVM guest ran"
-}
-
-// runProbe boots the probe firmware under accel and returns nil if the vCPU
-// executed it within timeout.
-func (d *Driver) runProbe(ctx context.Context, accel string, spin bool, timeout time.Duration) error {
-	dir, err := os.MkdirTemp("", "ember-kvm-probe-")
-	if err != nil {
-		return fmt.Errorf("probe folder: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	fw := filepath.Join(dir, "probe.bin")
-	if err := os.WriteFile(fw, probeFirmware(spin), 0o600); err != nil {
-		return fmt.Errorf("write probe firmware: %w", err)
-	}
-	args := []string{"-M", "microvm", "-accel", accel}
-	if accel == hypervisor.AccelKVM {
-		// The same CPU model real VMs get, so a host whose KVM rejects it
-		// (here: an abort on MSR 0x10a) is caught now.
-		args = append(args, "-cpu", "host")
-	}
-	args = append(args, "-m", "16", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
-		"-bios", fw, "-device", fmt.Sprintf("isa-debug-exit,iobase=%#x,iosize=1", debugExitPort))
-
-	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, d.qemu, args...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.WaitDelay = time.Second
-	err = cmd.Run()
-	var ee *exec.ExitError
+// openKVM says why the KVM device cannot be used, or nil.
+func openKVM(dev string) error {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	switch {
-	case errors.As(err, &ee) && ee.ExitCode() == probeExitOK:
-		return nil
-	case parent.Err() != nil:
-		return fmt.Errorf("probe interrupted: %w", parent.Err())
-	case ctx.Err() != nil:
-		return fmt.Errorf("guest did not run within %s", timeout)
 	case err == nil:
-		return errors.New("qemu exited without the guest signalling")
+		f.Close()
+		return nil
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%s does not exist (no KVM on this host)", dev)
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("cannot open %s: permission denied (join the group that owns it, usually kvm)", dev)
 	default:
-		msg := strings.TrimSpace(out.String())
-		if msg == "" {
-			msg = err.Error()
-		}
-		return fmt.Errorf("qemu failed: %s", firstLine(msg))
+		return fmt.Errorf("cannot open %s: %v", dev, errors.Unwrap(err))
 	}
+}
+
+type probeResult struct {
+	ok      bool
+	elapsed time.Duration
+	why     string // when !ok: what happened, for a person
+}
+
+// probeArgs is QEMU's command line for a probe: the accelerator and CPU
+// model exactly as buildArgs gives VMs, no disk or network, the console on
+// stdout.
+func probeArgs(p hypervisor.ProbeSpec) []string {
+	a := []string{"-M", "microvm", "-accel", hypervisor.AccelKVM, "-cpu", "host",
+		"-smp", "1", "-m", "128", "-nodefaults", "-no-user-config", "-display", "none",
+		"-no-reboot", "-serial", "stdio", "-kernel", p.Kernel}
+	if p.Initrd != "" {
+		a = append(a, "-initrd", p.Initrd)
+	}
+	return append(a, "-append", p.Cmdline)
+}
+
+// bootProbe runs the probe guest until the agent's line, QEMU's exit, the
+// timeout or ctx, whichever comes first.
+func (d *Driver) bootProbe(ctx context.Context, p hypervisor.ProbeSpec, timeout time.Duration) probeResult {
+	cmd := exec.Command(d.qemu, probeArgs(p)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return probeResult{why: fmt.Sprintf("console pipe: %v", err)}
+	}
+	var stderr headBuffer
+	cmd.Stderr = &stderr
+	// Own process group, killed as a whole: a wrapper script's children too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return probeResult{why: fmt.Sprintf("run %s: %v", d.qemu, err)}
+	}
+	console := &consoleTail{}
+	okc := make(chan struct{})
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		console.read(stdout, hypervisor.ProbeOKLine, okc)
+	}()
+	exited := make(chan error, 1)
+	go func() {
+		<-readDone // Wait closes the pipe; read it to the end first
+		exited <- cmd.Wait()
+	}()
+	kill := func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-okc:
+		elapsed := time.Since(start)
+		// The agent powers off right after its line; do not wait long.
+		select {
+		case <-exited:
+		case <-time.After(2 * time.Second):
+			kill()
+			<-exited
+		}
+		return probeResult{ok: true, elapsed: elapsed}
+	case err := <-exited:
+		if console.sawOK() {
+			return probeResult{ok: true, elapsed: time.Since(start)}
+		}
+		if err != nil {
+			msg := firstLine(strings.TrimSpace(stderr.String()))
+			if msg == "" {
+				msg = err.Error()
+			}
+			return probeResult{why: "qemu -accel kvm failed: " + msg}
+		}
+		return probeResult{why: "the KVM guest powered off before reaching its agent" + lastLineNote(console.lines())}
+	case <-timer.C:
+		kill()
+		<-exited
+		return probeResult{why: stallReason(console.lines(), timeout)}
+	case <-ctx.Done():
+		kill()
+		<-exited
+		return probeResult{why: fmt.Sprintf("probe interrupted: %v", ctx.Err())}
+	}
+}
+
+// stallReason turns the console of a KVM boot that did not reach the agent
+// into a sentence that says where it stopped.
+func stallReason(lines []string, timeout time.Duration) string {
+	var last string
+	setupOnly, decompressed := true, false
+	for _, l := range lines {
+		if l == "" {
+			continue
+		}
+		last = l
+		switch {
+		case strings.HasPrefix(l, "Probing EDD"):
+			// printed by the kernel's real-mode setup code
+		case strings.HasPrefix(l, "Decompressing Linux"), strings.HasPrefix(l, "Parsing ELF"),
+			strings.HasPrefix(l, "Booting the kernel"), strings.HasPrefix(l, "early console in"):
+			decompressed = true
+			setupOnly = false
+		default:
+			setupOnly = false
+		}
+	}
+	switch {
+	case last == "":
+		return fmt.Sprintf("the KVM guest printed nothing in %s: its vCPU does not run guest code", timeout)
+	case setupOnly:
+		return fmt.Sprintf("KVM vCPU stops after real-mode setup (console: %q, then nothing for %s): nested virtualisation incomplete", last, timeout)
+	case decompressed:
+		return fmt.Sprintf("KVM vCPU stops after the kernel was decompressed (console: %q, then nothing for %s): nested virtualisation incomplete", last, timeout)
+	default:
+		return fmt.Sprintf("the KVM guest kernel stalled before its agent (last console line %q; %s in all)", last, timeout)
+	}
+}
+
+func lastLineNote(lines []string) string {
+	for i := len(lines) - 1; i >= 0; i-- {
+		if lines[i] != "" {
+			return fmt.Sprintf(" (last console line %q)", lines[i])
+		}
+	}
+	return ""
+}
+
+// consoleTail keeps the last lines a guest printed, each cut to
+// probeLineMax bytes, and whether the agent's line went by.
+type consoleTail struct {
+	mu   sync.Mutex
+	tail []string
+	ok   bool
+}
+
+// read consumes r line by line until EOF; it closes okc once a line holds
+// want. Lines are read in bounded pieces, so a guest that never prints a
+// newline costs no more than one piece.
+func (c *consoleTail) read(r io.Reader, want string, okc chan struct{}) {
+	br := bufio.NewReaderSize(r, 4096)
+	var cur []byte
+	flush := func() {
+		line := strings.TrimRight(string(cur), "\r")
+		cur = cur[:0]
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !c.ok && strings.Contains(line, want) {
+			c.ok = true
+			close(okc)
+		}
+		c.tail = append(c.tail, printable(line))
+		if len(c.tail) > probeTailLines {
+			c.tail = c.tail[len(c.tail)-probeTailLines:]
+		}
+	}
+	for {
+		frag, err := br.ReadSlice('\n')
+		body := frag
+		if err == nil {
+			body = frag[:len(frag)-1]
+		}
+		if room := probeLineMax - len(cur); room > 0 {
+			cur = append(cur, body[:min(room, len(body))]...)
+		}
+		switch {
+		case err == nil:
+			flush()
+		case errors.Is(err, bufio.ErrBufferFull):
+		default:
+			if len(cur) > 0 {
+				flush()
+			}
+			return
+		}
+	}
+}
+
+func (c *consoleTail) lines() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.tail...)
+}
+
+func (c *consoleTail) sawOK() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ok
+}
+
+// printable drops control characters: console text ends up in logs and on
+// terminals.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// headBuffer keeps the first 4 KiB written to it: QEMU's error comes first.
+type headBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (t *headBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if room := 4096 - len(t.b); room > 0 {
+		t.b = append(t.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (t *headBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
 }
 
 func firstLine(s string) string {

@@ -303,39 +303,6 @@ func TestStartCancelledLeavesNoProcess(t *testing.T) {
 	}
 }
 
-func TestProbeAccel(t *testing.T) {
-	d := testDriver(t)
-	accel, reason := d.ProbeAccel(context.Background())
-	t.Logf("probe: %s (%s)", accel, reason)
-	if reason == "" {
-		t.Error("no reason given")
-	}
-	if accel != hypervisor.AccelKVM && accel != hypervisor.AccelTCG {
-		t.Fatalf("accel = %q", accel)
-	}
-	if _, err := os.Stat("/dev/kvm"); err != nil && accel != hypervisor.AccelTCG {
-		t.Errorf("no /dev/kvm but accel %q", accel)
-	}
-}
-
-// The probe's two outcomes, checked under TCG where they are reliable: the
-// firmware that signals is seen, and one that spins times out.
-func TestProbeFirmwareOutcomes(t *testing.T) {
-	d := testDriver(t)
-	if err := d.runProbe(context.Background(), hypervisor.AccelTCG, false, 30*time.Second); err != nil {
-		t.Errorf("signalling firmware not seen: %v", err)
-	}
-	err := d.runProbe(context.Background(), hypervisor.AccelTCG, true, 300*time.Millisecond)
-	if err == nil || !strings.Contains(err.Error(), "did not run within") {
-		t.Errorf("spinning firmware: err = %v, want timeout", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := d.runProbe(ctx, hypervisor.AccelTCG, true, 30*time.Second); err == nil || !strings.Contains(err.Error(), "interrupted") {
-		t.Errorf("cancelled probe: err = %v", err)
-	}
-}
-
 func TestCreateDisk(t *testing.T) {
 	d := testDriver(t)
 	if d.qemuImg == "" {
@@ -426,20 +393,6 @@ func TestStartWithDisk(t *testing.T) {
 	if st, err := d.State(context.Background(), s, inst); err != nil || st != hypervisor.StateRunning {
 		t.Errorf("state = %q, %v", st, err)
 	}
-}
-
-// A QEMU that cannot use the accelerator at all fails fast with its message,
-// not with the timeout.
-func TestProbeReportsQEMUFailure(t *testing.T) {
-	d := testDriver(t)
-	if _, err := os.Stat("/dev/kvm"); err == nil {
-		t.Skip("skipping: /dev/kvm exists, so KVM may start")
-	}
-	err := d.runProbe(context.Background(), hypervisor.AccelKVM, false, 30*time.Second)
-	if err == nil || !strings.Contains(err.Error(), "qemu failed") {
-		t.Errorf("err = %v, want qemu's own failure", err)
-	}
-	t.Logf("kvm without /dev/kvm: %v", err)
 }
 
 // A QEMU that no longer answers (here: stopped with SIGSTOP) makes State fail
