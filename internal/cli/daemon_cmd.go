@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -69,40 +68,6 @@ func cleanupNetwork(e *env) error {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	return nil
-}
-
-func doctorCmd(e *env) *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "doctor",
-		Short: "Check this host for what ember needs",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			checks := daemon.Doctor(context.WithoutCancel(cmd.Context()), e.home)
-			failed := false
-			for _, c := range checks {
-				failed = failed || c.Status == "fail"
-			}
-			if asJSON {
-				if err := printJSON(e.stdout, checks); err != nil {
-					return err
-				}
-			} else {
-				for _, c := range checks {
-					fmt.Fprintf(e.stdout, "%-5s %-10s %s\n", c.Status, c.Name, c.Detail)
-					if c.Fix != "" && c.Status != "pass" {
-						fmt.Fprintf(e.stdout, "      %-10s fix: %s\n", "", c.Fix)
-					}
-				}
-			}
-			if failed {
-				return &ExitError{Code: 1}
-			}
-			return nil
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the checks as JSON")
-	return cmd
 }
 
 func versionCmd(e *env) *cobra.Command {

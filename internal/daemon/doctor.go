@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/hypervisor/qemu"
-	"github.com/emberhq/ember/internal/image"
 	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
@@ -40,29 +40,25 @@ func Doctor(ctx context.Context, home string) []Check {
 	if err != nil {
 		return []Check{fail("layout", err.Error(), "set --home or EMBER_HOME to a writable folder")}
 	}
+	root := os.Geteuid() == 0
 	if drv, err := qemu.New(qemu.Options{}); err != nil {
-		out = append(out, fail("qemu", err.Error(), "apt-get install --no-install-recommends qemu-system-x86 qemu-utils"))
+		out = append(out, fail("qemu", err.Error(), qemuFix(root)))
 	} else {
 		out = append(out, pass("qemu", drv.Binary()))
-		out = append(out, accelCheck(ctx, lay, drv))
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		accel, reason := drv.ProbeAccel(pctx)
+		cancel()
+		if accel == "kvm" {
+			out = append(out, pass("kvm", reason))
+		} else {
+			out = append(out, warn("kvm", "not usable: "+reason+"; guests run under TCG software emulation (slower)",
+				"on a host with working virtualisation, load kvm_intel/kvm_amd and give ember access to /dev/kvm"))
+		}
 	}
-	if p, err := qemu.FindQEMUImg(); err != nil {
-		out = append(out, fail("qemu-img", err.Error(), "apt-get install --no-install-recommends qemu-utils"))
-	} else {
-		out = append(out, pass("qemu-img", p))
-	}
+	// One line per host tool ember runs, from the table of host tools.
+	out = append(out, toolChecks(daemonTools(), hosttools.Finder{}.FindTool, root)...)
 	out = append(out, kernelCheck(ctx, lay))
-	if _, err := image.FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
-		out = append(out, fail("e2fsprogs", err.Error(), "apt-get install e2fsprogs"))
-	} else {
-		out = append(out, pass("e2fsprogs", "mkfs.ext4 present"))
-	}
-	if p, err := image.FindBusybox(); err != nil {
-		out = append(out, fail("busybox", err.Error(), "apt-get install busybox-static"))
-	} else {
-		out = append(out, pass("busybox", p))
-	}
-	out = append(out, netChecks(ctx, lay)...)
+	out = append(out, netChecks(ctx, lay, root)...)
 	out = append(out, diskCheck(lay))
 	out = append(out, storeCheck(ctx, lay))
 	out = append(out, daemonCheck(lay))

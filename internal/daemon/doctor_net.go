@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/ipam"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/netconf"
@@ -19,23 +21,19 @@ const capNetAdmin = 12
 
 // netChecks are the tap-networking checks. With tap off they say so and
 // touch nothing; in particular the resolver check (a DNS query through the
-// host's resolver) only runs when tap networking is configured.
-func netChecks(ctx context.Context, lay layout.Layout) []Check {
+// host's resolver) only runs when tap networking is configured. root says
+// whether doctor runs as root: tap networking needs a root daemon, so only
+// root is offered to turn it on.
+func netChecks(ctx context.Context, lay layout.Layout, root bool) []Check {
 	cfg, err := layout.LoadConfig(lay.Config)
 	if err != nil {
 		return []Check{fail("config", err.Error(), "fix "+lay.Config)}
 	}
-	out := []Check{capCheck(), tunCheck()}
 	if !cfg.TAPEnabled() {
-		// Rootless and user-mode daemons do not need them: not a warning.
-		for i := range out {
-			if out[i].Status == "warn" {
-				out[i].Status, out[i].Fix = "pass", ""
-				out[i].Detail += " (needed only for tap networking, which is off)"
-			}
-		}
-		return append(out, pass("tap", "tap networking is off (user mode only); set tap = true in "+lay.Config+" to use --net tap"))
+		return tapOffChecks(lay, root)
 	}
+	out := []Check{capCheck(lay, root), tunCheck(root)}
+	out = append(out, toolChecks(tapTools(), hosttools.Finder{}.FindTool, root)...)
 	sub, err := ipam.Parse(cfg.Subnet)
 	if err != nil {
 		return append(out, fail("subnet", err.Error(), "fix `subnet` in "+lay.Config))
@@ -48,40 +46,86 @@ func netChecks(ctx context.Context, lay layout.Layout) []Check {
 		out = append(out, pass("bridge", st))
 	}
 	if ok, err := netconf.NATInstalled(cfg.NFTable); err != nil {
-		out = append(out, fail("nftables", err.Error(), "load the nf_tables kernel module (modprobe nf_tables) and run as root"))
+		out = append(out, fail("nftables", err.Error(), "load the nf_tables kernel module ("+asRoot("modprobe nf_tables", root)+") and run the daemon as root"))
 	} else if ok {
 		out = append(out, pass("nftables", "table inet "+cfg.NFTable+" installed"))
 	} else {
 		out = append(out, warn("nftables", "available; table inet "+cfg.NFTable+" not installed", "start the daemon: it installs the NAT table"))
 	}
 	out = append(out, dnsPortCheck(gw, daemonUp))
-	out = append(out, forwardCheck(cfg.Bridge))
-	out = append(out, resolveCheck(ctx, cfg, gw))
+	out = append(out, forwardCheck(cfg.Bridge, root))
+	out = append(out, resolveCheck(ctx, cfg, gw, root))
 	return out
 }
 
-func capCheck() Check {
+// tapOffChecks: with tap networking off, CAP_NET_ADMIN and /dev/net/tun
+// are not needed, so their absence is no problem and never reads as one.
+func tapOffChecks(lay layout.Layout, root bool) []Check {
+	const notNeeded = "not needed: tap networking is off"
+	capc := pass("cap_net_admin", notNeeded)
+	if hasCapNetAdmin() == nil {
+		capc.Detail = "present"
+	}
+	tun := pass("tun", notNeeded)
+	if openTun() == nil {
+		tun.Detail = "/dev/net/tun usable"
+	}
+	tap := pass("tap", "off: VMs use user-mode networking; set tap = true in "+lay.Config+" for --net tap (bridge, addresses, VM DNS)")
+	if !root {
+		tap.Detail = "off: VMs use user-mode networking (tap networking needs a daemon running as root)"
+	}
+	return []Check{capc, tun, tap}
+}
+
+// hasCapNetAdmin reports why this process lacks CAP_NET_ADMIN, or nil.
+func hasCapNetAdmin() error {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		return warn("cap_net_admin", err.Error(), "")
+		return err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
 			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			if err == nil && caps&(1<<capNetAdmin) != 0 {
-				return pass("cap_net_admin", "present")
+			if err != nil {
+				return fmt.Errorf("CapEff %q: %w", strings.TrimSpace(v), err)
 			}
+			if caps&(1<<capNetAdmin) == 0 {
+				return errors.New("missing")
+			}
+			return nil
 		}
 	}
-	return warn("cap_net_admin", "missing: tap networking (bridge, TAPs, NAT) cannot be set up", "run the daemon as root (user mode networking works without it)")
+	return errors.New("no CapEff in /proc/self/status")
 }
 
-func tunCheck() Check {
+// capCheck is for a config with tap on: the daemon refuses to start
+// without CAP_NET_ADMIN.
+func capCheck(lay layout.Layout, root bool) Check { return capCheckFor(hasCapNetAdmin(), lay, root) }
+
+func capCheckFor(err error, lay layout.Layout, root bool) Check {
+	if err == nil {
+		return pass("cap_net_admin", "present")
+	}
+	detail := err.Error() + ": a daemon run like this cannot set up tap networking (bridge, TAPs, NAT) and refuses to start"
+	if !root {
+		return fail("cap_net_admin", detail,
+			"tap networking needs a daemon running as root (sudo ember daemon, which uses /etc/ember/config.toml); for this user's daemon remove tap and default_net = \"tap\" from "+lay.Config)
+	}
+	return fail("cap_net_admin", detail, "give the daemon CAP_NET_ADMIN (in a container: --cap-add NET_ADMIN)")
+}
+
+func openTun() error {
 	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
 	if err != nil {
-		return warn("tun", "/dev/net/tun: "+err.Error(), "modprobe tun; in a container, pass --device /dev/net/tun")
+		return err
 	}
-	f.Close()
+	return f.Close()
+}
+
+func tunCheck(root bool) Check {
+	if err := openTun(); err != nil {
+		return warn("tun", "/dev/net/tun: "+err.Error(), asRoot("modprobe tun", root)+"; in a container, pass --device /dev/net/tun")
+	}
 	return pass("tun", "/dev/net/tun usable")
 }
 
@@ -101,19 +145,19 @@ func dnsPortCheck(gw string, daemonUp bool) Check {
 	return pass("dns port", addr+" free")
 }
 
-func forwardCheck(bridge string) Check {
+func forwardCheck(bridge string, root bool) Check {
 	on, err := netconf.Forwarding(bridge)
 	if err != nil {
 		return warn("forwarding", "bridge "+bridge+" not there yet", "start the daemon: it enables forwarding on the bridge")
 	}
 	if !on {
-		return fail("forwarding", "IPv4 forwarding is off on "+bridge, "sysctl -w net.ipv4.conf."+bridge+".forwarding=1 (the daemon sets it at start)")
+		return fail("forwarding", "IPv4 forwarding is off on "+bridge, asRoot("sysctl -w net.ipv4.conf."+bridge+".forwarding=1", root)+" (the daemon sets it at start)")
 	}
 	detail := "on for " + bridge
 	for _, up := range netconf.Uplinks() {
 		if ok, _ := netconf.Forwarding(up); !ok {
 			return warn("forwarding", detail+"; off on uplink "+up+", so replies to guests' egress are not forwarded",
-				"sysctl -w net.ipv4.conf."+up+".forwarding=1 for guest internet access")
+				asRoot("sysctl -w net.ipv4.conf."+up+".forwarding=1", root)+" for guest internet access")
 		}
 		detail += ", " + up
 	}
@@ -122,9 +166,10 @@ func forwardCheck(bridge string) Check {
 
 // resolveCheck asks the host's resolver for the bare domain, which the VM
 // DNS answers with the bridge address.
-func resolveCheck(ctx context.Context, cfg layout.Config, gw string) Check {
-	fix := fmt.Sprintf("route the domain to the VM DNS with systemd-resolved: resolvectl dns %s %s && resolvectl domain %s '~%s'",
-		cfg.Bridge, gw, cfg.Bridge, cfg.Domain)
+func resolveCheck(ctx context.Context, cfg layout.Config, gw string, root bool) Check {
+	fix := fmt.Sprintf("route the domain to the VM DNS with systemd-resolved: %s && %s",
+		asRoot(fmt.Sprintf("resolvectl dns %s %s", cfg.Bridge, gw), root),
+		asRoot(fmt.Sprintf("resolvectl domain %s '~%s'", cfg.Bridge, cfg.Domain), root))
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	addrs, err := net.DefaultResolver.LookupHost(ctx, cfg.Domain)

@@ -220,8 +220,12 @@ func (f Finder) FindTool(t Tool) (string, error) {
 	if len(rejected) > 0 {
 		return "", fmt.Errorf("no usable %s found (install %s): %w", t.Binary, t.installHint(), errors.Join(rejected...))
 	}
-	return "", fmt.Errorf("%s not found in PATH or %s (install %s)", t.Binary, strings.Join(dirs, ", "), t.installHint())
+	return "", fmt.Errorf("%s %w in PATH or %s (install %s)", t.Binary, ErrNotFound, strings.Join(dirs, ", "), t.installHint())
 }
+
+// ErrNotFound is wrapped by a finder's error when no file of that name
+// exists (rather than none that the tool's Check accepts).
+var ErrNotFound = errors.New("not found")
 
 func (t Tool) installHint() string {
 	if t.Package == "" {

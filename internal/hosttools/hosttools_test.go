@@ -117,7 +117,7 @@ func TestFinderSearchesPathThenSbin(t *testing.T) {
 	mkfs := Tool{Binary: "mkfs.ext4", Package: "e2fsprogs"}
 
 	_, err := f.FindTool(mkfs)
-	if err == nil || !strings.Contains(err.Error(), "mkfs.ext4 not found in PATH or "+sbin+" (install the Debian package e2fsprogs)") {
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "mkfs.ext4 not found in PATH or "+sbin+" (install the Debian package e2fsprogs)") {
 		t.Fatalf("err = %v", err)
 	}
 	// A non-root PATH lacks /usr/sbin: the finder looks there too.
@@ -167,7 +167,7 @@ func TestFinderCheck(t *testing.T) {
 	}}
 	f := Finder{Path: a, Dirs: []string{b}}
 	_, err := f.FindTool(tool)
-	if err == nil || !strings.Contains(err.Error(), "no usable busybox found (install the Debian package busybox-static): "+bad+" is dynamically linked") {
+	if err == nil || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "no usable busybox found (install the Debian package busybox-static): "+bad+" is dynamically linked") {
 		t.Fatalf("err = %v", err)
 	}
 	good := fakeTool(t, b, "busybox", 0o755)

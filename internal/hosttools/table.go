@@ -54,6 +54,7 @@ var table = []Tool{
 	{Binary: "sed", Package: "sed", Base: true},
 	{Binary: "tar", Package: "tar", Base: true},
 	{Binary: "find", Package: "findutils", Base: true},
+	{Binary: "getent", Package: "libc-bin", Base: true},
 	{Binary: "dpkg", Package: "dpkg", Base: true},
 	{Binary: "setsid", Package: "util-linux", Base: true},
 	{Binary: "unshare", Package: "util-linux", Base: true},
@@ -85,6 +86,7 @@ var table = []Tool{
 	{Binary: "timeout", Package: "coreutils", Base: true},
 	{Binary: "touch", Package: "coreutils", Base: true},
 
-	// make stop.
+	// make stop and make install.
 	{Binary: "pkill", Package: "procps", Needs: []Purpose{Run}, Use: "stops the daemon (make stop)"},
+	{Binary: "groupadd", Package: "passwd", Needs: []Purpose{Run}, Use: "creates the ember group (make install)"},
 }

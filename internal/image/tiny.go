@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/emberhq/ember/internal/hosttools"
 )
 
 // TinyName is the name of the built-in default image.
@@ -56,15 +58,15 @@ func BuildTiny(ctx context.Context, agentPath, busyboxPath, outPath string, size
 	if sizeMiB <= 0 {
 		sizeMiB = DefaultTinySizeMiB
 	}
-	mkfs, err := FindTool("mkfs.ext4", "e2fsprogs")
+	mkfs, err := hosttools.Find("mkfs.ext4")
 	if err != nil {
 		return fmt.Errorf("build tiny image: %w", err)
 	}
-	debugfs, err := FindTool("debugfs", "e2fsprogs")
+	debugfs, err := hosttools.Find("debugfs")
 	if err != nil {
 		return fmt.Errorf("build tiny image: %w", err)
 	}
-	if err := checkStatic(busyboxPath); err != nil {
+	if err := hosttools.CheckStatic(busyboxPath); err != nil {
 		return fmt.Errorf("build tiny image: busybox must be static: %w", err)
 	}
 	rootDir, err := os.MkdirTemp("", "ember-tiny-root-*")

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/emberhq/ember/internal/hosttools"
 )
 
 func needTools(t *testing.T) (busybox, debugfs string) {
@@ -15,10 +17,10 @@ func needTools(t *testing.T) (busybox, debugfs string) {
 	if err != nil {
 		t.Skipf("no static busybox: %v", err)
 	}
-	if _, err := FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
+	if _, err := hosttools.Find("mkfs.ext4"); err != nil {
 		t.Skipf("%v", err)
 	}
-	dfs, err := FindTool("debugfs", "e2fsprogs")
+	dfs, err := hosttools.Find("debugfs")
 	if err != nil {
 		t.Skipf("%v", err)
 	}
@@ -139,7 +141,7 @@ func TestStaticCheck(t *testing.T) {
 	if err != nil {
 		t.Skipf("no static busybox: %v", err)
 	}
-	if err := checkStatic(bb); err != nil {
+	if err := hosttools.CheckStatic(bb); err != nil {
 		t.Fatal(err)
 	}
 	// A dynamically linked system binary must be refused.
@@ -147,7 +149,7 @@ func TestStaticCheck(t *testing.T) {
 		if _, err := os.Stat(dyn); err != nil {
 			continue
 		}
-		if err := checkStatic(dyn); err == nil {
+		if err := hosttools.CheckStatic(dyn); err == nil {
 			t.Skipf("%s is static here", dyn)
 		} else if !strings.Contains(err.Error(), "dynamically linked") {
 			t.Fatalf("%s: %v", dyn, err)

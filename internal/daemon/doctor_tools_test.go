@@ -1,0 +1,120 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/emberhq/ember/internal/hosttools"
+	"github.com/emberhq/ember/internal/layout"
+)
+
+func TestToolChecks(t *testing.T) {
+	tools := []hosttools.Tool{
+		{Binary: "qemu-img", Package: "qemu-utils", Daemon: hosttools.Required, Use: "makes each VM's copy-on-write disk"},
+		{Binary: "busybox", Package: "busybox-static", Daemon: hosttools.Required},
+		{Binary: "apt-get", Package: "apt", Daemon: hosttools.Optional, Use: "downloads Debian's cloud kernel package"},
+		{Binary: "debugfs", Package: "e2fsprogs", Daemon: hosttools.Required},
+	}
+	find := func(tool hosttools.Tool) (string, error) {
+		switch tool.Binary {
+		case "debugfs":
+			return "/usr/sbin/debugfs", nil
+		case "busybox":
+			return "", errors.New("no usable busybox found (install the Debian package busybox-static): /usr/bin/busybox is dynamically linked")
+		}
+		return "", fmt.Errorf("%s %w in PATH", tool.Binary, hosttools.ErrNotFound)
+	}
+	for _, root := range []bool{true, false} {
+		got := toolChecks(tools, find, root)
+		sudo := "sudo "
+		if root {
+			sudo = ""
+		}
+		want := []Check{
+			{Name: "qemu-img", Status: "fail", Detail: "not found (Debian package qemu-utils); it makes each VM's copy-on-write disk",
+				Fix: sudo + "apt-get install --no-install-recommends qemu-utils"},
+			{Name: "busybox", Status: "fail", Detail: "no usable busybox found (install the Debian package busybox-static): /usr/bin/busybox is dynamically linked",
+				Fix: sudo + "apt-get install --no-install-recommends busybox-static"},
+			{Name: "apt-get", Status: "warn", Detail: "not found (Debian package apt); it downloads Debian's cloud kernel package",
+				Fix: sudo + "apt-get install --no-install-recommends apt"},
+			{Name: "debugfs", Status: "pass", Detail: "/usr/sbin/debugfs"},
+		}
+		if !root {
+			for i := range want {
+				if want[i].Fix != "" {
+					want[i].Fix += " (or ask an administrator)"
+				}
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("root=%v: %d checks, want %d: %+v", root, len(got), len(want), got)
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("root=%v:\n got %+v\nwant %+v", root, got[i], want[i])
+			}
+		}
+	}
+}
+
+func TestDoctorToolsComeFromTheTable(t *testing.T) {
+	names := map[string]bool{}
+	for _, tool := range daemonTools() {
+		names[tool.Binary] = true
+	}
+	for _, want := range []string{"qemu-img", "mkfs.ext4", "debugfs", "busybox", "apt-get", "apt-cache", "dpkg-deb"} {
+		if !names[want] {
+			t.Errorf("doctor does not check %s (checks %v)", want, names)
+		}
+	}
+	if names[qemuBinary] || names["nft"] || names["go"] {
+		t.Errorf("doctor checks %v", names)
+	}
+	tap := map[string]bool{}
+	for _, tool := range tapTools() {
+		tap[tool.Binary] = true
+	}
+	if !tap["nft"] || !tap["ip"] || len(tap) != 2 {
+		t.Errorf("tap tools %v", tap)
+	}
+}
+
+// A check that finds something missing never passes, and nobody but root
+// is told to turn tap networking on.
+func TestTapOffChecksTellTheTruth(t *testing.T) {
+	lay := layout.Layout{Config: "/home/u/.config/ember/config.toml"}
+	for _, root := range []bool{true, false} {
+		checks := tapOffChecks(lay, root)
+		names := ""
+		for _, c := range checks {
+			names += c.Name + " "
+			if c.Status == "pass" && strings.Contains(c.Detail, "missing") {
+				t.Errorf("root=%v: %s passes with %q", root, c.Name, c.Detail)
+			}
+			advises := strings.Contains(c.Detail+c.Fix, "tap = true")
+			if advises != (root && c.Name == "tap") {
+				t.Errorf("root=%v: %s: %q / %q", root, c.Name, c.Detail, c.Fix)
+			}
+		}
+		if names != "cap_net_admin tun tap " {
+			t.Errorf("root=%v: checks %s", root, names)
+		}
+	}
+}
+
+func TestCapCheckAdvice(t *testing.T) {
+	lay := layout.Layout{Config: "/home/u/.config/ember/config.toml"}
+	missing := errors.New("missing")
+	c := capCheckFor(missing, lay, false)
+	if c.Status != "fail" || strings.Contains(c.Fix, "tap = true") || !strings.Contains(c.Fix, "sudo ember daemon") {
+		t.Errorf("user: %+v", c)
+	}
+	if c := capCheckFor(missing, lay, true); c.Status != "fail" || !strings.Contains(c.Fix, "CAP_NET_ADMIN") {
+		t.Errorf("root: %+v", c)
+	}
+	if c := capCheckFor(nil, lay, false); c.Status != "pass" || c.Detail != "present" {
+		t.Errorf("present: %+v", c)
+	}
+}
