@@ -45,15 +45,7 @@ func Doctor(ctx context.Context, home string) []Check {
 		out = append(out, fail("qemu", err.Error(), qemuFix(root)))
 	} else {
 		out = append(out, pass("qemu", drv.Binary()))
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		accel, reason := drv.ProbeAccel(pctx)
-		cancel()
-		if accel == "kvm" {
-			out = append(out, pass("kvm", reason))
-		} else {
-			out = append(out, warn("kvm", "not usable: "+reason+"; guests run under TCG software emulation (slower)",
-				"on a host with working virtualisation, load kvm_intel/kvm_amd and give ember access to /dev/kvm"))
-		}
+		out = append(out, accelCheck(ctx, lay, drv))
 	}
 	// One line per host tool ember runs, from the table of host tools.
 	out = append(out, toolChecks(daemonTools(), hosttools.Finder{}.FindTool, root)...)

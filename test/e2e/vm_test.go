@@ -196,8 +196,8 @@ func checkDoctor(t *testing.T, e *env) {
 			t.Errorf("doctor %s: %q, want pass (all: %v)", name, got[name], got)
 		}
 	}
-	if got["kvm"] == "" {
-		t.Errorf("doctor has no kvm check: %v", got)
+	if got["accel"] == "" {
+		t.Errorf("doctor has no accel check: %v", got)
 	}
 }
 

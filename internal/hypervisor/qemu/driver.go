@@ -25,7 +25,9 @@ type Options struct {
 	// TSCKHz is passed as tsc_early_khz to TCG guests; 0 detects the host's
 	// rate, negative disables.
 	TSCKHz int
-	Logger *slog.Logger
+	// KVMDevice is the KVM device node ProbeAccel opens; "" means /dev/kvm.
+	KVMDevice string
+	Logger    *slog.Logger
 }
 
 // Driver runs VMs with QEMU. It is safe for concurrent use: it keeps no
@@ -34,6 +36,7 @@ type Driver struct {
 	qemu, qemuImg string
 	quitGrace     time.Duration
 	tscKHz        int
+	kvmDevice     string
 	log           *slog.Logger
 }
 
@@ -43,7 +46,10 @@ var _ hypervisor.AccelProber = (*Driver)(nil)
 // New finds the QEMU binaries. A missing qemu-system-x86_64 is an error; a
 // missing qemu-img only makes CreateDisk fail.
 func New(o Options) (*Driver, error) {
-	d := &Driver{quitGrace: o.QuitGrace, tscKHz: o.TSCKHz, log: o.Logger}
+	d := &Driver{quitGrace: o.QuitGrace, tscKHz: o.TSCKHz, kvmDevice: o.KVMDevice, log: o.Logger}
+	if d.kvmDevice == "" {
+		d.kvmDevice = "/dev/kvm"
+	}
 	if d.quitGrace <= 0 {
 		d.quitGrace = 3 * time.Second
 	}
