@@ -171,9 +171,27 @@ func (d *Daemon) registerKernels(ctx context.Context) {
 }
 
 // initrdCache builds each kernel's initramfs once per agent version. It
-// owns its lock, a leaf held while one initramfs is written.
+// owns its lock, a leaf held only to find the per-file lock; the per-file
+// lock is held while that one initramfs is written, so building one
+// kernel's initramfs never waits for another's.
 type initrdCache struct {
-	mu sync.Mutex
+	// mu guards building.
+	mu       sync.Mutex
+	building map[string]*sync.Mutex
+}
+
+func (c *initrdCache) lockFor(path string) *sync.Mutex {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.building == nil {
+		c.building = make(map[string]*sync.Mutex)
+	}
+	m := c.building[path]
+	if m == nil {
+		m = &sync.Mutex{}
+		c.building[path] = m
+	}
+	return m
 }
 
 func (c *initrdCache) ensure(ctx context.Context, dir string, k kernel.Kernel, agent string, progress func(string)) (string, error) {
@@ -182,8 +200,9 @@ func (c *initrdCache) ensure(ctx context.Context, dir string, k kernel.Kernel, a
 		return "", err
 	}
 	path := filepath.Join(dir, "initramfs-"+key+".cpio.gz")
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	m := c.lockFor(path)
+	m.Lock()
+	defer m.Unlock()
 	if _, err := os.Stat(path); err == nil {
 		return path, nil
 	}

@@ -50,8 +50,11 @@
 //     a leaf). Addresses are allocated inside createVMMu, in the same store
 //     transaction as the VM's insert; the TAP is taken just before that
 //     window and given back if the create goes no further.
-//   - accel (accelCache), initrd (initrdCache), kernelFetchMu: one-time
-//     decisions and builds, each behind its own leaf lock.
+//   - accel (accelCache, accel.go): one accelerator decision per kernel and
+//     initramfs, made by booting that kernel under KVM for a moment (or
+//     taken from the config); its lock is a leaf never held across the
+//     probe. initrd (initrdCache): a leaf lock that hands out one mutex
+//     per initramfs file. kernelFetchMu: the first kernel fetch.
 //
 // Lock order — acquire left to right, release in reverse:
 //
