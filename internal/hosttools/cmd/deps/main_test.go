@@ -29,6 +29,7 @@ var testTools = []hosttools.Tool{
 	{Binary: "debugfs", Package: "e2fsprogs", Needs: []hosttools.Purpose{hosttools.Run}},
 	{Binary: "nft", Package: "nftables", Needs: []hosttools.Purpose{hosttools.Tap}},
 	{Binary: "apt-get", Package: "apt", Base: true},
+	{Binary: "go", Base: true}, // never looked for: deps runs under Go
 }
 
 func newFakeHost(t *testing.T, have ...string) *fakeHost {
