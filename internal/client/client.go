@@ -42,6 +42,11 @@ func New(home string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ForLayout(lay)
+}
+
+// ForLayout is New for a layout already resolved.
+func ForLayout(lay layout.Layout) (*Client, error) {
 	return locate(lay, layout.SystemSocket, os.Geteuid())
 }
 

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/hypervisor/qemu"
 	"github.com/emberhq/ember/internal/kernel"
@@ -115,11 +115,20 @@ func storeCheck(ctx context.Context, lay layout.Layout) Check {
 	return pass("store", lay.Store()+" ok")
 }
 
+// daemonCheck asks the daemon the CLI would reach for lay: the user's own,
+// or the system one for a user without (internal/client decides).
 func daemonCheck(lay layout.Layout) Check {
-	c, err := net.DialTimeout("unix", lay.Socket(), time.Second)
-	if err != nil {
-		return warn("daemon", "not reachable on "+lay.Socket(), "start it with `ember daemon` (or `make run`)")
+	c, err := client.ForLayout(lay)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		err = c.Call(ctx, "daemon.info", nil, nil)
 	}
-	c.Close()
-	return pass("daemon", "answers on "+lay.Socket())
+	switch {
+	case errors.Is(err, client.ErrPermission):
+		return warn("daemon", err.Error(), "join the group it names, or run as root")
+	case err != nil:
+		return warn("daemon", err.Error(), "start it with `ember daemon` (or `make run`)")
+	}
+	return pass("daemon", "answers on "+c.Socket)
 }
