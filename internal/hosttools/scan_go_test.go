@@ -15,8 +15,9 @@ import (
 )
 
 // This file finds the programs Go code executes. The sinks are
-// exec.Command, exec.CommandContext, exec.LookPath, os.StartProcess and
-// this package's Find (function and method). A function that passes one of its
+// exec.Command, exec.CommandContext, exec.LookPath, os.StartProcess,
+// syscall's and unix's Exec, ForkExec and StartProcess, and this package's
+// Find (function and method). A function that passes one of its
 // parameters to a sink's program argument (or as the program of
 // `ip netns exec NS PROG`) becomes a sink itself, across the packages of the
 // module, until nothing changes: kernel's run(ctx, dir, name, args...),
@@ -60,10 +61,14 @@ type goScan struct {
 // returns every program they execute.
 func scanGo(root, module string, dirs []string, skip func(rel string) bool) ([]goUse, error) {
 	s := &goScan{fset: token.NewFileSet(), module: module, pkgs: map[string]*goPkg{}, sinks: map[string]int{
-		"os/exec.Command":        0,
-		"os/exec.CommandContext": 1,
-		"os/exec.LookPath":       0,
-		"os.StartProcess":        0,
+		"os/exec.Command":            0,
+		"os/exec.CommandContext":     1,
+		"os/exec.LookPath":           0,
+		"os.StartProcess":            0,
+		"syscall.Exec":               0,
+		"syscall.ForkExec":           0,
+		"syscall.StartProcess":       0,
+		"golang.org/x/sys/unix.Exec": 0,
 	}}
 	self := "github.com/emberhq/ember/internal/hosttools"
 	s.sinks[self+".Find"] = 0

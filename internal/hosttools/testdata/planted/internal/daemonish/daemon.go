@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"syscall"
 
 	"example.com/planted/internal/tools"
 	"github.com/emberhq/ember/internal/hosttools"
@@ -58,6 +59,10 @@ func find() {
 
 func absolute() {
 	_ = exec.Command("/usr/sbin/planted-abs-go").Run() // want planted-abs-go
+}
+
+func syscallExec() {
+	_ = syscall.Exec("/usr/bin/planted-syscall", nil, nil) // want planted-syscall
 }
 
 func local() {
