@@ -242,6 +242,21 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 	return nil
 }
 
+// Do sends a request of method m with params p and returns its result. Every
+// method the daemon answers is in wire's method table, so a caller names it
+// by its table entry (wire.VMList), never by a string.
+func Do[P, R any](ctx context.Context, c *Client, m wire.Method[P, R], p P) (R, error) {
+	var r R
+	err := c.Call(ctx, m.Name, p, &r)
+	return r, err
+}
+
+// Open sends a streaming request of method m with params p; the daemon either
+// refuses it with a typed error or switches the connection to frames.
+func Open[P any](ctx context.Context, c *Client, m wire.StreamMethod[P], p P) (*Stream, error) {
+	return c.OpenStream(ctx, m.Name, p)
+}
+
 // Stream is a connection switched to frames.
 type Stream struct {
 	conn net.Conn
