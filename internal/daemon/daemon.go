@@ -97,6 +97,8 @@ type Daemon struct {
 	net *netSubsys
 
 	listener net.Listener
+	// methods is the dispatch table, filled once in Open.
+	methods methodTable
 }
 
 // Open builds the daemon: layout, config, single-instance lock, store,
@@ -177,6 +179,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.registerKernels(ctx)
+	d.methods = d.registerMethods()
 	if opts.PrepareBoot == nil {
 		d.probeAtStart(ctx)
 	}
@@ -296,7 +299,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 	})
 	defer stop()
 	sc := &streamConn{Conn: c, r: br}
-	if !streamMethods[req.Method] {
+	if !wire.IsStream(req.Method) {
 		// A client that hangs up cancels its request.
 		go func() {
 			_, _ = io.Copy(io.Discard, br)
@@ -357,80 +360,38 @@ func writeResponse(w io.Writer, res any, err error) {
 // requestLineTimeout bounds the wait for a connection's request.
 const requestLineTimeout = 30 * time.Second
 
-var streamMethods = map[string]bool{"vm.exec": true, "vm.logs": true, "op.wait": true, "kernel.fetch": true,
-	"session.attach": true, "session.read": true}
-
-// dispatch is the one table of methods. Every capability starts here.
-func (d *Daemon) dispatch(ctx context.Context, req wire.Request, sc *streamConn) (any, error) {
-	switch req.Method {
-	case "daemon.info":
-		return d.info(), nil
-	case "vm.create":
-		return withParams(req, func(p wire.CreateVMParams) (any, error) { return d.createVM(ctx, p) })
-	case "vm.list":
-		return d.listVMs(ctx)
-	case "vm.inspect":
-		return withParams(req, func(p wire.RefParams) (any, error) { return d.inspectVM(ctx, p.Ref) })
-	case "vm.start":
-		return withParams(req, func(p wire.RefParams) (any, error) { return d.startVM(ctx, p.Ref) })
-	case "vm.stop":
-		return withParams(req, func(p wire.RefParams) (any, error) { return d.stopVM(ctx, p) })
-	case "vm.restart":
-		return withParams(req, func(p wire.RefParams) (any, error) { return d.restartVM(ctx, p) })
-	case "vm.delete":
-		return withParams(req, func(p wire.RefParams) (any, error) { return d.deleteVM(ctx, p) })
-	case "vm.exec":
-		return withParams(req, func(p wire.ExecParams) (any, error) { return nil, d.execVM(ctx, p, sc) })
-	case "vm.logs":
-		return withParams(req, func(p wire.LogsParams) (any, error) { return nil, d.logsVM(ctx, p, sc) })
-	case "op.list":
-		return d.listOps(ctx)
-	case "op.status":
-		return withParams(req, func(p wire.OpParams) (any, error) { return d.opStatus(ctx, p.ID) })
-	case "op.wait":
-		return withParams(req, func(p wire.OpParams) (any, error) { return nil, d.opWait(ctx, p.ID, sc) })
-	case "op.cancel":
-		return withParams(req, func(p wire.OpParams) (any, error) { return nil, d.createOps.Cancel(p.ID) })
-	case "op.prune":
-		return d.pruneOps(ctx)
-	case "image.list":
-		return d.listImages(ctx)
-	case "image.inspect":
-		return withParams(req, func(p wire.RefParams) (any, error) { return d.inspectImage(ctx, p.Ref) })
-	case "kernel.list":
-		return d.listKernels(ctx)
-	case "kernel.fetch":
-		return nil, d.fetchKernel(ctx, sc)
-	case "kernel.import":
-		return withParams(req, func(p wire.KernelImportParams) (any, error) { return d.importKernel(ctx, p) })
-	case "session.list":
-		return withParams(req, func(p wire.SessionParams) (any, error) { return d.listSessions(ctx, p) })
-	case "session.create":
-		return withParams(req, func(p wire.SessionCreateParams) (any, error) { return d.createSession(ctx, p) })
-	case "session.attach":
-		return withParams(req, func(p wire.SessionAttachParams) (any, error) { return nil, d.attachSession(ctx, p, sc) })
-	case "session.send":
-		return withParams(req, func(p wire.SessionSendParams) (any, error) { return nil, d.sendSession(ctx, p) })
-	case "session.read":
-		return withParams(req, func(p wire.SessionReadParams) (any, error) { return nil, d.readSession(ctx, p, sc) })
-	case "session.kill":
-		return withParams(req, func(p wire.SessionParams) (any, error) { return nil, d.killSession(ctx, p) })
-	case "session.signal":
-		return withParams(req, func(p wire.SessionSignalParams) (any, error) { return nil, d.signalSession(ctx, p) })
-	default:
-		return nil, invalidf("unknown method %q", req.Method)
-	}
-}
-
-// withParams decodes the request's params into P and calls fn.
-func withParams[P any](req wire.Request, fn func(P) (any, error)) (any, error) {
-	var p P
-	if len(req.Params) > 0 {
-		if err := json.Unmarshal(req.Params, &p); err != nil {
-			return nil, invalidf("%s: bad params: %v", req.Method, err)
-		}
-	}
-	return fn(p)
+// registerMethods builds the dispatch table: every service adds the methods
+// it owns.
+func (d *Daemon) registerMethods() methodTable {
+	t := methodTable{}
+	handle(t, wire.DaemonInfoMethod, func(context.Context, wire.None) (wire.DaemonInfo, error) { return d.info(), nil })
+	handle(t, wire.VMCreate, d.createVM)
+	handle(t, wire.VMList, func(ctx context.Context, _ wire.None) ([]wire.VM, error) { return d.listVMs(ctx) })
+	handle(t, wire.VMInspect, func(ctx context.Context, p wire.RefParams) (wire.VM, error) { return d.inspectVM(ctx, p.Ref) })
+	handle(t, wire.VMStart, func(ctx context.Context, p wire.RefParams) (wire.VM, error) { return d.startVM(ctx, p.Ref) })
+	handle(t, wire.VMStop, d.stopVM)
+	handle(t, wire.VMRestart, d.restartVM)
+	handle(t, wire.VMDelete, d.deleteVM)
+	handleStream(t, wire.VMExec, d.execVM)
+	handleStream(t, wire.VMLogs, d.logsVM)
+	handle(t, wire.OpList, func(ctx context.Context, _ wire.None) ([]wire.Operation, error) { return d.listOps(ctx) })
+	handle(t, wire.OpStatus, func(ctx context.Context, p wire.OpParams) (wire.Operation, error) { return d.opStatus(ctx, p.ID) })
+	handleStream(t, wire.OpWait, func(ctx context.Context, p wire.OpParams, sc *streamConn) error { return d.opWait(ctx, p.ID, sc) })
+	handle(t, wire.OpCancel, func(ctx context.Context, p wire.OpParams) (wire.None, error) { return wire.None{}, d.createOps.Cancel(p.ID) })
+	handle(t, wire.OpPrune, func(ctx context.Context, _ wire.None) (map[string]int, error) { return d.pruneOps(ctx) })
+	handle(t, wire.ImageList, func(ctx context.Context, _ wire.None) ([]wire.Image, error) { return d.listImages(ctx) })
+	handle(t, wire.ImageInspect, func(ctx context.Context, p wire.RefParams) (wire.Image, error) { return d.inspectImage(ctx, p.Ref) })
+	handle(t, wire.KernelList, func(ctx context.Context, _ wire.None) ([]wire.Kernel, error) { return d.listKernels(ctx) })
+	handleStream(t, wire.KernelFetch, func(ctx context.Context, _ wire.KernelFetchParams, sc *streamConn) error { return d.fetchKernel(ctx, sc) })
+	handle(t, wire.KernelImport, d.importKernel)
+	handle(t, wire.SessionList, d.listSessions)
+	handle(t, wire.SessionCreate, d.createSession)
+	handleStream(t, wire.SessionAttach, d.attachSession)
+	handle(t, wire.SessionSend, func(ctx context.Context, p wire.SessionSendParams) (wire.None, error) { return wire.None{}, d.sendSession(ctx, p) })
+	handleStream(t, wire.SessionRead, d.readSession)
+	handle(t, wire.SessionKill, func(ctx context.Context, p wire.SessionParams) (wire.None, error) { return wire.None{}, d.killSession(ctx, p) })
+	handle(t, wire.SessionSignal, func(ctx context.Context, p wire.SessionSignalParams) (wire.None, error) { return wire.None{}, d.signalSession(ctx, p) })
+	return t
 }
 
 func (d *Daemon) info() wire.DaemonInfo {
