@@ -377,20 +377,30 @@ func (d *Daemon) registerMethods() methodTable {
 	handle(t, wire.OpList, func(ctx context.Context, _ wire.None) ([]wire.Operation, error) { return d.listOps(ctx) })
 	handle(t, wire.OpStatus, func(ctx context.Context, p wire.OpParams) (wire.Operation, error) { return d.opStatus(ctx, p.ID) })
 	handleStream(t, wire.OpWait, func(ctx context.Context, p wire.OpParams, sc *streamConn) error { return d.opWait(ctx, p.ID, sc) })
-	handle(t, wire.OpCancel, func(ctx context.Context, p wire.OpParams) (wire.None, error) { return wire.None{}, d.createOps.Cancel(p.ID) })
+	handle(t, wire.OpCancel, func(ctx context.Context, p wire.OpParams) (wire.None, error) {
+		return wire.None{}, d.createOps.Cancel(p.ID)
+	})
 	handle(t, wire.OpPrune, func(ctx context.Context, _ wire.None) (map[string]int, error) { return d.pruneOps(ctx) })
 	handle(t, wire.ImageList, func(ctx context.Context, _ wire.None) ([]wire.Image, error) { return d.listImages(ctx) })
 	handle(t, wire.ImageInspect, func(ctx context.Context, p wire.RefParams) (wire.Image, error) { return d.inspectImage(ctx, p.Ref) })
 	handle(t, wire.KernelList, func(ctx context.Context, _ wire.None) ([]wire.Kernel, error) { return d.listKernels(ctx) })
-	handleStream(t, wire.KernelFetch, func(ctx context.Context, _ wire.KernelFetchParams, sc *streamConn) error { return d.fetchKernel(ctx, sc) })
+	handleStream(t, wire.KernelFetch, func(ctx context.Context, _ wire.KernelFetchParams, sc *streamConn) error {
+		return d.fetchKernel(ctx, sc)
+	})
 	handle(t, wire.KernelImport, d.importKernel)
 	handle(t, wire.SessionList, d.listSessions)
 	handle(t, wire.SessionCreate, d.createSession)
 	handleStream(t, wire.SessionAttach, d.attachSession)
-	handle(t, wire.SessionSend, func(ctx context.Context, p wire.SessionSendParams) (wire.None, error) { return wire.None{}, d.sendSession(ctx, p) })
+	handle(t, wire.SessionSend, func(ctx context.Context, p wire.SessionSendParams) (wire.None, error) {
+		return wire.None{}, d.sendSession(ctx, p)
+	})
 	handleStream(t, wire.SessionRead, d.readSession)
-	handle(t, wire.SessionKill, func(ctx context.Context, p wire.SessionParams) (wire.None, error) { return wire.None{}, d.killSession(ctx, p) })
-	handle(t, wire.SessionSignal, func(ctx context.Context, p wire.SessionSignalParams) (wire.None, error) { return wire.None{}, d.signalSession(ctx, p) })
+	handle(t, wire.SessionKill, func(ctx context.Context, p wire.SessionParams) (wire.None, error) {
+		return wire.None{}, d.killSession(ctx, p)
+	})
+	handle(t, wire.SessionSignal, func(ctx context.Context, p wire.SessionSignalParams) (wire.None, error) {
+		return wire.None{}, d.signalSession(ctx, p)
+	})
 	return t
 }
 
