@@ -15,6 +15,11 @@ import (
 // for example a network mode it does not implement.
 var ErrUnsupported = errors.New("unsupported")
 
+// ErrPortInUse is returned (wrapped) by Start when a host port the Spec
+// forwards is taken by another process. The port is picked by the caller,
+// so the caller can pick another and try again.
+var ErrPortInUse = errors.New("a forwarded host port is in use")
+
 // Network modes for NetSpec.Mode.
 const (
 	NetNone = "none" // no network device at all

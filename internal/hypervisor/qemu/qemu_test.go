@@ -269,6 +269,9 @@ func TestStartPortTakenFailsCleanly(t *testing.T) {
 	if !strings.Contains(err.Error(), "host forwarding") {
 		t.Errorf("error does not explain the port: %v", err)
 	}
+	if !errors.Is(err, hypervisor.ErrPortInUse) {
+		t.Errorf("error is not hypervisor.ErrPortInUse: %v", err)
+	}
 	t.Logf("error: %v", err)
 	if p := procsMentioning(s.PIDFile); len(p) > 0 {
 		t.Errorf("processes left behind: %v", p)

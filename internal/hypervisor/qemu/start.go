@@ -68,7 +68,11 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	case werr := <-done:
 		if werr != nil {
 			d.cleanupAbandoned(s, append([]string{d.qemu}, args...), launcher.StartTime)
-			return none, fmt.Errorf("start vm %s: qemu: %s", vmName(s), stderrText(errf, werr))
+			msg := stderrText(errf, werr)
+			if hostForwardFailed(msg) {
+				return none, fmt.Errorf("start vm %s: %w: qemu: %s", vmName(s), hypervisor.ErrPortInUse, msg)
+			}
+			return none, fmt.Errorf("start vm %s: qemu: %s", vmName(s), msg)
 		}
 	}
 
@@ -176,4 +180,14 @@ func stderrText(f *os.File, werr error) string {
 		msg = "..." + msg[len(msg)-max:]
 	}
 	return msg
+}
+
+// hostForwardFailed reports whether QEMU's error output says it could not
+// bind a hostfwd port. QEMU (net/slirp.c) words it "Could not set up host
+// forwarding rule '<rule>'"; a rule it cannot parse reads "Invalid host
+// forwarding rule" instead and is not a taken port. The addresses ember
+// forwards from are loopback and its ports unprivileged, so a failed bind
+// there means another process holds the port.
+func hostForwardFailed(qemuStderr string) bool {
+	return strings.Contains(strings.ToLower(qemuStderr), "could not set up host forwarding rule")
 }
