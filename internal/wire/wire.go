@@ -9,6 +9,7 @@
 package wire
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,7 +38,11 @@ const (
 	CodeInvalid   = "invalid"
 	CodeBusy      = "busy"
 	CodeCancelled = "cancelled"
-	CodeInternal  = "internal"
+	// CodeTimeout: something did not finish in time (a boot past
+	// boot_timeout, an agent that did not answer); trying again may work,
+	// unlike internal.
+	CodeTimeout  = "timeout"
+	CodeInternal = "internal"
 )
 
 // Error is a typed error with a message a person can act on.
@@ -48,8 +53,16 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Message }
 
-// Is lets errors.Is match by code against the sentinels below.
+// Is lets errors.Is match by code against the sentinels below, and against
+// the context errors the daemon turns into codes, so a remote error is
+// tested the way a local one is: errors.Is(err, context.DeadlineExceeded).
 func (e *Error) Is(target error) bool {
+	switch target {
+	case context.Canceled:
+		return e.Code == CodeCancelled
+	case context.DeadlineExceeded:
+		return e.Code == CodeTimeout
+	}
 	var t *Error
 	if errors.As(target, &t) {
 		return t.Code == e.Code && t.Message == ""
@@ -64,6 +77,7 @@ var (
 	ErrInvalid   = &Error{Code: CodeInvalid}
 	ErrBusy      = &Error{Code: CodeBusy}
 	ErrCancelled = &Error{Code: CodeCancelled}
+	ErrTimeout   = &Error{Code: CodeTimeout}
 	ErrInternal  = &Error{Code: CodeInternal}
 )
 
