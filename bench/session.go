@@ -38,11 +38,11 @@ func benchSessions(c *client.Client, vm string, runs, keys int) (sessionResult, 
 		if name == "echo" {
 			p.Argv = []string{"cat"}
 		}
-		if err := c.Call(ctx, "session.create", p, nil); err != nil {
+		if _, err := client.Do(ctx, c, wire.SessionCreate, p); err != nil {
 			return res, err
 		}
 	}
-	tp, err := c.OpenStream(ctx, "session.attach", wire.SessionAttachParams{Ref: vm, Name: "tp", Rows: 24, Cols: 80})
+	tp, err := client.Open(ctx, c, wire.SessionAttach, wire.SessionAttachParams{Ref: vm, Name: "tp", Rows: 24, Cols: 80})
 	if err != nil {
 		return res, err
 	}
@@ -125,12 +125,12 @@ func benchSessions(c *client.Client, vm string, runs, keys int) (sessionResult, 
 	res.SessionMBps, res.ExecMBps, res.ExecTTYMBps = median(sess), median(ex), median(exT)
 
 	// Echo: one key at a time into `cat` on a PTY; the terminal echoes it.
-	es, err := c.OpenStream(ctx, "session.attach", wire.SessionAttachParams{Ref: vm, Name: "echo", Rows: 24, Cols: 80})
+	es, err := client.Open(ctx, c, wire.SessionAttach, wire.SessionAttachParams{Ref: vm, Name: "echo", Rows: 24, Cols: 80})
 	if err != nil {
 		return res, err
 	}
 	defer es.Close()
-	xs, err := c.OpenStream(ctx, "vm.exec", wire.ExecParams{Ref: vm, Argv: []string{"cat"}, Stdin: true, TTY: true, Rows: 24, Cols: 80})
+	xs, err := client.Open(ctx, c, wire.VMExec, wire.ExecParams{Ref: vm, Argv: []string{"cat"}, Stdin: true, TTY: true, Rows: 24, Cols: 80})
 	if err != nil {
 		return res, err
 	}
@@ -149,8 +149,8 @@ func benchSessions(c *client.Client, vm string, runs, keys int) (sessionResult, 
 		execLat = append(execLat, d)
 	}
 	res.SessionEcho, res.ExecTTYEcho = median(sessLat), median(execLat)
-	_ = c.Call(ctx, "session.kill", wire.SessionParams{Ref: vm, Name: "tp"}, nil)
-	_ = c.Call(ctx, "session.kill", wire.SessionParams{Ref: vm, Name: "echo"}, nil)
+	_, _ = client.Do(ctx, c, wire.SessionKill, wire.SessionParams{Ref: vm, Name: "tp"})
+	_, _ = client.Do(ctx, c, wire.SessionKill, wire.SessionParams{Ref: vm, Name: "echo"})
 	return res, nil
 }
 
@@ -165,7 +165,7 @@ func drainFrames(ch chan []byte) {
 }
 
 func execCount(ctx context.Context, c *client.Client, p wire.ExecParams) (int, error) {
-	s, err := c.OpenStream(ctx, "vm.exec", p)
+	s, err := client.Open(ctx, c, wire.VMExec, p)
 	if err != nil {
 		return 0, err
 	}
@@ -264,7 +264,7 @@ func runSessionsOnly(runs int, out string) error {
 type guestCPU struct{ user, sys, irq, soft, idle, agent int }
 
 func readGuestCPU(ctx context.Context, c *client.Client, vm string) guestCPU {
-	s, err := c.OpenStream(ctx, "vm.exec", wire.ExecParams{Ref: vm, Argv: []string{"sh", "-c", "cat /proc/stat; for p in /proc/[0-9]*; do grep -q ember-agent $p/cmdline 2>/dev/null && cat $p/stat && echo; done"}})
+	s, err := client.Open(ctx, c, wire.VMExec, wire.ExecParams{Ref: vm, Argv: []string{"sh", "-c", "cat /proc/stat; for p in /proc/[0-9]*; do grep -q ember-agent $p/cmdline 2>/dev/null && cat $p/stat && echo; done"}})
 	if err != nil {
 		return guestCPU{}
 	}

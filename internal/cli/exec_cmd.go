@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -47,7 +48,7 @@ func execCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s, err := c.OpenStream(cmd.Context(), "vm.exec", p)
+			s, err := client.Open(cmd.Context(), c, wire.VMExec, p)
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -20,8 +21,8 @@ func imageCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var imgs []wire.Image
-			if err := c.Call(cmd.Context(), "image.list", nil, &imgs); err != nil {
+			imgs, err := client.Do(cmd.Context(), c, wire.ImageList, wire.None{})
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -44,7 +45,7 @@ func imageCmd(e *env) *cobra.Command {
 		Short: "Show an image as JSON",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return callPrint(cmd.Context(), e, "image.inspect", wire.RefParams{Ref: args[0]}, &wire.Image{}, true)
+			return callPrint(cmd.Context(), e, wire.ImageInspect, wire.RefParams{Ref: args[0]}, true)
 		},
 	}
 	cmd.AddCommand(ls, inspect)
@@ -63,8 +64,8 @@ func kernelCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var ks []wire.Kernel
-			if err := c.Call(cmd.Context(), "kernel.list", nil, &ks); err != nil {
+			ks, err := client.Do(cmd.Context(), c, wire.KernelList, wire.None{})
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -95,7 +96,7 @@ func kernelCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s, err := c.OpenStream(cmd.Context(), "kernel.fetch", nil)
+			s, err := client.Open(cmd.Context(), c, wire.KernelFetch, wire.KernelFetchParams{})
 			if err != nil {
 				return err
 			}
@@ -113,7 +114,7 @@ func kernelCmd(e *env) *cobra.Command {
 			if len(args) == 3 {
 				p.ModulesDir = absPath(args[2])
 			}
-			return callPrint(cmd.Context(), e, "kernel.import", p, &wire.Kernel{}, true)
+			return callPrint(cmd.Context(), e, wire.KernelImport, p, true)
 		},
 	}
 	cmd.AddCommand(ls, fetch, imp)

@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -20,8 +21,8 @@ func opCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var ops []wire.Operation
-			if err := c.Call(cmd.Context(), "op.list", nil, &ops); err != nil {
+			ops, err := client.Do(cmd.Context(), c, wire.OpList, wire.None{})
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -48,7 +49,7 @@ func opCmd(e *env) *cobra.Command {
 		Short: "Show an operation as JSON",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return callPrint(cmd.Context(), e, "op.status", wire.OpParams{ID: args[0]}, &wire.Operation{}, true)
+			return callPrint(cmd.Context(), e, wire.OpStatus, wire.OpParams{ID: args[0]}, true)
 		},
 	}
 	wait := &cobra.Command{
@@ -76,7 +77,8 @@ func opCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.Call(cmd.Context(), "op.cancel", wire.OpParams{ID: args[0]}, nil)
+			_, err = client.Do(cmd.Context(), c, wire.OpCancel, wire.OpParams{ID: args[0]})
+			return err
 		},
 	}
 	prune := &cobra.Command{
@@ -88,8 +90,8 @@ func opCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var res map[string]int
-			if err := c.Call(cmd.Context(), "op.prune", nil, &res); err != nil {
+			res, err := client.Do(cmd.Context(), c, wire.OpPrune, wire.None{})
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "pruned %d operations\n", res["pruned"])

@@ -57,8 +57,8 @@ func sessionLsCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var ss []wire.Session
-			if err := c.Call(cmd.Context(), "session.list", wire.SessionParams{Ref: args[0]}, &ss); err != nil {
+			ss, err := client.Do(cmd.Context(), c, wire.SessionList, wire.SessionParams{Ref: args[0]})
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -111,8 +111,8 @@ func sessionNewCmd(e *env) *cobra.Command {
 					p.Cols, p.Rows = w, h
 				}
 			}
-			var s wire.Session
-			if err := c.Call(cmd.Context(), "session.create", p, &s); err != nil {
+			s, err := client.Do(cmd.Context(), c, wire.SessionCreate, p)
+			if err != nil {
 				return err
 			}
 			fmt.Fprintln(e.stdout, s.Name)
@@ -148,7 +148,8 @@ func sessionKillCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.Call(cmd.Context(), "session.kill", wire.SessionParams{Ref: args[0], Name: args[1]}, nil)
+			_, err = client.Do(cmd.Context(), c, wire.SessionKill, wire.SessionParams{Ref: args[0], Name: args[1]})
+			return err
 		},
 	}
 }
@@ -163,7 +164,8 @@ func sessionSignalCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.Call(cmd.Context(), "session.signal", wire.SessionSignalParams{Ref: args[0], Name: args[1], Signal: args[2]}, nil)
+			_, err = client.Do(cmd.Context(), c, wire.SessionSignal, wire.SessionSignalParams{Ref: args[0], Name: args[1], Signal: args[2]})
+			return err
 		},
 	}
 }
@@ -184,7 +186,8 @@ func sessionSendCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.Call(cmd.Context(), "session.send", wire.SessionSendParams{Ref: args[0], Name: args[1], Text: text}, nil)
+			_, err = client.Do(cmd.Context(), c, wire.SessionSend, wire.SessionSendParams{Ref: args[0], Name: args[1], Text: text})
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&enter, "enter", false, "press Enter after the text")
@@ -202,7 +205,7 @@ func sessionReadCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s, err := c.OpenStream(cmd.Context(), "session.read", wire.SessionReadParams{Ref: args[0], Name: args[1], Follow: follow})
+			s, err := client.Open(cmd.Context(), c, wire.SessionRead, wire.SessionReadParams{Ref: args[0], Name: args[1], Follow: follow})
 			if err != nil {
 				return err
 			}
@@ -239,7 +242,7 @@ func attach(ctx context.Context, e *env, p wire.SessionAttachParams, detachKeys 
 	if err != nil {
 		return err
 	}
-	s, err := c.OpenStream(ctx, "session.attach", p)
+	s, err := client.Open(ctx, c, wire.SessionAttach, p)
 	if err != nil {
 		return err
 	}

@@ -39,8 +39,8 @@ func createCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var op wire.Operation
-			if err := c.Call(cmd.Context(), "vm.create", p, &op); err != nil {
+			op, err := client.Do(cmd.Context(), c, wire.VMCreate, p)
+			if err != nil {
 				return err
 			}
 			if detach {
@@ -78,7 +78,7 @@ func createCmd(e *env) *cobra.Command {
 // waitOp follows an operation, showing progress on stderr, and turns a
 // failed operation into its typed error. Ctrl-C stops waiting, not the work.
 func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Operation, error) {
-	s, err := c.OpenStream(ctx, "op.wait", wire.OpParams{ID: id})
+	s, err := client.Open(ctx, c, wire.OpWait, wire.OpParams{ID: id})
 	if err != nil {
 		return wire.Operation{}, err
 	}
@@ -144,8 +144,8 @@ func lsCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var vms []wire.VM
-			if err := c.Call(cmd.Context(), "vm.list", nil, &vms); err != nil {
+			vms, err := client.Do(cmd.Context(), c, wire.VMList, wire.None{})
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -191,30 +191,31 @@ func inspectCmd(e *env) *cobra.Command {
 		Short: "Show a VM as JSON",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return callPrint(cmd.Context(), e, "vm.inspect", wire.RefParams{Ref: args[0]}, &wire.VM{}, true)
+			return callPrint(cmd.Context(), e, wire.VMInspect, wire.RefParams{Ref: args[0]}, true)
 		},
 	}
 }
 
-// callPrint calls method and prints its result as JSON, or the VM's name.
-func callPrint(ctx context.Context, e *env, method string, params any, result any, asJSON bool) error {
+// callPrint calls m and prints its result as JSON, or the VM's name.
+func callPrint[P, R any](ctx context.Context, e *env, m wire.Method[P, R], p P, asJSON bool) error {
 	c, err := e.client()
 	if err != nil {
 		return err
 	}
-	if err := c.Call(ctx, method, params, result); err != nil {
+	res, err := client.Do(ctx, c, m, p)
+	if err != nil {
 		return err
 	}
 	if asJSON {
-		return printJSON(e.stdout, result)
+		return printJSON(e.stdout, res)
 	}
-	if vm, ok := result.(*wire.VM); ok {
+	if vm, ok := any(res).(wire.VM); ok {
 		fmt.Fprintln(e.stdout, vm.Name)
 	}
 	return nil
 }
 
-func vmActionCmd(e *env, use, short, method string, extra func(*cobra.Command, *wire.RefParams)) *cobra.Command {
+func vmActionCmd(e *env, use, short string, m wire.Method[wire.RefParams, wire.VM], extra func(*cobra.Command, *wire.RefParams)) *cobra.Command {
 	var p wire.RefParams
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -226,7 +227,7 @@ func vmActionCmd(e *env, use, short, method string, extra func(*cobra.Command, *
 			var first error
 			for _, ref := range args {
 				p.Ref = ref
-				if err := callPrint(cmd.Context(), e, method, p, &wire.VM{}, asJSON); err != nil {
+				if err := callPrint(cmd.Context(), e, m, p, asJSON); err != nil {
 					if len(args) == 1 {
 						return err
 					}
@@ -251,11 +252,11 @@ func vmActionCmd(e *env, use, short, method string, extra func(*cobra.Command, *
 }
 
 func startCmd(e *env) *cobra.Command {
-	return vmActionCmd(e, "start", "Boot stopped VMs", "vm.start", nil)
+	return vmActionCmd(e, "start", "Boot stopped VMs", wire.VMStart, nil)
 }
 
 func stopCmd(e *env) *cobra.Command {
-	return vmActionCmd(e, "stop", "Shut VMs down (graceful, forced after a timeout)", "vm.stop",
+	return vmActionCmd(e, "stop", "Shut VMs down (graceful, forced after a timeout)", wire.VMStop,
 		func(cmd *cobra.Command, p *wire.RefParams) {
 			cmd.Flags().BoolVarP(&p.Force, "force", "f", false, "kill at once, without asking the guest")
 			cmd.Flags().IntVarP(&p.TimeoutSeconds, "time", "t", 0, "seconds to wait for a graceful stop (default from config)")
@@ -263,14 +264,14 @@ func stopCmd(e *env) *cobra.Command {
 }
 
 func restartCmd(e *env) *cobra.Command {
-	return vmActionCmd(e, "restart", "Stop and start VMs", "vm.restart",
+	return vmActionCmd(e, "restart", "Stop and start VMs", wire.VMRestart,
 		func(cmd *cobra.Command, p *wire.RefParams) {
 			cmd.Flags().IntVarP(&p.TimeoutSeconds, "time", "t", 0, "seconds to wait for a graceful stop")
 		})
 }
 
 func rmCmd(e *env) *cobra.Command {
-	return vmActionCmd(e, "rm", "Delete VMs and their disks", "vm.delete",
+	return vmActionCmd(e, "rm", "Delete VMs and their disks", wire.VMDelete,
 		func(cmd *cobra.Command, p *wire.RefParams) {
 			cmd.Flags().BoolVarP(&p.Force, "force", "f", false, "delete running VMs too")
 		})
@@ -288,7 +289,7 @@ func logsCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s, err := c.OpenStream(cmd.Context(), "vm.logs", p)
+			s, err := client.Open(cmd.Context(), c, wire.VMLogs, p)
 			if err != nil {
 				return err
 			}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"sync"
 	"syscall"
@@ -228,6 +229,8 @@ func (c *Client) roundTrip(ctx context.Context, method string, params any) (net.
 }
 
 // Call sends one request and decodes its result into result (may be nil).
+// Callers outside this package use Do, which names the method by its table
+// entry; Call is for tests that send what the table does not hold.
 func (c *Client) Call(ctx context.Context, method string, params, result any) error {
 	conn, _, resp, err := c.roundTrip(ctx, method, params)
 	if err != nil {
@@ -247,14 +250,23 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 // by its table entry (wire.VMList), never by a string.
 func Do[P, R any](ctx context.Context, c *Client, m wire.Method[P, R], p P) (R, error) {
 	var r R
-	err := c.Call(ctx, m.Name, p, &r)
+	err := c.Call(ctx, m.Name, params(p), &r)
 	return r, err
 }
 
 // Open sends a streaming request of method m with params p; the daemon either
 // refuses it with a typed error or switches the connection to frames.
 func Open[P any](ctx context.Context, c *Client, m wire.StreamMethod[P], p P) (*Stream, error) {
-	return c.OpenStream(ctx, m.Name, p)
+	return c.OpenStream(ctx, m.Name, params(p))
+}
+
+// params is what a request carries for p: nothing when p's type has no
+// fields (wire.None, wire.KernelFetchParams), as before the table.
+func params(p any) any {
+	if t := reflect.TypeOf(p); t != nil && t.Kind() == reflect.Struct && t.NumField() == 0 {
+		return nil
+	}
+	return p
 }
 
 // Stream is a connection switched to frames.

@@ -44,8 +44,8 @@ func fakeDaemon(t *testing.T, sock string) {
 
 func answeredBy(t *testing.T, c *Client) string {
 	t.Helper()
-	var info wire.DaemonInfo
-	if err := c.Call(context.Background(), "daemon.info", nil, &info); err != nil {
+	info, err := Do(context.Background(), c, wire.DaemonInfoMethod, wire.None{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return info.Socket
@@ -92,7 +92,7 @@ func TestNoDaemonNamesBothSockets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = c.Call(context.Background(), "vm.list", nil, nil)
+	_, err = Do(context.Background(), c, wire.VMList, wire.None{})
 	if !errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), lay.Socket()) || !strings.Contains(err.Error(), system) {
 		t.Fatalf("want not running naming %s and %s, got %v", lay.Socket(), system, err)
 	}
@@ -122,7 +122,7 @@ func TestRuntimeFolderAsHomeIsExplained(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = c.Call(context.Background(), "vm.list", nil, nil)
+	_, err = Do(context.Background(), c, wire.VMList, wire.None{})
 	if !errors.Is(err, ErrNoDaemon) || !strings.Contains(err.Error(), lay.Socket()) || !strings.Contains(err.Error(), "is a runtime folder, not a home") {
 		t.Fatalf("want a hint, got %v", err)
 	}
@@ -135,5 +135,61 @@ func TestSocketPathTooLong(t *testing.T) {
 	var we *wire.Error
 	if !errors.As(err, &we) || we.Code != wire.CodeInvalid || !strings.Contains(err.Error(), lay.Socket()+" is 116 bytes, over the 107") {
 		t.Fatalf("want an invalid error naming the path and its length, got %v", err)
+	}
+}
+
+// recordingDaemon answers one request on a fresh socket with result and
+// hands back the request it read.
+func recordingDaemon(t *testing.T, result any) (*Client, <-chan wire.Request) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), layout.SocketFile)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	got := make(chan wire.Request, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, err := bufio.NewReader(c).ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var req wire.Request
+		_ = json.Unmarshal(line, &req)
+		got <- req
+		res, _ := json.Marshal(result)
+		b, _ := json.Marshal(wire.Response{Result: res})
+		c.Write(append(b, '\n'))
+	}()
+	return &Client{Socket: sock}, got
+}
+
+func TestDoSendsTheTableEntry(t *testing.T) {
+	ctx := context.Background()
+
+	// A method without parameters sends none, as the CLI always did.
+	c, got := recordingDaemon(t, []wire.VM{{Name: "a"}})
+	vms, err := Do(ctx, c, wire.VMList, wire.None{})
+	if err != nil || len(vms) != 1 || vms[0].Name != "a" {
+		t.Fatalf("got %v, %v", vms, err)
+	}
+	if req := <-got; req.Method != wire.VMList.Name || req.Params != nil {
+		t.Fatalf("sent %s with params %s, want %s with none", req.Method, req.Params, wire.VMList.Name)
+	}
+
+	c, got = recordingDaemon(t, wire.VM{Name: "web"})
+	vm, err := Do(ctx, c, wire.VMStop, wire.RefParams{Ref: "web", Force: true})
+	if err != nil || vm.Name != "web" {
+		t.Fatalf("got %v, %v", vm, err)
+	}
+	req := <-got
+	var p wire.RefParams
+	if err := json.Unmarshal(req.Params, &p); err != nil || req.Method != wire.VMStop.Name || p != (wire.RefParams{Ref: "web", Force: true}) {
+		t.Fatalf("sent %s with params %s", req.Method, req.Params)
 	}
 }
