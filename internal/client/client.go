@@ -229,8 +229,9 @@ func (c *Client) roundTrip(ctx context.Context, method string, params any) (net.
 }
 
 // Call sends one request and decodes its result into result (may be nil).
-// Callers outside this package use Do, which names the method by its table
-// entry; Call is for tests that send what the table does not hold.
+// Use Do, which names the method by its table entry. Call is exported only
+// because internal/daemon still calls it (its doctor, and tests, one of
+// which sends a name the table lacks); nothing else does.
 func (c *Client) Call(ctx context.Context, method string, params, result any) error {
 	conn, _, resp, err := c.roundTrip(ctx, method, params)
 	if err != nil {
@@ -277,7 +278,8 @@ type Stream struct {
 }
 
 // OpenStream sends a streaming request; the daemon either refuses it with a
-// typed error or switches the connection to frames.
+// typed error or switches the connection to frames. Use Open; OpenStream is
+// exported for internal/daemon's tests, as Call is.
 func (c *Client) OpenStream(ctx context.Context, method string, params any) (*Stream, error) {
 	conn, br, resp, err := c.roundTrip(ctx, method, params)
 	if err != nil {
