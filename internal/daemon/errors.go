@@ -3,10 +3,59 @@ package daemon
 import (
 	"context"
 	"errors"
+	"os"
 
+	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/hosttools"
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/ipam"
+	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
+
+// wireCodes is the one table from sentinel errors to wire codes. Packages
+// wrap their sentinels with context (fmt.Errorf("vm %q: %w", name,
+// store.ErrConflict)) and leave the code to this table; the daemon's own
+// checks say their code directly with invalidf, notFoundf and conflictf.
+// The first entry errors.Is matches wins; an error that matches none is
+// internal. errors_test.go fails when a package exports an Err* variable
+// that is neither here nor in internalErrors.
+var wireCodes = []struct {
+	err  error
+	code string
+}{
+	{store.ErrNotFound, wire.CodeNotFound},
+	{kernel.ErrNotFound, wire.CodeNotFound},
+	{store.ErrConflict, wire.CodeConflict},
+	// The subnet is full: another VM holds what this one needs.
+	{ipam.ErrExhausted, wire.CodeConflict},
+	// Another process holds a host port the VM forwards. The daemon picks
+	// its SSH ports and retries; this reaches a client only when retries
+	// ran out (or, later, for a port the user asked for).
+	{hypervisor.ErrPortInUse, wire.CodeConflict},
+	// The driver cannot do what the request asks (a network mode, say):
+	// the request has to change, not the host.
+	{hypervisor.ErrUnsupported, wire.CodeInvalid},
+	{context.Canceled, wire.CodeCancelled},
+	// A boot past boot_timeout, an agent that does not answer in time: not
+	// a bug (internal) and not asked for (cancelled); trying again, or with
+	// a longer timeout, may work.
+	{context.DeadlineExceeded, wire.CodeTimeout},
+	{os.ErrDeadlineExceeded, wire.CodeTimeout}, // a net.Conn deadline
+}
+
+// internalErrors are exported sentinels that stay internal on purpose,
+// each with the reason. Listing them here, next to the table, makes that a
+// decision rather than an omission.
+var internalErrors = []struct {
+	err error
+	why string
+}{
+	{hosttools.ErrNotFound, "a host program is missing: the host must change, not the request; not_found would read as the named vm or image missing, and the message says what to install"},
+	{client.ErrNoDaemon, "client side: the client could not reach a daemon, so no daemon answer carries it"},
+	{client.ErrPermission, "client side: the socket refused the client, so no daemon answer carries it"},
+}
 
 // toWireError is the one place where errors become wire codes.
 func toWireError(err error) *wire.Error {
@@ -18,16 +67,17 @@ func toWireError(err error) *wire.Error {
 		// Keep the context added around the typed error.
 		return &wire.Error{Code: we.Code, Message: err.Error()}
 	}
-	code := wire.CodeInternal
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		code = wire.CodeNotFound
-	case errors.Is(err, store.ErrConflict):
-		code = wire.CodeConflict
-	case errors.Is(err, context.Canceled):
-		code = wire.CodeCancelled
+	return &wire.Error{Code: codeOf(err), Message: err.Error()}
+}
+
+// codeOf looks err up in wireCodes.
+func codeOf(err error) string {
+	for _, c := range wireCodes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
 	}
-	return &wire.Error{Code: code, Message: err.Error()}
+	return wire.CodeInternal
 }
 
 func invalidf(format string, args ...any) error {
