@@ -3,7 +3,8 @@ package main
 // The tap networking section: create → first exec with a warm TAP pool vs
 // an empty one, and VM-name DNS answers per second from ember's server vs
 // dnsmasq serving the same records. Everything runs inside a network
-// namespace made for the run and deleted at its end (TESTING.md).
+// namespace made for the run and deleted at its end: traffic may leave
+// loopback only inside a namespace made for it.
 
 import (
 	"bufio"

@@ -29,8 +29,8 @@ cache=$repo/.cache/fresh-check
 log=$cache/last.log
 suite=bookworm
 variant=apt
-# What a fresh Debian 12 machine has, per README and TESTING.md ("Go, git,
-# gcc and make"; mkfs.ext4 from e2fsprogs). Never add a package here that
+# What a fresh Debian 12 machine has: Go, git, gcc and make (README), and
+# mkfs.ext4 from e2fsprogs. Never add a package here that
 # ember's own install step should install: that would hide the bug this
 # check exists to find.
 packages="ca-certificates git gcc libc6-dev make e2fsprogs"

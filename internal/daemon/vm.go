@@ -277,7 +277,7 @@ func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk st
 		if ctx.Err() != nil {
 			return vm, fmt.Errorf("boot %s cancelled: %w", vm.Name, ctx.Err())
 		}
-		return vm, fmt.Errorf("vm %s did not boot: %v; last console lines:\n%s", vm.Name, err, consoleTail(spec.ConsoleLog, 15))
+		return vm, fmt.Errorf("vm %s did not boot: %w; last console lines:\n%s", vm.Name, err, consoleTail(spec.ConsoleLog, 15))
 	}
 	d.guests.put(vm.ID, conn)
 
@@ -307,7 +307,7 @@ func (d *Daemon) startProcess(ctx context.Context, vm store.VM, spec *hypervisor
 		inst, err := d.driver.Start(ctx, *spec)
 		// Another process can take the port between our probe and QEMU's
 		// bind; try a new one.
-		if err != nil && attempt < 2 && strings.Contains(err.Error(), "forward") {
+		if errors.Is(err, hypervisor.ErrPortInUse) && attempt < 2 {
 			continue
 		}
 		if err != nil {
@@ -323,7 +323,7 @@ func (d *Daemon) cmdline(vm store.VM, files bootFiles) string {
 	args := []string{"console=ttyS0", "panic=-1", "quiet", "loglevel=3",
 		"ember.root=/dev/vda", "ember.hostname=" + vm.Name, "ember.key=" + keyArg(d.key)}
 	args = append(args, d.guestNetArgs(vm)...)
-	// The driver adds tsc_early_khz under TCG; see TESTING.md.
+	// The driver adds tsc_early_khz under TCG (qemu.withTSC says why).
 	return strings.Join(args, " ")
 }
 

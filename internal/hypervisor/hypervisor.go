@@ -117,7 +117,7 @@ type Driver interface {
 // agent print ProbeOKLine and power off at once. Booting the real guest is
 // the only proof that KVM runs it: on hosts with incomplete nested
 // virtualisation /dev/kvm opens and real-mode code runs, but a Linux kernel
-// stops right after its setup code (see TESTING.md in the shared docs).
+// stops right after its setup code prints "Probing EDD ... ok".
 type ProbeSpec struct {
 	Kernel, Initrd string
 	// Cmdline is the kernel command line; it must contain ProbeCmdline.

@@ -18,8 +18,9 @@ import (
 	"github.com/miekg/dns"
 )
 
-// nsEnv is a daemon running inside a network namespace made for one test
-// (TESTING.md: TAP work happens only there). Every command the test runs
+// nsEnv is a daemon running inside a network namespace made for one test:
+// traffic may leave loopback only inside a namespace the test itself made,
+// so TAP work happens only there. Every command the test runs
 // against the network — the CLI, DNS queries, TCP dials — runs inside the
 // namespace too; the namespace is deleted at the end, also on failure,
 // after the VMs' QEMU processes are killed.
