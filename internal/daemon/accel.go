@@ -107,36 +107,36 @@ func accelKey(f bootFiles) string { return f.Vmlinuz + "\x00" + f.Initrd }
 
 // accelFor decides the accelerator for a boot of files: the config's when
 // it names one, else the probe's answer for this kernel and initramfs.
-func (d *Daemon) accelFor(ctx context.Context, f bootFiles) accelDecision {
-	if dec, ok := d.forcedAccel(); ok {
+func (s *bootService) accelFor(ctx context.Context, f bootFiles) accelDecision {
+	if dec, ok := s.forcedAccel(); ok {
 		return dec
 	}
-	return d.accel.resolve(ctx, accelKey(f), func(ctx context.Context) accelDecision { return d.probeAccel(ctx, f) })
+	return s.accel.resolve(ctx, accelKey(f), func(ctx context.Context) accelDecision { return s.probeAccel(ctx, f) })
 }
 
 // forcedAccel is the config's accelerator when it names one.
-func (d *Daemon) forcedAccel() (accelDecision, bool) {
-	switch d.cfg.Accel {
+func (s *bootService) forcedAccel() (accelDecision, bool) {
+	switch s.cfg.Accel {
 	case hypervisor.AccelKVM, hypervisor.AccelTCG:
-		return accelDecision{Accel: d.cfg.Accel, Forced: true,
-			Reason: fmt.Sprintf("set by accel = %q in %s", d.cfg.Accel, d.layout.Config)}, true
+		return accelDecision{Accel: s.cfg.Accel, Forced: true,
+			Reason: fmt.Sprintf("set by accel = %q in %s", s.cfg.Accel, s.layout.Config)}, true
 	}
 	return accelDecision{}, false
 }
 
 // probeAccel boots the guest's kernel under KVM for a moment (see
 // hypervisor.ProbeSpec) and logs the answer.
-func (d *Daemon) probeAccel(ctx context.Context, f bootFiles) accelDecision {
-	p, ok := d.driver.(hypervisor.AccelProber)
+func (s *bootService) probeAccel(ctx context.Context, f bootFiles) accelDecision {
+	p, ok := s.driver.(hypervisor.AccelProber)
 	if !ok {
-		return accelDecision{Accel: hypervisor.AccelTCG, Reason: "the " + d.driver.Name() + " driver cannot probe KVM; using TCG"}
+		return accelDecision{Accel: hypervisor.AccelTCG, Reason: "the " + s.driver.Name() + " driver cannot probe KVM; using TCG"}
 	}
 	start := time.Now()
 	accel, reason := p.ProbeAccel(ctx, hypervisor.ProbeSpec{Kernel: f.Vmlinuz, Initrd: f.Initrd, Cmdline: probeCmdline})
 	if accel != hypervisor.AccelKVM {
 		accel, reason = hypervisor.AccelTCG, reason+"; using TCG"
 	}
-	d.log.Info("accelerator", "accel", accel, "kernel", f.KernelName, "reason", reason,
+	s.log.Info("accelerator", "accel", accel, "kernel", f.KernelName, "reason", reason,
 		"probe", time.Since(start).Round(time.Millisecond))
 	return accelDecision{Accel: accel, Reason: reason}
 }
@@ -144,32 +144,41 @@ func (d *Daemon) probeAccel(ctx context.Context, f bootFiles) accelDecision {
 // probeAtStart decides the accelerator of the default kernel in the
 // background, so the first create does not wait for it and the log says
 // early which accelerator VMs will use.
-func (d *Daemon) probeAtStart(ctx context.Context) {
-	if dec, ok := d.forcedAccel(); ok {
-		d.log.Info("accelerator", "accel", dec.Accel, "reason", dec.Reason)
+func (s *bootService) probeAtStart(ctx context.Context) {
+	if dec, ok := s.forcedAccel(); ok {
+		s.log.Info("accelerator", "accel", dec.Accel, "reason", dec.Reason)
 		return
 	}
-	if _, ok := d.driver.(hypervisor.AccelProber); !ok {
+	if _, ok := s.driver.(hypervisor.AccelProber); !ok {
 		return
 	}
-	k, ok, err := d.defaultKernel(ctx)
-	if err != nil || !ok || (d.cfg.Kernel != "" && d.cfg.Kernel != k.Name) {
+	k, ok, err := s.defaultKernel(ctx)
+	if err != nil || !ok || (s.cfg.Kernel != "" && s.cfg.Kernel != k.Name) {
 		return // the first create fetches or names its kernel and probes then
 	}
-	agent, err := d.agentPath()
+	agent, err := findAgent(s.agent)
 	if err != nil {
 		return
 	}
-	d.background.Add(1)
+	s.background.Add(1)
 	go func() {
-		defer d.background.Done()
-		initrd, err := d.initrd.ensure(d.base, d.layout.InitramfsDir(), storeToKernel(k), agent, func(string) {})
+		defer s.background.Done()
+		initrd, err := s.initrd.ensure(s.base, s.layout.InitramfsDir(), storeToKernel(k), agent, func(string) {})
 		if err != nil {
-			d.log.Warn("accelerator probe: initramfs", "kernel", k.Name, "err", err)
+			s.log.Warn("accelerator probe: initramfs", "kernel", k.Name, "err", err)
 			return
 		}
-		d.accelFor(d.base, bootFiles{KernelName: k.Name, Vmlinuz: k.Vmlinuz, Initrd: initrd})
+		s.accelFor(s.base, bootFiles{KernelName: k.Name, Vmlinuz: k.Vmlinuz, Initrd: initrd})
 	}()
+}
+
+// accelInfo is the decision daemon.info reports: the config's, else the
+// latest probe's.
+func (s *bootService) accelInfo() accelDecision {
+	if dec, ok := s.forcedAccel(); ok {
+		return dec
+	}
+	return s.accel.peek()
 }
 
 // waitConsoleOutput reports whether the console log at path gets any byte

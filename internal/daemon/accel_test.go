@@ -20,7 +20,7 @@ func TestKVMStallFallsBackToTCG(t *testing.T) {
 	drv := newFakeDriver()
 	drv.probeAnswer, drv.kvmSilent = hypervisor.AccelKVM, true
 	td := openTestDaemon(t, "", drv)
-	td.kvmStall = 100 * time.Millisecond
+	td.vms.kvmStall = 100 * time.Millisecond
 	c := serve(t, td)
 	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "v1"})
 	if err != nil || op.State != wire.OpSucceeded {
@@ -62,7 +62,7 @@ func TestKVMForcedStallFails(t *testing.T) {
 	drv := newFakeDriver()
 	drv.kvmSilent = true
 	td := openTestDaemon(t, home, drv)
-	td.kvmStall = 100 * time.Millisecond
+	td.vms.kvmStall = 100 * time.Millisecond
 	c := serve(t, td)
 	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "v1"})
 	if err != nil {

@@ -4,22 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/emberhq/ember/internal/image"
+	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/kernel"
+	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
-
-// builtinImage is made by ember itself the first time it is needed.
-const builtinImage = image.TinyName
-
-const tinySizeMiB = image.DefaultTinySizeMiB
 
 // bootRequest asks for what a boot needs; bootFiles is the answer.
 type bootRequest struct {
@@ -35,32 +32,59 @@ type bootFiles struct {
 	DiskBytes       int64
 }
 
+// bootService owns the inputs of a boot: guest kernels (kernel.* methods,
+// the fetch on first use), their initramfs (built once per kernel and
+// agent) and the accelerator decision (accel.go). Each piece of state has
+// its own leaf lock; none is held while talking to a client.
+type bootService struct {
+	layout     layout.Layout
+	cfg        layout.Config
+	store      *store.Store
+	log        *slog.Logger
+	driver     hypervisor.Driver
+	agent      string // explicit agent path; "" finds it (findAgent)
+	images     *imageService
+	base       context.Context
+	background *sync.WaitGroup
+	// prepare is the seam tests replace; prepareBoot in production.
+	prepare func(ctx context.Context, r bootRequest) (bootFiles, error)
+
+	accel  accelCache
+	initrd initrdCache
+	// kernelFetchMu keeps two first creates from fetching the kernel twice.
+	kernelFetchMu sync.Mutex
+}
+
+func (s *bootService) register(t methodTable) {
+	handle(t, wire.KernelList, func(ctx context.Context, _ wire.None) ([]wire.Kernel, error) { return s.listKernels(ctx) })
+	handleStream(t, wire.KernelFetch, func(ctx context.Context, _ wire.KernelFetchParams, sc *streamConn) error {
+		return s.fetchKernel(ctx, sc)
+	})
+	handle(t, wire.KernelImport, s.importKernel)
+}
+
 // prepareBoot resolves the kernel (fetching Debian's cloud kernel on first
 // use), its initramfs and the image, building the built-in image if needed.
-func (d *Daemon) prepareBoot(ctx context.Context, r bootRequest) (bootFiles, error) {
-	agent, err := d.agentPath()
+func (s *bootService) prepareBoot(ctx context.Context, r bootRequest) (bootFiles, error) {
+	agent, err := findAgent(s.agent)
 	if err != nil {
 		return bootFiles{}, err
 	}
-	k, err := d.resolveKernel(ctx, r.Kernel, r.Progress)
+	k, err := s.resolveKernel(ctx, r.Kernel, r.Progress)
 	if err != nil {
 		return bootFiles{}, err
 	}
-	initrd, err := d.initrd.ensure(ctx, d.layout.InitramfsDir(), storeToKernel(k), agent, r.Progress)
+	initrd, err := s.initrd.ensure(ctx, s.layout.InitramfsDir(), storeToKernel(k), agent, r.Progress)
 	if err != nil {
 		return bootFiles{}, fmt.Errorf("initramfs for kernel %s: %w", k.Name, err)
 	}
-	img, err := d.ensureImage(ctx, r.Image, agent, r.Progress)
+	img, err := s.images.ensure(ctx, r.Image, agent, r.Progress)
 	if err != nil {
 		return bootFiles{}, err
 	}
 	return bootFiles{KernelName: k.Name, Vmlinuz: k.Vmlinuz, Initrd: initrd, Disk: img.Path,
 		DiskFormat: img.Format, DiskBytes: img.SizeBytes}, nil
 }
-
-// agentPath finds the guest agent: EMBER_AGENT, beside the executable, then
-// the install locations.
-func (d *Daemon) agentPath() (string, error) { return findAgent(d.agent) }
 
 // findAgent finds the guest agent binary: explicit, EMBER_AGENT, beside the
 // executable, then the install locations.
@@ -85,28 +109,38 @@ func storeToKernel(k store.Kernel) kernel.Kernel {
 	return kernel.Kernel{Name: k.Name, Release: k.Release, Source: k.Source, Vmlinuz: k.Vmlinuz, ModulesDir: k.ModulesDir}
 }
 
+// kernelExists reports whether a create may name kernel.
+func (s *bootService) kernelExists(ctx context.Context, name string) error {
+	if _, err := s.store.GetKernel(ctx, name); errors.Is(err, store.ErrNotFound) {
+		return notFoundf("kernel %q not found; `ember kernel ls` lists kernels", name)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
 // resolveKernel picks the kernel: the one asked for, the config's, the
 // newest fetched or imported one, the host's, or a fresh fetch.
-func (d *Daemon) resolveKernel(ctx context.Context, name string, progress func(string)) (store.Kernel, error) {
+func (s *bootService) resolveKernel(ctx context.Context, name string, progress func(string)) (store.Kernel, error) {
 	if name == "" {
-		name = d.cfg.Kernel
+		name = s.cfg.Kernel
 	}
 	if name != "" {
-		k, err := d.store.GetKernel(ctx, name)
+		k, err := s.store.GetKernel(ctx, name)
 		if errors.Is(err, store.ErrNotFound) {
 			return k, notFoundf("kernel %q not found; `ember kernel ls` lists kernels", name)
 		}
 		return k, err
 	}
-	if k, ok, err := d.defaultKernel(ctx); err != nil || ok {
+	if k, ok, err := s.defaultKernel(ctx); err != nil || ok {
 		return k, err
 	}
 	progress("fetching the guest kernel (first use)")
-	return d.doFetchKernel(ctx, progress)
+	return s.fetchKernelOnce(ctx, progress)
 }
 
-func (d *Daemon) defaultKernel(ctx context.Context) (store.Kernel, bool, error) {
-	ks, err := d.store.ListKernels(ctx)
+func (s *bootService) defaultKernel(ctx context.Context) (store.Kernel, bool, error) {
+	ks, err := s.store.ListKernels(ctx)
 	if err != nil {
 		return store.Kernel{}, false, err
 	}
@@ -123,26 +157,27 @@ func (d *Daemon) defaultKernel(ctx context.Context) (store.Kernel, bool, error) 
 	return ks[0], true, nil
 }
 
-// doFetchKernel fetches on a create's first use; a kernel that appeared
-// while it waited for the lock is taken instead.
-func (d *Daemon) doFetchKernel(ctx context.Context, progress func(string)) (store.Kernel, error) {
-	d.kernelFetchMu.Lock()
-	defer d.kernelFetchMu.Unlock()
-	if k, ok, err := d.defaultKernel(ctx); err != nil || (ok && k.Source != "host") {
+// fetchKernelOnce fetches on a create's first use; a kernel that appeared
+// while it waited for the lock is taken instead. progress must not block
+// (the callers' progress goes to an operation, never to a client).
+func (s *bootService) fetchKernelOnce(ctx context.Context, progress func(string)) (store.Kernel, error) {
+	s.kernelFetchMu.Lock()
+	defer s.kernelFetchMu.Unlock()
+	if k, ok, err := s.defaultKernel(ctx); err != nil || (ok && k.Source != "host") {
 		return k, err
 	}
-	return d.fetchKernelLocked(ctx, progress)
+	return s.fetchKernelLocked(ctx, progress)
 }
 
 // fetchKernelLocked unpacks Debian's cloud kernel; callers hold kernelFetchMu.
-func (d *Daemon) fetchKernelLocked(ctx context.Context, progress func(string)) (store.Kernel, error) {
-	k, err := kernel.Fetch(ctx, d.layout.KernelsDir(), progress)
+func (s *bootService) fetchKernelLocked(ctx context.Context, progress func(string)) (store.Kernel, error) {
+	k, err := kernel.Fetch(ctx, s.layout.KernelsDir(), progress)
 	if err != nil {
 		return store.Kernel{}, fmt.Errorf("fetch kernel: %w", err)
 	}
 	sk := store.Kernel{Name: k.Name, Release: k.Release, Source: k.Source, Vmlinuz: k.Vmlinuz,
 		ModulesDir: k.ModulesDir, CreatedAt: time.Now().UTC()}
-	if err := d.store.PutKernel(ctx, sk); err != nil {
+	if err := s.store.PutKernel(ctx, sk); err != nil {
 		return sk, fmt.Errorf("record kernel %s: %w", k.Name, err)
 	}
 	return sk, nil
@@ -151,21 +186,21 @@ func (d *Daemon) fetchKernelLocked(ctx context.Context, progress func(string)) (
 // registerKernels records kernels that are on disk but not in the store
 // (a store rebuilt, or a kernel folder put in place by hand) and the host's
 // own kernel when it can boot guests.
-func (d *Daemon) registerKernels(ctx context.Context) {
-	ks, err := kernel.List(d.layout.KernelsDir())
+func (s *bootService) registerKernels(ctx context.Context) {
+	ks, err := kernel.List(s.layout.KernelsDir())
 	if err != nil {
-		d.log.Warn("scan kernels", "err", err)
+		s.log.Warn("scan kernels", "err", err)
 	}
 	if k, err := kernel.Host(); err == nil {
 		ks = append(ks, k)
 	}
 	for _, k := range ks {
-		if _, err := d.store.GetKernel(ctx, k.Name); err == nil {
+		if _, err := s.store.GetKernel(ctx, k.Name); err == nil {
 			continue
 		}
-		if err := d.store.PutKernel(ctx, store.Kernel{Name: k.Name, Release: k.Release, Source: k.Source,
+		if err := s.store.PutKernel(ctx, store.Kernel{Name: k.Name, Release: k.Release, Source: k.Source,
 			Vmlinuz: k.Vmlinuz, ModulesDir: k.ModulesDir, CreatedAt: time.Now().UTC()}); err != nil {
-			d.log.Warn("record kernel", "kernel", k.Name, "err", err)
+			s.log.Warn("record kernel", "kernel", k.Name, "err", err)
 		}
 	}
 }
@@ -213,94 +248,14 @@ func (c *initrdCache) ensure(ctx context.Context, dir string, k kernel.Kernel, a
 	return path, nil
 }
 
-// ensureImage returns the image, building the built-in one on first use
-// under imageOpsMu.
-func (d *Daemon) ensureImage(ctx context.Context, name, agent string, progress func(string)) (store.Image, error) {
-	img, err := d.store.GetImage(ctx, name)
-	if err == nil {
-		if _, serr := os.Stat(img.Path); serr == nil || name != builtinImage {
-			return img, nil
-		}
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return img, err
-	}
-	if name != builtinImage {
-		return img, notFoundf("image %q not found; `ember image ls` lists images", name)
-	}
-	d.imageOpsMu.Lock()
-	defer d.imageOpsMu.Unlock()
-	if img, err := d.store.GetImage(ctx, name); err == nil {
-		if _, serr := os.Stat(img.Path); serr == nil {
-			return img, nil
-		}
-		// VM disks are overlays naming this file: a rebuilt file at the
-		// same path would silently change what they boot.
-		if n, _ := d.store.ImageInUse(ctx, name); n > 0 {
-			return img, fmt.Errorf("image %s: its file %s is missing and %d vms are built on it; restore the file or delete those vms", name, img.Path, n)
-		}
-	}
-	progress("building the built-in image tiny (first use)")
-	busybox, err := image.FindBusybox()
-	if err != nil {
-		return img, err
-	}
-	path := filepath.Join(d.layout.ImagesDir(), builtinImage+".ext4")
-	if err := image.BuildTiny(ctx, agent, busybox, path, tinySizeMiB); err != nil {
-		return img, fmt.Errorf("build image tiny: %w", err)
-	}
-	img = store.Image{Name: builtinImage, Kind: "builtin", Path: path, Format: "raw",
-		SizeBytes: tinySizeMiB << 20, CreatedAt: time.Now().UTC()}
-	if err := d.store.PutImage(ctx, img); err != nil {
-		os.Remove(path)
-		return img, fmt.Errorf("record image tiny: %w", err)
-	}
-	return img, nil
-}
-
-func (d *Daemon) listImages(ctx context.Context) ([]wire.Image, error) {
-	imgs, err := d.store.ListImages(ctx)
+func (s *bootService) listKernels(ctx context.Context) ([]wire.Kernel, error) {
+	ks, err := s.store.ListKernels(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]wire.Image, 0, len(imgs)+1)
-	hasTiny := false
-	for _, img := range imgs {
-		hasTiny = hasTiny || img.Name == builtinImage
-		n, _ := d.store.ImageInUse(ctx, img.Name)
-		out = append(out, wire.Image{Name: img.Name, Kind: img.Kind, Format: img.Format, Path: img.Path,
-			SizeBytes: img.SizeBytes, Kernel: img.Kernel, CreatedAt: img.CreatedAt, InUse: n})
-	}
-	if !hasTiny {
-		// Listed before it is built: it exists as far as users are concerned.
-		n, _ := d.store.ImageInUse(ctx, builtinImage)
-		out = append([]wire.Image{{Name: builtinImage, Kind: "builtin", Format: "raw",
-			Path:      filepath.Join(d.layout.ImagesDir(), builtinImage+".ext4") + " (built on first use)",
-			SizeBytes: tinySizeMiB << 20, InUse: n}}, out...)
-	}
-	return out, nil
-}
-
-func (d *Daemon) inspectImage(ctx context.Context, name string) (wire.Image, error) {
-	imgs, err := d.listImages(ctx)
-	if err != nil {
-		return wire.Image{}, err
-	}
-	for _, img := range imgs {
-		if img.Name == name {
-			return img, nil
-		}
-	}
-	return wire.Image{}, notFoundf("image %q not found; `ember image ls` lists images", name)
-}
-
-func (d *Daemon) listKernels(ctx context.Context) ([]wire.Kernel, error) {
-	ks, err := d.store.ListKernels(ctx)
-	if err != nil {
-		return nil, err
-	}
-	def, _, _ := d.defaultKernel(ctx)
-	if d.cfg.Kernel != "" {
-		def.Name = d.cfg.Kernel
+	def, _, _ := s.defaultKernel(ctx)
+	if s.cfg.Kernel != "" {
+		def.Name = s.cfg.Kernel
 	}
 	out := make([]wire.Kernel, 0, len(ks))
 	for _, k := range ks {
@@ -310,39 +265,58 @@ func (d *Daemon) listKernels(ctx context.Context) ([]wire.Kernel, error) {
 	return out, nil
 }
 
-// fetchKernel streams the fetch's progress lines to the client.
-func (d *Daemon) fetchKernel(ctx context.Context, sc *streamConn) error {
+// fetchKernel streams the fetch's progress lines to the client. The fetch
+// holds kernelFetchMu; its progress goes through a bounded queue that drops
+// lines rather than wait for a slow client, so a stalled client never
+// holds the lock.
+func (s *bootService) fetchKernel(ctx context.Context, sc *streamConn) error {
 	if err := sc.startStream(); err != nil {
 		return nil
 	}
 	out := &wire.FrameWriter{W: sc, Kind: wire.FrameStdout}
-	d.kernelFetchMu.Lock()
-	k, err := d.fetchKernelLocked(ctx, func(s string) { fmt.Fprintln(out, s) })
-	d.kernelFetchMu.Unlock()
-	if err == nil {
-		fmt.Fprintf(out, "kernel %s (%s) ready\n", k.Name, k.Release)
+	lines := make(chan string, 64)
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for l := range lines {
+			fmt.Fprintln(out, l)
+		}
+	}()
+	progress := func(l string) {
+		select {
+		case lines <- l:
+		default: // the client is behind; progress is best effort
+		}
 	}
+	s.kernelFetchMu.Lock()
+	k, err := s.fetchKernelLocked(ctx, progress)
+	s.kernelFetchMu.Unlock()
+	if err == nil {
+		progress(fmt.Sprintf("kernel %s (%s) ready", k.Name, k.Release))
+	}
+	close(lines)
+	<-sent
 	sc.exit(0, err)
 	return nil
 }
 
-func (d *Daemon) importKernel(ctx context.Context, p wire.KernelImportParams) (wire.Kernel, error) {
+func (s *bootService) importKernel(ctx context.Context, p wire.KernelImportParams) (wire.Kernel, error) {
 	if err := kernel.ValidateName(p.Name); err != nil {
 		return wire.Kernel{}, invalidf("%v", err)
 	}
-	if _, err := d.store.GetKernel(ctx, p.Name); err == nil {
+	if _, err := s.store.GetKernel(ctx, p.Name); err == nil {
 		return wire.Kernel{}, conflictf("a kernel named %q already exists", p.Name)
 	}
 	if st, err := os.Stat(p.Vmlinuz); err != nil || !st.Mode().IsRegular() {
 		return wire.Kernel{}, invalidf("kernel file %q is not a readable file", p.Vmlinuz)
 	}
-	k, err := kernel.Import(ctx, d.layout.KernelsDir(), p.Name, p.Vmlinuz, p.ModulesDir)
+	k, err := kernel.Import(ctx, s.layout.KernelsDir(), p.Name, p.Vmlinuz, p.ModulesDir)
 	if err != nil {
 		return wire.Kernel{}, invalidf("import kernel %s: %v", p.Name, err)
 	}
 	sk := store.Kernel{Name: k.Name, Release: k.Release, Source: k.Source, Vmlinuz: k.Vmlinuz,
 		ModulesDir: k.ModulesDir, CreatedAt: time.Now().UTC()}
-	if err := d.store.PutKernel(ctx, sk); err != nil {
+	if err := s.store.PutKernel(ctx, sk); err != nil {
 		return wire.Kernel{}, err
 	}
 	return wire.Kernel{Name: sk.Name, Release: sk.Release, Source: sk.Source, Vmlinuz: sk.Vmlinuz,

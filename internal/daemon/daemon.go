@@ -56,7 +56,9 @@ type Options struct {
 	KVMStallTimeout time.Duration
 }
 
-// Daemon is the composition root: infrastructure handles and subsystems.
+// Daemon is the composition root: the infrastructure handles, the services
+// built from them, and the dispatch table the services fill. Each service
+// owns its state, its lock and its methods (see ARCHITECTURE.md).
 // Lock order: vmLocks[id] → {createVMMu, imageOpsMu} → subsystem-local locks.
 type Daemon struct {
 	// Immutable after Open.
@@ -64,37 +66,23 @@ type Daemon struct {
 	cfg     layout.Config
 	store   *store.Store
 	log     *slog.Logger
-	driver  hypervisor.Driver
-	key     ssh.Signer
 	pidFile *os.File
-	agent   string
 	// socketGID is the group that may reach a root daemon's socket; -1
 	// for a rootless daemon or when the configured group is missing.
 	socketGID int
 	// base is the daemon's lifetime; VMs' work hangs on it, never on a request.
 	base       context.Context
 	stopBase   context.CancelFunc
-	waitGuest  func(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error)
-	prepBoot   func(ctx context.Context, p bootRequest) (bootFiles, error)
 	closeOnce  sync.Once
 	background sync.WaitGroup
-	kvmStall   time.Duration // see Options.KVMStallTimeout
 
-	vmLocks    vmLockSet
-	createVMMu sync.Mutex // name uniqueness and the address window of creates
-	imageOpsMu sync.Mutex // image-registry mutations (build, register, promote, delete)
-	// kernelFetchMu keeps two first creates from fetching the kernel twice;
-	// a leaf like the other subsystem locks.
-	kernelFetchMu sync.Mutex
-
-	createOps *opRegistry[*createOp]
-	guests    guestPool
-	sessions  sessionRegistry // persistent-session controllers; see session.go
-	accel     accelCache
-	initrd    initrdCache
-	// net is tap networking (TAP pool, leases cache, VM DNS); nil when the
-	// config leaves tap off. See network.go.
-	net *netSubsys
+	// The services, in the order Open builds them.
+	ops      *opService      // op.*: every operation registry
+	images   *imageService   // image.*: imageOpsMu, image build operations
+	boot     *bootService    // kernel.*: kernels, initramfs, accelerator
+	nets     *networks       // user and tap networking strategies
+	vms      *vmService      // vm.*: vmLocks, createVMMu, create operations, agent connections
+	sessions *sessionService // session.*: session controllers
 
 	listener net.Listener
 	// methods is the dispatch table, filled once in Open.
@@ -102,7 +90,8 @@ type Daemon struct {
 }
 
 // Open builds the daemon: layout, config, single-instance lock, store,
-// key, and the re-attachment of VMs that kept running while it was away.
+// key, the services, and the re-attachment of VMs that kept running while
+// it was away.
 func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	lay, err := layout.Resolve(opts.Home)
 	if err != nil {
@@ -131,11 +120,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := lay.Ensure(socketGID); err != nil {
 		return nil, err
 	}
-	d := &Daemon{layout: lay, cfg: cfg, log: log, driver: opts.Driver, agent: opts.AgentPath, socketGID: socketGID,
-		waitGuest: opts.WaitGuest, prepBoot: opts.PrepareBoot, kvmStall: opts.KVMStallTimeout}
-	if d.kvmStall <= 0 {
-		d.kvmStall = defaultKVMStall
-	}
+	d := &Daemon{layout: lay, cfg: cfg, log: log, socketGID: socketGID}
 	d.base, d.stopBase = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -145,45 +130,80 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.lockPIDFile(); err != nil {
 		return nil, err
 	}
-	if d.driver == nil {
+	driver := opts.Driver
+	if driver == nil {
 		drv, err := qemu.New(qemu.Options{Logger: log, KVMDevice: cfg.KVMDevice})
 		if err != nil {
 			return nil, err
 		}
-		d.driver = drv
-	}
-	if d.waitGuest == nil {
-		d.waitGuest = dialGuest
-	}
-	if d.prepBoot == nil {
-		d.prepBoot = d.prepareBoot
+		driver = drv
 	}
 	if d.store, err = store.Open(ctx, lay.Store()); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	if d.key, err = guest.LoadOrCreateKey(lay.Key()); err != nil {
+	key, err := guest.LoadOrCreateKey(lay.Key())
+	if err != nil {
 		return nil, fmt.Errorf("daemon key: %w", err)
 	}
-	d.createOps = newOpRegistry[*createOp](cfg.OperationRetention.Duration)
-	if err := d.openNet(ctx, opts); err != nil {
+	if err := d.buildServices(ctx, opts, driver, key); err != nil {
 		return nil, err
 	}
-	if err := d.reattach(ctx); err != nil {
+	if err := d.vms.reattach(ctx); err != nil {
 		return nil, err
 	}
 	// After reattach: a create whose VM came up before the crash succeeded.
-	if err := d.settleUnfinishedOps(ctx); err != nil {
+	if err := d.vms.settleUnfinishedOps(ctx); err != nil {
 		return nil, err
 	}
-	if err := d.reconcileNet(ctx); err != nil {
-		return nil, err
+	if d.nets.tap != nil {
+		if err := d.nets.tap.reconcile(ctx); err != nil {
+			return nil, err
+		}
 	}
-	d.registerKernels(ctx)
-	d.methods = d.registerMethods()
+	d.boot.registerKernels(ctx)
 	if opts.PrepareBoot == nil {
-		d.probeAtStart(ctx)
+		d.boot.probeAtStart(ctx)
 	}
 	return d, nil
+}
+
+// buildServices wires the services from explicit dependencies and fills
+// the dispatch table. Tap networking is set up here, before reattach, so
+// half-made VMs removed there give their TAPs back.
+func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervisor.Driver, key ssh.Signer) error {
+	d.ops = &opService{store: d.store, log: d.log, retention: d.cfg.OperationRetention.Duration}
+	d.images = &imageService{layout: d.layout, store: d.store,
+		buildOps: newOpRegistry[*imageBuildOp](d.cfg.OperationRetention.Duration)}
+	d.boot = &bootService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver,
+		agent: opts.AgentPath, images: d.images, base: d.base, background: &d.background, prepare: opts.PrepareBoot}
+	if d.boot.prepare == nil {
+		d.boot.prepare = d.boot.prepareBoot
+	}
+	tap, err := openTapNet(ctx, d.cfg, d.layout, d.store, d.log, opts)
+	if err != nil {
+		return err
+	}
+	d.nets = &networks{config: d.layout.Config, user: &userNet{store: d.store, restrict: !d.cfg.UserNetEgress}, tap: tap}
+	d.vms = &vmService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver, key: key,
+		base: d.base, background: &d.background, boot: d.boot, images: d.images, nets: d.nets, ops: d.ops,
+		waitGuest: opts.WaitGuest, kvmStall: opts.KVMStallTimeout,
+		createOps: newOpRegistry[*createOp](d.cfg.OperationRetention.Duration)}
+	if d.vms.waitGuest == nil {
+		d.vms.waitGuest = dialGuest
+	}
+	if d.vms.kvmStall <= 0 {
+		d.vms.kvmStall = defaultKVMStall
+	}
+	d.sessions = &sessionService{vms: d.vms}
+	d.vms.onStopping, d.vms.onGone = d.sessions.stopping, d.sessions.gone
+	d.ops.sources = []opSource{d.vms.createOps, d.images.buildOps}
+
+	d.methods = methodTable{}
+	handle(d.methods, wire.DaemonInfoMethod, func(context.Context, wire.None) (wire.DaemonInfo, error) { return d.info(), nil })
+	for _, svc := range []interface{ register(methodTable) }{d.ops, d.images, d.boot, d.vms, d.sessions} {
+		svc.register(d.methods)
+	}
+	return nil
 }
 
 // lockPIDFile makes sure one daemon owns this layout: an flock on the pid
@@ -360,55 +380,8 @@ func writeResponse(w io.Writer, res any, err error) {
 // requestLineTimeout bounds the wait for a connection's request.
 const requestLineTimeout = 30 * time.Second
 
-// registerMethods builds the dispatch table: every service adds the methods
-// it owns.
-func (d *Daemon) registerMethods() methodTable {
-	t := methodTable{}
-	handle(t, wire.DaemonInfoMethod, func(context.Context, wire.None) (wire.DaemonInfo, error) { return d.info(), nil })
-	handle(t, wire.VMCreate, d.createVM)
-	handle(t, wire.VMList, func(ctx context.Context, _ wire.None) ([]wire.VM, error) { return d.listVMs(ctx) })
-	handle(t, wire.VMInspect, func(ctx context.Context, p wire.RefParams) (wire.VM, error) { return d.inspectVM(ctx, p.Ref) })
-	handle(t, wire.VMStart, func(ctx context.Context, p wire.RefParams) (wire.VM, error) { return d.startVM(ctx, p.Ref) })
-	handle(t, wire.VMStop, d.stopVM)
-	handle(t, wire.VMRestart, d.restartVM)
-	handle(t, wire.VMDelete, d.deleteVM)
-	handleStream(t, wire.VMExec, d.execVM)
-	handleStream(t, wire.VMLogs, d.logsVM)
-	handle(t, wire.OpList, func(ctx context.Context, _ wire.None) ([]wire.Operation, error) { return d.listOps(ctx) })
-	handle(t, wire.OpStatus, func(ctx context.Context, p wire.OpParams) (wire.Operation, error) { return d.opStatus(ctx, p.ID) })
-	handleStream(t, wire.OpWait, func(ctx context.Context, p wire.OpParams, sc *streamConn) error { return d.opWait(ctx, p.ID, sc) })
-	handle(t, wire.OpCancel, func(ctx context.Context, p wire.OpParams) (wire.None, error) {
-		return wire.None{}, d.createOps.Cancel(p.ID)
-	})
-	handle(t, wire.OpPrune, func(ctx context.Context, _ wire.None) (map[string]int, error) { return d.pruneOps(ctx) })
-	handle(t, wire.ImageList, func(ctx context.Context, _ wire.None) ([]wire.Image, error) { return d.listImages(ctx) })
-	handle(t, wire.ImageInspect, func(ctx context.Context, p wire.RefParams) (wire.Image, error) { return d.inspectImage(ctx, p.Ref) })
-	handle(t, wire.KernelList, func(ctx context.Context, _ wire.None) ([]wire.Kernel, error) { return d.listKernels(ctx) })
-	handleStream(t, wire.KernelFetch, func(ctx context.Context, _ wire.KernelFetchParams, sc *streamConn) error {
-		return d.fetchKernel(ctx, sc)
-	})
-	handle(t, wire.KernelImport, d.importKernel)
-	handle(t, wire.SessionList, d.listSessions)
-	handle(t, wire.SessionCreate, d.createSession)
-	handleStream(t, wire.SessionAttach, d.attachSession)
-	handle(t, wire.SessionSend, func(ctx context.Context, p wire.SessionSendParams) (wire.None, error) {
-		return wire.None{}, d.sendSession(ctx, p)
-	})
-	handleStream(t, wire.SessionRead, d.readSession)
-	handle(t, wire.SessionKill, func(ctx context.Context, p wire.SessionParams) (wire.None, error) {
-		return wire.None{}, d.killSession(ctx, p)
-	})
-	handle(t, wire.SessionSignal, func(ctx context.Context, p wire.SessionSignalParams) (wire.None, error) {
-		return wire.None{}, d.signalSession(ctx, p)
-	})
-	return t
-}
-
 func (d *Daemon) info() wire.DaemonInfo {
-	a, forced := d.forcedAccel()
-	if !forced {
-		a = d.accel.peek()
-	}
+	a := d.boot.accelInfo()
 	return wire.DaemonInfo{PID: os.Getpid(), Version: Version, Home: d.layout.Home, Socket: d.layout.Socket(),
 		Accel: a.Accel, Reason: a.Reason, AccelForced: a.Forced}
 }
@@ -424,8 +397,12 @@ func (d *Daemon) Close() error {
 			d.listener.Close()
 		}
 		d.background.Wait()
-		d.guests.closeAll()
-		d.closeNet()
+		if d.vms != nil {
+			d.vms.guests.closeAll()
+		}
+		if d.nets != nil {
+			d.nets.close()
+		}
 		if d.store != nil {
 			d.store.Close()
 		}

@@ -254,7 +254,7 @@ func TestFailedBootLeavesNothing(t *testing.T) {
 func TestBootTimeoutShowsConsole(t *testing.T) {
 	drv := newFakeDriver()
 	td := openTestDaemon(t, "", drv)
-	td.cfg.BootTimeout.Duration = 50 * time.Millisecond
+	td.vms.cfg.BootTimeout.Duration = 50 * time.Millisecond
 	td.bootHold = make(chan struct{}) // never released: the guest never answers
 	c := serve(t, td)
 	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "slow"})

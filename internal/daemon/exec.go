@@ -14,18 +14,18 @@ import (
 )
 
 // execVM runs a command in the guest and streams it over sc.
-func (d *Daemon) execVM(ctx context.Context, p wire.ExecParams, sc *streamConn) error {
+func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamConn) error {
 	if len(p.Argv) == 0 {
 		return invalidf("exec needs a command")
 	}
-	vm, err := d.resolveRef(ctx, p.Ref)
+	vm, err := s.resolveRef(ctx, p.Ref)
 	if err != nil {
 		return err
 	}
 	if vm.State != wire.StateRunning {
 		return conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
 	}
-	conn, err := d.guests.get(ctx, d, vm)
+	conn, err := s.guest(ctx, vm)
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func (d *Daemon) execVM(ctx context.Context, p wire.ExecParams, sc *streamConn) 
 		TTY:    p.TTY, Term: p.Term, Rows: p.Rows, Cols: p.Cols, Resize: resize})
 	if err != nil && ctx.Err() == nil {
 		// A broken transport: forget the connection so the next exec dials.
-		d.guests.drop(vm.ID)
+		s.guests.drop(vm.ID)
 	}
 	sc.exit(code, err)
 	return nil
@@ -95,12 +95,12 @@ func (d *Daemon) execVM(ctx context.Context, p wire.ExecParams, sc *streamConn) 
 
 // logsVM streams a VM's console log; with Follow it keeps streaming while
 // the client stays and the VM exists.
-func (d *Daemon) logsVM(ctx context.Context, p wire.LogsParams, sc *streamConn) error {
-	vm, err := d.resolveRef(ctx, p.Ref)
+func (s *vmService) logsVM(ctx context.Context, p wire.LogsParams, sc *streamConn) error {
+	vm, err := s.resolveRef(ctx, p.Ref)
 	if err != nil {
 		return err
 	}
-	path := d.toWireVM(vm).Console
+	path := s.toWireVM(vm).Console
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		if err := sc.startStream(); err != nil {
@@ -145,7 +145,7 @@ func (d *Daemon) logsVM(ctx context.Context, p wire.LogsParams, sc *streamConn) 
 			return nil
 		case <-time.After(200 * time.Millisecond):
 		}
-		if _, err := d.store.GetVM(context.Background(), vm.ID); err != nil {
+		if _, err := s.store.GetVM(context.Background(), vm.ID); err != nil {
 			sc.exit(0, nil)
 			return nil
 		}

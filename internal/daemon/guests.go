@@ -2,14 +2,11 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"sync"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/emberhq/ember/internal/guest"
-	"github.com/emberhq/ember/internal/hypervisor"
-	"github.com/emberhq/ember/internal/store"
 )
 
 // guestConn is the daemon's view of a guest agent connection; tests fake it.
@@ -45,31 +42,18 @@ func (p *guestPool) put(id string, c guestConn) {
 	p.conns[id] = c
 }
 
-// get returns the VM's connection, dialling one if there is none. The dial
+// get returns the VM's connection, calling dial if there is none. The dial
 // happens outside the lock.
-func (p *guestPool) get(ctx context.Context, d *Daemon, vm store.VM) (guestConn, error) {
+func (p *guestPool) get(id string, dial func() (guestConn, error)) (guestConn, error) {
 	p.mu.Lock()
-	c := p.conns[vm.ID]
+	c := p.conns[id]
 	p.mu.Unlock()
 	if c != nil {
 		return c, nil
 	}
-	addr := d.agentAddr(vm)
-	if addr == "" {
-		return nil, fmt.Errorf("vm %s has no agent address", vm.Name)
-	}
-	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
-	// A wedged agent must not keep a request dialling for ever.
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout.Duration)
-	defer cancel()
-	c, err := d.waitGuest(ctx, addr, d.key, func() error {
-		if !d.driver.Alive(inst) {
-			return fmt.Errorf("vm %s is not running", vm.Name)
-		}
-		return nil
-	})
+	c, err := dial()
 	if err != nil {
-		return nil, fmt.Errorf("connect to the agent of %s: %w", vm.Name, err)
+		return nil, err
 	}
 	// Two callers may have dialled at once: the first one stored wins and
 	// the other connection is closed, never one in use.
@@ -77,12 +61,12 @@ func (p *guestPool) get(ctx context.Context, d *Daemon, vm store.VM) (guestConn,
 	if p.conns == nil {
 		p.conns = make(map[string]guestConn)
 	}
-	if old := p.conns[vm.ID]; old != nil {
+	if old := p.conns[id]; old != nil {
 		p.mu.Unlock()
 		c.Close()
 		return old, nil
 	}
-	p.conns[vm.ID] = c
+	p.conns[id] = c
 	p.mu.Unlock()
 	return c, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -17,6 +18,113 @@ import (
 	"github.com/emberhq/ember/internal/wire"
 )
 
+// vmNetwork gives the VMs of one network mode their network: userNet (QEMU
+// user-mode networking, a loopback forward to the agent) and tapNet (a TAP
+// on the bridge, a leased address, a DNS name). The VM service picks one by
+// the VM's mode (networks.of) and never asks which it holds.
+type vmNetwork interface {
+	// reserve takes, before the create window, what a new VM needs that
+	// can run out (a TAP); undo gives it back.
+	reserve(ctx context.Context) (r netReservation, undo func(), err error)
+	// insert records the new VM, and what it leases, in one transaction.
+	// The caller holds createVMMu.
+	insert(ctx context.Context, vm store.VM, r netReservation) error
+	// spec fills a boot's network: the hypervisor's device and the
+	// agent's kernel arguments.
+	spec(vm store.VM, s *hypervisor.NetSpec) ([]string, error)
+	// agentAddr is where the VM's agent listens; "" when nowhere.
+	agentAddr(vm store.VM) string
+	// info adds what `inspect` shows of the VM's network.
+	info(w *wire.VM)
+	// release frees what a deleted VM held; its process is gone.
+	release(ctx context.Context, id string)
+	close()
+}
+
+// netReservation is what reserve took.
+type netReservation struct{ tap string }
+
+// networks holds the strategies this daemon runs: user always, tap when
+// configured.
+type networks struct {
+	config string // the config file, for error messages
+	user   *userNet
+	tap    *tapNet // nil when tap networking is off
+}
+
+// of returns the strategy for mode, or an invalid error saying why there is
+// none.
+func (n *networks) of(mode string) (vmNetwork, error) {
+	switch mode {
+	case hypervisor.NetUser:
+		return n.user, nil
+	case hypervisor.NetTAP:
+		if n.tap == nil {
+			return nil, invalidf("tap networking is off in this daemon: set tap = true (or default_net = \"tap\") in %s and run the daemon as root", n.config)
+		}
+		return n.tap, nil
+	}
+	return nil, invalidf("net must be user or tap, not %q", mode)
+}
+
+// release frees what a deleted VM held in whichever network it was.
+func (n *networks) release(ctx context.Context, id string) {
+	n.user.release(ctx, id)
+	if n.tap != nil {
+		n.tap.release(ctx, id)
+	}
+}
+
+func (n *networks) close() {
+	if n.tap != nil {
+		n.tap.close()
+	}
+}
+
+// userNet is QEMU user-mode networking: no host state, the agent reached
+// through a loopback port forward picked at each boot.
+type userNet struct {
+	store    *store.Store
+	restrict bool // guests cannot reach outside the host
+}
+
+func (u *userNet) reserve(context.Context) (netReservation, func(), error) {
+	return netReservation{}, func() {}, nil
+}
+
+func (u *userNet) insert(ctx context.Context, vm store.VM, _ netReservation) error {
+	return u.store.InsertVM(ctx, vm)
+}
+
+func (u *userNet) spec(vm store.VM, s *hypervisor.NetSpec) ([]string, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, fmt.Errorf("pick ssh port: %w", err)
+	}
+	*s = hypervisor.NetSpec{Mode: hypervisor.NetUser, Restrict: u.restrict, SSHHostPort: port}
+	return []string{"ember.ip=10.0.2.15/24", "ember.gw=10.0.2.2", "ember.dns=10.0.2.3"}, nil
+}
+
+func (u *userNet) agentAddr(vm store.VM) string {
+	if vm.SSHPort == 0 {
+		return ""
+	}
+	return fmt.Sprintf("127.0.0.1:%d", vm.SSHPort)
+}
+
+func (u *userNet) info(*wire.VM)                   {}
+func (u *userNet) release(context.Context, string) {}
+func (u *userNet) close()                          {}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
 // tapSource is the TAP pool seam; netconf.TapPool in production.
 type tapSource interface {
 	Take() (string, error)
@@ -28,10 +136,12 @@ type tapSource interface {
 // hostNetSetup prepares the host side (bridge, forwarding, NAT); a seam.
 type hostNetSetup func(ctx context.Context, cfg layout.Config, sub *ipam.Subnet) error
 
-// netSubsys is tap networking: the subnet, the TAP pool, the VM DNS server
-// and a cache of the leases (the store is the truth; the cache serves
-// inspect and agent dials without a query). nil on a daemon without tap.
-type netSubsys struct {
+// tapNet is tap networking: the subnet, the TAP pool (its own lock), the
+// VM DNS server (its own lock) and a cache of the leases (the store is the
+// truth; the cache serves inspect and agent dials without a query).
+type tapNet struct {
+	store  *store.Store
+	log    *slog.Logger
 	subnet *ipam.Subnet
 	taps   tapSource
 	dns    *vmdns.Server
@@ -48,21 +158,21 @@ type vmLease struct {
 	name string
 }
 
-func (n *netSubsys) lease(id string) (vmLease, bool) {
+func (n *tapNet) lease(id string) (vmLease, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	l, ok := n.leases[id]
 	return l, ok
 }
 
-func (n *netSubsys) setLease(l vmLease) {
+func (n *tapNet) setLease(l vmLease) {
 	n.mu.Lock()
 	n.leases[l.VMID] = l
 	n.mu.Unlock()
 	n.dns.Set(l.name, net.ParseIP(l.IP))
 }
 
-func (n *netSubsys) dropLease(id string) (vmLease, bool) {
+func (n *tapNet) dropLease(id string) (vmLease, bool) {
 	n.mu.Lock()
 	l, ok := n.leases[id]
 	delete(n.leases, id)
@@ -88,122 +198,89 @@ func setupHostNet(ctx context.Context, cfg layout.Config, sub *ipam.Subnet) erro
 	return netconf.InstallNAT(cfg.NFTable, cfg.Bridge, sub.IPNet())
 }
 
-// openNet sets up tap networking when the config asks for it. It runs
-// before reattach, so half-made VMs removed there give their TAPs back.
-func (d *Daemon) openNet(ctx context.Context, opts Options) error {
-	if !d.cfg.TAPEnabled() {
-		return nil
+// openTapNet sets up tap networking when the config asks for it (nil when
+// it does not). It runs before reattach, so half-made VMs removed there give
+// their TAPs back.
+func openTapNet(ctx context.Context, cfg layout.Config, lay layout.Layout, st *store.Store, log *slog.Logger, opts Options) (*tapNet, error) {
+	if !cfg.TAPEnabled() {
+		return nil, nil
 	}
-	sub, err := ipam.Parse(d.cfg.Subnet)
+	sub, err := ipam.Parse(cfg.Subnet)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	setup := opts.NetSetup
 	if setup == nil {
 		setup = setupHostNet
 	}
-	if err := setup(ctx, d.cfg, sub); err != nil {
+	if err := setup(ctx, cfg, sub); err != nil {
 		hint := ""
 		if os.Geteuid() != 0 {
-			hint = " (tap networking needs root or CAP_NET_ADMIN; run the daemon as root, or set default_net = \"user\" and tap = false in " + d.layout.Config + ")"
+			hint = " (tap networking needs root or CAP_NET_ADMIN; run the daemon as root, or set default_net = \"user\" and tap = false in " + lay.Config + ")"
 		}
-		return fmt.Errorf("tap networking: %w%s", err, hint)
+		return nil, fmt.Errorf("tap networking: %w%s", err, hint)
 	}
-	n := &netSubsys{subnet: sub, taps: opts.Taps, leases: map[string]vmLease{}}
+	n := &tapNet{store: st, log: log, subnet: sub, taps: opts.Taps, leases: map[string]vmLease{}}
 	if n.taps == nil {
-		n.taps = netconf.NewTapPool(d.cfg.Bridge, d.cfg.TAPPrefix, d.cfg.TAPPoolWarm, d.log)
+		n.taps = netconf.NewTapPool(cfg.Bridge, cfg.TAPPrefix, cfg.TAPPoolWarm, log)
 	}
-	n.dns = vmdns.New(vmdns.Config{Domain: d.cfg.Domain, Subnet: sub.IPNet(), Self: sub.Gateway(),
-		Upstreams: vmdns.HostUpstreams("/etc/resolv.conf", sub.Gateway()), Logger: d.log})
+	n.dns = vmdns.New(vmdns.Config{Domain: cfg.Domain, Subnet: sub.IPNet(), Self: sub.Gateway(),
+		Upstreams: vmdns.HostUpstreams("/etc/resolv.conf", sub.Gateway()), Logger: log})
 	addr := opts.DNSAddr
 	if addr == "" {
 		addr = net.JoinHostPort(sub.Gateway().String(), "53")
 	}
 	if n.dnsAddr, err = n.dns.Start(addr); err != nil {
-		return fmt.Errorf("vm dns: %w (is another DNS server bound to %s? `ember doctor` checks the port)", err, addr)
+		n.taps.Close()
+		return nil, fmt.Errorf("vm dns: %w (is another DNS server bound to %s? `ember doctor` checks the port)", err, addr)
 	}
-	d.net = n
-	d.log.Info("tap networking ready", "bridge", d.cfg.Bridge, "subnet", sub, "dns", n.dnsAddr, "domain", d.cfg.Domain)
-	return nil
+	log.Info("tap networking ready", "bridge", cfg.Bridge, "subnet", sub, "dns", n.dnsAddr, "domain", cfg.Domain)
+	return n, nil
 }
 
-// reconcileNet, after reattach: load the leases of the VMs that remain
-// into the cache and the DNS table, and let the pool adopt the TAPs left
-// by an earlier daemon (in use by those VMs, or spare).
-func (d *Daemon) reconcileNet(ctx context.Context) error {
-	if d.net == nil {
-		return nil
-	}
-	leases, err := d.store.ListLeases(ctx)
+// reconcile, after reattach: load the leases of the VMs that remain into
+// the cache and the DNS table, and let the pool adopt the TAPs left by an
+// earlier daemon (in use by those VMs, or spare).
+func (n *tapNet) reconcile(ctx context.Context) error {
+	leases, err := n.store.ListLeases(ctx)
 	if err != nil {
 		return fmt.Errorf("list leases: %w", err)
 	}
 	var inUse []string
 	for _, l := range leases {
-		vm, err := d.store.GetVM(ctx, l.VMID)
+		vm, err := n.store.GetVM(ctx, l.VMID)
 		if err != nil {
 			return fmt.Errorf("vm of lease %s: %w", l.IP, err)
 		}
-		d.net.setLease(vmLease{Lease: l, name: vm.Name})
+		n.setLease(vmLease{Lease: l, name: vm.Name})
 		inUse = append(inUse, l.TAP)
 	}
-	if err := d.net.taps.Reconcile(inUse); err != nil {
+	if err := n.taps.Reconcile(inUse); err != nil {
 		return fmt.Errorf("reconcile tap pool: %w", err)
 	}
 	return nil
 }
 
-func (d *Daemon) closeNet() {
-	if d.net == nil {
-		return
-	}
-	d.net.dns.Close()
-	d.net.taps.Close()
+func (n *tapNet) close() {
+	n.dns.Close()
+	n.taps.Close()
 }
 
-// validateNet checks a create's net mode.
-func (d *Daemon) validateNet(mode string) error {
-	switch mode {
-	case hypervisor.NetUser:
-		return nil
-	case hypervisor.NetTAP:
-		if d.net == nil {
-			return invalidf("tap networking is off in this daemon: set tap = true (or default_net = \"tap\") in %s and run the daemon as root", d.layout.Config)
-		}
-		return nil
-	}
-	return invalidf("net must be user or tap, not %q", mode)
-}
-
-// takeTAP gets a TAP for a tap-mode create before the create window.
-func (d *Daemon) takeTAP(mode string) (string, error) {
-	if mode != hypervisor.NetTAP {
-		return "", nil
-	}
-	tap, err := d.net.taps.Take()
+func (n *tapNet) reserve(context.Context) (netReservation, func(), error) {
+	tap, err := n.taps.Take()
 	if err != nil {
-		return "", fmt.Errorf("take a tap interface: %w", err)
+		return netReservation{}, nil, fmt.Errorf("take a tap interface: %w", err)
 	}
-	return tap, nil
+	return netReservation{tap: tap}, func() { n.taps.Put(tap) }, nil
 }
 
-// putTAP gives back a TAP a failed create took.
-func (d *Daemon) putTAP(tap string) {
-	if tap != "" && d.net != nil {
-		d.net.taps.Put(tap)
-	}
-}
-
-// insertVM records a new VM; for tap mode it allocates the lowest free
-// address in the same transaction. The caller holds createVMMu, so no two
-// creates pick at once; the transaction and the leases' primary key keep it
-// true across processes and crashes.
-func (d *Daemon) insertVM(ctx context.Context, vm store.VM, tap string) error {
-	if vm.NetMode != hypervisor.NetTAP {
-		return d.store.InsertVM(ctx, vm)
-	}
+// insert records the VM and allocates the lowest free address in the same
+// transaction. The caller holds createVMMu, so no two creates pick at once;
+// the transaction and the leases' primary key keep it true across processes
+// and crashes.
+func (n *tapNet) insert(ctx context.Context, vm store.VM, r netReservation) error {
 	var lease store.Lease
-	err := d.store.WithTx(ctx, func(tx *store.Tx) error {
+	err := n.store.WithTx(ctx, func(tx *store.Tx) error {
 		if err := tx.InsertVM(ctx, vm); err != nil {
 			return err
 		}
@@ -215,91 +292,55 @@ func (d *Daemon) insertVM(ctx context.Context, vm store.VM, tap string) error {
 		for _, l := range leases {
 			used[l.IP] = true
 		}
-		ip, err := d.net.subnet.Next(used)
+		ip, err := n.subnet.Next(used)
 		if errors.Is(err, ipam.ErrExhausted) {
 			return conflictf("no free address for %s: %v; delete a vm or widen `subnet`", vm.Name, err)
 		} else if err != nil {
 			return err
 		}
-		lease = store.Lease{IP: ip.String(), VMID: vm.ID, MAC: ipam.MAC(ip), TAP: tap}
+		lease = store.Lease{IP: ip.String(), VMID: vm.ID, MAC: ipam.MAC(ip), TAP: r.tap}
 		return tx.InsertLease(ctx, lease)
 	})
 	if err != nil {
 		return err
 	}
-	d.net.setLease(vmLease{Lease: lease, name: vm.Name})
+	n.setLease(vmLease{Lease: lease, name: vm.Name})
 	return nil
 }
 
-// releaseNet frees a deleted VM's name and TAP; its address went with the
-// row (cascade). Called after the VM's process is gone.
-func (d *Daemon) releaseNet(ctx context.Context, id string) {
-	if d.net == nil {
-		return
-	}
-	l, ok := d.net.dropLease(id)
+// release frees a deleted VM's name, address and TAP.
+func (n *tapNet) release(ctx context.Context, id string) {
+	l, ok := n.dropLease(id)
 	if !ok {
 		return
 	}
 	// The row may still exist if the delete failed half-way; free the
 	// address explicitly so nothing is held by a VM that is gone.
-	if err := d.store.DeleteLease(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
-		d.log.Warn("release lease", "ip", l.IP, "err", err)
+	if err := n.store.DeleteLease(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		n.log.Warn("release lease", "ip", l.IP, "err", err)
 	}
-	d.net.taps.Put(l.TAP)
+	n.taps.Put(l.TAP)
 }
 
-// vmNet fills the spec's network for a VM in tap mode.
-func (d *Daemon) vmNet(vm store.VM, spec *hypervisor.Spec) error {
-	if vm.NetMode != hypervisor.NetTAP {
-		return nil
-	}
-	if d.net == nil {
-		return fmt.Errorf("vm %s uses tap networking, which is off in this daemon (set tap = true in %s)", vm.Name, d.layout.Config)
-	}
-	l, ok := d.net.lease(vm.ID)
+func (n *tapNet) spec(vm store.VM, s *hypervisor.NetSpec) ([]string, error) {
+	l, ok := n.lease(vm.ID)
 	if !ok || l.TAP == "" {
-		return fmt.Errorf("vm %s has no address lease or tap", vm.Name)
+		return nil, fmt.Errorf("vm %s has no address lease or tap", vm.Name)
 	}
-	spec.Net = hypervisor.NetSpec{Mode: hypervisor.NetTAP, TAP: l.TAP, MAC: l.MAC}
-	return nil
+	*s = hypervisor.NetSpec{Mode: hypervisor.NetTAP, TAP: l.TAP, MAC: l.MAC}
+	gw := n.subnet.Gateway().String()
+	return []string{fmt.Sprintf("ember.ip=%s/%d", l.IP, n.subnet.Prefix()), "ember.gw=" + gw, "ember.dns=" + gw}, nil
 }
 
-// guestNetArgs are the agent's network boot arguments.
-func (d *Daemon) guestNetArgs(vm store.VM) []string {
-	if vm.NetMode == hypervisor.NetTAP && d.net != nil {
-		if l, ok := d.net.lease(vm.ID); ok {
-			gw := d.net.subnet.Gateway().String()
-			return []string{fmt.Sprintf("ember.ip=%s/%d", l.IP, d.net.subnet.Prefix()), "ember.gw=" + gw, "ember.dns=" + gw}
-		}
+func (n *tapNet) agentAddr(vm store.VM) string {
+	if l, ok := n.lease(vm.ID); ok {
+		return net.JoinHostPort(l.IP, "22")
 	}
-	return []string{"ember.ip=10.0.2.15/24", "ember.gw=10.0.2.2", "ember.dns=10.0.2.3"}
+	return ""
 }
 
-// agentAddr is where the VM's agent listens: its own address in tap mode,
-// the loopback forward in user mode; "" when there is none.
-func (d *Daemon) agentAddr(vm store.VM) string {
-	if vm.NetMode == hypervisor.NetTAP {
-		if d.net == nil {
-			return ""
-		}
-		if l, ok := d.net.lease(vm.ID); ok {
-			return net.JoinHostPort(l.IP, "22")
-		}
-		return ""
-	}
-	if vm.SSHPort == 0 {
-		return ""
-	}
-	return fmt.Sprintf("127.0.0.1:%d", vm.SSHPort)
-}
-
-// netInfo adds a tap-mode VM's address, MAC, TAP and DNS name.
-func (d *Daemon) netInfo(w *wire.VM) {
-	if d.net == nil {
-		return
-	}
-	if l, ok := d.net.lease(w.ID); ok {
-		w.IP, w.MAC, w.TAP, w.DNSName = l.IP, l.MAC, l.TAP, d.net.dns.Name(w.Name)
+func (n *tapNet) info(w *wire.VM) {
+	if l, ok := n.lease(w.ID); ok {
+		w.IP, w.MAC, w.TAP, w.DNSName = l.IP, l.MAC, l.TAP, n.dns.Name(w.Name)
 	}
 }

@@ -126,7 +126,7 @@ func lookupA(t *testing.T, td *testDaemon, name string) (string, int) {
 	t.Helper()
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
-	r, err := dns.Exchange(m, td.net.dnsAddr)
+	r, err := dns.Exchange(m, td.nets.tap.dnsAddr)
 	if err != nil {
 		t.Fatalf("query %s: %v", name, err)
 	}

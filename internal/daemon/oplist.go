@@ -41,6 +41,12 @@ func (r *opRegistry[T]) Begin(op T) {
 	r.ops[op.ID()] = op
 }
 
+// Has reports whether the registry holds operation id.
+func (r *opRegistry[T]) Has(id string) bool {
+	_, ok := r.Get(id)
+	return ok
+}
+
 // Get returns the operation with id.
 func (r *opRegistry[T]) Get(id string) (T, bool) {
 	r.mu.Lock()

@@ -2,9 +2,8 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
@@ -12,16 +11,57 @@ import (
 	"github.com/emberhq/ember/internal/wire"
 )
 
-// persistOp writes an operation's snapshot to the store, so its outcome
+// opSource is one registry of asynchronous operations: an
+// *opRegistry[T] of creates, of image builds, and whatever comes next.
+type opSource interface {
+	Has(id string) bool
+	Status(id string) (wire.Operation, error)
+	Cancel(id string) error
+	List() []wire.Operation
+	Prune(all bool) int
+	Wait(ctx context.Context, id string, progress func(wire.Operation)) (wire.Operation, error)
+}
+
+// opService answers op.* for every registry at once, so `op ls` lists
+// creates and builds from one table. Live operations come from their
+// registry; finished ones also from the store, where every operation's
+// snapshot is written as it changes (persist). It owns no lock: each
+// registry owns its own.
+type opService struct {
+	store     *store.Store
+	log       *slog.Logger
+	retention time.Duration
+	sources   []opSource
+}
+
+func (s *opService) register(t methodTable) {
+	handle(t, wire.OpList, func(ctx context.Context, _ wire.None) ([]wire.Operation, error) { return s.list(ctx) })
+	handle(t, wire.OpStatus, func(ctx context.Context, p wire.OpParams) (wire.Operation, error) { return s.status(ctx, p.ID) })
+	handleStream(t, wire.OpWait, func(ctx context.Context, p wire.OpParams, sc *streamConn) error { return s.wait(ctx, p.ID, sc) })
+	handle(t, wire.OpCancel, func(ctx context.Context, p wire.OpParams) (wire.None, error) { return wire.None{}, s.cancel(ctx, p.ID) })
+	handle(t, wire.OpPrune, func(ctx context.Context, _ wire.None) (map[string]int, error) { return s.prune(ctx) })
+}
+
+// persist writes an operation's snapshot to the store, so its outcome
 // outlives the daemon and a restart can mark it failed if it never ended.
-func (d *Daemon) persistOp(o wire.Operation) {
+func (s *opService) persist(o wire.Operation) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	so := store.Operation{ID: o.ID, Kind: o.Kind, Target: o.Target, State: o.State, Progress: o.Progress,
 		Error: o.Error, ErrorCode: o.ErrorCode, Result: o.Result, CreatedAt: o.CreatedAt, UpdatedAt: time.Now().UTC(), FinishedAt: o.FinishedAt}
-	if err := d.store.PutOperation(ctx, so); err != nil {
-		d.log.Error("persist operation", "op", o.ID, "err", err)
+	if err := s.store.PutOperation(ctx, so); err != nil {
+		s.log.Error("persist operation", "op", o.ID, "err", err)
 	}
+}
+
+// live returns the registry that holds operation id, or nil.
+func (s *opService) live(id string) opSource {
+	for _, src := range s.sources {
+		if src.Has(id) {
+			return src
+		}
+	}
+	return nil
 }
 
 func fromStoreOp(o store.Operation) wire.Operation {
@@ -29,19 +69,23 @@ func fromStoreOp(o store.Operation) wire.Operation {
 		Error: o.Error, ErrorCode: o.ErrorCode, Result: o.Result, CreatedAt: o.CreatedAt, FinishedAt: o.FinishedAt}
 }
 
-// listOps merges live operations with finished ones from the store.
-func (d *Daemon) listOps(ctx context.Context) ([]wire.Operation, error) {
-	d.createOps.Prune(false)
-	live := d.createOps.List()
+// list merges live operations of every registry with finished ones from
+// the store.
+func (s *opService) list(ctx context.Context) ([]wire.Operation, error) {
+	var live []wire.Operation
+	for _, src := range s.sources {
+		src.Prune(false)
+		live = append(live, src.List()...)
+	}
 	seen := make(map[string]bool, len(live))
 	for _, o := range live {
 		seen[o.ID] = true
 	}
-	stored, err := d.store.ListOperations(ctx)
+	stored, err := s.store.ListOperations(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cutoff := time.Now().Add(-d.cfg.OperationRetention.Duration)
+	cutoff := time.Now().Add(-s.retention)
 	for _, o := range stored {
 		if seen[o.ID] || (o.FinishedAt != nil && o.FinishedAt.Before(cutoff)) {
 			continue
@@ -52,31 +96,46 @@ func (d *Daemon) listOps(ctx context.Context) ([]wire.Operation, error) {
 	return live, nil
 }
 
-// opStatus answers from the live registry, then from the store.
-func (d *Daemon) opStatus(ctx context.Context, id string) (wire.Operation, error) {
-	if s, err := d.createOps.Status(id); err == nil {
-		return s, nil
+// status answers from the live registries, then from the store.
+func (s *opService) status(ctx context.Context, id string) (wire.Operation, error) {
+	if src := s.live(id); src != nil {
+		if st, err := src.Status(id); err == nil {
+			return st, nil
+		}
 	}
-	o, err := d.store.GetOperation(ctx, id)
+	o, err := s.store.GetOperation(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return wire.Operation{}, notFoundf("operation %q not found (finished operations are kept for %s)", id, d.cfg.OperationRetention.Duration)
+		return wire.Operation{}, notFoundf("operation %q not found (finished operations are kept for %s)", id, s.retention)
 	} else if err != nil {
 		return wire.Operation{}, err
 	}
 	return fromStoreOp(o), nil
 }
 
-// opWait streams snapshots of an operation until it finishes.
-func (d *Daemon) opWait(ctx context.Context, id string, sc *streamConn) error {
-	if _, ok := d.createOps.Get(id); !ok {
-		s, err := d.opStatus(ctx, id)
+// cancel asks a live operation to stop.
+func (s *opService) cancel(ctx context.Context, id string) error {
+	if src := s.live(id); src != nil {
+		return src.Cancel(id)
+	}
+	o, err := s.status(ctx, id)
+	if err != nil {
+		return err
+	}
+	return conflictf("operation %s already %s", id, o.State)
+}
+
+// wait streams snapshots of an operation until it finishes.
+func (s *opService) wait(ctx context.Context, id string, sc *streamConn) error {
+	src := s.live(id)
+	if src == nil {
+		st, err := s.status(ctx, id)
 		if err != nil {
 			return err
 		}
 		if err := sc.startStream(); err != nil {
 			return nil
 		}
-		_ = wire.WriteJSONFrame(sc, wire.FrameStdout, s)
+		_ = wire.WriteJSONFrame(sc, wire.FrameStdout, st)
 		sc.exit(0, nil)
 		return nil
 	}
@@ -93,48 +152,18 @@ func (d *Daemon) opWait(ctx context.Context, id string, sc *streamConn) error {
 			}
 		}
 	}()
-	_, err := d.createOps.Wait(ctx, id, func(s wire.Operation) {
-		_ = wire.WriteJSONFrame(sc, wire.FrameStdout, s)
+	_, err := src.Wait(ctx, id, func(st wire.Operation) {
+		_ = wire.WriteJSONFrame(sc, wire.FrameStdout, st)
 	})
 	sc.exit(0, err)
 	return nil
 }
 
-func (d *Daemon) pruneOps(ctx context.Context) (map[string]int, error) {
-	n := d.createOps.Prune(true)
-	m, err := d.store.PruneOperations(ctx, time.Now())
+func (s *opService) prune(ctx context.Context) (map[string]int, error) {
+	n := 0
+	for _, src := range s.sources {
+		n += src.Prune(true)
+	}
+	m, err := s.store.PruneOperations(ctx, time.Now())
 	return map[string]int{"pruned": n + m}, err
-}
-
-// settleUnfinishedOps runs at Open, after reattach: the goroutines of
-// unfinished operations died with the previous daemon. A vm.create whose VM
-// is running finished its work before the crash (only its outcome was not
-// written), so it succeeded; every other one failed.
-func (d *Daemon) settleUnfinishedOps(ctx context.Context) error {
-	ops, err := d.store.ListOperations(ctx)
-	if err != nil {
-		return fmt.Errorf("list operations: %w", err)
-	}
-	for _, o := range ops {
-		if o.FinishedAt != nil || o.Kind != "vm.create" {
-			continue
-		}
-		vm, err := d.store.GetVMByName(ctx, o.Target)
-		if err != nil || vm.State != wire.StateRunning || vm.CreatedAt.Before(o.CreatedAt.Add(-time.Second)) {
-			continue
-		}
-		o.State, o.Progress, o.Error, o.ErrorCode = wire.OpSucceeded, "done", "", ""
-		o.Result, _ = json.Marshal(d.toWireVM(vm))
-		if err := d.store.PutOperation(ctx, o); err != nil {
-			return fmt.Errorf("settle operation %s: %w", o.ID, err)
-		}
-	}
-	n, err := d.store.FailUnfinishedOperations(ctx, "daemon restarted before the operation finished")
-	if err != nil {
-		return fmt.Errorf("mark unfinished operations: %w", err)
-	}
-	if n > 0 {
-		d.log.Info("marked unfinished operations failed", "count", n)
-	}
-	return nil
 }

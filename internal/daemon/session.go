@@ -40,6 +40,30 @@ type sessionGuest interface {
 	SessionAttach(ctx context.Context, name string) (*guest.SessionStream, error)
 }
 
+// sessionService owns the session.* methods and the registry of session
+// controllers. It reaches VMs and their agent connections through the VM
+// service; the VM service calls stopping and gone when a VM stops or goes.
+type sessionService struct {
+	vms      *vmService
+	registry sessionRegistry
+}
+
+func (ss *sessionService) register(t methodTable) {
+	handle(t, wire.SessionList, ss.listSessions)
+	handle(t, wire.SessionCreate, ss.createSession)
+	handleStream(t, wire.SessionAttach, ss.attachSession)
+	handle(t, wire.SessionSend, func(ctx context.Context, p wire.SessionSendParams) (wire.None, error) {
+		return wire.None{}, ss.sendSession(ctx, p)
+	})
+	handleStream(t, wire.SessionRead, ss.readSession)
+	handle(t, wire.SessionKill, func(ctx context.Context, p wire.SessionParams) (wire.None, error) {
+		return wire.None{}, ss.killSession(ctx, p)
+	})
+	handle(t, wire.SessionSignal, func(ctx context.Context, p wire.SessionSignalParams) (wire.None, error) {
+		return wire.None{}, ss.signalSession(ctx, p)
+	})
+}
+
 type sessionKey struct{ vm, name string }
 
 // sessionRegistry holds the active controllers and the sessions of stopped
@@ -132,20 +156,20 @@ func (r *sessionRegistry) forget(vmID, name string) {
 
 // sessionErr turns a guest error into a wire error; a broken transport
 // also drops the pooled connection so the next call dials again.
-func (d *Daemon) sessionErr(vm store.VM, err error) error {
+func (ss *sessionService) sessionErr(vm store.VM, err error) error {
 	var se *agent.SessionError
 	if errors.As(err, &se) {
 		return wire.Errorf(se.Code, "vm %s: %s", vm.Name, se.Message)
 	}
 	if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-		d.guests.drop(vm.ID)
+		ss.vms.guests.drop(vm.ID)
 	}
 	return fmt.Errorf("vm %s: %w", vm.Name, err)
 }
 
 // sessionTarget resolves a running VM and its agent connection.
-func (d *Daemon) sessionTarget(ctx context.Context, ref, name string) (store.VM, sessionGuest, error) {
-	vm, err := d.resolveRef(ctx, ref)
+func (ss *sessionService) sessionTarget(ctx context.Context, ref, name string) (store.VM, sessionGuest, error) {
+	vm, err := ss.vms.resolveRef(ctx, ref)
 	if err != nil {
 		return vm, nil, err
 	}
@@ -155,7 +179,7 @@ func (d *Daemon) sessionTarget(ctx context.Context, ref, name string) (store.VM,
 	if vm.State != wire.StateRunning {
 		return vm, nil, conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
 	}
-	conn, err := d.guests.get(ctx, d, vm)
+	conn, err := ss.vms.guest(ctx, vm)
 	if err != nil {
 		return vm, nil, err
 	}
@@ -175,25 +199,25 @@ func toWireSession(vm store.VM, s agent.SessionInfo) wire.Session {
 	return w
 }
 
-func (d *Daemon) listSessions(ctx context.Context, p wire.SessionParams) ([]wire.Session, error) {
-	vm, err := d.resolveRef(ctx, p.Ref)
+func (ss *sessionService) listSessions(ctx context.Context, p wire.SessionParams) ([]wire.Session, error) {
+	vm, err := ss.vms.resolveRef(ctx, p.Ref)
 	if err != nil {
 		return nil, err
 	}
-	ended := d.sessions.endedOf(vm.ID)
+	ended := ss.registry.endedOf(vm.ID)
 	out := []wire.Session{}
 	if vm.State == wire.StateRunning {
-		_, sg, err := d.sessionTarget(ctx, p.Ref, "")
+		_, sg, err := ss.sessionTarget(ctx, p.Ref, "")
 		if err != nil {
 			return nil, err
 		}
 		infos, err := sg.SessionList(ctx)
 		if err != nil {
-			return nil, d.sessionErr(vm, err)
+			return nil, ss.sessionErr(vm, err)
 		}
 		for _, s := range infos {
 			w := toWireSession(vm, s)
-			if c := d.sessions.get(sessionKey{vm.ID, s.Name}); c != nil {
+			if c := ss.registry.get(sessionKey{vm.ID, s.Name}); c != nil {
 				w.Attached = c.clientCount()
 			}
 			delete(ended, s.Name)
@@ -207,8 +231,8 @@ func (d *Daemon) listSessions(ctx context.Context, p wire.SessionParams) ([]wire
 	return out, nil
 }
 
-func (d *Daemon) createSession(ctx context.Context, p wire.SessionCreateParams) (wire.Session, error) {
-	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+func (ss *sessionService) createSession(ctx context.Context, p wire.SessionCreateParams) (wire.Session, error) {
+	vm, sg, err := ss.sessionTarget(ctx, p.Ref, p.Name)
 	if err != nil {
 		return wire.Session{}, err
 	}
@@ -221,22 +245,22 @@ func (d *Daemon) createSession(ctx context.Context, p wire.SessionCreateParams) 
 	info, err := sg.SessionCreate(ctx, guest.SessionSpec{Name: p.Name, Argv: p.Argv, Env: p.Env,
 		Scrollback: p.Scrollback, Rows: p.Rows, Cols: p.Cols, Term: p.Term})
 	if err != nil {
-		return wire.Session{}, d.sessionErr(vm, err)
+		return wire.Session{}, ss.sessionErr(vm, err)
 	}
-	d.sessions.forget(vm.ID, p.Name)
+	ss.registry.forget(vm.ID, p.Name)
 	return toWireSession(vm, info), nil
 }
 
-func (d *Daemon) killSession(ctx context.Context, p wire.SessionParams) error {
-	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+func (ss *sessionService) killSession(ctx context.Context, p wire.SessionParams) error {
+	vm, sg, err := ss.sessionTarget(ctx, p.Ref, p.Name)
 	if err != nil {
 		return err
 	}
 	if err := sg.SessionKill(ctx, p.Name); err != nil {
-		return d.sessionErr(vm, err)
+		return ss.sessionErr(vm, err)
 	}
 	// The agent ends the controller's channel with the exit status.
-	d.sessions.forget(vm.ID, p.Name)
+	ss.registry.forget(vm.ID, p.Name)
 	return nil
 }
 
@@ -244,36 +268,36 @@ func (d *Daemon) killSession(ctx context.Context, p wire.SessionParams) error {
 var sessionSignals = map[string]bool{"HUP": true, "INT": true, "QUIT": true, "KILL": true, "USR1": true,
 	"USR2": true, "TERM": true, "CONT": true, "STOP": true, "TSTP": true, "WINCH": true}
 
-func (d *Daemon) signalSession(ctx context.Context, p wire.SessionSignalParams) error {
+func (ss *sessionService) signalSession(ctx context.Context, p wire.SessionSignalParams) error {
 	sig := strings.TrimPrefix(strings.ToUpper(p.Signal), "SIG")
 	if !sessionSignals[sig] {
 		return invalidf("signal %q is not one of HUP INT QUIT KILL USR1 USR2 TERM CONT STOP TSTP WINCH", p.Signal)
 	}
-	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+	vm, sg, err := ss.sessionTarget(ctx, p.Ref, p.Name)
 	if err != nil {
 		return err
 	}
 	if err := sg.SessionSignal(ctx, p.Name, sig); err != nil {
-		return d.sessionErr(vm, err)
+		return ss.sessionErr(vm, err)
 	}
 	return nil
 }
 
 // controller returns the session's controller, attaching one if there is
 // none. The guest I/O happens outside the registry's lock.
-func (d *Daemon) controller(ctx context.Context, vm store.VM, sg sessionGuest, name string) (*guestSessionController, error) {
+func (ss *sessionService) controller(ctx context.Context, vm store.VM, sg sessionGuest, name string) (*guestSessionController, error) {
 	k := sessionKey{vm.ID, name}
-	if c := d.sessions.get(k); c != nil {
+	if c := ss.registry.get(k); c != nil {
 		return c, nil
 	}
 	st, err := sg.SessionAttach(ctx, name)
 	if err != nil {
-		return nil, d.sessionErr(vm, err)
+		return nil, ss.sessionErr(vm, err)
 	}
-	c := newSessionController(vm.ID, name, st, st.Info.Scrollback, d.sessions.remove)
+	c := newSessionController(vm.ID, name, st, st.Info.Scrollback, ss.registry.remove)
 	// An exited session still replays to attachers, but takes no input.
 	c.exitedAtAttach = !st.Info.Running
-	if won := d.sessions.put(k, c); won != c {
+	if won := ss.registry.put(k, c); won != c {
 		st.Close()
 		return won, nil
 	}
@@ -281,15 +305,15 @@ func (d *Daemon) controller(ctx context.Context, vm store.VM, sg sessionGuest, n
 	return c, nil
 }
 
-func (d *Daemon) sendSession(ctx context.Context, p wire.SessionSendParams) error {
+func (ss *sessionService) sendSession(ctx context.Context, p wire.SessionSendParams) error {
 	if len(p.Text) > wire.MaxSessionSend {
 		return invalidf("text of %d bytes is over the limit of %d; send it in parts", len(p.Text), wire.MaxSessionSend)
 	}
-	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+	vm, sg, err := ss.sessionTarget(ctx, p.Ref, p.Name)
 	if err != nil {
 		return err
 	}
-	c, err := d.controller(ctx, vm, sg, p.Name)
+	c, err := ss.controller(ctx, vm, sg, p.Name)
 	if err != nil {
 		return err
 	}
@@ -298,8 +322,8 @@ func (d *Daemon) sendSession(ctx context.Context, p wire.SessionSendParams) erro
 
 // attachSession streams a session to one client until it detaches, the
 // session ends, or the client is dropped for falling behind.
-func (d *Daemon) attachSession(ctx context.Context, p wire.SessionAttachParams, sc *streamConn) error {
-	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+func (ss *sessionService) attachSession(ctx context.Context, p wire.SessionAttachParams, sc *streamConn) error {
+	vm, sg, err := ss.sessionTarget(ctx, p.Ref, p.Name)
 	if err != nil {
 		return err
 	}
@@ -308,25 +332,25 @@ func (d *Daemon) attachSession(ctx context.Context, p wire.SessionAttachParams, 
 		var se *agent.SessionError
 		switch {
 		case err == nil:
-			d.sessions.forget(vm.ID, p.Name)
+			ss.registry.forget(vm.ID, p.Name)
 		case errors.As(err, &se) && se.Code == agent.SessionConflict:
 			// It exists already: attach to it.
 		default:
-			return d.sessionErr(vm, err)
+			return ss.sessionErr(vm, err)
 		}
 	}
-	c, err := d.controller(ctx, vm, sg, p.Name)
+	c, err := ss.controller(ctx, vm, sg, p.Name)
 	if err != nil {
 		return err
 	}
 	if err := sc.startStream(); err != nil {
 		return nil
 	}
-	d.streamSession(ctx, c, newSessionClient(p.Rows, p.Cols), !p.ReadOnly, sc)
+	ss.streamSession(ctx, c, newSessionClient(p.Rows, p.Cols), !p.ReadOnly, sc)
 	return nil
 }
 
-func (d *Daemon) streamSession(ctx context.Context, c *guestSessionController, cl *sessionClient, input bool, sc *streamConn) {
+func (ss *sessionService) streamSession(ctx context.Context, c *guestSessionController, cl *sessionClient, input bool, sc *streamConn) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	c.attach(cl)
@@ -357,25 +381,25 @@ func (d *Daemon) streamSession(ctx context.Context, c *guestSessionController, c
 
 // readSession streams the scrollback; with Follow it goes on with live
 // output like a read-only attach.
-func (d *Daemon) readSession(ctx context.Context, p wire.SessionReadParams, sc *streamConn) error {
-	vm, sg, err := d.sessionTarget(ctx, p.Ref, p.Name)
+func (ss *sessionService) readSession(ctx context.Context, p wire.SessionReadParams, sc *streamConn) error {
+	vm, sg, err := ss.sessionTarget(ctx, p.Ref, p.Name)
 	if err != nil {
 		return err
 	}
 	if p.Follow {
-		c, err := d.controller(ctx, vm, sg, p.Name)
+		c, err := ss.controller(ctx, vm, sg, p.Name)
 		if err != nil {
 			return err
 		}
 		if err := sc.startStream(); err != nil {
 			return nil
 		}
-		d.streamSession(ctx, c, newSessionClient(0, 0), false, sc)
+		ss.streamSession(ctx, c, newSessionClient(0, 0), false, sc)
 		return nil
 	}
 	data, info, err := sg.SessionRead(ctx, p.Name)
 	if err != nil {
-		return d.sessionErr(vm, err)
+		return ss.sessionErr(vm, err)
 	}
 	if err := sc.startStream(); err != nil {
 		return nil
@@ -389,14 +413,14 @@ func (d *Daemon) readSession(ctx context.Context, p wire.SessionReadParams, sc *
 	return nil
 }
 
-// sessionsStopping is called before a VM is stopped: it remembers the
+// stopping is called before a VM is stopped: it remembers the
 // VM's sessions as ended and ends their controllers. The list is best
 // effort, bounded so a stuck guest cannot hold up the stop.
-func (d *Daemon) sessionsStopping(ctx context.Context, vm store.VM, reason string) {
+func (ss *sessionService) stopping(ctx context.Context, vm store.VM, reason string) {
 	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	var ended []wire.Session
-	if conn, err := d.guests.get(lctx, d, vm); err == nil {
+	if conn, err := ss.vms.guest(lctx, vm); err == nil {
 		if sg, ok := conn.(sessionGuest); ok {
 			if infos, err := sg.SessionList(lctx); err == nil {
 				for _, s := range infos {
@@ -409,18 +433,18 @@ func (d *Daemon) sessionsStopping(ctx context.Context, vm store.VM, reason strin
 			}
 		}
 	}
-	d.sessions.setEnded(vm.ID, ended)
-	d.endControllers(vm.ID, reason)
+	ss.registry.setEnded(vm.ID, ended)
+	ss.endControllers(vm.ID, reason)
 }
 
-// sessionsGone ends a deleted VM's controllers and forgets its sessions.
-func (d *Daemon) sessionsGone(vmID string) {
-	d.endControllers(vmID, "vm deleted")
-	d.sessions.forget(vmID, "")
+// gone ends a deleted VM's controllers and forgets its sessions.
+func (ss *sessionService) gone(vmID string) {
+	ss.endControllers(vmID, "vm deleted")
+	ss.registry.forget(vmID, "")
 }
 
-func (d *Daemon) endControllers(vmID, reason string) {
-	for _, c := range d.sessions.takeVM(vmID) {
+func (ss *sessionService) endControllers(vmID, reason string) {
+	for _, c := range ss.registry.takeVM(vmID) {
 		c.end(wire.Exit{Code: -1, Error: wire.Errorf(wire.CodeConflict, "session %s ended: %s", c.name, reason)})
 	}
 }
