@@ -8,11 +8,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
@@ -42,20 +46,77 @@ func newID() string {
 // createOp is a vm.create in flight.
 type createOp struct{ *opState }
 
+// vmService owns VMs: their records and per-VM locks, the create window,
+// the create operations, the agent connections, and the lifecycle methods
+// (vm.*). It boots through the boot service, gets networks from the
+// networking strategies, and tells the session service (through hooks) when
+// a VM stops or goes.
+type vmService struct {
+	// Immutable after construction.
+	layout     layout.Layout
+	cfg        layout.Config
+	store      *store.Store
+	log        *slog.Logger
+	driver     hypervisor.Driver
+	key        ssh.Signer
+	base       context.Context // the daemon's lifetime; VM work hangs on it
+	background *sync.WaitGroup
+	boot       *bootService
+	images     *imageService
+	nets       *networks
+	ops        *opService
+	waitGuest  func(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error)
+	kvmStall   time.Duration
+	// hooks: the session service's; each may be nil.
+	onStopping func(ctx context.Context, vm store.VM, reason string)
+	onGone     func(vmID string)
+	// fault, when set (tests), is called at each named step of create and
+	// start; an error fails the work there.
+	fault func(step string) error
+
+	vmLocks    vmLockSet
+	createVMMu sync.Mutex // name uniqueness and the address window of creates
+	createOps  *opRegistry[*createOp]
+	guests     guestPool
+}
+
+func (s *vmService) register(t methodTable) {
+	handle(t, wire.VMCreate, s.createVM)
+	handle(t, wire.VMList, func(ctx context.Context, _ wire.None) ([]wire.VM, error) { return s.listVMs(ctx) })
+	handle(t, wire.VMInspect, func(ctx context.Context, p wire.RefParams) (wire.VM, error) { return s.inspectVM(ctx, p.Ref) })
+	handle(t, wire.VMStart, func(ctx context.Context, p wire.RefParams) (wire.VM, error) { return s.startVM(ctx, p.Ref) })
+	handle(t, wire.VMStop, s.stopVM)
+	handle(t, wire.VMRestart, s.restartVM)
+	handle(t, wire.VMDelete, s.deleteVM)
+	handleStream(t, wire.VMExec, s.execVM)
+	handleStream(t, wire.VMLogs, s.logsVM)
+}
+
+// step is a named point of create and start: the test seam fault may fail
+// the work there, as a real failure of that step would.
+func (s *vmService) step(name string) error {
+	if s.fault != nil {
+		if err := s.fault(name); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return nil
+}
+
 // validateCreate fills defaults and rejects bad input before anything is made.
-func (d *Daemon) validateCreate(ctx context.Context, p *wire.CreateVMParams) error {
+func (s *vmService) validateCreate(ctx context.Context, p *wire.CreateVMParams) error {
 	var errs []error
 	if !layout.ValidName(p.Name) {
 		errs = append(errs, invalidf("name %q is not valid: use 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit", p.Name))
 	}
 	if p.Image == "" {
-		p.Image = d.cfg.DefaultImage
+		p.Image = s.cfg.DefaultImage
 	}
 	if p.CPUs == nil {
-		p.CPUs = &d.cfg.DefaultCPUs
+		p.CPUs = &s.cfg.DefaultCPUs
 	}
 	if p.MemoryMiB == nil {
-		p.MemoryMiB = &d.cfg.DefaultMemoryMiB
+		p.MemoryMiB = &s.cfg.DefaultMemoryMiB
 	}
 	if p.DiskGiB == nil {
 		p.DiskGiB = new(int) // the image's size
@@ -63,7 +124,7 @@ func (d *Daemon) validateCreate(ctx context.Context, p *wire.CreateVMParams) err
 		errs = append(errs, invalidf("disk must be 1..%d GiB, not %d", maxDiskGiB, *p.DiskGiB))
 	}
 	if p.Net == "" {
-		p.Net = d.cfg.DefaultNet
+		p.Net = s.cfg.DefaultNet
 	}
 	if *p.CPUs < 1 || *p.CPUs > runtime.NumCPU() {
 		errs = append(errs, invalidf("cpus must be 1..%d (this host's CPUs), not %d", runtime.NumCPU(), *p.CPUs))
@@ -71,26 +132,25 @@ func (d *Daemon) validateCreate(ctx context.Context, p *wire.CreateVMParams) err
 	if maxMem := hostMemoryMiB(); *p.MemoryMiB < minMemoryMiB || *p.MemoryMiB > maxMem {
 		errs = append(errs, invalidf("memory must be %d..%d MiB (this host's memory), not %d", minMemoryMiB, maxMem, *p.MemoryMiB))
 	}
-	if err := d.validateNet(p.Net); err != nil {
+	if _, err := s.nets.of(p.Net); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return joinInvalid(errs)
 	}
-	if p.Image != builtinImage {
-		img, err := d.store.GetImage(ctx, p.Image)
-		if errors.Is(err, store.ErrNotFound) {
-			return notFoundf("image %q not found; `ember image ls` lists images", p.Image)
-		} else if err != nil {
-			return err
-		}
-		if *p.DiskGiB > 0 && int64(*p.DiskGiB)<<30 < img.SizeBytes {
-			return invalidf("disk of %d GiB is smaller than image %q (%d MiB)", *p.DiskGiB, p.Image, img.SizeBytes>>20)
-		}
+	img, ok, err := s.images.lookup(ctx, p.Image)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return notFoundf("image %q not found; `ember image ls` lists images", p.Image)
+	}
+	if img.SizeBytes > 0 && *p.DiskGiB > 0 && int64(*p.DiskGiB)<<30 < img.SizeBytes {
+		return invalidf("disk of %d GiB is smaller than image %q (%d MiB)", *p.DiskGiB, p.Image, img.SizeBytes>>20)
 	}
 	if p.Kernel != "" {
-		if _, err := d.store.GetKernel(ctx, p.Kernel); errors.Is(err, store.ErrNotFound) {
-			return notFoundf("kernel %q not found; `ember kernel ls` lists kernels", p.Kernel)
+		if err := s.boot.kernelExists(ctx, p.Kernel); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -122,110 +182,135 @@ func hostMemoryMiB() int {
 }
 
 // createVM validates, reserves the name and starts the create operation.
-func (d *Daemon) createVM(ctx context.Context, p wire.CreateVMParams) (wire.Operation, error) {
-	if err := d.validateCreate(ctx, &p); err != nil {
+// What it makes before the operation starts (TAP, row, lease) is undone if
+// it fails.
+func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire.Operation, err error) {
+	if err := s.validateCreate(ctx, &p); err != nil {
+		return wire.Operation{}, err
+	}
+	nw, err := s.nets.of(p.Net)
+	if err != nil {
 		return wire.Operation{}, err
 	}
 	now := time.Now().UTC()
 	vm := store.VM{ID: newID(), Name: p.Name, State: wire.StateCreating, Image: p.Image, Kernel: p.Kernel,
 		CPUs: *p.CPUs, MemoryMiB: *p.MemoryMiB, DiskBytes: int64(*p.DiskGiB) << 30, NetMode: p.Net,
 		CreatedAt: now, UpdatedAt: now}
+	var undo undoStack
+	defer undo.run()
 
-	// A TAP is taken before the window (the pool has its own lock) and
-	// given back if the create goes no further.
-	tap, err := d.takeTAP(p.Net)
+	// A TAP is taken before the window (the pool has its own lock).
+	res, giveBack, err := nw.reserve(ctx)
 	if err != nil {
+		return wire.Operation{}, err
+	}
+	undo.add("network reservation", giveBack)
+	if err := s.step("reserve network"); err != nil {
 		return wire.Operation{}, err
 	}
 	// createVMMu covers only the uniqueness check, the address allocation
 	// and the insert.
-	d.createVMMu.Lock()
-	if _, err := d.store.GetVMByName(ctx, p.Name); err == nil {
-		d.createVMMu.Unlock()
-		d.putTAP(tap)
+	s.createVMMu.Lock()
+	if _, err := s.store.GetVMByName(ctx, p.Name); err == nil {
+		s.createVMMu.Unlock()
 		return wire.Operation{}, conflictf("a vm named %q already exists", p.Name)
 	}
-	err = d.insertVM(ctx, vm, tap)
-	d.createVMMu.Unlock()
-	if err != nil {
-		d.putTAP(tap)
-	}
+	err = nw.insert(ctx, vm, res)
+	s.createVMMu.Unlock()
 	if errors.Is(err, store.ErrConflict) {
 		return wire.Operation{}, conflictf("a vm named %q already exists", p.Name)
 	} else if err != nil {
 		return wire.Operation{}, fmt.Errorf("record vm %s: %w", p.Name, err)
 	}
+	// From here the row owns the reservation: removing the VM frees both.
+	undo.steps = nil
+	undo.add("vm record", func() { s.removeVM(context.Background(), vm.ID) })
+	if err := s.step("record vm"); err != nil {
+		return wire.Operation{}, err
+	}
 
-	op := &createOp{newOpState(d.base, newID(), "vm.create", p.Name, d.persistOp)}
-	d.createOps.Begin(op)
-	d.background.Add(1)
+	op := &createOp{newOpState(s.base, newID(), wire.VMCreate.Name, p.Name, s.ops.persist)}
+	s.createOps.Begin(op)
+	undo.success()
+	s.background.Add(1)
 	go func() {
-		defer d.background.Done()
-		res, err := d.runCreate(op, vm)
+		defer s.background.Done()
+		res, err := s.runCreate(op, vm)
 		op.finish(res, err)
 		if err != nil {
-			d.log.Warn("create failed", "vm", vm.Name, "err", err)
+			s.log.Warn("create failed", "vm", vm.Name, "err", err)
 		}
 	}()
 	return op.Snapshot(), nil
 }
 
-// runCreate does the slow part of a create. On any failure or cancel it
-// removes everything it made: process, disk, folders and the store row.
-func (d *Daemon) runCreate(op *createOp, vm store.VM) (result []byte, err error) {
+// runCreate does the slow part of a create. Each step registers the undo
+// of what it made; on any failure or cancel they run in reverse, ending
+// with the removal of the row and what it leased.
+func (s *vmService) runCreate(op *createOp, vm store.VM) (result []byte, err error) {
 	ctx := op.ctx
-	defer func() {
-		if err != nil {
-			d.destroyVM(context.Background(), vm.ID)
-		}
-	}()
+	var undo undoStack
+	defer undo.run()
+	undo.add("vm record", func() { s.removeVM(context.Background(), vm.ID) })
+
 	op.Progress("preparing kernel and image")
-	files, err := d.prepBoot(ctx, bootRequest{Image: vm.Image, Kernel: vm.Kernel, Progress: func(s string) { op.Progress("%s", s) }})
+	files, err := s.boot.prepare(ctx, bootRequest{Image: vm.Image, Kernel: vm.Kernel, Progress: func(msg string) { op.Progress("%s", msg) }})
+	if err == nil {
+		err = s.step("prepare boot")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("prepare boot of %s: %w", vm.Name, err)
 	}
 	vm.Kernel = files.KernelName
-	if err := os.MkdirAll(d.layout.VMDir(vm.ID), 0o750); err != nil {
+	dir := s.layout.VMDir(vm.ID)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create vm folder: %w", err)
 	}
+	undo.add("vm folder", func() { _ = os.RemoveAll(dir) })
 	op.Progress("creating disk")
-	disk := d.layout.VMDir(vm.ID) + "/" + layout.DiskFile
-	if err := d.driver.CreateDisk(ctx, files.Disk, files.DiskFormat, disk, vm.DiskBytes); err != nil {
+	disk := filepath.Join(dir, layout.DiskFile)
+	if err := s.driver.CreateDisk(ctx, files.Disk, files.DiskFormat, disk, vm.DiskBytes); err != nil {
 		return nil, fmt.Errorf("clone disk for %s: %w", vm.Name, err)
+	}
+	if err := s.step("create disk"); err != nil {
+		return nil, err
 	}
 	if vm.DiskBytes == 0 {
 		vm.DiskBytes = files.DiskBytes
 	}
-	vm, err = d.boot(ctx, vm, files, disk, func(s string) { op.Progress("%s", s) })
+	vm, err = s.bootVM(ctx, &undo, vm, files, disk, func(msg string) { op.Progress("%s", msg) })
 	if err != nil {
 		return nil, err
 	}
-	out, _ := json.Marshal(d.toWireVM(vm))
+	undo.success()
+	out, _ := json.Marshal(s.toWireVM(vm))
 	return out, nil
 }
 
-// boot starts a VM's hypervisor process and waits for its guest. The VM lock
-// is not held here: the VM's transitional state keeps others away.
-func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk string, progress func(string)) (store.VM, error) {
-	dec := d.accelFor(ctx, files)
+// bootVM starts a VM's hypervisor process and waits for its guest,
+// registering on undo how to take back each thing it makes (runtime folder,
+// process, guest connection). The VM lock is not held here: the VM's
+// transitional state keeps others away.
+func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, files bootFiles, disk string, progress func(string)) (store.VM, error) {
+	nw, err := s.nets.of(vm.NetMode)
+	if err != nil {
+		return vm, fmt.Errorf("vm %s: %w", vm.Name, err)
+	}
+	dec := s.boot.accelFor(ctx, files)
 	spec := hypervisor.Spec{ID: vm.ID, Name: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 		Kernel: files.Vmlinuz, Initrd: files.Initrd, Disk: disk,
-		ConsoleLog: d.layout.VMDir(vm.ID) + "/" + layout.ConsoleFile,
-		QMPSocket:  d.layout.VMRunDir(vm.ID) + "/" + layout.QMPFile,
-		PIDFile:    d.layout.VMRunDir(vm.ID) + "/" + layout.QEMUPIDFile,
-		Net:        hypervisor.NetSpec{Mode: "user", Restrict: !d.cfg.UserNetEgress}}
-	if err := os.MkdirAll(d.layout.VMRunDir(vm.ID), 0o750); err != nil {
+		ConsoleLog: filepath.Join(s.layout.VMDir(vm.ID), layout.ConsoleFile),
+		QMPSocket:  filepath.Join(s.layout.VMRunDir(vm.ID), layout.QMPFile),
+		PIDFile:    filepath.Join(s.layout.VMRunDir(vm.ID), layout.QEMUPIDFile)}
+	runDir := s.layout.VMRunDir(vm.ID)
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return vm, fmt.Errorf("create vm runtime folder: %w", err)
 	}
-	spec.Cmdline = d.cmdline(vm, files)
-	if err := d.vmNet(vm, &spec); err != nil {
-		return vm, err
-	}
+	undo.add("vm runtime folder", func() { _ = os.RemoveAll(runDir) })
 
 	var inst hypervisor.Instance
-	var err error
 	alive := func() error {
-		if !d.driver.Alive(inst) {
+		if !s.driver.Alive(inst) {
 			return errors.New("the hypervisor process exited")
 		}
 		return nil
@@ -235,76 +320,85 @@ func (d *Daemon) boot(ctx context.Context, vm store.VM, files bootFiles, disk st
 		spec.Accel = dec.Accel
 		_ = os.Remove(spec.ConsoleLog) // each boot's log starts empty
 		progress(fmt.Sprintf("booting (%s%s)", spec.Accel, label))
-		if inst, err = d.startProcess(ctx, vm, &spec); err != nil {
+		if inst, err = s.startProcess(ctx, vm, nw, &spec); err != nil {
 			return vm, err
 		}
+		started := inst
+		undo.add("hypervisor process", func() {
+			_ = s.driver.Quit(context.Background(), spec, started)
+			s.driver.KillStrays(context.Background(), s.layout.VMDir(vm.ID))
+		})
 		vm.PID, vm.PIDStart, vm.SSHPort = inst.PID, inst.StartTime, spec.Net.SSHHostPort
 		vm.Accel, vm.AccelReason = dec.Accel, dec.Reason
 		vm.Config, _ = json.Marshal(spec)
 		vm.UpdatedAt = time.Now().UTC()
-		if err := d.store.UpdateVM(context.Background(), vm); err != nil {
-			_ = d.driver.Quit(context.Background(), spec, inst)
+		if err := s.store.UpdateVM(context.Background(), vm); err != nil {
 			return vm, fmt.Errorf("record vm %s: %w", vm.Name, err)
 		}
-		if dec.Accel != hypervisor.AccelKVM || waitConsoleOutput(ctx, spec.ConsoleLog, d.kvmStall, alive) {
+		if err := s.step("start process"); err != nil {
+			return vm, err
+		}
+		if dec.Accel != hypervisor.AccelKVM || waitConsoleOutput(ctx, spec.ConsoleLog, s.kvmStall, alive) {
 			break
 		}
 		// Under KVM the guest prints within about a second; nothing at
 		// all means its vCPU does not run (incomplete nested
 		// virtualisation), and waiting the whole boot timeout helps no one.
-		_ = d.driver.Quit(context.Background(), spec, inst)
-		stall := fmt.Sprintf("its KVM boot printed nothing on the console in %s", d.kvmStall)
+		_ = s.driver.Quit(context.Background(), spec, inst)
+		stall := fmt.Sprintf("its KVM boot printed nothing on the console in %s", s.kvmStall)
 		if dec.Forced {
 			return vm, fmt.Errorf("vm %s did not boot: %s: KVM does not run this guest here (nested virtualisation incomplete?); accel = \"kvm\" is forced in %s: set it to \"auto\" or \"tcg\"",
-				vm.Name, stall, d.layout.Config)
+				vm.Name, stall, s.layout.Config)
 		}
 		dec = accelDecision{Accel: hypervisor.AccelTCG,
-			Reason: fmt.Sprintf("the KVM boot of vm %s printed nothing on the console in %s; using TCG until the daemon restarts", vm.Name, d.kvmStall)}
-		d.accel.demote(accelKey(files), dec)
-		d.log.Warn("kvm boot showed no progress; falling back to tcg", "vm", vm.Name, "after", d.kvmStall)
+			Reason: fmt.Sprintf("the KVM boot of vm %s printed nothing on the console in %s; using TCG until the daemon restarts", vm.Name, s.kvmStall)}
+		s.boot.accel.demote(accelKey(files), dec)
+		s.log.Warn("kvm boot showed no progress; falling back to tcg", "vm", vm.Name, "after", s.kvmStall)
 		label = "; the KVM boot showed no progress"
 	}
 
 	progress("waiting for the guest agent")
-	bootCtx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout.Duration)
+	bootCtx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
 	defer cancel()
 	// Dial only once the agent says it listens: an early connection through
 	// QEMU's user-mode forward stalls while the guest is not up yet.
 	waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
-	conn, err := d.waitGuest(bootCtx, d.agentAddr(vm), d.key, alive)
+	conn, err := s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, alive)
 	if err != nil {
-		_ = d.driver.Quit(context.Background(), spec, inst)
 		if ctx.Err() != nil {
 			return vm, fmt.Errorf("boot %s cancelled: %w", vm.Name, ctx.Err())
 		}
 		return vm, fmt.Errorf("vm %s did not boot: %w; last console lines:\n%s", vm.Name, err, consoleTail(spec.ConsoleLog, 15))
 	}
-	d.guests.put(vm.ID, conn)
+	s.guests.put(vm.ID, conn)
+	undo.add("guest connection", func() { s.guests.drop(vm.ID) })
+	if err := s.step("connect to agent"); err != nil {
+		return vm, err
+	}
 
-	unlock, err := d.vmLocks.lock(context.Background(), vm.ID)
+	unlock, err := s.vmLocks.lock(context.Background(), vm.ID)
 	if err != nil {
 		return vm, err
 	}
 	defer unlock()
 	vm.State, vm.LastError, vm.UpdatedAt = wire.StateRunning, "", time.Now().UTC()
-	if err := d.store.UpdateVM(context.Background(), vm); err != nil {
+	if err := s.store.UpdateVM(context.Background(), vm); err != nil {
 		return vm, fmt.Errorf("record vm %s running: %w", vm.Name, err)
 	}
-	return vm, nil
+	return vm, s.step("record running")
 }
 
-// startProcess starts the VM's hypervisor process, retrying with a new
-// loopback port when another process took the one picked (user mode).
-func (d *Daemon) startProcess(ctx context.Context, vm store.VM, spec *hypervisor.Spec) (hypervisor.Instance, error) {
+// startProcess fills the boot's network and kernel command line and starts
+// the VM's hypervisor process, retrying with a new loopback port when
+// another process took the one picked (user mode).
+func (s *vmService) startProcess(ctx context.Context, vm store.VM, nw vmNetwork, spec *hypervisor.Spec) (hypervisor.Instance, error) {
 	for attempt := 0; ; attempt++ {
-		if spec.Net.Mode == hypervisor.NetUser {
-			port, err := freePort()
-			if err != nil {
-				return hypervisor.Instance{}, fmt.Errorf("pick ssh port: %w", err)
-			}
-			spec.Net.SSHHostPort = port
+		netArgs, err := nw.spec(vm, &spec.Net)
+		if err != nil {
+			return hypervisor.Instance{}, err
 		}
-		inst, err := d.driver.Start(ctx, *spec)
+		spec.Cmdline = s.cmdline(vm, netArgs)
+		inst, err := s.driver.Start(ctx, *spec)
 		// Another process can take the port between our probe and QEMU's
 		// bind; try a new one.
 		if errors.Is(err, hypervisor.ErrPortInUse) && attempt < 2 {
@@ -319,21 +413,12 @@ func (d *Daemon) startProcess(ctx context.Context, vm store.VM, spec *hypervisor
 
 // cmdline is the guest kernel's command line: console and the agent's
 // settings.
-func (d *Daemon) cmdline(vm store.VM, files bootFiles) string {
+func (s *vmService) cmdline(vm store.VM, netArgs []string) string {
 	args := []string{"console=ttyS0", "panic=-1", "quiet", "loglevel=3",
-		"ember.root=/dev/vda", "ember.hostname=" + vm.Name, "ember.key=" + keyArg(d.key)}
-	args = append(args, d.guestNetArgs(vm)...)
+		"ember.root=/dev/vda", "ember.hostname=" + vm.Name, "ember.key=" + keyArg(s.key)}
+	args = append(args, netArgs...)
 	// The driver adds tsc_early_khz under TCG (qemu.withTSC says why).
 	return strings.Join(args, " ")
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // consoleTail returns the last n lines of a console log.
@@ -349,44 +434,46 @@ func consoleTail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// destroyVM removes everything of a VM: process, guest connection, folders
+// removeVM removes everything of a VM: process, guest connection, folders
 // and its row. It is the undo of create and the body of rm.
 // A process that cannot be stopped keeps its row (state error), disk and
 // network, so nothing it still uses is handed to another VM.
-func (d *Daemon) destroyVM(ctx context.Context, id string) error {
-	d.sessionsGone(id)
-	d.guests.drop(id)
-	if vm, err := d.store.GetVM(ctx, id); err == nil {
-		d.killVM(ctx, vm)
-		d.driver.KillStrays(ctx, d.layout.VMDir(id))
-		if vm.PID != 0 && d.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
+func (s *vmService) removeVM(ctx context.Context, id string) error {
+	if s.onGone != nil {
+		s.onGone(id)
+	}
+	s.guests.drop(id)
+	if vm, err := s.store.GetVM(ctx, id); err == nil {
+		s.killVM(ctx, vm)
+		s.driver.KillStrays(ctx, s.layout.VMDir(id))
+		if vm.PID != 0 && s.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
 			vm.State, vm.UpdatedAt = wire.StateError, time.Now().UTC()
 			vm.LastError = fmt.Sprintf("its process %d could not be stopped; kill it, then `ember rm -f %s`", vm.PID, vm.Name)
-			_ = d.store.UpdateVM(ctx, vm)
+			_ = s.store.UpdateVM(ctx, vm)
 			return fmt.Errorf("delete vm %s: %s", vm.Name, vm.LastError)
 		}
 	} else {
-		d.driver.KillStrays(ctx, d.layout.VMDir(id))
+		s.driver.KillStrays(ctx, s.layout.VMDir(id))
 	}
-	_ = os.RemoveAll(d.layout.VMDir(id))
-	_ = os.RemoveAll(d.layout.VMRunDir(id))
-	if err := d.store.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
-		d.log.Error("delete vm row", "id", id, "err", err)
+	_ = os.RemoveAll(s.layout.VMDir(id))
+	_ = os.RemoveAll(s.layout.VMRunDir(id))
+	if err := s.store.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Error("delete vm row", "id", id, "err", err)
 	}
-	d.releaseNet(ctx, id)
+	s.nets.release(ctx, id)
 	return nil
 }
 
 // killVM stops a VM's process without asking the guest.
-func (d *Daemon) killVM(ctx context.Context, vm store.VM) {
+func (s *vmService) killVM(ctx context.Context, vm store.VM) {
 	if vm.PID == 0 {
 		return
 	}
 	spec := specOf(vm)
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
-	if d.driver.Alive(inst) {
-		if err := d.driver.Quit(ctx, spec, inst); err != nil {
-			d.log.Warn("quit vm", "vm", vm.Name, "err", err)
+	if s.driver.Alive(inst) {
+		if err := s.driver.Quit(ctx, spec, inst); err != nil {
+			s.log.Warn("quit vm", "vm", vm.Name, "err", err)
 		}
 	}
 }
@@ -398,16 +485,16 @@ func specOf(vm store.VM) hypervisor.Spec {
 }
 
 // resolveRef finds a VM by name, then by unique ID prefix.
-func (d *Daemon) resolveRef(ctx context.Context, ref string) (store.VM, error) {
+func (s *vmService) resolveRef(ctx context.Context, ref string) (store.VM, error) {
 	if ref == "" {
 		return store.VM{}, invalidf("no vm named")
 	}
-	if vm, err := d.store.GetVMByName(ctx, ref); err == nil {
-		return d.settleDead(ctx, vm), nil
+	if vm, err := s.store.GetVMByName(ctx, ref); err == nil {
+		return s.settleDead(ctx, vm), nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return store.VM{}, err
 	}
-	vms, err := d.store.FindVMByPrefix(ctx, ref)
+	vms, err := s.store.FindVMByPrefix(ctx, ref)
 	if err != nil {
 		return store.VM{}, err
 	}
@@ -415,7 +502,7 @@ func (d *Daemon) resolveRef(ctx context.Context, ref string) (store.VM, error) {
 	case 0:
 		return store.VM{}, notFoundf("vm %q not found; `ember ls` lists vms", ref)
 	case 1:
-		return d.settleDead(ctx, vms[0]), nil
+		return s.settleDead(ctx, vms[0]), nil
 	default:
 		return store.VM{}, invalidf("%q matches %d vms; use more of the id or the name", ref, len(vms))
 	}
@@ -423,22 +510,22 @@ func (d *Daemon) resolveRef(ctx context.Context, ref string) (store.VM, error) {
 
 // withVMLockByRef resolves ref, takes that VM's lock, re-reads the VM under
 // it and calls fn. fn must not do slow guest or hypervisor work.
-func (d *Daemon) withVMLockByRef(ctx context.Context, ref string, fn func(vm *store.VM) error) (store.VM, error) {
-	vm, err := d.resolveRef(ctx, ref)
+func (s *vmService) withVMLockByRef(ctx context.Context, ref string, fn func(vm *store.VM) error) (store.VM, error) {
+	vm, err := s.resolveRef(ctx, ref)
 	if err != nil {
 		return vm, err
 	}
-	return d.withVMLockByID(ctx, vm.ID, fn)
+	return s.withVMLockByID(ctx, vm.ID, fn)
 }
 
 // withVMLockByID is withVMLockByRef for a known ID.
-func (d *Daemon) withVMLockByID(ctx context.Context, id string, fn func(vm *store.VM) error) (store.VM, error) {
-	unlock, err := d.vmLocks.lock(ctx, id)
+func (s *vmService) withVMLockByID(ctx context.Context, id string, fn func(vm *store.VM) error) (store.VM, error) {
+	unlock, err := s.vmLocks.lock(ctx, id)
 	if err != nil {
 		return store.VM{}, err
 	}
 	defer unlock()
-	vm, err := d.store.GetVM(ctx, id)
+	vm, err := s.store.GetVM(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return vm, notFoundf("vm %s was deleted", id)
 	} else if err != nil {
@@ -450,36 +537,38 @@ func (d *Daemon) withVMLockByID(ctx context.Context, id string, fn func(vm *stor
 	return vm, nil
 }
 
-func (d *Daemon) toWireVM(vm store.VM) wire.VM {
+func (s *vmService) toWireVM(vm store.VM) wire.VM {
 	w := wire.VM{ID: vm.ID, Name: vm.Name, State: vm.State, Image: vm.Image, Kernel: vm.Kernel, CPUs: vm.CPUs,
 		MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, Net: vm.NetMode, Accel: vm.Accel, AccelReason: vm.AccelReason,
 		CreatedAt: vm.CreatedAt, LastError: vm.LastError,
-		Console: d.layout.VMDir(vm.ID) + "/" + layout.ConsoleFile}
+		Console: s.layout.VMDir(vm.ID) + "/" + layout.ConsoleFile}
 	if vm.State == wire.StateRunning {
 		w.PID, w.SSHPort = vm.PID, vm.SSHPort
 	}
-	d.netInfo(&w)
+	if nw, err := s.nets.of(vm.NetMode); err == nil {
+		nw.info(&w)
+	}
 	return w
 }
 
-func (d *Daemon) listVMs(ctx context.Context) ([]wire.VM, error) {
-	vms, err := d.store.ListVMs(ctx)
+func (s *vmService) listVMs(ctx context.Context) ([]wire.VM, error) {
+	vms, err := s.store.ListVMs(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]wire.VM, 0, len(vms))
 	for _, vm := range vms {
-		out = append(out, d.toWireVM(d.settleDead(ctx, vm)))
+		out = append(out, s.toWireVM(s.settleDead(ctx, vm)))
 	}
 	return out, nil
 }
 
-func (d *Daemon) inspectVM(ctx context.Context, ref string) (wire.VM, error) {
-	vm, err := d.resolveRef(ctx, ref)
+func (s *vmService) inspectVM(ctx context.Context, ref string) (wire.VM, error) {
+	vm, err := s.resolveRef(ctx, ref)
 	if err != nil {
 		return wire.VM{}, err
 	}
-	return d.toWireVM(vm), nil
+	return s.toWireVM(vm), nil
 }
 
 // busy is the error for a VM in the middle of another change.
@@ -495,8 +584,11 @@ func transitional(state string) bool {
 	return false
 }
 
-func (d *Daemon) startVM(ctx context.Context, ref string) (wire.VM, error) {
-	vm, err := d.withVMLockByRef(ctx, ref, func(vm *store.VM) error {
+// startVM boots a stopped VM. Each step registers its undo; a failed start
+// leaves no process or connection and the VM stopped with the reason, so
+// the next start works.
+func (s *vmService) startVM(ctx context.Context, ref string) (_ wire.VM, err error) {
+	vm, err := s.withVMLockByRef(ctx, ref, func(vm *store.VM) error {
 		if transitional(vm.State) {
 			return busy(vm)
 		}
@@ -504,36 +596,44 @@ func (d *Daemon) startVM(ctx context.Context, ref string) (wire.VM, error) {
 			return conflictf("vm %s is already running", vm.Name)
 		}
 		vm.State, vm.UpdatedAt = stateStarting, time.Now().UTC()
-		return d.store.UpdateVM(ctx, *vm)
+		return s.store.UpdateVM(ctx, *vm)
 	})
 	if err != nil {
 		return wire.VM{}, err
 	}
-	files, err := d.prepBoot(ctx, bootRequest{Image: vm.Image, Kernel: vm.Kernel, Progress: func(string) {}})
+	var undo undoStack
+	defer undo.run()
+	id := vm.ID
+	undo.add("starting state", func() { s.settle(id, wire.StateStopped, err) })
+	files, err := s.boot.prepare(ctx, bootRequest{Image: vm.Image, Kernel: vm.Kernel, Progress: func(string) {}})
 	if err == nil {
-		vm, err = d.boot(ctx, vm, files, d.layout.VMDir(vm.ID)+"/"+layout.DiskFile, func(string) {})
+		err = s.step("prepare boot")
 	}
 	if err != nil {
-		d.settle(vm.ID, wire.StateStopped, err)
+		return wire.VM{}, fmt.Errorf("prepare boot of %s: %w", vm.Name, err)
+	}
+	vm, err = s.bootVM(ctx, &undo, vm, files, filepath.Join(s.layout.VMDir(vm.ID), layout.DiskFile), func(string) {})
+	if err != nil {
 		return wire.VM{}, err
 	}
-	return d.toWireVM(vm), nil
+	undo.success()
+	return s.toWireVM(vm), nil
 }
 
 // settle records a VM's state after a failed change.
-func (d *Daemon) settle(id, state string, cause error) {
-	_, _ = d.withVMLockByID(context.Background(), id, func(vm *store.VM) error {
+func (s *vmService) settle(id, state string, cause error) {
+	_, _ = s.withVMLockByID(context.Background(), id, func(vm *store.VM) error {
 		vm.State, vm.PID, vm.UpdatedAt = state, 0, time.Now().UTC()
 		if cause != nil {
 			vm.LastError = cause.Error()
 		}
-		return d.store.UpdateVM(context.Background(), *vm)
+		return s.store.UpdateVM(context.Background(), *vm)
 	})
 }
 
-func (d *Daemon) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
+func (s *vmService) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
 	wasStopped := false
-	vm, err := d.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
+	vm, err := s.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
 		if transitional(vm.State) {
 			return busy(vm)
 		}
@@ -542,40 +642,42 @@ func (d *Daemon) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, error) 
 			return nil
 		}
 		vm.State, vm.UpdatedAt = stateStopping, time.Now().UTC()
-		return d.store.UpdateVM(ctx, *vm)
+		return s.store.UpdateVM(ctx, *vm)
 	})
 	if err != nil || wasStopped {
-		return d.toWireVM(vm), err
+		return s.toWireVM(vm), err
 	}
-	timeout := d.cfg.StopTimeout.Duration
+	timeout := s.cfg.StopTimeout.Duration
 	if p.TimeoutSeconds > 0 {
 		timeout = time.Duration(p.TimeoutSeconds) * time.Second
 	}
 	// Once stopping, the graceful part runs to its own timeout: a client
 	// that hangs up must not turn a clean shutdown into pulling the plug.
-	d.shutdown(context.WithoutCancel(ctx), vm, p.Force, timeout)
-	vm, err = d.withVMLockByID(context.Background(), vm.ID, func(vm *store.VM) error {
+	s.shutdown(context.WithoutCancel(ctx), vm, p.Force, timeout)
+	vm, err = s.withVMLockByID(context.Background(), vm.ID, func(vm *store.VM) error {
 		vm.State, vm.PID, vm.SSHPort, vm.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()
-		return d.store.UpdateVM(context.Background(), *vm)
+		return s.store.UpdateVM(context.Background(), *vm)
 	})
-	return d.toWireVM(vm), err
+	return s.toWireVM(vm), err
 }
 
 // shutdown asks the guest to power off, waits up to timeout for the process
 // to end, then forces it.
-func (d *Daemon) shutdown(ctx context.Context, vm store.VM, force bool, timeout time.Duration) {
+func (s *vmService) shutdown(ctx context.Context, vm store.VM, force bool, timeout time.Duration) {
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
-	if d.driver.Alive(inst) {
-		d.sessionsStopping(ctx, vm, "vm stopped")
+	if s.driver.Alive(inst) {
+		if s.onStopping != nil {
+			s.onStopping(ctx, vm, "vm stopped")
+		}
 	}
-	if !force && d.driver.Alive(inst) {
+	if !force && s.driver.Alive(inst) {
 		pctx, cancel := context.WithTimeout(ctx, timeout)
-		if conn, err := d.guests.get(pctx, d, vm); err == nil {
+		if conn, err := s.guest(pctx, vm); err == nil {
 			if err := conn.Poweroff(pctx); err != nil {
-				d.log.Info("graceful poweroff", "vm", vm.Name, "err", err)
+				s.log.Info("graceful poweroff", "vm", vm.Name, "err", err)
 			}
 		}
-		for d.driver.Alive(inst) && pctx.Err() == nil {
+		for s.driver.Alive(inst) && pctx.Err() == nil {
 			select {
 			case <-pctx.Done():
 			case <-time.After(50 * time.Millisecond):
@@ -583,19 +685,19 @@ func (d *Daemon) shutdown(ctx context.Context, vm store.VM, force bool, timeout 
 		}
 		cancel()
 	}
-	d.guests.drop(vm.ID)
-	d.killVM(context.Background(), vm)
+	s.guests.drop(vm.ID)
+	s.killVM(context.Background(), vm)
 }
 
-func (d *Daemon) restartVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
-	if _, err := d.stopVM(ctx, p); err != nil {
+func (s *vmService) restartVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
+	if _, err := s.stopVM(ctx, p); err != nil {
 		return wire.VM{}, err
 	}
-	return d.startVM(ctx, p.Ref)
+	return s.startVM(ctx, p.Ref)
 }
 
-func (d *Daemon) deleteVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
-	vm, err := d.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
+func (s *vmService) deleteVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
+	vm, err := s.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
 		if transitional(vm.State) {
 			if vm.State == wire.StateCreating {
 				return wire.Errorf(wire.CodeBusy, "vm %s is being created; cancel its operation with `ember op cancel` or wait", vm.Name)
@@ -606,37 +708,37 @@ func (d *Daemon) deleteVM(ctx context.Context, p wire.RefParams) (wire.VM, error
 			return conflictf("vm %s is running; stop it first or use `ember rm -f`", vm.Name)
 		}
 		vm.State, vm.UpdatedAt = stateDeleting, time.Now().UTC()
-		return d.store.UpdateVM(ctx, *vm)
+		return s.store.UpdateVM(ctx, *vm)
 	})
 	if err != nil {
 		return wire.VM{}, err
 	}
-	if err := d.destroyVM(context.Background(), vm.ID); err != nil {
+	if err := s.removeVM(context.Background(), vm.ID); err != nil {
 		return wire.VM{}, err
 	}
-	w := d.toWireVM(vm)
+	w := s.toWireVM(vm)
 	w.State = "deleted"
 	return w, nil
 }
 
 // reattach settles every VM after a (re)start: running ones whose process
 // still lives are kept; dead ones become stopped; half-made ones are removed.
-func (d *Daemon) reattach(ctx context.Context) error {
-	vms, err := d.store.ListVMs(ctx)
+func (s *vmService) reattach(ctx context.Context) error {
+	vms, err := s.store.ListVMs(ctx)
 	if err != nil {
 		return fmt.Errorf("list vms: %w", err)
 	}
 	for _, vm := range vms {
 		inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
-		alive := vm.PID != 0 && d.driver.Alive(inst)
+		alive := vm.PID != 0 && s.driver.Alive(inst)
 		switch vm.State {
 		case wire.StateCreating, stateDeleting:
-			d.log.Info("removing half-made vm", "vm", vm.Name, "state", vm.State)
-			d.destroyVM(ctx, vm.ID)
+			s.log.Info("removing half-made vm", "vm", vm.Name, "state", vm.State)
+			s.removeVM(ctx, vm.ID)
 			continue
 		case stateStarting:
-			d.killVM(ctx, vm)
-			d.driver.KillStrays(ctx, d.layout.VMDir(vm.ID))
+			s.killVM(ctx, vm)
+			s.driver.KillStrays(ctx, s.layout.VMDir(vm.ID))
 			alive = false
 		}
 		next := wire.StateStopped
@@ -648,11 +750,11 @@ func (d *Daemon) reattach(ctx context.Context) error {
 			if !alive {
 				vm.PID, vm.SSHPort = 0, 0
 			}
-			if err := d.store.UpdateVM(ctx, vm); err != nil {
+			if err := s.store.UpdateVM(ctx, vm); err != nil {
 				return fmt.Errorf("settle vm %s: %w", vm.Name, err)
 			}
 		}
-		d.log.Info("vm re-attached", "vm", vm.Name, "state", next, "pid", vm.PID)
+		s.log.Info("vm re-attached", "vm", vm.Name, "state", next, "pid", vm.PID)
 	}
 	return nil
 }
@@ -661,22 +763,89 @@ func (d *Daemon) reattach(ctx context.Context) error {
 // guest powered itself off, panicked, or the OOM killer struck) and records
 // it as stopped, so ls, start and exec tell the truth. Callers hold no
 // VM lock.
-func (d *Daemon) settleDead(ctx context.Context, vm store.VM) store.VM {
-	if vm.State != wire.StateRunning || vm.PID == 0 || d.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
+func (s *vmService) settleDead(ctx context.Context, vm store.VM) store.VM {
+	if vm.State != wire.StateRunning || vm.PID == 0 || s.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
 		return vm
 	}
-	settled, err := d.withVMLockByID(ctx, vm.ID, func(v *store.VM) error {
+	settled, err := s.withVMLockByID(ctx, vm.ID, func(v *store.VM) error {
 		if v.State != wire.StateRunning || v.PID != vm.PID {
 			return nil // changed meanwhile; leave it to whoever changed it
 		}
 		v.State, v.PID, v.SSHPort, v.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()
 		v.LastError = "the VM's process exited on its own (guest power-off or crash); see `ember logs`"
-		return d.store.UpdateVM(ctx, *v)
+		return s.store.UpdateVM(ctx, *v)
 	})
 	if err != nil {
 		return vm
 	}
-	d.guests.drop(vm.ID)
-	d.log.Info("vm process exited on its own", "vm", vm.Name)
+	s.guests.drop(vm.ID)
+	s.log.Info("vm process exited on its own", "vm", vm.Name)
 	return settled
+}
+
+// agentAddr is where the VM's agent listens; "" when nowhere.
+func (s *vmService) agentAddr(vm store.VM) string {
+	nw, err := s.nets.of(vm.NetMode)
+	if err != nil {
+		return ""
+	}
+	return nw.agentAddr(vm)
+}
+
+// guest returns the running VM's agent connection, dialling one if the
+// pool has none. A wedged agent must not keep a request dialling for ever:
+// the dial is bounded by the boot timeout.
+func (s *vmService) guest(ctx context.Context, vm store.VM) (guestConn, error) {
+	return s.guests.get(vm.ID, func() (guestConn, error) {
+		addr := s.agentAddr(vm)
+		if addr == "" {
+			return nil, fmt.Errorf("vm %s has no agent address", vm.Name)
+		}
+		inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
+		defer cancel()
+		c, err := s.waitGuest(ctx, addr, s.key, func() error {
+			if !s.driver.Alive(inst) {
+				return fmt.Errorf("vm %s is not running", vm.Name)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("connect to the agent of %s: %w", vm.Name, err)
+		}
+		return c, nil
+	})
+}
+
+// settleUnfinishedOps runs at Open, after reattach: the goroutines of
+// unfinished operations died with the previous daemon. A vm.create whose VM
+// is running finished its work before the crash (only its outcome was not
+// written), so it succeeded; every other one failed.
+func (s *vmService) settleUnfinishedOps(ctx context.Context) error {
+	ops, err := s.store.ListOperations(ctx)
+	if err != nil {
+		return fmt.Errorf("list operations: %w", err)
+	}
+	for _, o := range ops {
+		if o.FinishedAt != nil || o.Kind != wire.VMCreate.Name {
+			continue
+		}
+		vm, err := s.store.GetVMByName(ctx, o.Target)
+		if err != nil || vm.State != wire.StateRunning || vm.CreatedAt.Before(o.CreatedAt.Add(-time.Second)) {
+			continue
+		}
+		o.State, o.Progress, o.Error, o.ErrorCode = wire.OpSucceeded, "done", "", ""
+		o.Result, _ = json.Marshal(s.toWireVM(vm))
+		if err := s.store.PutOperation(ctx, o); err != nil {
+			return fmt.Errorf("settle operation %s: %w", o.ID, err)
+		}
+	}
+	n, err := s.store.FailUnfinishedOperations(ctx, "daemon restarted before the operation finished")
+	if err != nil {
+		return fmt.Errorf("mark unfinished operations: %w", err)
+	}
+	if n > 0 {
+		s.log.Info("marked unfinished operations failed", "count", n)
+	}
+	return nil
 }
