@@ -78,12 +78,14 @@ fi
 root=""
 cleanup() {
 	local rc=$?
+	trap '' INT TERM # a second Ctrl-C must not leave half a root behind
 	if [ -n "$root" ] && [ -d "$root" ]; then
 		if [ "${FRESH_CHECK_KEEP:-0}" = 1 ]; then
 			say "kept the root at $root"
 		elif grep -q " $root[/ ]" /proc/self/mountinfo; then
 			echo "fresh-check: $root still has mounts; not removing it" >&2
 		else
+			[ "$rc" = 0 ] || say "removing the root"
 			rm -rf --one-file-system "$root"
 		fi
 	fi
@@ -91,6 +93,10 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'echo; say "interrupted"; exit 130' INT TERM
+# Roots left by a run that was killed outright (no check lasts an hour).
+for old in $(find "$cache" -maxdepth 1 -name 'root.*' -type d -mmin +60); do
+	grep -q " $old[/ ]" /proc/self/mountinfo || rm -rf --one-file-system "$old"
+done
 root=$(mktemp -d "$cache/root.XXXXXX")
 chmod 755 "$root"
 tar -C "$root" --numeric-owner -xpf "$tarball"
@@ -105,6 +111,25 @@ git clone --quiet --no-local "$repo" "$root/root/ember"
 say "cloned HEAD $commit (committed work only; local changes are not in it)"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 cp -L /etc/hosts "$root/etc/hosts" 2>/dev/null || true
+# The CAs this host trusts beyond Debian's own (a TLS-inspecting proxy, as
+# on these machines), so go reaches the module proxy as it does here: they
+# are the machine's network set-up, not a package. In
+# /usr/local/share/ca-certificates too, so a rebuilt bundle keeps them.
+mkdir -p "$root/usr/local/share/ca-certificates"
+extra=$(perl -e '
+	local $/; my $re = qr/-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----/s;
+	open my $h, "<", $ARGV[0] or exit; my @host = (<$h> =~ /($re)/g);
+	open my $r, "<", $ARGV[1] or exit; my %have = map { $_ => 1 } (<$r> =~ /($re)/g);
+	my $n = 0;
+	for (@host) {
+		next if $have{$_}++;
+		$n++;
+		open my $o, ">", "$ARGV[2]/fresh-check-host-$n.crt" or die; print $o "$_\n"; close $o;
+		open my $b, ">>", $ARGV[1] or die; print $b "$_\n"; close $b;
+	}
+	print $n;
+	' /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt" "$root/usr/local/share/ca-certificates")
+[ "${extra:-0}" = 0 ] || say "gave the root this host's $extra extra trusted CA certificate(s)"
 
 # The host's Go module cache as a read-only local proxy in front of the real
 # one: the same modules (go.sum checks them), fetched faster.
