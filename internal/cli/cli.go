@@ -52,15 +52,25 @@ func Main(args []string) int {
 		return ee.Code
 	}
 	fmt.Fprintln(e.stderr, "ember: "+err.Error())
+	return exitStatus(err)
+}
+
+// exitStatuses are the exit statuses the README documents, by wire code.
+// Every other error (internal, cancelled, untyped) exits 1.
+var exitStatuses = map[string]int{
+	wire.CodeInvalid:  2,
+	wire.CodeNotFound: 3,
+	wire.CodeConflict: 4,
+	wire.CodeBusy:     4,
+	wire.CodeTimeout:  5,
+}
+
+// exitStatus is the status ember exits with for err.
+func exitStatus(err error) int {
 	var we *wire.Error
 	if errors.As(err, &we) {
-		switch we.Code {
-		case wire.CodeNotFound:
-			return 3
-		case wire.CodeConflict, wire.CodeBusy:
-			return 4
-		case wire.CodeInvalid:
-			return 2
+		if s, ok := exitStatuses[we.Code]; ok {
+			return s
 		}
 	}
 	return 1
