@@ -295,13 +295,14 @@ func (ss *sessionService) controller(ctx context.Context, vm store.VM, sg sessio
 		return nil, ss.sessionErr(vm, err)
 	}
 	c := newSessionController(vm.ID, name, st, st.Info.Scrollback, ss.registry.remove)
+	c.vmName = vm.Name
 	// An exited session still replays to attachers, but takes no input.
 	c.exitedAtAttach = !st.Info.Running
 	if won := ss.registry.put(k, c); won != c {
 		st.Close()
 		return won, nil
 	}
-	go c.pump()
+	c.start()
 	return c, nil
 }
 
@@ -317,7 +318,7 @@ func (ss *sessionService) sendSession(ctx context.Context, p wire.SessionSendPar
 	if err != nil {
 		return err
 	}
-	return c.write(nil, []byte(p.Text))
+	return c.write(ctx, nil, []byte(p.Text))
 }
 
 // attachSession streams a session to one client until it detaches, the
@@ -366,7 +367,8 @@ func (ss *sessionService) streamSession(ctx context.Context, c *guestSessionCont
 			switch kind {
 			case wire.FrameStdin:
 				if input {
-					_ = c.write(cl, payload)
+					// A session that takes no input detaches this client.
+					input = c.input(ctx, cl, payload)
 				}
 			case wire.FrameResize:
 				var r wire.Resize

@@ -2,16 +2,31 @@ package daemon
 
 import (
 	"context"
-	"github.com/emberhq/ember/internal/ring"
+	"errors"
+	"fmt"
 	"io"
 	"sync"
+	"time"
 
+	"github.com/emberhq/ember/internal/ring"
 	"github.com/emberhq/ember/internal/wire"
 )
 
 // clientQueueLimit is how far one attached client may fall behind a
 // session's output before it is dropped, so it never stalls the others.
 const clientQueueLimit = 4 << 20
+
+// inputQueueLimit bounds the input (attached clients' keystrokes,
+// session.send) a controller holds for its session beyond what the guest
+// channel has taken: a session that does not read its input costs the
+// daemon at most this much (plus one write larger than it, which may go
+// alone into an empty queue), and input beyond it is refused (busy)
+// rather than blocking anyone.
+const inputQueueLimit = 256 << 10
+
+// inputRoomWait is how long input waits for room in a full queue before
+// it is refused.
+const inputRoomWait = time.Second
 
 // sessionChannel is the controller's one guest connection to a session
 // (guest.SessionStream in production, fakes in tests).
@@ -29,19 +44,34 @@ type sessionChannel interface {
 // session's scrollback so a new client's replay and live output join
 // without a gap or a repeat.
 //
-// Lock order inside a controller: writeMu → attachMu. writeMu is held
-// across writes and resizes into the guest channel (that is its job: one
-// writer at a time); attachMu is never held across I/O.
+// Input never waits on the guest under a lock: write puts it into a
+// bounded queue (inMu) and one writer goroutine (writeLoop) writes it and
+// the terminal size into the guest channel, in order, one whole write at
+// a time. Lock order inside a controller: attachMu → inMu; both are
+// leaves, never held across I/O.
 type guestSessionController struct {
 	vmID, name string
+	vmName     string // for messages; set before the controller is shared
 	ch         sessionChannel
 	onEnd      func(*guestSessionController)
 	done       chan struct{}
 	// exitedAtAttach: the session had already exited when the channel was
 	// opened; set before the controller is shared.
 	exitedAtAttach bool
+	// roomWait is how long input waits for room in a full queue; set
+	// before the controller is shared.
+	roomWait time.Duration
 
-	writeMu sync.Mutex // one write or resize into the session at a time
+	// inMu guards the input queue below.
+	inMu      sync.Mutex
+	inQueue   [][]byte      // whole writes, oldest first
+	inBytes   int           // bytes queued plus the write in flight
+	inErr     error         // the guest channel failed a write: no more input
+	sizeDirty bool          // wantRows × wantCols not yet set on the session
+	wantRows  int           // the size the writer sets next
+	wantCols  int           //
+	inWake    chan struct{} // capacity 1: wakes the writer
+	inRoom    chan struct{} // closed and replaced whenever a write finishes
 
 	// attachMu guards the fields below.
 	attachMu   sync.Mutex
@@ -50,7 +80,7 @@ type guestSessionController struct {
 	ended      bool
 	exit       wire.Exit
 	active     *sessionClient // most recently active client; its size wins
-	rows, cols int            // the size last set on the session
+	rows, cols int            // the size last asked of the session
 }
 
 func newSessionController(vmID, name string, ch sessionChannel, scrollback int, onEnd func(*guestSessionController)) *guestSessionController {
@@ -58,7 +88,15 @@ func newSessionController(vmID, name string, ch sessionChannel, scrollback int, 
 		scrollback = 1 << 20
 	}
 	return &guestSessionController{vmID: vmID, name: name, ch: ch, onEnd: onEnd, done: make(chan struct{}),
+		roomWait: inputRoomWait, inWake: make(chan struct{}, 1), inRoom: make(chan struct{}),
 		clients: map[*sessionClient]struct{}{}, ring: ring.New(scrollback)}
+}
+
+// start runs the controller: the pump of the session's output and the
+// writer of its input. Both stop when the controller ends.
+func (c *guestSessionController) start() {
+	go c.pump()
+	go c.writeLoop()
 }
 
 // pump copies the session's output to the clients until the channel ends.
@@ -117,8 +155,13 @@ func (c *guestSessionController) end(ex wire.Exit) {
 	for cl := range clients {
 		cl.finish(ex)
 	}
+	// Closing the channel also ends a guest write in flight, so the
+	// writer stops without anyone waiting for the guest.
 	c.ch.Close()
 	close(c.done)
+	c.inMu.Lock()
+	c.inQueue, c.inBytes = nil, 0
+	c.inMu.Unlock()
 	if c.onEnd != nil {
 		c.onEnd(c)
 	}
@@ -155,26 +198,136 @@ func (c *guestSessionController) clientCount() int {
 	return len(c.clients)
 }
 
-// write types p into the session as one uninterrupted write. cl is the
-// client it came from (nil for session.send).
-func (c *guestSessionController) write(cl *sessionClient, p []byte) error {
-	if cl != nil {
-		c.touch(cl)
-	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	select {
-	case <-c.done:
-		return conflictf("session %s has ended", c.name)
-	default:
-	}
+// write queues p to be typed into the session as one uninterrupted
+// write, after everything queued before it. cl is the client it came from
+// (nil for session.send). It never waits on the guest: when the queue is
+// full it waits up to roomWait for room (less if ctx or the session ends
+// first), then fails with busy.
+func (c *guestSessionController) write(ctx context.Context, cl *sessionClient, p []byte) error {
 	if c.exitedAtAttach {
 		return conflictf("session %s has exited", c.name)
 	}
-	if _, err := c.ch.Write(p); err != nil {
-		return conflictf("write to session %s: %v", c.name, err)
+	if cl != nil {
+		c.touch(cl)
 	}
-	return nil
+	var timeout <-chan time.Time
+	for {
+		select {
+		case <-c.done:
+			return conflictf("session %s has ended", c.name)
+		default:
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("write to session %s: %w", c.name, err)
+		}
+		c.inMu.Lock()
+		if c.inErr != nil {
+			err := c.inErr
+			c.inMu.Unlock()
+			return conflictf("write to session %s: %v", c.name, err)
+		}
+		if len(p) == 0 {
+			c.inMu.Unlock()
+			return nil
+		}
+		if c.inBytes == 0 || c.inBytes+len(p) <= inputQueueLimit {
+			c.inQueue = append(c.inQueue, p)
+			c.inBytes += len(p)
+			c.inMu.Unlock()
+			c.wakeWriter()
+			return nil
+		}
+		room, queued := c.inRoom, c.inBytes
+		c.inMu.Unlock()
+		if timeout == nil {
+			t := time.NewTimer(c.roomWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-room:
+		case <-c.done:
+		case <-ctx.Done():
+		case <-timeout:
+			vm := c.vmName
+			if vm == "" {
+				vm = c.vmID
+			}
+			return wire.Errorf(wire.CodeBusy, "session %s is not reading its input (%d bytes queued); "+
+				"try again once it reads, or interrupt it with `ember session signal %s %s INT`", c.name, queued, vm, c.name)
+		}
+	}
+}
+
+// input types an attached client's keystrokes. When the session does not
+// take them (busy), the client is detached with that reason instead of
+// losing them unseen; input then says false and the client's further
+// input must be ignored.
+func (c *guestSessionController) input(ctx context.Context, cl *sessionClient, p []byte) bool {
+	err := c.write(ctx, cl, p)
+	if !errors.Is(err, wire.ErrBusy) {
+		return true
+	}
+	c.detach(cl)
+	cl.finish(wire.Exit{Code: -1, Error: wire.Errorf(wire.CodeBusy,
+		"detached from session %s: your last input was not sent: %v", c.name, err)})
+	return false
+}
+
+func (c *guestSessionController) wakeWriter() {
+	select {
+	case c.inWake <- struct{}{}:
+	default:
+	}
+}
+
+// writeLoop is the controller's one writer into the guest channel: the
+// latest terminal size first, then the queued writes in order, each
+// whole. It stops when the controller ends; a write the guest never
+// takes ends too then, because end closes the channel.
+func (c *guestSessionController) writeLoop() {
+	for {
+		select {
+		case <-c.done:
+			return
+		default:
+		}
+		c.inMu.Lock()
+		resize, rows, cols := c.sizeDirty, c.wantRows, c.wantCols
+		c.sizeDirty = false
+		var p []byte
+		if !resize && len(c.inQueue) > 0 {
+			p = c.inQueue[0]
+			c.inQueue[0] = nil
+			c.inQueue = c.inQueue[1:]
+			if len(c.inQueue) == 0 {
+				c.inQueue = nil
+			}
+		}
+		c.inMu.Unlock()
+		switch {
+		case resize:
+			_ = c.ch.Resize(rows, cols)
+		case p != nil:
+			_, err := c.ch.Write(p)
+			c.inMu.Lock()
+			c.inBytes = max(c.inBytes-len(p), 0)
+			if err != nil && c.inErr == nil {
+				// The channel is broken: what is queued cannot follow.
+				c.inErr = err
+				c.inQueue, c.inBytes = nil, 0
+			}
+			close(c.inRoom)
+			c.inRoom = make(chan struct{})
+			c.inMu.Unlock()
+		default:
+			select {
+			case <-c.inWake:
+			case <-c.done:
+				return
+			}
+		}
+	}
 }
 
 // resize records cl's terminal size; it applies at once since resizing
@@ -187,25 +340,26 @@ func (c *guestSessionController) resize(cl *sessionClient, rows, cols int) {
 }
 
 // touch makes cl the most recently active client and, if its size
-// differs from the session's, resizes the session to it.
+// differs from the session's, has the writer resize the session to it
+// before the next write.
 func (c *guestSessionController) touch(cl *sessionClient) {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
 	c.attachMu.Lock()
+	defer c.attachMu.Unlock()
 	if _, ok := c.clients[cl]; !ok {
-		c.attachMu.Unlock()
 		return
 	}
 	c.active = cl
 	rows, cols := cl.rows, cl.cols
-	change := rows > 0 && cols > 0 && (rows != c.rows || cols != c.cols)
-	if change {
-		c.rows, c.cols = rows, cols
+	if rows <= 0 || cols <= 0 || (rows == c.rows && cols == c.cols) {
+		return
 	}
-	c.attachMu.Unlock()
-	if change {
-		_ = c.ch.Resize(rows, cols)
-	}
+	c.rows, c.cols = rows, cols
+	// Under attachMu, so the writer gets the sizes in the order they were
+	// decided.
+	c.inMu.Lock()
+	c.sizeDirty, c.wantRows, c.wantCols = true, rows, cols
+	c.inMu.Unlock()
+	c.wakeWriter()
 }
 
 // sessionClient is one attached client's bounded output queue; the
