@@ -38,12 +38,15 @@
 //     per persistent session in use, keyed by (VM ID, name), plus the
 //     sessions of stopped VMs reported as ended. Sessions themselves live
 //     in the guest agent; controllers are re-created lazily after a daemon
-//     restart. Inside a controller, writeMu (one write or resize into the
-//     session at a time, held across that guest write) comes before
-//     attachMu (the set of attached clients, the scrollback mirror and the
-//     most recently active client; never held across I/O). Output is fanned
-//     out without blocking: a client more than 4 MiB behind is dropped
-//     with a message, so it never stalls the others.
+//     restart. Inside a controller, attachMu (the set of attached clients,
+//     the scrollback mirror and the most recently active client) comes
+//     before inMu (the input queue); neither is held across I/O. Output is
+//     fanned out without blocking: a client more than 4 MiB behind is
+//     dropped with a message, so it never stalls the others. Input goes
+//     into a bounded queue (inputQueueLimit) that one writer goroutine
+//     (writeLoop) drains into the guest in order, so no lock is held
+//     across a guest write: input to a session that does not read it
+//     fails with busy after inputRoomWait, and stalls nothing else.
 //   - net (netSubsys, network.go; nil unless tap is configured): the TAP
 //     pool (tapSource, netconf.TapPool, its own lock), the VM DNS server
 //     (vmdns.Server, its own lock) and a cache of the leases (netSubsys.mu,
