@@ -183,9 +183,9 @@ func stderrText(f *os.File, werr error) string {
 }
 
 // hostForwardFailed reports whether QEMU's error output says it could not
-// bind a hostfwd port. QEMU (net/slirp.c) words it "Could not set up host
-// forwarding rule '<rule>'"; a rule it cannot parse reads "Invalid host
-// forwarding rule" instead and is not a taken port. The addresses ember
+// bind a hostfwd port. QEMU words it "Could not set up host forwarding
+// rule '<rule>'"; a rule it cannot parse reads "Invalid host forwarding
+// rule" instead and is not a taken port. The addresses ember
 // forwards from are loopback and its ports unprivileged, so a failed bind
 // there means another process holds the port.
 func hostForwardFailed(qemuStderr string) bool {
