@@ -212,15 +212,18 @@ func (c *guestSessionController) write(ctx context.Context, cl *sessionClient, p
 	}
 	var timeout <-chan time.Time
 	for {
-		select {
-		case <-c.done:
-			return conflictf("session %s has ended", c.name)
-		default:
-		}
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("write to session %s: %w", c.name, err)
 		}
 		c.inMu.Lock()
+		// Under inMu: end empties the queue after closing done, so nothing
+		// is queued after that.
+		select {
+		case <-c.done:
+			c.inMu.Unlock()
+			return conflictf("session %s has ended", c.name)
+		default:
+		}
 		if c.inErr != nil {
 			err := c.inErr
 			c.inMu.Unlock()
