@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/emberhq/ember/internal/wire"
 )
 
 func TestVMRoundTrip(t *testing.T) {
@@ -35,7 +37,7 @@ func TestVMRoundTrip(t *testing.T) {
 		t.Errorf("GetVMByName = %+v, %v", byName, err)
 	}
 
-	got.State, got.PID, got.LastError, got.Config = VMError, 0, "boom", nil
+	got.State, got.PID, got.LastError, got.Config = wire.StateError, 0, "boom", nil
 	created := got.CreatedAt
 	got.CreatedAt = time.Time{} // zero keeps the stored creation time
 	if err := s.UpdateVM(ctx, got); err != nil {
@@ -45,7 +47,7 @@ func TestVMRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if upd.State != VMError || upd.PID != 0 || upd.LastError != "boom" || upd.Config != nil {
+	if upd.State != wire.StateError || upd.PID != 0 || upd.LastError != "boom" || upd.Config != nil {
 		t.Errorf("update not applied: %+v", upd)
 	}
 	if !upd.CreatedAt.Equal(created) || !upd.UpdatedAt.After(created) {
@@ -249,7 +251,7 @@ func TestOperations(t *testing.T) {
 	if _, err := s.GetOperation(ctx, "op0"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetOperation missing: %v", err)
 	}
-	run := Operation{ID: "op1", Kind: "vm.create", Target: "web", State: OpRunning, Progress: "cloning"}
+	run := Operation{ID: "op1", Kind: "vm.create", Target: "web", State: wire.OpRunning, Progress: "cloning"}
 	if err := s.PutOperation(ctx, run); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +264,7 @@ func TestOperations(t *testing.T) {
 	}
 	// Finishing without FinishedAt stamps it; CreatedAt is kept.
 	done := got
-	done.CreatedAt, done.State, done.Result = time.Time{}, OpSucceeded, json.RawMessage(`{"id":"abc"}`)
+	done.CreatedAt, done.State, done.Result = time.Time{}, wire.OpSucceeded, json.RawMessage(`{"id":"abc"}`)
 	if err := s.PutOperation(ctx, done); err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +275,7 @@ func TestOperations(t *testing.T) {
 	}
 	// A running op given a FinishedAt stays unfinished.
 	when := time.Unix(100, 0)
-	if err := s.PutOperation(ctx, Operation{ID: "op2", Kind: "image.build", State: OpRunning, FinishedAt: &when}); err != nil {
+	if err := s.PutOperation(ctx, Operation{ID: "op2", Kind: "image.build", State: wire.OpRunning, FinishedAt: &when}); err != nil {
 		t.Fatal(err)
 	}
 	if op, _ := s.GetOperation(ctx, "op2"); op.FinishedAt != nil {
@@ -291,11 +293,11 @@ func TestOperations(t *testing.T) {
 	if err != nil || len(list) != 3 {
 		t.Fatalf("ListOperations = %v, %v", list, err)
 	}
-	if list[0].ID != "op1" || list[0].State != OpSucceeded || list[0].Error != "" {
+	if list[0].ID != "op1" || list[0].State != wire.OpSucceeded || list[0].Error != "" {
 		t.Errorf("finished op changed: %+v", list[0])
 	}
 	for _, op := range list[1:] {
-		if op.State != OpFailed || op.Error != "daemon restarted" || op.FinishedAt == nil {
+		if op.State != wire.OpFailed || op.Error != "daemon restarted" || op.FinishedAt == nil {
 			t.Errorf("unfinished op not failed: %+v", op)
 		}
 	}
@@ -310,11 +312,11 @@ func TestPruneOperations(t *testing.T) {
 	base := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
 	for i, id := range []string{"old1", "old2", "new"} {
 		fin := base.Add(time.Duration(i) * time.Hour)
-		if err := s.PutOperation(ctx, Operation{ID: id, Kind: "vm.create", State: OpFailed, FinishedAt: &fin}); err != nil {
+		if err := s.PutOperation(ctx, Operation{ID: id, Kind: "vm.create", State: wire.OpFailed, FinishedAt: &fin}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.PutOperation(ctx, Operation{ID: "run", Kind: "vm.create", State: OpRunning}); err != nil {
+	if err := s.PutOperation(ctx, Operation{ID: "run", Kind: "vm.create", State: wire.OpRunning}); err != nil {
 		t.Fatal(err)
 	}
 	n, err := s.PruneOperations(ctx, base.Add(90*time.Minute))

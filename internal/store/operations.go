@@ -6,15 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
-)
 
-// Operation states. Succeeded, failed and cancelled are terminal; any other
-// state (running, or one a later version adds) counts as unfinished.
-const (
-	OpRunning   = "running"
-	OpSucceeded = "succeeded"
-	OpFailed    = "failed"
-	OpCancelled = "cancelled"
+	"github.com/emberhq/ember/internal/wire"
 )
 
 // Operation is an asynchronous task (vm.create, image.build, ...).
@@ -22,7 +15,7 @@ type Operation struct {
 	ID         string
 	Kind       string // vm.create, image.build, ...
 	Target     string // VM or image the operation acts on
-	State      string // OpRunning, OpSucceeded, OpFailed, OpCancelled
+	State      string // one of the wire.Op* states; see wire.OpFinished
 	Progress   string
 	Error      string
 	ErrorCode  string // wire error code of a failure: not_found, invalid, ...
@@ -30,11 +23,6 @@ type Operation struct {
 	CreatedAt  time.Time  // zero: now for a new operation, unchanged otherwise
 	UpdatedAt  time.Time  // stamped by PutOperation
 	FinishedAt *time.Time // nil while unfinished; see PutOperation
-}
-
-// terminal reports whether an operation in this state has finished.
-func terminal(state string) bool {
-	return state == OpSucceeded || state == OpFailed || state == OpCancelled
 }
 
 const opColumns = `id, kind, target, state, progress, error, result, created_at, updated_at, finished_at, error_code`
@@ -67,7 +55,7 @@ func (o *ops) PutOperation(ctx context.Context, op Operation) error {
 	}
 	now := toNanos(o.now())
 	var finished any
-	if terminal(op.State) {
+	if wire.OpFinished(op.State) {
 		finished = now
 		if op.FinishedAt != nil && !op.FinishedAt.IsZero() {
 			finished = toNanos(*op.FinishedAt)
@@ -107,7 +95,7 @@ func (o *ops) FailUnfinishedOperations(ctx context.Context, reason string) (int,
 	now := toNanos(o.now())
 	return execCount(ctx, o.w, "fail unfinished operations", `UPDATE operations
 		SET state = ?, error = ?, updated_at = ?, finished_at = ?
-		WHERE finished_at IS NULL`, OpFailed, reason, now, now)
+		WHERE finished_at IS NULL`, wire.OpFailed, reason, now, now)
 }
 
 // PruneOperations deletes operations that finished before the given time and

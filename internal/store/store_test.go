@@ -12,6 +12,8 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/emberhq/ember/internal/wire"
 )
 
 func openTest(t *testing.T) (*Store, string) {
@@ -39,7 +41,7 @@ func fakeClock(s *Store) {
 
 func testVM(id, name string) VM {
 	return VM{
-		ID: id, Name: name, State: VMRunning, Image: "debian", Kernel: "6.1",
+		ID: id, Name: name, State: wire.StateRunning, Image: "debian", Kernel: "6.1",
 		CPUs: 2, MemoryMiB: 512, DiskBytes: 1 << 30, NetMode: "user", SSHPort: 2222,
 		PID: 4242, PIDStart: 987654321, Accel: "tcg", AccelReason: "set by accel = \"tcg\" in the config", LastError: "",
 		Config: json.RawMessage(`{"machine":"microvm"}`),
@@ -280,7 +282,7 @@ func TestFailedMigrationRollsBack(t *testing.T) {
 func TestMigration0003OperationErrorCode(t *testing.T) {
 	s, _ := openTest(t)
 	ctx := context.Background()
-	if err := s.PutOperation(ctx, Operation{ID: "o1", Kind: "vm.create", Target: "x", State: OpFailed,
+	if err := s.PutOperation(ctx, Operation{ID: "o1", Kind: "vm.create", Target: "x", State: wire.OpFailed,
 		Error: `image "y" not found`, ErrorCode: "not_found"}); err != nil {
 		t.Fatal(err)
 	}

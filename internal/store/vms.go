@@ -10,19 +10,11 @@ import (
 	"time"
 )
 
-// VM states.
-const (
-	VMCreating = "creating"
-	VMRunning  = "running"
-	VMStopped  = "stopped"
-	VMError    = "error"
-)
-
 // VM is one virtual machine record.
 type VM struct {
 	ID        string
 	Name      string
-	State     string // VMCreating, VMRunning, VMStopped, VMError
+	State     string // one of the wire.State* values
 	Image     string // image name
 	Kernel    string // kernel name
 	CPUs      int

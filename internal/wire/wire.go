@@ -95,11 +95,18 @@ func CodeOf(err error) string {
 	return CodeInternal
 }
 
-// VM states.
+// VM states, the one declaration of them: the store keeps them and the
+// CLI shows them. Creating, starting, stopping and deleting are
+// transitional: the daemon sets them while it works on a VM, and since
+// they are stored, a crash in the middle of one is found and settled when
+// the daemon starts again.
 const (
 	StateCreating = "creating"
+	StateStarting = "starting"
 	StateRunning  = "running"
+	StateStopping = "stopping"
 	StateStopped  = "stopped"
+	StateDeleting = "deleting"
 	StateError    = "error"
 )
 
@@ -153,13 +160,20 @@ type Kernel struct {
 	Default   bool      `json:"default,omitempty"`
 }
 
-// Operation states.
+// Operation states, the one declaration of them (the store keeps them).
+// Succeeded, failed and cancelled are terminal; any other state (running,
+// or one a later version adds) counts as unfinished.
 const (
 	OpRunning   = "running"
 	OpSucceeded = "succeeded"
 	OpFailed    = "failed"
 	OpCancelled = "cancelled"
 )
+
+// OpFinished reports whether an operation in state has finished.
+func OpFinished(state string) bool {
+	return state == OpSucceeded || state == OpFailed || state == OpCancelled
+}
 
 // Operation is an asynchronous piece of work (vm.create, ...).
 type Operation struct {
@@ -176,7 +190,7 @@ type Operation struct {
 }
 
 // Done reports whether the operation has finished, one way or another.
-func (o Operation) Done() bool { return o.State != OpRunning }
+func (o Operation) Done() bool { return OpFinished(o.State) }
 
 // Params of the methods.
 
