@@ -34,7 +34,8 @@ func benchSessions(c *client.Client, vm string, runs, keys int) (sessionResult, 
 	defer cancel()
 	res := sessionResult{Bytes: throughputBytes, Keys: keys}
 	for _, name := range []string{"tp", "echo"} {
-		p := wire.SessionCreateParams{Ref: vm, Name: name}
+		p := wire.SessionCreateParams{Ref: vm}
+		p.Name = name
 		if name == "echo" {
 			p.Argv = []string{"cat"}
 		}

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 func testKeyArg(t *testing.T) (ssh.PublicKey, string) {
@@ -50,7 +52,7 @@ func TestParseCmdlineDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Port != DefaultPort || cfg.IP != nil || cfg.Key != nil {
+	if cfg.Port != guestproto.DefaultPort || cfg.IP != nil || cfg.Key != nil {
 		t.Errorf("got %+v", cfg)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // bootStart is when the agent started, for the timings it prints.
@@ -34,7 +36,11 @@ func setupConsole() {
 	}
 }
 
-// consolef prints one line for people (and the benchmark) on the console.
+// consolef prints one line for people on the console.
 func consolef(format string, args ...any) {
-	fmt.Fprintf(os.Stdout, "ember-agent: "+format+"\n", args...)
+	fmt.Fprintf(os.Stdout, guestproto.ConsolePrefix+format+"\n", args...)
 }
+
+// consoleLine prints one of the lines the host looks for
+// (guestproto.StartLine, ProbeOKLine).
+func consoleLine(line string) { fmt.Fprintln(os.Stdout, line) }

@@ -10,13 +10,16 @@
 // can reap every orphan with wait4(-1) without stealing exit statuses that
 // os/exec in the server is waiting for.
 //
-// Serve mode also hosts persistent sessions (sessions.go, protocol in
-// sessionproto.go): named processes on PTYs with a scrollback ring, owned
-// by the server process rather than by any SSH connection, so they survive
-// the host's connections (and the daemon) coming and going. The host
-// creates, lists, attaches to (replay, then live output), writes to,
-// resizes, signals and kills them over one custom channel type,
-// "ember-session".
+// Serve mode also hosts persistent sessions (sessions.go): named processes
+// on PTYs with a scrollback ring, owned by the server process rather than
+// by any SSH connection, so they survive the host's connections (and the
+// daemon) coming and going. The host creates, lists, attaches to (replay,
+// then live output), writes to, resizes, signals and kills them over one
+// custom channel type.
+//
+// Everything the host and the agent agree on (kernel arguments, console
+// lines, channel and request names, the exec and session payloads, limits)
+// is in package guestproto; the host never imports this package.
 //
 // Serve mode is also usable on its own (ember-agent serve --listen ...) and
 // in-process through NewServer, which is how the host-side client in

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // runInit is PID 1: bring the VM up, start the SSH server as a child and
@@ -37,7 +39,7 @@ func bootSystem() (BootConfig, error) {
 		return BootConfig{}, err
 	}
 	setupConsole()
-	consolef("start")
+	consoleLine(guestproto.StartLine)
 	for _, m := range []struct{ src, dir, typ string }{{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}} {
 		os.MkdirAll(m.dir, 0o755)
 		if err := mount(m.src, m.dir, m.typ, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
@@ -54,9 +56,8 @@ func bootSystem() (BootConfig, error) {
 	}
 	if boot.Probe {
 		// Reaching this line proves the accelerator runs the guest's
-		// kernel up to userspace; the daemon waits for exactly this text
-		// (hypervisor.ProbeOKLine).
-		consolef("probe ok")
+		// kernel up to userspace; the daemon waits for exactly this text.
+		consoleLine(guestproto.ProbeOKLine)
 		powerOff()
 	}
 	if boot.Key == nil {

@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // Main is the whole program: init mode when running as PID 1, otherwise
@@ -43,7 +45,7 @@ func serveMain(args []string, stderr io.Writer) int {
 		return 2
 	}
 	fail := func(err error) int {
-		fmt.Fprintf(stderr, "ember-agent: error: %v\n", err)
+		fmt.Fprintf(stderr, guestproto.ConsolePrefix+"error: %v\n", err)
 		return 1
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -84,7 +86,7 @@ func serveMain(args []string, stderr io.Writer) int {
 		return fail(fmt.Errorf("serve needs --authorized-key or --from-cmdline"))
 	}
 	if addr == "" {
-		addr = ":" + strconv.Itoa(DefaultPort)
+		addr = ":" + strconv.Itoa(guestproto.DefaultPort)
 	}
 	if *hostKeyFile != "" {
 		raw, err := os.ReadFile(*hostKeyFile)
@@ -105,9 +107,9 @@ func serveMain(args []string, stderr io.Writer) int {
 		return fail(fmt.Errorf("listen: %w", err))
 	}
 	if *fromCmdline {
-		fmt.Fprintf(stderr, "ember-agent: ready on %s (kernel uptime %s s)\n", ln.Addr(), uptime())
+		fmt.Fprintf(stderr, "%s on %s (kernel uptime %s s)\n", guestproto.ReadyLine, ln.Addr(), uptime())
 	} else {
-		fmt.Fprintf(stderr, "ember-agent: ready on %s\n", ln.Addr())
+		fmt.Fprintf(stderr, "%s on %s\n", guestproto.ReadyLine, ln.Addr())
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

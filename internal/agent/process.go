@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,24 +11,12 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // DefaultPath is the PATH commands get unless the request sets one.
 const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-// ExecPrefix starts an exec payload that carries a JSON ExecPayload instead
-// of a shell command line, so argv reaches the guest without quoting.
-const ExecPrefix = "ember-exec "
-
-// PoweroffCommand is the exec payload that asks PID 1 to shut down.
-const PoweroffCommand = "ember-poweroff"
-
-// ExecPayload is the JSON after ExecPrefix.
-type ExecPayload struct {
-	Argv []string          `json:"argv"`
-	Env  map[string]string `json:"env,omitempty"`
-	Dir  string            `json:"dir,omitempty"`
-}
 
 // Exit codes that follow the shell's conventions.
 const (
@@ -159,9 +146,26 @@ func workDir(dir string, env map[string]string) (string, error) {
 	return "/", nil
 }
 
-// specForExec turns an SSH exec payload into a procSpec. sessEnv holds
+// specForExec turns an SSH exec command into a procSpec: a JSON argv
+// after guestproto.ExecPrefix, or else a shell command line. sessEnv holds
 // the "env" requests seen so far and term the PTY's terminal type.
-func specForExec(payload string, sessEnv map[string]string, term string) (procSpec, error) {
+func specForExec(cmd string, sessEnv map[string]string, term string) (procSpec, error) {
+	p, ok, err := guestproto.DecodeExec(cmd)
+	if err != nil {
+		return procSpec{}, &startError{exitNotExecutable, "ember: " + err.Error()}
+	}
+	if !ok {
+		p = guestproto.ExecPayload{Argv: []string{"/bin/sh", "-c", cmd}}
+	}
+	return specForArgv(p, sessEnv, term)
+}
+
+// specForArgv is specForExec for a decoded payload; its environment goes
+// over sessEnv.
+func specForArgv(p guestproto.ExecPayload, sessEnv map[string]string, term string) (procSpec, error) {
+	if len(p.Argv) == 0 {
+		return procSpec{}, &startError{exitNotExecutable, "ember: empty argv"}
+	}
 	env := baseEnv()
 	for k, v := range sessEnv {
 		env[k] = v
@@ -169,32 +173,18 @@ func specForExec(payload string, sessEnv map[string]string, term string) (procSp
 	if term != "" {
 		env["TERM"] = term
 	}
-	var argv []string
-	dir := ""
-	if rest, ok := strings.CutPrefix(payload, ExecPrefix); ok {
-		var p ExecPayload
-		if err := json.Unmarshal([]byte(rest), &p); err != nil {
-			return procSpec{}, &startError{exitNotExecutable, fmt.Sprintf("ember: bad exec request: %v", err)}
-		}
-		if len(p.Argv) == 0 {
-			return procSpec{}, &startError{exitNotExecutable, "ember: bad exec request: empty argv"}
-		}
-		for k, v := range p.Env {
-			env[k] = v
-		}
-		argv, dir = p.Argv, p.Dir
-	} else {
-		argv = []string{"/bin/sh", "-c", payload}
+	for k, v := range p.Env {
+		env[k] = v
 	}
-	path, err := lookPath(argv[0], env["PATH"])
+	path, err := lookPath(p.Argv[0], env["PATH"])
 	if err != nil {
 		return procSpec{}, err
 	}
-	wd, err := workDir(dir, env)
+	wd, err := workDir(p.Dir, env)
 	if err != nil {
 		return procSpec{}, err
 	}
-	return procSpec{path: path, argv: argv, env: envList(env), dir: wd}, nil
+	return procSpec{path: path, argv: p.Argv, env: envList(env), dir: wd}, nil
 }
 
 // specForShell is an interactive login shell: argv[0] starting with "-" is

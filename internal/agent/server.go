@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // ServerConfig configures the agent's SSH server.
@@ -184,7 +186,7 @@ func (s *Server) handleConn(c net.Conn) {
 	}()
 	for nc := range chans {
 		switch nc.ChannelType() {
-		case "session":
+		case guestproto.ChannelSession:
 			ch, creqs, err := nc.Accept()
 			if err != nil {
 				continue
@@ -194,13 +196,13 @@ func (s *Server) handleConn(c net.Conn) {
 				defer s.wg.Done()
 				newSession(s, ch, creqs).run()
 			}()
-		case SessionChannelType:
+		case guestproto.SessionChannelType:
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
 				s.sessions.handleChannel(nc)
 			}()
-		case "direct-tcpip":
+		case guestproto.ChannelDirectTCPIP:
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()

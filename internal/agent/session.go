@@ -14,6 +14,8 @@ import (
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // outputDrain bounds how long the session waits for a finished command's
@@ -54,13 +56,6 @@ type ptyRequest struct {
 	Modes    string
 }
 
-type windowChange struct {
-	Cols     uint32
-	Rows     uint32
-	WidthPx  uint32
-	HeightPx uint32
-}
-
 func newSession(s *Server, ch ssh.Channel, reqs <-chan *ssh.Request) *session {
 	return &session{srv: s, ch: ch, reqs: reqs, env: map[string]string{}}
 }
@@ -94,7 +89,7 @@ func (s *session) run() {
 // then is run after the reply has been sent.
 func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 	switch req.Type {
-	case "env":
+	case guestproto.ReqEnv:
 		var kv struct{ Name, Value string }
 		if ssh.Unmarshal(req.Payload, &kv) != nil {
 			return false, nil
@@ -103,7 +98,7 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		s.env[kv.Name] = kv.Value
 		s.mu.Unlock()
 		return true, nil
-	case "pty-req":
+	case guestproto.ReqPTY:
 		var p ptyRequest
 		if ssh.Unmarshal(req.Payload, &p) != nil {
 			return false, nil
@@ -115,9 +110,9 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		}
 		s.tty = &p
 		return true, nil
-	case "window-change":
-		var w windowChange
-		if ssh.Unmarshal(req.Payload, &w) != nil {
+	case guestproto.ReqWindowChange:
+		rows, cols, err := guestproto.ParseWindowChange(req.Payload)
+		if err != nil {
 			return false, nil
 		}
 		s.mu.Lock()
@@ -125,12 +120,12 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		if s.tty == nil {
 			return false, nil
 		}
-		s.tty.Cols, s.tty.Rows = w.Cols, w.Rows
+		s.tty.Cols, s.tty.Rows = uint32(cols), uint32(rows)
 		if s.ptmx != nil {
-			setWinsize(s.ptmx, int(w.Rows), int(w.Cols))
+			setWinsize(s.ptmx, rows, cols)
 		}
 		return true, nil
-	case "signal":
+	case guestproto.ReqSignal:
 		var sig struct{ Name string }
 		if ssh.Unmarshal(req.Payload, &sig) != nil {
 			return false, nil
@@ -145,7 +140,7 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 			return false, nil
 		}
 		return s.cmd.Process.Signal(num) == nil, nil
-	case "exec":
+	case guestproto.ReqExec:
 		var p struct{ Command string }
 		if ssh.Unmarshal(req.Payload, &p) != nil {
 			return false, nil
@@ -153,22 +148,22 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		if !s.claim() {
 			return false, nil
 		}
-		if p.Command == PoweroffCommand {
+		if p.Command == guestproto.PoweroffCommand {
 			return true, s.poweroff
 		}
 		env, term := s.snapshot()
 		spec, err := specForExec(p.Command, env, term)
 		return true, func() { s.start(spec, err) }
-	case "shell":
+	case guestproto.ReqShell:
 		if !s.claim() {
 			return false, nil
 		}
 		env, term := s.snapshot()
 		spec, err := specForShell(env, term)
 		return true, func() { s.start(spec, err) }
-	case "subsystem":
+	case guestproto.ReqSubsystem:
 		var p struct{ Name string }
-		if ssh.Unmarshal(req.Payload, &p) != nil || p.Name != "sftp" {
+		if ssh.Unmarshal(req.Payload, &p) != nil || p.Name != guestproto.SubsystemSFTP {
 			return false, nil
 		}
 		if !s.claim() {
@@ -211,7 +206,7 @@ func (s *session) snapshot() (map[string]string, string) {
 // finish ends the channel the way sshd does: EOF, exit-status, close.
 func (s *session) finish(code int) {
 	s.ch.CloseWrite()
-	s.ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(code)}))
+	s.ch.SendRequest(guestproto.ReqExitStatus, false, guestproto.ExitStatusPayload(code))
 	s.ch.Close()
 }
 

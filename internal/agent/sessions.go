@@ -2,10 +2,7 @@ package agent
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"github.com/emberhq/ember/internal/ring"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -17,6 +14,9 @@ import (
 	"github.com/creack/pty"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/guestproto"
+	"github.com/emberhq/ember/internal/ring"
 )
 
 // watcherStall is how long a session's output waits for one attached
@@ -83,43 +83,45 @@ type watcher struct {
 
 func (w *watcher) stop() { w.goneOnce.Do(func() { close(w.gone) }) }
 
-func sessErr(code, format string, args ...any) *SessionError {
-	return &SessionError{Code: code, Message: fmt.Sprintf(format, args...)}
-}
+// Shorthands for the protocol's types.
+type (
+	sessionRequest  = guestproto.SessionRequest
+	sessionResponse = guestproto.SessionResponse
+	sessionInfo     = guestproto.SessionInfo
+	sessionError    = guestproto.SessionError
+)
 
-// handleChannel serves one SessionChannelType channel.
+var sessErr = guestproto.SessionErrorf
+
+// handleChannel serves one guestproto.SessionChannelType channel. A request
+// that does not decode is answered with the error, so the client sees why.
 func (m *sessionManager) handleChannel(nc ssh.NewChannel) {
-	var req SessionRequest
-	if err := json.Unmarshal(nc.ExtraData(), &req); err != nil {
-		nc.Reject(ssh.ConnectionFailed, "bad session request: "+err.Error())
-		return
-	}
+	req, reqErr := guestproto.DecodeRequest(nc.ExtraData())
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		return
 	}
 	defer ch.Close()
-	if req.Op == SessionOpAttach {
+	if reqErr == nil && req.Op == guestproto.SessionOpAttach {
 		s, err := m.get(req.Name)
-		if err != nil {
-			go ssh.DiscardRequests(reqs)
-			writeSessionResponse(ch, SessionResponse{Error: err})
-			ch.CloseWrite()
+		if err == nil {
+			s.attach(ch, reqs)
 			return
 		}
-		s.attach(ch, reqs)
-		return
+		reqErr = err
 	}
 	go ssh.DiscardRequests(reqs)
-	var resp SessionResponse
+	var resp sessionResponse
 	var tail []byte
-	switch req.Op {
-	case SessionOpCreate:
+	switch {
+	case reqErr != nil:
+		resp.Error = reqErr
+	case req.Op == guestproto.SessionOpCreate:
 		info, err := m.create(req)
 		resp.Session, resp.Error = info, err
-	case SessionOpList:
+	case req.Op == guestproto.SessionOpList:
 		resp.Sessions = m.list()
-	case SessionOpRead:
+	case req.Op == guestproto.SessionOpRead:
 		s, err := m.get(req.Name)
 		if err != nil {
 			resp.Error = err
@@ -130,12 +132,12 @@ func (m *sessionManager) handleChannel(nc ssh.NewChannel) {
 		info := s.infoLocked()
 		s.mu.Unlock()
 		resp.Session, resp.Len = &info, len(tail)
-	case SessionOpKill:
+	case req.Op == guestproto.SessionOpKill:
 		resp.Error = m.kill(req.Name)
-	case SessionOpSignal:
+	case req.Op == guestproto.SessionOpSignal:
 		resp.Error = m.signal(req.Name, req.Signal)
 	default:
-		resp.Error = sessErr(SessionInvalid, "unknown session op %q", req.Op)
+		resp.Error = sessErr(guestproto.SessionInvalid, "unknown session op %q", req.Op)
 	}
 	if writeSessionResponse(ch, resp) == nil && len(tail) > 0 {
 		ch.Write(tail)
@@ -143,37 +145,43 @@ func (m *sessionManager) handleChannel(nc ssh.NewChannel) {
 	ch.CloseWrite()
 }
 
-func writeSessionResponse(ch ssh.Channel, resp SessionResponse) error {
-	b, err := json.Marshal(resp)
+// writeSessionResponse writes the reply line. A reply the client would
+// refuse as too long (the limits make it impossible) is replaced by an
+// error reply, and the error returned so nothing follows it.
+func writeSessionResponse(ch ssh.Channel, resp sessionResponse) error {
+	b, err := guestproto.EncodeResponse(resp)
 	if err != nil {
+		if b, eerr := guestproto.EncodeResponse(sessionResponse{Error: sessErr(guestproto.SessionConflict, "%v", err)}); eerr == nil {
+			ch.Write(b)
+		}
 		return err
 	}
-	_, err = ch.Write(append(b, '\n'))
+	_, err = ch.Write(b)
 	return err
 }
 
-func (m *sessionManager) get(name string) (*persistentSession, *SessionError) {
+func (m *sessionManager) get(name string) (*persistentSession, *sessionError) {
 	m.mu.Lock()
 	s := m.sessions[name]
 	m.mu.Unlock()
 	if s == nil {
-		return nil, sessErr(SessionNotFound, "no session named %q", name)
+		return nil, sessErr(guestproto.SessionNotFound, "no session named %q", name)
 	}
 	<-s.ready
 	if s.cmd == nil {
-		return nil, sessErr(SessionNotFound, "no session named %q (it failed to start)", name)
+		return nil, sessErr(guestproto.SessionNotFound, "no session named %q (it failed to start)", name)
 	}
 	return s, nil
 }
 
-func (m *sessionManager) list() []SessionInfo {
+func (m *sessionManager) list() []sessionInfo {
 	m.mu.Lock()
 	ss := make([]*persistentSession, 0, len(m.sessions))
 	for _, s := range m.sessions {
 		ss = append(ss, s)
 	}
 	m.mu.Unlock()
-	out := make([]SessionInfo, 0, len(ss))
+	out := make([]sessionInfo, 0, len(ss))
 	for _, s := range ss {
 		s.mu.Lock()
 		out = append(out, s.infoLocked())
@@ -183,18 +191,12 @@ func (m *sessionManager) list() []SessionInfo {
 	return out
 }
 
-// create starts a session. The name is reserved under mu, the process is
-// started outside it.
-func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError) {
-	if !ValidSessionName(req.Name) {
-		return nil, sessErr(SessionInvalid, "session name %q is not valid: use 1-64 letters, digits, '.', '_' or '-'", req.Name)
-	}
+// create starts a session (req has been validated). The name is reserved
+// under mu, the process is started outside it.
+func (m *sessionManager) create(req sessionRequest) (*sessionInfo, *sessionError) {
 	size := req.Scrollback
 	if size == 0 {
-		size = DefaultScrollback
-	}
-	if size < 0 || size > MaxScrollback {
-		return nil, sessErr(SessionInvalid, "scrollback must be 1..%d bytes, not %d", MaxScrollback, size)
+		size = guestproto.DefaultScrollback
 	}
 	term := req.Term
 	if term == "" {
@@ -205,11 +207,10 @@ func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError
 	if len(req.Argv) == 0 {
 		spec, err = specForShell(req.Env, term)
 	} else {
-		b, _ := json.Marshal(ExecPayload{Argv: req.Argv})
-		spec, err = specForExec(ExecPrefix+string(b), req.Env, term)
+		spec, err = specForArgv(guestproto.ExecPayload{Argv: req.Argv}, req.Env, term)
 	}
 	if err != nil {
-		return nil, sessErr(SessionInvalid, "%v", err)
+		return nil, sessErr(guestproto.SessionInvalid, "%v", err)
 	}
 	argv := req.Argv
 	if len(argv) == 0 {
@@ -221,11 +222,15 @@ func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return nil, sessErr(SessionConflict, "the agent is shutting down")
+		return nil, sessErr(guestproto.SessionConflict, "the agent is shutting down")
 	}
 	if m.sessions[req.Name] != nil {
 		m.mu.Unlock()
-		return nil, sessErr(SessionConflict, "a session named %q already exists", req.Name)
+		return nil, sessErr(guestproto.SessionConflict, "a session named %q already exists", req.Name)
+	}
+	if len(m.sessions) >= guestproto.MaxSessions {
+		m.mu.Unlock()
+		return nil, sessErr(guestproto.SessionConflict, "the guest has %d sessions, the most it keeps; kill one first", len(m.sessions))
 	}
 	m.sessions[req.Name] = s
 	m.mu.Unlock()
@@ -243,7 +248,7 @@ func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError
 		}
 		m.mu.Unlock()
 		close(s.ready)
-		return nil, sessErr(SessionInvalid, "%v", startFailure(spec.path, err))
+		return nil, sessErr(guestproto.SessionInvalid, "%v", startFailure(spec.path, err))
 	}
 	s.ptmx, s.polled = pollable(ptmx)
 	s.cmd = cmd
@@ -254,7 +259,7 @@ func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError
 	m.mu.Unlock()
 	if killed { // a kill came while the process was starting
 		s.terminate()
-		return nil, sessErr(SessionNotFound, "session %q was killed while it started", req.Name)
+		return nil, sessErr(guestproto.SessionNotFound, "session %q was killed while it started", req.Name)
 	}
 	s.mu.Lock()
 	info := s.infoLocked()
@@ -264,32 +269,32 @@ func (m *sessionManager) create(req SessionRequest) (*SessionInfo, *SessionError
 }
 
 // kill ends a session's process and forgets the session.
-func (m *sessionManager) kill(name string) *SessionError {
+func (m *sessionManager) kill(name string) *sessionError {
 	m.mu.Lock()
 	s := m.sessions[name]
 	delete(m.sessions, name)
 	m.mu.Unlock()
 	if s == nil {
-		return sessErr(SessionNotFound, "no session named %q", name)
+		return sessErr(guestproto.SessionNotFound, "no session named %q", name)
 	}
 	s.terminate()
 	return nil
 }
 
-func (m *sessionManager) signal(name, sig string) *SessionError {
+func (m *sessionManager) signal(name, sig string) *sessionError {
 	s, err := m.get(name)
 	if err != nil {
 		return err
 	}
 	num := unix.SignalNum("SIG" + sig)
 	if num == 0 {
-		return sessErr(SessionInvalid, "unknown signal %q", sig)
+		return sessErr(guestproto.SessionInvalid, "unknown signal %q", sig)
 	}
 	s.mu.Lock()
 	exited := s.exited
 	s.mu.Unlock()
 	if exited {
-		return sessErr(SessionConflict, "session %q has exited", name)
+		return sessErr(guestproto.SessionConflict, "session %q has exited", name)
 	}
 	// The foreground process group is what Ctrl-C would reach.
 	pgrp := s.cmd.Process.Pid
@@ -301,7 +306,7 @@ func (m *sessionManager) signal(name, sig string) *SessionError {
 		})
 	}
 	if err := syscall.Kill(-pgrp, num); err != nil {
-		return sessErr(SessionConflict, "signal session %q: %v", name, err)
+		return sessErr(guestproto.SessionConflict, "signal session %q: %v", name, err)
 	}
 	return nil
 }
@@ -338,8 +343,8 @@ func (s *persistentSession) terminate() {
 	}
 }
 
-func (s *persistentSession) infoLocked() SessionInfo {
-	info := SessionInfo{Name: s.name, Argv: s.argv, CreatedAt: s.created, Running: !s.exited,
+func (s *persistentSession) infoLocked() sessionInfo {
+	info := sessionInfo{Name: s.name, Argv: s.argv, CreatedAt: s.created, Running: !s.exited,
 		Scrollback: s.size, Attached: len(s.watchers)}
 	if s.exited {
 		code := s.code
@@ -508,10 +513,9 @@ func (s *persistentSession) attach(ch ssh.Channel, reqs <-chan *ssh.Request) {
 	go func() {
 		for req := range reqs {
 			ok := false
-			if req.Type == "window-change" {
-				var wc windowChange
-				if ssh.Unmarshal(req.Payload, &wc) == nil {
-					ok = s.resize(int(wc.Rows), int(wc.Cols)) == nil
+			if req.Type == guestproto.ReqWindowChange {
+				if rows, cols, err := guestproto.ParseWindowChange(req.Payload); err == nil {
+					ok = s.resize(rows, cols) == nil
 				}
 			}
 			if req.WantReply {
@@ -519,7 +523,7 @@ func (s *persistentSession) attach(ch ssh.Channel, reqs <-chan *ssh.Request) {
 			}
 		}
 	}()
-	if writeSessionResponse(ch, SessionResponse{Session: &info}) != nil {
+	if writeSessionResponse(ch, sessionResponse{Session: &info}) != nil {
 		return
 	}
 	if len(replay) > 0 {
@@ -568,7 +572,7 @@ func (s *persistentSession) attach(ch ssh.Channel, reqs <-chan *ssh.Request) {
 		code = s.code
 		s.mu.Unlock()
 	}
-	ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(code)}))
+	ch.SendRequest(guestproto.ReqExitStatus, false, guestproto.ExitStatusPayload(code))
 	ch.CloseWrite()
 }
 

@@ -105,7 +105,8 @@ func sessionNewCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p := wire.SessionCreateParams{Ref: args[0], Name: args[1], Argv: argv, Scrollback: scrollback, Term: os.Getenv("TERM")}
+			p := wire.SessionCreateParams{Ref: args[0]}
+			p.Name, p.Argv, p.Scrollback, p.Term = args[1], argv, scrollback, os.Getenv("TERM")
 			if f, ok := e.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 				if w, h, err := term.GetSize(int(f.Fd())); err == nil {
 					p.Cols, p.Rows = w, h

@@ -10,14 +10,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
 
-// Persistent sessions live in the guest agent (see internal/agent's
-// sessionproto.go); the daemon only keeps, per session in use, one
+// Persistent sessions live in the guest agent (protocol in
+// internal/guestproto); the daemon only keeps, per session in use, one
 // guestSessionController that fans output out to attached clients.
 // Controllers are made lazily on first attach, send or follow, so after a
 // daemon restart they come back on first use.
@@ -32,9 +32,9 @@ import (
 // sessionGuest is what sessions need from a guest connection;
 // *guest.Client has it.
 type sessionGuest interface {
-	SessionCreate(ctx context.Context, spec guest.SessionSpec) (agent.SessionInfo, error)
-	SessionList(ctx context.Context) ([]agent.SessionInfo, error)
-	SessionRead(ctx context.Context, name string) ([]byte, agent.SessionInfo, error)
+	SessionCreate(ctx context.Context, spec guestproto.SessionSpec) (guestproto.SessionInfo, error)
+	SessionList(ctx context.Context) ([]guestproto.SessionInfo, error)
+	SessionRead(ctx context.Context, name string) ([]byte, guestproto.SessionInfo, error)
 	SessionKill(ctx context.Context, name string) error
 	SessionSignal(ctx context.Context, name, sig string) error
 	SessionAttach(ctx context.Context, name string) (*guest.SessionStream, error)
@@ -157,7 +157,7 @@ func (r *sessionRegistry) forget(vmID, name string) {
 // sessionErr turns a guest error into a wire error; a broken transport
 // also drops the pooled connection so the next call dials again.
 func (ss *sessionService) sessionErr(vm store.VM, err error) error {
-	var se *agent.SessionError
+	var se *guestproto.SessionError
 	if errors.As(err, &se) {
 		return wire.Errorf(se.Code, "vm %s: %s", vm.Name, se.Message)
 	}
@@ -173,7 +173,7 @@ func (ss *sessionService) sessionTarget(ctx context.Context, ref, name string) (
 	if err != nil {
 		return vm, nil, err
 	}
-	if name != "" && !agent.ValidSessionName(name) {
+	if name != "" && !guestproto.ValidSessionName(name) {
 		return vm, nil, invalidf("session name %q is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
 	}
 	if vm.State != wire.StateRunning {
@@ -190,7 +190,7 @@ func (ss *sessionService) sessionTarget(ctx context.Context, ref, name string) (
 	return vm, sg, nil
 }
 
-func toWireSession(vm store.VM, s agent.SessionInfo) wire.Session {
+func toWireSession(vm store.VM, s guestproto.SessionInfo) wire.Session {
 	w := wire.Session{VM: vm.Name, Name: s.Name, Command: s.Argv, CreatedAt: s.CreatedAt,
 		State: wire.SessionRunning, ExitCode: s.ExitCode, Scrollback: s.Scrollback}
 	if !s.Running {
@@ -239,11 +239,10 @@ func (ss *sessionService) createSession(ctx context.Context, p wire.SessionCreat
 	if p.Name == "" {
 		return wire.Session{}, invalidf("a session needs a name")
 	}
-	if p.Scrollback < 0 || p.Scrollback > agent.MaxScrollback {
-		return wire.Session{}, invalidf("scrollback must be 1..%d bytes, not %d", agent.MaxScrollback, p.Scrollback)
+	if p.Scrollback < 0 || p.Scrollback > guestproto.MaxScrollback {
+		return wire.Session{}, invalidf("scrollback must be 1..%d bytes, not %d", guestproto.MaxScrollback, p.Scrollback)
 	}
-	info, err := sg.SessionCreate(ctx, guest.SessionSpec{Name: p.Name, Argv: p.Argv, Env: p.Env,
-		Scrollback: p.Scrollback, Rows: p.Rows, Cols: p.Cols, Term: p.Term})
+	info, err := sg.SessionCreate(ctx, p.SessionSpec)
 	if err != nil {
 		return wire.Session{}, ss.sessionErr(vm, err)
 	}
@@ -329,12 +328,12 @@ func (ss *sessionService) attachSession(ctx context.Context, p wire.SessionAttac
 		return err
 	}
 	if p.Create {
-		_, err := sg.SessionCreate(ctx, guest.SessionSpec{Name: p.Name, Rows: p.Rows, Cols: p.Cols, Term: p.Term})
-		var se *agent.SessionError
+		_, err := sg.SessionCreate(ctx, guestproto.SessionSpec{Name: p.Name, Rows: p.Rows, Cols: p.Cols, Term: p.Term})
+		var se *guestproto.SessionError
 		switch {
 		case err == nil:
 			ss.registry.forget(vm.ID, p.Name)
-		case errors.As(err, &se) && se.Code == agent.SessionConflict:
+		case errors.As(err, &se) && se.Code == guestproto.SessionConflict:
 			// It exists already: attach to it.
 		default:
 			return ss.sessionErr(vm, err)

@@ -24,14 +24,6 @@ import (
 	"github.com/emberhq/ember/internal/wire"
 )
 
-// Transitional VM states. They live in the store, so a crash in the middle
-// of one is found and settled by reattach at the next start.
-const (
-	stateStarting = "starting"
-	stateStopping = "stopping"
-	stateDeleting = "deleting"
-)
-
 const (
 	minMemoryMiB = 64
 	maxDiskGiB   = 4096
@@ -578,7 +570,7 @@ func busy(vm *store.VM) error {
 
 func transitional(state string) bool {
 	switch state {
-	case wire.StateCreating, stateStarting, stateStopping, stateDeleting:
+	case wire.StateCreating, wire.StateStarting, wire.StateStopping, wire.StateDeleting:
 		return true
 	}
 	return false
@@ -595,7 +587,7 @@ func (s *vmService) startVM(ctx context.Context, ref string) (_ wire.VM, err err
 		if vm.State == wire.StateRunning {
 			return conflictf("vm %s is already running", vm.Name)
 		}
-		vm.State, vm.UpdatedAt = stateStarting, time.Now().UTC()
+		vm.State, vm.UpdatedAt = wire.StateStarting, time.Now().UTC()
 		return s.store.UpdateVM(ctx, *vm)
 	})
 	if err != nil {
@@ -641,7 +633,7 @@ func (s *vmService) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, erro
 			wasStopped = true
 			return nil
 		}
-		vm.State, vm.UpdatedAt = stateStopping, time.Now().UTC()
+		vm.State, vm.UpdatedAt = wire.StateStopping, time.Now().UTC()
 		return s.store.UpdateVM(ctx, *vm)
 	})
 	if err != nil || wasStopped {
@@ -707,7 +699,7 @@ func (s *vmService) deleteVM(ctx context.Context, p wire.RefParams) (wire.VM, er
 		if vm.State == wire.StateRunning && !p.Force {
 			return conflictf("vm %s is running; stop it first or use `ember rm -f`", vm.Name)
 		}
-		vm.State, vm.UpdatedAt = stateDeleting, time.Now().UTC()
+		vm.State, vm.UpdatedAt = wire.StateDeleting, time.Now().UTC()
 		return s.store.UpdateVM(ctx, *vm)
 	})
 	if err != nil {
@@ -732,11 +724,11 @@ func (s *vmService) reattach(ctx context.Context) error {
 		inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
 		alive := vm.PID != 0 && s.driver.Alive(inst)
 		switch vm.State {
-		case wire.StateCreating, stateDeleting:
+		case wire.StateCreating, wire.StateDeleting:
 			s.log.Info("removing half-made vm", "vm", vm.Name, "state", vm.State)
 			s.removeVM(ctx, vm.ID)
 			continue
-		case stateStarting:
+		case wire.StateStarting:
 			s.killVM(ctx, vm)
 			s.driver.KillStrays(ctx, s.layout.VMDir(vm.ID))
 			alive = false

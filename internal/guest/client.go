@@ -9,10 +9,9 @@ import (
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
-)
 
-// User is the account the agent runs everything as.
-const User = "root"
+	"github.com/emberhq/ember/internal/guestproto"
+)
 
 // Client is an SSH connection to one guest agent.
 type Client struct {
@@ -42,7 +41,7 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, bannerTimeout tim
 	// connection if ctx ends first.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	cfg := &ssh.ClientConfig{
-		User: User,
+		User: guestproto.User,
 		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
 		// Any host key is accepted: the agent makes a fresh one each
 		// boot, and the transport is a loopback forward or a private

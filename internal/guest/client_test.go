@@ -15,6 +15,7 @@ import (
 
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/guestproto"
 	"go.uber.org/goleak"
 	"golang.org/x/crypto/ssh"
 )
@@ -345,7 +346,7 @@ func TestKeyFile(t *testing.T) {
 	if !bytes.Equal(k1.PublicKey().Marshal(), k2.PublicKey().Marshal()) {
 		t.Fatal("reloaded key differs")
 	}
-	back, err := agent.ParseKeyArg(guest.KeyArg(k1.PublicKey()))
+	back, err := guestproto.ParseKeyArg(guest.KeyArg(k1.PublicKey()))
 	if err != nil || !bytes.Equal(back.Marshal(), k1.PublicKey().Marshal()) {
 		t.Fatalf("KeyArg round trip: %v", err)
 	}

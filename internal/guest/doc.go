@@ -3,6 +3,9 @@
 // guest to become ready, runs commands with their exit status passed
 // through, opens SFTP and asks the guest to power off.
 //
-// The wire conventions (the ember-exec JSON payload, ember-poweroff and the
-// ember.key encoding) are defined by package agent and only used here.
+// It also runs the agent's persistent sessions (create, list, read, attach,
+// signal, kill). The protocol it speaks is package guestproto, which checks
+// every reply against its limits: a guest's bytes are untrusted. This
+// package never imports the agent itself; only its tests run one
+// in-process.
 package guest

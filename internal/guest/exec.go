@@ -2,13 +2,13 @@ package guest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 
-	"github.com/emberhq/ember/internal/agent"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // WindowSize is a terminal size in character cells.
@@ -39,9 +39,9 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	if len(req.Argv) == 0 {
 		return 0, errors.New("exec: empty argv")
 	}
-	payload, err := json.Marshal(agent.ExecPayload{Argv: req.Argv, Env: req.Env, Dir: req.Dir})
+	cmd, err := guestproto.EncodeExec(guestproto.ExecPayload{Argv: req.Argv, Env: req.Env, Dir: req.Dir})
 	if err != nil {
-		return 0, fmt.Errorf("exec: encode request: %w", err)
+		return 0, fmt.Errorf("exec: %w", err)
 	}
 	sess, err := c.openSession(ctx)
 	if err != nil {
@@ -68,7 +68,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 				return
 			}
 		}
-		if err := sess.Start(agent.ExecPrefix + string(payload)); err != nil {
+		if err := sess.Start(cmd); err != nil {
 			started <- fmt.Errorf("exec: start: %w", err)
 			return
 		}
@@ -140,7 +140,7 @@ func (c *Client) Poweroff(ctx context.Context) error {
 	done := make(chan error, 1)
 	var stderr limitedBuffer
 	sess.Stderr = &stderr
-	go func() { done <- sess.Run(agent.PoweroffCommand) }()
+	go func() { done <- sess.Run(guestproto.PoweroffCommand) }()
 	select {
 	case err := <-done:
 		if err != nil {

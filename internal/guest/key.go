@@ -3,7 +3,6 @@ package guest
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // NewKey generates an ed25519 signer, held in memory only.
@@ -86,8 +87,6 @@ func LoadOrCreateKey(path string) (ssh.Signer, error) {
 	return s, nil
 }
 
-// KeyArg is the ember.key= kernel argument value for pub, as the agent's
-// agent.ParseKeyArg reads it.
-func KeyArg(pub ssh.PublicKey) string {
-	return base64.RawURLEncoding.EncodeToString(pub.Marshal())
-}
+// KeyArg is the ember.key= kernel argument value for pub
+// (guestproto.KeyArg).
+func KeyArg(pub ssh.PublicKey) string { return guestproto.KeyArg(pub) }

@@ -3,34 +3,26 @@ package guest
 import (
 	"bufio"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/emberhq/ember/internal/agent"
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
-// SessionSpec describes a persistent session to create.
-type SessionSpec struct {
-	Name       string
-	Argv       []string // empty means root's login shell
-	Env        map[string]string
-	Scrollback int // bytes; 0 means agent.DefaultScrollback
-	Rows, Cols int
-	Term       string
-}
-
 // sessionOp opens a session channel for req and reads the first response
-// line. A typed agent error comes back as *agent.SessionError.
-func (c *Client) sessionOp(ctx context.Context, req agent.SessionRequest) (ssh.Channel, <-chan *ssh.Request, *bufio.Reader, agent.SessionResponse, error) {
-	var resp agent.SessionResponse
-	payload, err := json.Marshal(req)
+// line, bounded and checked by guestproto.ReadResponse. A typed agent error
+// (or a request that breaks the protocol's limits) comes back as
+// *guestproto.SessionError; a reply that breaks the protocol is a plain
+// error.
+func (c *Client) sessionOp(ctx context.Context, req guestproto.SessionRequest) (ssh.Channel, <-chan *ssh.Request, *bufio.Reader, guestproto.SessionResponse, error) {
+	var resp guestproto.SessionResponse
+	payload, err := guestproto.EncodeRequest(req)
 	if err != nil {
-		return nil, nil, nil, resp, fmt.Errorf("session %s: encode: %w", req.Op, err)
+		return nil, nil, nil, resp, err
 	}
 	type opened struct {
 		ch   ssh.Channel
@@ -39,7 +31,7 @@ func (c *Client) sessionOp(ctx context.Context, req agent.SessionRequest) (ssh.C
 	}
 	done := make(chan opened, 1)
 	go func() {
-		ch, reqs, err := c.ssh.OpenChannel(agent.SessionChannelType, payload)
+		ch, reqs, err := c.ssh.OpenChannel(guestproto.SessionChannelType, payload)
 		done <- opened{ch, reqs, err}
 	}()
 	var o opened
@@ -60,28 +52,24 @@ func (c *Client) sessionOp(ctx context.Context, req agent.SessionRequest) (ssh.C
 	stop := context.AfterFunc(ctx, func() { o.ch.Close() })
 	defer stop()
 	br := bufio.NewReaderSize(o.ch, 32<<10)
-	line, err := br.ReadBytes('\n')
+	resp, err = guestproto.ReadResponse(br, req.Op)
 	if err != nil {
 		o.ch.Close()
-		if ctx.Err() != nil {
+		var se *guestproto.SessionError
+		switch {
+		case errors.As(err, &se):
+			return nil, nil, nil, resp, se
+		case ctx.Err() != nil:
 			return nil, nil, nil, resp, fmt.Errorf("session %s: %w", req.Op, ctx.Err())
 		}
 		return nil, nil, nil, resp, fmt.Errorf("session %s: read response: %w", req.Op, err)
-	}
-	if err := json.Unmarshal(line, &resp); err != nil {
-		o.ch.Close()
-		return nil, nil, nil, resp, fmt.Errorf("session %s: decode response: %w", req.Op, err)
-	}
-	if resp.Error != nil {
-		o.ch.Close()
-		return nil, nil, nil, resp, resp.Error
 	}
 	return o.ch, o.reqs, br, resp, nil
 }
 
 // oneShot runs an op that ends with the response (plus, for read, Len
 // bytes).
-func (c *Client) oneShot(ctx context.Context, req agent.SessionRequest) (agent.SessionResponse, []byte, error) {
+func (c *Client) oneShot(ctx context.Context, req guestproto.SessionRequest) (guestproto.SessionResponse, []byte, error) {
 	ch, reqs, br, resp, err := c.sessionOp(ctx, req)
 	if err != nil {
 		return resp, nil, err
@@ -92,79 +80,72 @@ func (c *Client) oneShot(ctx context.Context, req agent.SessionRequest) (agent.S
 	if resp.Len > 0 {
 		stop := context.AfterFunc(ctx, func() { ch.Close() })
 		defer stop()
-		data = make([]byte, resp.Len)
-		if _, err := io.ReadFull(br, data); err != nil {
-			return resp, nil, fmt.Errorf("session %s: read data: %w", req.Op, err)
+		if data, err = guestproto.ReadScrollback(br, resp.Len); err != nil {
+			return resp, nil, fmt.Errorf("session %s: %w", req.Op, err)
 		}
 	}
 	return resp, data, nil
 }
 
 // SessionCreate starts a persistent session in the guest.
-func (c *Client) SessionCreate(ctx context.Context, spec SessionSpec) (agent.SessionInfo, error) {
-	resp, _, err := c.oneShot(ctx, agent.SessionRequest{Op: agent.SessionOpCreate, Name: spec.Name,
-		Argv: spec.Argv, Env: spec.Env, Scrollback: spec.Scrollback, Rows: spec.Rows, Cols: spec.Cols, Term: spec.Term})
+func (c *Client) SessionCreate(ctx context.Context, spec guestproto.SessionSpec) (guestproto.SessionInfo, error) {
+	resp, _, err := c.oneShot(ctx, guestproto.SessionRequest{Op: guestproto.SessionOpCreate, SessionSpec: spec})
 	if err != nil {
-		return agent.SessionInfo{}, err
-	}
-	if resp.Session == nil {
-		return agent.SessionInfo{}, fmt.Errorf("session create: no session in the answer")
+		return guestproto.SessionInfo{}, err
 	}
 	return *resp.Session, nil
 }
 
 // SessionList lists the guest's sessions, oldest first.
-func (c *Client) SessionList(ctx context.Context) ([]agent.SessionInfo, error) {
-	resp, _, err := c.oneShot(ctx, agent.SessionRequest{Op: agent.SessionOpList})
+func (c *Client) SessionList(ctx context.Context) ([]guestproto.SessionInfo, error) {
+	resp, _, err := c.oneShot(ctx, guestproto.SessionRequest{Op: guestproto.SessionOpList})
 	return resp.Sessions, err
 }
 
 // SessionRead returns a session's scrollback.
-func (c *Client) SessionRead(ctx context.Context, name string) ([]byte, agent.SessionInfo, error) {
-	resp, data, err := c.oneShot(ctx, agent.SessionRequest{Op: agent.SessionOpRead, Name: name})
+func (c *Client) SessionRead(ctx context.Context, name string) ([]byte, guestproto.SessionInfo, error) {
+	resp, data, err := c.oneShot(ctx, named(guestproto.SessionOpRead, name))
 	if err != nil {
-		return nil, agent.SessionInfo{}, err
+		return nil, guestproto.SessionInfo{}, err
 	}
-	var info agent.SessionInfo
-	if resp.Session != nil {
-		info = *resp.Session
-	}
-	return data, info, nil
+	return data, *resp.Session, nil
 }
 
 // SessionKill ends a session's process and removes the session.
 func (c *Client) SessionKill(ctx context.Context, name string) error {
-	_, _, err := c.oneShot(ctx, agent.SessionRequest{Op: agent.SessionOpKill, Name: name})
+	_, _, err := c.oneShot(ctx, named(guestproto.SessionOpKill, name))
 	return err
 }
 
 // SessionSignal sends a signal (a name like "INT") to the session's
 // foreground process group.
 func (c *Client) SessionSignal(ctx context.Context, name, sig string) error {
-	_, _, err := c.oneShot(ctx, agent.SessionRequest{Op: agent.SessionOpSignal, Name: name, Signal: sig})
+	req := named(guestproto.SessionOpSignal, name)
+	req.Signal = sig
+	_, _, err := c.oneShot(ctx, req)
 	return err
+}
+
+func named(op, name string) guestproto.SessionRequest {
+	return guestproto.SessionRequest{Op: op, SessionSpec: guestproto.SessionSpec{Name: name}}
 }
 
 // SessionAttach attaches to a session: Read yields the scrollback, then
 // live output until the session ends (io.EOF, then Exit reports the
 // status); Write types into it. Closing the stream only detaches.
 func (c *Client) SessionAttach(ctx context.Context, name string) (*SessionStream, error) {
-	ch, reqs, br, resp, err := c.sessionOp(ctx, agent.SessionRequest{Op: agent.SessionOpAttach, Name: name})
+	ch, reqs, br, resp, err := c.sessionOp(ctx, named(guestproto.SessionOpAttach, name))
 	if err != nil {
 		return nil, err
 	}
-	s := &SessionStream{ch: ch, r: br, reqsDone: make(chan struct{})}
-	if resp.Session != nil {
-		s.Info = *resp.Session
-	}
+	s := &SessionStream{Info: *resp.Session, ch: ch, r: br, reqsDone: make(chan struct{})}
 	go func() {
 		defer close(s.reqsDone)
 		for req := range reqs {
-			if req.Type == "exit-status" {
-				var st struct{ Status uint32 }
-				if ssh.Unmarshal(req.Payload, &st) == nil {
+			if req.Type == guestproto.ReqExitStatus {
+				if code, err := guestproto.ParseExitStatus(req.Payload); err == nil {
 					s.mu.Lock()
-					s.code, s.exited = int(st.Status), true
+					s.code, s.exited = code, true
 					s.mu.Unlock()
 				}
 			}
@@ -178,7 +159,7 @@ func (c *Client) SessionAttach(ctx context.Context, name string) (*SessionStream
 
 // SessionStream is one attach channel to a persistent session.
 type SessionStream struct {
-	Info agent.SessionInfo // as of the attach
+	Info guestproto.SessionInfo // as of the attach
 
 	ch       ssh.Channel
 	r        *bufio.Reader
@@ -194,9 +175,7 @@ func (s *SessionStream) Write(p []byte) (int, error) { return s.ch.Write(p) }
 
 // Resize sets the session's terminal size.
 func (s *SessionStream) Resize(rows, cols int) error {
-	_, err := s.ch.SendRequest("window-change", false, ssh.Marshal(struct {
-		Cols, Rows, WidthPx, HeightPx uint32
-	}{uint32(cols), uint32(rows), 0, 0}))
+	_, err := s.ch.SendRequest(guestproto.ReqWindowChange, false, guestproto.WindowChangePayload(rows, cols))
 	return err
 }
 

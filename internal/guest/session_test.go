@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 func ctx20(t *testing.T) context.Context {
@@ -51,7 +51,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func sessionCode(err error) string {
-	var se *agent.SessionError
+	var se *guestproto.SessionError
 	if errors.As(err, &se) {
 		return se.Code
 	}
@@ -61,26 +61,26 @@ func sessionCode(err error) string {
 func TestSessionCreateListDuplicateAndKill(t *testing.T) {
 	c := dial(t)
 	ctx := ctx20(t)
-	info, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "s1", Argv: []string{"sh"}, Scrollback: 4096})
+	info, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "s1", Argv: []string{"sh"}, Scrollback: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !info.Running || info.Scrollback != 4096 || info.Name != "s1" {
 		t.Fatalf("info: %+v", info)
 	}
-	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "s1", Argv: []string{"sh"}}); sessionCode(err) != agent.SessionConflict {
+	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "s1", Argv: []string{"sh"}}); sessionCode(err) != guestproto.SessionConflict {
 		t.Fatalf("duplicate: want conflict, got %v", err)
 	}
-	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "bad name"}); sessionCode(err) != agent.SessionInvalid {
+	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "bad name"}); sessionCode(err) != guestproto.SessionInvalid {
 		t.Fatalf("bad name: want invalid, got %v", err)
 	}
-	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "x", Argv: []string{"no-such-cmd-xyz"}}); sessionCode(err) != agent.SessionInvalid {
+	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "x", Argv: []string{"no-such-cmd-xyz"}}); sessionCode(err) != guestproto.SessionInvalid {
 		t.Fatalf("missing command: want invalid, got %v", err)
 	}
-	if _, _, err := c.SessionRead(ctx, "nope"); sessionCode(err) != agent.SessionNotFound {
+	if _, _, err := c.SessionRead(ctx, "nope"); sessionCode(err) != guestproto.SessionNotFound {
 		t.Fatalf("read unknown: want not_found, got %v", err)
 	}
-	if _, err := c.SessionAttach(ctx, "nope"); sessionCode(err) != agent.SessionNotFound {
+	if _, err := c.SessionAttach(ctx, "nope"); sessionCode(err) != guestproto.SessionNotFound {
 		t.Fatalf("attach unknown: want not_found, got %v", err)
 	}
 	list, err := c.SessionList(ctx)
@@ -93,7 +93,7 @@ func TestSessionCreateListDuplicateAndKill(t *testing.T) {
 	if list, _ := c.SessionList(ctx); len(list) != 0 {
 		t.Fatalf("after kill: %+v", list)
 	}
-	if err := c.SessionKill(ctx, "s1"); sessionCode(err) != agent.SessionNotFound {
+	if err := c.SessionKill(ctx, "s1"); sessionCode(err) != guestproto.SessionNotFound {
 		t.Fatalf("kill twice: want not_found, got %v", err)
 	}
 }
@@ -101,7 +101,7 @@ func TestSessionCreateListDuplicateAndKill(t *testing.T) {
 func TestSessionReplayAndSeveralAttachers(t *testing.T) {
 	c := dial(t)
 	ctx := ctx20(t)
-	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "sh", Argv: []string{"sh"}}); err != nil {
+	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "sh", Argv: []string{"sh"}}); err != nil {
 		t.Fatal(err)
 	}
 	a, err := c.SessionAttach(ctx, "sh")
@@ -183,7 +183,7 @@ func TestSessionReplayAndSeveralAttachers(t *testing.T) {
 func TestSessionScrollbackIsBounded(t *testing.T) {
 	c := dial(t)
 	ctx := ctx20(t)
-	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "big", Scrollback: 1000,
+	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "big", Scrollback: 1000,
 		Argv: []string{"sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; echo END"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func TestSessionSurvivesConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c1.SessionCreate(ctx, guest.SessionSpec{Name: "keep", Argv: []string{"sh"}}); err != nil {
+	if _, err := c1.SessionCreate(ctx, guestproto.SessionSpec{Name: "keep", Argv: []string{"sh"}}); err != nil {
 		t.Fatal(err)
 	}
 	a, err := c1.SessionAttach(ctx, "keep")
@@ -244,7 +244,7 @@ func TestSessionSurvivesConnection(t *testing.T) {
 func TestSessionBulkOutputArrivesWhole(t *testing.T) {
 	c := dial(t)
 	ctx := ctx20(t)
-	if _, err := c.SessionCreate(ctx, guest.SessionSpec{Name: "bulk", Argv: []string{"sh"}}); err != nil {
+	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "bulk", Argv: []string{"sh"}}); err != nil {
 		t.Fatal(err)
 	}
 	a, err := c.SessionAttach(ctx, "bulk")

@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // ErrUnsupported is returned (wrapped) when a driver cannot do what a Spec asks,
@@ -127,12 +129,13 @@ type ProbeSpec struct {
 	Timeout time.Duration
 }
 
-// ProbeCmdline is the kernel argument that puts the agent in probe mode.
-const ProbeCmdline = "ember.probe=1"
+// ProbeCmdline is the kernel argument that puts the agent in probe mode
+// (the guest protocol's).
+const ProbeCmdline = guestproto.ProbeArg
 
 // ProbeOKLine is what the agent prints on the console in probe mode just
-// before it powers off.
-const ProbeOKLine = "ember-agent: probe ok"
+// before it powers off (the guest protocol's).
+const ProbeOKLine = guestproto.ProbeOKLine
 
 // AccelProber is implemented by drivers that can choose between KVM and
 // software emulation by trying them.

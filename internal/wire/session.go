@@ -1,6 +1,10 @@
 package wire
 
-import "time"
+import (
+	"time"
+
+	"github.com/emberhq/ember/internal/guestproto"
+)
 
 // Session states.
 const (
@@ -31,17 +35,13 @@ type SessionParams struct {
 	Name string `json:"name"`
 }
 
-// SessionCreateParams creates a session; an empty Argv means the image's
-// login shell, Scrollback 0 means 1 MiB.
+// SessionCreateParams creates a session in the VM Ref. The spec is the
+// guest protocol's, passed through as it is: an empty Argv means the
+// image's login shell, Scrollback 0 means 1 MiB; its limits are
+// guestproto's.
 type SessionCreateParams struct {
-	Ref        string            `json:"ref"`
-	Name       string            `json:"name"`
-	Argv       []string          `json:"argv,omitempty"`
-	Env        map[string]string `json:"env,omitempty"`
-	Scrollback int               `json:"scrollback,omitempty"`
-	Rows       int               `json:"rows,omitempty"`
-	Cols       int               `json:"cols,omitempty"`
-	Term       string            `json:"term,omitempty"`
+	Ref string `json:"ref"`
+	guestproto.SessionSpec
 }
 
 // SessionAttachParams attaches a client: the stream carries the
