@@ -6,11 +6,13 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // agentReadyLine is what the agent prints on the console once its SSH
 // server listens.
-const agentReadyLine = "ember-agent: ready"
+const agentReadyLine = guestproto.ReadyLine
 
 // consoleHintTimeout bounds the wait for the ready line: an image whose
 // agent prints nothing still boots, found by dialling.
