@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -46,8 +47,7 @@ func TestKVMStallFallsBackToTCG(t *testing.T) {
 	if accels != "kvm,tcg,tcg" || probes != 1 {
 		t.Errorf("starts %s with %d probes, want kvm,tcg,tcg with 1", accels, probes)
 	}
-	var info wire.DaemonInfo
-	if err := c.Call(context.Background(), "daemon.info", nil, &info); err != nil || info.Accel != "tcg" || info.Reason != wantReason {
+	if info, err := client.Do(context.Background(), c, wire.DaemonInfoMethod, wire.None{}); err != nil || info.Accel != "tcg" || info.Reason != wantReason {
 		t.Errorf("daemon.info: %v %+v", err, info)
 	}
 }
@@ -77,8 +77,7 @@ func TestKVMForcedStallFails(t *testing.T) {
 	if drv.probes != 0 {
 		t.Errorf("forced kvm probed %d times", drv.probes)
 	}
-	var info wire.DaemonInfo
-	if err := c.Call(context.Background(), "daemon.info", nil, &info); err != nil || info.Accel != "kvm" || !info.AccelForced {
+	if info, err := client.Do(context.Background(), c, wire.DaemonInfoMethod, wire.None{}); err != nil || info.Accel != "kvm" || !info.AccelForced {
 		t.Errorf("daemon.info: %v %+v", err, info)
 	}
 }

@@ -13,51 +13,54 @@
 // re-attaches to VMs whose QEMU kept running while no daemon was there and
 // settles the operations the previous daemon left unfinished. Serve(ctx)
 // accepts connections on the unix socket (0660, group socket_group, as
-// root; 0600 rootless); each carries one request, routed by dispatch in
-// daemon.go. Close() stops serving; VMs keep running.
+// root; 0600 rootless); each carries one request, routed by dispatch
+// (methods.go) to the handler a service registered for that entry of
+// wire's method table. Close() stops serving; VMs keep running.
 //
-// # State and locks
+// # Services, state and locks
 //
-// Each subsystem owns its state and its lock:
+// The daemon is split into services; each owns its state, its lock and
+// its methods, and registers them in the dispatch table (buildServices in
+// daemon.go wires them):
 //
-//   - vmLocks (vmLockSet): one mutex per VM ID, reached through
-//     withVMLockByID and withVMLockByRef (name or unique ID prefix). Held
-//     only to read and change a VM's record, never across guest I/O or a
-//     hypervisor call: slow work (boot, shutdown) happens between two short
-//     critical sections, with a transitional state (creating, starting,
-//     stopping, deleting) in the store keeping other changes out (busy).
-//   - createVMMu: name uniqueness, the guest address allocation (tap mode)
-//     and the insert of a new VM row. Released before any slow work.
-//   - imageOpsMu: image-registry mutations (today: building the built-in
-//     image on first use).
-//   - createOps (opRegistry[*createOp]): vm.create operations with Begin,
-//     Status, Cancel, Prune and Wait; finished ones stay for the configured
-//     retention and are also written to the store.
-//   - guests (guestPool): one agent SSH connection per running VM.
-//   - sessions (sessionRegistry, session.go): one guestSessionController
-//     per persistent session in use, keyed by (VM ID, name), plus the
-//     sessions of stopped VMs reported as ended. Sessions themselves live
-//     in the guest agent; controllers are re-created lazily after a daemon
-//     restart. Inside a controller, attachMu (the set of attached clients,
-//     the scrollback mirror and the most recently active client) comes
-//     before inMu (the input queue); neither is held across I/O. Output is
-//     fanned out without blocking: a client more than 4 MiB behind is
-//     dropped with a message, so it never stalls the others. Input goes
-//     into a bounded queue (inputQueueLimit) that one writer goroutine
-//     (writeLoop) drains into the guest in order, so no lock is held
-//     across a guest write: input to a session that does not read it
-//     fails with busy after inputRoomWait, and stalls nothing else.
-//   - net (netSubsys, network.go; nil unless tap is configured): the TAP
-//     pool (tapSource, netconf.TapPool, its own lock), the VM DNS server
-//     (vmdns.Server, its own lock) and a cache of the leases (netSubsys.mu,
-//     a leaf). Addresses are allocated inside createVMMu, in the same store
-//     transaction as the VM's insert; the TAP is taken just before that
-//     window and given back if the create goes no further.
-//   - accel (accelCache, accel.go): one accelerator decision per kernel and
-//     initramfs, made by booting that kernel under KVM for a moment (or
-//     taken from the config); its lock is a leaf never held across the
-//     probe. initrd (initrdCache): a leaf lock that hands out one mutex
-//     per initramfs file. kernelFetchMu: the first kernel fetch.
+//   - opService (ops.go): op.* over every operation registry (opSource:
+//     the create operations, the image build operations) and the store's
+//     finished operations. Each opRegistry[T] owns its lock.
+//   - imageService (images.go): image.*; imageOpsMu serialises registry
+//     mutations (today: building the built-in image on first use).
+//   - bootService (boot.go, accel.go): kernel.*, the kernel fetched on
+//     first use (kernelFetchMu), each kernel's initramfs (initrdCache: a
+//     leaf lock that hands out one mutex per file) and the accelerator
+//     (accelCache: one decision per kernel and initramfs, made by booting
+//     that kernel under KVM for a moment or taken from the config; its
+//     lock is a leaf never held across the probe).
+//   - networks (network.go): one vmNetwork strategy per mode — userNet
+//     (QEMU user-mode networking) and tapNet (nil unless tap is
+//     configured: the TAP pool and the VM DNS server, each with its own
+//     lock, and a cache of the leases under tapNet.mu, a leaf).
+//   - vmService (vm.go, exec.go, guests.go, vmlock.go): vm.*. vmLocks
+//     (vmLockSet): one mutex per VM ID, reached through withVMLockByID and
+//     withVMLockByRef (name or unique ID prefix); held only to read and
+//     change a VM's record, never across guest I/O or a hypervisor call:
+//     slow work (boot, shutdown) happens between two short critical
+//     sections, with a transitional state (creating, starting, stopping,
+//     deleting) in the store keeping other changes out (busy). createVMMu:
+//     name uniqueness, the guest address allocation (tap mode) and the
+//     insert of a new VM row; released before any slow work. createOps:
+//     the create operations. guests (guestPool): one agent SSH connection
+//     per running VM. Create and start undo each step as they go
+//     (undoStack, undo.go).
+//   - sessionService (session.go, session_ctl.go): session.*, one
+//     guestSessionController per persistent session in use, keyed by (VM
+//     ID, name), plus the sessions of stopped VMs reported as ended.
+//     Sessions themselves live in the guest agent; controllers are
+//     re-created lazily after a daemon restart. Output is fanned out
+//     without blocking: a client more than 4 MiB behind is dropped with a
+//     message, so it never stalls the others. Input goes into a bounded
+//     queue (inMu, inputQueueLimit) that one writer goroutine (writeLoop)
+//     drains into the guest in order, so no lock is held across a guest
+//     write: input to a session that does not read it fails with busy
+//     after inputRoomWait, and stalls nothing else.
 //
 // Lock order — acquire left to right, release in reverse:
 //

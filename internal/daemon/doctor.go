@@ -15,6 +15,7 @@ import (
 	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
 )
 
 // Check is one doctor finding.
@@ -122,7 +123,7 @@ func daemonCheck(lay layout.Layout) Check {
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		err = c.Call(ctx, "daemon.info", nil, nil)
+		_, err = client.Do(ctx, c, wire.DaemonInfoMethod, wire.None{})
 	}
 	switch {
 	case errors.Is(err, client.ErrPermission):

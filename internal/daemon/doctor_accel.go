@@ -77,9 +77,8 @@ func accelResult(accel, reason string) Check {
 func daemonAccel(ctx context.Context, lay layout.Layout) (wire.DaemonInfo, bool) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	var info wire.DaemonInfo
-	c := &client.Client{Socket: lay.Socket()}
-	if err := c.Call(ctx, "daemon.info", nil, &info); err != nil || info.Accel == "" {
+	info, err := client.Do(ctx, &client.Client{Socket: lay.Socket()}, wire.DaemonInfoMethod, wire.None{})
+	if err != nil || info.Accel == "" {
 		return info, false
 	}
 	return info, true
