@@ -164,9 +164,9 @@ func moduleRoot(t *testing.T) (dir, module string) {
 // projectDirs are the folders of the module that hold its packages.
 var projectDirs = []string{"cmd", "internal", "bench"}
 
-// walkProjectGo calls fn for every non-test Go file of the project's
-// packages, skipping testdata and hidden folders.
-func walkProjectGo(t *testing.T, root string, fn func(path string, f *ast.File)) {
+// walkProjectGo calls fn for every Go file of the project's packages
+// (test files too if tests), skipping testdata and hidden folders.
+func walkProjectGo(t *testing.T, root string, tests bool, fn func(path string, f *ast.File)) {
 	t.Helper()
 	fset := token.NewFileSet()
 	for _, top := range projectDirs {
@@ -183,7 +183,7 @@ func walkProjectGo(t *testing.T, root string, fn func(path string, f *ast.File))
 				}
 				return nil
 			}
-			if !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			if !strings.HasSuffix(p, ".go") || !tests && strings.HasSuffix(p, "_test.go") {
 				return nil
 			}
 			f, err := parser.ParseFile(fset, p, nil, parser.ParseComments)
@@ -205,7 +205,7 @@ func walkProjectGo(t *testing.T, root string, fn func(path string, f *ast.File))
 func exportedErrVars(t *testing.T, root, module string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	walkProjectGo(t, root, func(p string, f *ast.File) {
+	walkProjectGo(t, root, false, func(p string, f *ast.File) {
 		rel, _ := filepath.Rel(root, filepath.Dir(p))
 		pkg := path.Join(module, filepath.ToSlash(rel))
 		for _, d := range f.Decls {
