@@ -20,8 +20,6 @@ func dialGuest(ctx context.Context, addr string, key ssh.Signer, alive func() er
 	return guest.WaitReady(ctx, addr, key, alive)
 }
 
-func keyArg(s ssh.Signer) string { return guest.KeyArg(s.PublicKey()) }
-
 // guestPool keeps one agent connection per running VM; sessions of one SSH
 // connection are cheap, handshakes under TCG are not. It owns its lock.
 type guestPool struct {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/ipam"
 	"github.com/emberhq/ember/internal/layout"
@@ -39,6 +40,11 @@ type vmNetwork interface {
 	// release frees what a deleted VM held; its process is gone.
 	release(ctx context.Context, id string)
 	close()
+}
+
+// guestNetArgs are the agent's network kernel arguments.
+func guestNetArgs(cidr, gw, dns string) []string {
+	return []string{guestproto.ArgIP + "=" + cidr, guestproto.ArgGateway + "=" + gw, guestproto.ArgDNS + "=" + dns}
 }
 
 // netReservation is what reserve took.
@@ -102,7 +108,8 @@ func (u *userNet) spec(vm store.VM, s *hypervisor.NetSpec) ([]string, error) {
 		return nil, fmt.Errorf("pick ssh port: %w", err)
 	}
 	*s = hypervisor.NetSpec{Mode: hypervisor.NetUser, Restrict: u.restrict, SSHHostPort: port}
-	return []string{"ember.ip=10.0.2.15/24", "ember.gw=10.0.2.2", "ember.dns=10.0.2.3"}, nil
+	// QEMU's slirp defaults: guest, gateway and DNS addresses.
+	return guestNetArgs("10.0.2.15/24", "10.0.2.2", "10.0.2.3"), nil
 }
 
 func (u *userNet) agentAddr(vm store.VM) string {
@@ -329,7 +336,7 @@ func (n *tapNet) spec(vm store.VM, s *hypervisor.NetSpec) ([]string, error) {
 	}
 	*s = hypervisor.NetSpec{Mode: hypervisor.NetTAP, TAP: l.TAP, MAC: l.MAC}
 	gw := n.subnet.Gateway().String()
-	return []string{fmt.Sprintf("ember.ip=%s/%d", l.IP, n.subnet.Prefix()), "ember.gw=" + gw, "ember.dns=" + gw}, nil
+	return guestNetArgs(fmt.Sprintf("%s/%d", l.IP, n.subnet.Prefix()), gw, gw), nil
 }
 
 func (n *tapNet) agentAddr(vm store.VM) string {

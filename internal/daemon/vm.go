@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
@@ -407,7 +408,8 @@ func (s *vmService) startProcess(ctx context.Context, vm store.VM, nw vmNetwork,
 // settings.
 func (s *vmService) cmdline(vm store.VM, netArgs []string) string {
 	args := []string{"console=ttyS0", "panic=-1", "quiet", "loglevel=3",
-		"ember.root=/dev/vda", "ember.hostname=" + vm.Name, "ember.key=" + keyArg(s.key)}
+		guestproto.ArgRoot + "=/dev/vda", guestproto.ArgHostname + "=" + vm.Name,
+		guestproto.ArgKey + "=" + guestproto.KeyArg(s.key.PublicKey())}
 	args = append(args, netArgs...)
 	// The driver adds tsc_early_khz under TCG (qemu.withTSC says why).
 	return strings.Join(args, " ")
