@@ -4,6 +4,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/termtext"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -38,7 +40,11 @@ func (e *env) client() (*client.Client, error) { return client.New(e.home) }
 
 // Main runs the CLI and returns the process exit status.
 func Main(args []string) int {
-	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}
+	return run(&env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}, args)
+}
+
+// run is Main with the writers given.
+func run(e *env, args []string) int {
 	root := newRoot(e)
 	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -51,7 +57,8 @@ func Main(args []string) int {
 	if errors.As(err, &ee) {
 		return ee.Code
 	}
-	fmt.Fprintln(e.stderr, "ember: "+err.Error())
+	// Errors carry guest text (console lines, the agent's messages).
+	fmt.Fprintln(e.stderr, "ember: "+termtext.Clean(err.Error()))
 	return exitStatus(err)
 }
 
@@ -91,14 +98,55 @@ func newRoot(e *env) *cobra.Command {
 	return root
 }
 
-// printJSON writes v indented.
+// printJSON writes v indented. encoding/json escapes the C0 controls;
+// the C1 controls and bidirectional overrides it leaves as they are are
+// escaped too (they can only be inside strings), so no value acts on a
+// terminal and every value decodes the same.
 func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	out := buf.Bytes()
+	if s := buf.String(); termtext.Clean(s) != s {
+		var esc bytes.Buffer
+		for _, r := range s {
+			if string(r) != termtext.Clean(string(r)) {
+				fmt.Fprintf(&esc, "\\u%04x", r)
+				continue
+			}
+			esc.WriteRune(r)
+		}
+		out = esc.Bytes()
+	}
+	_, err := w.Write(out)
+	return err
 }
 
-func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+// tableWriter aligns columns of text that may come from a guest or the
+// store (session commands, reasons): it is cleaned of escape sequences and
+// control characters (termtext) before the column widths are measured.
+type tableWriter struct {
+	tw    *tabwriter.Writer
+	clean *termtext.Writer
+}
+
+func table(w io.Writer) *tableWriter {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	return &tableWriter{tw: tw, clean: termtext.NewWriter(tw)}
+}
+
+func (t *tableWriter) Write(p []byte) (int, error) { return t.clean.Write(p) }
+
+// Flush writes the table.
+func (t *tableWriter) Flush() error {
+	if err := t.clean.Close(); err != nil {
+		return err
+	}
+	return t.tw.Flush()
+}
 
 func isTerminal(w any) bool {
 	f, ok := w.(*os.File)

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/emberhq/ember/internal/daemon"
+	"github.com/emberhq/ember/internal/termtext"
 )
 
 func doctorCmd(e *env) *cobra.Command {
@@ -50,9 +51,10 @@ func printChecks(w io.Writer, checks []daemon.Check) {
 	}
 	indent := strings.Repeat(" ", sw+2+nw+2)
 	for _, c := range checks {
-		fmt.Fprintf(w, "%-*s  %-*s  %s\n", sw, c.Status, nw, c.Name, c.Detail)
+		// A detail can quote a guest's console (the accelerator probe).
+		fmt.Fprintf(w, "%-*s  %-*s  %s\n", sw, c.Status, nw, c.Name, termtext.Clean(c.Detail))
 		if c.Fix != "" && c.Status != "pass" {
-			fmt.Fprintf(w, "%sfix: %s\n", indent, c.Fix)
+			fmt.Fprintf(w, "%sfix: %s\n", indent, termtext.Clean(c.Fix))
 		}
 	}
 }

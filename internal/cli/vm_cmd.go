@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/termtext"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -102,10 +103,11 @@ func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Oper
 			}
 			if last.Progress != "" && last.Progress != lastProgress && !last.Done() {
 				lastProgress = last.Progress
+				progress := termtext.Clean(last.Progress)
 				if tty {
-					fmt.Fprintf(e.stderr, "\r\033[K%s (%.1fs)", last.Progress, time.Since(start).Seconds())
+					fmt.Fprintf(e.stderr, "\r\033[K%s (%.1fs)", progress, time.Since(start).Seconds())
 				} else {
-					fmt.Fprintln(e.stderr, last.Progress)
+					fmt.Fprintln(e.stderr, progress)
 				}
 			}
 		case wire.FrameExit:
@@ -279,6 +281,7 @@ func rmCmd(e *env) *cobra.Command {
 
 func logsCmd(e *env) *cobra.Command {
 	var p wire.LogsParams
+	var raw bool
 	cmd := &cobra.Command{
 		Use:   "logs VM",
 		Short: "Print a VM's serial console",
@@ -294,11 +297,20 @@ func logsCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer s.Close()
-			return copyStream(cmd.Context(), s, e.stdout, e.stderr)
+			// The console is the guest's to write: on a terminal its
+			// escape sequences would act on the user's terminal.
+			out := e.stdout
+			if !raw && isTerminal(e.stdout) {
+				clean := termtext.NewWriter(e.stdout)
+				defer clean.Close()
+				out = clean
+			}
+			return copyStream(cmd.Context(), s, out, e.stderr)
 		},
 	}
 	cmd.Flags().BoolVarP(&p.Follow, "follow", "f", false, "keep printing new output")
 	cmd.Flags().IntVarP(&p.Tail, "tail", "n", 0, "start with the last N lines")
+	cmd.Flags().BoolVar(&raw, "raw", false, "print the console as the guest wrote it, escape sequences and control characters too (they are removed when stdout is a terminal)")
 	return cmd
 }
 
