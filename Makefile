@@ -35,7 +35,7 @@ run: deps-run build
 	@bash scripts/run.sh
 
 stop:
-	@-$(BIN)/ember rm -f demo >/dev/null 2>&1; pkill -f '$(BIN)/ember daemon' || true
+	@-$(BIN)/ember rm -f demo >/dev/null 2>&1; pkill -f '^(\./)?$(BIN)/ember daemon' || true
 
 vet:
 	$(GO) vet ./...
