@@ -8,7 +8,10 @@
 // a zombie reaper while a child copy of itself ("serve mode") runs the SSH
 // server the host talks to. Keeping the SSH server out of PID 1 means PID 1
 // can reap every orphan with wait4(-1) without stealing exit statuses that
-// os/exec in the server is waiting for.
+// os/exec in the server is waiting for. PID 1 makes the SSH host key once
+// per boot and hands it to each server it starts over a pipe (fd 3), so a
+// restarted server holds the key the daemon pinned from the first one's
+// ready line.
 //
 // Serve mode also hosts persistent sessions (sessions.go): named processes
 // on PTYs with a scrollback ring, owned by the server process rather than

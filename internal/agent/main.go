@@ -27,7 +27,7 @@ func Main() {
 	if len(args) > 0 && args[0] == "serve" {
 		os.Exit(serveMain(args[1:], os.Stderr))
 	}
-	fmt.Fprintln(os.Stderr, "usage: ember-agent serve [--listen ADDR] (--authorized-key FILE | --from-cmdline) [--host-key FILE]")
+	fmt.Fprintln(os.Stderr, "usage: ember-agent serve [--listen ADDR] (--authorized-key FILE | --from-cmdline) [--host-key FILE | --host-key-fd N]")
 	fmt.Fprintln(os.Stderr, "       (as PID 1 it boots the VM; see package documentation)")
 	os.Exit(2)
 }
@@ -40,6 +40,7 @@ func serveMain(args []string, stderr io.Writer) int {
 	listen := fs.String("listen", "", "address to listen on (default :PORT from ember.port, or :22)")
 	keyFile := fs.String("authorized-key", "", "file with the one accepted public key (authorized_keys format)")
 	hostKeyFile := fs.String("host-key", "", "private host key file (default: generate an ed25519 key)")
+	hostKeyFD := fs.Int("host-key-fd", -1, "read the private host key (PEM) from this file descriptor, as init passes it")
 	fromCmdline := fs.Bool("from-cmdline", false, "take key and port from ember.* in /proc/cmdline")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -98,6 +99,18 @@ func serveMain(args []string, stderr io.Writer) int {
 			return fail(fmt.Errorf("parse host key %s: %w", *hostKeyFile, err))
 		}
 	}
+	if *hostKeyFD >= 0 {
+		f := os.NewFile(uintptr(*hostKeyFD), "host-key")
+		if f == nil {
+			return fail(fmt.Errorf("host key: no file descriptor %d", *hostKeyFD))
+		}
+		var err error
+		cfg.HostKey, err = readHostKey(f)
+		f.Close() // commands the server starts do not inherit it
+		if err != nil {
+			return fail(err)
+		}
+	}
 	srv, err := NewServer(cfg)
 	if err != nil {
 		return fail(err)
@@ -106,10 +119,11 @@ func serveMain(args []string, stderr io.Writer) int {
 	if err != nil {
 		return fail(fmt.Errorf("listen: %w", err))
 	}
+	ready := guestproto.ReadyMessage(ln.Addr().String(), srv.HostKey())
 	if *fromCmdline {
-		fmt.Fprintf(stderr, "%s on %s (kernel uptime %s s)\n", guestproto.ReadyLine, ln.Addr(), uptime())
+		fmt.Fprintf(stderr, "%s (kernel uptime %s s)\n", ready, uptime())
 	} else {
-		fmt.Fprintf(stderr, "%s on %s\n", guestproto.ReadyLine, ln.Addr())
+		fmt.Fprintln(stderr, ready)
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -20,9 +22,10 @@ import (
 type ServerConfig struct {
 	// AuthorizedKey is the only public key accepted. Required.
 	AuthorizedKey ssh.PublicKey
-	// HostKey is the server's key; nil generates a fresh ed25519 key. The
-	// host does not pin it (its transport is a forward it owns), so a new
-	// key per boot costs nothing.
+	// HostKey is the server's key; nil generates a fresh ed25519 key.
+	// The daemon pins the key the ready line announces at boot and
+	// refuses any other until the VM boots again, so under init every
+	// server of one boot gets the same key (newHostKeyPEM).
 	HostKey ssh.Signer
 	// Poweroff is called after the reply to an ember-poweroff request has
 	// been sent. Nil makes ember-poweroff fail with a message.
@@ -86,6 +89,42 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
 	}, nil
+}
+
+// HostKey is the public half of the server's host key.
+func (s *Server) HostKey() ssh.PublicKey { return s.cfg.HostKey.PublicKey() }
+
+// maxHostKeyPEM bounds what readHostKey reads: an ed25519 key in PEM is
+// about 400 bytes.
+const maxHostKeyPEM = 16 << 10
+
+// newHostKeyPEM makes an ed25519 host key in OpenSSH PEM form.
+func newHostKeyPEM() ([]byte, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate host key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		return nil, fmt.Errorf("marshal host key: %w", err)
+	}
+	return pem.EncodeToMemory(block), nil
+}
+
+// readHostKey reads a PEM private key from r (init's pipe).
+func readHostKey(r io.Reader) (ssh.Signer, error) {
+	raw, err := io.ReadAll(io.LimitReader(r, maxHostKeyPEM+1))
+	if err != nil {
+		return nil, fmt.Errorf("read host key: %w", err)
+	}
+	if len(raw) > maxHostKeyPEM {
+		return nil, fmt.Errorf("read host key: longer than %d bytes", maxHostKeyPEM)
+	}
+	k, err := ssh.ParsePrivateKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("parse host key: %w", err)
+	}
+	return k, nil
 }
 
 // Serve accepts connections on ln until ln fails or the server is closed.

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -24,13 +25,21 @@ const (
 // superviseAndWait runs the SSH server as a child, reaps every process
 // that ends up as PID 1's child, restarts the server if it dies, and
 // shuts the VM down on a signal. It never returns.
+//
+// The server's host key is made here, once per boot, and handed to every
+// server it starts: the daemon pins the key the first server announced,
+// so a restarted server must hold the same one.
 func superviseAndWait(sigs <-chan os.Signal) {
+	hostKey, err := newHostKeyPEM()
+	if err != nil {
+		fatal(err)
+	}
 	var serverPid atomic.Int64
 	serverDied := make(chan unix.WaitStatus, 8)
 	go reap(&serverPid, serverDied)
 
 	start := func() {
-		pid, err := startServer()
+		pid, err := startServer(hostKey)
 		if err != nil {
 			consolef("error: start ssh server: %v", err)
 			return
@@ -51,12 +60,25 @@ func superviseAndWait(sigs <-chan os.Signal) {
 }
 
 // startServer starts "ember-agent serve --from-cmdline" with the console
-// as its output. Its exit status is collected by reap, never by os.
-func startServer() (int, error) {
-	p, err := os.StartProcess(serverCommand, []string{"ember-agent", "serve", "--from-cmdline"}, &os.ProcAttr{
+// as its output and the host key (PEM) on a pipe as file descriptor 3, so
+// the key is never in a file or on a command line. Its exit status is
+// collected by reap, never by os.
+func startServer(hostKey []byte) (int, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, fmt.Errorf("host key pipe: %w", err)
+	}
+	defer r.Close()
+	// The key is far below a pipe's capacity: the write cannot block.
+	_, err = w.Write(hostKey)
+	w.Close()
+	if err != nil {
+		return 0, fmt.Errorf("host key pipe: %w", err)
+	}
+	p, err := os.StartProcess(serverCommand, []string{"ember-agent", "serve", "--from-cmdline", "--host-key-fd", "3"}, &os.ProcAttr{
 		Dir:   "/",
 		Env:   []string{"PATH=" + DefaultPath, "HOME=/root"},
-		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, r},
 	})
 	if err != nil {
 		return 0, err

@@ -3,6 +3,7 @@ package guestproto
 import (
 	"encoding/base64"
 	"fmt"
+	"strings"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -33,7 +34,9 @@ const (
 	// boots to it).
 	StartLine = ConsolePrefix + "start"
 	// ReadyLine starts the line printed once the SSH server listens
-	// ("... ready on ADDR"). It is a hint: the host still dials.
+	// ("... ready on ADDR host-key FINGERPRINT ..."; see ReadyMessage).
+	// It is a hint for when to dial, and it names the host key the
+	// daemon pins.
 	ReadyLine = ConsolePrefix + "ready"
 	// ProbeOKLine is printed in probe mode just before the power-off.
 	ProbeOKLine = ConsolePrefix + "probe ok"
@@ -57,4 +60,55 @@ func ParseKeyArg(v string) (ssh.PublicKey, error) {
 		return nil, fmt.Errorf("parse key: %w", err)
 	}
 	return k, nil
+}
+
+// readyHostKey introduces the host key's fingerprint on the ready line.
+const readyHostKey = " host-key "
+
+// MaxReadyLine bounds the ready line the host reads from the console.
+const MaxReadyLine = 512
+
+// ReadyMessage is the agent's ready line (without its newline): it
+// listens on addr and holds the host key hostKey. The console is the
+// guest's own channel to the host, which no network peer and no other
+// guest can write to, and right after boot only the agent writes there:
+// so the fingerprint announced there is the one the daemon pins (see
+// ParseReadyHostKey).
+func ReadyMessage(addr string, hostKey ssh.PublicKey) string {
+	return ReadyLine + " on " + addr + readyHostKey + ssh.FingerprintSHA256(hostKey)
+}
+
+// ParseReadyHostKey returns the host key fingerprint (as
+// ssh.FingerprintSHA256 spells it) that a ready line announces. The line
+// is guest text: anything but one well-formed SHA256 fingerprint after
+// " host-key " is an error.
+func ParseReadyHostKey(line string) (string, error) {
+	if len(line) > MaxReadyLine {
+		return "", fmt.Errorf("ready line is longer than %d bytes", MaxReadyLine)
+	}
+	if !strings.HasPrefix(line, ReadyLine) {
+		return "", fmt.Errorf("not a ready line")
+	}
+	_, rest, ok := strings.Cut(line, readyHostKey)
+	if !ok {
+		return "", fmt.Errorf("the ready line names no host key")
+	}
+	fp, _, _ := strings.Cut(rest, " ")
+	if err := checkFingerprint(fp); err != nil {
+		return "", err
+	}
+	return fp, nil
+}
+
+// checkFingerprint accepts "SHA256:" and the unpadded base64 of 32 bytes.
+func checkFingerprint(fp string) error {
+	b64, ok := strings.CutPrefix(fp, "SHA256:")
+	if !ok {
+		return fmt.Errorf("host key fingerprint %.80q is not SHA256", fp)
+	}
+	sum, err := base64.RawStdEncoding.Strict().DecodeString(b64)
+	if err != nil || len(sum) != 32 {
+		return fmt.Errorf("host key fingerprint %.80q is not a SHA256 fingerprint", fp)
+	}
+	return nil
 }

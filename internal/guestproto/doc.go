@@ -9,8 +9,10 @@
 // kernel arguments (Arg*). The only SSH key the agent accepts travels as
 // ember.key (KeyArg, ParseKeyArg). The agent writes lines for people on the
 // console; two of them are signals the host waits for: ReadyLine (the SSH
-// server listens) and, with ProbeArg, ProbeOKLine (the kernel reached the
-// agent; used to decide whether KVM runs it).
+// server listens; ReadyMessage adds the fingerprint of the agent's host
+// key, which the daemon reads with ParseReadyHostKey and pins) and, with
+// ProbeArg, ProbeOKLine (the kernel reached the agent; used to decide
+// whether KVM runs it).
 //
 // Transport. One SSH connection per VM, as User, authenticated by the
 // daemon's key. On it:

@@ -154,3 +154,22 @@ func FuzzDecodeExec(f *testing.F) {
 		}
 	})
 }
+
+// The ready line is guest text on the console; what it names as the host
+// key is pinned, so only a well-formed fingerprint may come out of it.
+func FuzzParseReadyHostKey(f *testing.F) {
+	f.Add(ReadyLine + " on [::]:22 host-key SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU (kernel uptime 1.23 s)")
+	f.Add(ReadyLine + " on [::]:22")
+	f.Add(ReadyLine + " host-key SHA256:")
+	f.Add(ReadyLine + " host-key SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=")
+	f.Add(ReadyLine + " host-key MD5:aa:bb")
+	f.Fuzz(func(t *testing.T, line string) {
+		fp, err := ParseReadyHostKey(line)
+		if err != nil {
+			return
+		}
+		if len(line) > MaxReadyLine || len(fp) != len("SHA256:")+43 || checkFingerprint(fp) != nil {
+			t.Fatalf("accepted %q from %q", fp, line)
+		}
+	})
+}

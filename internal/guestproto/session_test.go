@@ -275,3 +275,34 @@ func TestKeyArg(t *testing.T) {
 		t.Error("bad base64 accepted")
 	}
 }
+
+func TestReadyLineNamesTheHostKey(t *testing.T) {
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := ReadyMessage("[::]:22", signer.PublicKey())
+	if !strings.HasPrefix(line, ReadyLine) {
+		t.Fatalf("%q does not start with the ready line", line)
+	}
+	fp, err := ParseReadyHostKey(line + " (kernel uptime 1.00 s)")
+	if err != nil || fp != ssh.FingerprintSHA256(signer.PublicKey()) {
+		t.Fatalf("parse %q: %q, %v", line, fp, err)
+	}
+	for _, bad := range []string{
+		ReadyLine + " on [::]:22",
+		ReadyLine + " on [::]:22 host-key SHA256:short",
+		ReadyLine + " on [::]:22 host-key " + strings.Replace(fp, "SHA256", "MD5", 1),
+		ReadyLine + " on [::]:22 host-key " + fp[:len(fp)-1] + "!",
+		"someone: ready host-key " + fp,
+		ReadyLine + strings.Repeat(" ", MaxReadyLine) + " host-key " + fp,
+	} {
+		if got, err := ParseReadyHostKey(bad); err == nil {
+			t.Errorf("%.60q: accepted %q", bad, got)
+		}
+	}
+}
