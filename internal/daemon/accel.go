@@ -160,16 +160,14 @@ func (s *bootService) probeAtStart(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	s.background.Add(1)
-	go func() {
-		defer s.background.Done()
+	goSafe(s.background, s.log, "accelerator probe", nil, func() {
 		initrd, err := s.initrd.ensure(s.base, s.layout.InitramfsDir(), storeToKernel(k), agent, func(string) {})
 		if err != nil {
 			s.log.Warn("accelerator probe: initramfs", "kernel", k.Name, "err", err)
 			return
 		}
 		s.accelFor(s.base, bootFiles{KernelName: k.Name, Vmlinuz: k.Vmlinuz, Initrd: initrd})
-	}()
+	})
 }
 
 // accelInfo is the decision daemon.info reports: the config's, else the

@@ -276,12 +276,12 @@ func (s *bootService) fetchKernel(ctx context.Context, sc *streamConn) error {
 	out := &wire.FrameWriter{W: sc, Kind: wire.FrameStdout}
 	lines := make(chan string, 64)
 	sent := make(chan struct{})
-	go func() {
+	goSafe(nil, s.log, "kernel.fetch progress", sc.fail, func() {
 		defer close(sent)
 		for l := range lines {
 			fmt.Fprintln(out, l)
 		}
-	}()
+	})
 	progress := func(l string) {
 		select {
 		case lines <- l:

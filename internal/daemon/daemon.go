@@ -1,12 +1,9 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -85,6 +82,10 @@ type Daemon struct {
 	sessions *sessionService // session.*: session controllers
 
 	listener net.Listener
+	// maxConns and requestTimeout are the socket server's limits (serve.go);
+	// zero means the defaults. Tests set them before Serve.
+	maxConns       int
+	requestTimeout time.Duration
 	// methods is the dispatch table, filled once in Open.
 	methods methodTable
 }
@@ -249,136 +250,6 @@ func trimSpace(b []byte) []byte {
 	}
 	return b
 }
-
-// Serve listens on the unix socket and answers requests until ctx ends.
-func (d *Daemon) Serve(ctx context.Context) error {
-	sock := d.layout.Socket()
-	// A stale socket from a crash; Remove unlinks a symlink, never its target.
-	_ = os.Remove(sock)
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", sock, err)
-	}
-	// Root: the socket group reads and writes it (the runtime folder lets
-	// the group through, see layout.Ensure). Rootless: only the user.
-	mode, gid := os.FileMode(0o600), -1
-	if os.Geteuid() == 0 {
-		mode, gid = 0o660, max(d.socketGID, 0)
-	}
-	if err := layout.SecureSocket(sock, mode, gid); err != nil {
-		l.Close()
-		return err
-	}
-	d.listener = l
-	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid())
-	go func() {
-		<-ctx.Done()
-		l.Close()
-	}()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("accept: %w", err)
-		}
-		d.background.Add(1)
-		go func() {
-			defer d.background.Done()
-			d.serveConn(ctx, c)
-		}()
-	}
-}
-
-// serveConn answers one request. Streams keep the connection; other methods
-// close it after the response.
-func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
-	defer c.Close()
-	// A client that connects and says nothing must not hold the daemon's
-	// shutdown: the request line comes promptly or not at all.
-	_ = c.SetReadDeadline(time.Now().Add(requestLineTimeout))
-	br := bufio.NewReader(c)
-	line, err := br.ReadBytes('\n')
-	if err != nil {
-		return
-	}
-	_ = c.SetReadDeadline(time.Time{})
-	var req wire.Request
-	if err := json.Unmarshal(line, &req); err != nil {
-		writeResponse(c, nil, wire.Errorf(wire.CodeInvalid, "bad request: %v", err))
-		return
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(d.base, func() {
-		// Shutdown: unblock reads and writes of streams (a stalled pager, a
-		// suspended shell), not only the work behind them.
-		cancel()
-		c.Close()
-	})
-	defer stop()
-	sc := &streamConn{Conn: c, r: br}
-	if !wire.IsStream(req.Method) {
-		// A client that hangs up cancels its request.
-		go func() {
-			_, _ = io.Copy(io.Discard, br)
-			cancel()
-		}()
-	}
-	res, err := d.dispatch(ctx, req, sc)
-	if sc.streaming {
-		return
-	}
-	writeResponse(c, res, err)
-}
-
-// streamConn is a connection that a handler may switch to frames.
-type streamConn struct {
-	net.Conn
-	r         *bufio.Reader
-	streaming bool
-	wmu       sync.Mutex
-}
-
-// startStream sends the response that switches the connection to frames.
-func (s *streamConn) startStream() error {
-	s.streaming = true
-	b, _ := json.Marshal(wire.Response{Stream: true})
-	_, err := s.Conn.Write(append(b, '\n'))
-	return err
-}
-
-func (s *streamConn) Read(p []byte) (int, error) { return s.r.Read(p) }
-
-func (s *streamConn) Write(p []byte) (int, error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	return s.Conn.Write(p)
-}
-
-func (s *streamConn) exit(code int, err error) {
-	_ = wire.WriteJSONFrame(s, wire.FrameExit, wire.Exit{Code: code, Error: toWireError(err)})
-}
-
-func writeResponse(w io.Writer, res any, err error) {
-	var resp wire.Response
-	if err != nil {
-		resp.Error = toWireError(err)
-	} else if res != nil {
-		b, merr := json.Marshal(res)
-		if merr != nil {
-			resp.Error = wire.Errorf(wire.CodeInternal, "encode result: %v", merr)
-		} else {
-			resp.Result = b
-		}
-	}
-	b, _ := json.Marshal(resp)
-	_, _ = w.Write(append(b, '\n'))
-}
-
-// requestLineTimeout bounds the wait for a connection's request.
-const requestLineTimeout = 30 * time.Second
 
 func (d *Daemon) info() wire.DaemonInfo {
 	a := d.boot.accelInfo()

@@ -46,7 +46,7 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 		defer stdinR.CloseWithError(io.ErrClosedPipe)
 	}
 	resize := make(chan guest.WindowSize, 4)
-	go func() {
+	goSafe(nil, s.log, "vm.exec input", sc.fail, func() {
 		// The client's frames: stdin, its end, resizes. A closed connection
 		// cancels the command.
 		defer cancel()
@@ -80,7 +80,7 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 				}
 			}
 		}
-	}()
+	})
 	code, err := conn.Exec(ctx, guest.ExecRequest{Argv: p.Argv, Env: p.Env, Dir: p.Dir, Stdin: stdin,
 		Stdout: &wire.FrameWriter{W: sc, Kind: wire.FrameStdout},
 		Stderr: &wire.FrameWriter{W: sc, Kind: wire.FrameStderr},
@@ -131,10 +131,10 @@ func (s *vmService) logsVM(ctx context.Context, p wire.LogsParams, sc *streamCon
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { // notice the client leaving
+	goSafe(nil, s.log, "vm.logs client", sc.fail, func() { // notice the client leaving
 		_, _ = io.Copy(io.Discard, sc)
 		cancel()
-	}()
+	})
 	done := ctx.Done()
 	for {
 		if _, err := io.Copy(out, f); err != nil {

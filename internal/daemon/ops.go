@@ -144,14 +144,14 @@ func (s *opService) wait(ctx context.Context, id string, sc *streamConn) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { // a client that leaves ends the wait, not the operation
+	goSafe(nil, s.log, "op.wait client", sc.fail, func() { // a client that leaves ends the wait, not the operation
 		for {
 			if _, _, err := wire.ReadFrame(sc); err != nil {
 				cancel()
 				return
 			}
 		}
-	}()
+	})
 	_, err := src.Wait(ctx, id, func(st wire.Operation) {
 		_ = wire.WriteJSONFrame(sc, wire.FrameStdout, st)
 	})

@@ -294,7 +294,7 @@ func (ss *sessionService) controller(ctx context.Context, vm store.VM, sg sessio
 		return nil, ss.sessionErr(vm, err)
 	}
 	c := newSessionController(vm.ID, name, st, st.Info.Scrollback, ss.registry.remove)
-	c.vmName = vm.Name
+	c.vmName, c.log = vm.Name, ss.vms.log
 	// An exited session still replays to attachers, but takes no input.
 	c.exitedAtAttach = !st.Info.Running
 	if won := ss.registry.put(k, c); won != c {
@@ -355,7 +355,7 @@ func (ss *sessionService) streamSession(ctx context.Context, c *guestSessionCont
 	defer cancel()
 	c.attach(cl)
 	defer c.detach(cl)
-	go func() {
+	goSafe(nil, ss.vms.log, "session input", sc.fail, func() {
 		// The client's frames; its hang-up is a detach.
 		defer cancel()
 		for {
@@ -376,7 +376,7 @@ func (ss *sessionService) streamSession(ctx context.Context, c *guestSessionCont
 				}
 			}
 		}
-	}()
+	})
 	cl.serve(ctx, sc)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -61,6 +62,9 @@ type guestSessionController struct {
 	// roomWait is how long input waits for room in a full queue; set
 	// before the controller is shared.
 	roomWait time.Duration
+	// log records a recovered panic (nil: the default logger); set
+	// before start.
+	log *slog.Logger
 
 	// inMu guards the input queue below.
 	inMu      sync.Mutex
@@ -93,10 +97,13 @@ func newSessionController(vmID, name string, ch sessionChannel, scrollback int, 
 }
 
 // start runs the controller: the pump of the session's output and the
-// writer of its input. Both stop when the controller ends.
+// writer of its input. Both stop when the controller ends; a panic in
+// either ends the session's controller with an internal error, nothing
+// else.
 func (c *guestSessionController) start() {
-	go c.pump()
-	go c.writeLoop()
+	failed := func(err error) { c.end(wire.Exit{Code: -1, Error: toWireError(err)}) }
+	goSafe(nil, c.log, "session "+c.name+" output", failed, c.pump)
+	goSafe(nil, c.log, "session "+c.name+" input", failed, c.writeLoop)
 }
 
 // pump copies the session's output to the clients until the channel ends.

@@ -225,15 +225,15 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	op := &createOp{newOpState(s.base, newID(), wire.VMCreate.Name, p.Name, s.ops.persist)}
 	s.createOps.Begin(op)
 	undo.success()
-	s.background.Add(1)
-	go func() {
-		defer s.background.Done()
+	// A panic in the create fails its operation (runCreate's undo has
+	// run by then), not the daemon.
+	goSafe(s.background, s.log, "create of vm "+vm.Name, func(err error) { op.finish(nil, err) }, func() {
 		res, err := s.runCreate(op, vm)
 		op.finish(res, err)
 		if err != nil {
 			s.log.Warn("create failed", "vm", vm.Name, "err", err)
 		}
-	}()
+	})
 	return op.Snapshot(), nil
 }
 
