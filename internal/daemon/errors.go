@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/ipam"
@@ -34,6 +35,10 @@ var wireCodes = []struct {
 	// its SSH ports and retries; this reaches a client only when retries
 	// ran out (or, later, for a port the user asked for).
 	{hypervisor.ErrPortInUse, wire.CodeConflict},
+	// What answers on a VM's agent address does not hold the host key the
+	// agent announced at boot: the VM's state is not what the daemon
+	// recorded, and a restart (a fresh boot and key) resolves it.
+	{guest.ErrHostKeyMismatch, wire.CodeConflict},
 	// The driver cannot do what the request asks (a network mode, say):
 	// the request has to change, not the host.
 	{hypervisor.ErrUnsupported, wire.CodeInvalid},

@@ -17,7 +17,7 @@ type guestConn interface {
 }
 
 func dialGuest(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error) {
-	return guest.WaitReady(ctx, addr, key, alive)
+	return guest.WaitReady(ctx, addr, key, guest.HostKeyPin{}, alive)
 }
 
 // guestPool keeps one agent connection per running VM; sessions of one SSH

@@ -125,7 +125,7 @@ func TestBootRealVM(t *testing.T) {
 
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 	defer wcancel()
-	c, err := guest.WaitReady(wctx, fmt.Sprintf("127.0.0.1:%d", port), key, alive)
+	c, err := guest.WaitReady(wctx, fmt.Sprintf("127.0.0.1:%d", port), key, guest.HostKeyPin{}, alive)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,18 +16,50 @@ import (
 
 // Client is an SSH connection to one guest agent.
 type Client struct {
-	ssh *ssh.Client
+	ssh     *ssh.Client
+	hostKey ssh.PublicKey
+}
+
+// ErrHostKeyMismatch: what answered on the agent's address does not hold
+// the host key the agent announced at boot. Root in the guest may have
+// replaced the agent, or something else answers there; either way it is
+// not to be trusted with a command.
+var ErrHostKeyMismatch = errors.New("agent host key mismatch")
+
+// HostKeyPin says which host key the agent must hold; the handshake fails
+// with ErrHostKeyMismatch before anything is sent to a server with
+// another. The zero value accepts any key (trust on first use): the
+// caller then records Client.HostKey.
+type HostKeyPin struct {
+	// Key, when set, is the only key accepted.
+	Key ssh.PublicKey
+	// Fingerprint, when set, is the SHA256 fingerprint the key must have
+	// (as ssh.FingerprintSHA256 spells it): the one the agent announced on
+	// the console.
+	Fingerprint string
+}
+
+// check is the handshake's host key callback.
+func (p HostKeyPin) check(key ssh.PublicKey) error {
+	got := ssh.FingerprintSHA256(key)
+	switch {
+	case p.Key != nil && !bytes.Equal(key.Marshal(), p.Key.Marshal()):
+		return fmt.Errorf("it presented host key %s, not the agent's %s: %w", got, ssh.FingerprintSHA256(p.Key), ErrHostKeyMismatch)
+	case p.Fingerprint != "" && got != p.Fingerprint:
+		return fmt.Errorf("it presented host key %s, not the agent's %s: %w", got, p.Fingerprint, ErrHostKeyMismatch)
+	}
+	return nil
 }
 
 // Dial makes one connection attempt to the agent at addr (host:port) and
 // completes the SSH handshake, honouring ctx for both.
-func Dial(ctx context.Context, addr string, signer ssh.Signer) (*Client, error) {
-	return dial(ctx, addr, signer, 0)
+func Dial(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin) (*Client, error) {
+	return dial(ctx, addr, signer, pin, 0)
 }
 
 // dial is Dial with an optional bound on the wait for the server's first
 // bytes (its SSH version line).
-func dial(ctx context.Context, addr string, signer ssh.Signer, bannerTimeout time.Duration) (*Client, error) {
+func dial(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, bannerTimeout time.Duration) (*Client, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -40,15 +73,20 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, bannerTimeout tim
 	// The handshake has no context of its own: a watcher closes the
 	// connection if ctx ends first.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	var hostKey ssh.PublicKey
 	cfg := &ssh.ClientConfig{
 		User: guestproto.User,
 		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		// Any host key is accepted: the agent makes a fresh one each
-		// boot, and the transport is a loopback forward or a private
-		// link that the daemon itself set up for this VM, so there is no
-		// third party to be fooled. Authentication that matters is the
-		// other way round (the guest accepts only the daemon's key).
-		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+		// The agent makes its key at boot and announces it on the
+		// console; the daemon pins it (pin), so neither a network peer
+		// nor a guest process that took the agent's port passes.
+		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			if err := pin.check(key); err != nil {
+				return err
+			}
+			hostKey = key
+			return nil
+		},
 	}
 	sc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
 	if !stop() {
@@ -62,7 +100,7 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, bannerTimeout tim
 		conn.Close()
 		return nil, fmt.Errorf("ssh handshake with guest %s: %w", addr, err)
 	}
-	return &Client{ssh: ssh.NewClient(sc, chans, reqs)}, nil
+	return &Client{ssh: ssh.NewClient(sc, chans, reqs), hostKey: hostKey}, nil
 }
 
 // pollInterval is how often WaitReady retries a guest that is not up yet.
@@ -98,8 +136,10 @@ const attemptTimeout = 5 * time.Second
 // WaitReady dials addr until an SSH handshake succeeds, ctx ends, or
 // alive (called before each attempt; may be nil) reports that the VM is
 // gone. A TCP connect alone proves nothing: QEMU's user-mode forward
-// accepts connections before anything listens in the guest.
-func WaitReady(ctx context.Context, addr string, signer ssh.Signer, alive func() error) (*Client, error) {
+// accepts connections before anything listens in the guest. A server
+// whose host key breaks pin ends the wait at once (ErrHostKeyMismatch):
+// trying again would not change its key.
+func WaitReady(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, alive func() error) (*Client, error) {
 	var last error
 	for {
 		if alive != nil {
@@ -108,10 +148,13 @@ func WaitReady(ctx context.Context, addr string, signer ssh.Signer, alive func()
 			}
 		}
 		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-		c, err := dial(actx, addr, signer, bannerTimeout)
+		c, err := dial(actx, addr, signer, pin, bannerTimeout)
 		cancel()
 		if err == nil {
 			return c, nil
+		}
+		if errors.Is(err, ErrHostKeyMismatch) {
+			return nil, err
 		}
 		last = err
 		t := time.NewTimer(pollInterval)
@@ -123,6 +166,12 @@ func WaitReady(ctx context.Context, addr string, signer ssh.Signer, alive func()
 		}
 	}
 }
+
+// HostKey is the host key the agent presented.
+func (c *Client) HostKey() ssh.PublicKey { return c.hostKey }
+
+// Wait blocks until the connection ends, whoever ends it.
+func (c *Client) Wait() error { return c.ssh.Wait() }
 
 // SSH exposes the underlying connection for things this package does not
 // wrap yet (port forwards, persistent sessions).

@@ -56,7 +56,7 @@ func dial(t *testing.T) *guest.Client {
 	addr, key := startAgent(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := guest.WaitReady(ctx, addr, key, nil)
+	c, err := guest.WaitReady(ctx, addr, key, guest.HostKeyPin{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,7 @@ func TestWrongKeyRejected(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := guest.Dial(ctx, addr, other)
+	c, err := guest.Dial(ctx, addr, other, guest.HostKeyPin{})
 	if err == nil {
 		c.Close()
 		t.Fatal("dial with a foreign key succeeded")
@@ -279,7 +279,7 @@ func TestWaitReadyStopsWhenNotAlive(t *testing.T) {
 	key, _ := guest.NewKey()
 	tries := 0
 	gone := errors.New("vm exited")
-	_, err = guest.WaitReady(context.Background(), ln.Addr().String(), key, func() error {
+	_, err = guest.WaitReady(context.Background(), ln.Addr().String(), key, guest.HostKeyPin{}, func() error {
 		tries++
 		if tries == 3 {
 			return gone

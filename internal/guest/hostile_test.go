@@ -73,7 +73,7 @@ func impostor(t *testing.T, reply string, endless bool) *guest.Client {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := guest.Dial(ctx, ln.Addr().String(), key)
+	c, err := guest.Dial(ctx, ln.Addr().String(), key, guest.HostKeyPin{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -206,7 +206,7 @@ func TestSessionScrollbackIsBounded(t *testing.T) {
 func TestSessionSurvivesConnection(t *testing.T) {
 	addr, key := startAgent(t)
 	ctx := ctx20(t)
-	c1, err := guest.WaitReady(ctx, addr, key, nil)
+	c1, err := guest.WaitReady(ctx, addr, key, guest.HostKeyPin{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ func TestSessionSurvivesConnection(t *testing.T) {
 	a.Write([]byte("echo before-drop\n"))
 	c1.Close() // the whole connection goes, as when the daemon dies
 
-	c2, err := guest.WaitReady(ctx, addr, key, nil)
+	c2, err := guest.WaitReady(ctx, addr, key, guest.HostKeyPin{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
