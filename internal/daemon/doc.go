@@ -48,8 +48,9 @@
 //     name uniqueness, the guest address allocation (tap mode) and the
 //     insert of a new VM row; released before any slow work. createOps:
 //     the create operations. guests (guestPool): one agent SSH connection
-//     per running VM. Create and start undo each step as they go
-//     (undoStack, undo.go).
+//     per running VM. stops (pendingStops, stopping.go): the graceful
+//     stops in flight, which rm -f and Close cut short. Create and start
+//     undo each step as they go (undoStack, undo.go).
 //   - sessionService (session.go, session_ctl.go): session.*, one
 //     guestSessionController per persistent session in use, keyed by (VM
 //     ID, name), plus the sessions of stopped VMs reported as ended.

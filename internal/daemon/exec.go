@@ -72,7 +72,7 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 				}
 			case wire.FrameResize:
 				var r wire.Resize
-				if json.Unmarshal(payload, &r) == nil {
+				if json.Unmarshal(payload, &r) == nil && r.Valid() {
 					select {
 					case resize <- guest.WindowSize{Rows: r.Rows, Cols: r.Cols}:
 					default:

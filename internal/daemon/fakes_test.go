@@ -39,6 +39,9 @@ type fakeDriver struct {
 	// vCPU that does not run; accels lists the accelerator of every Start.
 	kvmSilent bool
 	accels    []string
+	// poweroffHangs makes the guest ignore power-off: the request gets
+	// no answer until its context ends, as with a stalled agent.
+	poweroffHangs bool
 }
 
 func newFakeDriver() *fakeDriver { return &fakeDriver{nextPID: 1000, alive: map[int]bool{}} }
@@ -145,6 +148,13 @@ func (g *fakeGuest) Exec(ctx context.Context, req guest.ExecRequest) (int, error
 }
 
 func (g *fakeGuest) Poweroff(ctx context.Context) error {
+	g.drv.mu.Lock()
+	hang := g.drv.poweroffHangs
+	g.drv.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	g.drv.mu.Lock()
 	defer g.drv.mu.Unlock()
 	delete(g.drv.alive, g.pid)

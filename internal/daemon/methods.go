@@ -53,6 +53,13 @@ func decodeParams[P any](method string, raw json.RawMessage) (P, error) {
 			return p, invalidf("%s: bad params: %v", method, err)
 		}
 	}
+	// Every duration and count a client gives is checked here, once, by
+	// the params type itself (wire's Validate methods).
+	if v, ok := any(p).(interface{ Validate() error }); ok {
+		if err := v.Validate(); err != nil {
+			return p, invalidf("%v", err)
+		}
+	}
 	return p, nil
 }
 

@@ -71,6 +71,7 @@ type vmService struct {
 	createVMMu sync.Mutex // name uniqueness and the address window of creates
 	createOps  *opRegistry[*createOp]
 	guests     guestPool
+	stops      pendingStops // graceful stops in flight, which rm -f and Close cut short
 }
 
 func (s *vmService) register(t methodTable) {
@@ -641,13 +642,18 @@ func (s *vmService) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, erro
 	if err != nil || wasStopped {
 		return s.toWireVM(vm), err
 	}
+	// wire.RefParams.Validate has bounded TimeoutSeconds.
 	timeout := s.cfg.StopTimeout.Duration
 	if p.TimeoutSeconds > 0 {
 		timeout = time.Duration(p.TimeoutSeconds) * time.Second
 	}
 	// Once stopping, the graceful part runs to its own timeout: a client
 	// that hangs up must not turn a clean shutdown into pulling the plug.
-	s.shutdown(context.WithoutCancel(ctx), vm, p.Force, timeout)
+	// Its context is the daemon's, not the request's, and `rm -f` or the
+	// daemon's shutdown cut it short (pendingStops).
+	stopCtx, end := s.stops.begin(s.base, vm.ID)
+	defer end()
+	s.shutdown(stopCtx, vm, p.Force, timeout)
 	vm, err = s.withVMLockByID(context.Background(), vm.ID, func(vm *store.VM) error {
 		vm.State, vm.PID, vm.SSHPort, vm.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()
 		return s.store.UpdateVM(context.Background(), *vm)
@@ -691,6 +697,20 @@ func (s *vmService) restartVM(ctx context.Context, p wire.RefParams) (wire.VM, e
 }
 
 func (s *vmService) deleteVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
+	if p.Force {
+		// rm -f pre-empts a graceful stop in flight (a guest that ignores
+		// power-off): the stop kills the process at once and records the
+		// VM stopped, then the delete goes on.
+		if target, err := s.resolveRef(ctx, p.Ref); err == nil && target.State == wire.StateStopping {
+			if done, ok := s.stops.preempt(target.ID); ok {
+				select {
+				case <-done:
+				case <-ctx.Done():
+					return wire.VM{}, ctx.Err()
+				}
+			}
+		}
+	}
 	vm, err := s.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
 		if transitional(vm.State) {
 			if vm.State == wire.StateCreating {
