@@ -2,14 +2,16 @@
 // asynchronous operations, kept in one SQLite database (pure-Go driver
 // modernc.org/sqlite, so the binary stays static).
 //
-// # Schema (version 3: migrations/0001_init.sql, 0002_leases.sql,
-// 0003_operation_error_code.sql)
+// # Schema (version 5: migrations/0001_init.sql, 0002_leases.sql,
+// 0003_operation_error_code.sql, 0004_vm_accel_reason.sql,
+// 0005_vm_agent_host_key.sql)
 //
 //	kernels    (name PK, release, source, vmlinuz, modules_dir, created_at)
 //	images     (name PK, kind, path, format, size_bytes, kernel, created_at, meta JSON)
 //	vms        (id PK, name UNIQUE, state, image, kernel, cpus, memory_mib,
 //	            disk_bytes, net_mode, ssh_port, pid, pid_start, accel,
-//	            created_at, updated_at, last_error, config JSON)
+//	            created_at, updated_at, last_error, config JSON,
+//	            accel_reason, agent_host_key: the agent's pinned SSH host key)
 //	           indexes: vms(created_at), vms(image)
 //	operations (id PK, kind, target, state, progress, error, result JSON,
 //	            created_at, updated_at, finished_at NULL while unfinished,

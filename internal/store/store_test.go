@@ -209,7 +209,7 @@ func TestMigration0001Schema(t *testing.T) {
 	want := map[string][]string{
 		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at"},
 		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta"},
-		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason"}, // accel_reason: 0004
+		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key"}, // accel_reason: 0004, agent_host_key: 0005
 		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                               // error_code: 0003
 	}
 	for table, cols := range want {
@@ -289,5 +289,26 @@ func TestMigration0003OperationErrorCode(t *testing.T) {
 	got, err := s.GetOperation(ctx, "o1")
 	if err != nil || got.ErrorCode != "not_found" {
 		t.Fatalf("error code round trip: %v %+v", err, got)
+	}
+}
+
+func TestMigration0005AgentHostKey(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	vm := VM{ID: "v5", Name: "pinned", State: "running", Image: "tiny", NetMode: "user"}
+	if err := s.InsertVM(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "v5")
+	if err != nil || got.AgentHostKey != "" {
+		t.Fatalf("a new vm has host key %q (%v), want none", got.AgentHostKey, err)
+	}
+	got.AgentHostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.GetVMByName(ctx, "pinned")
+	if err != nil || again.AgentHostKey != got.AgentHostKey {
+		t.Fatalf("host key round trip: %q, %v", again.AgentHostKey, err)
 	}
 }

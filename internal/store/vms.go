@@ -32,10 +32,14 @@ type VM struct {
 	UpdatedAt   time.Time // set to now by InsertVM and UpdateVM
 	LastError   string
 	Config      json.RawMessage // hypervisor spec snapshot; nil when none
+	// AgentHostKey is the guest agent's SSH host key pinned at the VM's
+	// boot (authorized_keys form); "" when none is recorded.
+	AgentHostKey string
 }
 
 const vmColumns = `id, name, state, image, kernel, cpus, memory_mib, disk_bytes,
-	net_mode, ssh_port, pid, pid_start, accel, created_at, updated_at, last_error, config, accel_reason`
+	net_mode, ssh_port, pid, pid_start, accel, created_at, updated_at, last_error, config, accel_reason,
+	agent_host_key`
 
 func scanVM(row scanner) (VM, error) {
 	var vm VM
@@ -43,7 +47,7 @@ func scanVM(row scanner) (VM, error) {
 	var config sql.NullString
 	err := row.Scan(&vm.ID, &vm.Name, &vm.State, &vm.Image, &vm.Kernel, &vm.CPUs,
 		&vm.MemoryMiB, &vm.DiskBytes, &vm.NetMode, &vm.SSHPort, &vm.PID, &pidStart,
-		&vm.Accel, &created, &updated, &vm.LastError, &config, &vm.AccelReason)
+		&vm.Accel, &created, &updated, &vm.LastError, &config, &vm.AccelReason, &vm.AgentHostKey)
 	if err != nil {
 		return VM{}, err
 	}
@@ -64,7 +68,7 @@ func vmArgs(vm VM) ([]any, error) {
 	}
 	return []any{vm.ID, vm.Name, vm.State, vm.Image, vm.Kernel, vm.CPUs, vm.MemoryMiB,
 		vm.DiskBytes, vm.NetMode, vm.SSHPort, vm.PID, int64(vm.PIDStart), vm.Accel,
-		toNanos(vm.CreatedAt), toNanos(vm.UpdatedAt), vm.LastError, config, vm.AccelReason}, nil
+		toNanos(vm.CreatedAt), toNanos(vm.UpdatedAt), vm.LastError, config, vm.AccelReason, vm.AgentHostKey}, nil
 }
 
 // vmUpdateSQL sets every column but id, in vmColumns order, then takes the
@@ -92,7 +96,7 @@ func (o *ops) InsertVM(ctx context.Context, vm VM) error {
 		return err
 	}
 	_, err = o.w.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
 	if isConstraint(err) {
 		return fmt.Errorf("vm %q (id %s): name or id already in use: %w", vm.Name, vm.ID, ErrConflict)
 	}
