@@ -22,6 +22,11 @@ var ErrUnsupported = errors.New("unsupported")
 // so the caller can pick another and try again.
 var ErrPortInUse = errors.New("a forwarded host port is in use")
 
+// ErrSocketPathTooLong is returned (wrapped) by Start when a socket path of
+// the Spec is longer than a unix socket path may be (107 bytes): the
+// layout has to change (a shorter home or runtime folder).
+var ErrSocketPathTooLong = errors.New("unix socket path too long")
+
 // Network modes for NetSpec.Mode.
 const (
 	NetNone = "none" // no network device at all

@@ -33,7 +33,7 @@ func validate(s hypervisor.Spec) error {
 	case s.PIDFile == "":
 		return fmt.Errorf("no pid file path")
 	case len(s.QMPSocket) > maxSocketPath:
-		return fmt.Errorf("qmp socket path %q is %d bytes, longer than the %d a unix socket allows", s.QMPSocket, len(s.QMPSocket), maxSocketPath)
+		return fmt.Errorf("qmp socket path %q is %d bytes, longer than the %d a unix socket allows: %w", s.QMPSocket, len(s.QMPSocket), maxSocketPath, hypervisor.ErrSocketPathTooLong)
 	case s.Accel != hypervisor.AccelKVM && s.Accel != hypervisor.AccelTCG:
 		return fmt.Errorf("accel must be %q or %q, got %q", hypervisor.AccelKVM, hypervisor.AccelTCG, s.Accel)
 	}

@@ -154,6 +154,12 @@ func TestValidate(t *testing.T) {
 	if err := validate(s); !errors.Is(err, hypervisor.ErrUnsupported) {
 		t.Errorf("unknown net mode: err = %v, want ErrUnsupported", err)
 	}
+	// The daemon maps it to invalid (exit status 2): the layout must change.
+	s = testSpec()
+	s.QMPSocket = "/" + strings.Repeat("x", 120)
+	if err := validate(s); !errors.Is(err, hypervisor.ErrSocketPathTooLong) {
+		t.Errorf("long qmp socket: err = %v, want ErrSocketPathTooLong", err)
+	}
 }
 
 func TestAbsSpec(t *testing.T) {
