@@ -307,7 +307,7 @@ func FuzzFastPath(f *testing.F) {
 		}
 		got := describe(t, b)
 		w := &captureWriter{}
-		s.serveSlow(pkt, w)
+		s.serveSlow(pkt, w, true)
 		if want := describe(t, w.out); got != want || w.out == nil {
 			t.Fatalf("fast path differs for %x:\ngot  %s\nwant %s", pkt, got, want)
 		}

@@ -2,7 +2,9 @@
 // <vm>.<domain> from an in-memory table the daemon updates the moment a VM
 // is created or deleted, NXDOMAIN for unknown VM names, and forwards every
 // other name to the host's upstream resolvers — but only for clients inside
-// the guest subnet, so it is never an open resolver.
+// the guest subnet, so it is never an open resolver. Its clients are
+// guests, so what they can make it spend is bounded (limits.go): forwards
+// in flight, goroutines, a rate per client, TCP connections.
 package vmdns
 
 import (
@@ -26,9 +28,9 @@ import (
 // ttl is short: a VM deleted and re-created gets new records at once.
 const ttl = 5
 
-// forwardTimeout bounds one upstream exchange; with no upstream reachable a
-// client gets SERVFAIL instead of hanging.
-const forwardTimeout = 2 * time.Second
+// defaultForwardTimeout bounds one upstream exchange; with no upstream
+// reachable a client gets SERVFAIL instead of hanging.
+const defaultForwardTimeout = 2 * time.Second
 
 // Config describes the zone and who may recurse.
 type Config struct {
@@ -38,6 +40,12 @@ type Config struct {
 	Upstreams   []string   // "ip:port" resolvers for other names; nil = none
 	Logger      *slog.Logger
 	AllowRecurs []*net.IPNet // extra networks that may recurse (tests)
+
+	// Limits (limits.go); zero means the default.
+	MaxForwards    int           // forwarded queries in flight, all clients together
+	ClientRate     float64       // slow-path queries per second per client address
+	ClientBurst    int           // and the burst above that rate
+	ForwardTimeout time.Duration // one upstream exchange
 }
 
 // Server answers for one domain. Safe for concurrent use.
@@ -45,6 +53,14 @@ type Server struct {
 	cfg    Config
 	zone   string // fqdn of the domain, lower case
 	client *dns.Client
+
+	forwards chan struct{} // a slot per forwarded query in flight
+	slow     chan struct{} // a slot per slow-path goroutine (UDP)
+	limiter  *clientLimiter
+	// ctx ends the forwards in flight when the server closes; set by New
+	// and Start, before any query.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// mu guards byName, byIP and fast.
 	mu     sync.RWMutex
@@ -66,9 +82,24 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MaxForwards <= 0 {
+		cfg.MaxForwards = defaultMaxForwards
+	}
+	if cfg.ClientRate <= 0 {
+		cfg.ClientRate = defaultClientRate
+	}
+	if cfg.ClientBurst <= 0 {
+		cfg.ClientBurst = defaultClientBurst
+	}
+	if cfg.ForwardTimeout <= 0 {
+		cfg.ForwardTimeout = defaultForwardTimeout
+	}
 	s := &Server{cfg: cfg, zone: dns.Fqdn(strings.ToLower(cfg.Domain)),
-		client: &dns.Client{Timeout: forwardTimeout},
-		byName: map[string]net.IP{}, byIP: map[string]string{}, fast: map[string]fastEntry{}}
+		client:   &dns.Client{Timeout: cfg.ForwardTimeout},
+		forwards: make(chan struct{}, cfg.MaxForwards), slow: make(chan struct{}, slowPerForward*cfg.MaxForwards),
+		limiter: newClientLimiter(cfg.ClientRate, cfg.ClientBurst),
+		byName:  map[string]net.IP{}, byIP: map[string]string{}, fast: map[string]fastEntry{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.soaWire = s.packSOA()
 	if key, ok := fastKey(s.zone); ok && s.soaWire != nil {
 		if e, ok := newFastEntry(cfg.Self, true); ok {
@@ -130,6 +161,9 @@ func (s *Server) Start(addr string) (string, error) {
 	s.stop.Lock()
 	defer s.stop.Unlock()
 	s.closing.Store(false)
+	if s.ctx.Err() != nil { // started again after Close
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	}
 	var pcs []net.PacketConn
 	var l net.Listener
 	var err error
@@ -157,7 +191,7 @@ func (s *Server) Start(addr string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("dns: listen tcp %s: %w", addr, err)
 	}
-	srv := &dns.Server{Listener: l, Handler: s}
+	srv := &dns.Server{Listener: newTCPListener(l, maxTCPConns), Handler: dns.HandlerFunc(s.serveTCP)}
 	started := make(chan struct{})
 	srv.NotifyStartedFunc = func() { close(started) }
 	s.tcp = srv
@@ -211,12 +245,13 @@ func listenUDP(addr string, n int) ([]net.PacketConn, error) {
 	return pcs, nil
 }
 
-// Close stops listening and waits for the queries in hand (a forward takes
-// at most forwardTimeout per upstream).
+// Close stops listening, ends the forwards in flight (their clients get
+// nothing) and waits for the queries in hand.
 func (s *Server) Close() error {
 	s.stop.Lock()
 	defer s.stop.Unlock()
 	s.closing.Store(true)
+	s.cancel()
 	var errs []error
 	if s.tcp != nil {
 		errs = append(errs, s.tcp.Shutdown())
@@ -231,7 +266,29 @@ func (s *Server) Close() error {
 }
 
 // ServeDNS answers one query.
-func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) { s.serve(w, req, true) }
+
+// serveTCP answers a query that came over TCP: rate-limited per client,
+// as the UDP slow path is.
+func (s *Server) serveTCP(w dns.ResponseWriter, req *dns.Msg) {
+	defer s.recoverQuery("tcp query")
+	if a, ok := clientAddr(w.RemoteAddr()); ok && !s.limiter.allow(a) {
+		refuse(w, req)
+		return
+	}
+	s.serve(w, req, true)
+}
+
+// refuse answers REFUSED: the client is over its rate.
+func refuse(w dns.ResponseWriter, req *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetRcode(req, dns.RcodeRefused)
+	_ = w.WriteMsg(m)
+}
+
+// serve answers one query; a name to forward gets SERVFAIL at once when
+// mayForward is false.
+func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg, mayForward bool) {
 	m := new(dns.Msg)
 	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery {
 		m.SetRcode(req, dns.RcodeNotImplemented)
@@ -246,7 +303,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	case s.inReverse(name):
 		s.answerPTR(m, req, name, q)
 	default:
-		s.forward(w, req)
+		s.forward(w, req, mayForward)
 		return
 	}
 	_ = w.WriteMsg(m)
@@ -343,34 +400,55 @@ func (s *Server) mayRecurse(addr net.Addr) bool {
 	return false
 }
 
-func (s *Server) forward(w dns.ResponseWriter, req *dns.Msg) {
+// forward asks the upstreams in turn, holding one of the MaxForwards
+// slots; with none free (or mayForward false) the client gets SERVFAIL
+// at once, as it would from an upstream that does not answer.
+func (s *Server) forward(w dns.ResponseWriter, req *dns.Msg, mayForward bool) {
 	if !s.mayRecurse(w.RemoteAddr()) {
 		m := new(dns.Msg)
 		m.SetRcode(req, dns.RcodeRefused)
 		_ = w.WriteMsg(m)
 		return
 	}
-	network := "udp"
-	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
-		network = "tcp"
-	}
-	c := *s.client
-	c.Net = network
-	for _, up := range s.cfg.Upstreams {
-		ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
-		resp, _, err := c.ExchangeContext(ctx, req, up)
-		cancel()
-		if err == nil && resp != nil {
-			resp.Id = req.Id
-			_ = w.WriteMsg(resp)
-			return
+	if len(s.cfg.Upstreams) > 0 && mayForward && s.takeForward() {
+		defer s.doneForward()
+		network := "udp"
+		if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
+			network = "tcp"
 		}
-		s.cfg.Logger.Debug("dns upstream failed", "upstream", up, "err", err)
+		for _, up := range s.cfg.Upstreams {
+			resp, err := s.exchange(network, req, up)
+			if err == nil && resp != nil {
+				resp.Id = req.Id
+				_ = w.WriteMsg(resp)
+				return
+			}
+			s.cfg.Logger.Debug("dns upstream failed", "upstream", up, "err", err)
+		}
 	}
 	m := new(dns.Msg)
 	m.SetRcode(req, dns.RcodeServerFailure)
 	m.RecursionAvailable = true
 	_ = w.WriteMsg(m)
+}
+
+// exchange is one query to one upstream, within ForwardTimeout; Close
+// ends it at once.
+func (s *Server) exchange(network string, req *dns.Msg, up string) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ForwardTimeout)
+	defer cancel()
+	c := *s.client
+	c.Net = network
+	conn, err := c.DialContext(ctx, up)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	// miekg's exchange keeps to the deadline, not to ctx: wake its read.
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	resp, _, err := c.ExchangeWithConnContext(ctx, req, conn)
+	return resp, err
 }
 
 // HostUpstreams reads the nameservers of a resolv.conf, leaving out the

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"syscall"
 	"unsafe"
 
 	"github.com/miekg/dns"
@@ -18,7 +19,8 @@ const udpReadSize = dns.MinMsgSize
 
 // serveUDP is the read loop of one UDP socket. The fast path answers in
 // the loop itself; every other packet is handled by ServeDNS in a
-// goroutine of its own, since a forward can take seconds.
+// goroutine of its own, since a forward can take seconds, within the
+// limits of limits.go.
 func (s *Server) serveUDP(conn *net.UDPConn) {
 	defer s.wg.Done()
 	rc, err := conn.SyscallConn()
@@ -28,7 +30,7 @@ func (s *Server) serveUDP(conn *net.UDPConn) {
 	}
 	l := &udpLoop{s: s, conn: conn, buf: make([]byte, udpReadSize), out: make([]byte, 0, 512)}
 	for !s.closing.Load() {
-		err := rc.Read(l.drain)
+		err := l.read(rc)
 		if errors.Is(err, net.ErrClosed) || s.closing.Load() {
 			return
 		}
@@ -50,6 +52,14 @@ type udpLoop struct {
 	out  []byte
 	sa   unix.RawSockaddrAny
 	err  error // why drain stopped, other than a closed socket
+}
+
+// read drains the socket until it would block. A panic while answering
+// a packet drops that packet; the loop reads on.
+func (l *udpLoop) read(rc syscall.RawConn) error {
+	defer l.s.recoverQuery("udp query")
+	l.err = nil
+	return rc.Read(l.drain)
 }
 
 // drain answers the datagrams queued on fd until there are none (false:
@@ -87,14 +97,38 @@ func (l *udpLoop) drain(fd uintptr) bool {
 		if !ok {
 			continue
 		}
-		pkt := append([]byte(nil), l.buf[:n]...)
-		l.s.wg.Add(1)
-		go func() {
-			defer l.s.wg.Done()
-			l.s.serveSlow(pkt, &udpWriter{conn: l.conn, to: from})
-		}()
+		w := &udpWriter{conn: l.conn, to: from}
+		if !l.s.limiter.allow(from.Addr()) {
+			refusePacket(l.buf[:n], w)
+			continue
+		}
+		select {
+		case l.s.slow <- struct{}{}:
+			pkt := append([]byte(nil), l.buf[:n]...)
+			l.s.wg.Add(1)
+			go func() {
+				defer l.s.wg.Done()
+				defer func() { <-l.s.slow }()
+				defer l.s.recoverQuery("udp query")
+				l.s.serveSlow(pkt, w, true)
+			}()
+		default:
+			// Every slow-path goroutine is taken: answer here, where a
+			// forward would hold up the loop, so none is made.
+			l.s.serveSlow(l.buf[:n], w, false)
+		}
 	}
 	return true
+}
+
+// refusePacket answers REFUSED to a client over its rate; what does not
+// unpack gets nothing.
+func refusePacket(pkt []byte, w dns.ResponseWriter) {
+	req := new(dns.Msg)
+	if req.Unpack(pkt) != nil {
+		return
+	}
+	refuse(w, req)
 }
 
 // addrPort is the address of a datagram's sender.
@@ -122,8 +156,9 @@ func ntohs(p uint16) uint16 {
 
 // serveSlow handles one datagram the way miekg's server does (its
 // serveDNS): reject what its default accept function rejects, FORMERR for
-// what does not unpack, then ServeDNS.
-func (s *Server) serveSlow(pkt []byte, w dns.ResponseWriter) {
+// what does not unpack, then ServeDNS (without forwarding unless
+// mayForward).
+func (s *Server) serveSlow(pkt []byte, w dns.ResponseWriter, mayForward bool) {
 	req := new(dns.Msg)
 	err := req.Unpack(pkt)
 	dh := dns.Header{Id: be16(pkt), Bits: be16(pkt[2:]), Qdcount: be16(pkt[4:]),
@@ -133,7 +168,7 @@ func (s *Server) serveSlow(pkt []byte, w dns.ResponseWriter) {
 		return
 	}
 	if action == dns.MsgAccept && err == nil {
-		s.ServeDNS(w, req)
+		s.serve(w, req, mayForward)
 		return
 	}
 	if action != dns.MsgAccept {
