@@ -285,8 +285,8 @@ func TestCancelDuringBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	final := waitFor(t, c, op.ID)
-	if final.State != wire.OpCancelled {
-		t.Fatalf("want cancelled, got %+v", final)
+	if final.State != wire.OpCancelled || final.Error != "create of c1 was cancelled" {
+		t.Fatalf("want cancelled with \"create of c1 was cancelled\", got %+v", final)
 	}
 	assertNothingLeft(t, td)
 	wantCode(t, c.Call(ctx, "op.cancel", wire.OpParams{ID: op.ID}, nil), wire.CodeConflict)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -23,7 +24,7 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 		return err
 	}
 	if vm.State != wire.StateRunning {
-		return conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
+		return s.notRunning(vm)
 	}
 	conn, err := s.guest(ctx, vm)
 	if err != nil {
@@ -93,6 +94,24 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 	return nil
 }
 
+// notRunning is the conflict for work that needs a running VM, saying
+// what to do about vm's state: wait for its create (with the operation's
+// ID), wait for a start or stop under way, or start it.
+func (s *vmService) notRunning(vm store.VM) error {
+	switch vm.State {
+	case wire.StateCreating:
+		for _, op := range s.createOps.List() {
+			if op.Kind == wire.VMCreate.Name && op.Target == vm.Name && !op.Done() {
+				return conflictf("vm %s is being created; wait for it with `ember op wait %s`", vm.Name, op.ID)
+			}
+		}
+		return conflictf("vm %s is being created; `ember op ls` shows its operation", vm.Name)
+	case wire.StateStarting, wire.StateStopping, wire.StateDeleting:
+		return conflictf("vm %s is %s; try again when that is done", vm.Name, vm.State)
+	}
+	return conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
+}
+
 // logsVM streams a VM's console log; with Follow it keeps streaming while
 // the client stays and the VM exists.
 func (s *vmService) logsVM(ctx context.Context, p wire.LogsParams, sc *streamConn) error {
@@ -121,6 +140,8 @@ func (s *vmService) logsVM(ctx context.Context, p wire.LogsParams, sc *streamCon
 			tail += "\n"
 		}
 		_ = wire.WriteFrame(sc, wire.FrameStdout, []byte(tail))
+		_, _ = f.Seek(0, io.SeekEnd)
+	} else if p.NoBacklog {
 		_, _ = f.Seek(0, io.SeekEnd)
 	}
 	out := &wire.FrameWriter{W: sc, Kind: wire.FrameStdout}

@@ -50,6 +50,19 @@ func (s *imageService) lookup(ctx context.Context, name string) (store.Image, bo
 	return img, err == nil, err
 }
 
+// sizeOf is the size of image name's disk, known before the built-in
+// image is first built; 0 for an image that does not exist.
+func (s *imageService) sizeOf(ctx context.Context, name string) int64 {
+	img, ok, err := s.lookup(ctx, name)
+	if err != nil || !ok {
+		return 0
+	}
+	if img.SizeBytes == 0 && name == builtinImage {
+		return tinySizeMiB << 20
+	}
+	return img.SizeBytes
+}
+
 // ensure returns the image, building the built-in one on first use under
 // imageOpsMu.
 func (s *imageService) ensure(ctx context.Context, name, agent string, progress func(string)) (store.Image, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -208,19 +209,27 @@ func (o *opState) finish(result []byte, err error) {
 	switch {
 	case err == nil:
 		o.state, o.result, o.progress = wire.OpSucceeded, result, "done"
-	case o.ctx.Err() != nil && wire.CodeOf(err) == wire.CodeInternal:
-		o.state, o.err = wire.OpCancelled, wire.Errorf(wire.CodeCancelled, "cancelled: %v", err)
+	case o.ctx.Err() != nil:
+		// Whatever the work said on its way out ("boot x1 cancelled:
+		// context canceled") only repeats that it was stopped.
+		o.state, o.err = wire.OpCancelled, wire.Errorf(wire.CodeCancelled, "%s was cancelled", o.what())
 	default:
 		o.state = wire.OpFailed
 		o.err = toWireError(err)
-		if o.ctx.Err() != nil {
-			o.state = wire.OpCancelled
-		}
 	}
 	o.notifyLocked()
 	o.mu.Unlock()
 	o.cancel()
 	o.save()
+}
+
+// what names the operation for a person: "create of x1" for vm.create.
+func (o *opState) what() string {
+	verb := o.kind
+	if i := strings.LastIndexByte(verb, '.'); i >= 0 {
+		verb = verb[i+1:]
+	}
+	return verb + " of " + o.target
 }
 
 func (o *opState) save() {

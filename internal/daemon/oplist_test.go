@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -78,8 +79,15 @@ func TestOpCancelAndFailureCodes(t *testing.T) {
 	}
 	<-op.ctx.Done()
 	op.finish(nil, op.ctx.Err())
-	if s := op.Snapshot(); s.State != wire.OpCancelled {
-		t.Fatalf("want cancelled, got %+v", s)
+	// The reason is said once, whatever the work returned on its way out.
+	if s := op.Snapshot(); s.State != wire.OpCancelled || s.ErrorCode != wire.CodeCancelled || s.Error != "create of x was cancelled" {
+		t.Fatalf("want cancelled with \"create of x was cancelled\", got %+v", s)
+	}
+	opb := &testOp{newOpState(context.Background(), "b1", "image.build", "img", nil)}
+	opb.Cancel()
+	opb.finish(nil, fmt.Errorf("boot img cancelled: %w", opb.ctx.Err()))
+	if s := opb.Snapshot(); s.State != wire.OpCancelled || s.Error != "build of img was cancelled" {
+		t.Fatalf("cancelled build: %+v", s)
 	}
 	op2 := &testOp{newOpState(context.Background(), "f1", "vm.create", "x", nil)}
 	op2.finish(nil, wire.Errorf(wire.CodeInvalid, "bad image"))

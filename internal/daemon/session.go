@@ -177,7 +177,7 @@ func (ss *sessionService) sessionTarget(ctx context.Context, ref, name string) (
 		return vm, nil, invalidf("session name %q is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
 	}
 	if vm.State != wire.StateRunning {
-		return vm, nil, conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
+		return vm, nil, ss.vms.notRunning(vm)
 	}
 	conn, err := ss.vms.guest(ctx, vm)
 	if err != nil {

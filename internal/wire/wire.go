@@ -110,6 +110,9 @@ const (
 	StateError    = "error"
 )
 
+// VMStates lists every VM state, in the order of a VM's life.
+var VMStates = []string{StateCreating, StateStarting, StateRunning, StateStopping, StateStopped, StateDeleting, StateError}
+
 // VM is what ls, inspect and create return.
 type VM struct {
 	ID        string `json:"id"`
@@ -229,14 +232,22 @@ type ExecParams struct {
 	Cols  int               `json:"cols,omitempty"`
 }
 
+// LogsParams: Tail > 0 starts with the log's last Tail lines; NoBacklog
+// (`logs -n 0`) starts at its end, with only what comes next; neither
+// starts at its beginning.
 type LogsParams struct {
-	Ref    string `json:"ref"`
-	Follow bool   `json:"follow,omitempty"`
-	Tail   int    `json:"tail,omitempty"`
+	Ref       string `json:"ref"`
+	Follow    bool   `json:"follow,omitempty"`
+	Tail      int    `json:"tail,omitempty"`
+	NoBacklog bool   `json:"no_backlog,omitempty"`
 }
 
 type KernelFetchParams struct{}
 
+// KernelImportParams opens a kernel.import stream. The daemon reads no
+// path: the client passes the files open (kernelimport.go); Vmlinuz and
+// ModulesDir name them in messages, and ModulesDir's last element is the
+// release when the image does not say it.
 type KernelImportParams struct {
 	Name       string `json:"name"`
 	Vmlinuz    string `json:"vmlinuz"`
@@ -254,4 +265,10 @@ type DaemonInfo struct {
 	Accel       string `json:"accel"`
 	Reason      string `json:"accel_reason"`
 	AccelForced bool   `json:"accel_forced,omitempty"`
+	// GoVersion is the Go release the daemon was built with; Hypervisor
+	// its driver ("qemu") and HypervisorVersion what that binary says of
+	// itself ("" when it could not be asked).
+	GoVersion         string `json:"go_version"`
+	Hypervisor        string `json:"hypervisor"`
+	HypervisorVersion string `json:"hypervisor_version"`
 }
