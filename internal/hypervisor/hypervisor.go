@@ -63,7 +63,15 @@ type Spec struct {
 	Initrd    string // optional
 	Cmdline   string
 	Disk      string // qcow2 root disk; optional
-	Net       NetSpec
+
+	// DiskBacking is the file Disk was made on top of (its image) and
+	// DiskBackingFormat that file's format, "raw" or "qcow2"; "" when Disk
+	// has no backing file. The driver opens the chain itself from these,
+	// never from the name written inside Disk: the hypervisor process can
+	// write to Disk, so that name is not to be trusted.
+	DiskBacking, DiskBackingFormat string
+
+	Net NetSpec
 	// ConsoleLog receives the guest's serial console; it is appended to, so the
 	// lines of earlier boots stay above the current one.
 	ConsoleLog string

@@ -37,12 +37,18 @@ func validate(s hypervisor.Spec) error {
 	case s.Accel != hypervisor.AccelKVM && s.Accel != hypervisor.AccelTCG:
 		return fmt.Errorf("accel must be %q or %q, got %q", hypervisor.AccelKVM, hypervisor.AccelTCG, s.Accel)
 	}
-	for _, p := range []string{s.Kernel, s.Initrd, s.Disk, s.ConsoleLog, s.QMPSocket, s.PIDFile, s.Net.TAP, s.Net.MAC} {
+	for _, p := range []string{s.Kernel, s.Initrd, s.Disk, s.DiskBacking, s.ConsoleLog, s.QMPSocket, s.PIDFile, s.Net.TAP, s.Net.MAC} {
 		// QEMU splits option values at commas (",," escapes one); refusing them
 		// keeps every path a single, literal value.
 		if strings.ContainsRune(p, ',') {
 			return fmt.Errorf("%q contains a comma, which qemu options cannot carry", p)
 		}
+	}
+	switch {
+	case s.DiskBacking != "" && s.Disk == "":
+		return fmt.Errorf("a disk backing file without a disk")
+	case s.DiskBacking != "" && s.DiskBackingFormat != "raw" && s.DiskBackingFormat != "qcow2":
+		return fmt.Errorf("disk backing format must be raw or qcow2, got %q", s.DiskBackingFormat)
 	}
 	switch s.Net.Mode {
 	case "", hypervisor.NetNone:
@@ -68,7 +74,7 @@ func validate(s hypervisor.Spec) error {
 // absSpec makes every path absolute: a daemonized QEMU changes its working
 // directory to "/" and the Spec must mean the same thing after a restart.
 func absSpec(s hypervisor.Spec) (hypervisor.Spec, error) {
-	for _, p := range []*string{&s.Kernel, &s.Initrd, &s.Disk, &s.ConsoleLog, &s.QMPSocket, &s.PIDFile} {
+	for _, p := range []*string{&s.Kernel, &s.Initrd, &s.Disk, &s.DiskBacking, &s.ConsoleLog, &s.QMPSocket, &s.PIDFile} {
 		if *p == "" {
 			continue
 		}
@@ -94,8 +100,71 @@ func withTSC(cmdline, accel string, tscKHz int) string {
 	return strings.TrimSpace(cmdline + " tsc_early_khz=" + strconv.Itoa(tscKHz) + " tsc=reliable")
 }
 
+// seccompPolicy is QEMU's -sandbox value: its syscall filter on, with the
+// optional denials as well: obsolete system calls, set*uid/set*gid,
+// fork and exec, and scheduler and CPU-affinity changes. QEMU 7.2 applies
+// the filter before -daemonize and -runas would run, and both need calls
+// it denies, so the driver starts QEMU in the foreground, already as its
+// user, instead (see Start).
+const seccompPolicy = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// QEMU opens no file by name: the driver opens each one and QEMU inherits
+// it at a fixed descriptor number (os/exec's ExtraFiles start at 3; an
+// unused slot is closed in the child). So QEMU, running as an
+// unprivileged user, needs no right to the daemon's folders, and a QEMU
+// taken over by its guest can open no other VM's files.
+const (
+	fdKernel = 3 + iota
+	fdInitrd
+	fdQMP     // the listening QMP socket
+	fdConsole // the console log, opened for appending
+	fdDisk    // the VM's qcow2 overlay, read-write
+	fdTAP     // tap mode: the TAP, attached
+	fdBacking // fdBacking+i: file i of the disk's backing chain, read-only
+)
+
+// maxBacking bounds the disk's backing chain (overlay, image, the image's
+// own backing files).
+const maxBacking = 8
+
+// fd sets (-add-fd): files QEMU's block and chardev layers open through
+// /dev/fdset/N.
+const (
+	fdsetConsole = 1
+	fdsetDisk    = 2
+	fdsetBacking = 10 // + i
+)
+
+// backingFile is one read-only file under the VM's disk.
+type backingFile struct {
+	Path, Format string
+}
+
+// plan is what buildArgs needs beyond the Spec.
+type plan struct {
+	// backing is the disk's backing chain, nearest first.
+	backing []backingFile
+	// seccomp turns QEMU's syscall filter on.
+	seccomp bool
+}
+
+// procFD names an inherited descriptor as a path, for options that take
+// only a path (QEMU opens the kernel and initramfs with plain open).
+func procFD(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
+
+// addFD is the -add-fd value that puts fd in set, with path as its
+// opaque label: it keeps the file's name on QEMU's command line, which is
+// how KillStrays and ownsVM recognise a VM's process.
+func addFD(fd, set int, path string) string {
+	return fmt.Sprintf("fd=%d,set=%d,opaque=%s", fd, set, path)
+}
+
+// consoleAddFD is the argument that names a VM's console log.
+func consoleAddFD(s hypervisor.Spec) string { return addFD(fdConsole, fdsetConsole, s.ConsoleLog) }
+
 // buildArgs turns a validated, absolute Spec into QEMU's command line.
-func buildArgs(s hypervisor.Spec) []string {
+// QEMU starts paused (-S): Start puts it in its cgroup, then resumes it.
+func buildArgs(s hypervisor.Spec, p plan) []string {
 	a := []string{
 		// QEMU escapes a comma in an option value by doubling it.
 		"-name", "ember-" + strings.ReplaceAll(firstNonEmpty(s.Name, s.ID), ",", ",,"),
@@ -105,33 +174,31 @@ func buildArgs(s hypervisor.Spec) []string {
 	if s.Accel == hypervisor.AccelKVM {
 		a = append(a, "-cpu", "host")
 	}
+	if p.seccomp {
+		a = append(a, "-sandbox", seccompPolicy)
+	}
 	a = append(a,
 		"-smp", strconv.Itoa(s.CPUs),
 		"-m", strconv.Itoa(s.MemoryMiB),
 		"-nodefaults", "-no-user-config",
-		// -nographic cannot be combined with -daemonize; -display none can.
 		"-display", "none",
 		"-no-reboot",
-		"-daemonize",
-		"-pidfile", s.PIDFile,
-		"-chardev", "file,id=console,path="+s.ConsoleLog+",append=on",
+		"-S",
+		"-chardev", "socket,id=qmp,fd="+strconv.Itoa(fdQMP)+",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-add-fd", consoleAddFD(s),
+		"-chardev", "file,id=console,path=/dev/fdset/"+strconv.Itoa(fdsetConsole)+",append=on",
 		"-serial", "chardev:console",
-		"-qmp", "unix:"+s.QMPSocket+",server=on,wait=off",
-		"-kernel", s.Kernel,
+		"-kernel", procFD(fdKernel),
 	)
 	if s.Initrd != "" {
-		a = append(a, "-initrd", s.Initrd)
+		a = append(a, "-initrd", procFD(fdInitrd))
 	}
 	if s.Cmdline != "" {
 		a = append(a, "-append", s.Cmdline)
 	}
 	if s.Disk != "" {
-		a = append(a,
-			// writeback: the guest's flushes reach the host file, so a clean
-			// guest shutdown or sync leaves a consistent disk.
-			"-drive", "id=root,file="+s.Disk+",format=qcow2,if=none,cache=writeback,discard=unmap",
-			"-device", "virtio-blk-device,drive=root",
-		)
+		a = append(a, diskArgs(s, p.backing)...)
 	}
 	if nd := netdev(s.Net); nd != "" {
 		dev := "virtio-net-device,netdev=net0"
@@ -146,6 +213,42 @@ func buildArgs(s hypervisor.Spec) []string {
 	return a
 }
 
+// diskArgs describes the disk as block nodes on inherited descriptors,
+// bottom of the chain first, each format node naming its backing node, so
+// QEMU follows no file name written in an image.
+func diskArgs(s hypervisor.Spec, chain []backingFile) []string {
+	var a []string
+	backing := "null"
+	for i := len(chain) - 1; i >= 0; i-- {
+		b := chain[i]
+		set := fdsetBacking + i
+		node := "base" + strconv.Itoa(i)
+		format := fmt.Sprintf(`{"driver":%q,"file":"%s-file","node-name":%q,"read-only":true`, b.Format, node, node)
+		if b.Format == "qcow2" { // raw has no backing to name
+			format += `,"backing":` + jsonNode(backing)
+		}
+		a = append(a, "-add-fd", addFD(fdBacking+i, set, b.Path),
+			"-blockdev", fmt.Sprintf(`{"driver":"file","filename":"/dev/fdset/%d","node-name":"%s-file","read-only":true}`, set, node),
+			"-blockdev", format+"}")
+		backing = node
+	}
+	// writeback: the guest's flushes reach the host file, so a clean
+	// guest shutdown or sync leaves a consistent disk.
+	return append(a, "-add-fd", addFD(fdDisk, fdsetDisk, s.Disk),
+		"-blockdev", fmt.Sprintf(`{"driver":"file","filename":"/dev/fdset/%d","node-name":"root-file","discard":"unmap","cache":{"direct":false,"no-flush":false}}`, fdsetDisk),
+		"-blockdev", fmt.Sprintf(`{"driver":"qcow2","file":"root-file","node-name":"root","discard":"unmap","backing":%s}`, jsonNode(backing)),
+		"-device", "virtio-blk-device,drive=root,write-cache=on",
+	)
+}
+
+// jsonNode is a node name as a JSON value, or null for none.
+func jsonNode(name string) string {
+	if name == "null" {
+		return "null"
+	}
+	return strconv.Quote(name)
+}
+
 func netdev(n hypervisor.NetSpec) string {
 	switch n.Mode {
 	case hypervisor.NetUser:
@@ -155,7 +258,9 @@ func netdev(n hypervisor.NetSpec) string {
 		}
 		return fmt.Sprintf("user,id=net0,restrict=%s,hostfwd=tcp:127.0.0.1:%d-:22", restrict, n.SSHHostPort)
 	case hypervisor.NetTAP:
-		return "tap,id=net0,ifname=" + n.TAP + ",script=no,downscript=no"
+		// QEMU gets the TAP attached already (openTAP): opening it by
+		// name needs CAP_NET_ADMIN, which its user does not have.
+		return "tap,id=net0,fd=" + strconv.Itoa(fdTAP)
 	}
 	return ""
 }

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -45,43 +46,111 @@ func allAfter(args []string, flag string) []string {
 	return out
 }
 
+// A user-mode VM with a disk on an image, sandboxed: every file is an
+// inherited descriptor, never a path QEMU would open itself.
 func TestBuildArgsUserNetTCG(t *testing.T) {
-	a := buildArgs(testSpec())
+	s := testSpec()
+	s.DiskBacking, s.DiskBackingFormat = "/img/tiny.ext4", "raw"
+	a := buildArgs(s, plan{seccomp: true, backing: []backingFile{{"/img/tiny.ext4", "raw"}}})
 	for flag, want := range map[string]string{
 		"-M": "microvm", "-accel": "tcg", "-smp": "2", "-m": "512", "-display": "none",
-		"-pidfile": "/run/vm/qemu.pid", "-kernel": "/k/vmlinuz", "-initrd": "/k/initrd",
+		"-kernel": "/proc/self/fd/3", "-initrd": "/proc/self/fd/4",
 		"-append": "console=ttyS0 quiet", "-name": "ember-web",
-		"-qmp":     "unix:/run/vm/qmp.sock,server=on,wait=off",
+		"-sandbox": "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-mon":     "chardev=qmp,mode=control",
 		"-serial":  "chardev:console",
-		"-chardev": "file,id=console,path=/run/vm/console.log,append=on",
-		"-drive":   "id=root,file=/vm/root.qcow2,format=qcow2,if=none,cache=writeback,discard=unmap",
 		"-netdev":  "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22",
 	} {
 		if got := argAfter(t, a, flag); got != want {
 			t.Errorf("%s = %q, want %q", flag, got, want)
 		}
 	}
-	for _, f := range []string{"-nodefaults", "-no-user-config", "-no-reboot", "-daemonize"} {
+	if got, want := allAfter(a, "-chardev"), []string{
+		"socket,id=qmp,fd=5,server=on,wait=off",
+		"file,id=console,path=/dev/fdset/1,append=on",
+	}; !slices.Equal(got, want) {
+		t.Errorf("-chardev = %q, want %q", got, want)
+	}
+	// Each file QEMU gets names its real path as the set's label, so ps,
+	// KillStrays and ownsVM still see which VM a QEMU is.
+	if got, want := allAfter(a, "-add-fd"), []string{
+		"fd=6,set=1,opaque=/run/vm/console.log",
+		"fd=9,set=10,opaque=/img/tiny.ext4",
+		"fd=7,set=2,opaque=/vm/root.qcow2",
+	}; !slices.Equal(got, want) {
+		t.Errorf("-add-fd = %q, want %q", got, want)
+	}
+	if got, want := allAfter(a, "-blockdev"), []string{
+		`{"driver":"file","filename":"/dev/fdset/10","node-name":"base0-file","read-only":true}`,
+		`{"driver":"raw","file":"base0-file","node-name":"base0","read-only":true}`,
+		`{"driver":"file","filename":"/dev/fdset/2","node-name":"root-file","discard":"unmap","cache":{"direct":false,"no-flush":false}}`,
+		`{"driver":"qcow2","file":"root-file","node-name":"root","discard":"unmap","backing":"base0"}`,
+	}; !slices.Equal(got, want) {
+		t.Errorf("-blockdev =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, f := range []string{"-nodefaults", "-no-user-config", "-no-reboot", "-S"} {
 		if !slices.Contains(a, f) {
 			t.Errorf("missing %s in %q", f, a)
 		}
 	}
-	for _, f := range []string{"-nographic", "-cpu", "-enable-kvm"} {
+	// -daemonize forks and -runas calls setuid: the filter kills QEMU
+	// 7.2 for either. Paths of the VM's own files must not appear as
+	// options QEMU would open.
+	for _, f := range []string{"-daemonize", "-runas", "-pidfile", "-qmp", "-drive", "-nographic", "-cpu", "-enable-kvm"} {
 		if slices.Contains(a, f) {
 			t.Errorf("unexpected %s in %q", f, a)
 		}
 	}
 	devs := allAfter(a, "-device")
-	want := []string{"virtio-blk-device,drive=root", "virtio-net-device,netdev=net0", "virtio-rng-device"}
+	want := []string{"virtio-blk-device,drive=root,write-cache=on", "virtio-net-device,netdev=net0", "virtio-rng-device"}
 	if !slices.Equal(devs, want) {
 		t.Errorf("devices = %q, want %q", devs, want)
+	}
+	// Valid JSON, each node naming only nodes defined before it.
+	for _, b := range allAfter(a, "-blockdev") {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(b), &v); err != nil {
+			t.Errorf("blockdev %s: %v", b, err)
+		}
+	}
+}
+
+// A chain of three: the overlay, a qcow2 image, and that image's raw base.
+func TestBuildArgsBackingChain(t *testing.T) {
+	s := testSpec()
+	a := buildArgs(s, plan{backing: []backingFile{{"/img/app.qcow2", "qcow2"}, {"/img/base.raw", "raw"}}})
+	if got, want := allAfter(a, "-blockdev"), []string{
+		`{"driver":"file","filename":"/dev/fdset/11","node-name":"base1-file","read-only":true}`,
+		`{"driver":"raw","file":"base1-file","node-name":"base1","read-only":true}`,
+		`{"driver":"file","filename":"/dev/fdset/10","node-name":"base0-file","read-only":true}`,
+		`{"driver":"qcow2","file":"base0-file","node-name":"base0","read-only":true,"backing":"base1"}`,
+		`{"driver":"file","filename":"/dev/fdset/2","node-name":"root-file","discard":"unmap","cache":{"direct":false,"no-flush":false}}`,
+		`{"driver":"qcow2","file":"root-file","node-name":"root","discard":"unmap","backing":"base0"}`,
+	}; !slices.Equal(got, want) {
+		t.Errorf("-blockdev =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if got, want := allAfter(a, "-add-fd")[1:], []string{
+		"fd=10,set=11,opaque=/img/base.raw", "fd=9,set=10,opaque=/img/app.qcow2", "fd=7,set=2,opaque=/vm/root.qcow2",
+	}; !slices.Equal(got, want) {
+		t.Errorf("-add-fd = %q, want %q", got, want)
+	}
+	// No backing: the overlay's own header is not followed either.
+	a = buildArgs(s, plan{})
+	if got := allAfter(a, "-blockdev"); !strings.HasSuffix(got[len(got)-1], `"backing":null}`) {
+		t.Errorf("root node = %s, want backing null", got[len(got)-1])
+	}
+}
+
+func TestBuildArgsUnconfined(t *testing.T) {
+	if a := buildArgs(testSpec(), plan{}); slices.Contains(a, "-sandbox") {
+		t.Errorf("-sandbox without seccomp: %q", a)
 	}
 }
 
 func TestBuildArgsKVMUsesHostCPU(t *testing.T) {
 	s := testSpec()
 	s.Accel = hypervisor.AccelKVM
-	a := buildArgs(s)
+	a := buildArgs(s, plan{seccomp: true})
 	if argAfter(t, a, "-accel") != "kvm" || argAfter(t, a, "-cpu") != "host" {
 		t.Errorf("kvm args wrong: %q", a)
 	}
@@ -91,11 +160,14 @@ func TestBuildArgsOptionalParts(t *testing.T) {
 	s := testSpec()
 	s.Initrd, s.Disk, s.Cmdline = "", "", ""
 	s.Net = hypervisor.NetSpec{}
-	a := buildArgs(s)
-	for _, f := range []string{"-initrd", "-drive", "-netdev", "-append"} {
+	a := buildArgs(s, plan{seccomp: true})
+	for _, f := range []string{"-initrd", "-blockdev", "-netdev", "-append"} {
 		if slices.Contains(a, f) {
 			t.Errorf("unexpected %s in %q", f, a)
 		}
+	}
+	if got := allAfter(a, "-add-fd"); len(got) != 1 {
+		t.Errorf("-add-fd = %q, want the console's only", got)
 	}
 	if devs := allAfter(a, "-device"); !slices.Equal(devs, []string{"virtio-rng-device"}) {
 		t.Errorf("devices = %q", devs)
@@ -105,12 +177,13 @@ func TestBuildArgsOptionalParts(t *testing.T) {
 func TestBuildArgsUnrestrictedAndTAP(t *testing.T) {
 	s := testSpec()
 	s.Net.Restrict = false
-	if got := argAfter(t, buildArgs(s), "-netdev"); !strings.Contains(got, "restrict=off") {
+	if got := argAfter(t, buildArgs(s, plan{}), "-netdev"); !strings.Contains(got, "restrict=off") {
 		t.Errorf("netdev = %q, want restrict=off", got)
 	}
 	s.Net = hypervisor.NetSpec{Mode: hypervisor.NetTAP, TAP: "ember0", MAC: "52:54:00:12:34:56"}
-	a := buildArgs(s)
-	if got := argAfter(t, a, "-netdev"); got != "tap,id=net0,ifname=ember0,script=no,downscript=no" {
+	a := buildArgs(s, plan{})
+	// The TAP comes attached: QEMU's user cannot attach it by name.
+	if got := argAfter(t, a, "-netdev"); got != "tap,id=net0,fd=8" {
 		t.Errorf("netdev = %q", got)
 	}
 	if !slices.Contains(allAfter(a, "-device"), "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56") {
@@ -121,7 +194,7 @@ func TestBuildArgsUnrestrictedAndTAP(t *testing.T) {
 func TestBuildArgsEscapesCommaInName(t *testing.T) {
 	s := testSpec()
 	s.Name = "a,b"
-	if got := argAfter(t, buildArgs(s), "-name"); got != "ember-a,,b" {
+	if got := argAfter(t, buildArgs(s, plan{}), "-name"); got != "ember-a,,b" {
 		t.Errorf("-name = %q", got)
 	}
 }
@@ -141,6 +214,11 @@ func TestValidate(t *testing.T) {
 		"tap no name": func(s *hypervisor.Spec) { s.Net = hypervisor.NetSpec{Mode: hypervisor.NetTAP} },
 		"mac":         func(s *hypervisor.Spec) { s.Net.MAC = "nope" },
 		"pidfile":     func(s *hypervisor.Spec) { s.PIDFile = "" },
+		"backing comma": func(s *hypervisor.Spec) {
+			s.DiskBacking, s.DiskBackingFormat = "/img/a,b", "raw"
+		},
+		"backing format":  func(s *hypervisor.Spec) { s.DiskBacking, s.DiskBackingFormat = "/img/a", "vmdk" },
+		"backing no disk": func(s *hypervisor.Spec) { s.Disk, s.DiskBacking, s.DiskBackingFormat = "", "/img/a", "raw" },
 	}
 	for name, mut := range cases {
 		s := testSpec()

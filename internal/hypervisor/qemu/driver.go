@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/emberhq/ember/internal/cgroup"
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/hypervisor"
 )
@@ -28,16 +30,30 @@ type Options struct {
 	// KVMDevice is the KVM device node ProbeAccel opens; "" means /dev/kvm.
 	KVMDevice string
 	Logger    *slog.Logger
+
+	// Unconfined turns QEMU's seccomp filter off (see seccompPolicy); it
+	// is on unless this is set, which is for comparisons and debugging.
+	Unconfined bool
+	// User, when set, is the unprivileged user QEMU runs as; the caller
+	// must be root. nil runs QEMU as the caller (a rootless daemon).
+	User *User
+	// Cgroups, when set, gives each VM's QEMU a cgroup of its own with the
+	// VM's memory and CPU limits (see cgroupLimits).
+	Cgroups *cgroup.Manager
 }
 
 // Driver runs VMs with QEMU. It is safe for concurrent use: it keeps no
-// per-VM state, everything is in the Spec, the Instance and the files they name.
+// per-VM state, everything is in the Spec, the Instance and the files they
+// name (and, for a QEMU this process started, one goroutine that reaps it).
 type Driver struct {
 	qemu, qemuImg string
 	quitGrace     time.Duration
 	tscKHz        int
 	kvmDevice     string
 	log           *slog.Logger
+	seccomp       bool
+	user          *User           // nil: the caller's
+	cgroups       *cgroup.Manager // nil: no limits
 }
 
 var _ hypervisor.Driver = (*Driver)(nil)
@@ -46,7 +62,11 @@ var _ hypervisor.AccelProber = (*Driver)(nil)
 // New finds the QEMU binaries. A missing qemu-system-x86_64 is an error; a
 // missing qemu-img only makes CreateDisk fail.
 func New(o Options) (*Driver, error) {
-	d := &Driver{quitGrace: o.QuitGrace, tscKHz: o.TSCKHz, kvmDevice: o.KVMDevice, log: o.Logger}
+	d := &Driver{quitGrace: o.QuitGrace, tscKHz: o.TSCKHz, kvmDevice: o.KVMDevice, log: o.Logger,
+		seccomp: !o.Unconfined, user: o.User, cgroups: o.Cgroups}
+	if d.user != nil && os.Geteuid() != 0 {
+		return nil, fmt.Errorf("qemu can run as %s only when started by root, and this process is uid %d", d.user, os.Geteuid())
+	}
 	if d.kvmDevice == "" {
 		d.kvmDevice = "/dev/kvm"
 	}
@@ -68,7 +88,35 @@ func New(o Options) (*Driver, error) {
 	if d.qemuImg = o.QEMUImgPath; d.qemuImg == "" {
 		d.qemuImg, _ = FindQEMUImg()
 	}
+	if d.cgroups != nil {
+		// VMs that exited while no daemon watched left empty cgroups.
+		if n := d.cgroups.Sweep(); n > 0 {
+			d.log.Info("removed the cgroups of vms that exited", "count", n)
+		}
+	}
 	return d, nil
+}
+
+// Confinement says how the VMs' QEMU processes are confined, for the
+// daemon's log and doctor.
+func (d *Driver) Confinement() string {
+	var parts []string
+	if d.seccomp {
+		parts = append(parts, "seccomp filter on")
+	} else {
+		parts = append(parts, "seccomp filter OFF")
+	}
+	if d.user != nil {
+		parts = append(parts, "runs as "+d.user.String())
+	} else {
+		parts = append(parts, fmt.Sprintf("runs as the daemon's uid %d", os.Geteuid()))
+	}
+	if d.cgroups != nil {
+		parts = append(parts, "one cgroup per vm with its memory and cpu limits ("+d.cgroups.String()+")")
+	} else {
+		parts = append(parts, "no cgroup limits")
+	}
+	return strings.Join(parts, "; ")
 }
 
 // FindQEMU locates qemu-system-x86_64 (or qemu-kvm) through the table of
@@ -148,7 +196,33 @@ func (d *Driver) Quit(ctx context.Context, s hypervisor.Spec, inst hypervisor.In
 	// must not mistake them for a live VM.
 	removeIfExists(s.QMPSocket)
 	removeIfExists(s.PIDFile)
+	d.removeCgroup(s, true)
 	return nil
+}
+
+// removeCgroup removes a VM's cgroup once its QEMU is gone. An exited
+// QEMU holds its cgroup until it is reaped (by this process's watch, or by
+// init for a QEMU an earlier daemon started), a moment after it exits:
+// patient waits for that. The reaper itself tries once (the VM may have
+// been started again meanwhile, in the same cgroup).
+func (d *Driver) removeCgroup(s hypervisor.Spec, patient bool) {
+	if d.cgroups == nil {
+		return
+	}
+	if !patient {
+		if err := d.cgroups.Remove(cgroupName(s)); err != nil {
+			d.log.Debug("vm cgroup not removed", "vm", vmName(s), "err", err)
+		}
+		return
+	}
+	var err error
+	for i := 0; i < 100; i++ {
+		if err = d.cgroups.Remove(cgroupName(s)); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.log.Warn("cannot remove the cgroup of a stopped vm", "vm", vmName(s), "err", err)
 }
 
 // KillStrays kills QEMU processes whose command line names dir: a caller
@@ -161,6 +235,9 @@ func (d *Driver) KillStrays(ctx context.Context, dir string) int {
 	}
 	for _, inst := range strays {
 		waitGone(ctx, inst, 5*time.Second)
+	}
+	if d.cgroups != nil {
+		d.cgroups.Sweep()
 	}
 	return len(strays)
 }

@@ -75,14 +75,18 @@ type probeResult struct {
 }
 
 // probeArgs is QEMU's command line for a probe: the accelerator and CPU
-// model exactly as buildArgs gives VMs, no disk or network, the console on
-// stdout.
-func probeArgs(p hypervisor.ProbeSpec) []string {
-	a := []string{"-M", "microvm", "-accel", hypervisor.AccelKVM, "-cpu", "host",
-		"-smp", "1", "-m", "128", "-nodefaults", "-no-user-config", "-display", "none",
-		"-no-reboot", "-serial", "stdio", "-kernel", p.Kernel}
+// model exactly as buildArgs gives VMs, confined the same way (the kernel
+// and initramfs as inherited descriptors), no disk or network, the
+// console on stdout.
+func probeArgs(p hypervisor.ProbeSpec, seccomp bool) []string {
+	a := []string{"-M", "microvm", "-accel", hypervisor.AccelKVM, "-cpu", "host"}
+	if seccomp {
+		a = append(a, "-sandbox", seccompPolicy)
+	}
+	a = append(a, "-smp", "1", "-m", "128", "-nodefaults", "-no-user-config", "-display", "none",
+		"-no-reboot", "-serial", "stdio", "-kernel", procFD(fdKernel))
 	if p.Initrd != "" {
-		a = append(a, "-initrd", p.Initrd)
+		a = append(a, "-initrd", procFD(fdInitrd))
 	}
 	return append(a, "-append", p.Cmdline)
 }
@@ -90,19 +94,36 @@ func probeArgs(p hypervisor.ProbeSpec) []string {
 // bootProbe runs the probe guest until the agent's line, QEMU's exit, the
 // timeout or ctx, whichever comes first.
 func (d *Driver) bootProbe(ctx context.Context, p hypervisor.ProbeSpec, timeout time.Duration) probeResult {
-	cmd := exec.Command(d.qemu, probeArgs(p)...)
+	files := &launchFiles{}
+	defer files.close()
+	k, err := d.openReadable(p.Kernel, "kernel")
+	if err != nil {
+		return probeResult{why: err.Error()}
+	}
+	files.set(fdKernel, k)
+	if p.Initrd != "" {
+		i, err := d.openReadable(p.Initrd, "initramfs")
+		if err != nil {
+			return probeResult{why: err.Error()}
+		}
+		files.set(fdInitrd, i)
+	}
+	cmd := exec.Command(d.qemu, probeArgs(p, d.seccomp)...)
+	cmd.ExtraFiles = files.slots
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return probeResult{why: fmt.Sprintf("console pipe: %v", err)}
 	}
 	var stderr headBuffer
 	cmd.Stderr = &stderr
-	// Own process group, killed as a whole: a wrapper script's children too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Own session and process group, killed as a whole: a wrapper
+	// script's children too. As the VMs' user, with the KVM device's group.
+	cmd.SysProcAttr = d.sysProcAttr(hypervisor.AccelKVM)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return probeResult{why: fmt.Sprintf("run %s: %v", d.qemu, err)}
 	}
+	files.close()
 	console := &consoleTail{}
 	okc := make(chan struct{})
 	readDone := make(chan struct{})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,8 +32,34 @@ func fakeQEMU(t *testing.T, body string) *Driver {
 	return d
 }
 
-var probeSpec = hypervisor.ProbeSpec{Kernel: "/nonexistent/vmlinuz", Initrd: "/nonexistent/initrd",
-	Cmdline: "console=ttyS0 " + hypervisor.ProbeCmdline, Timeout: 500 * time.Millisecond}
+// testProbeSpec names a kernel and initramfs that exist: the driver opens
+// them for QEMU.
+func testProbeSpec(t *testing.T) hypervisor.ProbeSpec {
+	t.Helper()
+	dir := t.TempDir()
+	p := hypervisor.ProbeSpec{Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd"),
+		Cmdline: "console=ttyS0 " + hypervisor.ProbeCmdline, Timeout: 500 * time.Millisecond}
+	for _, f := range []string{p.Kernel, p.Initrd} {
+		if err := os.WriteFile(f, []byte("not a kernel"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+// The probe is confined as VMs are: the filter on, kernel and initramfs
+// as inherited descriptors.
+func TestProbeArgs(t *testing.T) {
+	p := hypervisor.ProbeSpec{Kernel: "/k/vmlinuz", Initrd: "/k/initrd", Cmdline: "x"}
+	a := probeArgs(p, true)
+	if argAfter(t, a, "-sandbox") != seccompPolicy || argAfter(t, a, "-kernel") != "/proc/self/fd/3" ||
+		argAfter(t, a, "-initrd") != "/proc/self/fd/4" || argAfter(t, a, "-accel") != "kvm" {
+		t.Errorf("probe args = %q", a)
+	}
+	if a := probeArgs(p, false); slices.Contains(a, "-sandbox") {
+		t.Errorf("unconfined probe args = %q", a)
+	}
+}
 
 // Each way a KVM boot can go, with QEMU's console played by a script: the
 // answer and the reason's key words are the right values.
@@ -57,7 +84,7 @@ func TestProbeAccelOutcomes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := fakeQEMU(t, tc.script)
-			accel, reason := d.ProbeAccel(context.Background(), probeSpec)
+			accel, reason := d.ProbeAccel(context.Background(), testProbeSpec(t))
 			if accel != tc.accel || !strings.Contains(reason, tc.reason) {
 				t.Errorf("got %s (%s)\nwant %s (%s)", accel, reason, tc.accel, tc.reason)
 			}
@@ -69,12 +96,12 @@ func TestProbeAccelOutcomes(t *testing.T) {
 func TestProbeAccelDevice(t *testing.T) {
 	d := fakeQEMU(t, `echo "`+hypervisor.ProbeOKLine+`"`)
 	d.kvmDevice = filepath.Join(t.TempDir(), "absent")
-	if accel, reason := d.ProbeAccel(context.Background(), probeSpec); accel != "tcg" ||
+	if accel, reason := d.ProbeAccel(context.Background(), testProbeSpec(t)); accel != "tcg" ||
 		reason != d.kvmDevice+" does not exist (no KVM on this host)" {
 		t.Errorf("absent: %s (%s)", accel, reason)
 	}
 	d.kvmDevice = t.TempDir() // a folder: exists, cannot be opened for writing
-	if accel, reason := d.ProbeAccel(context.Background(), probeSpec); accel != "tcg" ||
+	if accel, reason := d.ProbeAccel(context.Background(), testProbeSpec(t)); accel != "tcg" ||
 		reason != "cannot open "+d.kvmDevice+": is a directory" {
 		t.Errorf("unopenable: %s (%s)", accel, reason)
 	}
@@ -99,7 +126,7 @@ func TestProbeAccelInterrupted(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
-	spec := probeSpec
+	spec := testProbeSpec(t)
 	spec.Timeout = time.Minute
 	accel, reason := d.ProbeAccel(ctx, spec)
 	if accel != "tcg" || !strings.Contains(reason, "probe interrupted") {
@@ -118,7 +145,7 @@ func TestProbeAccelInterrupted(t *testing.T) {
 // A guest that floods the console without newlines costs a bounded tail.
 func TestProbeConsoleBounded(t *testing.T) {
 	d := fakeQEMU(t, `head -c 3000000 /dev/zero | tr '\0' 'x'; exec sleep 60`)
-	accel, reason := d.ProbeAccel(context.Background(), probeSpec)
+	accel, reason := d.ProbeAccel(context.Background(), testProbeSpec(t))
 	if accel != "tcg" || len(reason) > 1000 {
 		t.Errorf("got %s, reason of %d bytes", accel, len(reason))
 	}

@@ -86,14 +86,6 @@ func killInstance(inst hypervisor.Instance) error {
 	return nil
 }
 
-// findByArgv lists live processes whose command line is exactly argv. Used to
-// find the forks of a QEMU whose start was abandoned before it wrote its pid
-// file: they share the launcher's argv, which names this VM's own files.
-func findByArgv(argv []string) []hypervisor.Instance {
-	want := []byte(strings.Join(argv, "\x00") + "\x00")
-	return findProcs(func(cmdline []byte) bool { return bytes.Equal(cmdline, want) })
-}
-
 // findByArg lists live QEMU processes with an argument containing sub.
 func findByArg(sub string) []hypervisor.Instance {
 	want := []byte(sub)

@@ -69,35 +69,6 @@ func TestAliveFalseForZombieAndExited(t *testing.T) {
 	}
 }
 
-func TestFindByArgv(t *testing.T) {
-	marker := filepath.Join(t.TempDir(), "marker")
-	// The shell waits in its read builtin: no child process, which for a
-	// moment after fork would carry the same command line.
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	cmd := exec.Command("/bin/sh", "-c", "read x; true", marker)
-	cmd.Stdin = r
-	if err := cmd.Start(); err != nil {
-		t.Skipf("no /bin/sh: %v", err)
-	}
-	r.Close()
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	var found []hypervisor.Instance
-	for i := 0; i < 100 && len(found) == 0; i++ {
-		found = findByArgv([]string{"/bin/sh", "-c", "read x; true", marker})
-		time.Sleep(5 * time.Millisecond)
-	}
-	if len(found) != 1 || found[0].PID != cmd.Process.Pid {
-		t.Errorf("found %+v, want pid %d", found, cmd.Process.Pid)
-	}
-	if got := findByArgv([]string{"/bin/sh", "-c", "read x; true"}); len(got) != 0 {
-		t.Errorf("prefix argv matched %+v", got)
-	}
-}
-
 func TestReadPIDFile(t *testing.T) {
 	dir := t.TempDir()
 	if pid, err := readPIDFile(filepath.Join(dir, "none")); pid != 0 || err != nil {

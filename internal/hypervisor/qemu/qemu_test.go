@@ -159,7 +159,7 @@ func procsMentioning(s string) []int {
 // cleanupVM makes sure a test never leaves a QEMU behind.
 func cleanupVM(t *testing.T, d *Driver, s hypervisor.Spec) {
 	t.Cleanup(func() {
-		for _, pid := range procsMentioning(s.PIDFile) {
+		for _, pid := range procsMentioning(s.ConsoleLog) {
 			if inst, err := instanceOf(pid); err == nil {
 				killInstance(inst)
 			}
@@ -273,7 +273,7 @@ func TestStartPortTakenFailsCleanly(t *testing.T) {
 		t.Errorf("error is not hypervisor.ErrPortInUse: %v", err)
 	}
 	t.Logf("error: %v", err)
-	if p := procsMentioning(s.PIDFile); len(p) > 0 {
+	if p := procsMentioning(s.ConsoleLog); len(p) > 0 {
 		t.Errorf("processes left behind: %v", p)
 	}
 }
@@ -299,7 +299,7 @@ func TestStartCancelledLeavesNoProcess(t *testing.T) {
 			} else {
 				t.Logf("cancelled: %v", err)
 			}
-			if p := procsMentioning(s.PIDFile); len(p) > 0 {
+			if p := procsMentioning(s.ConsoleLog); len(p) > 0 {
 				t.Errorf("processes left behind: %v", p)
 			}
 		})
@@ -384,6 +384,7 @@ func TestStartWithDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Disk = filepath.Join(dir, "root.qcow2")
+	s.DiskBacking, s.DiskBackingFormat = base, "raw"
 	if err := d.CreateDisk(context.Background(), base, "raw", s.Disk, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -40,12 +40,17 @@ type qmpReply struct {
 	Event string `json:"event"`
 }
 
-// dialQMP connects and completes the capabilities handshake. QEMU may need a
-// few milliseconds after daemonizing before it accepts, so a refused or
-// missing socket is retried until the deadline.
+// dialQMP connects and completes the capabilities handshake within
+// qmpTimeout. A refused or missing socket is retried until the deadline.
 func dialQMP(ctx context.Context, path string) (*qmpConn, error) {
+	return dialQMPWithin(ctx, path, qmpTimeout)
+}
+
+// dialQMPWithin is dialQMP with its own bound: Start waits longer, while
+// QEMU sets the machine up before it greets.
+func dialQMPWithin(ctx context.Context, path string, timeout time.Duration) (*qmpConn, error) {
 	// The timeout covers the whole exchange, so it is released by Close.
-	ctx, cancel := context.WithTimeout(ctx, qmpTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	var d net.Dialer
 	var c net.Conn
 	for {

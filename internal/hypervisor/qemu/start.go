@@ -1,24 +1,37 @@
 package qemu
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 	"time"
 
 	"github.com/emberhq/ember/internal/hypervisor"
 )
 
-// Start implements hypervisor.Driver. QEMU runs with -daemonize: the process
-// we launch forks the real VM process into its own session and exits only once
-// the machine is set up, with status 0 on success. Errors found during set-up
-// (a taken port, a bad disk) therefore come back from Start with QEMU's text.
+// startTimeout bounds how long QEMU may take to set the machine up and
+// answer on its QMP socket (milliseconds normally; it reads the kernel and
+// initramfs, and maps guest RAM).
+const startTimeout = 60 * time.Second
+
+// Start implements hypervisor.Driver. QEMU is started in the foreground in
+// a session of its own (-daemonize would fork, which the seccomp filter
+// denies, as it denies -runas its setuid), as the driver's user, with
+// every file already open (openFiles). It starts paused: Start moves it
+// into the VM's cgroup, then resumes it over QMP, so nothing of the guest
+// runs outside its limits. Errors found during set-up (a taken port, a bad
+// disk) come back with QEMU's text. The QEMU process stays this process's
+// child until it exits; a goroutine reaps it (watch).
 func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Instance, error) {
 	var none hypervisor.Instance
 	if err := ctx.Err(); err != nil {
@@ -35,76 +48,93 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	if err := d.prepareFiles(s); err != nil {
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
-
-	// QEMU's daemonized child inherits stdout/stderr until set-up ends; a pipe
-	// could keep a reader waiting on that child, a file cannot.
-	errf, err := os.CreateTemp(filepath.Dir(s.PIDFile), ".qemu-stderr-*")
+	files, p, err := d.openFiles(ctx, s)
 	if err != nil {
-		return none, fmt.Errorf("start vm %s: stderr file: %w", vmName(s), err)
+		removeIfExists(s.QMPSocket)
+		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
-	defer os.Remove(errf.Name())
-	defer errf.Close()
+	defer files.close()
 
-	args := buildArgs(s)
+	args := buildArgs(s, p)
 	cmd := exec.Command(d.qemu, args...)
-	cmd.Stdout, cmd.Stderr = errf, errf
-	// Own process group: a terminal's Ctrl-C aimed at the daemon must not
-	// reach the launcher mid-start.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.ExtraFiles = files.slots
+	cmd.SysProcAttr = d.sysProcAttr(s.Accel)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		removeIfExists(s.QMPSocket)
+		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
+	}
 	d.log.Debug("starting qemu", "vm", vmName(s), "args", args)
 	if err := cmd.Start(); err != nil {
+		removeIfExists(s.QMPSocket)
 		return none, fmt.Errorf("start vm %s: run %s: %w", vmName(s), d.qemu, err)
 	}
-	launcher, _ := instanceOf(cmd.Process.Pid) // before Wait reaps it
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-
-	select {
-	case <-ctx.Done():
-		_ = cmd.Process.Kill()
-		<-done
-		d.cleanupAbandoned(s, append([]string{d.qemu}, args...), launcher.StartTime)
-		return none, fmt.Errorf("start vm %s: %w", vmName(s), ctx.Err())
-	case werr := <-done:
-		if werr != nil {
-			d.cleanupAbandoned(s, append([]string{d.qemu}, args...), launcher.StartTime)
-			msg := stderrText(errf, werr)
+	files.close() // QEMU has its copies; ours must not keep the QMP socket open
+	proc := d.watch(cmd, stderr, s)
+	inst, err := instanceOf(cmd.Process.Pid)
+	if err == nil {
+		err = os.WriteFile(s.PIDFile, []byte(strconv.Itoa(inst.PID)+"\n"), 0o640)
+	}
+	if err == nil && d.cgroups != nil {
+		err = d.cgroups.Place(cgroupName(s), inst.PID, cgroupLimits(s))
+	}
+	if err == nil {
+		err = resume(ctx, s.QMPSocket, proc.done)
+	}
+	if err != nil {
+		// QEMU that failed its set-up is exiting: let it finish, so its
+		// message is complete and tells what went wrong.
+		exited := ctx.Err() == nil && proc.exitedWithin(time.Second)
+		d.abandon(proc, s)
+		if ctx.Err() != nil {
+			return none, fmt.Errorf("start vm %s: %w", vmName(s), ctx.Err())
+		}
+		if exited {
+			msg := proc.errText()
 			if hostForwardFailed(msg) {
 				return none, fmt.Errorf("start vm %s: %w: qemu: %s", vmName(s), hypervisor.ErrPortInUse, msg)
 			}
 			return none, fmt.Errorf("start vm %s: qemu: %s", vmName(s), msg)
 		}
-	}
-
-	pid, err := readPIDFile(s.PIDFile)
-	if err == nil && pid == 0 {
-		err = fmt.Errorf("pid file %s is empty", s.PIDFile)
-	}
-	if err != nil {
-		d.cleanupAbandoned(s, append([]string{d.qemu}, args...), launcher.StartTime)
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
-	inst, err := instanceOf(pid)
-	if err != nil || !alive(inst) {
-		return none, fmt.Errorf("start vm %s: qemu (pid %d) exited right after start; see %s", vmName(s), pid, s.ConsoleLog)
-	}
-	if ctx.Err() != nil { // cancelled in the instant after QEMU came up
-		_ = killInstance(inst)
-		waitGone(context.Background(), inst, 5*time.Second)
-		return none, fmt.Errorf("start vm %s: %w", vmName(s), ctx.Err())
-	}
+	proc.started()
 	return inst, nil
 }
 
-// prepareFiles creates the folders QEMU writes into and removes a stale pid
-// file and socket, refusing if they still belong to a live QEMU.
+// resume waits until QEMU answers on its QMP socket, which it does once
+// the machine is set up, and lets the paused guest run. exited closes if
+// QEMU exits meanwhile.
+func resume(ctx context.Context, sock string, exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	q, err := dialQMPWithin(ctx, sock, startTimeout)
+	if err != nil {
+		return fmt.Errorf("qemu did not come up: %w", err)
+	}
+	defer q.Close()
+	if _, err := q.run("cont"); err != nil {
+		return fmt.Errorf("resume the vm: %w", err)
+	}
+	return nil
+}
+
+// prepareFiles creates the folders QEMU's files go in and removes a stale
+// pid file and socket, refusing if they still belong to a live QEMU.
 func (d *Driver) prepareFiles(s hypervisor.Spec) error {
 	for _, p := range []string{s.ConsoleLog, s.QMPSocket, s.PIDFile} {
 		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
 			return fmt.Errorf("create folder for %s: %w", p, err)
 		}
 	}
-	if pid, _ := readPIDFile(s.PIDFile); pid > 0 && ownsPIDFile(pid, s.PIDFile) {
+	if pid, _ := readPIDFile(s.PIDFile); pid > 0 && ownsVM(pid, s) {
 		return fmt.Errorf("already running as pid %d (pid file %s)", pid, s.PIDFile)
 	}
 	removeIfExists(s.PIDFile)
@@ -112,74 +142,119 @@ func (d *Driver) prepareFiles(s hypervisor.Spec) error {
 	return nil
 }
 
-// ownsPIDFile reports whether pid is a live process started with
-// "-pidfile path", i.e. a QEMU of this very VM rather than a reused PID.
-func ownsPIDFile(pid int, path string) bool {
+// ownsVM reports whether pid is a live QEMU of this very VM rather than a
+// reused PID: its command line hands it this VM's console log.
+func ownsVM(pid int, s hypervisor.Spec) bool {
 	inst, err := instanceOf(pid)
 	if err != nil || !alive(inst) {
 		return false
 	}
-	b, err := os.ReadFile(filepath.Join("/proc", fmt.Sprint(pid), "cmdline"))
-	return err == nil && bytes.Contains(b, []byte("\x00-pidfile\x00"+path+"\x00"))
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	return err == nil && bytes.Contains(b, []byte("\x00-add-fd\x00"+consoleAddFD(s)+"\x00"))
 }
 
-// cleanupAbandoned kills whatever a failed or cancelled start left: the VM
-// process named by the pid file, and any fork of the launcher still running
-// (same argv, started no earlier than the launcher). QEMU's own rule helps
-// too: a daemonized child whose launcher is gone exits when set-up ends.
-// Scanning repeats briefly because a fork may be in flight.
-func (d *Driver) cleanupAbandoned(s hypervisor.Spec, argv []string, since uint64) {
-	var victims []hypervisor.Instance
-	quiet := 0
-	for i := 0; i < 40 && quiet < 3; i++ {
-		found := findByArgv(argv)
-		if pid, _ := readPIDFile(s.PIDFile); pid > 0 {
-			if inst, err := instanceOf(pid); err == nil && ownsPIDFile(pid, s.PIDFile) {
-				found = append(found, inst)
-			}
-		}
-		n := 0
-		for _, inst := range found {
-			if inst.StartTime < since {
-				continue // an older QEMU with the same argv is not ours to kill
-			}
-			n++
-			_ = killInstance(inst)
-			victims = append(victims, inst)
-		}
-		if n == 0 {
-			quiet++
-		} else {
-			quiet = 0
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	for _, inst := range victims {
-		waitGone(context.Background(), inst, 5*time.Second)
-	}
-	if len(victims) > 0 {
-		d.log.Debug("killed abandoned qemu processes", "vm", vmName(s), "count", len(victims))
-	}
+// abandon kills a QEMU whose start failed or was cancelled, waits until it
+// is reaped (its cgroup goes with it), and removes its pid file and socket.
+func (d *Driver) abandon(p *qemuProc, s hypervisor.Spec) {
+	_ = p.cmd.Process.Kill()
+	<-p.done
 	removeIfExists(s.PIDFile)
 	removeIfExists(s.QMPSocket)
 }
 
-// stderrText returns QEMU's error output, or the exit status if it said nothing.
-func stderrText(f *os.File, werr error) string {
-	b, err := os.ReadFile(f.Name())
-	msg := strings.TrimSpace(string(b))
-	if err != nil || msg == "" {
-		var ee *exec.ExitError
-		if errors.As(werr, &ee) {
-			return ee.String() + " with no message"
+// stderrKeep is how much of QEMU's error output is kept for a failed
+// start's message; stderrLogLines how many lines a running QEMU may put
+// in the daemon's log. A guest can make QEMU print warnings, so neither
+// may grow without bound.
+const (
+	stderrKeep     = 4096
+	stderrLogLines = 20
+	stderrLineMax  = 512
+)
+
+// qemuProc is a QEMU this process started.
+type qemuProc struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once QEMU exited and was reaped
+
+	mu      sync.Mutex
+	head    []byte // the start of its error output
+	running bool   // set-up finished: further lines go to the log
+	logged  int
+}
+
+// watch reads QEMU's error output for as long as it runs, then reaps it
+// and removes its cgroup. Before the VM is up the output is kept for the
+// error message; after, a bounded number of lines reach the daemon's log.
+func (d *Driver) watch(cmd *exec.Cmd, stderr io.Reader, s hypervisor.Spec) *qemuProc {
+	p := &qemuProc{cmd: cmd, done: make(chan struct{})}
+	name := vmName(s)
+	go func() {
+		defer close(p.done)
+		br := bufio.NewReaderSize(stderr, stderrLineMax)
+		for {
+			line, err := br.ReadSlice('\n')
+			if len(line) > 0 {
+				p.output(d.log, name, line)
+			}
+			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+				break
+			}
 		}
-		return werr.Error()
+		_ = cmd.Wait()
+		d.removeCgroup(s, false)
+	}()
+	return p
+}
+
+func (p *qemuProc) output(log *slog.Logger, vm string, line []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.running {
+		if room := stderrKeep - len(p.head); room > 0 {
+			p.head = append(p.head, line[:min(room, len(line))]...)
+		}
+		return
 	}
-	const max = 2000
-	if len(msg) > max {
-		msg = "..." + msg[len(msg)-max:]
+	switch p.logged++; {
+	case p.logged <= stderrLogLines:
+		log.Warn("qemu says", "vm", vm, "line", printable(strings.TrimSpace(string(line))))
+	case p.logged == stderrLogLines+1:
+		log.Warn("qemu says more; the rest of its messages are dropped", "vm", vm)
 	}
-	return msg
+}
+
+func (p *qemuProc) started() {
+	p.mu.Lock()
+	p.running = true
+	p.mu.Unlock()
+}
+
+// exitedWithin reports whether QEMU exits (and is reaped) within d.
+func (p *qemuProc) exitedWithin(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// errText is the error output of a QEMU that exited, or its exit status
+// when it said nothing.
+func (p *qemuProc) errText() string {
+	p.mu.Lock()
+	msg := strings.TrimSpace(string(p.head))
+	p.mu.Unlock()
+	if msg != "" {
+		return msg
+	}
+	if st := p.cmd.ProcessState; st != nil {
+		return st.String() + " with no message"
+	}
+	return "exited with no message"
 }
 
 // hostForwardFailed reports whether QEMU's error output says it could not
