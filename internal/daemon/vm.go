@@ -190,6 +190,12 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	vm := store.VM{ID: newID(), Name: p.Name, State: wire.StateCreating, Image: p.Image, Kernel: p.Kernel,
 		CPUs: *p.CPUs, MemoryMiB: *p.MemoryMiB, DiskBytes: int64(*p.DiskGiB) << 30, NetMode: p.Net,
 		CreatedAt: now, UpdatedAt: now}
+	// What the disk will be, so `ls` shows it while the VM is created; the
+	// disk itself is made with the size asked for (none: the image's).
+	requestedDisk := vm.DiskBytes
+	if vm.DiskBytes == 0 {
+		vm.DiskBytes = s.images.sizeOf(ctx, p.Image)
+	}
 	var undo undoStack
 	defer undo.run()
 
@@ -229,7 +235,7 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	// A panic in the create fails its operation (runCreate's undo has
 	// run by then), not the daemon.
 	goSafe(s.background, s.log, "create of vm "+vm.Name, func(err error) { op.finish(nil, err) }, func() {
-		res, err := s.runCreate(op, vm)
+		res, err := s.runCreate(op, vm, requestedDisk)
 		op.finish(res, err)
 		if err != nil {
 			s.log.Warn("create failed", "vm", vm.Name, "err", err)
@@ -241,7 +247,7 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 // runCreate does the slow part of a create. Each step registers the undo
 // of what it made; on any failure or cancel they run in reverse, ending
 // with the removal of the row and what it leased.
-func (s *vmService) runCreate(op *createOp, vm store.VM) (result []byte, err error) {
+func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64) (result []byte, err error) {
 	ctx := op.ctx
 	var undo undoStack
 	defer undo.run()
@@ -263,13 +269,13 @@ func (s *vmService) runCreate(op *createOp, vm store.VM) (result []byte, err err
 	undo.add("vm folder", func() { _ = os.RemoveAll(dir) })
 	op.Progress("creating disk")
 	disk := filepath.Join(dir, layout.DiskFile)
-	if err := s.driver.CreateDisk(ctx, files.Disk, files.DiskFormat, disk, vm.DiskBytes); err != nil {
+	if err := s.driver.CreateDisk(ctx, files.Disk, files.DiskFormat, disk, requestedDisk); err != nil {
 		return nil, fmt.Errorf("clone disk for %s: %w", vm.Name, err)
 	}
 	if err := s.step("create disk"); err != nil {
 		return nil, err
 	}
-	if vm.DiskBytes == 0 {
+	if requestedDisk == 0 {
 		vm.DiskBytes = files.DiskBytes
 	}
 	vm, err = s.bootVM(ctx, &undo, vm, files, disk, func(msg string) { op.Progress("%s", msg) })
@@ -489,7 +495,7 @@ func specOf(vm store.VM) hypervisor.Spec {
 // resolveRef finds a VM by name, then by unique ID prefix.
 func (s *vmService) resolveRef(ctx context.Context, ref string) (store.VM, error) {
 	if ref == "" {
-		return store.VM{}, invalidf("no vm named")
+		return store.VM{}, invalidf("a vm name or id is needed")
 	}
 	if vm, err := s.store.GetVMByName(ctx, ref); err == nil {
 		return s.settleDead(ctx, vm), nil
