@@ -107,14 +107,24 @@ func kernelCmd(e *env) *cobra.Command {
 	var p wire.KernelImportParams
 	imp := &cobra.Command{
 		Use:   "import NAME VMLINUZ [MODULES_DIR]",
-		Short: "Import a kernel file (and its modules folder)",
+		Short: "Import a kernel file (and its modules folder), read with your own rights",
 		Args:  cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Name, p.Vmlinuz = args[0], absPath(args[1])
 			if len(args) == 3 {
 				p.ModulesDir = absPath(args[2])
 			}
-			return callPrint(cmd.Context(), e, wire.KernelImport, p, true)
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			// The files are opened here, with this user's rights, and
+			// passed to the daemon open.
+			k, err := client.ImportKernel(cmd.Context(), c, p, e.stderr)
+			if err != nil {
+				return err
+			}
+			return printJSON(e.stdout, k)
 		},
 	}
 	cmd.AddCommand(ls, fetch, imp)

@@ -2,12 +2,16 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,7 +64,7 @@ func (s *bootService) register(t methodTable) {
 	handleStream(t, wire.KernelFetch, func(ctx context.Context, _ wire.KernelFetchParams, sc *streamConn) error {
 		return s.fetchKernel(ctx, sc)
 	})
-	handle(t, wire.KernelImport, s.importKernel)
+	handleStream(t, wire.KernelImport, s.importKernel)
 }
 
 // prepareBoot resolves the kernel (fetching Debian's cloud kernel on first
@@ -300,25 +304,138 @@ func (s *bootService) fetchKernel(ctx context.Context, sc *streamConn) error {
 	return nil
 }
 
-func (s *bootService) importKernel(ctx context.Context, p wire.KernelImportParams) (wire.Kernel, error) {
+// importKernel receives a kernel and its modules as descriptors its
+// client opened (the protocol is in wire's kernelimport.go): the daemon
+// opens no path a client names, so it copies only what the client's user
+// could read. kernel.Importer checks the tree as it comes (paths inside,
+// no symlink out of it kept, sizes bounded) and refuses a modules folder
+// that overlaps the state folder.
+func (s *bootService) importKernel(ctx context.Context, p wire.KernelImportParams, sc *streamConn) error {
 	if err := kernel.ValidateName(p.Name); err != nil {
-		return wire.Kernel{}, invalidf("%v", err)
+		return invalidf("%v", err)
 	}
 	if _, err := s.store.GetKernel(ctx, p.Name); err == nil {
-		return wire.Kernel{}, conflictf("a kernel named %q already exists", p.Name)
+		return conflictf("a kernel named %q already exists", p.Name)
 	}
-	if st, err := os.Stat(p.Vmlinuz); err != nil || !st.Mode().IsRegular() {
-		return wire.Kernel{}, invalidf("kernel file %q is not a readable file", p.Vmlinuz)
+	uc, ok := sc.Conn.(*net.UnixConn)
+	if !ok {
+		return invalidf("kernel.import passes files as descriptors, which only the unix socket carries")
 	}
-	k, err := kernel.Import(ctx, s.layout.KernelsDir(), p.Name, p.Vmlinuz, p.ModulesDir)
+	// Frames and descriptors are read from the socket itself, byte for
+	// byte: a buffered read of a descriptor message would drop its
+	// descriptors. The client sends nothing before the stream opens.
+	if sc.r != nil && sc.r.Buffered() > 0 {
+		return invalidf("kernel.import: the client sent data before the stream opened")
+	}
+	if err := sc.startStream(); err != nil {
+		return nil
+	}
+	k, err := s.receiveKernel(ctx, p, uc, sc)
 	if err != nil {
-		return wire.Kernel{}, invalidf("import kernel %s: %v", p.Name, err)
+		sc.exit(0, err)
+		return nil
 	}
-	sk := store.Kernel{Name: k.Name, Release: k.Release, Source: k.Source, Vmlinuz: k.Vmlinuz,
-		ModulesDir: k.ModulesDir, CreatedAt: time.Now().UTC()}
-	if err := s.store.PutKernel(ctx, sk); err != nil {
-		return wire.Kernel{}, err
+	_ = wire.WriteJSONFrame(sc, wire.FrameStdout, k)
+	sc.exit(0, nil)
+	return nil
+}
+
+// receiveKernel reads the import's batches until the client's end frame,
+// then moves the kernel into place and records it.
+func (s *bootService) receiveKernel(ctx context.Context, p wire.KernelImportParams, uc *net.UnixConn, sc *streamConn) (wire.Kernel, error) {
+	im, err := kernel.NewImporter(s.layout.KernelsDir(), p.Name, filepath.Base(p.ModulesDir))
+	if err != nil {
+		return wire.Kernel{}, invalidf("%v", err)
 	}
-	return wire.Kernel{Name: sk.Name, Release: sk.Release, Source: sk.Source, Vmlinuz: sk.Vmlinuz,
-		Modules: sk.ModulesDir, CreatedAt: sk.CreatedAt}, nil
+	defer im.Close()
+	for {
+		kind, payload, err := wire.ReadFrame(uc)
+		if err != nil {
+			if ctx.Err() != nil {
+				return wire.Kernel{}, ctx.Err()
+			}
+			return wire.Kernel{}, invalidf("import kernel %s: the client stopped sending: %v", p.Name, err)
+		}
+		switch kind {
+		case wire.FrameImportEntries:
+			var b wire.ImportBatch
+			if err := json.Unmarshal(payload, &b); err != nil {
+				return wire.Kernel{}, invalidf("import kernel %s: bad batch: %v", p.Name, err)
+			}
+			n, err := b.FDs()
+			if err != nil {
+				return wire.Kernel{}, invalidf("import kernel %s: %v", p.Name, err)
+			}
+			var files []*os.File
+			if n > 0 {
+				if files, err = wire.RecvFDs(uc, n); err != nil {
+					return wire.Kernel{}, invalidf("import kernel %s: %v", p.Name, err)
+				}
+			}
+			if err := s.importBatch(ctx, im, b, files, sc); err != nil {
+				return wire.Kernel{}, err
+			}
+		case wire.FrameStdinEOF:
+			k, err := im.Commit()
+			if err != nil {
+				return wire.Kernel{}, invalidf("%v", err)
+			}
+			if skipped := im.Skipped(); len(skipped) > 0 {
+				fmt.Fprintf(&wire.FrameWriter{W: sc, Kind: wire.FrameStderr},
+					"not kept: %d symlinks that point out of the modules folder (%s)\n", len(skipped), strings.Join(skipped[:min(len(skipped), 5)], ", "))
+			}
+			sk := store.Kernel{Name: k.Name, Release: k.Release, Source: k.Source, Vmlinuz: k.Vmlinuz,
+				ModulesDir: k.ModulesDir, CreatedAt: time.Now().UTC()}
+			if err := s.store.PutKernel(ctx, sk); err != nil {
+				return wire.Kernel{}, err
+			}
+			return wire.Kernel{Name: sk.Name, Release: sk.Release, Source: sk.Source, Vmlinuz: sk.Vmlinuz,
+				Modules: sk.ModulesDir, CreatedAt: sk.CreatedAt}, nil
+		default:
+			return wire.Kernel{}, invalidf("import kernel %s: unexpected frame %q", p.Name, kind)
+		}
+	}
+}
+
+// importBatch hands one batch to the importer, each descriptor entry with
+// its file; every file is closed when it returns.
+func (s *bootService) importBatch(ctx context.Context, im *kernel.Importer, b wire.ImportBatch, files []*os.File, sc *streamConn) error {
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	next := 0
+	for _, e := range b.Entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var f *os.File
+		if e.HasFD() {
+			f = files[next]
+			next++
+		}
+		var err error
+		switch e.Kind {
+		case wire.ImportKernel:
+			err = im.Kernel(f)
+		case wire.ImportRoot:
+			// The client walks the folder only once it is accepted.
+			if err = im.ModulesRoot(f, s.layout.State); err == nil {
+				err = wire.WriteFrame(sc, wire.FrameImportReady, nil)
+			}
+		case wire.ImportDir:
+			err = im.Dir(e.Path)
+		case wire.ImportFile:
+			err = im.File(e.Path, fs.FileMode(e.Mode), f)
+		case wire.ImportSymlink:
+			err = im.Symlink(e.Path, e.Target)
+		default:
+			err = fmt.Errorf("unknown entry kind %q", e.Kind)
+		}
+		if err != nil {
+			return invalidf("%v", err)
+		}
+	}
+	return nil
 }

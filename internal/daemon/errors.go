@@ -28,6 +28,9 @@ var wireCodes = []struct {
 }{
 	{store.ErrNotFound, wire.CodeNotFound},
 	{kernel.ErrNotFound, wire.CodeNotFound},
+	// A kernel or modules folder past the import's bounds: the request
+	// has to change.
+	{kernel.ErrTooLarge, wire.CodeInvalid},
 	{store.ErrConflict, wire.CodeConflict},
 	// The subnet is full: another VM holds what this one needs.
 	{ipam.ErrExhausted, wire.CodeConflict},

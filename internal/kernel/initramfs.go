@@ -27,10 +27,19 @@ const ModuleListPath = "/etc/ember/modules"
 // mounts the real root before switching to it.
 var initramfsDirs = []string{"dev", "proc", "sys", "newroot", "etc", "etc/ember", "lib", "lib/modules"}
 
-// plan is what goes into one kernel's initramfs besides the agent.
+// plan is what goes into one kernel's initramfs besides the agent. Its
+// modules are read through ix (an os.Root of the modules folder); close
+// releases it.
 type plan struct {
 	release string
 	modules []resolvedModule
+	ix      *moduleIndex
+}
+
+func (p plan) close() {
+	if p.ix != nil {
+		p.ix.close()
+	}
 }
 
 func makePlan(ctx context.Context, k Kernel) (plan, error) {
@@ -51,9 +60,10 @@ func makePlan(ctx context.Context, k Kernel) (plan, error) {
 	}
 	mods, err := ix.resolve(ctx, GuestModules)
 	if err != nil {
+		ix.close()
 		return p, fmt.Errorf("kernel %s: %w", k.Name, err)
 	}
-	p.modules = mods
+	p.modules, p.ix = mods, ix
 	return p, nil
 }
 
@@ -71,6 +81,7 @@ func InitramfsKey(k Kernel, agentPath string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	defer p.close()
 	return p.key(agentPath)
 }
 
@@ -78,7 +89,7 @@ func (p plan) key(agentPath string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\nrelease=%s\n", initramfsFormat, p.release)
 	for _, m := range p.modules {
-		st, err := os.Stat(m.Src)
+		st, err := p.ix.dir.Stat(m.Src)
 		if err != nil {
 			return "", fmt.Errorf("initramfs key: %w", err)
 		}
@@ -105,6 +116,7 @@ func BuildInitramfs(ctx context.Context, k Kernel, agentPath, outPath string) (e
 	if err != nil {
 		return fmt.Errorf("build initramfs: %w", err)
 	}
+	defer p.close()
 	agent, err := os.ReadFile(agentPath)
 	if err != nil {
 		return fmt.Errorf("build initramfs: read agent: %w", err)
@@ -170,7 +182,7 @@ func (p plan) write(ctx context.Context, w io.Writer, agent []byte) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		data, err := readModule(m.Src)
+		data, err := readModuleAt(p.ix.dir, m.Src)
 		if err != nil {
 			return err
 		}

@@ -56,9 +56,22 @@ func plainPath(p string) string {
 	return p
 }
 
+// maxModuleBytes bounds one module once decompressed, so a crafted
+// archive cannot make the builder allocate without limit; the largest
+// modules of a distribution kernel are a few tens of MiB.
+const maxModuleBytes = 64 << 20
+
+// maxIndexFile bounds modules.builtin, which is read whole.
+const maxIndexFile = 16 << 20
+
 // moduleIndex knows where each module of one kernel is and what it needs.
+// Every file of the modules folder is read through dir, an os.Root: a path
+// from modules.dep or a symlink in the folder that resolves outside it is
+// refused, so a kernel's folder can never make the daemon read another
+// file of the host.
 type moduleIndex struct {
 	root    string
+	dir     *os.Root
 	paths   map[string]string   // name -> path relative to root
 	deps    map[string][]string // name -> direct deps (names); filled from modules.dep or lazily
 	hasDep  bool                // deps came from modules.dep
@@ -69,12 +82,21 @@ type moduleIndex struct {
 // packages do not ship modules.dep (depmod makes it at install time), so
 // without it the tree is scanned and dependencies are read from each needed
 // module's .modinfo "depends=" entry.
-func loadIndex(root string) (*moduleIndex, error) {
-	ix := &moduleIndex{root: root, paths: map[string]string{}, deps: map[string][]string{}, builtin: map[string]bool{}}
+func loadIndex(root string) (_ *moduleIndex, err error) {
+	dir, err := os.OpenRoot(root)
+	if err != nil {
+		return nil, fmt.Errorf("open modules folder: %w", err)
+	}
+	ix := &moduleIndex{root: root, dir: dir, paths: map[string]string{}, deps: map[string][]string{}, builtin: map[string]bool{}}
+	defer func() {
+		if err != nil {
+			dir.Close()
+		}
+	}()
 	if err := ix.readBuiltin(); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(filepath.Join(root, "modules.dep"))
+	f, err := dir.Open("modules.dep")
 	switch {
 	case err == nil:
 		defer f.Close()
@@ -86,7 +108,7 @@ func loadIndex(root string) (*moduleIndex, error) {
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("read modules.dep: %w", err)
 	}
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	err = fs.WalkDir(dir.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -94,12 +116,8 @@ func loadIndex(root string) (*moduleIndex, error) {
 			return nil
 		}
 		if name, ok := modNameFromPath(p); ok {
-			rel, err := filepath.Rel(root, p)
-			if err != nil {
-				return err
-			}
 			if _, dup := ix.paths[name]; !dup {
-				ix.paths[name] = filepath.ToSlash(rel)
+				ix.paths[name] = p
 			}
 		}
 		return nil
@@ -110,13 +128,24 @@ func loadIndex(root string) (*moduleIndex, error) {
 	return ix, nil
 }
 
+// close releases the modules folder.
+func (ix *moduleIndex) close() { ix.dir.Close() }
+
 func (ix *moduleIndex) readBuiltin() error {
-	b, err := os.ReadFile(filepath.Join(ix.root, "modules.builtin"))
+	f, err := ix.dir.Open("modules.builtin")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("read modules.builtin: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxIndexFile+1))
+	if err != nil {
+		return fmt.Errorf("read modules.builtin: %w", err)
+	}
+	if len(b) > maxIndexFile {
+		return fmt.Errorf("modules.builtin is over %d MiB", maxIndexFile>>20)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if name, ok := modNameFromPath(strings.TrimSpace(line)); ok {
@@ -160,7 +189,7 @@ func (ix *moduleIndex) depsOf(name string) ([]string, error) {
 	if d, ok := ix.deps[name]; ok || ix.hasDep {
 		return d, nil
 	}
-	data, err := readModule(filepath.Join(ix.root, ix.paths[name]))
+	data, err := readModuleAt(ix.dir, ix.paths[name])
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +234,7 @@ func modinfoDepends(ko []byte) ([]string, error) {
 // resolvedModule is one module to put in the initramfs.
 type resolvedModule struct {
 	Name string
-	Src  string // absolute source path, possibly compressed
+	Src  string // path relative to the modules folder, possibly compressed
 	Rel  string // path relative to the modules folder, without compression suffix
 }
 
@@ -251,7 +280,7 @@ func (ix *moduleIndex) resolve(ctx context.Context, want []string) ([]resolvedMo
 		}
 		visiting[name] = false
 		done[name] = true
-		out = append(out, resolvedModule{Name: name, Src: filepath.Join(ix.root, filepath.FromSlash(rel)), Rel: plainPath(rel)})
+		out = append(out, resolvedModule{Name: name, Src: rel, Rel: plainPath(rel)})
 		return nil
 	}
 	for _, w := range want {
@@ -262,15 +291,29 @@ func (ix *moduleIndex) resolve(ctx context.Context, want []string) ([]resolvedMo
 	return out, nil
 }
 
-// readModule returns a module's plain ELF bytes, decompressing .xz, .zst
-// and .gz files, since the agent loads modules with finit_module on plain
-// files.
+// readModule is readModuleAt for a module file named by its path.
 func readModule(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	dir, err := os.OpenRoot(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("read module: %w", err)
+	}
+	defer dir.Close()
+	return readModuleAt(dir, filepath.Base(path))
+}
+
+// readModuleAt returns the plain ELF bytes of the module rel of dir,
+// decompressing .xz, .zst and .gz files, since the agent loads modules
+// with finit_module on plain files. At most maxModuleBytes come out.
+func readModuleAt(dir *os.Root, rel string) ([]byte, error) {
+	path := rel
+	f, err := dir.Open(rel)
 	if err != nil {
 		return nil, fmt.Errorf("read module: %w", err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("read module %s: not a regular file", rel)
+	}
 	var r io.Reader = f
 	switch {
 	case strings.HasSuffix(path, ".xz"):
@@ -294,9 +337,12 @@ func readModule(path string) ([]byte, error) {
 		defer gr.Close()
 		r = gr
 	}
-	b, err := io.ReadAll(r)
+	b, err := io.ReadAll(io.LimitReader(r, maxModuleBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("decompress %s: %w", path, err)
+	}
+	if len(b) > maxModuleBytes {
+		return nil, fmt.Errorf("module %s is over %d MiB once decompressed", path, maxModuleBytes>>20)
 	}
 	return b, nil
 }

@@ -53,7 +53,7 @@ var (
 
 	KernelList   = Method[None, []Kernel]{"kernel.list"}
 	KernelFetch  = StreamMethod[KernelFetchParams]{"kernel.fetch"}
-	KernelImport = Method[KernelImportParams, Kernel]{"kernel.import"}
+	KernelImport = StreamMethod[KernelImportParams]{"kernel.import"} // files pass as descriptors (kernelimport.go)
 
 	SessionList   = Method[SessionParams, []Session]{"session.list"}
 	SessionCreate = Method[SessionCreateParams, Session]{"session.create"}

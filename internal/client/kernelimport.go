@@ -1,0 +1,217 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+
+	"github.com/emberhq/ember/internal/kernel"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// ImportKernel imports a kernel file and, when p.ModulesDir is set, its
+// modules folder. This process opens every file with the rights of the
+// user who runs it, walks the folder without following a symlink
+// (kernel.WalkTree), and passes the open files to the daemon as
+// descriptors (the protocol is in wire's kernelimport.go): a daemon that
+// runs as root copies only what this user could read. stderr gets the
+// daemon's remarks (symlinks it did not keep).
+func ImportKernel(ctx context.Context, c *Client, p wire.KernelImportParams, stderr io.Writer) (wire.Kernel, error) {
+	vmlinuz, err := os.Open(p.Vmlinuz)
+	if err != nil {
+		return wire.Kernel{}, fmt.Errorf("open the kernel file: %w", err)
+	}
+	defer vmlinuz.Close()
+	if fi, err := vmlinuz.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return wire.Kernel{}, fmt.Errorf("kernel file %s is not a regular file", p.Vmlinuz)
+	}
+	var modules *os.File
+	if p.ModulesDir != "" {
+		if modules, err = os.Open(p.ModulesDir); err != nil {
+			return wire.Kernel{}, fmt.Errorf("open the modules folder: %w", err)
+		}
+		defer modules.Close()
+		if fi, err := modules.Stat(); err != nil || !fi.IsDir() {
+			return wire.Kernel{}, fmt.Errorf("modules folder %s is not a folder", p.ModulesDir)
+		}
+	}
+	s, err := Open(ctx, c, wire.KernelImport, p)
+	if err != nil {
+		return wire.Kernel{}, err
+	}
+	defer s.Close()
+
+	// The daemon may refuse at any point (a folder that overlaps its
+	// state, a tree past the size limit): its answer stops the walk.
+	type result struct {
+		k   wire.Kernel
+		err error
+	}
+	done := make(chan result, 1)
+	ready := make(chan struct{})
+	walkCtx, stopWalk := context.WithCancel(ctx)
+	defer stopWalk()
+	go func() {
+		k, err := importResult(s, stderr, ready)
+		done <- result{k, err}
+		stopWalk()
+	}()
+	sendErr := sendImport(walkCtx, s, vmlinuz, modules, p.ModulesDir, ready)
+	if sendErr == nil {
+		sendErr = s.Send(wire.FrameStdinEOF, nil)
+	}
+	if sendErr != nil && ctx.Err() == nil {
+		// The daemon's answer, when it gave one, says why better than a
+		// broken pipe; without one, closing the stream ends the reader.
+		select {
+		case r := <-done:
+			if r.err != nil {
+				return wire.Kernel{}, r.err
+			}
+		default:
+			s.Close()
+		}
+		return wire.Kernel{}, fmt.Errorf("import kernel %s: %w", p.Name, sendErr)
+	}
+	r := <-done
+	return r.k, r.err
+}
+
+// sendImport sends the kernel file, the modules folder and its tree in
+// batches, each batch's descriptors right after it.
+func sendImport(ctx context.Context, s *Stream, vmlinuz, modules *os.File, dir string, ready <-chan struct{}) error {
+	var batch wire.ImportBatch
+	var files []*os.File
+	size := 0
+	flush := func() error {
+		if len(batch.Entries) == 0 {
+			return nil
+		}
+		defer func() {
+			for _, f := range files {
+				if f != vmlinuz && f != modules {
+					f.Close()
+				}
+			}
+			batch.Entries, files, size = nil, nil, 0
+		}()
+		b, err := json.Marshal(batch)
+		if err != nil {
+			return err
+		}
+		if err := s.Send(wire.FrameImportEntries, b); err != nil {
+			return err
+		}
+		if len(files) > 0 {
+			return s.SendFDs(files)
+		}
+		return nil
+	}
+	add := func(e wire.ImportEntry, f *os.File) error {
+		batch.Entries = append(batch.Entries, e)
+		if f != nil {
+			files = append(files, f)
+		}
+		// JSON may escape a byte six-fold; stay well inside a frame.
+		size += 64 + 6*(len(e.Path)+len(e.Target))
+		if len(batch.Entries) >= wire.MaxImportBatch || len(files) >= wire.MaxImportBatchFDs || size >= wire.MaxFrame/2 {
+			return flush()
+		}
+		return nil
+	}
+	if err := add(wire.ImportEntry{Kind: wire.ImportKernel}, vmlinuz); err != nil {
+		return err
+	}
+	if modules != nil {
+		if err := add(wire.ImportEntry{Kind: wire.ImportRoot}, modules); err != nil {
+			return err
+		}
+		// The daemon checks the folder (not its state folder, not inside
+		// or around it) before anything inside it is read.
+		if err := flush(); err != nil {
+			return err
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		err := kernel.WalkTree(ctx, dir, func(e kernel.TreeEntry) error {
+			switch e.Kind {
+			case "dir":
+				return add(wire.ImportEntry{Kind: wire.ImportDir, Path: e.Path, Mode: uint32(e.Mode)}, nil)
+			case "symlink":
+				return add(wire.ImportEntry{Kind: wire.ImportSymlink, Path: e.Path, Target: e.Target}, nil)
+			default:
+				return add(wire.ImportEntry{Kind: wire.ImportFile, Path: e.Path, Mode: uint32(e.Mode)}, e.File)
+			}
+		})
+		if err != nil {
+			for _, f := range files {
+				if f != vmlinuz && f != modules {
+					f.Close()
+				}
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("read the modules folder: %w", err)
+		}
+	}
+	return flush()
+}
+
+// importResult reads the daemon's answer: remarks, the kernel, the end.
+func importResult(s *Stream, stderr io.Writer, ready chan<- struct{}) (wire.Kernel, error) {
+	var k wire.Kernel
+	for {
+		kind, payload, err := s.Recv()
+		if err != nil {
+			return k, fmt.Errorf("kernel import: the daemon's answer: %w", err)
+		}
+		switch kind {
+		case wire.FrameStdout:
+			if err := json.Unmarshal(payload, &k); err != nil {
+				return k, fmt.Errorf("kernel import: decode the result: %w", err)
+			}
+		case wire.FrameStderr:
+			if stderr != nil {
+				_, _ = stderr.Write(payload)
+			}
+		case wire.FrameImportReady:
+			if ready != nil {
+				close(ready)
+				ready = nil
+			}
+		case wire.FrameExit:
+			ex, err := DecodeExit(payload)
+			if err != nil {
+				return k, err
+			}
+			if ex.Error != nil {
+				return k, ex.Error
+			}
+			return k, nil
+		}
+	}
+}
+
+// SendFDs passes files to the daemon as descriptors (wire.SendFDs), in
+// order with the stream's frames.
+func (s *Stream) SendFDs(files []*os.File) error {
+	conn := s.conn
+	if cc, ok := conn.(*ctxConn); ok {
+		conn = cc.Conn
+	}
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return errors.New("descriptors pass only over a unix socket")
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return wire.SendFDs(uc, files)
+}
