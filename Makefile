@@ -6,7 +6,7 @@ export CGO_ENABLED := 0
 # Tests share one unpacked guest kernel so each does not download it again.
 export EMBER_TEST_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all build deps deps-run deps-test deps-bench run stop test unit e2e bench vet fmt clean testkernel install fresh-check
+.PHONY: all build deps deps-run deps-test deps-bench run stop test unit fuzz e2e bench vet fmt clean testkernel install fresh-check
 
 all: build
 
@@ -48,10 +48,16 @@ testkernel:
 unit: testkernel
 	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/e2e)
 
+# fuzz runs every Fuzz* test (decoders of guest and client bytes: wire
+# requests and frames, guest protocol replies, DNS) for FUZZTIME each.
+FUZZTIME ?= 8s
+fuzz:
+	@FUZZTIME=$(FUZZTIME) GO=$(GO) bash scripts/fuzz.sh
+
 e2e: build testkernel
 	$(GO) test -count=1 -timeout 25m -v ./test/e2e/...
 
-test: deps-test vet unit e2e
+test: deps-test vet unit fuzz e2e
 
 # bench writes BENCHMARKS.md; the tap section needs root (it runs in a
 # network namespace made for it) and dnsmasq to compare against.
