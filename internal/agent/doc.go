@@ -4,7 +4,11 @@
 // The same binary has two roles. As PID 1 of the initramfs the daemon
 // generates ("init mode") it mounts the basic filesystems, loads the kernel
 // modules listed in /etc/ember/modules, switches to the VM's root disk, sets
-// the hostname and network from the ember.* kernel arguments, and then stays
+// the hostname and network from the ember.* kernel arguments (bootSteps:
+// only what the agent cannot serve without is fatal, the modules, the root
+// and the address the daemon dials; anything else it writes or mounts at
+// boot, /etc/resolv.conf among them, only warns on the console, so a guest
+// whose disk filled up still boots and can be cleaned), and then stays
 // a zombie reaper while a child copy of itself ("serve mode") runs the SSH
 // server the host talks to. Keeping the SSH server out of PID 1 means PID 1
 // can reap every orphan with wait4(-1) without stealing exit statuses that

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/emberhq/ember/internal/guestproto"
@@ -66,32 +67,74 @@ func bootSystem() (BootConfig, error) {
 	if boot.Root == "" {
 		return boot, fmt.Errorf("no ember.root on the kernel command line")
 	}
-	// Modules first: virtio-rng among them makes the first getrandom
-	// (the SSH host key) fast, and the disk and NIC drivers are modules.
-	if err := loadModules(modulesList); err != nil {
-		return boot, err
-	}
-	if err := switchRoot(boot.Root); err != nil {
-		return boot, err
-	}
-	if err := mountRuntimeFS(); err != nil {
-		return boot, err
+	st := &bootState{cfg: boot}
+	for _, step := range bootSteps() {
+		if err := step.run(st); err != nil {
+			if step.essential {
+				return boot, err
+			}
+			consolef("warning: %v (not needed to boot; going on)", err)
+		}
 	}
 	go func() {
 		if err := growRootFS(boot.Root, "/"); err != nil {
 			consolef("warning: grow root filesystem: %v", err)
 		}
 	}()
-	if boot.Hostname != "" {
-		if err := unix.Sethostname([]byte(boot.Hostname)); err != nil {
-			return boot, fmt.Errorf("set hostname: %w", err)
-		}
-	}
-	if err := setupNetwork(boot); err != nil {
-		return boot, err
-	}
 	consolef("booted in %v (kernel uptime %s s)", time.Since(bootStart).Round(time.Millisecond), uptime())
 	return boot, nil
+}
+
+// bootState is what the boot steps share.
+type bootState struct {
+	cfg  BootConfig
+	link netlink.Link // the NIC, once "configure network" found it
+}
+
+// bootStep is one step of the boot after the kernel command line is read.
+// An essential step is one without which the agent cannot serve the
+// daemon: the drivers, the root filesystem, the address the daemon dials.
+// Its failure powers the VM off with the reason on the console. Every
+// other step only warns: a guest whose disk is full (a write at boot gets
+// ENOSPC) must still boot, so that its owner can free the space.
+type bootStep struct {
+	name      string
+	essential bool
+	run       func(*bootState) error
+}
+
+// bootSteps are the steps in order. Modules come first: virtio-rng among
+// them makes the first getrandom (the SSH host key) fast, and the disk and
+// NIC drivers are modules.
+func bootSteps() []bootStep {
+	return []bootStep{
+		{"load modules", true, func(*bootState) error { return loadModules(modulesList) }},
+		{"switch root", true, func(st *bootState) error { return switchRoot(st.cfg.Root) }},
+		{"mount /dev/pts", false, func(*bootState) error { return mountDevPts() }},
+		{"mount /dev/shm", false, func(*bootState) error { return mountTmpfs("/dev/shm", "1777", true) }},
+		{"mount /run", false, func(*bootState) error { return mountTmpfs("/run", "0755", false) }},
+		{"mount /tmp", false, func(*bootState) error { return mountTmpfs("/tmp", "1777", false) }},
+		{"set hostname", false, func(st *bootState) error { return setHostname(st.cfg.Hostname) }},
+		{"bring up lo", false, func(*bootState) error { return setupLoopback() }},
+		{"configure network", true, setupLink},
+		{"default route", false, setupDefaultRoute},
+		{"write /etc/resolv.conf", false, func(st *bootState) error {
+			if st.link == nil || len(st.cfg.DNS) == 0 {
+				return nil
+			}
+			return writeResolvConf("/etc/resolv.conf", st.cfg.DNS)
+		}},
+	}
+}
+
+func setHostname(name string) error {
+	if name == "" {
+		return nil
+	}
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("set hostname: %w", err)
+	}
+	return nil
 }
 
 // uptime is the kernel's uptime in seconds, as text, for boot timings.

@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -13,9 +15,9 @@ import (
 // linkWait bounds the wait for the NIC to show up after virtio_net loads.
 const linkWait = 5 * time.Second
 
-// setupNetwork brings up lo and, when ember.ip is given, configures the
-// first other link with the address, default route and resolvers.
-func setupNetwork(boot BootConfig) error {
+// setupLoopback brings up lo: what listens on localhost inside the guest
+// (and port forwards to it) needs it, the agent's own listener does not.
+func setupLoopback() error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("network: find lo: %w", err)
@@ -23,7 +25,14 @@ func setupNetwork(boot BootConfig) error {
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("network: bring up lo: %w", err)
 	}
-	if boot.IP == nil {
+	return nil
+}
+
+// setupLink gives the first other link ember.ip and brings it up: the
+// daemon reaches the agent at that address. Without ember.ip there is
+// nothing to do.
+func setupLink(st *bootState) error {
+	if st.cfg.IP == nil {
 		return nil
 	}
 	link, err := firstLink()
@@ -31,22 +40,26 @@ func setupNetwork(boot BootConfig) error {
 		return err
 	}
 	name := link.Attrs().Name
-	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: boot.IP}); err != nil {
-		return fmt.Errorf("network: address %s on %s: %w", boot.IP, name, err)
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: st.cfg.IP}); err != nil {
+		return fmt.Errorf("network: address %s on %s: %w", st.cfg.IP, name, err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("network: bring up %s: %w", name, err)
 	}
-	if boot.Gateway != nil {
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: boot.Gateway}
-		if err := netlink.RouteAdd(r); err != nil {
-			return fmt.Errorf("network: default route via %s: %w", boot.Gateway, err)
-		}
+	st.link = link
+	return nil
+}
+
+// setupDefaultRoute routes everything off-link through ember.gw. The
+// daemon reaches the agent on-link, so only the guest's own traffic out
+// needs it.
+func setupDefaultRoute(st *bootState) error {
+	if st.link == nil || st.cfg.Gateway == nil {
+		return nil
 	}
-	if len(boot.DNS) > 0 {
-		if err := writeResolvConf("/etc/resolv.conf", boot.DNS); err != nil {
-			return err
-		}
+	r := &netlink.Route{LinkIndex: st.link.Attrs().Index, Gw: st.cfg.Gateway}
+	if err := netlink.RouteAdd(r); err != nil {
+		return fmt.Errorf("network: default route via %s: %w", st.cfg.Gateway, err)
 	}
 	return nil
 }
@@ -72,6 +85,8 @@ func firstLink() (netlink.Link, error) {
 
 // writeResolvConf replaces path with a plain file. A symlink there (to a
 // resolver stub under /run) is removed first: nothing runs that stub.
+// Its error names the file and the cause ("write /etc/resolv.conf: no
+// space left on device").
 func writeResolvConf(path string, servers []net.IP) error {
 	var b strings.Builder
 	for _, s := range servers {
@@ -80,9 +95,13 @@ func writeResolvConf(path string, servers []net.IP) error {
 	if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSymlink != 0 {
 		os.Remove(path)
 	}
-	os.MkdirAll("/etc", 0o755)
+	os.MkdirAll(filepath.Dir(path), 0o755)
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-		return fmt.Errorf("network: write %s: %w", path, err)
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

@@ -56,9 +56,9 @@ func switchRoot(dev string) error {
 	return nil
 }
 
-// mountRuntimeFS mounts what programs expect under the new root: devpts
-// for PTYs, /dev/shm, and tmpfs on /run and /tmp when the image has them.
-func mountRuntimeFS() error {
+// mountDevPts mounts a private devpts instance for PTYs (sessions and
+// exec -t).
+func mountDevPts() error {
 	os.MkdirAll("/dev/pts", 0o755)
 	if err := mount("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"); err != nil {
 		return err
@@ -70,19 +70,19 @@ func mountRuntimeFS() error {
 			return fmt.Errorf("link /dev/ptmx: %w", err)
 		}
 	}
-	os.MkdirAll("/dev/shm", 0o1777)
-	if err := mount("tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
-		return err
-	}
-	for _, m := range []struct{ dir, mode string }{{"/run", "0755"}, {"/tmp", "1777"}} {
-		if st, err := os.Stat(m.dir); err != nil || !st.IsDir() {
-			continue
-		}
-		if err := mount("tmpfs", m.dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode="+m.mode); err != nil {
-			return err
-		}
-	}
 	return nil
+}
+
+// mountTmpfs mounts a tmpfs with mode on dir. Unless create is set, it
+// is mounted only where the image has the folder: the root may be full
+// or read-only, and an image without /run wants none.
+func mountTmpfs(dir, mode string, create bool) error {
+	if create {
+		os.MkdirAll(dir, 0o755)
+	} else if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return nil
+	}
+	return mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode="+mode)
 }
 
 // Linux ioctl numbers not in x/sys/unix.

@@ -68,6 +68,14 @@ func locate(lay layout.Layout, system string, uid int) (*Client, error) {
 			c = &Client{Socket: system, own: lay.Socket()}
 		}
 	}
+	if c.Socket == lay.Socket() {
+		// The layout's own daemon: one that cannot make its VMs' control
+		// sockets refuses to start (exit status 2), so say why rather
+		// than "not running".
+		if err := lay.CheckSocketPaths(layout.VMIDLen); err != nil {
+			return nil, &wire.Error{Code: wire.CodeInvalid, Message: "no daemon can run with this layout: " + err.Error()}
+		}
+	}
 	if err := checkLength(c.Socket); err != nil {
 		return nil, err
 	}

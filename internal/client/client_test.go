@@ -138,6 +138,22 @@ func TestSocketPathTooLong(t *testing.T) {
 	}
 }
 
+// A home whose daemon socket fits but whose VM control sockets would not:
+// no daemon starts there (exit status 2), so the CLI says so with the
+// same words and code rather than "not running" (issue 11 item 24).
+func TestVMSocketPathTooLong(t *testing.T) {
+	home := "/" + strings.Repeat("h", 78)
+	lay, _ := layout.Resolve(home)
+	_, err := locate(lay, layout.SystemSocket, os.Geteuid())
+	want := "no daemon can run with this layout: VM control sockets " + home + "/run/vms/<id>/qmp.sock would be 109 bytes (12-character VM IDs), " +
+		"over the 107 bytes the kernel allows in a unix socket path\n" +
+		"use a shorter --home (or EMBER_HOME): the runtime folder " + home + "/run is 83 bytes, at most 81 fit"
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeInvalid || err.Error() != want {
+		t.Fatalf("got %v\nwant invalid: %s", err, want)
+	}
+}
+
 // recordingDaemon answers one request on a fresh socket with result and
 // hands back the request it read.
 func recordingDaemon(t *testing.T, result any) (*Client, <-chan wire.Request) {

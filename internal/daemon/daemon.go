@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -88,6 +89,8 @@ type Daemon struct {
 	requestTimeout time.Duration
 	// methods is the dispatch table, filled once in Open.
 	methods methodTable
+	// hypervisorVersion asks the driver for its version once (info).
+	hypervisorVersion func() string
 }
 
 // Open builds the daemon: layout, config, single-instance lock, store,
@@ -199,6 +202,7 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	d.vms.onStopping, d.vms.onGone = d.sessions.stopping, d.sessions.gone
 	d.ops.sources = []opSource{d.vms.createOps, d.images.buildOps}
 
+	d.hypervisorVersion = sync.OnceValue(func() string { return versionOf(d.base, driver) })
 	d.methods = methodTable{}
 	handle(d.methods, wire.DaemonInfoMethod, func(context.Context, wire.None) (wire.DaemonInfo, error) { return d.info(), nil })
 	for _, svc := range []interface{ register(methodTable) }{d.ops, d.images, d.boot, d.vms, d.sessions} {
@@ -254,7 +258,23 @@ func trimSpace(b []byte) []byte {
 func (d *Daemon) info() wire.DaemonInfo {
 	a := d.boot.accelInfo()
 	return wire.DaemonInfo{PID: os.Getpid(), Version: Version, Home: d.layout.Home, Socket: d.layout.Socket(),
-		Accel: a.Accel, Reason: a.Reason, AccelForced: a.Forced}
+		Accel: a.Accel, Reason: a.Reason, AccelForced: a.Forced, GoVersion: runtime.Version(),
+		Hypervisor: d.vms.driver.Name(), HypervisorVersion: d.hypervisorVersion()}
+}
+
+// versionOf is the version of driver's hypervisor, "" when it cannot say.
+func versionOf(ctx context.Context, driver hypervisor.Driver) string {
+	v, ok := driver.(hypervisor.Versioner)
+	if !ok {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := v.Version(ctx)
+	if err != nil {
+		return ""
+	}
+	return s
 }
 
 // Close stops serving and releases what the daemon holds. VMs keep running:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -54,7 +55,13 @@ func Doctor(ctx context.Context, home string) []Check {
 	out = append(out, netChecks(ctx, lay, root)...)
 	out = append(out, diskCheck(lay))
 	out = append(out, storeCheck(ctx, lay))
-	out = append(out, daemonCheck(lay))
+	sockets := socketCheck(lay)
+	out = append(out, sockets)
+	if sockets.Status == "fail" {
+		out = append(out, fail("daemon", "cannot run with this layout (see sockets)", sockets.Fix))
+	} else {
+		out = append(out, daemonCheck(lay))
+	}
 	return out
 }
 
@@ -114,6 +121,24 @@ func storeCheck(ctx context.Context, lay layout.Layout) Check {
 		return fail("store", err.Error(), "move the damaged "+lay.Store()+" aside and restart the daemon")
 	}
 	return pass("store", lay.Store()+" ok")
+}
+
+// socketCheck reports a layout whose unix sockets the kernel cannot take
+// (the daemon refuses it at start, with exit status 2): the daemon's own,
+// or the QMP socket of each VM, the longest.
+func socketCheck(lay layout.Layout) Check {
+	err := lay.CheckSocketPaths(layout.VMIDLen)
+	if err == nil {
+		return pass("sockets", fmt.Sprintf("runtime folder %s is %d bytes; VM control sockets fit in %d", lay.Runtime, len(lay.Runtime), layout.MaxSocketPath))
+	}
+	// CheckSocketPaths says what does not fit, then, on its last line,
+	// how to fix it.
+	msg := err.Error()
+	detail, fix := msg, ""
+	if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
+		detail, fix = strings.ReplaceAll(msg[:i], "\n", "; "), msg[i+1:]
+	}
+	return fail("sockets", detail, fix)
 }
 
 // daemonCheck asks the daemon the CLI would reach for lay: the user's own,

@@ -118,3 +118,25 @@ func TestCapCheckAdvice(t *testing.T) {
 		t.Errorf("present: %+v", c)
 	}
 }
+
+// A home too deep for its VMs' control sockets: doctor fails it with the
+// same words the daemon refuses to start with, and does not send the user
+// to start a daemon that cannot run (issue 11 item 24).
+func TestSocketCheck(t *testing.T) {
+	home := "/" + strings.Repeat("h", 78)
+	lay, _ := layout.Resolve(home)
+	got := socketCheck(lay)
+	want := Check{Name: "sockets", Status: "fail",
+		Detail: "VM control sockets " + home + "/run/vms/<id>/qmp.sock would be 109 bytes (12-character VM IDs), over the 107 bytes the kernel allows in a unix socket path",
+		Fix:    "use a shorter --home (or EMBER_HOME): the runtime folder " + home + "/run is 83 bytes, at most 81 fit"}
+	if got != want {
+		t.Errorf("socketCheck =\n%+v\nwant\n%+v", got, want)
+	}
+	fits, _ := layout.Resolve("/" + strings.Repeat("h", 76))
+	if got := socketCheck(fits); got.Status != "pass" || got.Detail != "runtime folder "+fits.Runtime+" is 81 bytes; VM control sockets fit in 107" {
+		t.Errorf("a home of 77 bytes: %+v", got)
+	}
+	if n := len(newID()); n != layout.VMIDLen {
+		t.Errorf("newID makes %d-character IDs, layout.VMIDLen says %d", n, layout.VMIDLen)
+	}
+}

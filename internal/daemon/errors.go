@@ -28,6 +28,9 @@ var wireCodes = []struct {
 }{
 	{store.ErrNotFound, wire.CodeNotFound},
 	{kernel.ErrNotFound, wire.CodeNotFound},
+	// A kernel or modules folder past the import's bounds: the request
+	// has to change.
+	{kernel.ErrTooLarge, wire.CodeInvalid},
 	{store.ErrConflict, wire.CodeConflict},
 	// The subnet is full: another VM holds what this one needs.
 	{ipam.ErrExhausted, wire.CodeConflict},
@@ -42,6 +45,9 @@ var wireCodes = []struct {
 	// The driver cannot do what the request asks (a network mode, say):
 	// the request has to change, not the host.
 	{hypervisor.ErrUnsupported, wire.CodeInvalid},
+	// A home or runtime folder too deep for a VM's control socket: the
+	// layout has to change (Open refuses such a layout already).
+	{hypervisor.ErrSocketPathTooLong, wire.CodeInvalid},
 	{context.Canceled, wire.CodeCancelled},
 	// A boot past boot_timeout, an agent that does not answer in time: not
 	// a bug (internal) and not asked for (cancelled); trying again, or with

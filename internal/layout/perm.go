@@ -18,6 +18,10 @@ import (
 // sizeof(sun_path) - 1, because QEMU and most C code need the closing NUL.
 const MaxSocketPath = 107
 
+// VMIDLen is the length of the IDs the daemon gives VMs (12 hex digits),
+// which CheckSocketPaths needs to know the longest QMP socket path.
+const VMIDLen = 12
+
 // QMPSocket is the control socket QEMU makes for VM id.
 func (l Layout) QMPSocket(id string) string { return filepath.Join(l.VMRunDir(id), QMPFile) }
 

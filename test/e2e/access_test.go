@@ -8,6 +8,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -332,8 +333,45 @@ func TestHomeTooLongForSockets(t *testing.T) {
 	// A home whose socket is too long even for the CLI to dial.
 	longer := filepath.Join(base, strings.Repeat("d", 110))
 	_, errOut, code = runCmd(t, exec.Command(filepath.Join(binDir, "ember"), "--home", longer, "ls"), []string{"ls"})
-	if sock := filepath.Join(longer, "run", "ember.sock"); code != 2 || !strings.Contains(errOut, "socket path "+sock+" is "+strconv.Itoa(len(sock))+" bytes") {
+	if sock := filepath.Join(longer, "run", "ember.sock"); code != 2 || !strings.Contains(errOut, "no daemon can run with this layout: daemon socket "+sock+" is "+strconv.Itoa(len(sock))+" bytes") {
 		t.Errorf("ls with a too-long home: exit %d, stderr %q", code, errOut)
+	}
+
+	// A home whose daemon socket fits but whose VMs' control sockets do
+	// not (a runtime folder of 85 bytes): every command that would reach
+	// its daemon exits 2 with the reason, and doctor fails the sockets
+	// check with the same words (issue 11 item 24).
+	qmpOnly := filepath.Join(base, strings.Repeat("q", 85-len("/run")-len(base)-1))
+	qmpRun := filepath.Join(qmpOnly, "run")
+	tooLong := "VM control sockets " + qmpRun + "/vms/<id>/qmp.sock would be 111 bytes (12-character VM IDs), over the 107 bytes the kernel allows in a unix socket path"
+	fix := "use a shorter --home (or EMBER_HOME): the runtime folder " + qmpRun + " is 85 bytes, at most 81 fit"
+	for _, args := range [][]string{{"daemon"}, {"ls"}, {"kernel", "ls"}, {"create", "x1"}, {"exec", "x1", "--", "true"}} {
+		_, errOut, code := runCmd(t, exec.Command(filepath.Join(binDir, "ember"), append([]string{"--home", qmpOnly}, args...)...), args)
+		if code != 2 || !strings.Contains(errOut, tooLong) || !strings.Contains(errOut, fix) {
+			t.Errorf("ember %s with a home too deep for qmp sockets: exit %d (want 2), stderr %q", strings.Join(args, " "), code, errOut)
+		}
+	}
+	out, _, code := runCmd(t, exec.Command(filepath.Join(binDir, "ember"), "--home", qmpOnly, "doctor", "--json"), []string{"doctor"})
+	var checks []struct{ Name, Status, Detail, Fix string }
+	if err := json.Unmarshal([]byte(out), &checks); err != nil {
+		t.Fatalf("doctor --json: %v: %s", err, out)
+	}
+	found := false
+	for _, c := range checks {
+		switch c.Name {
+		case "sockets":
+			found = true
+			if c.Status != "fail" || c.Detail != tooLong || c.Fix != fix {
+				t.Errorf("doctor's sockets check: %+v", c)
+			}
+		case "daemon":
+			if c.Status != "fail" || c.Detail != "cannot run with this layout (see sockets)" || c.Fix != fix {
+				t.Errorf("doctor's daemon check: %+v", c)
+			}
+		}
+	}
+	if !found || code != 1 {
+		t.Errorf("doctor: sockets check found %v, exit %d (want 1, a failed check)", found, code)
 	}
 
 	// 81 bytes of runtime folder: every socket fits, the longest QMP path
