@@ -45,10 +45,18 @@ func Main(args []string) int {
 
 // run is Main with the writers given.
 func run(e *env, args []string) int {
-	root := newRoot(e)
-	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return runContext(ctx, e, args)
+}
+
+// runContext is run with the context that Ctrl-C cancels given.
+func runContext(ctx context.Context, e *env, args []string) int {
+	root := newRoot(e)
+	root.SetArgs(args)
+	root.SetIn(e.stdin)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
@@ -56,6 +64,11 @@ func run(e *env, args []string) int {
 	var ee *ExitError
 	if errors.As(err, &ee) {
 		return ee.Code
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		ue.print(e.stderr)
+		return usageStatus
 	}
 	// Errors carry guest text (console lines, the agent's messages).
 	fmt.Fprintln(e.stderr, "ember: "+termtext.Clean(err.Error()))
@@ -95,6 +108,7 @@ func newRoot(e *env) *cobra.Command {
 		startCmd(e), stopCmd(e), restartCmd(e), rmCmd(e), execCmd(e), logsCmd(e),
 		opCmd(e), imageCmd(e), kernelCmd(e), versionCmd(e))
 	root.AddCommand(shellCmd(e), sessionCmd(e))
+	setUsage(root)
 	return root
 }
 
@@ -109,20 +123,27 @@ func printJSON(w io.Writer, v any) error {
 	if err := enc.Encode(v); err != nil {
 		return err
 	}
-	out := buf.Bytes()
-	if s := buf.String(); termtext.Clean(s) != s {
-		var esc bytes.Buffer
-		for _, r := range s {
-			if string(r) != termtext.Clean(string(r)) {
-				fmt.Fprintf(&esc, "\\u%04x", r)
-				continue
-			}
-			esc.WriteRune(r)
-		}
-		out = esc.Bytes()
-	}
-	_, err := w.Write(out)
+	_, err := w.Write(escapeForTerminal(buf.Bytes()))
 	return err
+}
+
+// escapeForTerminal writes \uXXXX for what a terminal would act on in
+// JSON text (encoding/json leaves C1 controls and bidirectional overrides
+// as they are; they can only be inside strings, so the JSON decodes the same).
+func escapeForTerminal(b []byte) []byte {
+	s := string(b)
+	if termtext.Clean(s) == s {
+		return b
+	}
+	var esc bytes.Buffer
+	for _, r := range s {
+		if string(r) != termtext.Clean(string(r)) {
+			fmt.Fprintf(&esc, "\\u%04x", r)
+			continue
+		}
+		esc.WriteRune(r)
+	}
+	return esc.Bytes()
 }
 
 // tableWriter aligns columns of text that may come from a guest or the

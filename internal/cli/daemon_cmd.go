@@ -19,7 +19,6 @@ func daemonCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the daemon in the foreground",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cleanup {
 				return cleanupNetwork(e)
@@ -68,13 +67,4 @@ func cleanupNetwork(e *env) error {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	return nil
-}
-
-func versionCmd(e *env) *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		Run:   func(*cobra.Command, []string) { fmt.Fprintln(e.stdout, "ember", daemon.Version) },
-	}
 }

@@ -17,7 +17,6 @@ func doctorCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check this host for what ember needs",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			checks := daemon.Doctor(context.WithoutCancel(cmd.Context()), e.home)
 			failed := false

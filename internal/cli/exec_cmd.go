@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -14,21 +15,13 @@ func execCmd(e *env) *cobra.Command {
 	var envs []string
 	var dir string
 	cmd := &cobra.Command{
-		Use:   "exec [-i] [-t] VM -- CMD...",
+		Use:   "exec [flags] VM -- CMD...",
 		Short: "Run a command in a VM; its exit status becomes ember's",
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) < 2 {
-				return wire.Errorf(wire.CodeInvalid, "exec needs a VM and a command: ember exec [-i] [-t] VM -- CMD...")
-			}
-			return nil
-		},
+		Long: "Run a command in a VM; its exit status becomes ember's.\n" +
+			"ember's flags go anywhere before `--`; everything after it is the command.",
+		Args:              commandArgs(1),
+		ValidArgsFunction: completeArgs(e, false, vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 1 && args[1] == "--" {
-				args = append(args[:1:1], args[2:]...)
-			}
-			if len(args) < 2 {
-				return wire.Errorf(wire.CodeInvalid, "exec needs a command: ember exec VM -- CMD...")
-			}
 			p := wire.ExecParams{Ref: args[0], Argv: args[1:], Stdin: interactive, TTY: tty, Dir: dir}
 			if len(envs) > 0 {
 				p.Env = map[string]string{}
@@ -87,8 +80,35 @@ func execCmd(e *env) *cobra.Command {
 	f.BoolVarP(&tty, "tty", "t", false, "give the command a terminal")
 	f.StringArrayVarP(&envs, "env", "e", nil, "set an environment variable (KEY=VALUE)")
 	f.StringVarP(&dir, "workdir", "w", "", "working directory in the guest")
-	f.SetInterspersed(false)
 	return cmd
+}
+
+// commandArgs checks the arguments of a command whose usage line is
+// "... ARGS -- CMD...": flags are parsed anywhere before `--` (so
+// `exec VM -e X=1 -- env` sets X), exactly n arguments come before it
+// (checked as the usage line says) and a command after it. Without `--`,
+// the words after the first n are the command, as long as none looks
+// like a flag.
+func commandArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		before := args
+		if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+			before = args[:dash]
+			if len(before) > n {
+				return usagef(cmd, "%d arguments before `--`, want %d (%s); the command goes after `--`",
+					len(before), n, strings.Join(parseUse(cmd.Use).names, " "))
+			}
+		} else if len(before) > n {
+			before = args[:n]
+		}
+		if err := parseUse(cmd.Use).check(cmd, before); err != nil {
+			return err
+		}
+		if len(args) == n && !strings.Contains(cmd.Use, "[-- ") {
+			return usagef(cmd, "missing the command to run after `--`")
+		}
+		return nil
+	}
 }
 
 func cutEnv(kv string) (string, string, bool) {

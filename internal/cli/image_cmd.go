@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -9,14 +10,32 @@ import (
 	"github.com/emberhq/ember/internal/wire"
 )
 
+// imageListing is how image ls lists images; -q prints their names.
+var imageListing = &listing[wire.Image]{
+	noun:   "images",
+	quiet:  "names",
+	header: "NAME\tKIND\tFORMAT\tSIZE\tIN USE\tPATH",
+	row: func(img wire.Image) string {
+		return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", img.Name, img.Kind, img.Format, humanBytes(img.SizeBytes), img.InUse, img.Path)
+	},
+	key: func(img wire.Image) string { return img.Name },
+	filters: []filterKey[wire.Image]{
+		{name: "name", match: func(img wire.Image, v string) bool { return strings.Contains(img.Name, v) }},
+		{name: "kind", match: func(img wire.Image, v string) bool { return img.Kind == v }},
+	},
+}
+
 func imageCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Manage images"}
-	var asJSON bool
+	var f listFlags
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List images",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			plan, err := imageListing.plan(cmd, &f)
+			if err != nil {
+				return err
+			}
 			c, err := e.client()
 			if err != nil {
 				return err
@@ -25,41 +44,56 @@ func imageCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				if imgs == nil {
-					imgs = []wire.Image{}
-				}
-				return printJSON(e.stdout, imgs)
-			}
-			tw := table(e.stdout)
-			fmt.Fprintln(tw, "NAME\tKIND\tFORMAT\tSIZE\tIN USE\tPATH")
-			for _, img := range imgs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", img.Name, img.Kind, img.Format, humanBytes(img.SizeBytes), img.InUse, img.Path)
-			}
-			return tw.Flush()
+			return plan.print(e.stdout, imgs)
 		},
 	}
-	ls.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	imageListing.addFlags(ls, e, &f)
+	var asJSON bool
+	var format string
 	inspect := &cobra.Command{
-		Use:   "inspect NAME",
-		Short: "Show an image as JSON",
-		Args:  cobra.ExactArgs(1),
+		Use:               "inspect IMAGE...",
+		Short:             "Show images as a JSON array (or each through --format)",
+		ValidArgsFunction: completeArgs(e, true, imageNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return callPrint(cmd.Context(), e, wire.ImageInspect, wire.RefParams{Ref: args[0]}, true)
+			return inspectAll(cmd, e, args, asJSON, format, wire.ImageInspect)
 		},
 	}
+	inspect.Flags().BoolVar(&asJSON, "json", false, "print a JSON array (the default)")
+	inspect.Flags().StringVar(&format, "format", "", "print each image with a Go template, e.g. '{{.Path}}'")
 	cmd.AddCommand(ls, inspect)
 	return cmd
 }
 
+// kernelListing is how kernel ls lists kernels; -q prints their names.
+var kernelListing = &listing[wire.Kernel]{
+	noun:   "kernels",
+	quiet:  "names",
+	header: "NAME\tRELEASE\tSOURCE\tDEFAULT\tKERNEL",
+	row: func(k wire.Kernel) string {
+		def := ""
+		if k.Default {
+			def = "*"
+		}
+		return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", k.Name, k.Release, k.Source, def, k.Vmlinuz)
+	},
+	key: func(k wire.Kernel) string { return k.Name },
+	filters: []filterKey[wire.Kernel]{
+		{name: "name", match: func(k wire.Kernel, v string) bool { return strings.Contains(k.Name, v) }},
+		{name: "source", match: func(k wire.Kernel, v string) bool { return k.Source == v }},
+	},
+}
+
 func kernelCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "kernel", Short: "Manage guest kernels"}
-	var asJSON bool
+	var f listFlags
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List kernels",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			plan, err := kernelListing.plan(cmd, &f)
+			if err != nil {
+				return err
+			}
 			c, err := e.client()
 			if err != nil {
 				return err
@@ -68,29 +102,13 @@ func kernelCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				if ks == nil {
-					ks = []wire.Kernel{}
-				}
-				return printJSON(e.stdout, ks)
-			}
-			tw := table(e.stdout)
-			fmt.Fprintln(tw, "NAME\tRELEASE\tSOURCE\tDEFAULT\tKERNEL")
-			for _, k := range ks {
-				def := ""
-				if k.Default {
-					def = "*"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.Name, k.Release, k.Source, def, k.Vmlinuz)
-			}
-			return tw.Flush()
+			return plan.print(e.stdout, ks)
 		},
 	}
-	ls.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	kernelListing.addFlags(ls, e, &f)
 	fetch := &cobra.Command{
 		Use:   "fetch",
 		Short: "Download Debian's cloud kernel into ember's state (the host's /boot is not touched)",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := e.client()
 			if err != nil {
@@ -108,7 +126,16 @@ func kernelCmd(e *env) *cobra.Command {
 	imp := &cobra.Command{
 		Use:   "import NAME VMLINUZ [MODULES_DIR]",
 		Short: "Import a kernel file (and its modules folder), read with your own rights",
-		Args:  cobra.RangeArgs(2, 3),
+		// The files are the host's: VMLINUZ any file, MODULES_DIR a folder.
+		ValidArgsFunction: func(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			switch len(args) {
+			case 1:
+				return nil, cobra.ShellCompDirectiveDefault
+			case 2:
+				return nil, cobra.ShellCompDirectiveFilterDirs
+			}
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Name, p.Vmlinuz = args[0], absPath(args[1])
 			if len(args) == 3 {

@@ -9,14 +9,38 @@ import (
 	"github.com/emberhq/ember/internal/wire"
 )
 
+// opListing is how op ls lists operations; -q prints their IDs.
+var opListing = &listing[wire.Operation]{
+	noun:   "operations",
+	quiet:  "IDs",
+	header: "ID\tKIND\tTARGET\tSTATE\tCREATED\tDETAIL",
+	row: func(o wire.Operation) string {
+		detail := o.Progress
+		if o.Error != "" {
+			detail = firstLine(o.Error)
+		}
+		return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", o.ID, o.Kind, o.Target, o.State, ago(o.CreatedAt), detail)
+	},
+	key: func(o wire.Operation) string { return o.ID },
+	filters: []filterKey[wire.Operation]{
+		{name: "state", values: []string{wire.OpRunning, wire.OpSucceeded, wire.OpFailed, wire.OpCancelled},
+			match: func(o wire.Operation, v string) bool { return o.State == v }},
+		{name: "kind", match: func(o wire.Operation, v string) bool { return o.Kind == v }},
+		{name: "target", match: func(o wire.Operation, v string) bool { return o.Target == v }},
+	},
+}
+
 func opCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "op", Short: "Follow asynchronous operations (create, build, ...)"}
-	var asJSON bool
+	var f listFlags
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List operations",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			plan, err := opListing.plan(cmd, &f)
+			if err != nil {
+				return err
+			}
 			c, err := e.client()
 			if err != nil {
 				return err
@@ -25,37 +49,22 @@ func opCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				if ops == nil {
-					ops = []wire.Operation{}
-				}
-				return printJSON(e.stdout, ops)
-			}
-			tw := table(e.stdout)
-			fmt.Fprintln(tw, "ID\tKIND\tTARGET\tSTATE\tCREATED\tDETAIL")
-			for _, o := range ops {
-				detail := o.Progress
-				if o.Error != "" {
-					detail = firstLine(o.Error)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", o.ID, o.Kind, o.Target, o.State, ago(o.CreatedAt), detail)
-			}
-			return tw.Flush()
+			return plan.print(e.stdout, ops)
 		},
 	}
-	ls.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	opListing.addFlags(ls, e, &f)
 	status := &cobra.Command{
-		Use:   "status ID",
-		Short: "Show an operation as JSON",
-		Args:  cobra.ExactArgs(1),
+		Use:               "status ID",
+		ValidArgsFunction: completeArgs(e, false, opIDs),
+		Short:             "Show an operation as JSON",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return callPrint(cmd.Context(), e, wire.OpStatus, wire.OpParams{ID: args[0]}, true)
 		},
 	}
 	wait := &cobra.Command{
-		Use:   "wait ID",
-		Short: "Wait for an operation; fails if it failed",
-		Args:  cobra.ExactArgs(1),
+		Use:               "wait ID",
+		ValidArgsFunction: completeArgs(e, false, opIDs),
+		Short:             "Wait for an operation; fails if it failed",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()
 			if err != nil {
@@ -69,9 +78,9 @@ func opCmd(e *env) *cobra.Command {
 		},
 	}
 	cancel := &cobra.Command{
-		Use:   "cancel ID",
-		Short: "Cancel a running operation; what it made is removed",
-		Args:  cobra.ExactArgs(1),
+		Use:               "cancel ID",
+		ValidArgsFunction: completeArgs(e, false, opIDs),
+		Short:             "Cancel a running operation; what it made is removed",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()
 			if err != nil {
@@ -84,7 +93,6 @@ func opCmd(e *env) *cobra.Command {
 	prune := &cobra.Command{
 		Use:   "prune",
 		Short: "Forget finished operations",
-		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := e.client()
 			if err != nil {

@@ -26,7 +26,7 @@ func shellCmd(e *env) *cobra.Command {
 		Short: "Attach to a persistent session (default main), creating it if needed",
 		Long: "Attach this terminal to a persistent session in VM, made with the login shell when it does not exist.\n" +
 			"The session keeps running when you detach (Ctrl-P Ctrl-Q by default) or lose the connection.",
-		Args: cobra.RangeArgs(1, 2),
+		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := "main"
 			if len(args) == 2 {
@@ -46,13 +46,34 @@ func sessionCmd(e *env) *cobra.Command {
 	return cmd
 }
 
+// sessionListing is how session ls lists a VM's sessions.
+var sessionListing = &listing[wire.Session]{
+	noun:   "sessions",
+	quiet:  "names",
+	header: "NAME\tCOMMAND\tCREATED\tATTACHED\tSTATUS",
+	row: func(s wire.Session) string {
+		return fmt.Sprintf("%s\t%s\t%s\t%d\t%s", s.Name, strings.Join(s.Command, " "),
+			s.CreatedAt.Local().Format(time.DateTime), s.Attached, sessionStatus(s))
+	},
+	key: func(s wire.Session) string { return s.Name },
+	filters: []filterKey[wire.Session]{
+		{name: "state", values: []string{wire.SessionRunning, wire.SessionExited, wire.SessionEnded},
+			match: func(s wire.Session, v string) bool { return s.State == v }},
+		{name: "name", match: func(s wire.Session, v string) bool { return strings.Contains(s.Name, v) }},
+	},
+}
+
 func sessionLsCmd(e *env) *cobra.Command {
-	var asJSON bool
+	var f listFlags
 	cmd := &cobra.Command{
-		Use:   "ls VM",
-		Short: "List a VM's sessions",
-		Args:  cobra.ExactArgs(1),
+		Use:               "ls VM",
+		Short:             "List a VM's sessions",
+		ValidArgsFunction: completeArgs(e, false, vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			plan, err := sessionListing.plan(cmd, &f)
+			if err != nil {
+				return err
+			}
 			c, err := e.client()
 			if err != nil {
 				return err
@@ -61,19 +82,10 @@ func sessionLsCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return printJSON(e.stdout, ss)
-			}
-			tw := table(e.stdout)
-			fmt.Fprintln(tw, "NAME\tCOMMAND\tCREATED\tATTACHED\tSTATUS")
-			for _, s := range ss {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", s.Name, strings.Join(s.Command, " "),
-					s.CreatedAt.Local().Format(time.DateTime), s.Attached, sessionStatus(s))
-			}
-			return tw.Flush()
+			return plan.print(e.stdout, ss)
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	sessionListing.addFlags(cmd, e, &f)
 	return cmd
 }
 
@@ -93,14 +105,14 @@ func sessionStatus(s wire.Session) string {
 func sessionNewCmd(e *env) *cobra.Command {
 	var scrollback int
 	cmd := &cobra.Command{
-		Use:   "new VM NAME [-- CMD...]",
+		Use:   "new VM NAME [flags] [-- CMD...]",
 		Short: "Start a session (default: the login shell) without attaching",
-		Args:  cobra.MinimumNArgs(2),
+		Long: "Start a session (default: the login shell) without attaching.\n" +
+			"ember's flags go anywhere before `--`; everything after it is the session's command.",
+		Args:              commandArgs(2),
+		ValidArgsFunction: completeArgs(e, false, vmNames, nil),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			argv := args[2:]
-			if len(argv) > 0 && argv[0] == "--" {
-				argv = argv[1:]
-			}
 			c, err := e.client()
 			if err != nil {
 				return err
@@ -121,16 +133,15 @@ func sessionNewCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&scrollback, "scrollback", 0, "scrollback kept in the guest, in bytes (default 1 MiB)")
-	cmd.Flags().SetInterspersed(false)
 	return cmd
 }
 
 func sessionAttachCmd(e *env) *cobra.Command {
 	var detachKeys string
 	cmd := &cobra.Command{
-		Use:   "attach VM NAME",
-		Short: "Attach this terminal to a session (detach with Ctrl-P Ctrl-Q)",
-		Args:  cobra.ExactArgs(2),
+		Use:               "attach VM NAME",
+		Short:             "Attach this terminal to a session (detach with Ctrl-P Ctrl-Q)",
+		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return attach(cmd.Context(), e, wire.SessionAttachParams{Ref: args[0], Name: args[1]}, detachKeys)
 		},
@@ -141,9 +152,9 @@ func sessionAttachCmd(e *env) *cobra.Command {
 
 func sessionKillCmd(e *env) *cobra.Command {
 	return &cobra.Command{
-		Use:   "kill VM NAME",
-		Short: "End a session's process and remove the session",
-		Args:  cobra.ExactArgs(2),
+		Use:               "kill VM NAME",
+		Short:             "End a session's process and remove the session",
+		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()
 			if err != nil {
@@ -157,9 +168,9 @@ func sessionKillCmd(e *env) *cobra.Command {
 
 func sessionSignalCmd(e *env) *cobra.Command {
 	return &cobra.Command{
-		Use:   "signal VM NAME SIGNAL",
-		Short: "Send a signal (INT, TERM, KILL, ...) to what runs in a session's foreground",
-		Args:  cobra.ExactArgs(3),
+		Use:               "signal VM NAME SIGNAL",
+		Short:             "Send a signal (INT, TERM, KILL, ...) to what runs in a session's foreground",
+		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames, signalNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()
 			if err != nil {
@@ -174,9 +185,9 @@ func sessionSignalCmd(e *env) *cobra.Command {
 func sessionSendCmd(e *env) *cobra.Command {
 	var enter bool
 	cmd := &cobra.Command{
-		Use:   "send VM NAME TEXT",
-		Short: "Type TEXT into a session (--enter adds a newline)",
-		Args:  cobra.ExactArgs(3),
+		Use:               "send VM NAME TEXT",
+		Short:             "Type TEXT into a session (--enter adds a newline; TEXT that starts with - goes after --)",
+		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames, nil),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			text := args[2]
 			if enter {
@@ -198,9 +209,9 @@ func sessionSendCmd(e *env) *cobra.Command {
 func sessionReadCmd(e *env) *cobra.Command {
 	var follow bool
 	cmd := &cobra.Command{
-		Use:   "read VM NAME",
-		Short: "Print a session's scrollback (--follow keeps printing its output)",
-		Args:  cobra.ExactArgs(2),
+		Use:               "read VM NAME",
+		Short:             "Print a session's scrollback (--follow keeps printing its output)",
+		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()
 			if err != nil {

@@ -132,9 +132,9 @@ func TestGuestTextIsCleanedForTheTerminal(t *testing.T) {
 		t.Fatalf("inspect: exit %d", code)
 	}
 	noEscapes(t, "inspect", out.String())
-	var vm wire.VM
-	if err := json.Unmarshal(out.Bytes(), &vm); err != nil || vm.LastError != "guest said \u009b2J"+hostile+"\u202e" {
-		t.Errorf("inspect JSON does not decode to what the daemon sent: %v %q", err, vm.LastError)
+	var vms []wire.VM
+	if err := json.Unmarshal(out.Bytes(), &vms); err != nil || len(vms) != 1 || vms[0].LastError != "guest said \u009b2J"+hostile+"\u202e" {
+		t.Errorf("inspect JSON does not decode to what the daemon sent: %v %+v", err, vms)
 	}
 
 	errb.Reset()

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"text/template"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/termtext"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -22,7 +24,6 @@ func createCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create and boot a VM; returns when it answers commands",
-		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Name = args[0]
 			// Only flags the user set are sent: the daemon owns the defaults,
@@ -64,57 +65,91 @@ func createCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
+	// The defaults are the daemon's config: the flags' own zero values are
+	// never sent, so help names the config key and its built-in value once.
+	def := layout.DefaultConfig()
 	f := cmd.Flags()
-	f.StringVar(&p.Image, "image", "", "image to boot (default: tiny)")
-	f.StringVar(&p.Kernel, "kernel", "", "kernel to boot (default: the daemon's)")
-	f.IntVar(&cpus, "cpus", 1, "virtual CPUs (default from the daemon's config)")
-	f.IntVar(&memory, "memory", 256, "memory in MiB (default from the daemon's config)")
+	f.StringVar(&p.Image, "image", "", fmt.Sprintf("image to boot (default: the daemon's default_image, %s unless configured)", def.DefaultImage))
+	f.StringVar(&p.Kernel, "kernel", "", "kernel to boot (default: the daemon's, marked in `ember kernel ls`)")
+	f.IntVar(&cpus, "cpus", 0, fmt.Sprintf("virtual CPUs (default: the daemon's default_cpus, %d unless configured)", def.DefaultCPUs))
+	f.IntVar(&memory, "memory", 0, fmt.Sprintf("memory in MiB (default: the daemon's default_memory_mib, %d unless configured)", def.DefaultMemoryMiB))
 	f.IntVar(&disk, "disk", 0, "disk size in GiB (default: the image's size)")
-	f.StringVar(&p.Net, "net", "", "network mode: user (QEMU user-mode, loopback only) or tap (bridge, own address and DNS name; needs a root daemon with tap on); default from the daemon's config")
+	f.StringVar(&p.Net, "net", "", fmt.Sprintf("network mode: user (QEMU user-mode, loopback only) or tap (bridge, own address and DNS name; needs a root daemon with tap on) (default: the daemon's default_net, %s unless configured)", def.DefaultNet))
 	f.BoolVarP(&detach, "detach", "d", false, "print the operation ID and return at once")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	_ = cmd.RegisterFlagCompletionFunc("image", completeFlag(e, imageNames))
+	_ = cmd.RegisterFlagCompletionFunc("kernel", completeFlag(e, kernelNames))
+	_ = cmd.RegisterFlagCompletionFunc("net", completeFlag(e, fixed("user", "tap")))
 	return cmd
 }
 
 // waitOp follows an operation, showing progress on stderr, and turns a
 // failed operation into its typed error. Ctrl-C stops waiting, not the work.
+// On a terminal the progress line shows the time since the wait began and
+// moves on its own; it is cleared before anything else is printed.
 func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Operation, error) {
 	s, err := client.Open(ctx, c, wire.OpWait, wire.OpParams{ID: id})
 	if err != nil {
 		return wire.Operation{}, err
 	}
 	defer s.Close()
-	tty := isTerminal(e.stderr)
-	var last wire.Operation
-	lastProgress := ""
-	start := time.Now()
-	for {
-		kind, payload, err := s.Recv()
-		if err != nil {
-			if ctx.Err() != nil {
-				return last, fmt.Errorf("stopped waiting; operation %s goes on (`ember op wait %s`)", id, id)
+	pl := &progressLine{w: e.stderr, tty: isTerminal(e.stderr), start: time.Now()}
+	defer pl.clear()
+	type frame struct {
+		kind    byte
+		payload []byte
+		err     error
+	}
+	frames := make(chan frame)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			kind, payload, err := s.Recv()
+			select {
+			case frames <- frame{kind, payload, err}:
+			case <-stop:
+				return
 			}
-			return last, fmt.Errorf("wait for operation %s: %w", id, err)
+			if err != nil || kind == wire.FrameExit {
+				return
+			}
 		}
-		switch kind {
+	}()
+	var tick <-chan time.Time
+	if pl.tty {
+		t := time.NewTicker(progressTick)
+		defer t.Stop()
+		tick = t.C
+	}
+	var last wire.Operation
+	for {
+		var f frame
+		select {
+		case <-tick:
+			pl.redraw()
+			continue
+		case <-ctx.Done():
+			return last, stoppedWaiting(last, id)
+		case f = <-frames:
+		}
+		if f.err != nil {
+			if ctx.Err() != nil {
+				return last, stoppedWaiting(last, id)
+			}
+			return last, fmt.Errorf("wait for operation %s: %w", id, f.err)
+		}
+		switch f.kind {
 		case wire.FrameStdout:
-			if err := json.Unmarshal(payload, &last); err != nil {
+			if err := json.Unmarshal(f.payload, &last); err != nil {
 				return last, err
 			}
-			if last.Progress != "" && last.Progress != lastProgress && !last.Done() {
-				lastProgress = last.Progress
-				progress := termtext.Clean(last.Progress)
-				if tty {
-					fmt.Fprintf(e.stderr, "\r\033[K%s (%.1fs)", progress, time.Since(start).Seconds())
-				} else {
-					fmt.Fprintln(e.stderr, progress)
-				}
+			if !last.Done() {
+				pl.set(last.Progress)
 			}
 		case wire.FrameExit:
-			if tty && lastProgress != "" {
-				fmt.Fprint(e.stderr, "\r\033[K")
-			}
-			ex, _ := client.DecodeExit(payload)
+			pl.clear()
+			ex, _ := client.DecodeExit(f.payload)
 			if ex.Error != nil {
 				return last, ex.Error
 			}
@@ -122,7 +157,11 @@ func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Oper
 			case wire.OpSucceeded:
 				return last, nil
 			case wire.OpCancelled:
-				return last, wire.Errorf(wire.CodeCancelled, "operation %s was cancelled: %s", id, last.Error)
+				msg := last.Error
+				if msg == "" {
+					msg = opWhat(last, id) + " was cancelled"
+				}
+				return last, wire.Errorf(wire.CodeCancelled, "%s", msg)
 			default:
 				code := last.ErrorCode
 				if code == "" {
@@ -134,14 +173,104 @@ func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Oper
 	}
 }
 
+// progressTick is how often a terminal's progress line is redrawn.
+const progressTick = 100 * time.Millisecond
+
+// opWhat names an operation for a person: "create of x1".
+func opWhat(op wire.Operation, id string) string {
+	if op.Kind == "" || op.Target == "" {
+		return "operation " + id
+	}
+	verb := op.Kind
+	if i := strings.LastIndexByte(verb, '.'); i >= 0 {
+		verb = verb[i+1:]
+	}
+	return verb + " of " + op.Target
+}
+
+func stoppedWaiting(op wire.Operation, id string) error {
+	return fmt.Errorf("stopped waiting; the %s goes on as operation %s (`ember op wait %s` follows it, `ember op cancel %s` stops it)",
+		opWhat(op, id), id, id, id)
+}
+
+// progressLine shows an operation's progress on stderr: one line redrawn
+// in place on a terminal, a line per step otherwise.
+type progressLine struct {
+	w     io.Writer
+	tty   bool
+	start time.Time
+	text  string // the step shown, cleaned; "" when none
+}
+
+func (p *progressLine) set(progress string) {
+	progress = termtext.Clean(progress)
+	if progress == "" || progress == p.text {
+		return
+	}
+	p.text = progress
+	if !p.tty {
+		fmt.Fprintln(p.w, progress)
+		return
+	}
+	p.redraw()
+}
+
+func (p *progressLine) redraw() {
+	if p.tty && p.text != "" {
+		fmt.Fprintf(p.w, "\r\033[K%s (%.1fs)", p.text, time.Since(p.start).Seconds())
+	}
+}
+
+// clear removes the line (and a ^C the terminal echoed on it), so what
+// comes next starts a line of its own.
+func (p *progressLine) clear() {
+	if p.tty && p.text != "" {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.text = ""
+	}
+}
+
+// vmListing is how ls lists VMs: -q prints names, as ember addresses
+// VMs by name (`--format '{{.ID}}'` prints IDs).
+var vmListing = &listing[wire.VM]{
+	noun:   "VMs",
+	quiet:  "names",
+	header: "NAME\tID\tSTATE\tIMAGE\tCPUS\tMEMORY\tDISK\tSSH\tCREATED",
+	row: func(vm wire.VM) string {
+		ssh := "-"
+		if vm.SSHPort != 0 {
+			ssh = fmt.Sprintf("127.0.0.1:%d", vm.SSHPort)
+		}
+		disk := "-"
+		if vm.DiskBytes > 0 {
+			disk = humanBytes(vm.DiskBytes)
+		}
+		return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s", vm.Name, vm.ID, vm.State, vm.Image,
+			vm.CPUs, vm.MemoryMiB, disk, ssh, ago(vm.CreatedAt))
+	},
+	key: func(vm wire.VM) string { return vm.Name },
+	filters: []filterKey[wire.VM]{
+		{name: "state", values: wire.VMStates, match: func(vm wire.VM, v string) bool { return vm.State == v }},
+		// As docker's: a part of the name.
+		{name: "name", match: func(vm wire.VM, v string) bool { return strings.Contains(vm.Name, v) }, complete: vmNames},
+		{name: "image", match: func(vm wire.VM, v string) bool { return vm.Image == v }, complete: imageNames},
+		{name: "id", match: func(vm wire.VM, v string) bool { return strings.HasPrefix(vm.ID, v) }},
+		{name: "net", values: []string{"user", "tap"}, match: func(vm wire.VM, v string) bool { return vm.Net == v }},
+	},
+}
+
 func lsCmd(e *env) *cobra.Command {
-	var asJSON bool
+	var f listFlags
+	var all bool
 	cmd := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list", "ps"},
-		Short:   "List VMs",
-		Args:    cobra.NoArgs,
+		Short:   "List VMs (every state; --filter state=running for the running ones)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			plan, err := vmListing.plan(cmd, &f)
+			if err != nil {
+				return err
+			}
 			c, err := e.client()
 			if err != nil {
 				return err
@@ -150,26 +279,11 @@ func lsCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				if vms == nil {
-					vms = []wire.VM{}
-				}
-				return printJSON(e.stdout, vms)
-			}
-			tw := table(e.stdout)
-			fmt.Fprintln(tw, "NAME\tID\tSTATE\tIMAGE\tCPUS\tMEMORY\tDISK\tSSH\tCREATED")
-			for _, vm := range vms {
-				ssh := "-"
-				if vm.SSHPort != 0 {
-					ssh = fmt.Sprintf("127.0.0.1:%d", vm.SSHPort)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", vm.Name, vm.ID, vm.State, vm.Image,
-					vm.CPUs, vm.MemoryMiB, humanBytes(vm.DiskBytes), ssh, ago(vm.CreatedAt))
-			}
-			return tw.Flush()
+			return plan.print(e.stdout, vms)
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	vmListing.addFlags(cmd, e, &f)
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "list VMs in every state; ls always does (docker's `ps -a`)")
 	return cmd
 }
 
@@ -188,14 +302,67 @@ func ago(t time.Time) string {
 }
 
 func inspectCmd(e *env) *cobra.Command {
-	return &cobra.Command{
-		Use:   "inspect VM",
-		Short: "Show a VM as JSON",
-		Args:  cobra.ExactArgs(1),
+	var asJSON bool
+	var format string
+	cmd := &cobra.Command{
+		Use:               "inspect VM...",
+		Short:             "Show VMs as a JSON array (or each through --format)",
+		ValidArgsFunction: completeArgs(e, true, vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return callPrint(cmd.Context(), e, wire.VMInspect, wire.RefParams{Ref: args[0]}, true)
+			return inspectAll(cmd, e, args, asJSON, format, wire.VMInspect)
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array (the default)")
+	cmd.Flags().StringVar(&format, "format", "", "print each VM with a Go template, e.g. '{{.IP}}' or '{{json .}}'")
+	return cmd
+}
+
+// inspectAll asks for each ref and prints what was found: a JSON array (as
+// docker inspect does, also for one) or each through --format. Refs that
+// fail are reported after it; the first failure decides the exit status.
+func inspectAll[R any](cmd *cobra.Command, e *env, refs []string, asJSON bool, format string, m wire.Method[wire.RefParams, R]) error {
+	if asJSON && format != "" {
+		return usagef(cmd, "--json and --format each choose the output: give one")
+	}
+	var tmpl *template.Template
+	if format != "" {
+		var err error
+		if tmpl, _, _, err = parseFormat[R](format); err != nil {
+			return usagef(cmd, "--format: %v", err)
+		}
+		if strings.HasPrefix(format, "table") || format == "json" {
+			return usagef(cmd, "--format: inspect takes a template, not %q", strings.Fields(format)[0])
+		}
+	}
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	found := []R{}
+	var errs []string
+	var first error
+	for _, ref := range refs {
+		res, err := client.Do(cmd.Context(), c, m, wire.RefParams{Ref: ref})
+		if err != nil {
+			errs = append(errs, err.Error())
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		found = append(found, res)
+	}
+	if tmpl != nil {
+		if err := printFormatted(e.stdout, tmpl, false, false, found); err != nil {
+			return err
+		}
+	} else if err := printJSON(e.stdout, found); err != nil {
+		return err
+	}
+	if first != nil {
+		return &wire.Error{Code: wire.CodeOf(first), Message: strings.Join(errs, "; ")}
+	}
+	return nil
 }
 
 // callPrint calls m and prints its result as JSON, or the VM's name.
@@ -221,9 +388,9 @@ func vmActionCmd(e *env, use, short string, m wire.Method[wire.RefParams, wire.V
 	var p wire.RefParams
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   use + " VM...",
-		Short: short,
-		Args:  cobra.MinimumNArgs(1),
+		Use:               use + " VM...",
+		Short:             short,
+		ValidArgsFunction: completeArgs(e, true, vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var errs []string
 			var first error
@@ -261,14 +428,14 @@ func stopCmd(e *env) *cobra.Command {
 	return vmActionCmd(e, "stop", "Shut VMs down (graceful, forced after a timeout)", wire.VMStop,
 		func(cmd *cobra.Command, p *wire.RefParams) {
 			cmd.Flags().BoolVarP(&p.Force, "force", "f", false, "kill at once, without asking the guest")
-			cmd.Flags().IntVarP(&p.TimeoutSeconds, "time", "t", 0, "seconds to wait for a graceful stop (default from config)")
+			cmd.Flags().IntVarP(&p.TimeoutSeconds, "time", "t", 0, fmt.Sprintf("seconds to wait for a graceful stop (default: the daemon's stop_timeout, %s unless configured)", layout.DefaultConfig().StopTimeout))
 		})
 }
 
 func restartCmd(e *env) *cobra.Command {
 	return vmActionCmd(e, "restart", "Stop and start VMs", wire.VMRestart,
 		func(cmd *cobra.Command, p *wire.RefParams) {
-			cmd.Flags().IntVarP(&p.TimeoutSeconds, "time", "t", 0, "seconds to wait for a graceful stop")
+			cmd.Flags().IntVarP(&p.TimeoutSeconds, "time", "t", 0, fmt.Sprintf("seconds to wait for a graceful stop (default: the daemon's stop_timeout, %s unless configured)", layout.DefaultConfig().StopTimeout))
 		})
 }
 
@@ -283,11 +450,18 @@ func logsCmd(e *env) *cobra.Command {
 	var p wire.LogsParams
 	var raw bool
 	cmd := &cobra.Command{
-		Use:   "logs VM",
-		Short: "Print a VM's serial console",
-		Args:  cobra.ExactArgs(1),
+		Use:               "logs VM",
+		Short:             "Print a VM's serial console",
+		ValidArgsFunction: completeArgs(e, false, vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Ref = args[0]
+			if cmd.Flags().Changed("tail") {
+				if p.Tail < 0 {
+					return usagef(cmd, "-n %d: the number of lines is 0 or more", p.Tail)
+				}
+				// -n 0: none of the log so far (with -f, only what comes).
+				p.NoBacklog = p.Tail == 0
+			}
 			c, err := e.client()
 			if err != nil {
 				return err
@@ -309,7 +483,7 @@ func logsCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&p.Follow, "follow", "f", false, "keep printing new output")
-	cmd.Flags().IntVarP(&p.Tail, "tail", "n", 0, "start with the last N lines")
+	cmd.Flags().IntVarP(&p.Tail, "tail", "n", 0, "print only the last N lines (default: the whole log; 0 prints none, so -f -n 0 shows only what comes next)")
 	cmd.Flags().BoolVar(&raw, "raw", false, "print the console as the guest wrote it, escape sequences and control characters too (they are removed when stdout is a terminal)")
 	return cmd
 }

@@ -73,7 +73,7 @@ func fakeKVMDevice(t *testing.T) string {
 func (e *env) inspect(name string) wire.VM {
 	e.t.Helper()
 	var vm wire.VM
-	if err := json.Unmarshal([]byte(e.must("inspect", name)), &vm); err != nil {
+	if err := json.Unmarshal([]byte(e.must("inspect", "--format", "{{json .}}", name)), &vm); err != nil {
 		e.t.Fatalf("inspect %s: %v", name, err)
 	}
 	return vm
