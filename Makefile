@@ -77,13 +77,19 @@ fresh-check:
 # install puts ember on PATH and the guest agent where the daemon looks.
 # Installing into this system as root it also creates the `ember` group
 # (the default socket_group), as Docker's package does for `docker`: its
-# members reach the root daemon's socket.
+# members reach the root daemon's socket; and the `ember-qemu` system user
+# (the default qemu_user) that a root daemon runs QEMU as: no home, no
+# shell, no files of its own (without it QEMU runs as nobody).
 PREFIX ?= /usr/local
 install: build
 	install -D -m 0755 $(BIN)/ember $(DESTDIR)$(PREFIX)/bin/ember
 	install -D -m 0755 $(BIN)/ember-agent $(DESTDIR)$(PREFIX)/lib/ember/ember-agent
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! getent group ember >/dev/null; then \
 		groupadd --system ember && echo "created the ember group; let a user reach the daemon with: usermod -aG ember USER"; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! getent passwd ember-qemu >/dev/null; then \
+		useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ember-qemu && \
+		echo "created the ember-qemu user; a root daemon runs QEMU as it"; \
 	fi
 
 clean:

@@ -26,6 +26,8 @@ var table = []Tool{
 	// Tests and benchmarks.
 	{Binary: "e2fsck", Package: "e2fsprogs", Needs: []Purpose{Test},
 		Use: "checks a guest's file system after power-off (tests)"},
+	{Binary: "ps", Package: "procps", Needs: []Purpose{Test},
+		Use: "shows which user QEMU runs as (tests)"},
 	{Binary: "ip", Package: "iproute2", Needs: []Purpose{Tap},
 		Use: "makes the network namespaces tap tests and benchmarks run in; shows links"},
 	{Binary: "nft", Package: "nftables", Needs: []Purpose{Tap},
@@ -89,4 +91,5 @@ var table = []Tool{
 	// make stop and make install.
 	{Binary: "pkill", Package: "procps", Needs: []Purpose{Run}, Use: "stops the daemon (make stop)"},
 	{Binary: "groupadd", Package: "passwd", Needs: []Purpose{Run}, Use: "creates the ember group (make install)"},
+	{Binary: "useradd", Package: "passwd", Needs: []Purpose{Run}, Use: "creates the ember-qemu user QEMU runs as (make install)"},
 }

@@ -65,6 +65,17 @@ type Config struct {
 	SocketGroup string `toml:"socket_group"`
 	// Kernel names the kernel VMs boot when create omits one.
 	Kernel string `toml:"kernel"`
+	// QEMUSandbox confines every QEMU the daemon runs: its seccomp filter
+	// (-sandbox on, with the obsolete, elevateprivileges, spawn and
+	// resourcecontrol denials), the unprivileged qemu_user (a root daemon
+	// only; a rootless one runs QEMU as itself), and a cgroup per VM with
+	// its memory and CPU limits where the daemon can make cgroups. false
+	// runs QEMU unfiltered as the daemon's user: for comparisons only.
+	QEMUSandbox bool `toml:"qemu_sandbox"`
+	// QEMUUser is who a root daemon runs QEMU as: a user name or a numeric
+	// uid, never root. `make install` creates the default, ember-qemu;
+	// while it is missing QEMU runs as nobody (uid 65534), with a warning.
+	QEMUUser string `toml:"qemu_user"`
 }
 
 // Duration reads "90s" style values from TOML.
@@ -100,6 +111,8 @@ func DefaultConfig() Config {
 		StopTimeout:        Duration{10 * time.Second},
 		OperationRetention: Duration{time.Hour},
 		SocketGroup:        "ember",
+		QEMUSandbox:        true,
+		QEMUUser:           DefaultQEMUUser,
 	}
 }
 
@@ -163,7 +176,29 @@ func (c Config) validate() []error {
 			errs = append(errs, fmt.Errorf("`socket_group` must be a group name or a gid below %d, not %s", uint32(math.MaxUint32), g))
 		}
 	}
+	errs = append(errs, c.validateQEMUUser()...)
 	return errs
+}
+
+// DefaultQEMUUser is the system user `make install` creates for QEMU.
+const DefaultQEMUUser = "ember-qemu"
+
+func (c Config) validateQEMUUser() []error {
+	u := c.QEMUUser
+	switch {
+	case u == "":
+		return []error{fmt.Errorf("`qemu_user` must name the user QEMU runs as (default %s)", DefaultQEMUUser)}
+	case u == "root" || strings.Trim(u, "0") == "":
+		return []error{fmt.Errorf("`qemu_user` must not be root: QEMU emulates the guest's devices, and a guest that breaks out of it must not be root; `qemu_sandbox = false` runs QEMU as the daemon's user")}
+	case strings.ContainsAny(u, " \t:/"):
+		return []error{fmt.Errorf("`qemu_user` must be a user name or a numeric uid, not %q", u)}
+	}
+	if strings.Trim(u, "0123456789") == "" {
+		if n, err := strconv.ParseUint(u, 10, 32); err != nil || n == math.MaxUint32 {
+			return []error{fmt.Errorf("`qemu_user` must be a user name or a uid below %d, not %s", uint32(math.MaxUint32), u)}
+		}
+	}
+	return nil
 }
 
 // ValidName reports whether s is a valid VM or image name: a DNS label
