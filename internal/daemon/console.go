@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/emberhq/ember/internal/guestproto"
@@ -18,10 +19,12 @@ const agentReadyLine = guestproto.ReadyLine
 // agent prints nothing still boots, found by dialling.
 const consoleHintTimeout = 20 * time.Second
 
-// waitConsoleLine polls a console log until it contains line, ctx ends,
-// alive fails, or max passes. It is a hint, never an error: the caller
-// dials the guest afterwards either way.
-func waitConsoleLine(ctx context.Context, path, line string, max time.Duration, alive func() error) bool {
+// waitConsoleLine polls a console log until it holds a whole line that
+// contains line, ctx ends, alive fails, or max passes, and returns that
+// line from where line starts (at most guestproto.MaxReadyLine bytes; the
+// caller parses it as guest text). It is a hint, never an error: "" means
+// not found, and the caller dials the guest afterwards either way.
+func waitConsoleLine(ctx context.Context, path, line string, max time.Duration, alive func() error) string {
 	deadline := time.Now().Add(max)
 	want := []byte(line)
 	var buf []byte
@@ -29,27 +32,33 @@ func waitConsoleLine(ctx context.Context, path, line string, max time.Duration, 
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		if f, err := os.Open(path); err == nil {
 			if _, err := f.Seek(off, io.SeekStart); err == nil {
-				b, _ := io.ReadAll(f)
+				b, _ := io.ReadAll(io.LimitReader(f, 1<<20))
 				off += int64(len(b))
 				// Keep a tail so a line split across reads is still found.
 				buf = append(buf, b...)
-				if bytes.Contains(buf, want) {
-					f.Close()
-					return true
-				}
-				if len(buf) > len(want) {
+				if i := bytes.Index(buf, want); i >= 0 {
+					rest := buf[i:]
+					if j := bytes.IndexByte(rest, '\n'); j >= 0 || len(rest) >= guestproto.MaxReadyLine {
+						if j < 0 {
+							j = guestproto.MaxReadyLine
+						}
+						f.Close()
+						return strings.TrimRight(string(rest[:min(j, guestproto.MaxReadyLine)]), "\r")
+					}
+					buf = rest // the line goes on in the next read
+				} else if len(buf) > len(want) {
 					buf = buf[len(buf)-len(want):]
 				}
 			}
 			f.Close()
 		}
 		if alive != nil && alive() != nil {
-			return false
+			return ""
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	return false
+	return ""
 }

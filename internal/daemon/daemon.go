@@ -36,8 +36,9 @@ type Options struct {
 	// AgentPath is the guest agent binary; empty finds it beside the
 	// executable.
 	AgentPath string
-	// WaitGuest waits until a booted guest answers; nil means SSH.
-	WaitGuest func(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error)
+	// WaitGuest waits until a booted guest answers with a host key that
+	// pin allows; nil means SSH.
+	WaitGuest func(ctx context.Context, addr string, key ssh.Signer, pin guest.HostKeyPin, alive func() error) (guestConn, error)
 	// PrepareBoot returns the kernel, initramfs and image disk for a create;
 	// nil means the real kernel and image code.
 	PrepareBoot func(ctx context.Context, p bootRequest) (bootFiles, error)
@@ -136,16 +137,10 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	driver := opts.Driver
 	if driver == nil {
-		qo, err := qemuConfinement(cfg, log)
+		drv, err := qemu.New(qemu.Options{Logger: log, KVMDevice: cfg.KVMDevice})
 		if err != nil {
 			return nil, err
 		}
-		qo.Logger, qo.KVMDevice = log, cfg.KVMDevice
-		drv, err := qemu.New(qo)
-		if err != nil {
-			return nil, err
-		}
-		log.Info("qemu confinement", "how", drv.Confinement())
 		driver = drv
 	}
 	if d.store, err = store.Open(ctx, lay.Store()); err != nil {
@@ -196,7 +191,7 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	d.nets = &networks{config: d.layout.Config, user: &userNet{store: d.store, restrict: !d.cfg.UserNetEgress}, tap: tap}
 	d.vms = &vmService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver, key: key,
 		base: d.base, background: &d.background, boot: d.boot, images: d.images, nets: d.nets, ops: d.ops,
-		waitGuest: opts.WaitGuest, kvmStall: opts.KVMStallTimeout,
+		waitGuest: opts.WaitGuest, kvmStall: opts.KVMStallTimeout, guests: guestPool{log: d.log},
 		createOps: newOpRegistry[*createOp](d.cfg.OperationRetention.Duration)}
 	if d.vms.waitGuest == nil {
 		d.vms.waitGuest = dialGuest

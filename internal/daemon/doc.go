@@ -48,7 +48,8 @@
 //     name uniqueness, the guest address allocation (tap mode) and the
 //     insert of a new VM row; released before any slow work. createOps:
 //     the create operations. guests (guestPool): one agent SSH connection
-//     per running VM. stops (pendingStops, stopping.go): the graceful
+//     per running VM, to an agent that must hold the host key pinned at
+//     its boot (guests.go). stops (pendingStops, stopping.go): the graceful
 //     stops in flight, which rm -f and Close cut short. Create and start
 //     undo each step as they go (undoStack, undo.go).
 //   - sessionService (session.go, session_ctl.go): session.*, one

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
 )
 
@@ -42,9 +44,22 @@ type fakeDriver struct {
 	// poweroffHangs makes the guest ignore power-off: the request gets
 	// no answer until its context ends, as with a stalled agent.
 	poweroffHangs bool
+	// hostKeys is each process's agent host key, made at Start and named
+	// on its console's ready line; a test replaces one to play a guest
+	// whose agent was replaced. agents maps a VM's agent address to its
+	// process.
+	hostKeys map[int]ssh.Signer
+	agents   map[string]int
+	// consoleExtra is printed on each console before the ready line;
+	// announceOtherKey makes the ready line name a key the agent does
+	// not hold.
+	consoleExtra     string
+	announceOtherKey bool
 }
 
-func newFakeDriver() *fakeDriver { return &fakeDriver{nextPID: 1000, alive: map[int]bool{}} }
+func newFakeDriver() *fakeDriver {
+	return &fakeDriver{nextPID: 1000, alive: map[int]bool{}, hostKeys: map[int]ssh.Signer{}, agents: map[string]int{}}
+}
 
 func (f *fakeDriver) Name() string { return "fake" }
 
@@ -59,10 +74,20 @@ func (f *fakeDriver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.I
 	if f.startErr != nil {
 		return hypervisor.Instance{}, f.startErr
 	}
+	hostKey, err := guest.NewKey()
+	if err != nil {
+		return hypervisor.Instance{}, err
+	}
+	announced := hostKey
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.announceOtherKey {
+		if announced, err = guest.NewKey(); err != nil {
+			return hypervisor.Instance{}, err
+		}
+	}
 	f.accels = append(f.accels, s.Accel)
-	console := "fake console line 1\nfake console line 2\nember-agent: ready\n"
+	console := "fake console line 1\nfake console line 2\n" + f.consoleExtra + guestproto.ReadyMessage("[::]:22", announced.PublicKey()) + "\n"
 	if f.kvmSilent && s.Accel == hypervisor.AccelKVM {
 		console = ""
 	}
@@ -72,7 +97,36 @@ func (f *fakeDriver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.I
 	f.nextPID++
 	f.started++
 	f.alive[f.nextPID] = true
+	f.hostKeys[f.nextPID] = hostKey
+	if s.Net.SSHHostPort != 0 {
+		f.agents[fmt.Sprintf("127.0.0.1:%d", s.Net.SSHHostPort)] = f.nextPID
+	}
+	if _, ip, ok := strings.Cut(s.Cmdline, guestproto.ArgIP+"="); ok {
+		ip, _, _ = strings.Cut(ip, "/")
+		f.agents[net.JoinHostPort(ip, "22")] = f.nextPID
+	}
 	return hypervisor.Instance{PID: f.nextPID, StartTime: 1}, nil
+}
+
+// dialAgent plays a dial of the agent at addr: the process behind it
+// (the last one started there, else the last one started) answers with
+// its host key, which must meet pin.
+func (f *fakeDriver) dialAgent(addr string, pin guest.HostKeyPin) (*fakeGuest, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	pid := f.nextPID
+	if p, ok := f.agents[addr]; ok {
+		pid = p
+	}
+	g := &fakeGuest{drv: f, pid: pid}
+	if k := f.hostKeys[pid]; k != nil {
+		g.hostKey = k.PublicKey()
+		got := ssh.FingerprintSHA256(g.hostKey)
+		if (pin.Key != nil && got != ssh.FingerprintSHA256(pin.Key)) || (pin.Fingerprint != "" && got != pin.Fingerprint) {
+			return nil, fmt.Errorf("ssh handshake with guest %s: it presented host key %s: %w", addr, got, guest.ErrHostKeyMismatch)
+		}
+	}
+	return g, nil
 }
 
 func (f *fakeDriver) State(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) (hypervisor.State, error) {
@@ -128,9 +182,12 @@ func (f *fakeDriver) running() int {
 
 // fakeGuest answers exec with "ran: ARGV" and the exit code in argv "exit N".
 type fakeGuest struct {
-	drv *fakeDriver
-	pid int
+	drv     *fakeDriver
+	pid     int
+	hostKey ssh.PublicKey
 }
+
+func (g *fakeGuest) HostKey() ssh.PublicKey { return g.hostKey }
 
 func (g *fakeGuest) Exec(ctx context.Context, req guest.ExecRequest) (int, error) {
 	if len(req.Argv) == 2 && req.Argv[0] == "exit" {
@@ -190,7 +247,7 @@ func openTestDaemon(t *testing.T, home string, drv *fakeDriver) *testDaemon {
 			}
 			return bootFiles{KernelName: "k1", Vmlinuz: "/dev/null", Initrd: "/dev/null", Disk: "/dev/null", DiskFormat: "raw", DiskBytes: 1 << 30}, nil
 		},
-		WaitGuest: func(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error) {
+		WaitGuest: func(ctx context.Context, addr string, key ssh.Signer, pin guest.HostKeyPin, alive func() error) (guestConn, error) {
 			if td.bootHold != nil {
 				select {
 				case <-td.bootHold:
@@ -201,10 +258,7 @@ func openTestDaemon(t *testing.T, home string, drv *fakeDriver) *testDaemon {
 			if err := alive(); err != nil {
 				return nil, err
 			}
-			drv.mu.Lock()
-			pid := drv.nextPID
-			drv.mu.Unlock()
-			return &fakeGuest{drv: drv, pid: pid}, nil
+			return drv.dialAgent(addr, pin)
 		},
 	}
 	d, err := Open(context.Background(), opts)

@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/ipam"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/wire"
@@ -97,7 +98,7 @@ func openTapDaemon(t *testing.T, home, subnet string, drv *fakeDriver, taps *fak
 			}
 			return bootFiles{KernelName: "k1", Vmlinuz: "/dev/null", Initrd: "/dev/null", Disk: "/dev/null", DiskFormat: "raw", DiskBytes: 1 << 30}, nil
 		},
-		WaitGuest: func(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error) {
+		WaitGuest: func(ctx context.Context, addr string, key ssh.Signer, pin guest.HostKeyPin, alive func() error) (guestConn, error) {
 			// In tap mode the agent is dialled on the VM's own address.
 			if host, port, err := net.SplitHostPort(addr); err != nil || port != "22" || !ipam.MustParse(subnet).Leasable(net.ParseIP(host)) {
 				return nil, fmt.Errorf("agent dialled at %q, not a leased address port 22", addr)
@@ -105,7 +106,7 @@ func openTapDaemon(t *testing.T, home, subnet string, drv *fakeDriver, taps *fak
 			if err := alive(); err != nil {
 				return nil, err
 			}
-			return &fakeGuest{drv: drv}, nil
+			return drv.dialAgent(addr, pin)
 		},
 		NetSetup: func(ctx context.Context, cfg layout.Config, sub *ipam.Subnet) error { setups++; return nil },
 		Taps:     taps,

@@ -18,10 +18,12 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/termtext"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -58,7 +60,7 @@ type vmService struct {
 	images     *imageService
 	nets       *networks
 	ops        *opService
-	waitGuest  func(ctx context.Context, addr string, key ssh.Signer, alive func() error) (guestConn, error)
+	waitGuest  func(ctx context.Context, addr string, key ssh.Signer, pin guest.HostKeyPin, alive func() error) (guestConn, error)
 	kvmStall   time.Duration
 	// hooks: the session service's; each may be nil.
 	onStopping func(ctx context.Context, vm store.VM, reason string)
@@ -322,6 +324,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		}
 		return nil
 	}
+	vm.AgentHostKey = "" // this boot's agent makes a new one
 	label := ""
 	for {
 		spec.Accel = dec.Accel
@@ -368,15 +371,20 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	bootCtx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
 	defer cancel()
 	// Dial only once the agent says it listens: an early connection through
-	// QEMU's user-mode forward stalls while the guest is not up yet.
-	waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
-	conn, err := s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, alive)
+	// QEMU's user-mode forward stalls while the guest is not up yet. The
+	// ready line names the agent's host key, which this dial must meet and
+	// every later one too (guests.go).
+	ready := waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
+	conn, err := s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, readyPin(s.log, vm.Name, ready), alive)
 	if err != nil {
 		if ctx.Err() != nil {
 			return vm, fmt.Errorf("boot %s cancelled: %w", vm.Name, ctx.Err())
 		}
-		return vm, fmt.Errorf("vm %s did not boot: %w; last console lines:\n%s", vm.Name, err, consoleTail(spec.ConsoleLog, 15))
+		// The console is the guest's text: cleaned of what would act on
+		// a terminal before it goes into an error.
+		return vm, fmt.Errorf("vm %s did not boot: %w; last console lines:\n%s", vm.Name, err, termtext.Clean(consoleTail(spec.ConsoleLog, 15)))
 	}
+	vm.AgentHostKey = authorizedKey(conn.HostKey())
 	s.guests.put(vm.ID, conn)
 	undo.add("guest connection", func() { s.guests.drop(vm.ID) })
 	if err := s.step("connect to agent"); err != nil {
@@ -472,17 +480,17 @@ func (s *vmService) removeVM(ctx context.Context, id string) error {
 	return nil
 }
 
-// killVM stops a VM's process without asking the guest. Quit runs also
-// when the process is already gone (a guest power-off): it removes what
-// the process leaves behind (its socket, pid file and cgroup).
+// killVM stops a VM's process without asking the guest.
 func (s *vmService) killVM(ctx context.Context, vm store.VM) {
 	if vm.PID == 0 {
 		return
 	}
 	spec := specOf(vm)
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
-	if err := s.driver.Quit(ctx, spec, inst); err != nil {
-		s.log.Warn("quit vm", "vm", vm.Name, "err", err)
+	if s.driver.Alive(inst) {
+		if err := s.driver.Quit(ctx, spec, inst); err != nil {
+			s.log.Warn("quit vm", "vm", vm.Name, "err", err)
+		}
 	}
 }
 
@@ -689,6 +697,11 @@ func (s *vmService) shutdown(ctx context.Context, vm store.VM, force bool, timeo
 			if err := conn.Poweroff(pctx); err != nil {
 				s.log.Info("graceful poweroff", "vm", vm.Name, "err", err)
 			}
+		} else if errors.Is(err, guest.ErrHostKeyMismatch) {
+			// What answers is not the agent: nothing will power the
+			// guest off, so it is stopped at once, and says why.
+			cancel()
+			s.noteVM(vm.ID, "stopped by force: its agent could not be asked to power off: "+err.Error())
 		}
 		for s.driver.Alive(inst) && pctx.Err() == nil {
 			select {
@@ -700,6 +713,14 @@ func (s *vmService) shutdown(ctx context.Context, vm store.VM, force bool, timeo
 	}
 	s.guests.drop(vm.ID)
 	s.killVM(context.Background(), vm)
+}
+
+// noteVM records why something happened to a VM as its last error.
+func (s *vmService) noteVM(id, note string) {
+	_, _ = s.withVMLockByID(context.Background(), id, func(v *store.VM) error {
+		v.LastError = note
+		return s.store.UpdateVM(context.Background(), *v)
+	})
 }
 
 func (s *vmService) restartVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
@@ -828,19 +849,47 @@ func (s *vmService) guest(ctx context.Context, vm store.VM) (guestConn, error) {
 		if addr == "" {
 			return nil, fmt.Errorf("vm %s has no agent address", vm.Name)
 		}
+		pin, err := pinOf(vm)
+		if err != nil {
+			return nil, err
+		}
 		inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
 		ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
 		defer cancel()
-		c, err := s.waitGuest(ctx, addr, s.key, func() error {
+		c, err := s.waitGuest(ctx, addr, s.key, pin, func() error {
 			if !s.driver.Alive(inst) {
 				return fmt.Errorf("vm %s is not running", vm.Name)
 			}
 			return nil
 		})
+		if errors.Is(err, guest.ErrHostKeyMismatch) {
+			s.log.Warn("refused an agent without the pinned host key", "vm", vm.Name, "addr", addr, "err", err)
+			return nil, fmt.Errorf("vm %s: refusing what answers on its agent address %s, which does not hold the agent's host key pinned at boot (a process in the guest may have replaced the agent); nothing was sent to it; `ember restart %s` boots the vm again with a new agent: %w",
+				vm.Name, addr, vm.Name, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("connect to the agent of %s: %w", vm.Name, err)
 		}
+		if pin.Key == nil {
+			s.recordHostKey(vm, c.HostKey())
+		}
 		return c, nil
+	})
+}
+
+// recordHostKey pins the agent key of a running VM that has none recorded
+// (one started before keys were recorded), if it is still the same boot.
+func (s *vmService) recordHostKey(vm store.VM, k ssh.PublicKey) {
+	if k == nil {
+		return
+	}
+	_, _ = s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
+		if v.State != wire.StateRunning || v.PID != vm.PID || v.AgentHostKey != "" {
+			return nil
+		}
+		v.AgentHostKey = authorizedKey(k)
+		s.log.Info("pinned the agent host key of a vm started without one", "vm", vm.Name, "key", ssh.FingerprintSHA256(k))
+		return s.store.UpdateVM(context.Background(), *v)
 	})
 }
 
