@@ -66,7 +66,7 @@ func run(runs int, out string) error {
 	if _, err := ember("create", "warm"); err != nil {
 		return err
 	}
-	raw, err := ember("inspect", "warm")
+	raw, err := ember("inspect", "--format", "{{json .}}", "warm")
 	if err != nil {
 		return err
 	}

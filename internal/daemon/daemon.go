@@ -137,10 +137,16 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	driver := opts.Driver
 	if driver == nil {
-		drv, err := qemu.New(qemu.Options{Logger: log, KVMDevice: cfg.KVMDevice})
+		qo, err := qemuConfinement(cfg, log)
 		if err != nil {
 			return nil, err
 		}
+		qo.Logger, qo.KVMDevice = log, cfg.KVMDevice
+		drv, err := qemu.New(qo)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("qemu confinement", "how", drv.Confinement())
 		driver = drv
 	}
 	if d.store, err = store.Open(ctx, lay.Store()); err != nil {

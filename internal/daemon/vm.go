@@ -480,17 +480,17 @@ func (s *vmService) removeVM(ctx context.Context, id string) error {
 	return nil
 }
 
-// killVM stops a VM's process without asking the guest.
+// killVM stops a VM's process without asking the guest. Quit runs also
+// when the process is already gone (a guest power-off): it removes what
+// the process leaves behind (its socket, pid file and cgroup).
 func (s *vmService) killVM(ctx context.Context, vm store.VM) {
 	if vm.PID == 0 {
 		return
 	}
 	spec := specOf(vm)
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
-	if s.driver.Alive(inst) {
-		if err := s.driver.Quit(ctx, spec, inst); err != nil {
-			s.log.Warn("quit vm", "vm", vm.Name, "err", err)
-		}
+	if err := s.driver.Quit(ctx, spec, inst); err != nil {
+		s.log.Warn("quit vm", "vm", vm.Name, "err", err)
 	}
 }
 

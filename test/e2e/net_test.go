@@ -27,7 +27,7 @@ const (
 func (e *nsEnv) inspect(name string) wire.VM {
 	e.t.Helper()
 	var vm wire.VM
-	if err := json.Unmarshal([]byte(e.must("inspect", name)), &vm); err != nil {
+	if err := json.Unmarshal([]byte(e.must("inspect", "--format", "{{json .}}", name)), &vm); err != nil {
 		e.t.Fatalf("inspect %s: %v", name, err)
 	}
 	return vm
