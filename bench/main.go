@@ -34,17 +34,22 @@ func main() {
 	out := flag.String("out", "BENCHMARKS.md", "file to write")
 	netOnly := flag.Bool("net", false, "measure only the tap networking section (root; uses a network namespace)")
 	sessionsOnly := flag.Bool("sessions", false, "measure only the persistent sessions section")
+	dnsOnly := flag.Bool("dns", false, "measure only the VM DNS section (root; uses a network namespace; needs dnsmasq)")
 	flag.Parse()
 	var err error
 	switch {
 	case *dnsServe != "":
-		err = serveDNS(*dnsServe)
+		err = serveDNS(*dnsServe, *dnsSlow)
 	case *dnsLoad != "":
-		err = runDNSLoad(*dnsLoad)
+		err = runDNSLoad(*dnsLoad, *dnsEDNS)
+	case *dnsOnly:
+		err = runDNSOnly(*runs, *out)
 	case *netOnly:
 		err = runNet(*runs, *out)
 	case *sessionsOnly:
 		err = runSessionsOnly(*runs, *out)
+	case *hostileOnly:
+		err = runHostile(*out)
 	default:
 		err = run(*runs, *out)
 	}
@@ -216,6 +221,8 @@ func write(path string, runs int, acc accelUsed, floor, full time.Duration, sess
 	fmt.Fprintf(&b, "Measured %s on %s. Accelerator of both sides: %s (ember's decision: %s).\n",
 		time.Now().UTC().Format("2006-01-02 15:04 MST"), host, strings.ToUpper(acc.Accel), acc.Reason)
 	writeSessions(&b, sess, runs)
-	b.Write(keepSection(path, netHeading)) // written by -net; keep it
+	b.Write(keepSection(path, netHeading))     // written by -net; keep it
+	b.Write(keepSection(path, dnsHeading))     // written by -dns (and -net); keep it
+	b.Write(keepSection(path, hostileHeading)) // written by -hostile; keep it
 	return os.WriteFile(path, b.Bytes(), 0o644)
 }

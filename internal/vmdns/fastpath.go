@@ -104,7 +104,7 @@ func (s *Server) packSOA() []byte {
 // fastAnswer appends to out the response to the query req, or returns
 // false when the query is not one the fast path answers.
 func (s *Server) fastAnswer(req, out []byte) ([]byte, bool) {
-	if len(req) < hdrLen+5 {
+	if len(req) < hdrLen+5 || s.cfg.SlowPathOnly {
 		return nil, false
 	}
 	bits := binary.BigEndian.Uint16(req[2:])
@@ -163,28 +163,40 @@ func (s *Server) fastAnswer(req, out []byte) ([]byte, bool) {
 	}
 	answer := e.hasA && (qtype == dns.TypeA || qtype == dns.TypeANY)
 
-	// Header: the client's ID, RD and CD; QR and AA set; no EDNS in the
-	// reply, as the slow path adds none.
+	// Header: the client's ID, RD and CD; QR and AA set; an OPT record
+	// when the query has one, as setReplyEDNS gives the slow path's.
 	out = append(out, req[0], req[1],
 		byte((flagQR|flagAA|bits&(flagRD|flagCD))>>8), byte(bits&(flagRD|flagCD)),
 		0, 1)
 	if answer {
-		out = append(out, 0, 1, 0, 0, 0, 0)
+		out = append(out, 0, 1, 0, 0)
 	} else {
-		out = append(out, 0, 0, 0, 1, 0, 0)
+		out = append(out, 0, 0, 0, 1)
 	}
+	out = append(out, 0, byte(arcount))
 	out = append(out, req[hdrLen:qEnd]...) // the question as sent
 	if answer {
-		return append(out, e.a[:]...), true
+		out = append(out, e.a[:]...)
+	} else {
+		out = append(out, s.soaWire...) // the name exists, not with this type
 	}
-	return append(out, s.soaWire...), true // the name exists, not with this type
+	if arcount == 1 {
+		out = append(out, replyOPT[:]...)
+	}
+	return out, true
 }
 
-// plainOPT reports whether b is exactly one EDNS OPT record that miekg
-// decodes without error: root owner name, and options that are only
-// cookies or padding.
+// replyOPT is the server's OPT record in wire form: root owner, the
+// advertised UDP payload size, extended RCODE 0, version 0, no flags (DO
+// clear: no DNSSEC here) and no options (setReplyEDNS).
+var replyOPT = [11]byte{0, 0, byte(dns.TypeOPT), ednsUDPSize >> 8, ednsUDPSize & 0xff, 0, 0, 0, 0, 0, 0}
+
+// plainOPT reports whether b is exactly one EDNS OPT record of version 0
+// (another version gets BADVERS from the slow path) that miekg decodes
+// without error: root owner name, and options that are only cookies or
+// padding.
 func plainOPT(b []byte) bool {
-	if len(b) < 11 || b[0] != 0 || binary.BigEndian.Uint16(b[1:]) != dns.TypeOPT {
+	if len(b) < 11 || b[0] != 0 || binary.BigEndian.Uint16(b[1:]) != dns.TypeOPT || b[6] != 0 {
 		return false
 	}
 	rd := b[11:]

@@ -106,6 +106,36 @@ func queries(t testing.TB) []testQuery {
 	m.Ns = append(m.Ns, &dns.A{Hdr: dns.RR_Header{Name: "x.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: net.IPv4(1, 2, 3, 4)})
 	add("authority A", pack(t, m))
 
+	// EDNS replies (RFC 6891): another version (BADVERS), two OPT
+	// records (FORMERR), a small payload size, and queries miekg's
+	// server rejects from the header that carry an OPT.
+	for _, n := range []string{"vm1.ember.test.", "nope.ember.test.", "example.com."} {
+		m = q(n, dns.TypeA)
+		m.SetEdns0(1232, false)
+		m.IsEdns0().SetVersion(1)
+		add(n+" edns version 1", pack(t, m))
+	}
+	m = q("vm1.ember.test.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	m.Extra = append(m.Extra, m.Extra[0])
+	add("two opt", pack(t, m))
+	m = q("vm1.ember.test.", dns.TypeA)
+	m.SetEdns0(512, true)
+	add("edns 512 do", pack(t, m))
+	m = q("vm1.ember.test.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	m.Opcode = dns.OpcodeNotify
+	add("edns notify", pack(t, m))
+	m = q("vm1.ember.test.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	m.Question = append(m.Question, m.Question[0])
+	add("edns two questions", pack(t, m))
+	m = q("vm1.ember.test.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	m.Ns = append(m.Ns, &dns.A{Hdr: dns.RR_Header{Name: "x.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: net.IPv4(1, 2, 3, 4)},
+		&dns.A{Hdr: dns.RR_Header{Name: "y.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: net.IPv4(1, 2, 3, 4)})
+	add("edns two authority", pack(t, m))
+
 	// Hand-made and broken packets.
 	base := pack(t, q("vm1.ember.test.", dns.TypeA))
 	add("trailing bytes", append(append([]byte(nil), base...), 1, 2, 3))
@@ -132,7 +162,82 @@ func queries(t testing.TB) []testQuery {
 	big.SetEdns0(4096, false)
 	big.IsEdns0().Option = append(big.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 600)})
 	add("over 512 bytes", pack(t, big))
+	bigger := q("vm1.ember.test.", dns.TypeA)
+	bigger.SetEdns0(4096, false)
+	bigger.IsEdns0().Option = append(bigger.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 1300)})
+	add("over 1232 bytes", pack(t, bigger))
 	return qs
+}
+
+// queryOPT is the OPT record of a query that unpacks with exactly one, the
+// queries whose every answer must carry one (RFC 6891 §6.1.1).
+func queryOPT(pkt []byte) *dns.OPT {
+	m := new(dns.Msg)
+	if m.Unpack(pkt) != nil || countOPT(m) != 1 {
+		return nil
+	}
+	return m.IsEdns0()
+}
+
+// checkReplyOPT fails unless the answer to a query with an OPT carries the
+// server's own (the upstream's answers here carry none of their own), and
+// the answer to one without carries none.
+func checkReplyOPT(t *testing.T, name string, query, answer []byte) {
+	t.Helper()
+	if answer == nil {
+		return
+	}
+	// The query as the server read it: a datagram is cut at udpReadSize,
+	// and an OPT past the cut was never seen.
+	query = query[:min(len(query), udpReadSize)]
+	r := new(dns.Msg)
+	if err := r.Unpack(answer); err != nil {
+		t.Fatalf("%s: answer does not unpack: %v", name, err)
+	}
+	if queryOPT(query) == nil {
+		if r.IsEdns0() != nil && countOPT(mustUnpack(query)) == 0 {
+			t.Errorf("%s: OPT in the answer to a query without one:\n%s", name, r)
+		}
+		return
+	}
+	o := r.IsEdns0()
+	if o == nil || o.UDPSize() != 1232 || o.Version() != 0 || o.Do() || len(o.Option) != 0 || countOPT(r) != 1 {
+		t.Errorf("%s: the answer to an EDNS query lacks the server's OPT (udp 1232, version 0, no flags):\n%s", name, r)
+	}
+}
+
+func mustUnpack(pkt []byte) *dns.Msg {
+	m := new(dns.Msg)
+	if m.Unpack(pkt) != nil {
+		return new(dns.Msg)
+	}
+	return m
+}
+
+// withMiekgRejectionOPT is miekg's server's answer to a query it rejects
+// from the header alone (FORMERR, NOTIMP), with the OPT record ours adds
+// when the query has one: miekg answers those itself, without calling the
+// handler, and without an OPT.
+func withMiekgRejectionOPT(query, answer []byte) []byte {
+	r := new(dns.Msg)
+	if answer == nil || r.Unpack(answer) != nil || r.IsEdns0() != nil ||
+		(r.Rcode != dns.RcodeFormatError && r.Rcode != dns.RcodeNotImplemented) {
+		return answer
+	}
+	q := new(dns.Msg)
+	if q.Unpack(query) != nil || countOPT(q) != 1 {
+		return answer
+	}
+	if dns.DefaultMsgAcceptFunc(dns.Header{Bits: be16(query[2:]), Qdcount: be16(query[4:]), Ancount: be16(query[6:]),
+		Nscount: be16(query[8:]), Arcount: be16(query[10:])}) == dns.MsgAccept {
+		return answer
+	}
+	setReplyEDNS(q, r)
+	b, err := r.Pack()
+	if err != nil {
+		return answer
+	}
+	return b
 }
 
 // upstream is a fake resolver answering every A query with 192.0.2.7.
@@ -218,7 +323,7 @@ func TestMatchesMiekgServer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ref := &dns.Server{PacketConn: pc, Handler: s}
+			ref := &dns.Server{PacketConn: pc, Handler: s, UDPSize: udpReadSize}
 			started := make(chan struct{})
 			ref.NotifyStartedFunc = func() { close(started) }
 			go ref.ActivateAndServe()
@@ -231,11 +336,13 @@ func TestMatchesMiekgServer(t *testing.T) {
 				if silent(q.pkt) {
 					wait = 300 * time.Millisecond
 				}
-				got := describe(t, exchange(t, addr, q.pkt, wait))
-				want := describe(t, exchange(t, pc.LocalAddr().String(), q.pkt, wait))
+				gotb := exchange(t, addr, q.pkt, wait)
+				got := describe(t, gotb)
+				want := describe(t, withMiekgRejectionOPT(q.pkt, exchange(t, pc.LocalAddr().String(), q.pkt, wait)))
 				if got != want {
 					t.Errorf("%s:\ngot  %s\nwant %s", q.name, got, want)
 				}
+				checkReplyOPT(t, q.name, q.pkt, gotb)
 				if _, ok := s.fastAnswer(q.pkt, nil); ok {
 					fast++
 				}

@@ -2,7 +2,8 @@
 // <vm>.<domain> from an in-memory table the daemon updates the moment a VM
 // is created or deleted, NXDOMAIN for unknown VM names, and forwards every
 // other name to the host's upstream resolvers — but only for clients inside
-// the guest subnet, so it is never an open resolver. Its clients are
+// the guest subnet, so it is never an open resolver. Every reply to a
+// query with an EDNS OPT record carries one (ednsWriter). Its clients are
 // guests, so what they can make it spend is bounded (limits.go): forwards
 // in flight, goroutines, a rate per client, TCP connections.
 package vmdns
@@ -46,6 +47,10 @@ type Config struct {
 	ClientRate     float64       // slow-path queries per second per client address
 	ClientBurst    int           // and the burst above that rate
 	ForwardTimeout time.Duration // one upstream exchange
+
+	// SlowPathOnly answers every query through miekg's message code,
+	// without the fast path: the benchmark's comparison (bench -dns).
+	SlowPathOnly bool
 }
 
 // Server answers for one domain. Safe for concurrent use.
@@ -191,7 +196,7 @@ func (s *Server) Start(addr string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("dns: listen tcp %s: %w", addr, err)
 	}
-	srv := &dns.Server{Listener: newTCPListener(l, maxTCPConns), Handler: dns.HandlerFunc(s.serveTCP)}
+	srv := &dns.Server{Listener: newTCPListener(l, maxTCPConns), Handler: dns.HandlerFunc(s.serveTCP), MsgAcceptFunc: acceptQueries}
 	started := make(chan struct{})
 	srv.NotifyStartedFunc = func() { close(started) }
 	s.tcp = srv
@@ -269,27 +274,56 @@ func (s *Server) Close() error {
 func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) { s.serve(w, req, true) }
 
 // serveTCP answers a query that came over TCP: rate-limited per client,
-// as the UDP slow path is.
+// as the UDP slow path is, and checked as serveSlow checks a datagram,
+// so that what miekg's server would reject gets the same answer as over
+// UDP, EDNS included.
 func (s *Server) serveTCP(w dns.ResponseWriter, req *dns.Msg) {
 	defer s.recoverQuery("tcp query")
 	if a, ok := clientAddr(w.RemoteAddr()); ok && !s.limiter.allow(a) {
 		refuse(w, req)
 		return
 	}
+	if pkt, err := req.Pack(); err == nil {
+		s.serveSlow(pkt, w, true)
+		return
+	}
 	s.serve(w, req, true)
+}
+
+// acceptQueries is the TCP server's MsgAcceptFunc: it drops responses,
+// as miekg's default does, and lets serveTCP judge the rest.
+func acceptQueries(dh dns.Header) dns.MsgAcceptAction {
+	if dh.Bits&flagQR != 0 {
+		return dns.MsgIgnore
+	}
+	return dns.MsgAccept
 }
 
 // refuse answers REFUSED: the client is over its rate.
 func refuse(w dns.ResponseWriter, req *dns.Msg) {
 	m := new(dns.Msg)
 	m.SetRcode(req, dns.RcodeRefused)
-	_ = w.WriteMsg(m)
+	_ = ednsWriter(w, req).WriteMsg(m)
 }
 
 // serve answers one query; a name to forward gets SERVFAIL at once when
 // mayForward is false.
 func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg, mayForward bool) {
 	m := new(dns.Msg)
+	if opts := countOPT(req); opts > 1 {
+		// RFC 6891 §6.1.1: more than one OPT is a format error; which
+		// one to answer is unknown, so the reply carries none.
+		m.SetRcodeFormatError(req)
+		_ = w.WriteMsg(m)
+		return
+	}
+	w = ednsWriter(w, req)
+	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 {
+		// §6.1.3: a version this server does not implement.
+		m.SetRcode(req, dns.RcodeBadVers)
+		_ = w.WriteMsg(m)
+		return
+	}
 	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery {
 		m.SetRcode(req, dns.RcodeNotImplemented)
 		_ = w.WriteMsg(m)
@@ -307,6 +341,71 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg, mayForward bool) {
 		return
 	}
 	_ = w.WriteMsg(m)
+}
+
+// ednsUDPSize is the UDP payload size the server advertises in its OPT
+// records: the size of datagram it reads (udpReadSize), the one DNS Flag
+// Day 2020 settled on.
+const ednsUDPSize = 1232
+
+// countOPT is how many OPT records req's additional section holds.
+func countOPT(req *dns.Msg) int {
+	n := 0
+	for _, rr := range req.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			n++
+		}
+	}
+	return n
+}
+
+// ednsWriter makes every reply written through it carry the EDNS that
+// RFC 6891 asks of a responder to req: an OPT record when req has one
+// (§6.1.1), none otherwise (§7). The server's own OPT advertises
+// ednsUDPSize, version 0, no options, and the DO bit clear: the server
+// does no DNSSEC, so, as any server that does not implement it, it
+// answers without DNSSEC records and leaves that flag zero (§6.1.4). An
+// upstream's answer passed on keeps the upstream's options and flags (it
+// is the upstream's answer to the client's own query) with this server's
+// payload size.
+func ednsWriter(w dns.ResponseWriter, req *dns.Msg) dns.ResponseWriter {
+	return &ednsReplyWriter{ResponseWriter: w, req: req}
+}
+
+type ednsReplyWriter struct {
+	dns.ResponseWriter
+	req *dns.Msg
+}
+
+func (w *ednsReplyWriter) WriteMsg(m *dns.Msg) error {
+	setReplyEDNS(w.req, m)
+	return w.ResponseWriter.WriteMsg(m)
+}
+
+// setReplyEDNS gives m, a reply to req, the OPT record ednsWriter says.
+func setReplyEDNS(req, m *dns.Msg) {
+	var own *dns.OPT
+	extra := m.Extra[:0]
+	for _, rr := range m.Extra {
+		if o, ok := rr.(*dns.OPT); ok {
+			if own == nil {
+				own = o
+			}
+			continue
+		}
+		extra = append(extra, rr)
+	}
+	m.Extra = extra
+	if req.IsEdns0() == nil {
+		return
+	}
+	if own == nil {
+		own = &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+	}
+	own.Hdr.Name = "."
+	own.SetVersion(0)
+	own.SetUDPSize(ednsUDPSize)
+	m.Extra = append(m.Extra, own)
 }
 
 func (s *Server) soa() dns.RR {

@@ -13,9 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// udpReadSize is what miekg's server reads of a datagram (dns.MinMsgSize):
-// a longer query is cut there and, as before, answered FORMERR.
-const udpReadSize = dns.MinMsgSize
+// udpReadSize is the longest datagram the server reads, the payload size
+// its OPT records advertise (ednsUDPSize): a longer query is cut there and
+// answered FORMERR.
+const udpReadSize = ednsUDPSize
 
 // serveUDP is the read loop of one UDP socket. The fast path answers in
 // the loop itself; every other packet is handled by ServeDNS in a
@@ -171,6 +172,12 @@ func (s *Server) serveSlow(pkt []byte, w dns.ResponseWriter, mayForward bool) {
 		s.serve(w, req, mayForward)
 		return
 	}
+	// A query that unpacked with one OPT gets one back (RFC 6891 §6.1.1);
+	// miekg's own server answers these from the header alone, without.
+	var orig *dns.Msg
+	if err == nil && countOPT(req) == 1 {
+		orig = req.Copy()
+	}
 	if action != dns.MsgAccept {
 		// miekg answers a rejected query from its header alone.
 		req = new(dns.Msg)
@@ -184,6 +191,9 @@ func (s *Server) serveSlow(pkt []byte, w dns.ResponseWriter, mayForward bool) {
 		req.Rcode = dns.RcodeNotImplemented
 	}
 	req.Ns, req.Answer, req.Extra = nil, nil, nil
+	if orig != nil {
+		setReplyEDNS(orig, req)
+	}
 	_ = w.WriteMsg(req)
 }
 
