@@ -21,24 +21,34 @@ import (
 // and the create still succeeds.
 
 // kvmWrapper writes a qemu-system-x86_64 that runs the real one, except
-// that under -accel kvm the guest's vCPU never runs (QEMU starts paused,
-// like a nested KVM whose vCPU does not run a kernel). With probeOK, a
-// probe (QEMU not daemonized) reports success instead, as a KVM that runs
-// the probe but not the VM would. It returns the PATH entry to put first.
+// that under -accel kvm the guest never shows progress: a probe (its
+// console on stdio) starts paused and stays so, a VM's console goes
+// nowhere (-serial null), like a nested KVM whose vCPU does not run a
+// kernel. With probeOK, a probe reports success instead, as a KVM that
+// runs the probe but not the VM would. It returns the PATH entry to put
+// first: a folder QEMU's unprivileged user can enter, since the daemon
+// starts QEMU (this script) as that user.
 func kvmWrapper(t *testing.T, probeOK bool) string {
 	t.Helper()
 	real, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		t.Skip("no qemu-system-x86_64")
 	}
-	dir := t.TempDir()
+	dir, err := os.MkdirTemp("", "ember-kvmwrap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	script := `#!/bin/sh
-kvm=0; daemonize=0
+kvm=0; probe=0
 for a do
-	case "$a" in kvm) kvm=1;; -daemonize) daemonize=1;; esac
+	case "$a" in kvm) kvm=1;; stdio) probe=1;; esac
 done
 if [ $kvm = 0 ]; then exec ` + real + ` "$@"; fi
-if [ $daemonize = 0 ] && [ "` + fmt.Sprint(probeOK) + `" = true ]; then
+if [ $probe = 1 ] && [ "` + fmt.Sprint(probeOK) + `" = true ]; then
 	echo "ember-agent: probe ok"
 	exit 0
 fi
@@ -49,6 +59,7 @@ for a do
 	case "$a" in
 	kvm) a=tcg ;;
 	-cpu) skip=1; continue ;;
+	chardev:console) a=null ;;
 	esac
 	set -- "$@" "$a"
 done
