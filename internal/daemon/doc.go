@@ -37,7 +37,9 @@
 //   - networks (network.go): one vmNetwork strategy per mode — userNet
 //     (QEMU user-mode networking) and tapNet (nil unless tap is
 //     configured: the TAP pool and the VM DNS server, each with its own
-//     lock, and a cache of the leases under tapNet.mu, a leaf).
+//     lock, a cache of the leases under tapNet.mu, a leaf, and the
+//     bridge's guestFilter, which lets each lease's TAP send only as
+//     that lease; the rest of the guest policy is fixed at start).
 //   - vmService (vm.go, exec.go, guests.go, vmlock.go): vm.*. vmLocks
 //     (vmLockSet): one mutex per VM ID, reached through withVMLockByID and
 //     withVMLockByRef (name or unique ID prefix); held only to read and

@@ -45,13 +45,16 @@ func netChecks(ctx context.Context, lay layout.Layout, root bool) []Check {
 	} else {
 		out = append(out, pass("bridge", st))
 	}
-	if ok, err := netconf.NATInstalled(cfg.NFTable); err != nil {
+	tables := "tables inet " + cfg.NFTable + " and bridge " + cfg.NFTable
+	installed, err := netconf.TablesInstalled(cfg.NFTable)
+	if err != nil {
 		out = append(out, fail("nftables", err.Error(), "load the nf_tables kernel module ("+asRoot("modprobe nf_tables", root)+") and run the daemon as root"))
-	} else if ok {
-		out = append(out, pass("nftables", "table inet "+cfg.NFTable+" installed"))
+	} else if installed {
+		out = append(out, pass("nftables", tables+" installed"))
 	} else {
-		out = append(out, warn("nftables", "available; table inet "+cfg.NFTable+" not installed", "start the daemon: it installs the NAT table"))
+		out = append(out, warn("nftables", "available; "+tables+" not installed", "start the daemon: it installs them"))
 	}
+	out = append(out, policyCheck(cfg, sub, installed, lay))
 	out = append(out, dnsPortCheck(gw, daemonUp))
 	out = append(out, forwardCheck(cfg.Bridge, root))
 	out = append(out, resolveCheck(ctx, cfg, gw, root))
@@ -127,6 +130,20 @@ func tunCheck(root bool) Check {
 		return warn("tun", "/dev/net/tun: "+err.Error(), asRoot("modprobe tun", root)+"; in a container, pass --device /dev/net/tun")
 	}
 	return pass("tun", "/dev/net/tun usable")
+}
+
+// policyCheck says in one line what tap guests may do: the config's
+// policy (with the host's connected networks as they are now), and
+// whether the daemon has installed it.
+func policyCheck(cfg layout.Config, sub *ipam.Subnet, installed bool, lay layout.Layout) Check {
+	pol, err := tapPolicy(cfg, sub)
+	if err != nil {
+		return fail("tap policy", err.Error(), "fix `egress_deny` / `egress_allow` in "+lay.Config)
+	}
+	if !installed {
+		return warn("tap policy", "not installed; once the daemon starts: "+pol.Summary(), "start the daemon: it installs the policy")
+	}
+	return pass("tap policy", pol.Summary())
 }
 
 func dnsPortCheck(gw string, daemonUp bool) Check {

@@ -140,8 +140,20 @@ type tapSource interface {
 	Close()
 }
 
-// hostNetSetup prepares the host side (bridge, forwarding, NAT); a seam.
-type hostNetSetup func(ctx context.Context, cfg layout.Config, sub *ipam.Subnet) error
+// hostNetSetup prepares the host side (bridge, forwarding, the guest
+// policy with leases already on the bridge) and returns the filter that
+// keeps each lease's entry from then on; a seam.
+type hostNetSetup func(ctx context.Context, cfg layout.Config, sub *ipam.Subnet, leases []store.Lease) (guestFilter, error)
+
+// guestFilter holds, per lease, the bridge's anti-spoofing entry: a TAP
+// may send only as its lease's MAC and address, and a TAP with no entry
+// sends nothing. nftFilter in production.
+type guestFilter interface {
+	allow(l store.Lease) error
+	revoke(l store.Lease) error
+	// sync makes the entries exactly leases.
+	sync(leases []store.Lease) error
+}
 
 // tapNet is tap networking: the subnet, the TAP pool (its own lock), the
 // VM DNS server (its own lock) and a cache of the leases (the store is the
@@ -151,6 +163,7 @@ type tapNet struct {
 	log    *slog.Logger
 	subnet *ipam.Subnet
 	taps   tapSource
+	filter guestFilter
 	dns    *vmdns.Server
 	// dnsAddr is where the DNS server listens.
 	dnsAddr string
@@ -191,18 +204,112 @@ func (n *tapNet) dropLease(id string) (vmLease, bool) {
 }
 
 // setupHostNet is the real host side: refuse a clashing subnet, then
-// bridge, forwarding on the bridge, NAT table. Idempotent.
-func setupHostNet(ctx context.Context, cfg layout.Config, sub *ipam.Subnet) error {
+// bridge, forwarding on the bridge, the guest policy (both nftables
+// tables, replaced atomically, with leases already allowed so running
+// guests keep their traffic across a daemon restart). Idempotent.
+func setupHostNet(ctx context.Context, cfg layout.Config, sub *ipam.Subnet, leases []store.Lease) (guestFilter, error) {
 	if err := netconf.CheckClash(sub.IPNet(), cfg.Bridge); err != nil {
-		return err
+		return nil, err
+	}
+	pol, err := tapPolicy(cfg, sub)
+	if err != nil {
+		return nil, err
+	}
+	nls, err := netLeases(leases)
+	if err != nil {
+		return nil, err
 	}
 	if err := netconf.EnsureBridge(cfg.Bridge, sub.GatewayNet()); err != nil {
-		return err
+		return nil, err
 	}
 	if err := netconf.EnableForwarding(cfg.Bridge); err != nil {
+		return nil, err
+	}
+	if err := netconf.InstallPolicy(pol, nls); err != nil {
+		return nil, err
+	}
+	return nftFilter{table: cfg.NFTable}, nil
+}
+
+// tapPolicy is what the config says tap guests may do (netconf.Policy):
+// "connected" in the egress lists becomes the host's directly connected
+// networks as they are now.
+func tapPolicy(cfg layout.Config, sub *ipam.Subnet) (netconf.Policy, error) {
+	deny, denyConnected, err := layout.ParseEgress(cfg.EgressDeny)
+	if err != nil {
+		return netconf.Policy{}, fmt.Errorf("`egress_deny`: %w", err)
+	}
+	allow, allowConnected, err := layout.ParseEgress(cfg.EgressAllow)
+	if err != nil {
+		return netconf.Policy{}, fmt.Errorf("`egress_allow`: %w", err)
+	}
+	if denyConnected || allowConnected {
+		conn, err := netconf.ConnectedNets(cfg.Bridge)
+		if err != nil {
+			return netconf.Policy{}, fmt.Errorf("the host's connected networks: %w", err)
+		}
+		if denyConnected {
+			deny = append(deny, conn...)
+		}
+		if allowConnected {
+			allow = append(allow, conn...)
+		}
+	}
+	return netconf.Policy{Table: cfg.NFTable, Bridge: cfg.Bridge, TAPPrefix: cfg.TAPPrefix,
+		Subnet: sub.IPNet(), Gateway: sub.Gateway(), GuestToGuest: cfg.GuestToGuest,
+		// The hook for host services guests may use: host-forwarded
+		// ports join the VM DNS here.
+		HostPorts:  netconf.DNSPorts(),
+		EgressDeny: deny, EgressAllow: allow}, nil
+}
+
+// netLease is a stored lease as the bridge filter keys it.
+func netLease(l store.Lease) (netconf.Lease, error) {
+	mac, err := net.ParseMAC(l.MAC)
+	ip := net.ParseIP(l.IP)
+	if err != nil || ip.To4() == nil || l.TAP == "" {
+		return netconf.Lease{}, fmt.Errorf("lease of vm %s is damaged (ip %q, mac %q, tap %q); delete the vm", l.VMID, l.IP, l.MAC, l.TAP)
+	}
+	return netconf.Lease{TAP: l.TAP, MAC: mac, IP: ip}, nil
+}
+
+func netLeases(ls []store.Lease) ([]netconf.Lease, error) {
+	out := make([]netconf.Lease, 0, len(ls))
+	for _, l := range ls {
+		nl, err := netLease(l)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, nl)
+	}
+	return out, nil
+}
+
+// nftFilter is guestFilter over ember's bridge table.
+type nftFilter struct{ table string }
+
+func (f nftFilter) allow(l store.Lease) error {
+	nl, err := netLease(l)
+	if err != nil {
 		return err
 	}
-	return netconf.InstallNAT(cfg.NFTable, cfg.Bridge, sub.IPNet())
+	return netconf.AllowLease(f.table, nl)
+}
+
+func (f nftFilter) revoke(l store.Lease) error {
+	nl, err := netLease(l)
+	if err != nil {
+		return err
+	}
+	return netconf.RevokeLease(f.table, nl)
+}
+
+func (f nftFilter) sync(ls []store.Lease) error {
+	nls, err := netLeases(ls)
+	if err != nil {
+		return err
+	}
+	return netconf.SyncLeases(f.table, nls)
 }
 
 // openTapNet sets up tap networking when the config asks for it (nil when
@@ -220,14 +327,19 @@ func openTapNet(ctx context.Context, cfg layout.Config, lay layout.Layout, st *s
 	if setup == nil {
 		setup = setupHostNet
 	}
-	if err := setup(ctx, cfg, sub); err != nil {
+	leases, err := st.ListLeases(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("tap networking: list leases: %w", err)
+	}
+	filter, err := setup(ctx, cfg, sub, leases)
+	if err != nil {
 		hint := ""
 		if os.Geteuid() != 0 {
 			hint = " (tap networking needs root or CAP_NET_ADMIN; run the daemon as root, or set default_net = \"user\" and tap = false in " + lay.Config + ")"
 		}
 		return nil, fmt.Errorf("tap networking: %w%s", err, hint)
 	}
-	n := &tapNet{store: st, log: log, subnet: sub, taps: opts.Taps, leases: map[string]vmLease{}}
+	n := &tapNet{store: st, log: log, subnet: sub, taps: opts.Taps, filter: filter, leases: map[string]vmLease{}}
 	if n.taps == nil {
 		n.taps = netconf.NewTapPool(cfg.Bridge, cfg.TAPPrefix, cfg.TAPPoolWarm, log)
 	}
@@ -241,7 +353,11 @@ func openTapNet(ctx context.Context, cfg layout.Config, lay layout.Layout, st *s
 		n.taps.Close()
 		return nil, fmt.Errorf("vm dns: %w (is another DNS server bound to %s? `ember doctor` checks the port)", err, addr)
 	}
-	log.Info("tap networking ready", "bridge", cfg.Bridge, "subnet", sub, "dns", n.dnsAddr, "domain", cfg.Domain)
+	policy := "?"
+	if pol, err := tapPolicy(cfg, sub); err == nil {
+		policy = pol.Summary()
+	}
+	log.Info("tap networking ready", "bridge", cfg.Bridge, "subnet", sub, "dns", n.dnsAddr, "domain", cfg.Domain, "policy", policy)
 	return n, nil
 }
 
@@ -261,6 +377,10 @@ func (n *tapNet) reconcile(ctx context.Context) error {
 		}
 		n.setLease(vmLease{Lease: l, name: vm.Name})
 		inUse = append(inUse, l.TAP)
+	}
+	// Exactly the remaining leases: those of VMs removed by reattach go.
+	if err := n.filter.sync(leases); err != nil {
+		return fmt.Errorf("reconcile the bridge's guest filter: %w", err)
 	}
 	if err := n.taps.Reconcile(inUse); err != nil {
 		return fmt.Errorf("reconcile tap pool: %w", err)
@@ -284,9 +404,11 @@ func (n *tapNet) reserve(context.Context) (netReservation, func(), error) {
 // insert records the VM and allocates the lowest free address in the same
 // transaction. The caller holds createVMMu, so no two creates pick at once;
 // the transaction and the leases' primary key keep it true across processes
-// and crashes.
+// and crashes. The lease goes on the bridge's filter before the commit: a
+// failure there leaves no row, and a failed commit takes the entry back.
 func (n *tapNet) insert(ctx context.Context, vm store.VM, r netReservation) error {
 	var lease store.Lease
+	allowed := false
 	err := n.store.WithTx(ctx, func(tx *store.Tx) error {
 		if err := tx.InsertVM(ctx, vm); err != nil {
 			return err
@@ -306,20 +428,37 @@ func (n *tapNet) insert(ctx context.Context, vm store.VM, r netReservation) erro
 			return err
 		}
 		lease = store.Lease{IP: ip.String(), VMID: vm.ID, MAC: ipam.MAC(ip), TAP: r.tap}
-		return tx.InsertLease(ctx, lease)
+		if err := tx.InsertLease(ctx, lease); err != nil {
+			return err
+		}
+		if err := n.filter.allow(lease); err != nil {
+			return fmt.Errorf("let %s onto the bridge: %w", vm.Name, err)
+		}
+		allowed = true
+		return nil
 	})
 	if err != nil {
+		if allowed {
+			if rerr := n.filter.revoke(lease); rerr != nil {
+				n.log.Warn("revoke lease", "ip", lease.IP, "tap", lease.TAP, "err", rerr)
+			}
+		}
 		return err
 	}
 	n.setLease(vmLease{Lease: lease, name: vm.Name})
 	return nil
 }
 
-// release frees a deleted VM's name, address and TAP.
+// release frees a deleted VM's name, filter entry, address and TAP.
 func (n *tapNet) release(ctx context.Context, id string) {
 	l, ok := n.dropLease(id)
 	if !ok {
 		return
+	}
+	// First off the bridge, so the TAP sends nothing as this guest while
+	// it waits in the pool for its next VM.
+	if err := n.filter.revoke(l.Lease); err != nil {
+		n.log.Warn("revoke lease", "ip", l.IP, "tap", l.TAP, "err", err)
 	}
 	// The row may still exist if the delete failed half-way; free the
 	// address explicitly so nothing is held by a VM that is gone.

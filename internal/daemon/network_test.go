@@ -108,7 +108,7 @@ func openTapDaemon(t *testing.T, home, subnet string, drv *fakeDriver, taps *fak
 			}
 			return drv.dialAgent(addr, pin)
 		},
-		NetSetup: func(ctx context.Context, cfg layout.Config, sub *ipam.Subnet) error { setups++; return nil },
+		NetSetup: fakeNetSetup(&setups),
 		Taps:     taps,
 		DNSAddr:  "127.0.0.1:0",
 	})

@@ -77,6 +77,11 @@ func nothingHeld(t *testing.T, td *testDaemon, taps *fakeTaps) {
 	if ls, err := td.store.ListLeases(context.Background()); err != nil || len(ls) != 0 {
 		t.Errorf("leases left: %v %+v", err, ls)
 	}
+	if td.nets.tap != nil {
+		if e := filterOf(td).entries(); len(e) != 0 {
+			t.Errorf("leases left on the bridge's filter: %v", e)
+		}
+	}
 }
 
 // A failure injected at every step of create leaves nothing behind, in

@@ -46,8 +46,18 @@ type Config struct {
 	TAPPoolWarm int `toml:"tap_pool_warm"`
 	// TAPPrefix names pool TAPs prefix+N; every link with it is ember's.
 	TAPPrefix string `toml:"tap_prefix"`
-	// NFTable is ember's own nftables table (family inet) for NAT.
+	// NFTable names ember's own two nftables tables: inet (NAT, what
+	// guests may reach) and bridge (per-TAP anti-spoofing).
 	NFTable string `toml:"nftables_table"`
+	// GuestToGuest lets tap guests reach each other; off by default.
+	GuestToGuest bool `toml:"guest_to_guest"`
+	// EgressDeny lists where tap guests' forwarded traffic may not go:
+	// IPv4 CIDRs, and "connected" for the host's directly connected
+	// networks (read when the daemon starts). Everything else is NATed out.
+	EgressDeny []string `toml:"egress_deny"`
+	// EgressAllow lists IPv4 CIDRs guests may reach even if EgressDeny
+	// names them (a proxy or mirror on the LAN).
+	EgressAllow []string `toml:"egress_allow"`
 	// UserNetEgress lets user-mode guests reach outside the host; off by
 	// default, so guests are isolated unless someone asks.
 	UserNetEgress bool `toml:"user_net_egress"`
@@ -107,6 +117,7 @@ func DefaultConfig() Config {
 		TAPPoolWarm:        4,
 		TAPPrefix:          "embtap",
 		NFTable:            "ember",
+		EgressDeny:         DefaultEgressDeny(),
 		BootTimeout:        Duration{60 * time.Second},
 		StopTimeout:        Duration{10 * time.Second},
 		OperationRetention: Duration{time.Hour},

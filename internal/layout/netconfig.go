@@ -2,6 +2,7 @@ package layout
 
 import (
 	"fmt"
+	"net"
 	"regexp"
 	"strings"
 
@@ -46,7 +47,55 @@ func (c Config) validateNet() []error {
 	if !nftRE.MatchString(c.NFTable) {
 		errs = append(errs, fmt.Errorf("`nftables_table` %q must be a letter then up to 31 letters, digits, '_' or '-'", c.NFTable))
 	}
+	for _, k := range []struct {
+		key     string
+		entries []string
+	}{{"egress_deny", c.EgressDeny}, {"egress_allow", c.EgressAllow}} {
+		if _, _, err := ParseEgress(k.entries); err != nil {
+			errs = append(errs, fmt.Errorf("`%s`: %w", k.key, err))
+		}
+	}
 	return errs
+}
+
+// EgressConnected in egress_deny or egress_allow stands for the host's
+// directly connected networks.
+const EgressConnected = "connected"
+
+// DefaultEgressDeny keeps guests off the host's LANs: the private ranges
+// (RFC 1918; the guest subnet itself is on the bridge and never routed
+// out), shared address space (RFC 6598: carrier-grade NAT, VPN overlays),
+// link-local (169.254.0.0/16, with cloud metadata at 169.254.169.254) and
+// whatever the host is directly connected to.
+func DefaultEgressDeny() []string {
+	return []string{"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", EgressConnected}
+}
+
+// ParseEgress reads an egress_deny or egress_allow list: IPv4 CIDRs (a
+// bare address is a /32) and EgressConnected. It reports every bad entry.
+func ParseEgress(entries []string) (nets []*net.IPNet, connected bool, err error) {
+	var bad []string
+	for _, e := range entries {
+		e = strings.TrimSpace(e)
+		if e == EgressConnected {
+			connected = true
+			continue
+		}
+		if ip := net.ParseIP(e); ip != nil && ip.To4() != nil {
+			nets = append(nets, &net.IPNet{IP: ip.To4(), Mask: net.CIDRMask(32, 32)})
+			continue
+		}
+		ip, n, perr := net.ParseCIDR(e)
+		if perr != nil || ip.To4() == nil {
+			bad = append(bad, fmt.Sprintf("%q", e))
+			continue
+		}
+		nets = append(nets, &net.IPNet{IP: n.IP.To4(), Mask: n.Mask})
+	}
+	if len(bad) > 0 {
+		return nil, false, fmt.Errorf("%s: each entry must be an IPv4 CIDR (10.0.0.0/8), an IPv4 address or %q", strings.Join(bad, ", "), EgressConnected)
+	}
+	return nets, connected, nil
 }
 
 // ValidDomain checks a DNS zone name such as "ember.internal": lower-case

@@ -53,3 +53,37 @@ func TestValidDomain(t *testing.T) {
 		}
 	}
 }
+
+func TestEgressConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	nets, connected, err := ParseEgress(cfg.EgressDeny)
+	if err != nil || !connected || len(nets) != 5 || nets[4].String() != "169.254.0.0/16" || cfg.GuestToGuest || len(cfg.EgressAllow) != 0 {
+		t.Fatalf("defaults: %v %v %v, guest_to_guest %v, allow %v", nets, connected, err, cfg.GuestToGuest, cfg.EgressAllow)
+	}
+	p := filepath.Join(t.TempDir(), "config.toml")
+	write := func(s string) (Config, error) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return LoadConfig(p)
+	}
+	// A list replaces the default; a bare address is a /32.
+	cfg, err = write("guest_to_guest = true\negress_deny = [\"192.168.0.0/16\"]\negress_allow = [\"192.168.1.10\", \"connected\"]\n")
+	if err != nil || !cfg.GuestToGuest || len(cfg.EgressDeny) != 1 {
+		t.Fatalf("override: %+v %v", cfg, err)
+	}
+	if nets, connected, err := ParseEgress(cfg.EgressAllow); err != nil || !connected || len(nets) != 1 || nets[0].String() != "192.168.1.10/32" {
+		t.Fatalf("allow: %v %v %v", nets, connected, err)
+	}
+	// An empty list denies nothing.
+	if cfg, err = write("egress_deny = []\n"); err != nil || len(cfg.EgressDeny) != 0 {
+		t.Fatalf("empty deny: %v %v", cfg.EgressDeny, err)
+	}
+	// Every bad entry of both lists is reported at once.
+	_, err = write("egress_deny = [\"10.0.0.0/33\", \"fd00::/8\", \"lan\"]\negress_allow = [\"x\"]\n")
+	want := "`egress_deny`: \"10.0.0.0/33\", \"fd00::/8\", \"lan\": each entry must be an IPv4 CIDR (10.0.0.0/8), an IPv4 address or \"connected\""
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "`egress_allow`: \"x\"") {
+		t.Fatalf("bad entries: %v", err)
+	}
+}

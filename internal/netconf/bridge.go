@@ -1,7 +1,8 @@
 // Package netconf sets up the host side of tap networking inside the
 // current network namespace: the bridge with the gateway address, IP
-// forwarding for the bridge, NAT in ember's own nftables table, and the
-// pool of TAP interfaces attached to the bridge. Everything goes through
+// forwarding for the bridge, the guest policy (anti-spoofing per TAP,
+// input, egress and NAT) in ember's own two nftables tables (policy.go),
+// and the pool of TAP interfaces attached to the bridge. Everything goes through
 // netlink (github.com/vishvananda/netlink, github.com/google/nftables);
 // nothing shells out to ip or nft. Every step is idempotent, so a daemon
 // restart re-runs it safely, and Cleanup removes all of it.

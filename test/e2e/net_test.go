@@ -34,7 +34,9 @@ func (e *nsEnv) inspect(name string) wire.VM {
 }
 
 func TestTapNetworking(t *testing.T) {
-	e := newNSEnv(t, tapConfig)
+	// Guests reach each other here; by default they do not
+	// (TestTapGuestPolicy).
+	e := newNSEnv(t, tapConfig+"guest_to_guest = true\n")
 	e.startDaemon()
 	e.must("create", "vm1")
 	e.must("create", "vm2")
@@ -128,7 +130,7 @@ func TestTapNetworking(t *testing.T) {
 	e.must("rm", "-f", "vm3")
 	e.stopDaemon(syscall.SIGTERM)
 	out := e.must("daemon", "--cleanup")
-	if !strings.Contains(out, "bridge ember0") || !strings.Contains(out, "nftables table inet ember") {
+	if !strings.Contains(out, "bridge ember0") || !strings.Contains(out, "nftables table inet ember") || !strings.Contains(out, "nftables table bridge ember") {
 		t.Fatalf("cleanup said:\n%s", out)
 	}
 	if l := e.tapLinks(tapPrefix); len(l) != 0 {
@@ -137,8 +139,8 @@ func TestTapNetworking(t *testing.T) {
 	if strings.Contains(e.sh("ip", "-o", "link", "show"), "ember0") {
 		t.Fatal("bridge left after cleanup")
 	}
-	if strings.Contains(e.sh("nft", "list", "tables"), "inet ember") {
-		t.Fatal("nftables table left after cleanup")
+	if tables := e.sh("nft", "list", "tables"); strings.Contains(tables, " ember") {
+		t.Fatalf("nftables tables left after cleanup:\n%s", tables)
 	}
 }
 
@@ -157,8 +159,9 @@ func TestTapNATAndForwarding(t *testing.T) {
 	// A restart re-installs idempotently: still exactly one table.
 	e.stopDaemon(syscall.SIGTERM)
 	e.startDaemon()
-	if n := strings.Count(e.sh("nft", "list", "tables"), "inet ember"); n != 1 {
-		t.Fatalf("%d ember tables after restart", n)
+	tables := e.sh("nft", "list", "tables")
+	if strings.Count(tables, "table inet ember") != 1 || strings.Count(tables, "table bridge ember") != 1 {
+		t.Fatalf("ember's tables after restart:\n%s", tables)
 	}
 	if ip := e.helper("dns", dnsServer, "e2e.internal"); ip != gateway {
 		t.Fatalf("domain apex = %q", ip)
