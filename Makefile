@@ -63,6 +63,7 @@ test: deps-test vet unit fuzz e2e
 # network namespace made for it) and dnsmasq to compare against.
 bench: deps-bench build testkernel
 	$(GO) run ./bench
+	$(GO) run ./bench -hostile
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./bench -net; \
 	else echo "bench: skipping the tap section (needs root)"; fi

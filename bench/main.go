@@ -48,6 +48,8 @@ func main() {
 		err = runNet(*runs, *out)
 	case *sessionsOnly:
 		err = runSessionsOnly(*runs, *out)
+	case *hostileOnly:
+		err = runHostile(*out)
 	default:
 		err = run(*runs, *out)
 	}
@@ -219,7 +221,8 @@ func write(path string, runs int, acc accelUsed, floor, full time.Duration, sess
 	fmt.Fprintf(&b, "Measured %s on %s. Accelerator of both sides: %s (ember's decision: %s).\n",
 		time.Now().UTC().Format("2006-01-02 15:04 MST"), host, strings.ToUpper(acc.Accel), acc.Reason)
 	writeSessions(&b, sess, runs)
-	b.Write(keepSection(path, netHeading)) // written by -net; keep it
-	b.Write(keepSection(path, dnsHeading)) // written by -dns (and -net); keep it
+	b.Write(keepSection(path, netHeading))     // written by -net; keep it
+	b.Write(keepSection(path, dnsHeading))     // written by -dns (and -net); keep it
+	b.Write(keepSection(path, hostileHeading)) // written by -hostile; keep it
 	return os.WriteFile(path, b.Bytes(), 0o644)
 }
