@@ -17,6 +17,12 @@
 // (methods.go) to the handler a service registered for that entry of
 // wire's method table. Close() stops serving; VMs keep running.
 //
+// Clients may be hostile (serve.go): at most 512 connections are served
+// at once, the oldest silent one shed for a newcomer; a request line is
+// at most 1 MiB and due within 10 s of connecting; accept errors from
+// exhaustion back off and retry. A panic in a request, or in any
+// goroutine the daemon starts (goSafe), fails that request only.
+//
 // # Services, state and locks
 //
 // The daemon is split into services; each owns its state, its lock and
