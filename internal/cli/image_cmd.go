@@ -123,6 +123,7 @@ func kernelCmd(e *env) *cobra.Command {
 		},
 	}
 	var p wire.KernelImportParams
+	var makeDefault bool
 	imp := &cobra.Command{
 		Use:   "import NAME VMLINUZ [MODULES_DIR]",
 		Short: "Import a kernel file (and its modules folder), read with your own rights",
@@ -151,9 +152,15 @@ func kernelCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if makeDefault {
+				if k, err = client.Do(cmd.Context(), c, wire.KernelDefault, wire.KernelDefaultParams{Name: k.Name}); err != nil {
+					return err
+				}
+			}
 			return printJSON(e.stdout, k)
 		},
 	}
-	cmd.AddCommand(ls, fetch, imp)
+	imp.Flags().BoolVar(&makeDefault, "default", false, "make it the default kernel too (an import alone never changes the default)")
+	cmd.AddCommand(ls, fetch, imp, kernelDefaultCmd(e))
 	return cmd
 }

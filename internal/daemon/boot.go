@@ -65,6 +65,7 @@ func (s *bootService) register(t methodTable) {
 		return s.fetchKernel(ctx, sc)
 	})
 	handleStream(t, wire.KernelImport, s.importKernel)
+	handle(t, wire.KernelDefault, s.setDefaultKernel)
 }
 
 // prepareBoot resolves the kernel (fetching Debian's cloud kernel on first
@@ -124,7 +125,7 @@ func (s *bootService) kernelExists(ctx context.Context, name string) error {
 }
 
 // resolveKernel picks the kernel: the one asked for, the config's, the
-// newest fetched or imported one, the host's, or a fresh fetch.
+// default (defaultKernel), or a fresh fetch.
 func (s *bootService) resolveKernel(ctx context.Context, name string, progress func(string)) (store.Kernel, error) {
 	if name == "" {
 		name = s.cfg.Kernel
@@ -143,22 +144,64 @@ func (s *bootService) resolveKernel(ctx context.Context, name string, progress f
 	return s.fetchKernelOnce(ctx, progress)
 }
 
+// defaultKernel is the kernel a VM boots when neither it nor the config
+// names one: the kernel made the default on request (`ember kernel
+// default`, `kernel import --default`), else the newest fetched one, else
+// the host's. An imported kernel is never the default unless asked, so an
+// import cannot change what every plain create boots.
 func (s *bootService) defaultKernel(ctx context.Context) (store.Kernel, bool, error) {
 	ks, err := s.store.ListKernels(ctx)
 	if err != nil {
 		return store.Kernel{}, false, err
 	}
-	// Prefer kernels ember unpacked itself (known virtio modules) to the host's.
+	rank := func(k store.Kernel) int {
+		switch {
+		case k.Default:
+			return 0
+		case k.Source == kernel.SourceDebianCloud:
+			return 1
+		case k.Source == kernel.SourceHost:
+			return 2
+		}
+		return 3 // imported, or another source: only when asked
+	}
 	sort.SliceStable(ks, func(i, j int) bool {
-		if (ks[i].Source == "host") != (ks[j].Source == "host") {
-			return ks[j].Source == "host"
+		if ri, rj := rank(ks[i]), rank(ks[j]); ri != rj {
+			return ri < rj
 		}
 		return ks[i].CreatedAt.After(ks[j].CreatedAt)
 	})
-	if len(ks) == 0 {
+	if len(ks) == 0 || rank(ks[0]) == 3 {
 		return store.Kernel{}, false, nil
 	}
 	return ks[0], true, nil
+}
+
+// setDefaultKernel makes a kernel the default on request, after checking
+// that it has what the guest needs. The config's `kernel = NAME` decides
+// over the store, so another name is refused while it is set.
+func (s *bootService) setDefaultKernel(ctx context.Context, p wire.KernelDefaultParams) (wire.Kernel, error) {
+	if err := kernel.ValidateName(p.Name); err != nil {
+		return wire.Kernel{}, invalidf("%v", err)
+	}
+	k, err := s.store.GetKernel(ctx, p.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		return wire.Kernel{}, notFoundf("kernel %q not found; `ember kernel ls` lists kernels", p.Name)
+	}
+	if err != nil {
+		return wire.Kernel{}, err
+	}
+	if s.cfg.Kernel != "" && s.cfg.Kernel != p.Name {
+		return wire.Kernel{}, conflictf("the config sets the default kernel: kernel = %q in %s; change it there", s.cfg.Kernel, s.layout.Config)
+	}
+	if err := kernel.CheckModules(ctx, storeToKernel(k)); err != nil {
+		return wire.Kernel{}, fmt.Errorf("kernel %s cannot be the default: %w", k.Name, err)
+	}
+	if err := s.store.SetDefaultKernel(ctx, p.Name); err != nil {
+		return wire.Kernel{}, err
+	}
+	return wire.Kernel{Name: k.Name, Release: k.Release, Source: k.Source, Vmlinuz: k.Vmlinuz,
+		Modules: k.ModulesDir, CreatedAt: k.CreatedAt, Default: true}, nil
 }
 
 // fetchKernelOnce fetches on a create's first use; a kernel that appeared
@@ -196,7 +239,13 @@ func (s *bootService) registerKernels(ctx context.Context) {
 		s.log.Warn("scan kernels", "err", err)
 	}
 	if k, err := kernel.Host(); err == nil {
-		ks = append(ks, k)
+		// The host's kernel is offered only when it could boot a guest;
+		// it may become the default.
+		if err := kernel.CheckModules(ctx, k); err != nil {
+			s.log.Info("host kernel cannot boot guests", "release", k.Release, "err", err)
+		} else {
+			ks = append(ks, k)
+		}
 	}
 	for _, k := range ks {
 		if _, err := s.store.GetKernel(ctx, k.Name); err == nil {

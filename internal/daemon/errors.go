@@ -48,6 +48,9 @@ var wireCodes = []struct {
 	// A home or runtime folder too deep for a VM's control socket: the
 	// layout has to change (Open refuses such a layout already).
 	{hypervisor.ErrSocketPathTooLong, wire.CodeInvalid},
+	// A kernel without the modules the guest needs: another kernel (or
+	// its modules folder) has to be given.
+	{kernel.ErrMissingModules, wire.CodeInvalid},
 	{context.Canceled, wire.CodeCancelled},
 	// A boot past boot_timeout, an agent that does not answer in time: not
 	// a bug (internal) and not asked for (cancelled); trying again, or with

@@ -40,6 +40,7 @@ func TestKernelImportPassesDescriptors(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	guestModulesBuiltin(t, mods) // a kernel that can boot a guest
 	// More files than one batch carries descriptors for.
 	for i := 0; i < 3*wire.MaxImportBatchFDs; i++ {
 		p := filepath.Join(mods, "kernel/fs", "m"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+strconv.Itoa(i)+".ko")

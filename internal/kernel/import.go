@@ -350,6 +350,13 @@ func (im *Importer) Commit() (Kernel, error) {
 		return Kernel{}, fmt.Errorf("import kernel %s: no kernel file", im.name)
 	}
 	out := filepath.Join(im.staging, "out")
+	// A kernel that cannot boot a guest is refused here, naming what it
+	// lacks, rather than failing every create that picks it.
+	if im.mods != nil {
+		if err := CheckModules(context.Background(), Kernel{Name: im.name, ModulesDir: filepath.Join(out, modulesSubdir)}); err != nil {
+			return Kernel{}, fmt.Errorf("import kernel %s: %w", im.name, err)
+		}
+	}
 	release, err := ReleaseFromBzImage(filepath.Join(out, vmlinuzFile))
 	if err != nil {
 		if im.mods == nil {

@@ -2,11 +2,13 @@
 // asynchronous operations, kept in one SQLite database (pure-Go driver
 // modernc.org/sqlite, so the binary stays static).
 //
-// # Schema (version 5: migrations/0001_init.sql, 0002_leases.sql,
+// # Schema (version 6: migrations/0001_init.sql, 0002_leases.sql,
 // 0003_operation_error_code.sql, 0004_vm_accel_reason.sql,
-// 0005_vm_agent_host_key.sql)
+// 0005_vm_agent_host_key.sql, 0006_kernel_default.sql)
 //
-//	kernels    (name PK, release, source, vmlinuz, modules_dir, created_at)
+//	kernels    (name PK, release, source, vmlinuz, modules_dir, created_at,
+//	            is_default: 1 on the one kernel made the default on request)
+//	           indexes: kernels(is_default) UNIQUE WHERE is_default = 1
 //	images     (name PK, kind, path, format, size_bytes, kernel, created_at, meta JSON)
 //	vms        (id PK, name UNIQUE, state, image, kernel, cpus, memory_mib,
 //	            disk_bytes, net_mode, ssh_port, pid, pid_start, accel,

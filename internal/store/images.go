@@ -100,6 +100,9 @@ type Kernel struct {
 	Vmlinuz    string // path to the kernel image
 	ModulesDir string // path to lib/modules/<release>
 	CreatedAt  time.Time
+	// Default is set on the one kernel made the default on request
+	// (SetDefaultKernel); PutKernel leaves it as it is.
+	Default bool
 }
 
 const kernelColumns = `name, release, source, vmlinuz, modules_dir, created_at`
@@ -107,7 +110,7 @@ const kernelColumns = `name, release, source, vmlinuz, modules_dir, created_at`
 func scanKernel(row scanner) (Kernel, error) {
 	var k Kernel
 	var created int64
-	if err := row.Scan(&k.Name, &k.Release, &k.Source, &k.Vmlinuz, &k.ModulesDir, &created); err != nil {
+	if err := row.Scan(&k.Name, &k.Release, &k.Source, &k.Vmlinuz, &k.ModulesDir, &created, &k.Default); err != nil {
 		return Kernel{}, err
 	}
 	k.CreatedAt = fromNanos(created)
@@ -132,12 +135,32 @@ func (o *ops) PutKernel(ctx context.Context, k Kernel) error {
 // GetKernel returns the kernel with this name.
 func (o *ops) GetKernel(ctx context.Context, name string) (Kernel, error) {
 	return queryOne(ctx, o.r, fmt.Sprintf("kernel %q", name), scanKernel,
-		`SELECT `+kernelColumns+` FROM kernels WHERE name = ?`, name)
+		`SELECT `+kernelColumns+`, is_default FROM kernels WHERE name = ?`, name)
 }
 
 // ListKernels returns all kernels ordered by name.
 func (o *ops) ListKernels(ctx context.Context) ([]Kernel, error) {
-	return queryAll(ctx, o.r, "kernels", scanKernel, `SELECT `+kernelColumns+` FROM kernels ORDER BY name`)
+	return queryAll(ctx, o.r, "kernels", scanKernel, `SELECT `+kernelColumns+`, is_default FROM kernels ORDER BY name`)
+}
+
+// SetDefaultKernel makes name the default kernel, the only one; "" leaves
+// none marked. An unknown name is ErrNotFound and changes nothing.
+func (s *Store) SetDefaultKernel(ctx context.Context, name string) error {
+	return s.WithTx(ctx, func(tx *Tx) error {
+		if name != "" {
+			if _, err := tx.GetKernel(ctx, name); err != nil {
+				return err
+			}
+		}
+		// Clear first: the unique index allows one 1 at every step.
+		if _, err := tx.w.ExecContext(ctx, `UPDATE kernels SET is_default = 0 WHERE is_default = 1`); err != nil {
+			return fmt.Errorf("set default kernel %q: %w", name, err)
+		}
+		if name == "" {
+			return nil
+		}
+		return execOne(ctx, tx.w, fmt.Sprintf("set default kernel %q", name), `UPDATE kernels SET is_default = 1 WHERE name = ?`, name)
+	})
 }
 
 // DeleteKernel removes the kernel record; unknown name is ErrNotFound.

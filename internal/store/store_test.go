@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -207,10 +208,10 @@ func columns(t *testing.T, s *Store, table string) []string {
 func TestMigration0001Schema(t *testing.T) {
 	s, _ := openTest(t)
 	want := map[string][]string{
-		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at"},
+		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"}, // is_default: 0006
 		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta"},
 		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key"}, // accel_reason: 0004, agent_host_key: 0005
-		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                               // error_code: 0003
+		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                 // error_code: 0003
 	}
 	for table, cols := range want {
 		if got := columns(t, s, table); !reflect.DeepEqual(got, cols) {
@@ -310,5 +311,59 @@ func TestMigration0005AgentHostKey(t *testing.T) {
 	again, err := s.GetVMByName(ctx, "pinned")
 	if err != nil || again.AgentHostKey != got.AgentHostKey {
 		t.Fatalf("host key round trip: %q, %v", again.AgentHostKey, err)
+	}
+}
+
+// 0006: a kernel is the default only when asked, one at a time; putting
+// a kernel again (a re-import, a fetch) keeps the mark.
+func TestMigration0006KernelDefault(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	for _, name := range []string{"fetched", "imported"} {
+		if err := s.PutKernel(ctx, Kernel{Name: name, Vmlinuz: "/k/" + name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defaults := func() []string {
+		ks, err := s.ListKernels(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, k := range ks {
+			if k.Default {
+				out = append(out, k.Name)
+			}
+		}
+		return out
+	}
+	if d := defaults(); len(d) != 0 {
+		t.Fatalf("new kernels are default: %v", d)
+	}
+	for _, name := range []string{"imported", "fetched", "fetched"} {
+		if err := s.SetDefaultKernel(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		if d := defaults(); !reflect.DeepEqual(d, []string{name}) {
+			t.Fatalf("after SetDefaultKernel(%s): %v", name, d)
+		}
+	}
+	if err := s.PutKernel(ctx, Kernel{Name: "fetched", Vmlinuz: "/k/again"}); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := s.GetKernel(ctx, "fetched"); err != nil || !k.Default || k.Vmlinuz != "/k/again" {
+		t.Fatalf("re-put kernel: %+v %v", k, err)
+	}
+	if err := s.SetDefaultKernel(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown kernel: %v", err)
+	}
+	if d := defaults(); !reflect.DeepEqual(d, []string{"fetched"}) {
+		t.Fatalf("a failed SetDefaultKernel changed the default: %v", d)
+	}
+	if _, err := s.w.ExecContext(ctx, `UPDATE kernels SET is_default = 1`); err == nil {
+		t.Fatal("two default kernels accepted")
+	}
+	if err := s.SetDefaultKernel(ctx, ""); err != nil || len(defaults()) != 0 {
+		t.Fatalf("clearing the default: %v %v", err, defaults())
 	}
 }

@@ -51,9 +51,10 @@ var (
 	ImageList    = Method[None, []Image]{"image.list"}
 	ImageInspect = Method[RefParams, Image]{"image.inspect"}
 
-	KernelList   = Method[None, []Kernel]{"kernel.list"}
-	KernelFetch  = StreamMethod[KernelFetchParams]{"kernel.fetch"}
-	KernelImport = StreamMethod[KernelImportParams]{"kernel.import"} // files pass as descriptors (kernelimport.go)
+	KernelList    = Method[None, []Kernel]{"kernel.list"}
+	KernelFetch   = StreamMethod[KernelFetchParams]{"kernel.fetch"}
+	KernelImport  = StreamMethod[KernelImportParams]{"kernel.import"} // files pass as descriptors (kernelimport.go)
+	KernelDefault = Method[KernelDefaultParams, Kernel]{"kernel.default"}
 
 	SessionList   = Method[SessionParams, []Session]{"session.list"}
 	SessionCreate = Method[SessionCreateParams, Session]{"session.create"}
@@ -71,7 +72,7 @@ var Methods = []MethodInfo{
 	VMRestart.Info(), VMDelete.Info(), VMExec.Info(), VMLogs.Info(),
 	OpList.Info(), OpStatus.Info(), OpWait.Info(), OpCancel.Info(), OpPrune.Info(),
 	ImageList.Info(), ImageInspect.Info(),
-	KernelList.Info(), KernelFetch.Info(), KernelImport.Info(),
+	KernelList.Info(), KernelFetch.Info(), KernelImport.Info(), KernelDefault.Info(),
 	SessionList.Info(), SessionCreate.Info(), SessionAttach.Info(), SessionSend.Info(),
 	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(),
 }

@@ -244,6 +244,11 @@ type LogsParams struct {
 
 type KernelFetchParams struct{}
 
+// KernelDefaultParams names the kernel kernel.default makes the default.
+type KernelDefaultParams struct {
+	Name string `json:"name"`
+}
+
 // KernelImportParams opens a kernel.import stream. The daemon reads no
 // path: the client passes the files open (kernelimport.go); Vmlinuz and
 // ModulesDir name them in messages, and ModulesDir's last element is the
