@@ -1,6 +1,14 @@
 // Package cli is the ember command line: cobra commands shaped like the
 // daemon's API. Every command except `daemon` and `doctor` reaches the
 // daemon only through internal/client.
+//
+// Every command keeps the same conventions, set once for the whole tree
+// (usage.go): flags anywhere before `--`, arguments checked against the
+// command's usage line (a command's Use is its rule; a new command sets
+// no Args of its own unless it takes a command after `--`), every usage
+// problem a usageError that exits 2, and shell completion that offers
+// what the daemon knows, never local files (complete.go). Listings share
+// their output flags, -q, --json, --format and --filter (listing.go).
 package cli
 
 import (
