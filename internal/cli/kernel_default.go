@@ -18,7 +18,7 @@ nor the config's kernel = NAME names one. Importing a kernel never changes
 the default; without one chosen here it is the newest fetched kernel, else
 the host's. A kernel that lacks the modules a guest needs is refused, and
 while the config sets kernel =, the config decides.`,
-		Args: cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(e, false, kernelNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return callPrint(cmd.Context(), e, wire.KernelDefault, wire.KernelDefaultParams{Name: args[0]}, true)
 		},
