@@ -169,7 +169,7 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 		// QEMU escapes a comma in an option value by doubling it.
 		"-name", "ember-" + strings.ReplaceAll(firstNonEmpty(s.Name, s.ID), ",", ",,"),
 		"-M", "microvm",
-		"-accel", s.Accel,
+		"-accel", accelArg(s.Accel),
 	}
 	if s.Accel == hypervisor.AccelKVM {
 		a = append(a, "-cpu", "host")
@@ -211,6 +211,20 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 	// for jitter entropy.
 	a = append(a, "-device", "virtio-rng-device")
 	return a
+}
+
+// tcgCodeCacheMiB bounds TCG's cache of translated code. QEMU's default
+// is an eighth of the host's memory up to 1 GiB, touched as the guest runs
+// more distinct code: unbounded next to a VM's cgroup limit, which
+// leaves QEMU memOverheadMiB beyond guest RAM. QEMU before 5.0 used 32.
+const tcgCodeCacheMiB = 128
+
+// accelArg is -accel's value: TCG with its code cache bounded.
+func accelArg(accel string) string {
+	if accel == hypervisor.AccelTCG {
+		return accel + ",tb-size=" + strconv.Itoa(tcgCodeCacheMiB)
+	}
+	return accel
 }
 
 // diskArgs describes the disk as block nodes on inherited descriptors,

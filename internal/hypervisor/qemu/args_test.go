@@ -53,7 +53,7 @@ func TestBuildArgsUserNetTCG(t *testing.T) {
 	s.DiskBacking, s.DiskBackingFormat = "/img/tiny.ext4", "raw"
 	a := buildArgs(s, plan{seccomp: true, backing: []backingFile{{"/img/tiny.ext4", "raw"}}})
 	for flag, want := range map[string]string{
-		"-M": "microvm", "-accel": "tcg", "-smp": "2", "-m": "512", "-display": "none",
+		"-M": "microvm", "-accel": "tcg,tb-size=128", "-smp": "2", "-m": "512", "-display": "none",
 		"-kernel": "/proc/self/fd/3", "-initrd": "/proc/self/fd/4",
 		"-append": "console=ttyS0 quiet", "-name": "ember-web",
 		"-sandbox": "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",

@@ -24,9 +24,9 @@ type User struct {
 func (u *User) String() string { return fmt.Sprintf("%s (uid %d, gid %d)", u.Name, u.UID, u.GID) }
 
 // memOverheadMiB is what a VM's cgroup allows QEMU beyond the guest's RAM:
-// its own code and heap, TCG's translated code, and page cache of the
-// disk it writes (reclaimable, but counted). See BENCHMARKS.md for the
-// memory a VM's QEMU was measured to use.
+// its own code and heap (tens of MiB), TCG's translated code (at most
+// tcgCodeCacheMiB), and page cache of the disk it writes (reclaimable, but
+// counted). BENCHMARKS.md has a VM's measured peak against its limit.
 const memOverheadMiB = 256
 
 // cgroupName is a VM's cgroup: one per VM, found again by its ID.
