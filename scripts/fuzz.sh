@@ -15,7 +15,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 mapfile -t dirs < <(grep -rl --include='*_test.go' '^func Fuzz' cmd internal bench test 2>/dev/null |
-	xargs -r -n1 dirname | sort -u)
+	sed 's|/[^/]*$||' | sort -u)
 n=0
 start=$SECONDS
 for dir in "${dirs[@]}"; do
