@@ -77,6 +77,24 @@ func TestCreateProgressTimerMoves(t *testing.T) {
 	}
 }
 
+// op wait of an operation that began a minute ago counts from then.
+func TestOpWaitCountsFromTheOperationsStart(t *testing.T) {
+	vm, _ := json.Marshal(wire.VM{Name: "x1"})
+	fd := newFakeDaemon(t)
+	fd.on(wire.OpWait.Name, func(_ wire.Request, c net.Conn) {
+		reply(c, wire.Response{Stream: true})
+		wire.WriteJSONFrame(c, wire.FrameStdout, wire.Operation{ID: "op1", State: wire.OpRunning,
+			Progress: "booting (tcg)", CreatedAt: time.Now().Add(-time.Minute)})
+		time.Sleep(300 * time.Millisecond)
+		wire.WriteJSONFrame(c, wire.FrameStdout, wire.Operation{ID: "op1", State: wire.OpSucceeded, Result: vm})
+		wire.WriteJSONFrame(c, wire.FrameExit, wire.Exit{})
+	})
+	code, out := onTerminal(t, context.Background(), fd.home, "op", "wait", "op1")
+	if code != 0 || !regexp.MustCompile(`\r\x1b\[Kbooting \(tcg\) \(6\d\.\ds\)`).MatchString(out) {
+		t.Errorf("op wait: exit %d, want the time since the operation began:\n%q", code, out)
+	}
+}
+
 // Ctrl-C while waiting: the progress line (and the ^C on it) is cleared,
 // then the message starts a line of its own.
 func TestCreateInterruptedMessageHasItsOwnLine(t *testing.T) {

@@ -85,8 +85,8 @@ func createCmd(e *env) *cobra.Command {
 
 // waitOp follows an operation, showing progress on stderr, and turns a
 // failed operation into its typed error. Ctrl-C stops waiting, not the work.
-// On a terminal the progress line shows the time since the wait began and
-// moves on its own; it is cleared before anything else is printed.
+// On a terminal the progress line shows the time since the operation
+// began and moves on its own; it is cleared before anything else is printed.
 func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Operation, error) {
 	s, err := client.Open(ctx, c, wire.OpWait, wire.OpParams{ID: id})
 	if err != nil {
@@ -145,6 +145,7 @@ func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Oper
 				return last, err
 			}
 			if !last.Done() {
+				pl.since(last.CreatedAt)
 				pl.set(last.Progress)
 			}
 		case wire.FrameExit:
@@ -200,6 +201,14 @@ type progressLine struct {
 	tty   bool
 	start time.Time
 	text  string // the step shown, cleaned; "" when none
+}
+
+// since counts the time from when the operation began (an `op wait` of
+// one that runs already), if the daemon says so.
+func (p *progressLine) since(created time.Time) {
+	if !created.IsZero() && created.Before(p.start) && time.Since(created) < 24*time.Hour {
+		p.start = created
+	}
 }
 
 func (p *progressLine) set(progress string) {
