@@ -288,6 +288,7 @@ func TestListingFlags(t *testing.T) {
 		{[]string{"ls", "--format", `table {{.Name}}\t{{.State}}\t{{.MemoryMiB}}`}, "NAME  STATE     MEMORY_MIB\nweb1  running   256\nweb2  stopped   512\ndb    creating  256\n"},
 		{[]string{"ls", "--format", `{{json .Name}}`, "--filter", "state=creating"}, "\"db\"\n"},
 		{[]string{"ls", "--filter", "state=creating"}, "NAME  ID        STATE     IMAGE   CPUS  MEMORY  DISK  SSH  CREATED\ndb    cccc3333  creating  debian  1     256M    -     -    " + ago(created) + "\n"},
+		{[]string{"ls", "--format", "table", "--filter", "state=creating"}, "NAME  ID        STATE     IMAGE   CPUS  MEMORY  DISK  SSH  CREATED\ndb    cccc3333  creating  debian  1     256M    -     -    " + ago(created) + "\n"},
 		{[]string{"op", "ls", "-q"}, "op1\nop2\n"},
 		{[]string{"op", "ls", "--filter", "state=running", "--format", "{{.ID}} {{.Target}}"}, "op1 db\n"},
 		{[]string{"image", "ls", "-q"}, "tiny\ndebian\n"},

@@ -120,7 +120,7 @@ func (l *listing[T]) plan(cmd *cobra.Command, f *listFlags) (*listPlan[T], error
 		}
 		p.filters[k] = append(p.filters[k], v)
 	}
-	if f.format != "" {
+	if f.format != "" && f.format != "table" { // `table` alone is the default table, as docker's
 		tmpl, table, jsonRow, err := parseFormat[T](f.format)
 		if err != nil {
 			return nil, usagef(cmd, "--format: %v", err)
@@ -200,7 +200,7 @@ func parseFormat[T any](format string) (tmpl *template.Template, asTable, jsonRo
 	if rest, ok := strings.CutPrefix(format, "table"); ok && (rest == "" || rest[0] == ' ') {
 		asTable, format = true, strings.TrimPrefix(rest, " ")
 		if format == "" {
-			return nil, false, false, fmt.Errorf("table needs a template: table {{.Name}}\\t{{.State}}")
+			return nil, false, false, fmt.Errorf("table takes a template here: table {{.Name}}\\t{{.State}}")
 		}
 	}
 	format = strings.NewReplacer(`\t`, "\t", `\n`, "\n").Replace(format)

@@ -335,12 +335,12 @@ func inspectAll[R any](cmd *cobra.Command, e *env, refs []string, asJSON bool, f
 	}
 	var tmpl *template.Template
 	if format != "" {
+		if w := strings.Fields(format); len(w) > 0 && (w[0] == "table" || w[0] == "json") {
+			return usagef(cmd, "--format: inspect takes a template, not %q (--format '{{json .}}' prints each as JSON)", w[0])
+		}
 		var err error
 		if tmpl, _, _, err = parseFormat[R](format); err != nil {
 			return usagef(cmd, "--format: %v", err)
-		}
-		if strings.HasPrefix(format, "table") || format == "json" {
-			return usagef(cmd, "--format: inspect takes a template, not %q", strings.Fields(format)[0])
 		}
 	}
 	c, err := e.client()
