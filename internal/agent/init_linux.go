@@ -21,13 +21,13 @@ func runInit() {
 	// signals PID 1 has no handler for, and a SIGTERM that arrives during
 	// boot should still shut the VM down.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+	signal.Notify(sigs, shutdownSignals...)
 
 	if _, err := bootSystem(); err != nil {
 		fatal(err)
 	}
-	// Ctrl-Alt-Del (and QEMU's system_powerdown on some machines) then
-	// reaches PID 1 as SIGINT instead of an immediate reboot.
+	// Ctrl-Alt-Del then reaches PID 1 as SIGINT (a clean reboot)
+	// instead of an immediate reset.
 	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 	superviseAndWait(sigs)
 }
@@ -162,12 +162,21 @@ func fatal(err error) {
 	powerOff()
 }
 
-// powerOff ends the VM. On QEMU microvm the ACPI power-off makes QEMU exit;
-// RESTART is the fallback (QEMU runs with -no-reboot, so it exits too).
+// powerOff ends the VM. On QEMU microvm the ACPI power-off makes QEMU
+// exit. Its fallback is a halt, never a restart: a reset boots the VM
+// again (QEMU resets it), which a failed boot must not loop into.
 func powerOff() {
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	unix.Reboot(unix.LINUX_REBOOT_CMD_HALT)
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// reboot resets the VM: QEMU runs the same kernel and initramfs again in
+// the same process, so the VM stays running for the host, which learns
+// the new agent's host key from the console (the daemon's guests.go).
+func reboot() {
+	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	powerOff()
 }

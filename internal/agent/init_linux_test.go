@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // Which boot steps may fail the boot: only those without which the agent
@@ -61,5 +63,22 @@ func TestWriteResolvConfError(t *testing.T) {
 	b, _ := os.ReadFile(good)
 	if fi, _ := os.Lstat(good); string(b) != "nameserver 10.0.2.3\nnameserver 10.0.2.4\n" || fi.Mode()&os.ModeSymlink != 0 {
 		t.Errorf("resolv.conf = %q (mode %v)", b, fi.Mode())
+	}
+}
+
+// PID 1 reads signals as busybox init does, so busybox's reboot (SIGTERM)
+// reboots the VM and its poweroff (SIGUSR2) and halt (SIGUSR1) power it
+// off; the server's power-off request (the daemon's stop) is SIGUSR2
+// (issue 11 item 23).
+func TestShutdownSignals(t *testing.T) {
+	want := map[os.Signal]bool{unix.SIGTERM: true, unix.SIGINT: true, unix.SIGUSR1: false, unix.SIGUSR2: false, unix.SIGPWR: false}
+	if len(shutdownSignals) != len(want) {
+		t.Fatalf("PID 1 handles %v, want %d signals", shutdownSignals, len(want))
+	}
+	for _, sig := range shutdownSignals {
+		reboot, ok := want[sig]
+		if !ok || rebootSignal(sig) != reboot {
+			t.Errorf("%v: reboot %v, want %v (handled: %v)", sig, rebootSignal(sig), reboot, ok)
+		}
 	}
 }

@@ -70,8 +70,9 @@ func serveMain(args []string, stderr io.Writer) int {
 			addr = ":" + strconv.Itoa(boot.Port)
 		}
 		if os.Getppid() == 1 {
-			// PID 1 owns the shutdown sequence; SIGTERM is its request.
-			cfg.Poweroff = func() error { return unix.Kill(1, unix.SIGTERM) }
+			// PID 1 owns the shutdown sequence; SIGUSR2 asks it for a
+			// power-off (SIGTERM would reboot: shutdownSignals).
+			cfg.Poweroff = func() error { return unix.Kill(1, unix.SIGUSR2) }
 		}
 	case *keyFile != "":
 		raw, err := os.ReadFile(*keyFile)

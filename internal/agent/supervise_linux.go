@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // Shutdown timings: how long processes get to exit after SIGTERM, and
@@ -50,7 +52,7 @@ func superviseAndWait(sigs <-chan os.Signal) {
 	for {
 		select {
 		case sig := <-sigs:
-			shutdown(sig.String())
+			shutdown(sig.String(), rebootSignal(sig))
 		case ws := <-serverDied:
 			consolef("ssh server exited (%s), restarting", waitString(ws))
 			time.Sleep(restartPause)
@@ -121,9 +123,20 @@ func waitString(ws unix.WaitStatus) string {
 	return "exit status " + strconv.Itoa(ws.ExitStatus())
 }
 
-// shutdown stops every process, makes the root filesystem clean and
-// powers off. It never returns.
-func shutdown(reason string) {
+// shutdownSignals are what PID 1 acts on, as busybox init reads them
+// (busybox's reboot, poweroff and halt send them): SIGTERM reboots, as
+// does SIGINT (Ctrl-Alt-Del); SIGUSR2 powers off, as do SIGUSR1 (halt:
+// a VM that halts is off) and SIGPWR. The server asks for a power-off
+// with SIGUSR2 (the daemon's stop).
+var shutdownSignals = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGPWR}
+
+// rebootSignal reports whether sig asks for a reboot rather than a
+// power-off.
+func rebootSignal(sig os.Signal) bool { return sig == unix.SIGTERM || sig == unix.SIGINT }
+
+// shutdown stops every process, makes the root filesystem clean, and
+// reboots or powers off. It never returns.
+func shutdown(reason string, restart bool) {
 	consolef("shutting down (%s)", reason)
 	unix.Kill(-1, unix.SIGTERM)
 	waitForProcesses(termGrace)
@@ -134,7 +147,11 @@ func shutdown(reason string) {
 		consolef("warning: remount root read-only: %v", err)
 	}
 	unix.Sync()
-	consolef("power off")
+	if restart {
+		consoleLine(guestproto.RebootLine)
+		reboot()
+	}
+	consoleLine(guestproto.PowerOffLine)
 	powerOff()
 }
 

@@ -856,12 +856,23 @@ func (s *vmService) guest(ctx context.Context, vm store.VM) (guestConn, error) {
 		inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
 		ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
 		defer cancel()
-		c, err := s.waitGuest(ctx, addr, s.key, pin, func() error {
+		alive := func() error {
 			if !s.driver.Alive(inst) {
 				return fmt.Errorf("vm %s is not running", vm.Name)
 			}
 			return nil
-		})
+		}
+		c, err := s.waitGuest(ctx, addr, s.key, pin, alive)
+		if errors.Is(err, guest.ErrHostKeyMismatch) {
+			// A guest that rebooted holds a new key (reboot.go).
+			rc, rerr := s.dialRebooted(ctx, vm, addr, alive)
+			if rerr == nil {
+				return rc, nil
+			}
+			if !errors.Is(rerr, errNoReboot) {
+				err = rerr
+			}
+		}
 		if errors.Is(err, guest.ErrHostKeyMismatch) {
 			s.log.Warn("refused an agent without the pinned host key", "vm", vm.Name, "addr", addr, "err", err)
 			return nil, fmt.Errorf("vm %s: refusing what answers on its agent address %s, which does not hold the agent's host key pinned at boot (a process in the guest may have replaced the agent); nothing was sent to it; `ember restart %s` boots the vm again with a new agent: %w",

@@ -40,6 +40,12 @@ const (
 	ReadyLine = ConsolePrefix + "ready"
 	// ProbeOKLine is printed in probe mode just before the power-off.
 	ProbeOKLine = ConsolePrefix + "probe ok"
+	// PowerOffLine and RebootLine are the agent's last lines before it
+	// powers the VM off or resets it (a guest's poweroff or reboot, or
+	// the daemon's stop): how the host tells the one from the other, and
+	// either from a crash, which prints neither.
+	PowerOffLine = ConsolePrefix + "power off"
+	RebootLine   = ConsolePrefix + "reboot"
 )
 
 // KeyArg is the ember.key value for pub: base64 (raw URL alphabet) of the

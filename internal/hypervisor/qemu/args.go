@@ -182,7 +182,8 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 		"-m", strconv.Itoa(s.MemoryMiB),
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
-		"-no-reboot",
+		// No -no-reboot: a guest's reboot resets the VM in the same
+		// process, which stays running, with or without a daemon.
 		"-S",
 		"-chardev", "socket,id=qmp,fd="+strconv.Itoa(fdQMP)+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
