@@ -67,6 +67,9 @@ bench: deps-bench build testkernel
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./bench -net; \
 	else echo "bench: skipping the tap section (needs root)"; fi
+	@if [ "$$(id -u)" = 0 ]; then \
+		$(GO) run ./bench -sandbox; \
+	else echo "bench: skipping the QEMU sandbox section (needs root to run QEMU as another user)"; fi
 
 # fresh-check: `make run` from a clean clone of HEAD in a fresh minimal
 # Debian 12 root (root only; CI runs it after `make test`). It reports what

@@ -20,7 +20,11 @@ type benchEnv struct {
 
 // startBench makes the home and starts the daemon; close stops it, kills
 // any QEMU left (they outlive the daemon by design) and removes the home.
-func startBench() (*benchEnv, error) {
+func startBench() (*benchEnv, error) { return startBenchWith("") }
+
+// startBenchWith is startBench with config as the daemon's config.toml
+// ("" for none).
+func startBenchWith(config string) (*benchEnv, error) {
 	root, _ := filepath.Abs(".")
 	e := &benchEnv{root: root, bin: filepath.Join(root, "bin", "ember")}
 	if _, err := os.Stat(e.bin); err != nil {
@@ -34,6 +38,12 @@ func startBench() (*benchEnv, error) {
 	if err := linkKernel(root, home); err != nil {
 		e.close()
 		return nil, err
+	}
+	if config != "" {
+		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o644); err != nil {
+			e.close()
+			return nil, err
+		}
 	}
 	e.daemon = exec.Command(e.bin, "--home", home, "daemon")
 	e.daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -50,6 +50,8 @@ func main() {
 		err = runSessionsOnly(*runs, *out)
 	case *hostileOnly:
 		err = runHostile(*out)
+	case *sandboxOnly:
+		err = runSandbox(*runs, *out)
 	default:
 		err = run(*runs, *out)
 	}
@@ -223,6 +225,7 @@ func write(path string, runs int, acc accelUsed, floor, full time.Duration, sess
 	writeSessions(&b, sess, runs)
 	b.Write(keepSection(path, netHeading))     // written by -net; keep it
 	b.Write(keepSection(path, dnsHeading))     // written by -dns (and -net); keep it
+	b.Write(keepSection(path, sandboxHeading)) // written by -sandbox; keep it
 	b.Write(keepSection(path, hostileHeading)) // written by -hostile; keep it
 	return os.WriteFile(path, b.Bytes(), 0o644)
 }

@@ -67,11 +67,13 @@ func TestDetect(t *testing.T) {
 			want:     "cgroup v1: memory in /sys/fs/cgroup/memory/ember, cpu in /sys/fs/cgroup/cpu,cpuacct/ember"},
 		{name: "rootless v2", mountinfo: v2Mountinfo, procCg: "0::/user.slice\n",
 			controllers: map[string][]string{"/sys/fs/cgroup": {"cpu", "memory"}},
-			canWrite:    func(d string) error { return errors.New("/sys/fs/cgroup is not writable by uid 1000: permission denied") },
-			want:        "cgroup v2: /sys/fs/cgroup is not writable by uid 1000: permission denied", wantErr: true},
+			canWrite: func(d string) error {
+				return errors.New("/sys/fs/cgroup is not writable by uid 1000: permission denied")
+			},
+			want: "cgroup v2: /sys/fs/cgroup is not writable by uid 1000: permission denied", wantErr: true},
 		{name: "v2 without memory and no v1", mountinfo: v2Mountinfo, procCg: "0::/\n",
 			controllers: map[string][]string{"/sys/fs/cgroup": {"pids"}}, canWrite: allWritable,
-			want:        "the cgroup v2 hierarchy at /sys/fs/cgroup has no memory controller and no v1 memory or cpu hierarchy is mounted", wantErr: true},
+			want: "the cgroup v2 hierarchy at /sys/fs/cgroup has no memory controller and no v1 memory or cpu hierarchy is mounted", wantErr: true},
 		{name: "nothing mounted", mountinfo: "", procCg: "", canWrite: allWritable,
 			want: "no cgroup v2 hierarchy is mounted and no v1 memory or cpu hierarchy is mounted", wantErr: true},
 	} {

@@ -10,8 +10,12 @@
 // root:<socket_group> 0750 runtime folder as root; 0700 folders that must
 // be the user's own otherwise), takes the single-instance lock (flock on
 // the pid file, opened without following a symlink, plus a socket check),
-// re-attaches to VMs whose QEMU kept running while no daemon was there and
-// settles the operations the previous daemon left unfinished. Serve(ctx)
+// builds the QEMU driver confined as the config says (qemuConfinement in
+// sandbox.go: QEMU's seccomp filter, the unprivileged qemu_user when
+// root, a cgroup per VM with its memory and CPU limits where cgroups can
+// be made), re-attaches to VMs whose QEMU kept running while no daemon
+// was there and settles the operations the previous daemon left
+// unfinished. Serve(ctx)
 // accepts connections on the unix socket (0660, group socket_group, as
 // root; 0600 rootless); each carries one request, routed by dispatch
 // (methods.go) to the handler a service registered for that entry of

@@ -48,6 +48,7 @@ func Doctor(ctx context.Context, home string) []Check {
 	} else {
 		out = append(out, pass("qemu", drv.Binary()))
 		out = append(out, accelCheck(ctx, lay, drv))
+		out = append(out, sandboxCheck(lay, hostSandboxEnv()))
 	}
 	// One line per host tool ember runs, from the table of host tools.
 	out = append(out, toolChecks(daemonTools(), hosttools.Finder{}.FindTool, root)...)

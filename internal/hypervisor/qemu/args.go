@@ -71,8 +71,8 @@ func validate(s hypervisor.Spec) error {
 	return nil
 }
 
-// absSpec makes every path absolute: a daemonized QEMU changes its working
-// directory to "/" and the Spec must mean the same thing after a restart.
+// absSpec makes every path absolute: the Spec is stored and must mean the
+// same thing to a daemon restarted in another working directory.
 func absSpec(s hypervisor.Spec) (hypervisor.Spec, error) {
 	for _, p := range []*string{&s.Kernel, &s.Initrd, &s.Disk, &s.DiskBacking, &s.ConsoleLog, &s.QMPSocket, &s.PIDFile} {
 		if *p == "" {

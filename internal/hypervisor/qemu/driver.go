@@ -1,7 +1,10 @@
-// Package qemu is the QEMU hypervisor driver: it runs each VM as a daemonized
-// qemu-system-x86_64 on the microvm machine type (virtio-mmio devices), with
-// KVM when it works and TCG software emulation otherwise, and controls it
-// through its QMP socket.
+// Package qemu is the QEMU hypervisor driver: it runs each VM as a
+// qemu-system-x86_64 of its own, in its own session so it outlives the
+// caller, on the microvm machine type (virtio-mmio devices), with KVM when
+// it works and TCG software emulation otherwise, and controls it through
+// its QMP socket. QEMU runs confined (Options): its seccomp filter, an
+// unprivileged user, a cgroup with the VM's limits, and no file it opens
+// by name: the driver opens each one and QEMU inherits it (sandbox.go).
 package qemu
 
 import (
@@ -243,7 +246,8 @@ func (d *Driver) KillStrays(ctx context.Context, dir string) int {
 }
 
 // waitGone polls until inst is gone, the timeout passes or ctx ends. The
-// QEMU process is not our child (it daemonized), so it cannot be waited for.
+// QEMU process may be an earlier daemon's, not our child, so it cannot be
+// waited for (ours are reaped by watch).
 func waitGone(ctx context.Context, inst hypervisor.Instance, timeout time.Duration) bool {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
