@@ -174,3 +174,32 @@ func TestMemCopySealed(t *testing.T) {
 }
 
 func procFDOf(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
+
+// QEMU's user keeps no group of the daemon's; under KVM it gets the KVM
+// device's group, so it can open the device.
+func TestSysProcAttr(t *testing.T) {
+	dev := filepath.Join(t.TempDir(), "kvm")
+	if err := os.WriteFile(dev, nil, 0o660); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(dev, 0, 4242); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := &Driver{kvmDevice: dev, user: &User{Name: "q", UID: 100, GID: 200}}
+	a := d.sysProcAttr(hypervisor.AccelTCG)
+	if !a.Setsid || a.Credential == nil || a.Credential.Uid != 100 || a.Credential.Gid != 200 ||
+		a.Credential.Groups == nil || len(a.Credential.Groups) != 0 || a.Credential.NoSetGroups {
+		t.Errorf("tcg: %+v %+v", a, a.Credential)
+	}
+	if os.Geteuid() == 0 {
+		if a := d.sysProcAttr(hypervisor.AccelKVM); len(a.Credential.Groups) != 1 || a.Credential.Groups[0] != 4242 {
+			t.Errorf("kvm groups: %v, want [4242]", a.Credential.Groups)
+		}
+	}
+	d.user = nil
+	if a := d.sysProcAttr(hypervisor.AccelKVM); !a.Setsid || a.Credential != nil {
+		t.Errorf("no user: %+v", a)
+	}
+}
