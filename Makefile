@@ -78,7 +78,8 @@ fresh-check:
 	@$(MAKE) --no-print-directory deps DEPS_FOR=fresh-check
 	@bash scripts/fresh-check.sh
 
-# install puts ember on PATH and the guest agent where the daemon looks.
+# install puts ember on PATH, the guest agent where the daemon looks, and
+# the systemd unit (dist/ember.service) in /etc/systemd/system.
 # Installing into this system as root it also creates the `ember` group
 # (the default socket_group), as Docker's package does for `docker`: its
 # members reach the root daemon's socket; and the `ember-qemu` system user
@@ -88,6 +89,10 @@ PREFIX ?= /usr/local
 install: build
 	install -D -m 0755 $(BIN)/ember $(DESTDIR)$(PREFIX)/bin/ember
 	install -D -m 0755 $(BIN)/ember-agent $(DESTDIR)$(PREFIX)/lib/ember/ember-agent
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|@PREFIX@|$(PREFIX)|g' dist/ember.service > $(DESTDIR)/etc/systemd/system/ember.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/ember.service
+	@echo "installed the systemd unit ember.service; to run the daemon now and at every boot: systemctl daemon-reload && systemctl enable --now ember"
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! getent group ember >/dev/null; then \
 		groupadd --system ember && echo "created the ember group; let a user reach the daemon with: usermod -aG ember USER"; \
 	fi

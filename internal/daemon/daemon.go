@@ -19,6 +19,7 @@ import (
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/hypervisor/qemu"
 	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/sdnotify"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -175,6 +176,9 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.PrepareBoot == nil {
 		d.boot.probeAtStart(ctx)
 	}
+	// Last: VMs whose restart policy asks are started in the background
+	// (restart.go), as after a host reboot.
+	d.vms.startByPolicy()
 	return d, nil
 }
 
@@ -288,6 +292,9 @@ func versionOf(ctx context.Context, driver hypervisor.Driver) string {
 // their QEMU processes are detached and the next daemon re-attaches.
 func (d *Daemon) Close() error {
 	d.closeOnce.Do(func() {
+		if d.listener != nil {
+			_ = sdnotify.Notify(sdnotify.Stopping)
+		}
 		if d.stopBase != nil {
 			d.stopBase()
 		}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/sdnotify"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -71,6 +72,11 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	d.listener = l
 	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid())
+	// Under systemd's Type=notify (dist/ember.service): ready once it
+	// answers.
+	if err := sdnotify.Notify(sdnotify.Ready); err != nil {
+		d.log.Warn("could not tell systemd the daemon is ready", "err", err)
+	}
 	return d.serveListener(ctx, l)
 }
 

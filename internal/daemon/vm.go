@@ -122,6 +122,9 @@ func (s *vmService) validateCreate(ctx context.Context, p *wire.CreateVMParams) 
 	if p.Net == "" {
 		p.Net = s.cfg.DefaultNet
 	}
+	if err := checkRestart(&p.Restart); err != nil {
+		errs = append(errs, err)
+	}
 	if *p.CPUs < 1 || *p.CPUs > runtime.NumCPU() {
 		errs = append(errs, invalidf("cpus must be 1..%d (this host's CPUs), not %d", runtime.NumCPU(), *p.CPUs))
 	}
@@ -191,7 +194,7 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	now := time.Now().UTC()
 	vm := store.VM{ID: newID(), Name: p.Name, State: wire.StateCreating, Image: p.Image, Kernel: p.Kernel,
 		CPUs: *p.CPUs, MemoryMiB: *p.MemoryMiB, DiskBytes: int64(*p.DiskGiB) << 30, NetMode: p.Net,
-		CreatedAt: now, UpdatedAt: now}
+		RestartPolicy: p.Restart, CreatedAt: now, UpdatedAt: now}
 	// What the disk will be, so `ls` shows it while the VM is created; the
 	// disk itself is made with the size asked for (none: the image's).
 	requestedDisk := vm.DiskBytes
@@ -396,7 +399,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		return vm, err
 	}
 	defer unlock()
-	vm.State, vm.LastError, vm.UpdatedAt = wire.StateRunning, "", time.Now().UTC()
+	vm.State, vm.LastError, vm.StoppedBy, vm.UpdatedAt = wire.StateRunning, "", "", time.Now().UTC()
 	if err := s.store.UpdateVM(context.Background(), vm); err != nil {
 		return vm, fmt.Errorf("record vm %s running: %w", vm.Name, err)
 	}
@@ -557,7 +560,10 @@ func (s *vmService) toWireVM(vm store.VM) wire.VM {
 	w := wire.VM{ID: vm.ID, Name: vm.Name, State: vm.State, Image: vm.Image, Kernel: vm.Kernel, CPUs: vm.CPUs,
 		MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, Net: vm.NetMode, Accel: vm.Accel, AccelReason: vm.AccelReason,
 		CreatedAt: vm.CreatedAt, LastError: vm.LastError,
-		Console: s.layout.VMDir(vm.ID) + "/" + layout.ConsoleFile}
+		Console: s.layout.VMDir(vm.ID) + "/" + layout.ConsoleFile, Restart: restartPolicy(vm)}
+	if vm.State == wire.StateStopped {
+		w.StoppedBy = vm.StoppedBy
+	}
 	if vm.State == wire.StateRunning {
 		w.PID, w.SSHPort = vm.PID, vm.SSHPort
 	}
@@ -677,6 +683,7 @@ func (s *vmService) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, erro
 	s.shutdown(stopCtx, vm, p.Force, timeout)
 	vm, err = s.withVMLockByID(context.Background(), vm.ID, func(vm *store.VM) error {
 		vm.State, vm.PID, vm.SSHPort, vm.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()
+		vm.StoppedBy = wire.StoppedByUser
 		return s.store.UpdateVM(context.Background(), *vm)
 	})
 	return s.toWireVM(vm), err
@@ -794,6 +801,11 @@ func (s *vmService) reattach(ctx context.Context) error {
 			next = wire.StateRunning
 		}
 		if next != vm.State {
+			if !alive {
+				// Its process ended while no daemon watched: a host
+				// reboot, a killed QEMU, or the guest powering off.
+				vm.StoppedBy, vm.LastError = s.exitedOnItsOwn(vm.ID)
+			}
 			vm.State, vm.UpdatedAt = next, time.Now().UTC()
 			if !alive {
 				vm.PID, vm.SSHPort = 0, 0
@@ -821,6 +833,7 @@ func (s *vmService) settleDead(ctx context.Context, vm store.VM) store.VM {
 		}
 		v.State, v.PID, v.SSHPort, v.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()
 		v.LastError = "the VM's process exited on its own (guest power-off or crash); see `ember logs`"
+		v.StoppedBy, _ = s.exitedOnItsOwn(v.ID)
 		return s.store.UpdateVM(ctx, *v)
 	})
 	if err != nil {

@@ -2,9 +2,10 @@
 // asynchronous operations, kept in one SQLite database (pure-Go driver
 // modernc.org/sqlite, so the binary stays static).
 //
-// # Schema (version 6: migrations/0001_init.sql, 0002_leases.sql,
+// # Schema (version 7: migrations/0001_init.sql, 0002_leases.sql,
 // 0003_operation_error_code.sql, 0004_vm_accel_reason.sql,
-// 0005_vm_agent_host_key.sql, 0006_kernel_default.sql)
+// 0005_vm_agent_host_key.sql, 0006_kernel_default.sql,
+// 0007_vm_restart_policy.sql)
 //
 //	kernels    (name PK, release, source, vmlinuz, modules_dir, created_at,
 //	            is_default: 1 on the one kernel made the default on request)
@@ -13,7 +14,9 @@
 //	vms        (id PK, name UNIQUE, state, image, kernel, cpus, memory_mib,
 //	            disk_bytes, net_mode, ssh_port, pid, pid_start, accel,
 //	            created_at, updated_at, last_error, config JSON,
-//	            accel_reason, agent_host_key: the agent's pinned SSH host key)
+//	            accel_reason, agent_host_key: the agent's pinned SSH host key,
+//	            restart_policy: no | always | on-failure at daemon start,
+//	            stopped_by: user | guest | crash, how a stopped VM stopped)
 //	           indexes: vms(created_at), vms(image)
 //	operations (id PK, kind, target, state, progress, error, result JSON,
 //	            created_at, updated_at, finished_at NULL while unfinished,

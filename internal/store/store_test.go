@@ -210,8 +210,8 @@ func TestMigration0001Schema(t *testing.T) {
 	want := map[string][]string{
 		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"}, // is_default: 0006
 		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta"},
-		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key"}, // accel_reason: 0004, agent_host_key: 0005
-		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                 // error_code: 0003
+		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key", "restart_policy", "stopped_by"}, // accel_reason: 0004, agent_host_key: 0005, restart_policy and stopped_by: 0007
+		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                                                 // error_code: 0003
 	}
 	for table, cols := range want {
 		if got := columns(t, s, table); !reflect.DeepEqual(got, cols) {
@@ -365,5 +365,34 @@ func TestMigration0006KernelDefault(t *testing.T) {
 	}
 	if err := s.SetDefaultKernel(ctx, ""); err != nil || len(defaults()) != 0 {
 		t.Fatalf("clearing the default: %v %v", err, defaults())
+	}
+}
+
+// 0007: a VM's restart policy and how it stopped round-trip; a VM from
+// before has neither (never restarted, cause unknown).
+func TestMigration0007RestartPolicy(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	vm := VM{ID: "v7", Name: "comes-back", State: "running", Image: "tiny", NetMode: "user", RestartPolicy: "always"}
+	if err := s.InsertVM(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "v7")
+	if err != nil || got.RestartPolicy != "always" || got.StoppedBy != "" {
+		t.Fatalf("new vm: %+v %v", got, err)
+	}
+	got.State, got.StoppedBy = "stopped", "crash"
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.GetVMByName(ctx, "comes-back")
+	if err != nil || again.RestartPolicy != "always" || again.StoppedBy != "crash" {
+		t.Fatalf("round trip: %+v %v", again, err)
+	}
+	if err := s.InsertVM(ctx, VM{ID: "v8", Name: "plain", State: "stopped"}); err != nil {
+		t.Fatal(err)
+	}
+	if old, err := s.GetVM(ctx, "v8"); err != nil || old.RestartPolicy != "" || old.StoppedBy != "" {
+		t.Fatalf("a vm without a policy: %+v %v", old, err)
 	}
 }

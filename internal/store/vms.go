@@ -35,11 +35,17 @@ type VM struct {
 	// AgentHostKey is the guest agent's SSH host key pinned at the VM's
 	// boot (authorized_keys form); "" when none is recorded.
 	AgentHostKey string
+	// RestartPolicy is whether the daemon starts the VM again when it
+	// starts: one of the wire.Restart* values ("" is RestartNo).
+	RestartPolicy string
+	// StoppedBy says how a stopped VM stopped: one of the wire.StoppedBy*
+	// values; "" while it runs or when not known.
+	StoppedBy string
 }
 
 const vmColumns = `id, name, state, image, kernel, cpus, memory_mib, disk_bytes,
 	net_mode, ssh_port, pid, pid_start, accel, created_at, updated_at, last_error, config, accel_reason,
-	agent_host_key`
+	agent_host_key, restart_policy, stopped_by`
 
 func scanVM(row scanner) (VM, error) {
 	var vm VM
@@ -47,7 +53,8 @@ func scanVM(row scanner) (VM, error) {
 	var config sql.NullString
 	err := row.Scan(&vm.ID, &vm.Name, &vm.State, &vm.Image, &vm.Kernel, &vm.CPUs,
 		&vm.MemoryMiB, &vm.DiskBytes, &vm.NetMode, &vm.SSHPort, &vm.PID, &pidStart,
-		&vm.Accel, &created, &updated, &vm.LastError, &config, &vm.AccelReason, &vm.AgentHostKey)
+		&vm.Accel, &created, &updated, &vm.LastError, &config, &vm.AccelReason, &vm.AgentHostKey,
+		&vm.RestartPolicy, &vm.StoppedBy)
 	if err != nil {
 		return VM{}, err
 	}
@@ -68,7 +75,8 @@ func vmArgs(vm VM) ([]any, error) {
 	}
 	return []any{vm.ID, vm.Name, vm.State, vm.Image, vm.Kernel, vm.CPUs, vm.MemoryMiB,
 		vm.DiskBytes, vm.NetMode, vm.SSHPort, vm.PID, int64(vm.PIDStart), vm.Accel,
-		toNanos(vm.CreatedAt), toNanos(vm.UpdatedAt), vm.LastError, config, vm.AccelReason, vm.AgentHostKey}, nil
+		toNanos(vm.CreatedAt), toNanos(vm.UpdatedAt), vm.LastError, config, vm.AccelReason, vm.AgentHostKey,
+		vm.RestartPolicy, vm.StoppedBy}, nil
 }
 
 // vmUpdateSQL sets every column but id, in vmColumns order, then takes the
@@ -96,7 +104,7 @@ func (o *ops) InsertVM(ctx context.Context, vm VM) error {
 		return err
 	}
 	_, err = o.w.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
 	if isConstraint(err) {
 		return fmt.Errorf("vm %q (id %s): name or id already in use: %w", vm.Name, vm.ID, ErrConflict)
 	}

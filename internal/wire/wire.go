@@ -110,6 +110,26 @@ const (
 	StateError    = "error"
 )
 
+// Restart policies (CreateVMParams.Restart, VM.Restart): whether the
+// daemon starts a stopped VM again when the daemon starts, as after a
+// host reboot. On-failure only after its process ended without the guest
+// powering off (StoppedByCrash).
+const (
+	RestartNo        = "no"
+	RestartAlways    = "always"
+	RestartOnFailure = "on-failure"
+)
+
+// RestartPolicies lists the restart policies.
+var RestartPolicies = []string{RestartNo, RestartAlways, RestartOnFailure}
+
+// How a stopped VM stopped (VM.StoppedBy).
+const (
+	StoppedByUser  = "user"  // ember stop (or restart)
+	StoppedByGuest = "guest" // the guest powered off
+	StoppedByCrash = "crash" // its process ended otherwise: killed, a host crash or reboot
+)
+
 // VMStates lists every VM state, in the order of a VM's life.
 var VMStates = []string{StateCreating, StateStarting, StateRunning, StateStopping, StateStopped, StateDeleting, StateError}
 
@@ -138,6 +158,10 @@ type VM struct {
 	MAC     string `json:"mac,omitempty"`
 	TAP     string `json:"tap,omitempty"`
 	DNSName string `json:"dns_name,omitempty"`
+	// Restart is the VM's restart policy (RestartNo when none was set);
+	// StoppedBy, for a stopped VM, how it stopped.
+	Restart   string `json:"restart,omitempty"`
+	StoppedBy string `json:"stopped_by,omitempty"`
 }
 
 // Image is what image ls and inspect return.
@@ -207,6 +231,8 @@ type CreateVMParams struct {
 	MemoryMiB *int   `json:"memory_mib,omitempty"`
 	DiskGiB   *int   `json:"disk_gib,omitempty"`
 	Net       string `json:"net,omitempty"`
+	// Restart is the restart policy (RestartPolicies); "" is RestartNo.
+	Restart string `json:"restart,omitempty"`
 }
 
 type RefParams struct {

@@ -63,6 +63,9 @@ func TestGuestRebootAndPoweroff(t *testing.T) {
 	if logs := e.must("logs", "rb"); !strings.Contains(logs, "ember-agent: power off") {
 		t.Fatalf("console after poweroff:\n%s", tail(logs, 20))
 	}
+	if vm := e.inspect("rb"); vm.StoppedBy != wire.StoppedByGuest || vm.LastError != "the VM's process exited on its own (guest power-off or crash); see `ember logs`" {
+		t.Fatalf("after poweroff: stopped by %q, last error %q", vm.StoppedBy, vm.LastError)
+	}
 	e.must("start", "rb")
 	e.must("exec", "rb", "--", "true")
 	e.must("rm", "-f", "rb")
