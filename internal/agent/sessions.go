@@ -117,8 +117,8 @@ func (m *sessionManager) handleChannel(nc ssh.NewChannel) {
 	case reqErr != nil:
 		resp.Error = reqErr
 	case req.Op == guestproto.SessionOpCreate:
-		info, err := m.create(req)
-		resp.Session, resp.Error = info, err
+		info, replaced, err := m.create(req)
+		resp.Session, resp.Replaced, resp.Error = info, replaced, err
 	case req.Op == guestproto.SessionOpList:
 		resp.Sessions = m.list()
 	case req.Op == guestproto.SessionOpRead:
@@ -128,10 +128,11 @@ func (m *sessionManager) handleChannel(nc ssh.NewChannel) {
 			break
 		}
 		s.mu.Lock()
-		tail = s.ring.Bytes()
+		var off int64
+		tail, off = s.ring.Since(req.Since)
 		info := s.infoLocked()
 		s.mu.Unlock()
-		resp.Session, resp.Len = &info, len(tail)
+		resp.Session, resp.Len, resp.Offset = &info, len(tail), off
 	case req.Op == guestproto.SessionOpKill:
 		resp.Error = m.kill(req.Name)
 	case req.Op == guestproto.SessionOpSignal:
@@ -192,8 +193,11 @@ func (m *sessionManager) list() []sessionInfo {
 }
 
 // create starts a session (req has been validated). The name is reserved
-// under mu, the process is started outside it.
-func (m *sessionManager) create(req sessionRequest) (*sessionInfo, *sessionError) {
+// under mu, the process is started outside it. With req.Replace an exited
+// session of that name gives way, in the same critical section, so two
+// clients replacing it at once make one new session, not two; replaced
+// describes the old one.
+func (m *sessionManager) create(req sessionRequest) (_ *sessionInfo, replaced *sessionInfo, _ *sessionError) {
 	size := req.Scrollback
 	if size == 0 {
 		size = guestproto.DefaultScrollback
@@ -210,7 +214,7 @@ func (m *sessionManager) create(req sessionRequest) (*sessionInfo, *sessionError
 		spec, err = specForArgv(guestproto.ExecPayload{Argv: req.Argv}, req.Env, term)
 	}
 	if err != nil {
-		return nil, sessErr(guestproto.SessionInvalid, "%v", err)
+		return nil, nil, sessErr(guestproto.SessionInvalid, "%v", err)
 	}
 	argv := req.Argv
 	if len(argv) == 0 {
@@ -222,15 +226,27 @@ func (m *sessionManager) create(req sessionRequest) (*sessionInfo, *sessionError
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return nil, sessErr(guestproto.SessionConflict, "the agent is shutting down")
+		return nil, nil, sessErr(guestproto.SessionConflict, "the agent is shutting down")
 	}
-	if m.sessions[req.Name] != nil {
-		m.mu.Unlock()
-		return nil, sessErr(guestproto.SessionConflict, "a session named %q already exists", req.Name)
+	if old := m.sessions[req.Name]; old != nil {
+		old.mu.Lock()
+		exited, info := old.exited, old.infoLocked()
+		old.mu.Unlock()
+		switch {
+		case exited && req.Replace:
+			delete(m.sessions, req.Name)
+			replaced = &info
+		case exited:
+			m.mu.Unlock()
+			return nil, nil, sessErr(guestproto.SessionConflict, "a session named %q already exists (its process exited with status %d)", req.Name, exitCodeOf(info))
+		default:
+			m.mu.Unlock()
+			return nil, nil, sessErr(guestproto.SessionConflict, "a session named %q already exists", req.Name)
+		}
 	}
 	if len(m.sessions) >= guestproto.MaxSessions {
 		m.mu.Unlock()
-		return nil, sessErr(guestproto.SessionConflict, "the guest has %d sessions, the most it keeps; kill one first", len(m.sessions))
+		return nil, nil, sessErr(guestproto.SessionConflict, "the guest has %d sessions, the most it keeps; kill one first", len(m.sessions))
 	}
 	m.sessions[req.Name] = s
 	m.mu.Unlock()
@@ -248,7 +264,7 @@ func (m *sessionManager) create(req sessionRequest) (*sessionInfo, *sessionError
 		}
 		m.mu.Unlock()
 		close(s.ready)
-		return nil, sessErr(guestproto.SessionInvalid, "%v", startFailure(spec.path, err))
+		return nil, nil, sessErr(guestproto.SessionInvalid, "%v", startFailure(spec.path, err))
 	}
 	s.ptmx, s.polled = pollable(ptmx)
 	s.cmd = cmd
@@ -259,13 +275,13 @@ func (m *sessionManager) create(req sessionRequest) (*sessionInfo, *sessionError
 	m.mu.Unlock()
 	if killed { // a kill came while the process was starting
 		s.terminate()
-		return nil, sessErr(guestproto.SessionNotFound, "session %q was killed while it started", req.Name)
+		return nil, nil, sessErr(guestproto.SessionNotFound, "session %q was killed while it started", req.Name)
 	}
 	s.mu.Lock()
 	info := s.infoLocked()
 	s.mu.Unlock()
-	m.log.Info("session started", "name", s.name, "argv", argv, "pid", cmd.Process.Pid)
-	return &info, nil
+	m.log.Info("session started", "name", s.name, "argv", argv, "pid", cmd.Process.Pid, "replaced", replaced != nil)
+	return &info, replaced, nil
 }
 
 // kill ends a session's process and forgets the session.
@@ -341,6 +357,14 @@ func (s *persistentSession) terminate() {
 	case <-s.done:
 	case <-time.After(killWait):
 	}
+}
+
+// exitCodeOf is an exited session's status (0 while it runs).
+func exitCodeOf(info sessionInfo) int {
+	if info.ExitCode == nil {
+		return 0
+	}
+	return *info.ExitCode
 }
 
 func (s *persistentSession) infoLocked() sessionInfo {
@@ -499,7 +523,7 @@ func (s *persistentSession) attach(ch ssh.Channel, reqs <-chan *ssh.Request) {
 	w := &watcher{out: make(chan []byte, 64), gone: make(chan struct{})}
 	s.outMu.Lock()
 	s.mu.Lock()
-	replay := s.ring.Bytes()
+	replay, replayOff := s.ring.Since(0)
 	info := s.infoLocked()
 	exited, code := s.exited, s.code
 	if !exited {
@@ -523,7 +547,8 @@ func (s *persistentSession) attach(ch ssh.Channel, reqs <-chan *ssh.Request) {
 			}
 		}
 	}()
-	if writeSessionResponse(ch, sessionResponse{Session: &info}) != nil {
+	// Len tells the client where the replay ends and live output begins.
+	if writeSessionResponse(ch, sessionResponse{Session: &info, Len: len(replay), Offset: replayOff}) != nil {
 		return
 	}
 	if len(replay) > 0 {

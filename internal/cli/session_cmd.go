@@ -1,20 +1,29 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/termtext"
 	"github.com/emberhq/ember/internal/wire"
 )
+
+// attachInputHelp says what attach does with stdin that is not a
+// terminal.
+const attachInputHelp = "With stdin that is not a terminal (a pipe, a file, /dev/null) ember types the input and detaches\n" +
+	"when it ends and the output has paused for a second; `session run` waits for a command and its status.\n" +
+	"If the daemon goes away, ember says so and exits 255: the session runs on in the VM."
 
 // defaultDetachKeys is Docker's detach sequence.
 const defaultDetachKeys = "ctrl-p,ctrl-q"
@@ -24,15 +33,19 @@ func shellCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "shell VM [SESSION]",
 		Short: "Attach to a persistent session (default main), creating it if needed",
-		Long: "Attach this terminal to a persistent session in VM, made with the login shell when it does not exist.\n" +
-			"The session keeps running when you detach (Ctrl-P Ctrl-Q by default) or lose the connection.",
+		Long: "Attach this terminal to a persistent session in VM, made with the login shell when it does not exist\n" +
+			"or when its process has exited (ember says so; like `tmux new -A`).\n" +
+			"The session keeps running when you detach (Ctrl-P Ctrl-Q by default) or lose the connection.\n" +
+			attachInputHelp,
 		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := "main"
+			name, again := "main", "ember shell "+args[0]
 			if len(args) == 2 {
 				name = args[1]
+				again += " " + name
 			}
-			return attach(cmd.Context(), e, wire.SessionAttachParams{Ref: args[0], Name: name, Create: true}, detachKeys)
+			return attach(cmd.Context(), e, wire.SessionAttachParams{Ref: args[0], Name: name, Create: true},
+				attachOpts{detachKeys: detachKeys, again: again})
 		},
 	}
 	cmd.Flags().StringVar(&detachKeys, "detach-keys", defaultDetachKeys, "key sequence that detaches (e.g. ctrl-p,ctrl-q or ctrl-a,d)")
@@ -42,7 +55,7 @@ func shellCmd(e *env) *cobra.Command {
 func sessionCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "session", Short: "Persistent terminal sessions in a VM"}
 	cmd.AddCommand(sessionLsCmd(e), sessionNewCmd(e), sessionAttachCmd(e), sessionKillCmd(e), sessionSignalCmd(e),
-		sessionSendCmd(e), sessionReadCmd(e))
+		sessionSendCmd(e), sessionReadCmd(e), sessionRunCmd(e), sessionWaitCmd(e))
 	return cmd
 }
 
@@ -139,11 +152,14 @@ func sessionNewCmd(e *env) *cobra.Command {
 func sessionAttachCmd(e *env) *cobra.Command {
 	var detachKeys string
 	cmd := &cobra.Command{
-		Use:               "attach VM NAME",
-		Short:             "Attach this terminal to a session (detach with Ctrl-P Ctrl-Q)",
+		Use:   "attach VM NAME",
+		Short: "Attach this terminal to a session (detach with Ctrl-P Ctrl-Q)",
+		Long: "Attach this terminal to a session: its scrollback, then live output; detach with Ctrl-P Ctrl-Q.\n" +
+			"The exit status is the session's when its process ends.\n" + attachInputHelp,
 		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return attach(cmd.Context(), e, wire.SessionAttachParams{Ref: args[0], Name: args[1]}, detachKeys)
+			return attach(cmd.Context(), e, wire.SessionAttachParams{Ref: args[0], Name: args[1]},
+				attachOpts{detachKeys: detachKeys, again: "ember session attach " + args[0] + " " + args[1]})
 		},
 	}
 	cmd.Flags().StringVar(&detachKeys, "detach-keys", defaultDetachKeys, "key sequence that detaches (e.g. ctrl-p,ctrl-q or ctrl-a,d)")
@@ -169,7 +185,7 @@ func sessionKillCmd(e *env) *cobra.Command {
 func sessionSignalCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:               "signal VM NAME SIGNAL",
-		Short:             "Send a signal (INT, TERM, KILL, ...) to what runs in a session's foreground",
+		Short:             "Send a signal (INT, TERM, KILL, ... or a number such as 9) to what runs in a session's foreground",
 		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames, signalNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()
@@ -207,118 +223,283 @@ func sessionSendCmd(e *env) *cobra.Command {
 }
 
 func sessionReadCmd(e *env) *cobra.Command {
-	var follow bool
+	var follow, plain bool
+	var since int64
 	cmd := &cobra.Command{
-		Use:               "read VM NAME",
-		Short:             "Print a session's scrollback (--follow keeps printing its output)",
+		Use:   "read VM NAME",
+		Short: "Print a session's scrollback (--follow keeps printing its output)",
+		Long: "Print a session's scrollback; with --follow, then its output as it comes, until the session ends\n" +
+			"(the exit status is then the session's) or you interrupt it.\n" +
+			"Every byte a session writes has an offset, counted from its start. --since OFFSET prints only the\n" +
+			"output from that offset on, and then the offset to give next time on stderr (\"next offset: N\");\n" +
+			"output older than the scrollback holds is gone, and ember says so.\n" +
+			"--plain removes escape sequences and control characters (colours, cursor movement, \\r), leaving\n" +
+			"text. On a terminal, sequences that would make it answer into its input are removed in any case.",
 		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p := wire.SessionReadParams{Ref: args[0], Name: args[1], Follow: follow}
+			sinceSet := cmd.Flags().Changed("since")
+			if sinceSet {
+				if since < 0 {
+					return usagef(cmd, "--since %d: offsets count from 0", since)
+				}
+				p.Since = since
+			}
 			c, err := e.client()
 			if err != nil {
 				return err
 			}
-			s, err := client.Open(cmd.Context(), c, wire.SessionRead, wire.SessionReadParams{Ref: args[0], Name: args[1], Follow: follow})
+			s, err := client.Open(ctx, c, wire.SessionRead, p)
 			if err != nil {
 				return err
 			}
 			defer s.Close()
-			err = copyStream(cmd.Context(), s, e.stdout, e.stderr)
-			var ee *ExitError
-			if errors.As(err, &ee) {
-				// The scrollback was printed; a session's own exit status
-				// is not a failure of read.
-				return nil
+			out, flush := sessionOutput(e.stdout, plain)
+			res, err := readSessionStream(ctx, s, out)
+			if ferr := flush(); err == nil && ferr != nil {
+				err = ferr
 			}
-			return err
+			if sinceSet && res.haveOffset {
+				if res.start > since {
+					fmt.Fprintf(e.stderr, "ember: the output from offset %d to %d is no longer in the scrollback\n", since, res.start)
+				}
+				fmt.Fprintf(e.stderr, "next offset: %d\n", res.offset)
+			}
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return &ExitError{Code: signalStatus(ctx)}
+			case errors.Is(err, errSessionLost):
+				fmt.Fprintf(e.stderr, "ember: %v; session %s still runs in the VM\n", err, p.Name)
+				return &ExitError{Code: statusLost}
+			case err != nil:
+				return err
+			case res.exit.Error != nil:
+				return res.exit.Error
+			case follow && res.exit.Code != 0:
+				// The session ended while followed: its status, as attach.
+				return &ExitError{Code: res.exit.Code}
+			}
+			// Without --follow a session's own status is not read's.
+			return nil
 		},
 	}
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing output until interrupted or the session ends")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing output until the session ends (its status is then ember's) or you interrupt it")
+	cmd.Flags().Int64Var(&since, "since", 0, "print only the output from this offset on, and the next offset on stderr")
+	cmd.Flags().BoolVar(&plain, "plain", false, "remove escape sequences and control characters: text only")
 	return cmd
 }
 
-// attach connects the terminal (or plain stdin/stdout) to a session until
-// the user detaches, the session ends or the connection drops. The
-// terminal is restored on every path: deferred restore covers returns and
-// panics, and Ctrl-C in raw mode is just a byte for the session.
-func attach(ctx context.Context, e *env, p wire.SessionAttachParams, detachKeys string) error {
-	keys, err := parseDetachKeys(detachKeys)
-	if err != nil {
-		return wire.Errorf(wire.CodeInvalid, "--detach-keys: %v", err)
-	}
-	tf := terminalOf(e.stdin)
-	if tf != nil {
-		p.Term = os.Getenv("TERM")
-		p.Rows, p.Cols = terminalSize(tf)
-	}
-	c, err := e.client()
-	if err != nil {
-		return err
-	}
-	s, err := client.Open(ctx, c, wire.SessionAttach, p)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	if tf != nil {
-		defer rawTerminal(tf, s)()
-	}
-	var detached atomic.Bool
-	go func() {
-		det := &detacher{keys: keys}
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := e.stdin.Read(buf)
-			if n > 0 {
-				out, hit := det.feed(buf[:n])
-				if len(out) > 0 && s.Send(wire.FrameStdin, out) != nil {
-					return
-				}
-				if hit {
-					detached.Store(true)
-					s.Close()
-					return
-				}
+// Exit statuses of session run beside the command's own (see
+// its help).
+const (
+	runTimedOut  = 124 // --timeout passed first, as timeout(1) says
+	runCannotRun = 125 // ember could not run the command, as docker exec says
+)
+
+func sessionRunCmd(e *env) *cobra.Command {
+	var timeout time.Duration
+	var plain bool
+	cmd := &cobra.Command{
+		Use:   "run VM NAME [flags] -- CMD...",
+		Short: "Run a command in a session's shell: its output and exit status become ember's",
+		Long: "Type CMD into the session's shell, wait for it to finish and print its output; the exit status is the\n" +
+			"command's. For scripts and agents: the command runs in the session, with the session's working\n" +
+			"folder, environment and history, and its output stays in the scrollback.\n" +
+			"How: ember types one line, `printf MARKER; eval 'CMD'; printf MARKER $?`, and reads the output\n" +
+			"between the markers, which the shell's echo of the line never holds. So the session must be at the\n" +
+			"prompt of a POSIX shell; the line goes through its line editor (busybox keeps about 1 KiB of a line);\n" +
+			"a command that reads input reads the terminal; `exit` ends the session. The output is the terminal's\n" +
+			"(\\r\\n line ends, colours): --plain makes it text. CMD's words are joined with spaces, as ssh does.\n" +
+			"Exit status: the command's; 124 when --timeout passed first (the command runs on in the session);\n" +
+			"125 when ember could not run it (no such VM or session, a session that has exited, a bad command);\n" +
+			"255 when it was cut off: the session ended or the VM stopped before it finished, or the daemon went away;\n" +
+			"128+N when ember was interrupted by signal N (the command runs on).",
+		Args:              commandArgs(2),
+		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			outer := cmd.Context()
+			ctx := outer
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
 			}
+			p := wire.SessionRunParams{Ref: args[0], Name: args[1], Command: strings.Join(args[2:], " ")}
+			stillRuns := fmt.Sprintf("it still runs in session %s (`ember session signal %s %s INT` interrupts it)", p.Name, p.Ref, p.Name)
+			c, err := e.client()
 			if err != nil {
-				// No more input (a script's stdin); output keeps coming.
-				return
+				return runFailure(e, err, runCannotRun)
 			}
-		}
-	}()
-	return attachOutput(ctx, s, e, p.Name, &detached)
+			s, err := client.Open(ctx, c, wire.SessionRun, p)
+			if err != nil {
+				return runFailure(e, err, runCannotRun)
+			}
+			defer s.Close()
+			out, flush := sessionOutput(e.stdout, plain)
+			res, err := readSessionStream(ctx, s, out)
+			_ = flush()
+			switch {
+			case err != nil && outer.Err() != nil:
+				fmt.Fprintf(e.stderr, "ember: stopped waiting for the command; %s\n", stillRuns)
+				return &ExitError{Code: signalStatus(outer)}
+			case err != nil && ctx.Err() != nil:
+				fmt.Fprintf(e.stderr, "ember: the command did not finish within %v; %s\n", timeout, stillRuns)
+				return &ExitError{Code: runTimedOut}
+			case err != nil:
+				return runFailure(e, err, statusLost)
+			case res.exit.Error != nil:
+				return runFailure(e, res.exit.Error, statusLost)
+			case res.exit.Code != 0:
+				return &ExitError{Code: res.exit.Code}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "stop waiting after this long (e.g. 30s; 0: wait until it finishes)")
+	cmd.Flags().BoolVar(&plain, "plain", false, "remove escape sequences and control characters from the output: text only")
+	return cmd
 }
 
-func attachOutput(ctx context.Context, s *client.Stream, e *env, name string, detached *atomic.Bool) error {
+// runFailure prints err as every error is printed and exits with code.
+func runFailure(e *env, err error, code int) error {
+	fmt.Fprintln(e.stderr, "ember: "+termtext.Clean(err.Error()))
+	return &ExitError{Code: code}
+}
+
+func sessionWaitCmd(e *env) *cobra.Command {
+	var pattern string
+	var timeout time.Duration
+	var since int64
+	cmd := &cobra.Command{
+		Use:   "wait VM NAME",
+		Short: "Wait until a session's output matches a regular expression",
+		Long: "Wait until the session's output matches --for REGEX (Go's syntax, RE2), then print the text that\n" +
+			"matched on stdout and the offset just past the output looked at on stderr (\"next offset: N\", for\n" +
+			"`session read --since`). The output is matched as text: escape sequences and control characters\n" +
+			"but newline and tab removed, so (?m)^\\$ $ finds a prompt at the start of a line. Only output that\n" +
+			"comes after ember asks is looked at, unless --since OFFSET says where to start.\n" +
+			"Exit status: 0 when it matched; 4 when the session ended first; 5 when --timeout passed first.",
+		ValidArgsFunction: completeArgs(e, false, vmNames, sessionNames),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if pattern == "" {
+				return usagef(cmd, "--for REGEX is needed: what to wait for")
+			}
+			p := wire.SessionWaitParams{Ref: args[0], Name: args[1], Pattern: pattern}
+			if cmd.Flags().Changed("since") {
+				if since < 0 {
+					return usagef(cmd, "--since %d: offsets count from 0", since)
+				}
+				p.Since = &since
+			}
+			if err := p.Validate(); err != nil {
+				return usagef(cmd, "--for %q: %v", pattern, strings.TrimPrefix(err.Error(), "session wait: "))
+			}
+			outer := cmd.Context()
+			ctx := outer
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			s, err := client.Open(ctx, c, wire.SessionWait, p)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			var match bytes.Buffer
+			res, err := readSessionStream(ctx, s, &match)
+			switch {
+			case err != nil && outer.Err() != nil:
+				return &ExitError{Code: signalStatus(outer)}
+			case err != nil && ctx.Err() != nil:
+				return wire.Errorf(wire.CodeTimeout, "session %s: no output matched %q within %v", p.Name, pattern, timeout)
+			case errors.Is(err, errSessionLost):
+				fmt.Fprintf(e.stderr, "ember: %v; session %s still runs in the VM\n", err, p.Name)
+				return &ExitError{Code: statusLost}
+			case err != nil:
+				return err
+			case res.exit.Error != nil:
+				return res.exit.Error
+			}
+			fmt.Fprintln(e.stdout, termtext.Clean(match.String()))
+			if res.haveOffset {
+				fmt.Fprintf(e.stderr, "next offset: %d\n", res.offset)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pattern, "for", "", "the regular expression to wait for (required)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (e.g. 30s; 0: wait until it matches or the session ends)")
+	cmd.Flags().Int64Var(&since, "since", 0, "look at the output from this offset on too (default: only output that comes after ember asks)")
+	return cmd
+}
+
+// sessionOutput is where a session's output goes: as it is to a pipe,
+// without the sequences that make a terminal answer into its input to a
+// terminal (the output ran before; an answer now would be typed into the
+// user's shell), or as text (--plain). flush writes what is held back.
+func sessionOutput(w io.Writer, plain bool) (io.Writer, func() error) {
+	switch {
+	case plain:
+		tw := termtext.NewWriter(w)
+		return tw, tw.Close
+	case isTerminal(w):
+		qf := termtext.NewQueryFilter(w)
+		return qf, qf.Flush
+	}
+	return w, func() error { return nil }
+}
+
+// errSessionLost is a session stream that broke before its Exit: the
+// daemon went away.
+var errSessionLost = errors.New("lost the connection to the daemon")
+
+// sessionResult is what a session stream (read, run, wait) ended with.
+type sessionResult struct {
+	exit       wire.Exit
+	start      int64 // offset of the first byte of output
+	offset     int64 // offset just past the last byte of output
+	haveOffset bool  // the daemon said where the output is
+}
+
+// readSessionStream copies a session stream's output to out until its
+// Exit, following the offset.
+func readSessionStream(ctx context.Context, s *client.Stream, out io.Writer) (sessionResult, error) {
+	var res sessionResult
 	for {
 		kind, payload, err := s.Recv()
 		if err != nil {
-			if detached.Load() {
-				fmt.Fprintf(e.stderr, "\r\n[detached from session %s]\r\n", name)
-				return nil
-			}
 			if ctx.Err() != nil {
-				return nil
+				return res, ctx.Err()
 			}
-			return fmt.Errorf("session %s: connection lost: %w", name, err)
+			return res, fmt.Errorf("%w (%v)", errSessionLost, err)
 		}
 		switch kind {
 		case wire.FrameStdout:
-			if _, err := e.stdout.Write(payload); err != nil {
-				return err
+			res.offset += int64(len(payload))
+			if _, err := out.Write(payload); err != nil {
+				return res, err
+			}
+		case wire.FrameSession:
+			var ev wire.SessionEvent
+			if json.Unmarshal(payload, &ev) == nil && ev.Offset != nil {
+				if !res.haveOffset {
+					res.start = *ev.Offset
+				}
+				res.offset, res.haveOffset = *ev.Offset, true
 			}
 		case wire.FrameExit:
 			ex, err := client.DecodeExit(payload)
 			if err != nil {
-				return err
+				return res, err
 			}
-			if ex.Error != nil {
-				fmt.Fprint(e.stderr, "\r\n")
-				return ex.Error
-			}
-			if ex.Code != 0 {
-				return &ExitError{Code: ex.Code}
-			}
-			return nil
+			res.exit = ex
+			return res, nil
 		}
 	}
 }

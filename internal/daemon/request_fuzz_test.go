@@ -57,6 +57,8 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return stream(wire.SessionRead) },
 		func() (string, paramDecoder) { return unary(wire.SessionKill) },
 		func() (string, paramDecoder) { return unary(wire.SessionSignal) },
+		func() (string, paramDecoder) { return stream(wire.SessionRun) },
+		func() (string, paramDecoder) { return stream(wire.SessionWait) },
 	} {
 		name, dec := add()
 		m[name] = dec

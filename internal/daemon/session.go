@@ -6,9 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/guestproto"
@@ -32,9 +36,9 @@ import (
 // sessionGuest is what sessions need from a guest connection;
 // *guest.Client has it.
 type sessionGuest interface {
-	SessionCreate(ctx context.Context, spec guestproto.SessionSpec) (guestproto.SessionInfo, error)
+	SessionCreate(ctx context.Context, spec guestproto.SessionSpec, replaceExited bool) (guestproto.SessionInfo, *guestproto.SessionInfo, error)
 	SessionList(ctx context.Context) ([]guestproto.SessionInfo, error)
-	SessionRead(ctx context.Context, name string) ([]byte, guestproto.SessionInfo, error)
+	SessionRead(ctx context.Context, name string, since int64) ([]byte, int64, guestproto.SessionInfo, error)
 	SessionKill(ctx context.Context, name string) error
 	SessionSignal(ctx context.Context, name, sig string) error
 	SessionAttach(ctx context.Context, name string) (*guest.SessionStream, error)
@@ -62,6 +66,8 @@ func (ss *sessionService) register(t methodTable) {
 	handle(t, wire.SessionSignal, func(ctx context.Context, p wire.SessionSignalParams) (wire.None, error) {
 		return wire.None{}, ss.signalSession(ctx, p)
 	})
+	handleStream(t, wire.SessionRun, ss.runSession)
+	handleStream(t, wire.SessionWait, ss.waitSession)
 }
 
 type sessionKey struct{ vm, name string }
@@ -242,7 +248,7 @@ func (ss *sessionService) createSession(ctx context.Context, p wire.SessionCreat
 	if p.Scrollback < 0 || p.Scrollback > guestproto.MaxScrollback {
 		return wire.Session{}, invalidf("scrollback must be 1..%d bytes, not %d", guestproto.MaxScrollback, p.Scrollback)
 	}
-	info, err := sg.SessionCreate(ctx, p.SessionSpec)
+	info, _, err := sg.SessionCreate(ctx, p.SessionSpec, false)
 	if err != nil {
 		return wire.Session{}, ss.sessionErr(vm, err)
 	}
@@ -263,14 +269,27 @@ func (ss *sessionService) killSession(ctx context.Context, p wire.SessionParams)
 	return nil
 }
 
-// sessionSignals are the signals a session can be sent by name.
-var sessionSignals = map[string]bool{"HUP": true, "INT": true, "QUIT": true, "KILL": true, "USR1": true,
-	"USR2": true, "TERM": true, "CONT": true, "STOP": true, "TSTP": true, "WINCH": true}
+// signalName turns what a user typed (INT, sigint, SIGINT, 2) into the
+// signal's name without SIG, as the agent takes it. Numbers are Linux's
+// (1-31), the guest's as much as the host's.
+func signalName(s string) (string, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if name := unix.SignalName(syscall.Signal(n)); n >= 1 && n <= 31 && name != "" {
+			return strings.TrimPrefix(name, "SIG"), nil
+		}
+		return "", invalidf("signal %d is not a signal number (1-31)", n)
+	}
+	name := strings.TrimPrefix(strings.ToUpper(s), "SIG")
+	if n := unix.SignalNum("SIG" + name); n == 0 || n > 31 {
+		return "", invalidf("signal %q is not a signal: use a name (HUP, INT, QUIT, KILL, TERM, USR1, ...) or a number (1-31)", s)
+	}
+	return name, nil
+}
 
 func (ss *sessionService) signalSession(ctx context.Context, p wire.SessionSignalParams) error {
-	sig := strings.TrimPrefix(strings.ToUpper(p.Signal), "SIG")
-	if !sessionSignals[sig] {
-		return invalidf("signal %q is not one of HUP INT QUIT KILL USR1 USR2 TERM CONT STOP TSTP WINCH", p.Signal)
+	sig, err := signalName(p.Signal)
+	if err != nil {
+		return err
 	}
 	vm, sg, err := ss.sessionTarget(ctx, p.Ref, p.Name)
 	if err != nil {
@@ -287,7 +306,12 @@ func (ss *sessionService) signalSession(ctx context.Context, p wire.SessionSigna
 func (ss *sessionService) controller(ctx context.Context, vm store.VM, sg sessionGuest, name string) (*guestSessionController, error) {
 	k := sessionKey{vm.ID, name}
 	if c := ss.registry.get(k); c != nil {
-		return c, nil
+		if !c.isEnded() {
+			return c, nil
+		}
+		// Ended but not yet removed: a session that was replaced since
+		// must not get its predecessor's end.
+		ss.registry.remove(c)
 	}
 	st, err := sg.SessionAttach(ctx, name)
 	if err != nil {
@@ -295,8 +319,12 @@ func (ss *sessionService) controller(ctx context.Context, vm store.VM, sg sessio
 	}
 	c := newSessionController(vm.ID, name, st, st.Info.Scrollback, ss.registry.remove)
 	c.vmName, c.log = vm.Name, ss.vms.log
+	c.prime(st.Replay, st.ReplayOffset)
 	// An exited session still replays to attachers, but takes no input.
 	c.exitedAtAttach = !st.Info.Running
+	if st.Info.ExitCode != nil {
+		c.exitedStatus = *st.Info.ExitCode
+	}
 	if won := ss.registry.put(k, c); won != c {
 		st.Close()
 		return won, nil
@@ -327,14 +355,22 @@ func (ss *sessionService) attachSession(ctx context.Context, p wire.SessionAttac
 	if err != nil {
 		return err
 	}
+	cl := newSessionClient(p.Rows, p.Cols)
 	if p.Create {
-		_, err := sg.SessionCreate(ctx, guestproto.SessionSpec{Name: p.Name, Rows: p.Rows, Cols: p.Cols, Term: p.Term})
+		// Like `tmux new -A`: a session whose process has exited gives way
+		// to a new one (the agent replaces it in one step, so two shells
+		// at once make one new session), and the client is told.
+		_, replaced, err := sg.SessionCreate(ctx, guestproto.SessionSpec{Name: p.Name, Rows: p.Rows, Cols: p.Cols, Term: p.Term}, true)
 		var se *guestproto.SessionError
 		switch {
 		case err == nil:
 			ss.registry.forget(vm.ID, p.Name)
+			if replaced != nil {
+				old := toWireSession(vm, *replaced)
+				cl.event(wire.SessionEvent{Replaced: &old})
+			}
 		case errors.As(err, &se) && se.Code == guestproto.SessionConflict:
-			// It exists already: attach to it.
+			// It runs already: attach to it.
 		default:
 			return ss.sessionErr(vm, err)
 		}
@@ -343,17 +379,21 @@ func (ss *sessionService) attachSession(ctx context.Context, p wire.SessionAttac
 	if err != nil {
 		return err
 	}
+	if c.exitedAtAttach {
+		code := c.exitedStatus
+		cl.event(wire.SessionEvent{Exited: &code})
+	}
 	if err := sc.startStream(); err != nil {
 		return nil
 	}
-	ss.streamSession(ctx, c, newSessionClient(p.Rows, p.Cols), !p.ReadOnly, sc)
+	ss.streamSession(ctx, c, cl, replayScreen, !p.ReadOnly, sc)
 	return nil
 }
 
-func (ss *sessionService) streamSession(ctx context.Context, c *guestSessionController, cl *sessionClient, input bool, sc *streamConn) {
+func (ss *sessionService) streamSession(ctx context.Context, c *guestSessionController, cl *sessionClient, from replayFrom, input bool, sc *streamConn) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	c.attach(cl)
+	c.attach(cl, from)
 	defer c.detach(cl)
 	goSafe(nil, ss.vms.log, "session input", sc.fail, func() {
 		// The client's frames; its hang-up is a detach.
@@ -369,6 +409,11 @@ func (ss *sessionService) streamSession(ctx context.Context, c *guestSessionCont
 					// A session that takes no input detaches this client.
 					input = c.input(ctx, cl, payload)
 				}
+			case wire.FrameStdinEOF:
+				// The client's input ended (a script's stdin): everything
+				// before it is queued, and will be typed whether or not
+				// the client stays.
+				cl.event(wire.SessionEvent{InputDone: true})
 			case wire.FrameResize:
 				var r wire.Resize
 				if input && json.Unmarshal(payload, &r) == nil && r.Rows > 0 && r.Cols > 0 {
@@ -395,16 +440,17 @@ func (ss *sessionService) readSession(ctx context.Context, p wire.SessionReadPar
 		if err := sc.startStream(); err != nil {
 			return nil
 		}
-		ss.streamSession(ctx, c, newSessionClient(0, 0), false, sc)
+		ss.streamSession(ctx, c, newSessionClient(0, 0), replaySince(p.Since), false, sc)
 		return nil
 	}
-	data, info, err := sg.SessionRead(ctx, p.Name)
+	data, off, info, err := sg.SessionRead(ctx, p.Name, p.Since)
 	if err != nil {
 		return ss.sessionErr(vm, err)
 	}
 	if err := sc.startStream(); err != nil {
 		return nil
 	}
+	_ = wire.WriteJSONFrame(sc, wire.FrameSession, wire.SessionEvent{Offset: &off})
 	_, _ = (&wire.FrameWriter{W: sc, Kind: wire.FrameStdout}).Write(data)
 	code := 0
 	if info.ExitCode != nil {

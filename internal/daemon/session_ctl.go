@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/ring"
+	"github.com/emberhq/ember/internal/termtext"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -57,8 +58,9 @@ type guestSessionController struct {
 	onEnd      func(*guestSessionController)
 	done       chan struct{}
 	// exitedAtAttach: the session had already exited when the channel was
-	// opened; set before the controller is shared.
+	// opened, with exitedStatus; set before the controller is shared.
 	exitedAtAttach bool
+	exitedStatus   int
 	// roomWait is how long input waits for room in a full queue; set
 	// before the controller is shared.
 	roomWait time.Duration
@@ -94,6 +96,26 @@ func newSessionController(vmID, name string, ch sessionChannel, scrollback int, 
 	return &guestSessionController{vmID: vmID, name: name, ch: ch, onEnd: onEnd, done: make(chan struct{}),
 		roomWait: inputRoomWait, inWake: make(chan struct{}, 1), inRoom: make(chan struct{}),
 		clients: map[*sessionClient]struct{}{}, ring: ring.New(scrollback)}
+}
+
+// prime fills the mirror with the agent's replay, whose first byte is at
+// offset off, before the controller is shared: from then on the mirror
+// names every byte by the agent's offset, and the replay reaches clients
+// as a replay (without terminal queries), never as live output.
+func (c *guestSessionController) prime(replay []byte, off int64) {
+	c.ring.Reset(off)
+	c.ring.Write(replay)
+}
+
+// isEnded says whether the controller has ended (its session exited or
+// its channel broke).
+func (c *guestSessionController) isEnded() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // start runs the controller: the pump of the session's output and the
@@ -174,11 +196,39 @@ func (c *guestSessionController) end(ex wire.Exit) {
 	}
 }
 
-// attach adds a client: the scrollback first, then everything after it.
-// The client's size (if any) becomes the session's: attaching is activity.
-func (c *guestSessionController) attach(cl *sessionClient) {
+// replayFrom says what a client gets of the output before it attached.
+type replayFrom struct {
+	// screen: the scrollback for a terminal, without the sequences that
+	// would make it answer into its input (termtext.StripQueries): the
+	// program asked them long ago, and an answer now is typed into the
+	// session. Otherwise the bytes from offset since on, as they are,
+	// after a SessionEvent with their offset; since < 0: none, only the
+	// offset where live output begins.
+	screen bool
+	since  int64
+}
+
+var (
+	replayScreen = replayFrom{screen: true}
+	replayNone   = replayFrom{since: -1}
+)
+
+func replaySince(off int64) replayFrom { return replayFrom{since: max(off, 0)} }
+
+// attach adds a client: the replay first, then everything after it. The
+// client's size (if any) becomes the session's: attaching is activity.
+func (c *guestSessionController) attach(cl *sessionClient, from replayFrom) {
 	c.attachMu.Lock()
-	cl.push(c.ring.Bytes(), -1)
+	switch {
+	case from.screen:
+		cl.push(termtext.StripQueries(c.ring.Bytes()), -1)
+	case from.since < 0:
+		cl.event(wire.SessionEvent{Offset: ptr(c.ring.End())})
+	default:
+		data, off := c.ring.Since(from.since)
+		cl.event(wire.SessionEvent{Offset: &off})
+		cl.push(data, -1)
+	}
 	if c.ended {
 		ex := c.exit
 		c.attachMu.Unlock()
@@ -189,6 +239,8 @@ func (c *guestSessionController) attach(cl *sessionClient) {
 	c.attachMu.Unlock()
 	c.touch(cl)
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func (c *guestSessionController) detach(cl *sessionClient) {
 	c.attachMu.Lock()
@@ -379,10 +431,16 @@ type sessionClient struct {
 	rows, cols int // guarded by the controller's attachMu
 
 	mu      sync.Mutex
-	queue   [][]byte
-	pending int
+	queue   []clientItem
+	pending int // output bytes queued
 	final   *wire.Exit
 	wake    chan struct{}
+}
+
+// clientItem is output or, when ev is set, an event, in stream order.
+type clientItem struct {
+	out []byte
+	ev  *wire.SessionEvent
 }
 
 func newSessionClient(rows, cols int) *sessionClient {
@@ -404,11 +462,24 @@ func (cl *sessionClient) push(p []byte, limit int) bool {
 		cl.mu.Unlock()
 		return false
 	}
-	cl.queue = append(cl.queue, p)
+	cl.queue = append(cl.queue, clientItem{out: p})
 	cl.pending += len(p)
 	cl.mu.Unlock()
 	cl.signal()
 	return true
+}
+
+// event queues ev after the output queued so far. Events are few and
+// small, so they do not count against the client's limit.
+func (cl *sessionClient) event(ev wire.SessionEvent) {
+	cl.mu.Lock()
+	if cl.final != nil {
+		cl.mu.Unlock()
+		return
+	}
+	cl.queue = append(cl.queue, clientItem{ev: &ev})
+	cl.mu.Unlock()
+	cl.signal()
 }
 
 func (cl *sessionClient) signal() {
@@ -439,9 +510,9 @@ func (cl *sessionClient) abort(ex wire.Exit) {
 	cl.signal()
 }
 
-// next waits for output or the end. It returns the queued chunks and, once
+// next waits for output or the end. It returns the queued items and, once
 // everything before it was taken, the final exit.
-func (cl *sessionClient) next(ctx context.Context) ([][]byte, *wire.Exit, error) {
+func (cl *sessionClient) next(ctx context.Context) ([]clientItem, *wire.Exit, error) {
 	for {
 		cl.mu.Lock()
 		q, final := cl.queue, cl.final
@@ -470,14 +541,27 @@ func (cl *sessionClient) serve(ctx context.Context, w io.Writer) {
 		// FrameWriter splits a large replay into frames of MaxFrame.
 		fw := &wire.FrameWriter{W: w, Kind: wire.FrameStdout}
 		var batch []byte
-		for i, p := range q {
-			batch = append(batch, p...)
+		for i, it := range q {
+			if it.ev != nil {
+				if _, err := fw.Write(batch); err != nil {
+					return
+				}
+				batch = batch[:0]
+				if err := wire.WriteJSONFrame(w, wire.FrameSession, *it.ev); err != nil {
+					return
+				}
+				continue
+			}
+			batch = append(batch, it.out...)
 			if len(batch) >= 64<<10 || i == len(q)-1 {
 				if _, err := fw.Write(batch); err != nil {
 					return
 				}
 				batch = batch[:0]
 			}
+		}
+		if _, err := fw.Write(batch); err != nil {
+			return
 		}
 		if final != nil {
 			_ = wire.WriteJSONFrame(w, wire.FrameExit, *final)

@@ -130,10 +130,11 @@ func (f *fakeSessionChannel) exit(code int) {
 
 // drain collects what the controller sends one client.
 type drained struct {
-	mu   sync.Mutex
-	out  bytes.Buffer
-	exit *wire.Exit
-	done chan struct{}
+	mu     sync.Mutex
+	out    bytes.Buffer
+	events []wire.SessionEvent
+	exit   *wire.Exit
+	done   chan struct{}
 }
 
 func drain(ctx context.Context, cl *sessionClient) *drained {
@@ -146,8 +147,12 @@ func drain(ctx context.Context, cl *sessionClient) *drained {
 				return
 			}
 			d.mu.Lock()
-			for _, p := range q {
-				d.out.Write(p)
+			for _, it := range q {
+				if it.ev != nil {
+					d.events = append(d.events, *it.ev)
+					continue
+				}
+				d.out.Write(it.out)
 			}
 			if final != nil {
 				d.exit = final
@@ -186,14 +191,14 @@ func TestControllerFanOutReplayAndExit(t *testing.T) {
 	c.start()
 
 	a := newSessionClient(0, 0)
-	c.attach(a)
+	c.attach(a, replayScreen)
 	da := drain(ctx, a)
 	ch.w.Write([]byte("hello "))
 	eventually(t, "A sees output", func() bool { return da.String() == "hello " })
 
 	// B joins late: the mirror replays, then both see live output.
 	b := newSessionClient(0, 0)
-	c.attach(b)
+	c.attach(b, replayScreen)
 	db := drain(ctx, b)
 	ch.w.Write([]byte("world"))
 	eventually(t, "both see live output", func() bool {
@@ -208,7 +213,7 @@ func TestControllerFanOutReplayAndExit(t *testing.T) {
 	// Attach only once the pump has taken the bytes into the mirror.
 	eventually(t, "A sees the long write", func() bool { return strings.HasSuffix(da.String(), "END") })
 	late := newSessionClient(0, 0)
-	c.attach(late)
+	c.attach(late, replayScreen)
 	dl := drain(ctx, late)
 	eventually(t, "bounded replay", func() bool { return dl.String() == strings.Repeat("x", 13)+"END" })
 
@@ -222,7 +227,7 @@ func TestControllerFanOutReplayAndExit(t *testing.T) {
 	}
 	// Attaching after the end replays and reports the status at once.
 	z := newSessionClient(0, 0)
-	c.attach(z)
+	c.attach(z, replayScreen)
 	dz := drain(ctx, z)
 	<-dz.done
 	if dz.exit == nil || dz.exit.Code != 3 || !strings.HasSuffix(dz.String(), "END") {
@@ -241,9 +246,9 @@ func TestControllerDropsSlowClientOnly(t *testing.T) {
 	defer ch.exit(0)
 
 	slow := newSessionClient(0, 0) // never drained
-	c.attach(slow)
+	c.attach(slow, replayScreen)
 	fast := newSessionClient(0, 0)
-	c.attach(fast)
+	c.attach(fast, replayScreen)
 	df := drain(ctx, fast)
 
 	chunk := bytes.Repeat([]byte("y"), 64<<10)
@@ -273,7 +278,7 @@ func TestControllerWritesDoNotInterleave(t *testing.T) {
 	var clients []*sessionClient
 	for i := 0; i < 4; i++ {
 		cl := newSessionClient(0, 0)
-		c.attach(cl)
+		c.attach(cl, replayScreen)
 		clients = append(clients, cl)
 	}
 	msgs := map[string]bool{}
@@ -331,9 +336,9 @@ func TestControllerSizeFollowsMostRecentClient(t *testing.T) {
 		eventually(t, what, func() bool { return len(ch.resizesSeen()) >= len(want) })
 	}
 	a := newSessionClient(24, 80)
-	step("A's size", [2]int{24, 80}, func() { c.attach(a) })
+	step("A's size", [2]int{24, 80}, func() { c.attach(a, replayScreen) })
 	b := newSessionClient(50, 200)
-	step("B's size", [2]int{50, 200}, func() { c.attach(b) })
+	step("B's size", [2]int{50, 200}, func() { c.attach(b, replayScreen) })
 	step("A types: its size wins again", [2]int{24, 80}, func() { c.write(ctx, a, []byte("k")) })
 	c.write(ctx, a, []byte("k")) // no change, no resize
 	eventually(t, "both keys", func() bool { return ch.input() == "kk" })
@@ -357,7 +362,7 @@ func TestControllerSizeFollowsMostRecentClient(t *testing.T) {
 	c2.start()
 	defer ch2.exit(0)
 	cl := newSessionClient(0, 0)
-	c2.attach(cl)
+	c2.attach(cl, replayScreen)
 	c2.write(ctx, cl, []byte("x")) // the writer is stuck in this one
 	eventually(t, "the stalled write", func() bool { return ch2.writesBegun() == 1 })
 	for i := 1; i <= 50; i++ {
@@ -403,7 +408,7 @@ func TestDetachKeysStayInCLI(t *testing.T) {
 	c.start()
 	defer ch.exit(0)
 	cl := newSessionClient(0, 0)
-	c.attach(cl)
+	c.attach(cl, replayScreen)
 	c.detach(cl)
 	if c.clientCount() != 0 {
 		t.Fatal("detach left the client attached")
@@ -434,7 +439,7 @@ func TestControllerStalledInputIsBounded(t *testing.T) {
 	defer other.exit(0)
 
 	a := newSessionClient(24, 80)
-	c.attach(a)
+	c.attach(a, replayScreen)
 	da := drain(ctx, a)
 
 	const chunk = 64 << 10
@@ -475,7 +480,7 @@ func TestControllerStalledInputIsBounded(t *testing.T) {
 	// live output; the other session takes input; none of it waits.
 	within(t, "attach, resize and output", func() {
 		b := newSessionClient(50, 200)
-		c.attach(b)
+		c.attach(b, replayScreen)
 		db := drain(ctx, b)
 		c.resize(b, 30, 100)
 		ch.w.Write([]byte("still alive"))
@@ -620,7 +625,7 @@ func (g *plantedGuest) Close() error {
 // plantSessions gives a running VM sessions backed by chans, with their
 // controllers in the daemon's registry. The one place these tests reach
 // into the daemon's sessions and agent connections.
-func plantSessions(t *testing.T, td *testDaemon, vmID string, roomWait time.Duration, chans map[string]*fakeSessionChannel) {
+func plantSessions(t *testing.T, td *testDaemon, vmID string, roomWait time.Duration, chans map[string]*fakeSessionChannel) *plantedGuest {
 	t.Helper()
 	guests := &td.vms.guests
 	guests.mu.Lock()
@@ -639,6 +644,7 @@ func plantSessions(t *testing.T, td *testDaemon, vmID string, roomWait time.Dura
 		c.start()
 	}
 	guests.put(vmID, g)
+	return g
 }
 
 // streamed collects a stream's output until its Exit or its end.
@@ -660,7 +666,14 @@ func collect(s *client.Stream) *streamed {
 			case kind == wire.FrameStdout:
 				o.out.Write(payload)
 			case kind == wire.FrameExit:
-				o.exit, o.err = &wire.Exit{}, json.Unmarshal(payload, &o.exit)
+				var ex wire.Exit
+				o.err = json.Unmarshal(payload, &ex)
+				o.exit = &ex
+			case kind == wire.FrameSession:
+				var ev wire.SessionEvent
+				if o.err = json.Unmarshal(payload, &ev); o.err == nil {
+					o.events = append(o.events, ev)
+				}
 			}
 			stop := err != nil || kind == wire.FrameExit
 			o.mu.Unlock()

@@ -99,7 +99,7 @@ func TestImpostorAgent(t *testing.T) {
 		"unknown code":     `{"error":{"code":"internal","message":"x"}}` + "\n",
 	} {
 		c := impostor(t, reply, false)
-		if _, _, err := c.SessionRead(ctx, "s"); err == nil || !strings.Contains(err.Error(), "bad session reply") {
+		if _, _, _, err := c.SessionRead(ctx, "s", 0); err == nil || !strings.Contains(err.Error(), "bad session reply") {
 			t.Errorf("%s: read: %v", name, err)
 		}
 		if _, err := c.SessionAttach(ctx, "s"); err == nil {
@@ -116,7 +116,7 @@ func TestImpostorAgent(t *testing.T) {
 
 	// A read reply whose bytes stop short is an error, not a hang.
 	c = impostor(t, `{"session":`+okInfo+`,"len":100}`+"\nshort", false)
-	if _, _, err := c.SessionRead(ctx, "s"); err == nil {
+	if _, _, _, err := c.SessionRead(ctx, "s", 0); err == nil {
 		t.Fatal("short scrollback accepted")
 	}
 }

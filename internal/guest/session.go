@@ -87,13 +87,15 @@ func (c *Client) oneShot(ctx context.Context, req guestproto.SessionRequest) (gu
 	return resp, data, nil
 }
 
-// SessionCreate starts a persistent session in the guest.
-func (c *Client) SessionCreate(ctx context.Context, spec guestproto.SessionSpec) (guestproto.SessionInfo, error) {
-	resp, _, err := c.oneShot(ctx, guestproto.SessionRequest{Op: guestproto.SessionOpCreate, SessionSpec: spec})
+// SessionCreate starts a persistent session in the guest. With
+// replaceExited a session of that name whose process has exited is
+// replaced, and replaced describes it.
+func (c *Client) SessionCreate(ctx context.Context, spec guestproto.SessionSpec, replaceExited bool) (info guestproto.SessionInfo, replaced *guestproto.SessionInfo, err error) {
+	resp, _, err := c.oneShot(ctx, guestproto.SessionRequest{Op: guestproto.SessionOpCreate, SessionSpec: spec, Replace: replaceExited})
 	if err != nil {
-		return guestproto.SessionInfo{}, err
+		return guestproto.SessionInfo{}, nil, err
 	}
-	return *resp.Session, nil
+	return *resp.Session, resp.Replaced, nil
 }
 
 // SessionList lists the guest's sessions, oldest first.
@@ -102,13 +104,17 @@ func (c *Client) SessionList(ctx context.Context) ([]guestproto.SessionInfo, err
 	return resp.Sessions, err
 }
 
-// SessionRead returns a session's scrollback.
-func (c *Client) SessionRead(ctx context.Context, name string) ([]byte, guestproto.SessionInfo, error) {
-	resp, data, err := c.oneShot(ctx, named(guestproto.SessionOpRead, name))
+// SessionRead returns a session's scrollback from offset since on (0:
+// all of it) and the offset of its first byte, which is later than since
+// when the bytes in between were overwritten.
+func (c *Client) SessionRead(ctx context.Context, name string, since int64) (data []byte, offset int64, info guestproto.SessionInfo, err error) {
+	req := named(guestproto.SessionOpRead, name)
+	req.Since = since
+	resp, data, err := c.oneShot(ctx, req)
 	if err != nil {
-		return nil, guestproto.SessionInfo{}, err
+		return nil, 0, guestproto.SessionInfo{}, err
 	}
-	return data, *resp.Session, nil
+	return data, resp.Offset, *resp.Session, nil
 }
 
 // SessionKill ends a session's process and removes the session.
@@ -130,15 +136,27 @@ func named(op, name string) guestproto.SessionRequest {
 	return guestproto.SessionRequest{Op: op, SessionSpec: guestproto.SessionSpec{Name: name}}
 }
 
-// SessionAttach attaches to a session: Read yields the scrollback, then
-// live output until the session ends (io.EOF, then Exit reports the
-// status); Write types into it. Closing the stream only detaches.
+// SessionAttach attaches to a session: Replay is the scrollback as of the
+// attach, then Read yields live output until the session ends (io.EOF,
+// then Exit reports the status); Write types into it. Closing the stream
+// only detaches. (From an agent that does not say how long its replay
+// is, Replay is empty and Read yields the replay first.)
 func (c *Client) SessionAttach(ctx context.Context, name string) (*SessionStream, error) {
 	ch, reqs, br, resp, err := c.sessionOp(ctx, named(guestproto.SessionOpAttach, name))
 	if err != nil {
 		return nil, err
 	}
-	s := &SessionStream{Info: *resp.Session, ch: ch, r: br, reqsDone: make(chan struct{})}
+	s := &SessionStream{Info: *resp.Session, ReplayOffset: resp.Offset, ch: ch, r: br, reqsDone: make(chan struct{})}
+	if resp.Len > 0 {
+		stop := context.AfterFunc(ctx, func() { ch.Close() })
+		s.Replay, err = guestproto.ReadScrollback(br, resp.Len)
+		stop()
+		if err != nil {
+			ch.Close()
+			go ssh.DiscardRequests(reqs)
+			return nil, fmt.Errorf("session attach: %w", err)
+		}
+	}
 	go func() {
 		defer close(s.reqsDone)
 		for req := range reqs {
@@ -160,6 +178,11 @@ func (c *Client) SessionAttach(ctx context.Context, name string) (*SessionStream
 // SessionStream is one attach channel to a persistent session.
 type SessionStream struct {
 	Info guestproto.SessionInfo // as of the attach
+	// Replay is the scrollback as of the attach, and ReplayOffset the
+	// offset of its first byte; live output continues at ReplayOffset +
+	// len(Replay).
+	Replay       []byte
+	ReplayOffset int64
 
 	ch       ssh.Channel
 	r        *bufio.Reader

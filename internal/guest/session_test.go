@@ -61,23 +61,23 @@ func sessionCode(err error) string {
 func TestSessionCreateListDuplicateAndKill(t *testing.T) {
 	c := dial(t)
 	ctx := ctx20(t)
-	info, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "s1", Argv: []string{"sh"}, Scrollback: 4096})
+	info, _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "s1", Argv: []string{"sh"}, Scrollback: 4096}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !info.Running || info.Scrollback != 4096 || info.Name != "s1" {
 		t.Fatalf("info: %+v", info)
 	}
-	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "s1", Argv: []string{"sh"}}); sessionCode(err) != guestproto.SessionConflict {
+	if _, _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "s1", Argv: []string{"sh"}}, false); sessionCode(err) != guestproto.SessionConflict {
 		t.Fatalf("duplicate: want conflict, got %v", err)
 	}
-	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "bad name"}); sessionCode(err) != guestproto.SessionInvalid {
+	if _, _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "bad name"}, false); sessionCode(err) != guestproto.SessionInvalid {
 		t.Fatalf("bad name: want invalid, got %v", err)
 	}
-	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "x", Argv: []string{"no-such-cmd-xyz"}}); sessionCode(err) != guestproto.SessionInvalid {
+	if _, _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "x", Argv: []string{"no-such-cmd-xyz"}}, false); sessionCode(err) != guestproto.SessionInvalid {
 		t.Fatalf("missing command: want invalid, got %v", err)
 	}
-	if _, _, err := c.SessionRead(ctx, "nope"); sessionCode(err) != guestproto.SessionNotFound {
+	if _, _, _, err := c.SessionRead(ctx, "nope", 0); sessionCode(err) != guestproto.SessionNotFound {
 		t.Fatalf("read unknown: want not_found, got %v", err)
 	}
 	if _, err := c.SessionAttach(ctx, "nope"); sessionCode(err) != guestproto.SessionNotFound {
@@ -101,7 +101,7 @@ func TestSessionCreateListDuplicateAndKill(t *testing.T) {
 func TestSessionReplayAndSeveralAttachers(t *testing.T) {
 	c := dial(t)
 	ctx := ctx20(t)
-	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "sh", Argv: []string{"sh"}}); err != nil {
+	if _, _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "sh", Argv: []string{"sh"}}, false); err != nil {
 		t.Fatal(err)
 	}
 	a, err := c.SessionAttach(ctx, "sh")
@@ -124,6 +124,10 @@ func TestSessionReplayAndSeveralAttachers(t *testing.T) {
 		t.Fatalf("attached: want 2, got %d", b.Info.Attached)
 	}
 	var outB syncBuf
+	outB.Write(b.Replay)
+	if b.ReplayOffset != 0 {
+		t.Fatalf("replay offset %d, want 0", b.ReplayOffset)
+	}
 	go io.Copy(&outB, b)
 	waitFor(t, "replay on B", func() bool { return strings.Contains(outB.String(), "first-42") })
 	if _, err := b.Write([]byte("echo second-$((50+5))\n")); err != nil {
@@ -138,7 +142,7 @@ func TestSessionReplayAndSeveralAttachers(t *testing.T) {
 
 	// Detach A: the session keeps running; read returns the scrollback.
 	a.Close()
-	data, info, err := c.SessionRead(ctx, "sh")
+	data, _, info, err := c.SessionRead(ctx, "sh", 0)
 	if err != nil || !info.Running || !strings.Contains(string(data), "second-55") {
 		t.Fatalf("read after detach: %v %+v %q", err, info, data)
 	}
@@ -169,34 +173,72 @@ func TestSessionReplayAndSeveralAttachers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all, _ := io.ReadAll(d)
-	if !strings.Contains(string(all), "second-55") {
-		t.Fatalf("replay of ended session: %q", all)
+	rest, _ := io.ReadAll(d)
+	if all := string(d.Replay) + string(rest); !strings.Contains(all, "second-55") || len(rest) != 0 {
+		t.Fatalf("replay of ended session: %q then %q", d.Replay, rest)
 	}
 	if code, ok := d.Exit(); !ok || code != 7 {
 		t.Fatalf("exit of ended session: %d %v", code, ok)
 	}
 	d.Close()
 	b.Close()
+
+	// A create replaces the exited session only when asked to, in one step.
+	if _, _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "sh", Argv: []string{"sh"}}, false); sessionCode(err) != guestproto.SessionConflict ||
+		err.Error() != `a session named "sh" already exists (its process exited with status 7)` {
+		t.Fatalf("create over an exited session: %v", err)
+	}
+	info, replaced, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "sh", Argv: []string{"sh"}}, true)
+	if err != nil || !info.Running || replaced == nil || replaced.Running || *replaced.ExitCode != 7 {
+		t.Fatalf("replace: %+v %+v %v", info, replaced, err)
+	}
+	if _, replaced, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "sh", Argv: []string{"sh"}}, true); sessionCode(err) != guestproto.SessionConflict || replaced != nil ||
+		err.Error() != `a session named "sh" already exists` {
+		t.Fatalf("replace of a running session: %v", err)
+	}
+	e, err := c.SessionAttach(ctx, "sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if strings.Contains(string(e.Replay), "second-55") {
+		t.Fatalf("the new session replays the old one's output: %q", e.Replay)
+	}
 }
 
 func TestSessionScrollbackIsBounded(t *testing.T) {
 	c := dial(t)
 	ctx := ctx20(t)
-	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "big", Scrollback: 1000,
-		Argv: []string{"sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; echo END"}}); err != nil {
+	if _, _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "big", Scrollback: 1000,
+		Argv: []string{"sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; echo END"}}, false); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "exit", func() bool {
 		l, _ := c.SessionList(ctx)
 		return len(l) == 1 && !l[0].Running
 	})
-	data, info, err := c.SessionRead(ctx, "big")
+	data, off, info, err := c.SessionRead(ctx, "big", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(data) != 1000 || !strings.HasSuffix(string(data), "END\r\n") || strings.Contains(string(data), "line-1\r\n") {
 		t.Fatalf("scrollback: %d bytes, %+v, tail %q", len(data), info, data[max(0, len(data)-40):])
+	}
+	// Offsets count every byte the session wrote: 10 lines of 8 bytes,
+	// 90 of 9, 200 of 10, then END.
+	const total = 10*8 + 90*9 + 200*10 + 5
+	if off != total-1000 {
+		t.Fatalf("offset of the oldest byte held: %d, want %d", off, total-1000)
+	}
+	tail, toff, _, err := c.SessionRead(ctx, "big", total-5)
+	if err != nil || string(tail) != "END\r\n" || toff != total-5 {
+		t.Fatalf("read since %d: %q at %d, %v", total-5, tail, toff, err)
+	}
+	if none, noff, _, err := c.SessionRead(ctx, "big", total); err != nil || len(none) != 0 || noff != total {
+		t.Fatalf("read since the end: %q at %d, %v", none, noff, err)
+	}
+	if old, ooff, _, err := c.SessionRead(ctx, "big", 1); err != nil || len(old) != 1000 || ooff != total-1000 {
+		t.Fatalf("read since an overwritten offset: %d bytes at %d, %v", len(old), ooff, err)
 	}
 	if *info.ExitCode != 0 {
 		t.Fatalf("exit code %d", *info.ExitCode)
@@ -210,7 +252,7 @@ func TestSessionSurvivesConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c1.SessionCreate(ctx, guestproto.SessionSpec{Name: "keep", Argv: []string{"sh"}}); err != nil {
+	if _, _, err := c1.SessionCreate(ctx, guestproto.SessionSpec{Name: "keep", Argv: []string{"sh"}}, false); err != nil {
 		t.Fatal(err)
 	}
 	a, err := c1.SessionAttach(ctx, "keep")
@@ -226,7 +268,7 @@ func TestSessionSurvivesConnection(t *testing.T) {
 	}
 	defer c2.Close()
 	waitFor(t, "history on a new connection", func() bool {
-		data, info, err := c2.SessionRead(ctx, "keep")
+		data, _, info, err := c2.SessionRead(ctx, "keep", 0)
 		return err == nil && info.Running && strings.Contains(string(data), "before-drop")
 	})
 	if err := c2.SessionSignal(ctx, "keep", "KILL"); err != nil {
@@ -244,7 +286,7 @@ func TestSessionSurvivesConnection(t *testing.T) {
 func TestSessionBulkOutputArrivesWhole(t *testing.T) {
 	c := dial(t)
 	ctx := ctx20(t)
-	if _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "bulk", Argv: []string{"sh"}}); err != nil {
+	if _, _, err := c.SessionCreate(ctx, guestproto.SessionSpec{Name: "bulk", Argv: []string{"sh"}}, false); err != nil {
 		t.Fatal(err)
 	}
 	a, err := c.SessionAttach(ctx, "bulk")

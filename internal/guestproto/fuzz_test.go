@@ -18,6 +18,9 @@ func FuzzReadResponse(f *testing.F) {
 	for _, seed := range []string{
 		`{"sessions":[` + info + `]}` + "\n",
 		`{"session":` + info + `,"len":12}` + "\nhello world!",
+		`{"session":` + info + `,"len":12,"offset":4096}` + "\nhello world!",
+		`{"session":` + info + `,"offset":-1}` + "\n",
+		`{"session":` + info + `,"replaced":` + info + `}` + "\n",
 		`{"session":` + info + `,"len":9223372036854775807}` + "\n",
 		`{"session":` + info + `,"len":-9223372036854775808}` + "\n",
 		`{"error":{"code":"conflict","message":"exists"}}` + "\n",
@@ -44,11 +47,12 @@ func FuzzReadResponse(f *testing.F) {
 			}
 			return
 		}
-		if resp.Len < 0 || resp.Len > MaxScrollback || len(resp.Sessions) > MaxSessions {
+		if resp.Len < 0 || resp.Len > MaxScrollback || len(resp.Sessions) > MaxSessions || resp.Offset < 0 ||
+			(resp.Replaced != nil && (op != SessionOpCreate || resp.Replaced.Running)) {
 			t.Fatalf("accepted %+v", resp)
 		}
 		if resp.Len > 0 {
-			if op != SessionOpRead || resp.Len > resp.Session.Scrollback {
+			if (op != SessionOpRead && op != SessionOpAttach) || resp.Len > resp.Session.Scrollback {
 				t.Fatalf("length %d accepted for %s", resp.Len, op)
 			}
 			got, err := ReadScrollback(r, resp.Len)

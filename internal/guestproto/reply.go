@@ -60,13 +60,16 @@ func (r *SessionResponse) check(op string) error {
 	if r.Len < 0 {
 		return fmt.Errorf("negative length %d", r.Len)
 	}
+	if r.Offset < 0 {
+		return fmt.Errorf("negative offset %d", r.Offset)
+	}
 	if r.Error != nil {
 		switch r.Error.Code {
 		case SessionNotFound, SessionConflict, SessionInvalid:
 		default:
 			return fmt.Errorf("unknown error code %q", r.Error.Code)
 		}
-		if r.Session != nil || r.Sessions != nil || r.Len != 0 {
+		if r.Session != nil || r.Sessions != nil || r.Len != 0 || r.Offset != 0 || r.Replaced != nil {
 			return errors.New("an error with a result")
 		}
 		return nil
@@ -101,12 +104,21 @@ func (r *SessionResponse) check(op string) error {
 	default:
 		return fmt.Errorf("unknown op %q", op)
 	}
-	if r.Len > 0 {
-		if op != SessionOpRead {
-			return fmt.Errorf("length %d in a reply to %s", r.Len, op)
+	if (r.Len > 0 || r.Offset > 0) && op != SessionOpRead && op != SessionOpAttach {
+		return fmt.Errorf("length %d at offset %d in a reply to %s", r.Len, r.Offset, op)
+	}
+	if r.Len > 0 && r.Len > r.Session.Scrollback {
+		return fmt.Errorf("length %d is over the session's scrollback of %d bytes", r.Len, r.Session.Scrollback)
+	}
+	if r.Replaced != nil {
+		if op != SessionOpCreate {
+			return fmt.Errorf("a replaced session in a reply to %s", op)
 		}
-		if r.Len > r.Session.Scrollback {
-			return fmt.Errorf("length %d is over the session's scrollback of %d bytes", r.Len, r.Session.Scrollback)
+		if err := r.Replaced.check(); err != nil {
+			return err
+		}
+		if r.Replaced.Running || r.Replaced.Name != r.Session.Name {
+			return fmt.Errorf("replaced session %s is running or has another name", r.Replaced.Name)
 		}
 	}
 	return nil

@@ -18,14 +18,25 @@ import (
 // What follows depends on the op:
 //
 //   - create, list, kill, signal: nothing; the agent closes the channel.
+//     A create with Replace replaces a session of that name whose process
+//     has exited (SessionResponse.Replaced describes the old one); a
+//     running one is still a conflict.
 //   - read: SessionResponse.Len bytes of scrollback (ReadScrollback), then
-//     close.
-//   - attach: the scrollback (replay), then live output for as long as the
-//     session runs. Bytes the client writes on the channel go to the
-//     session's PTY; a ReqWindowChange request resizes it. When the process
-//     ends the agent sends ReqExitStatus (128+N for signal N) and closes
-//     the channel. A client that closes the channel only detaches; the
-//     session keeps running.
+//     close. With Since, only the bytes from that offset on.
+//   - attach: SessionResponse.Len bytes of scrollback (the replay), then
+//     live output for as long as the session runs, so the client knows
+//     where the replay ends. Bytes the client writes on the channel go to
+//     the session's PTY; a ReqWindowChange request resizes it. When the
+//     process ends the agent sends ReqExitStatus (128+N for signal N) and
+//     closes the channel. A client that closes the channel only detaches;
+//     the session keeps running. (An agent older than the Len of attach
+//     sends none, and the replay comes as if it were live output.)
+//
+// Offsets: every byte a session ever wrote has an offset, counted from its
+// start and never reused (internal/ring). SessionResponse.Offset is the
+// offset of the first byte that follows a read or attach reply; the daemon
+// continues them in its mirror, so `session read --since` means the same
+// byte whoever answers it.
 //
 // Errors come back as SessionResponse.Error with a code the daemon maps
 // one-to-one onto its wire codes: not_found, conflict, invalid.
@@ -72,6 +83,12 @@ type SessionRequest struct {
 	// Signal is a name like "INT" or "TERM" (signal op), sent to the PTY's
 	// foreground process group.
 	Signal string `json:"signal,omitempty"`
+	// Since (read) asks for the scrollback from this offset on; 0 is all
+	// of it.
+	Since int64 `json:"since,omitempty"`
+	// Replace (create) replaces a session of the same name whose process
+	// has exited.
+	Replace bool `json:"replace,omitempty"`
 }
 
 // SessionInfo describes one session.
@@ -90,7 +107,12 @@ type SessionResponse struct {
 	Error    *SessionError `json:"error,omitempty"`
 	Session  *SessionInfo  `json:"session,omitempty"`  // create, attach, read
 	Sessions []SessionInfo `json:"sessions,omitempty"` // list, oldest first
-	Len      int           `json:"len,omitempty"`      // read: bytes that follow
+	Len      int           `json:"len,omitempty"`      // read, attach: bytes that follow
+	// Offset (read, attach) is the offset of the first byte that follows.
+	Offset int64 `json:"offset,omitempty"`
+	// Replaced (create with Replace) is the exited session the new one
+	// replaced.
+	Replaced *SessionInfo `json:"replaced,omitempty"`
 }
 
 // SessionError is a failed session op.
@@ -181,6 +203,9 @@ func (r SessionRequest) Validate() error {
 	}
 	if r.Op == SessionOpSignal && !validSignalName(r.Signal) {
 		return SessionErrorf(SessionInvalid, "unknown signal %q", r.Signal)
+	}
+	if r.Since < 0 {
+		return SessionErrorf(SessionInvalid, "offset %d is not valid: offsets count from 0", r.Since)
 	}
 	return nil
 }

@@ -55,6 +55,7 @@ func TestRequestLimits(t *testing.T) {
 		{SessionRequest{Op: SessionOpRead}, "is not valid"},
 		{SessionRequest{Op: SessionOpKill, SessionSpec: SessionSpec{Name: "a b"}}, "is not valid"},
 		{SessionRequest{Op: SessionOpSignal, SessionSpec: SessionSpec{Name: "s"}, Signal: "int"}, "unknown signal"},
+		{SessionRequest{Op: SessionOpRead, SessionSpec: SessionSpec{Name: "s"}, Since: -1}, "offsets count from 0"},
 		{SessionRequest{Op: SessionOpCreate, SessionSpec: SessionSpec{Name: "s", Scrollback: MaxScrollback + 1}}, "scrollback must be"},
 		{SessionRequest{Op: SessionOpCreate, SessionSpec: SessionSpec{Name: "s", Scrollback: -1}}, "scrollback must be"},
 		{SessionRequest{Op: SessionOpCreate, SessionSpec: SessionSpec{Name: "s", Argv: []string{long}}}, "over the limit"},
@@ -92,6 +93,15 @@ func TestReadResponse(t *testing.T) {
 	if err != nil || resp.Len != 4096 || resp.Session.CreatedAt != time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) {
 		t.Fatalf("read: %+v, %v", resp, err)
 	}
+	resp, err = reply(t, `{"session":`+info+`,"len":12,"offset":70000}`+"\n", SessionOpAttach)
+	if err != nil || resp.Len != 12 || resp.Offset != 70000 {
+		t.Fatalf("attach with a replay: %+v, %v", resp, err)
+	}
+	exited := strings.Replace(info, `"running":true`, `"exit_code":6`, 1)
+	resp, err = reply(t, `{"session":`+info+`,"replaced":`+exited+`}`+"\n", SessionOpCreate)
+	if err != nil || resp.Replaced == nil || *resp.Replaced.ExitCode != 6 {
+		t.Fatalf("create replacing: %+v, %v", resp, err)
+	}
 	_, err = reply(t, `{"error":{"code":"not_found","message":"no session named \"x\""}}`+"\n", SessionOpAttach)
 	var se *SessionError
 	if !errors.As(err, &se) || se.Code != SessionNotFound {
@@ -104,6 +114,11 @@ func TestReadResponse(t *testing.T) {
 		"length over ring":     {`{"session":` + info + `,"len":4097}`, SessionOpRead},
 		"negative length":      {`{"session":` + info + `,"len":-1}`, SessionOpRead},
 		"length on list":       {`{"sessions":[],"len":1}`, SessionOpList},
+		"length on create":     {`{"session":` + info + `,"len":1}`, SessionOpCreate},
+		"offset on list":       {`{"sessions":[],"offset":1}`, SessionOpList},
+		"negative offset":      {`{"session":` + info + `,"offset":-1}`, SessionOpRead},
+		"replaced on attach":   {`{"session":` + info + `,"replaced":` + strings.Replace(info, `"running":true`, `"exit_code":6`, 1) + `}`, SessionOpAttach},
+		"replaced running":     {`{"session":` + info + `,"replaced":` + info + `}`, SessionOpCreate},
 		"huge scrollback":      {`{"session":` + strings.Replace(info, "4096", "9223372036854775807", 1) + `}`, SessionOpAttach},
 		"zero scrollback":      {`{"session":` + strings.Replace(info, "4096", "0", 1) + `}`, SessionOpAttach},
 		"negative attached":    {`{"session":` + strings.Replace(info, `"attached":1`, `"attached":-5`, 1) + `}`, SessionOpAttach},

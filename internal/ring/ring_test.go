@@ -35,3 +35,46 @@ func TestRingKeepsNewestBytes(t *testing.T) {
 		t.Fatalf("after many writes: got %q want %q", got, want)
 	}
 }
+
+func TestRingOffsets(t *testing.T) {
+	r := New(8)
+	if b, off := r.Since(0); len(b) != 0 || off != 0 || r.End() != 0 {
+		t.Fatalf("empty: %q %d %d", b, off, r.End())
+	}
+	r.Write([]byte("abcdef"))
+	for _, c := range []struct {
+		since int64
+		want  string
+		off   int64
+	}{{0, "abcdef", 0}, {2, "cdef", 2}, {6, "", 6}, {99, "", 6}, {-5, "abcdef", 0}} {
+		if b, off := r.Since(c.since); string(b) != c.want || off != c.off {
+			t.Fatalf("since %d: got %q at %d, want %q at %d", c.since, b, off, c.want, c.off)
+		}
+	}
+	// Past the wrap: the oldest bytes are gone, and Since says where what
+	// it returns begins.
+	r.Write([]byte("ghijk"))
+	if r.Start() != 3 || r.End() != 11 {
+		t.Fatalf("start %d end %d", r.Start(), r.End())
+	}
+	for _, c := range []struct {
+		since int64
+		want  string
+		off   int64
+	}{{0, "defghijk", 3}, {3, "defghijk", 3}, {9, "jk", 9}, {10, "k", 10}, {11, "", 11}} {
+		if b, off := r.Since(c.since); string(b) != c.want || off != c.off {
+			t.Fatalf("since %d: got %q at %d, want %q at %d", c.since, b, off, c.want, c.off)
+		}
+	}
+	r.Write([]byte("0123456789"))
+	if b, off := r.Since(15); string(b) != "456789" || off != 15 || r.Start() != 13 || r.End() != 21 {
+		t.Fatalf("after an oversized write: %q at %d, end %d", b, off, r.End())
+	}
+	// A mirror continues another ring's offsets.
+	m := New(4)
+	m.Reset(1000)
+	m.Write([]byte("xyz"))
+	if b, off := m.Since(1001); string(b) != "yz" || off != 1001 || m.End() != 1003 || m.Start() != 1000 {
+		t.Fatalf("mirror: %q at %d, start %d end %d", b, off, m.Start(), m.End())
+	}
+}

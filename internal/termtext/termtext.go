@@ -21,7 +21,9 @@
 // at the next newline, so one bad sequence hides at most one line.
 //
 // Streams of `exec -t` and session attach are not filtered: there the
-// terminal is the guest program's own.
+// terminal is the guest program's own. Only output that reaches a terminal
+// a second time (a session's replayed scrollback) loses what would make
+// the terminal answer into its input: StripQueries (queries.go).
 package termtext
 
 import (

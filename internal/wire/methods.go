@@ -63,6 +63,8 @@ var (
 	SessionRead   = StreamMethod[SessionReadParams]{"session.read"}
 	SessionKill   = Method[SessionParams, None]{"session.kill"}
 	SessionSignal = Method[SessionSignalParams, None]{"session.signal"}
+	SessionRun    = StreamMethod[SessionRunParams]{"session.run"}
+	SessionWait   = StreamMethod[SessionWaitParams]{"session.wait"}
 )
 
 // Methods lists the table, in the order above.
@@ -74,7 +76,7 @@ var Methods = []MethodInfo{
 	ImageList.Info(), ImageInspect.Info(),
 	KernelList.Info(), KernelFetch.Info(), KernelImport.Info(), KernelDefault.Info(),
 	SessionList.Info(), SessionCreate.Info(), SessionAttach.Info(), SessionSend.Info(),
-	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(),
+	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(), SessionRun.Info(), SessionWait.Info(),
 }
 
 // IsStream reports whether the named method streams; unknown names do not.
