@@ -62,8 +62,11 @@
 //     the create operations. guests (guestPool): one agent SSH connection
 //     per running VM, to an agent that must hold the host key pinned at
 //     its boot (guests.go). stops (pendingStops, stopping.go): the graceful
-//     stops in flight, which rm -f and Close cut short. Create and start
-//     undo each step as they go (undoStack, undo.go).
+//     stops in flight, which rm -f and Close cut short. followers
+//     (vmFollowers, follow.go): one goroutine per running VM that drains
+//     its console ring into its bounded log and records it paused when
+//     its disk cannot be written. Create and start undo each step as
+//     they go (undoStack, undo.go).
 //   - sessionService (session.go, session_ctl.go): session.*, one
 //     guestSessionController per persistent session in use, keyed by (VM
 //     ID, name), plus the sessions of stopped VMs reported as ended.

@@ -6,9 +6,9 @@ import (
 	"errors"
 	"io"
 	"os"
-	"strings"
 	"time"
 
+	"github.com/emberhq/ember/internal/consolelog"
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
@@ -89,6 +89,10 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 	if err != nil && ctx.Err() == nil {
 		// A broken transport: forget the connection so the next exec dials.
 		s.guests.drop(vm.ID)
+		// The VM paused under the command (a full disk): say so.
+		if now, gerr := s.store.GetVM(context.Background(), vm.ID); gerr == nil && now.State == wire.StatePaused {
+			err = s.notRunning(now)
+		}
 	}
 	sc.exit(code, err)
 	return nil
@@ -108,6 +112,9 @@ func (s *vmService) notRunning(vm store.VM) error {
 		return conflictf("vm %s is being created; `ember op ls` shows its operation", vm.Name)
 	case wire.StateStarting, wire.StateStopping, wire.StateDeleting:
 		return conflictf("vm %s is %s; try again when that is done", vm.Name, vm.State)
+	case wire.StatePaused:
+		// Its guest does not run: a request would only hang.
+		return conflictf("vm %s is paused: %s", vm.Name, vm.LastError)
 	}
 	return conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
 }
@@ -120,7 +127,10 @@ func (s *vmService) logsVM(ctx context.Context, p wire.LogsParams, sc *streamCon
 		return err
 	}
 	path := s.toWireVM(vm).Console
-	f, err := os.Open(path)
+	// The log is read from its end (consolelog): the last lines of any
+	// log cost one chunk of memory, and following goes across the parts
+	// the log's bound makes it start.
+	r, err := consolelog.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		if err := sc.startStream(); err != nil {
 			return nil
@@ -130,24 +140,19 @@ func (s *vmService) logsVM(ctx context.Context, p wire.LogsParams, sc *streamCon
 	} else if err != nil {
 		return err
 	}
-	defer func() { f.Close() }() // f changes when a reboot replaces the log
+	defer r.Close()
 	if err := sc.startStream(); err != nil {
 		return nil
 	}
-	if p.Tail > 0 {
-		tail := consoleTail(path, p.Tail)
-		if !strings.HasSuffix(tail, "\n") {
-			tail += "\n"
-		}
-		_ = wire.WriteFrame(sc, wire.FrameStdout, []byte(tail))
-		_, _ = f.Seek(0, io.SeekEnd)
-	} else if p.NoBacklog {
-		_, _ = f.Seek(0, io.SeekEnd)
-	}
 	out := &wire.FrameWriter{W: sc, Kind: wire.FrameStdout}
+	backlog := r.Backlog(p.Tail) // Tail 0: all of it
+	if !p.NoBacklog {
+		if _, err := io.Copy(out, backlog); err != nil {
+			return nil
+		}
+	}
 	if !p.Follow {
-		_, err := io.Copy(out, f)
-		sc.exit(0, err)
+		sc.exit(0, nil)
 		return nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -158,7 +163,7 @@ func (s *vmService) logsVM(ctx context.Context, p wire.LogsParams, sc *streamCon
 	})
 	done := ctx.Done()
 	for {
-		if _, err := io.Copy(out, f); err != nil {
+		if _, err := r.Next(out); err != nil {
 			return nil
 		}
 		select {
@@ -170,27 +175,5 @@ func (s *vmService) logsVM(ctx context.Context, p wire.LogsParams, sc *streamCon
 			sc.exit(0, nil)
 			return nil
 		}
-		// Each boot starts a new log file: follow it from its start.
-		if nf, ok := reopenIfReplaced(f, path); ok {
-			f.Close()
-			f = nf
-		}
 	}
-}
-
-// reopenIfReplaced opens path again when it is no longer the file f has.
-func reopenIfReplaced(f *os.File, path string) (*os.File, bool) {
-	cur, err := f.Stat()
-	if err != nil {
-		return nil, false
-	}
-	now, err := os.Stat(path)
-	if err != nil || os.SameFile(cur, now) {
-		return nil, false
-	}
-	nf, err := os.Open(path)
-	if err != nil {
-		return nil, false
-	}
-	return nf, true
 }

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/emberhq/ember/internal/consolelog"
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/layout"
@@ -67,23 +67,22 @@ func rebootedPin(console []byte, pinned ssh.PublicKey) (guest.HostKeyPin, bool) 
 	return pin, found
 }
 
-// readConsoleEnd reads at most the last maxConsoleScan bytes of path.
+// readConsoleEnd reads at most the last maxConsoleScan bytes of the
+// console log at path, across both its parts (consolelog): a pinned boot
+// may have been rotated into the previous part.
 func readConsoleEnd(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	r, err := consolelog.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if off := st.Size() - maxConsoleScan; off > 0 {
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
+	defer r.Close()
+	sr := r.Backlog(0)
+	if off := sr.Size() - maxConsoleScan; off > 0 {
+		if _, err := sr.Seek(off, io.SeekStart); err != nil {
 			return nil, err
 		}
 	}
-	return io.ReadAll(io.LimitReader(f, maxConsoleScan))
+	return io.ReadAll(sr)
 }
 
 // dialRebooted is guest's answer to a pinned key that no longer answers:

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/emberhq/ember/internal/consolelog"
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
@@ -74,6 +75,7 @@ type vmService struct {
 	createOps  *opRegistry[*createOp]
 	guests     guestPool
 	stops      pendingStops // graceful stops in flight, which rm -f and Close cut short
+	followers  vmFollowers  // one per running VM: its console and disk-error pauses (follow.go)
 }
 
 func (s *vmService) register(t methodTable) {
@@ -185,6 +187,9 @@ func hostMemoryMiB() int {
 // it fails.
 func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire.Operation, err error) {
 	if err := s.validateCreate(ctx, &p); err != nil {
+		return wire.Operation{}, err
+	}
+	if err := s.checkCreateSpace(ctx, p.Image); err != nil {
 		return wire.Operation{}, err
 	}
 	nw, err := s.nets.of(p.Net)
@@ -314,6 +319,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		ConsoleLog: filepath.Join(s.layout.VMDir(vm.ID), layout.ConsoleFile),
 		QMPSocket:  filepath.Join(s.layout.VMRunDir(vm.ID), layout.QMPFile),
 		PIDFile:    filepath.Join(s.layout.VMRunDir(vm.ID), layout.QEMUPIDFile)}
+	s.followable(&spec)
 	runDir := s.layout.VMRunDir(vm.ID)
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return vm, fmt.Errorf("create vm runtime folder: %w", err)
@@ -321,9 +327,18 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	undo.add("vm runtime folder", func() { _ = os.RemoveAll(runDir) })
 
 	var inst hypervisor.Instance
+	var fw *vmFollower
+	defer func() {
+		if fw != nil {
+			fw.fast.Store(false)
+		}
+	}()
 	alive := func() error {
 		if !s.driver.Alive(inst) {
 			return errors.New("the hypervisor process exited")
+		}
+		if why := fw.pausedReason(); why != "" {
+			return errors.New(why)
 		}
 		return nil
 	}
@@ -331,15 +346,19 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	label := ""
 	for {
 		spec.Accel = dec.Accel
-		_ = os.Remove(spec.ConsoleLog) // each boot's log starts empty
+		consolelog.Remove(spec.ConsoleLog) // each boot's log starts empty
 		progress(fmt.Sprintf("booting (%s%s)", spec.Accel, label))
 		if inst, err = s.startProcess(ctx, vm, nw, &spec); err != nil {
 			return vm, err
 		}
 		started := inst
+		// Followed from the start: the console (the ready line) comes
+		// through the follower, and so does a pause on a full disk.
+		fw = s.follow(vm, spec, inst, true)
 		undo.add("hypervisor process", func() {
 			_ = s.driver.Quit(context.Background(), spec, started)
 			s.driver.KillStrays(context.Background(), s.layout.VMDir(vm.ID))
+			s.unfollow(vm.ID)
 		})
 		vm.PID, vm.PIDStart, vm.SSHPort = inst.PID, inst.StartTime, spec.Net.SSHHostPort
 		vm.Accel, vm.AccelReason = dec.Accel, dec.Reason
@@ -440,17 +459,10 @@ func (s *vmService) cmdline(vm store.VM, netArgs []string) string {
 	return strings.Join(args, " ")
 }
 
-// consoleTail returns the last n lines of a console log.
+// consoleTail returns the last n lines of a console log (at most 16 KiB),
+// read from its end whatever its size.
 func consoleTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no console log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return consolelog.TailString(path, n, 16<<10)
 }
 
 // removeVM removes everything of a VM: process, guest connection, folders
@@ -474,6 +486,7 @@ func (s *vmService) removeVM(ctx context.Context, id string) error {
 	} else {
 		s.driver.KillStrays(ctx, s.layout.VMDir(id))
 	}
+	s.unfollow(id) // it writes the console log: it goes before the folder
 	_ = os.RemoveAll(s.layout.VMDir(id))
 	_ = os.RemoveAll(s.layout.VMRunDir(id))
 	if err := s.store.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -564,7 +577,7 @@ func (s *vmService) toWireVM(vm store.VM) wire.VM {
 	if vm.State == wire.StateStopped {
 		w.StoppedBy = vm.StoppedBy
 	}
-	if vm.State == wire.StateRunning {
+	if vm.State == wire.StateRunning || vm.State == wire.StatePaused {
 		w.PID, w.SSHPort = vm.PID, vm.SSHPort
 	}
 	if nw, err := s.nets.of(vm.NetMode); err == nil {
@@ -610,6 +623,7 @@ func transitional(state string) bool {
 // leaves no process or connection and the VM stopped with the reason, so
 // the next start works.
 func (s *vmService) startVM(ctx context.Context, ref string) (_ wire.VM, err error) {
+	paused := false
 	vm, err := s.withVMLockByRef(ctx, ref, func(vm *store.VM) error {
 		if transitional(vm.State) {
 			return busy(vm)
@@ -617,11 +631,17 @@ func (s *vmService) startVM(ctx context.Context, ref string) (_ wire.VM, err err
 		if vm.State == wire.StateRunning {
 			return conflictf("vm %s is already running", vm.Name)
 		}
+		if paused = vm.State == wire.StatePaused; paused {
+			return nil
+		}
 		vm.State, vm.UpdatedAt = wire.StateStarting, time.Now().UTC()
 		return s.store.UpdateVM(ctx, *vm)
 	})
 	if err != nil {
 		return wire.VM{}, err
+	}
+	if paused {
+		return s.resumeVM(ctx, vm)
 	}
 	var undo undoStack
 	defer undo.run()
@@ -659,9 +679,12 @@ func (s *vmService) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, erro
 		if transitional(vm.State) {
 			return busy(vm)
 		}
-		if vm.State != wire.StateRunning {
+		if vm.State != wire.StateRunning && vm.State != wire.StatePaused {
 			wasStopped = true
 			return nil
+		}
+		if vm.State == wire.StatePaused {
+			p.Force = true // a guest that does not run cannot power off
 		}
 		vm.State, vm.UpdatedAt = wire.StateStopping, time.Now().UTC()
 		return s.store.UpdateVM(ctx, *vm)
@@ -759,8 +782,8 @@ func (s *vmService) deleteVM(ctx context.Context, p wire.RefParams) (wire.VM, er
 			}
 			return busy(vm)
 		}
-		if vm.State == wire.StateRunning && !p.Force {
-			return conflictf("vm %s is running; stop it first or use `ember rm -f`", vm.Name)
+		if (vm.State == wire.StateRunning || vm.State == wire.StatePaused) && !p.Force {
+			return conflictf("vm %s is %s; stop it first or use `ember rm -f`", vm.Name, vm.State)
 		}
 		vm.State, vm.UpdatedAt = wire.StateDeleting, time.Now().UTC()
 		return s.store.UpdateVM(ctx, *vm)
@@ -799,6 +822,9 @@ func (s *vmService) reattach(ctx context.Context) error {
 		next := wire.StateStopped
 		if alive {
 			next = wire.StateRunning
+			if vm.State == wire.StatePaused {
+				next = wire.StatePaused // the follower tells if it runs again
+			}
 		}
 		if next != vm.State {
 			if !alive {
@@ -814,6 +840,9 @@ func (s *vmService) reattach(ctx context.Context) error {
 				return fmt.Errorf("settle vm %s: %w", vm.Name, err)
 			}
 		}
+		if alive {
+			s.follow(vm, specOf(vm), inst, false)
+		}
 		s.log.Info("vm re-attached", "vm", vm.Name, "state", next, "pid", vm.PID)
 	}
 	return nil
@@ -824,11 +853,12 @@ func (s *vmService) reattach(ctx context.Context) error {
 // it as stopped, so ls, start and exec tell the truth. Callers hold no
 // VM lock.
 func (s *vmService) settleDead(ctx context.Context, vm store.VM) store.VM {
-	if vm.State != wire.StateRunning || vm.PID == 0 || s.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
+	live := vm.State == wire.StateRunning || vm.State == wire.StatePaused
+	if !live || vm.PID == 0 || s.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
 		return vm
 	}
 	settled, err := s.withVMLockByID(ctx, vm.ID, func(v *store.VM) error {
-		if v.State != wire.StateRunning || v.PID != vm.PID {
+		if (v.State != wire.StateRunning && v.State != wire.StatePaused) || v.PID != vm.PID {
 			return nil // changed meanwhile; leave it to whoever changed it
 		}
 		v.State, v.PID, v.SSHPort, v.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()

@@ -73,11 +73,22 @@ type Spec struct {
 
 	Net NetSpec
 	// ConsoleLog receives the guest's serial console; it is appended to, so the
-	// lines of earlier boots stay above the current one.
+	// lines of earlier boots stay above the current one. With ConsoleRing
+	// set the hypervisor does not write it: see Follower.
 	ConsoleLog string
 	QMPSocket  string // control socket (QEMU), at most 107 bytes long
 	PIDFile    string
 	Accel      string // AccelKVM or AccelTCG, already resolved
+
+	// ConsoleRing, when not 0, keeps the guest's console in a ring of that
+	// many bytes inside the hypervisor (a power of two) instead of writing
+	// ConsoleLog, so a guest that floods its console cannot fill a disk;
+	// a Follower moves it out and the caller bounds the log it keeps.
+	ConsoleRing int
+	// MonitorSocket, when set, is a second control socket, for a Follower's
+	// long-lived connection: QMPSocket serves one client at a time, and
+	// Quit and State must never wait behind a follower. At most 107 bytes.
+	MonitorSocket string
 }
 
 // Instance identifies a running VM process. StartTime (the starttime field of

@@ -66,6 +66,9 @@ type Config struct {
 	BootTimeout Duration `toml:"boot_timeout"`
 	// StopTimeout bounds a graceful stop before it is forced.
 	StopTimeout Duration `toml:"stop_timeout"`
+	// ConsoleLogMaxMiB bounds each VM's console log on disk (its two
+	// parts together): a guest that floods its console fills no disk.
+	ConsoleLogMaxMiB int `toml:"console_log_max_mib"`
 	// OperationRetention keeps finished operations for late `op wait`s.
 	OperationRetention Duration `toml:"operation_retention"`
 	// SocketGroup is the group whose members reach a root daemon: it owns
@@ -120,6 +123,7 @@ func DefaultConfig() Config {
 		EgressDeny:         DefaultEgressDeny(),
 		BootTimeout:        Duration{60 * time.Second},
 		StopTimeout:        Duration{10 * time.Second},
+		ConsoleLogMaxMiB:   8,
 		OperationRetention: Duration{time.Hour},
 		SocketGroup:        "ember",
 		QEMUSandbox:        true,
@@ -178,6 +182,9 @@ func (c Config) validate() []error {
 	}
 	if c.StopTimeout.Duration <= 0 {
 		errs = append(errs, fmt.Errorf("`stop_timeout` must be positive"))
+	}
+	if c.ConsoleLogMaxMiB < 1 || c.ConsoleLogMaxMiB > 1024 {
+		errs = append(errs, fmt.Errorf("`console_log_max_mib` must be 1..1024, not %d", c.ConsoleLogMaxMiB))
 	}
 	if c.OperationRetention.Duration < 0 {
 		errs = append(errs, fmt.Errorf("`operation_retention` must not be negative"))

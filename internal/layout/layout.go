@@ -29,6 +29,7 @@ const (
 	ConsoleFile  = "console.log"
 	DiskFile     = "disk.qcow2"
 	QMPFile      = "qmp.sock"
+	MonitorFile  = "mon.sock" // the second control socket; no longer than QMPFile, which CheckSocketPaths measures
 	QEMUPIDFile  = "qemu.pid"
 	ImagesDir    = "images"
 	KernelsDir   = "kernels"

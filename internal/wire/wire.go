@@ -108,6 +108,10 @@ const (
 	StateStopped  = "stopped"
 	StateDeleting = "deleting"
 	StateError    = "error"
+	// StatePaused: the VM's process lives but its vCPUs do not run: the
+	// hypervisor stopped it because its disk could not be written (the
+	// host's disk is full). LastError says why; start resumes it.
+	StatePaused = "paused"
 )
 
 // Restart policies (CreateVMParams.Restart, VM.Restart): whether the

@@ -36,8 +36,12 @@ func validate(s hypervisor.Spec) error {
 		return fmt.Errorf("qmp socket path %q is %d bytes, longer than the %d a unix socket allows: %w", s.QMPSocket, len(s.QMPSocket), maxSocketPath, hypervisor.ErrSocketPathTooLong)
 	case s.Accel != hypervisor.AccelKVM && s.Accel != hypervisor.AccelTCG:
 		return fmt.Errorf("accel must be %q or %q, got %q", hypervisor.AccelKVM, hypervisor.AccelTCG, s.Accel)
+	case len(s.MonitorSocket) > maxSocketPath:
+		return fmt.Errorf("monitor socket path %q is %d bytes, longer than the %d a unix socket allows: %w", s.MonitorSocket, len(s.MonitorSocket), maxSocketPath, hypervisor.ErrSocketPathTooLong)
+	case s.ConsoleRing != 0 && (s.ConsoleRing < minConsoleRing || s.ConsoleRing > maxConsoleRing || s.ConsoleRing&(s.ConsoleRing-1) != 0):
+		return fmt.Errorf("console ring must be a power of two from %d to %d bytes, got %d", minConsoleRing, maxConsoleRing, s.ConsoleRing)
 	}
-	for _, p := range []string{s.Kernel, s.Initrd, s.Disk, s.DiskBacking, s.ConsoleLog, s.QMPSocket, s.PIDFile, s.Net.TAP, s.Net.MAC} {
+	for _, p := range []string{s.Kernel, s.Initrd, s.Disk, s.DiskBacking, s.ConsoleLog, s.QMPSocket, s.MonitorSocket, s.PIDFile, s.Net.TAP, s.Net.MAC} {
 		// QEMU splits option values at commas (",," escapes one); refusing them
 		// keeps every path a single, literal value.
 		if strings.ContainsRune(p, ',') {
@@ -74,7 +78,7 @@ func validate(s hypervisor.Spec) error {
 // absSpec makes every path absolute: the Spec is stored and must mean the
 // same thing to a daemon restarted in another working directory.
 func absSpec(s hypervisor.Spec) (hypervisor.Spec, error) {
-	for _, p := range []*string{&s.Kernel, &s.Initrd, &s.Disk, &s.DiskBacking, &s.ConsoleLog, &s.QMPSocket, &s.PIDFile} {
+	for _, p := range []*string{&s.Kernel, &s.Initrd, &s.Disk, &s.DiskBacking, &s.ConsoleLog, &s.QMPSocket, &s.MonitorSocket, &s.PIDFile} {
 		if *p == "" {
 			continue
 		}
@@ -121,6 +125,17 @@ const (
 	fdDisk    // the VM's qcow2 overlay, read-write
 	fdTAP     // tap mode: the TAP, attached
 	fdBacking // fdBacking+i: file i of the disk's backing chain, read-only
+)
+
+// fdMonitor is the listening monitor socket (Spec.MonitorSocket), for
+// Follow; after the backing chain's slots.
+const fdMonitor = fdBacking + maxBacking
+
+// Bounds of Spec.ConsoleRing. QEMU's ring buffer chardev wants a power of
+// two; it lives in QEMU's memory.
+const (
+	minConsoleRing = 4 << 10
+	maxConsoleRing = 64 << 20
 )
 
 // maxBacking bounds the disk's backing chain (overlay, image, the image's
@@ -187,11 +202,17 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 		"-S",
 		"-chardev", "socket,id=qmp,fd="+strconv.Itoa(fdQMP)+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
+		// The console log's fd set also marks the process as this VM's
+		// (ownsVM), whether or not QEMU writes it.
 		"-add-fd", consoleAddFD(s),
-		"-chardev", "file,id=console,path=/dev/fdset/"+strconv.Itoa(fdsetConsole)+",append=on",
+		"-chardev", consoleChardev(s),
 		"-serial", "chardev:console",
 		"-kernel", procFD(fdKernel),
 	)
+	if s.MonitorSocket != "" {
+		a = append(a, "-chardev", "socket,id=mon,fd="+strconv.Itoa(fdMonitor)+",server=on,wait=off",
+			"-mon", "chardev=mon,mode=control")
+	}
 	if s.Initrd != "" {
 		a = append(a, "-initrd", procFD(fdInitrd))
 	}
@@ -226,6 +247,16 @@ func accelArg(accel string) string {
 		return accel + ",tb-size=" + strconv.Itoa(tcgCodeCacheMiB)
 	}
 	return accel
+}
+
+// consoleChardev is the serial console's backend: a ring in QEMU's memory
+// that Follow drains (Spec.ConsoleRing), so what the guest prints takes no
+// disk unless someone keeps it; or, without a ring, the console log itself.
+func consoleChardev(s hypervisor.Spec) string {
+	if s.ConsoleRing > 0 {
+		return "ringbuf,id=console,size=" + strconv.Itoa(s.ConsoleRing)
+	}
+	return "file,id=console,path=/dev/fdset/" + strconv.Itoa(fdsetConsole) + ",append=on"
 }
 
 // diskArgs describes the disk as block nodes on inherited descriptors,

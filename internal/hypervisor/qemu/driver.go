@@ -198,6 +198,7 @@ func (d *Driver) Quit(ctx context.Context, s hypervisor.Spec, inst hypervisor.In
 	// A killed QEMU leaves its socket and pid file behind; the next start
 	// must not mistake them for a live VM.
 	removeIfExists(s.QMPSocket)
+	removeIfExists(s.MonitorSocket)
 	removeIfExists(s.PIDFile)
 	d.removeCgroup(s, true)
 	return nil

@@ -110,6 +110,13 @@ func (d *Driver) openFiles(ctx context.Context, s hypervisor.Spec) (_ *launchFil
 		return nil, p, err
 	}
 	f.set(fdQMP, q)
+	if s.MonitorSocket != "" {
+		m, err := listenQMP(s.MonitorSocket)
+		if err != nil {
+			return nil, p, fmt.Errorf("monitor socket: %w", err)
+		}
+		f.set(fdMonitor, m)
+	}
 	c, err := os.OpenFile(s.ConsoleLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o640)
 	if err != nil {
 		return nil, p, fmt.Errorf("console log: %w", err)

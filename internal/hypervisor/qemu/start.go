@@ -51,6 +51,7 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	files, p, err := d.openFiles(ctx, s)
 	if err != nil {
 		removeIfExists(s.QMPSocket)
+		removeIfExists(s.MonitorSocket)
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
 	defer files.close()
@@ -62,11 +63,13 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		removeIfExists(s.QMPSocket)
+		removeIfExists(s.MonitorSocket)
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
 	d.log.Debug("starting qemu", "vm", vmName(s), "args", args)
 	if err := cmd.Start(); err != nil {
 		removeIfExists(s.QMPSocket)
+		removeIfExists(s.MonitorSocket)
 		return none, fmt.Errorf("start vm %s: run %s: %w", vmName(s), d.qemu, err)
 	}
 	files.close() // QEMU has its copies; ours must not keep the QMP socket open
@@ -139,6 +142,7 @@ func (d *Driver) prepareFiles(s hypervisor.Spec) error {
 	}
 	removeIfExists(s.PIDFile)
 	removeIfExists(s.QMPSocket)
+	removeIfExists(s.MonitorSocket)
 	return nil
 }
 
@@ -160,6 +164,7 @@ func (d *Driver) abandon(p *qemuProc, s hypervisor.Spec) {
 	<-p.done
 	removeIfExists(s.PIDFile)
 	removeIfExists(s.QMPSocket)
+	removeIfExists(s.MonitorSocket)
 }
 
 // stderrKeep is how much of QEMU's error output is kept for a failed
