@@ -119,6 +119,15 @@ func (a *attachment) leave() {
 	})
 }
 
+// lead starts a line of ember's own on a terminal, where the session's
+// output (a prompt) may have left the cursor mid-line.
+func (a *attachment) lead() string {
+	if a.nl == "\r\n" {
+		return a.nl
+	}
+	return ""
+}
+
 // say prints one of ember's own lines after leaving the session's modes.
 func (a *attachment) say(format string, args ...any) {
 	a.leave()
@@ -194,7 +203,7 @@ func (a *attachment) run(ctx context.Context, again string) error {
 			a.leave()
 			return &ExitError{Code: signalStatus(ctx)}
 		case <-a.detached:
-			a.say("%s[detached from session %s]", a.nl, a.name)
+			a.say("%s[detached from session %s]", a.lead(), a.name)
 			return nil
 		case <-inputDone:
 			inputDone = nil
@@ -211,7 +220,7 @@ func (a *attachment) run(ctx context.Context, again string) error {
 			if r.err != nil {
 				select {
 				case <-a.detached:
-					a.say("%s[detached from session %s]", a.nl, a.name)
+					a.say("%s[detached from session %s]", a.lead(), a.name)
 					return nil
 				default:
 				}
@@ -220,7 +229,7 @@ func (a *attachment) run(ctx context.Context, again string) error {
 					return &ExitError{Code: signalStatus(ctx)}
 				}
 				a.say("%sember: lost the connection to the daemon (%v): session %s still runs in the VM; attach again with `%s` once the daemon is back",
-					a.nl, r.err, a.name, again)
+					a.lead(), r.err, a.name, again)
 				return &ExitError{Code: statusLost}
 			}
 			switch r.kind {
