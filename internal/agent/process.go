@@ -18,10 +18,12 @@ import (
 // DefaultPath is the PATH commands get unless the request sets one.
 const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// Exit codes that follow the shell's conventions.
+// Exit codes that follow the shell's conventions, and docker exec's for
+// a command the agent could not run at all (guestproto).
 const (
-	exitNotFound      = 127
-	exitNotExecutable = 126
+	exitNotFound      = guestproto.ExitNotFound
+	exitNotExecutable = guestproto.ExitNotExecutable
+	exitCannotRun     = guestproto.ExitCannotRun
 	exitSignalBase    = 128
 )
 
@@ -32,6 +34,9 @@ type procSpec struct {
 	argv []string // argv[0] may differ from path (login shells)
 	env  []string
 	dir  string
+	cred *syscall.Credential // nil: as the agent's own user (root)
+	// detach: start it and answer at once (guestproto.ExecPayload.Detach).
+	detach bool
 }
 
 // startError is a failure to start that the client sees as an exit code
@@ -134,7 +139,7 @@ func workDir(dir string, env map[string]string) (string, error) {
 	if dir != "" {
 		st, err := os.Stat(dir)
 		if err != nil || !st.IsDir() {
-			return "", &startError{1, fmt.Sprintf("ember: cd %s: no such directory", dir)}
+			return "", &startError{exitCannotRun, fmt.Sprintf("ember: cd %s: no such directory", dir)}
 		}
 		return dir, nil
 	}
@@ -152,7 +157,7 @@ func workDir(dir string, env map[string]string) (string, error) {
 func specForExec(cmd string, sessEnv map[string]string, term string) (procSpec, error) {
 	p, ok, err := guestproto.DecodeExec(cmd)
 	if err != nil {
-		return procSpec{}, &startError{exitNotExecutable, "ember: " + err.Error()}
+		return procSpec{}, &startError{exitCannotRun, "ember: " + err.Error()}
 	}
 	if !ok {
 		p = guestproto.ExecPayload{Argv: []string{"/bin/sh", "-c", cmd}}
@@ -164,9 +169,14 @@ func specForExec(cmd string, sessEnv map[string]string, term string) (procSpec, 
 // over sessEnv.
 func specForArgv(p guestproto.ExecPayload, sessEnv map[string]string, term string) (procSpec, error) {
 	if len(p.Argv) == 0 {
-		return procSpec{}, &startError{exitNotExecutable, "ember: empty argv"}
+		return procSpec{}, &startError{exitCannotRun, "ember: empty argv"}
+	}
+	acct, err := lookupAccount(p.User)
+	if err != nil {
+		return procSpec{}, err
 	}
 	env := baseEnv()
+	acct.env(env)
 	for k, v := range sessEnv {
 		env[k] = v
 	}
@@ -184,7 +194,7 @@ func specForArgv(p guestproto.ExecPayload, sessEnv map[string]string, term strin
 	if err != nil {
 		return procSpec{}, err
 	}
-	return procSpec{path: path, argv: p.Argv, env: envList(env), dir: wd}, nil
+	return procSpec{path: path, argv: p.Argv, env: envList(env), dir: wd, cred: acct.cred, detach: p.Detach}, nil
 }
 
 // specForShell is an interactive login shell: argv[0] starting with "-" is
@@ -206,7 +216,11 @@ func specForShell(sessEnv map[string]string, term string) (procSpec, error) {
 }
 
 func (p procSpec) command() *exec.Cmd {
-	return &exec.Cmd{Path: p.path, Args: p.argv, Env: p.env, Dir: p.dir}
+	cmd := &exec.Cmd{Path: p.path, Args: p.argv, Env: p.env, Dir: p.dir}
+	if p.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
+	}
+	return cmd
 }
 
 // startFailure maps an error from exec.Cmd.Start to the shell's codes.

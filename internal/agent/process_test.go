@@ -45,9 +45,12 @@ func TestSpecForExec(t *testing.T) {
 		{`ember-exec {"argv":["no-such-tool-x"]}`, 127, "ember: no-such-tool-x: command not found"},
 		{`ember-exec {"argv":["` + noexec + `"]}`, 126, "ember: " + noexec + ": permission denied"},
 		{`ember-exec {"argv":["` + dir + `/missing"]}`, 127, "no such file or directory"},
-		{`ember-exec {"argv":["sh"],"dir":"/no/such/dir"}`, 1, "ember: cd /no/such/dir"},
-		{`ember-exec {"argv":[]}`, 126, "empty argv"},
-		{`ember-exec {`, 126, "bad exec request"},
+		// The agent could not run the command at all: docker exec's 125,
+		// apart from any status the command gives (issue 11 item 2).
+		{`ember-exec {"argv":["sh"],"dir":"/no/such/dir"}`, 125, "ember: cd /no/such/dir: no such directory"},
+		{`ember-exec {"argv":["sh"],"user":"nobody-such"}`, 125, "ember: unable to find user nobody-such: no matching entries in passwd file"},
+		{`ember-exec {"argv":[]}`, 125, "empty argv"},
+		{`ember-exec {`, 125, "bad exec request"},
 	} {
 		_, err := specForExec(tc.payload, nil, "")
 		var se *startError

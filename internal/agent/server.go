@@ -45,6 +45,9 @@ type Server struct {
 
 	sessions *sessionManager // persistent sessions; outlive connections
 
+	closing   chan struct{} // closed when Close begins
+	closeOnce sync.Once
+
 	// mu guards the fields that follow.
 	mu        sync.Mutex
 	closed    bool
@@ -86,6 +89,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sshCfg:    sc,
 		log:       log,
 		sessions:  newSessionManager(log),
+		closing:   make(chan struct{}),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
 	}, nil
@@ -175,6 +179,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // Close stops all listeners, drops every connection (which ends their
 // processes' I/O) and waits for the handlers to return.
 func (s *Server) Close() error {
+	s.closeOnce.Do(func() { close(s.closing) })
 	s.mu.Lock()
 	s.closed = true
 	for ln := range s.listeners {

@@ -45,6 +45,9 @@ type session struct {
 	cmd     *exec.Cmd // set while a process runs
 	started bool
 	exited  bool
+	// detached: the client asked (ReqDetach) that the command outlive
+	// the channel, as `docker exec -it`'s detach keys leave it running.
+	detached bool
 }
 
 type ptyRequest struct {
@@ -75,13 +78,19 @@ func (s *session) run() {
 		}
 	}
 	s.mu.Lock()
-	if s.cmd != nil && !s.exited {
+	detached := s.detached
+	if s.cmd != nil && !s.exited && !detached {
 		// The client went away while the command ran: end its whole
 		// process group rather than leave it orphaned.
 		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 	}
 	s.mu.Unlock()
 	s.ch.Close()
+	if detached {
+		// The command runs on, its output drained (runPTY); its
+		// goroutines end with it.
+		return
+	}
 	s.wg.Wait()
 }
 
@@ -140,6 +149,16 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 			return false, nil
 		}
 		return s.cmd.Process.Signal(num) == nil, nil
+	case guestproto.ReqDetach:
+		// Only a command on a PTY can be left running: with pipes, its
+		// writes would fail once the channel is gone.
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.ptmx == nil || s.exited {
+			return false, nil
+		}
+		s.detached = true
+		return true, nil
 	case guestproto.ReqExec:
 		var p struct{ Command string }
 		if ssh.Unmarshal(req.Payload, &p) != nil {
@@ -153,6 +172,9 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		}
 		env, term := s.snapshot()
 		spec, err := specForExec(p.Command, env, term)
+		if err == nil && spec.detach {
+			return true, func() { s.startDetached(spec) }
+		}
 		return true, func() { s.start(spec, err) }
 	case guestproto.ReqShell:
 		if !s.claim() {
@@ -203,8 +225,28 @@ func (s *session) snapshot() (map[string]string, string) {
 	return env, term
 }
 
+// shutdownGrace is how long the status of a command killed by SIGTERM or
+// SIGKILL waits for a sign that the guest is shutting down.
+const shutdownGrace = 300 * time.Millisecond
+
 // finish ends the channel the way sshd does: EOF, exit-status, close.
+//
+// A command that a guest shutdown killed has no status of its own: PID 1
+// stops the guest by signalling every process at once, this server too
+// (which then closes its connections), and the client must learn that the
+// VM went away rather than read 143 as the command's own status. So the
+// status of a command killed by SIGTERM or SIGKILL waits a moment for the
+// server's own signal; if the server is closing, the channel closes
+// without one.
 func (s *session) finish(code int) {
+	if code == exitSignalBase+int(syscall.SIGTERM) || code == exitSignalBase+int(syscall.SIGKILL) {
+		select {
+		case <-s.srv.closing:
+			s.ch.Close()
+			return
+		case <-time.After(shutdownGrace):
+		}
+	}
 	s.ch.CloseWrite()
 	s.ch.SendRequest(guestproto.ReqExitStatus, false, guestproto.ExitStatusPayload(code))
 	s.ch.Close()
@@ -214,7 +256,7 @@ func (s *session) finish(code int) {
 func (s *session) fail(err error) {
 	var se *startError
 	if !errors.As(err, &se) {
-		se = &startError{exitNotExecutable, "ember: " + err.Error()}
+		se = &startError{exitCannotRun, "ember: " + err.Error()}
 	}
 	s.mu.Lock()
 	tty := s.tty != nil
@@ -258,9 +300,34 @@ func (s *session) start(spec procSpec, err error) {
 	}()
 }
 
+// startDetached starts spec with no input and its output discarded, in a
+// session of its own, and answers exit status 0 at once: the command runs
+// on in the guest whatever becomes of the channel (`exec -d`).
+func (s *session) startDetached(spec procSpec) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		cmd := spec.command()
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		cmd.SysProcAttr.Setsid = true // nothing aimed at the channel's group reaches it
+		if err := cmd.Start(); err != nil {
+			s.fail(startFailure(spec.path, err))
+			return
+		}
+		// Reaped whenever it ends; not in s.wg, which the channel waits for.
+		go cmd.Wait()
+		s.finish(0)
+	}()
+}
+
 func (s *session) runPipes(spec procSpec) (int, error) {
 	cmd := spec.command()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
 	cmd.Stdout = s.ch
 	cmd.Stderr = s.ch.Stderr()
 	cmd.WaitDelay = outputDrain
@@ -272,10 +339,16 @@ func (s *session) runPipes(spec procSpec) (int, error) {
 		return 0, startFailure(spec.path, err)
 	}
 	// Not in s.wg: it ends when the channel closes, which happens
-	// after this function returns.
+	// after this function returns. A command that ends, or closes its
+	// input, without reading all of it is no error: the rest is read and
+	// dropped, as sshd does, so the client's writes never stall and the
+	// command's status is what the client gets.
 	go func() {
-		io.Copy(stdin, s.ch)
+		_, err := io.Copy(stdin, s.ch)
 		stdin.Close()
+		if err != nil {
+			io.Copy(io.Discard, s.ch)
+		}
 	}()
 	cmd.Wait()
 	s.markExited()
@@ -291,7 +364,12 @@ func (s *session) runPTY(spec procSpec) (int, error) {
 	out := make(chan struct{})
 	go func() {
 		defer close(out)
-		io.Copy(s.ch, ptmx) // ends with EIO once every slave fd is closed
+		// Ends with EIO once every slave fd is closed, or when the
+		// channel is gone: a detached command's output is then read
+		// and dropped, so it never blocks on a full terminal.
+		if _, err := io.Copy(s.ch, ptmx); err != nil && s.isDetached() {
+			io.Copy(io.Discard, ptmx)
+		}
 	}()
 	go func() {
 		io.Copy(ptmx, s.ch)
@@ -319,6 +397,12 @@ func (s *session) startPTY(cmd *exec.Cmd) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c := cmd.SysProcAttr.Credential; c != nil {
+		// The terminal belongs to whoever runs on it, as sshd does.
+		if n, err := unix.IoctlGetUint32(int(ptmx.Fd()), unix.TIOCGPTN); err == nil {
+			os.Chown(fmt.Sprintf("/dev/pts/%d", n), int(c.Uid), int(c.Gid))
+		}
+	}
 	ptmx, _ = pollable(ptmx) // blocking PTY reads cost dearly under emulation
 	s.ptmx = ptmx
 	s.cmd = cmd
@@ -333,6 +417,12 @@ func (s *session) startCmd(cmd *exec.Cmd) error {
 	}
 	s.cmd = cmd
 	return nil
+}
+
+func (s *session) isDetached() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.detached
 }
 
 func (s *session) markExited() {

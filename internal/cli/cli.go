@@ -36,6 +36,16 @@ type ExitError struct{ Code int }
 
 func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
 
+// statusError is an error printed as any other, with a status of its own
+// rather than the table's (exec's own statuses, exec_cmd.go).
+type statusError struct {
+	err  error
+	code int
+}
+
+func (e *statusError) Error() string { return e.err.Error() }
+func (e *statusError) Unwrap() error { return e.err }
+
 // env is what commands share: the home flag and replaceable writers.
 type env struct {
 	home   string
@@ -53,9 +63,43 @@ func Main(args []string) int {
 
 // run is Main with the writers given.
 func run(e *env, args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext(context.Background())
 	defer stop()
 	return runContext(ctx, e, args)
+}
+
+// interruptSignals end a command the way Ctrl-C does: each cancels its
+// context, so the command stops what it does, restores the terminal and
+// exits (exec with 128+N), where by default SIGQUIT would print a Go
+// stack dump and SIGTERM and SIGHUP kill ember on the spot. The daemon
+// keeps SIGQUIT's dump (daemon_cmd.go).
+var interruptSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+
+// signalled is the cause of run's context when a signal ended it.
+type signalled struct{ sig syscall.Signal }
+
+func (s *signalled) Error() string { return "interrupted by " + s.sig.String() }
+
+// signalContext is a context that the first of interruptSignals cancels,
+// with that signal as its cause; later ones are ignored until stop.
+func signalContext(parent context.Context) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, interruptSignals...)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-ch:
+			n, _ := sig.(syscall.Signal)
+			cancel(&signalled{sig: n})
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		close(done)
+		cancel(nil)
+	}
 }
 
 // runContext is run with the context that Ctrl-C cancels given.
@@ -80,6 +124,10 @@ func runContext(ctx context.Context, e *env, args []string) int {
 	}
 	// Errors carry guest text (console lines, the agent's messages).
 	fmt.Fprintln(e.stderr, "ember: "+termtext.Clean(err.Error()))
+	var se *statusError
+	if errors.As(err, &se) {
+		return se.code
+	}
 	return exitStatus(err)
 }
 

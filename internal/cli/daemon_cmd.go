@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,6 +25,9 @@ func daemonCmd(e *env) *cobra.Command {
 			if cleanup {
 				return cleanupNetwork(e)
 			}
+			// A daemon keeps SIGQUIT's goroutine dump, for whoever
+			// debugs it; the rest of interruptSignals stop it.
+			signal.Reset(syscall.SIGQUIT)
 			level := slog.LevelInfo
 			if debug {
 				level = slog.LevelDebug

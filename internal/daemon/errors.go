@@ -42,6 +42,9 @@ var wireCodes = []struct {
 	// agent announced at boot: the VM's state is not what the daemon
 	// recorded, and a restart (a fresh boot and key) resolves it.
 	{guest.ErrHostKeyMismatch, wire.CodeConflict},
+	// The agent's channel ended without the command's exit status: the
+	// VM went away under it (exec.go's whyLost says how when it can).
+	{guest.ErrLost, wire.CodeGone},
 	// The driver cannot do what the request asks (a network mode, say):
 	// the request has to change, not the host.
 	{hypervisor.ErrUnsupported, wire.CodeInvalid},
@@ -69,6 +72,7 @@ var internalErrors = []struct {
 	{hosttools.ErrNotFound, "a host program is missing: the host must change, not the request; not_found would read as the named vm or image missing, and the message says what to install"},
 	{client.ErrNoDaemon, "client side: the client could not reach a daemon, so no daemon answer carries it"},
 	{client.ErrPermission, "client side: the socket refused the client, so no daemon answer carries it"},
+	{guest.ErrDetached, "never an error on the wire: the daemon ends a detached exec with an Exit frame that says so"},
 }
 
 // toWireError is the one place where errors become wire codes.

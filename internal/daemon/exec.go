@@ -47,10 +47,17 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 		defer stdinR.CloseWithError(io.ErrClosedPipe)
 	}
 	resize := make(chan guest.WindowSize, 4)
+	detach := make(chan struct{})
+	if p.Stdin {
+		// The frame reader waits while the command does not read its
+		// input; a client that leaves meanwhile still cancels it.
+		defer watchHangup(sc.Conn, cancel)()
+	}
 	goSafe(nil, s.log, "vm.exec input", sc.fail, func() {
-		// The client's frames: stdin, its end, resizes. A closed connection
-		// cancels the command.
+		// The client's frames: stdin, its end, resizes, a detach. A closed
+		// connection cancels the command.
 		defer cancel()
+		detached := false
 		for {
 			kind, payload, err := wire.ReadFrame(sc)
 			if err != nil {
@@ -71,6 +78,11 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 					stdinW.Close()
 					stdinW = nil
 				}
+			case wire.FrameDetach:
+				if p.TTY && !detached {
+					detached = true
+					close(detach)
+				}
 			case wire.FrameResize:
 				var r wire.Resize
 				if json.Unmarshal(payload, &r) == nil && r.Valid() {
@@ -83,12 +95,19 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 		}
 	})
 	code, err := conn.Exec(ctx, guest.ExecRequest{Argv: p.Argv, Env: p.Env, Dir: p.Dir, Stdin: stdin,
+		User: p.User, Detach: p.Detach, DetachNow: detach,
 		Stdout: &wire.FrameWriter{W: sc, Kind: wire.FrameStdout},
 		Stderr: &wire.FrameWriter{W: sc, Kind: wire.FrameStderr},
 		TTY:    p.TTY, Term: p.Term, Rows: p.Rows, Cols: p.Cols, Resize: resize})
+	if errors.Is(err, guest.ErrDetached) {
+		sc.exitDetached()
+		return nil
+	}
 	if err != nil && ctx.Err() == nil {
 		// A broken transport: forget the connection so the next exec dials.
-		s.guests.drop(vm.ID)
+		s.guests.dropConn(vm.ID, conn)
+		// Say what happened to the VM (execlost.go).
+		err = s.whyLost(ctx, vm, err)
 		// The VM paused under the command (a full disk): say so.
 		if now, gerr := s.store.GetVM(context.Background(), vm.ID); gerr == nil && now.State == wire.StatePaused {
 			err = s.notRunning(now)

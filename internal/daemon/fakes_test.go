@@ -195,6 +195,25 @@ func (g *fakeGuest) Exec(ctx context.Context, req guest.ExecRequest) (int, error
 		fmt.Sscanf(req.Argv[1], "%d", &code)
 		return code, nil
 	}
+	switch {
+	case len(req.Argv) == 1 && req.Argv[0] == "die":
+		// The VM's process is killed under the command (exec_test.go).
+		g.drv.mu.Lock()
+		delete(g.drv.alive, g.pid)
+		g.drv.mu.Unlock()
+		return 0, fmt.Errorf("exec: %w", guest.ErrLost)
+	case len(req.Argv) == 1 && req.Argv[0] == "hold":
+		// Runs until cancelled, reading no input.
+		<-ctx.Done()
+		return 0, ctx.Err()
+	case len(req.Argv) == 1 && req.Argv[0] == "detachable":
+		select {
+		case <-req.DetachNow:
+			return 0, guest.ErrDetached
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 	if len(req.Argv) == 1 && req.Argv[0] == "cat" && req.Stdin != nil {
 		_, err := io.Copy(req.Stdout, req.Stdin)
 		return 0, err

@@ -169,6 +169,18 @@ func (p *guestPool) drop(id string) {
 	}
 }
 
+// dropConn closes and forgets c, a VM's connection that broke under a
+// request, unless the pool holds another one by now (a redial since),
+// which stays.
+func (p *guestPool) dropConn(id string, c guestConn) {
+	p.mu.Lock()
+	if p.conns[id] == c {
+		delete(p.conns, id)
+	}
+	p.mu.Unlock()
+	c.Close()
+}
+
 func (p *guestPool) closeAll() {
 	p.mu.Lock()
 	conns := p.conns

@@ -862,7 +862,7 @@ func (s *vmService) settleDead(ctx context.Context, vm store.VM) store.VM {
 			return nil // changed meanwhile; leave it to whoever changed it
 		}
 		v.State, v.PID, v.SSHPort, v.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()
-		v.LastError = "the VM's process exited on its own (guest power-off or crash); see `ember logs`"
+		v.LastError = settledDeadNote
 		v.StoppedBy, _ = s.exitedOnItsOwn(v.ID)
 		return s.store.UpdateVM(ctx, *v)
 	})

@@ -100,7 +100,9 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, b
 		conn.Close()
 		return nil, fmt.Errorf("ssh handshake with guest %s: %w", addr, err)
 	}
-	return &Client{ssh: ssh.NewClient(sc, chans, reqs), hostKey: hostKey}, nil
+	c := &Client{ssh: ssh.NewClient(sc, chans, reqs), hostKey: hostKey}
+	go c.keepalive(keepaliveInterval)
+	return c, nil
 }
 
 // pollInterval is how often WaitReady retries a guest that is not up yet.

@@ -21,6 +21,16 @@ type ExecRequest struct {
 	Argv []string          // run directly, looked up in the guest's PATH
 	Env  map[string]string // added to root's login environment
 	Dir  string            // working directory; empty means HOME
+	User string            // run as this guest user (NAME, UID, NAME:GROUP, UID:GID); empty means root
+
+	// Detach starts the command and returns at once with status 0 (or
+	// the failure to start it); it runs on in the guest, without input,
+	// its output discarded.
+	Detach bool
+	// DetachNow, for a TTY command, detaches it when closed: Exec then
+	// returns ErrDetached and the command runs on in the guest, its
+	// output discarded.
+	DetachNow <-chan struct{}
 
 	Stdin          io.Reader // nil means no input (EOF at once)
 	Stdout, Stderr io.Writer // nil discards; with TTY, Stderr is unused
@@ -31,15 +41,26 @@ type ExecRequest struct {
 	Resize     <-chan WindowSize
 }
 
+// ErrLost: the agent's channel ended without the command's exit status:
+// the VM stopped, rebooted or was killed under it, or the connection to
+// the agent broke. The command's status is unknown.
+var ErrLost = errors.New("the connection to the agent ended before the command's exit status")
+
+// ErrDetached: the command was detached (ExecRequest.DetachNow) and runs
+// on in the guest.
+var ErrDetached = errors.New("detached; the command runs on")
+
 // Exec runs req in the guest and returns its exit status (128+N when
-// killed by signal N, 127 when not found, 126 when not executable). err is
-// only for transport problems or ctx ending, in which case the command is
-// killed.
+// killed by signal N, 127 when not found, 126 when not executable, 125
+// when the agent could not run it). err is only for transport problems
+// (ErrLost when the status never came), a detach (ErrDetached) or ctx
+// ending, in which case the command is killed.
 func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	if len(req.Argv) == 0 {
 		return 0, errors.New("exec: empty argv")
 	}
-	cmd, err := guestproto.EncodeExec(guestproto.ExecPayload{Argv: req.Argv, Env: req.Env, Dir: req.Dir})
+	cmd, err := guestproto.EncodeExec(guestproto.ExecPayload{Argv: req.Argv, Env: req.Env, Dir: req.Dir,
+		User: req.User, Detach: req.Detach})
 	if err != nil {
 		return 0, fmt.Errorf("exec: %w", err)
 	}
@@ -48,7 +69,16 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 		return 0, fmt.Errorf("exec: open session: %w", err)
 	}
 	defer sess.Close()
-	sess.Stdin = req.Stdin
+	// Stdin is copied here rather than by the SSH library, whose Wait
+	// reports a failed copy as the command's error: a command that ends
+	// without reading all its input closes the channel under the copy,
+	// and that is no failure of the command's (as with ssh and docker).
+	var stdin io.WriteCloser
+	if req.Stdin != nil {
+		if stdin, err = sess.StdinPipe(); err != nil {
+			return 0, fmt.Errorf("exec: stdin: %w", err)
+		}
+	}
 	sess.Stdout = req.Stdout
 	sess.Stderr = req.Stderr
 	// RequestPty and Start wait for the guest's reply with no deadline of
@@ -82,12 +112,33 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	case <-ctx.Done():
 		return 0, fmt.Errorf("exec: %w", ctx.Err())
 	}
+	if stdin != nil {
+		// Ends when req.Stdin does (its EOF becomes the command's) or the
+		// channel closes; the caller ends req.Stdin once Exec returns.
+		go func() {
+			_, _ = io.Copy(stdin, req.Stdin)
+			stdin.Close()
+		}()
+	}
 	done := make(chan error, 1)
 	go func() { done <- sess.Wait() }()
+	detach := req.DetachNow
+	detached := make(chan bool, 1)
 	for {
 		select {
 		case err := <-done:
 			return exitStatus(err)
+		case <-detach:
+			detach = nil
+			go func() {
+				ok, err := sess.SendRequest(guestproto.ReqDetach, true, nil)
+				detached <- err == nil && ok
+			}()
+		case ok := <-detached:
+			if ok {
+				return 0, ErrDetached
+			}
+			// The command ended meanwhile, or has no PTY: its status comes.
 		case ws, ok := <-req.Resize:
 			if !ok {
 				req.Resize = nil // a nil channel blocks for ever
@@ -125,6 +176,10 @@ func exitStatus(err error) (int, error) {
 			return 128, nil
 		}
 		return ee.ExitStatus(), nil
+	}
+	var missing *ssh.ExitMissingError
+	if errors.As(err, &missing) {
+		return 0, ErrLost
 	}
 	return 0, fmt.Errorf("exec: %w", err)
 }

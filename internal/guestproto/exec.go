@@ -23,7 +23,27 @@ type ExecPayload struct {
 	Argv []string          `json:"argv"`          // run directly, looked up in the guest's PATH
 	Env  map[string]string `json:"env,omitempty"` // added to root's login environment
 	Dir  string            `json:"dir,omitempty"` // working directory; empty means HOME
+	// User runs the command as this user of the guest's /etc/passwd: a
+	// name or a uid, either with ":group" (a name or a gid). Empty is
+	// root.
+	User string `json:"user,omitempty"`
+	// Detach starts the command and answers at once (exit status 0, or
+	// the failure to start it): it runs on in the guest with no input
+	// and its output discarded, as `docker exec -d`.
+	Detach bool `json:"detach,omitempty"`
 }
+
+// Exit statuses of the agent's own, after the shell's conventions and
+// docker exec's: the command did not run.
+const (
+	// ExitCannotRun: the agent could not run the command at all (a
+	// working directory or user that does not exist, a bad request).
+	ExitCannotRun = 125
+	// ExitNotExecutable: the command was found but cannot be executed.
+	ExitNotExecutable = 126
+	// ExitNotFound: no such command.
+	ExitNotFound = 127
+)
 
 // EncodeExec is the exec command for p. It refuses an empty argv and a
 // command over MaxExecPayload.

@@ -27,6 +27,10 @@ const (
 	ReqShell        = "shell"
 	ReqSubsystem    = "subsystem"
 	ReqExitStatus   = "exit-status"
+	// ReqDetach (ember's own, on an exec channel with a PTY) leaves the
+	// command running when the channel closes: its output is discarded
+	// from then on, as `docker exec -it`'s detach keys do.
+	ReqDetach = "ember-detach@emberhq"
 )
 
 // SubsystemSFTP is the one subsystem the agent serves.

@@ -12,6 +12,7 @@ const (
 	FrameStdin    byte = 'i' // client -> daemon: bytes for the process's stdin
 	FrameStdinEOF byte = 'e' // client -> daemon: stdin closed
 	FrameResize   byte = 'r' // client -> daemon: JSON Resize
+	FrameDetach   byte = 'd' // client -> daemon: leave the exec's command running (exec -it's detach keys)
 	FrameStdout   byte = 'o' // daemon -> client
 	FrameStderr   byte = 'E' // daemon -> client
 	FrameExit     byte = 'x' // daemon -> client: JSON Exit; last frame
@@ -31,6 +32,8 @@ type Resize struct {
 type Exit struct {
 	Code  int    `json:"code"`
 	Error *Error `json:"error,omitempty"`
+	// Detached: the client detached (FrameDetach) and the command runs on.
+	Detached bool `json:"detached,omitempty"`
 }
 
 // WriteFrame writes one frame: kind, 4-byte big-endian length, payload.

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/emberhq/ember/internal/guestproto"
 )
@@ -42,6 +43,17 @@ func (p LogsParams) Validate() error {
 func (p ExecParams) Validate() error {
 	if err := checkTerm(p.Rows, p.Cols, p.Term); err != nil {
 		return fmt.Errorf("exec: %w", err)
+	}
+	for k := range p.Env {
+		if k == "" {
+			return fmt.Errorf("exec: an environment variable needs a name (KEY=VALUE)")
+		}
+		if strings.ContainsAny(k, "=\x00") {
+			return fmt.Errorf("exec: environment variable name %q holds = or NUL", k)
+		}
+	}
+	if p.Detach && (p.Stdin || p.TTY) {
+		return fmt.Errorf("exec: a detached command has no input or terminal: drop -i and -t, or -d")
 	}
 	return nil
 }

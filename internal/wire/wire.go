@@ -43,6 +43,11 @@ const (
 	// unlike internal.
 	CodeTimeout  = "timeout"
 	CodeInternal = "internal"
+	// CodeGone: the VM went away under a running command or stream (it
+	// was stopped, restarted, deleted or killed, or its guest rebooted or
+	// powered off), so what ran there was cut off and its outcome is
+	// unknown. The message says what happened to the VM.
+	CodeGone = "gone"
 )
 
 // Error is a typed error with a message a person can act on.
@@ -79,6 +84,7 @@ var (
 	ErrCancelled = &Error{Code: CodeCancelled}
 	ErrTimeout   = &Error{Code: CodeTimeout}
 	ErrInternal  = &Error{Code: CodeInternal}
+	ErrGone      = &Error{Code: CodeGone}
 )
 
 // Errorf builds a typed error.
@@ -260,6 +266,13 @@ type ExecParams struct {
 	Term  string            `json:"term,omitempty"`
 	Rows  int               `json:"rows,omitempty"`
 	Cols  int               `json:"cols,omitempty"`
+	// User runs the command as this guest user: NAME, UID, NAME:GROUP or
+	// UID:GID (the guest's /etc/passwd and /etc/group); empty is root.
+	User string `json:"user,omitempty"`
+	// Detach starts the command and ends the stream at once with status
+	// 0 (or the failure to start it): it runs on in the guest without
+	// input, its output discarded. Not with Stdin or TTY.
+	Detach bool `json:"detach,omitempty"`
 }
 
 // LogsParams: Tail > 0 starts with the log's last Tail lines; NoBacklog
