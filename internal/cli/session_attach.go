@@ -3,10 +3,13 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/emberhq/ember/internal/client"
@@ -228,8 +231,8 @@ func (a *attachment) run(ctx context.Context, again string) error {
 					a.leave()
 					return &ExitError{Code: signalStatus(ctx)}
 				}
-				a.say("%sember: lost the connection to the daemon (%v): session %s still runs in the VM; attach again with `%s` once the daemon is back",
-					a.lead(), r.err, a.name, again)
+				a.say("%sember: %v: session %s still runs in the VM; attach again with `%s` once the daemon is back",
+					a.lead(), lostConnection(r.err), a.name, again)
 				return &ExitError{Code: statusLost}
 			}
 			switch r.kind {
@@ -295,6 +298,15 @@ func shellCommand(again, name string) string {
 		return "ember shell " + vm
 	}
 	return "ember shell " + vm + " " + name
+}
+
+// lostConnection says that the connection to the daemon broke, and how
+// unless it is the usual way: the daemon went away (EOF, a reset).
+func lostConnection(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		return errSessionLost
+	}
+	return fmt.Errorf("%w (%v)", errSessionLost, err)
 }
 
 // signalStatus is 128+N for the signal that ended ctx (SIGINT's 130 when

@@ -477,7 +477,7 @@ func readSessionStream(ctx context.Context, s *client.Stream, out io.Writer) (se
 			if ctx.Err() != nil {
 				return res, ctx.Err()
 			}
-			return res, fmt.Errorf("%w (%v)", errSessionLost, err)
+			return res, lostConnection(err)
 		}
 		switch kind {
 		case wire.FrameStdout:

@@ -124,10 +124,10 @@ func TestSessionCommandsSayWhatHappened(t *testing.T) {
 			[]string{"shell", "vm1", "s"}, "$ exit 3\r\n", "", 3, 0},
 		{"the daemon goes away", wire.SessionAttach.Name,
 			sessionStream([]func(net.Conn){out("$ ")}, nil),
-			[]string{"shell", "vm1"}, "$ ", "ember: lost the connection to the daemon (EOF): session main still runs in the VM; attach again with `ember shell vm1` once the daemon is back\n", 255, 0},
+			[]string{"shell", "vm1"}, "$ ", "ember: lost the connection to the daemon: session main still runs in the VM; attach again with `ember shell vm1` once the daemon is back\n", 255, 0},
 		{"the daemon goes away under session attach", wire.SessionAttach.Name,
 			sessionStream(nil, nil),
-			[]string{"session", "attach", "vm1", "s"}, "", "ember: lost the connection to the daemon (EOF): session s still runs in the VM; attach again with `ember session attach vm1 s` once the daemon is back\n", 255, 0},
+			[]string{"session", "attach", "vm1", "s"}, "", "ember: lost the connection to the daemon: session s still runs in the VM; attach again with `ember session attach vm1 s` once the daemon is back\n", 255, 0},
 		{"read --follow exits with the session's status", wire.SessionRead.Name,
 			sessionStream([]func(net.Conn){event(wire.SessionEvent{Offset: i64(0)}), out("x\r\n")}, &wire.Exit{Code: 4}),
 			[]string{"session", "read", "vm1", "s", "--follow"}, "x\r\n", "", 4, 0},
@@ -143,7 +143,7 @@ func TestSessionCommandsSayWhatHappened(t *testing.T) {
 			"ember: the output from offset 10 to 5000 is no longer in the scrollback\nnext offset: 5013\n", 0, 0},
 		{"read --follow and the daemon goes away", wire.SessionRead.Name,
 			sessionStream([]func(net.Conn){event(wire.SessionEvent{Offset: i64(0)}), out("x")}, nil),
-			[]string{"session", "read", "vm1", "s", "-f"}, "x", "ember: lost the connection to the daemon (EOF); session s still runs in the VM\n", 255, 0},
+			[]string{"session", "read", "vm1", "s", "-f"}, "x", "ember: lost the connection to the daemon; session s still runs in the VM\n", 255, 0},
 		{"run: the command's output and status", wire.SessionRun.Name,
 			sessionStream([]func(net.Conn){out("a\r\nb\r\n"), event(wire.SessionEvent{Offset: i64(99)})}, &wire.Exit{Code: 7}),
 			[]string{"session", "run", "vm1", "s", "--", "false"}, "a\r\nb\r\n", "", 7, 0},
@@ -226,7 +226,7 @@ func TestAttachLeavesTheTerminalAsItFoundIt(t *testing.T) {
 	go io.Copy(&shown, ptmx)
 	var stderr bytes.Buffer
 	code := run(&env{stdin: tty, stdout: tty, stderr: &stderr}, []string{"--home", fd.home, "shell", "vm1"})
-	if code != 255 || stderr.String() != "\r\nember: lost the connection to the daemon (EOF): session main still runs in the VM; attach again with `ember shell vm1` once the daemon is back\r\n" {
+	if code != 255 || stderr.String() != "\r\nember: lost the connection to the daemon: session main still runs in the VM; attach again with `ember shell vm1` once the daemon is back\r\n" {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
 	want := "\x1b[?1049h\x1b[?25l\x1b[?2004h\x1b[?1000;1006h\x1b=vim screen\x1b[?1006l" +

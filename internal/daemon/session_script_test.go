@@ -217,7 +217,7 @@ func TestSessionRunReadSinceAndWait(t *testing.T) {
 		out    string
 		status int
 	}{
-		"ls /": {"bin  etc  usr\r\n", 0},
+		"ls /":                              {"bin  etc  usr\r\n", 0},
 		`grep -q x /etc/hostname || exit 4`: {"", 4},
 		"printf 'no newline'":               {"no newline", 0},
 	})
