@@ -109,7 +109,7 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 		// Say what happened to the VM (execlost.go).
 		err = s.whyLost(ctx, vm, err)
 		// The VM paused under the command (a full disk): say so.
-		if now, gerr := s.store.GetVM(context.Background(), vm.ID); gerr == nil && now.State == wire.StatePaused {
+		if now, gerr := s.store.GetVM(context.Background(), vm.ID); gerr == nil && now.State == wire.StatePaused && wire.CodeOf(err) != wire.CodeGone {
 			err = s.notRunning(now)
 		}
 	}

@@ -170,6 +170,11 @@ func TestLostVerdict(t *testing.T) {
 		{"reset", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
 			return running(ready + "\n" + guestproto.StartLine + "\n")
 		}}, "vm x1 rebooted while the command ran", true},
+		{"paused", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
+			v := vm
+			v.State, v.LastError = wire.StatePaused, "host disk full: No space left on device"
+			return v, true, true, nil
+		}}, "vm x1 paused while the command ran: host disk full: No space left on device", true},
 		// An earlier boot's reboot is no news.
 		{"old reboot", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
 			return running(guestproto.RebootLine + "\n" + guestproto.StartLine + "\n" + ready + "\n")

@@ -123,9 +123,12 @@ func (st *lostState) verdict(vm, now store.VM, found, alive bool, console []byte
 			return stopped, t.Sub(st.stoppedAt) >= restartGrace
 		}
 		return exitedVerdict(name, afterPinned(console, vm.AgentHostKey)), true
+	case wire.StatePaused:
+		// The hypervisor stopped it (a full disk) and the daemon dropped
+		// its connections; LastError says why.
+		return fmt.Sprintf("vm %s paused while the command ran: %s", name, now.LastError), true
 	case wire.StateRunning:
 	default:
-		// Paused, say: the caller's own check says why.
 		return "", true
 	}
 	after := afterPinned(console, vm.AgentHostKey)
