@@ -204,7 +204,7 @@ func (a *attachment) run(ctx context.Context, again string) error {
 		select {
 		case <-ctx.Done():
 			a.leave()
-			return &ExitError{Code: signalStatus(ctx)}
+			return &ExitError{Code: interruptStatus(ctx)}
 		case <-a.detached:
 			a.say("%s[detached from session %s]", a.lead(), a.name)
 			return nil
@@ -229,7 +229,7 @@ func (a *attachment) run(ctx context.Context, again string) error {
 				}
 				if ctx.Err() != nil {
 					a.leave()
-					return &ExitError{Code: signalStatus(ctx)}
+					return &ExitError{Code: interruptStatus(ctx)}
 				}
 				a.say("%sember: %v: session %s still runs in the VM; attach again with `%s` once the daemon is back",
 					a.lead(), lostConnection(r.err), a.name, again)
@@ -307,23 +307,6 @@ func lostConnection(err error) error {
 		return errSessionLost
 	}
 	return fmt.Errorf("%w (%v)", errSessionLost, err)
-}
-
-// signalStatus is 128+N for the signal that ended ctx (SIGINT's 130 when
-// it is not known): a client interrupted or killed exits non-zero, as a
-// process killed by the signal would.
-func signalStatus(ctx context.Context) int {
-	cause := context.Cause(ctx)
-	if cause == nil {
-		return 130
-	}
-	msg := cause.Error()
-	for word, code := range map[string]int{"hangup": 129, "quit": 131, "terminated": 143} {
-		if strings.Contains(msg, word) {
-			return code
-		}
-	}
-	return 130
 }
 
 // termModes follows the terminal modes a session's output turns on and

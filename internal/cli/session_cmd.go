@@ -268,7 +268,7 @@ func sessionReadCmd(e *env) *cobra.Command {
 			}
 			switch {
 			case err != nil && ctx.Err() != nil:
-				return &ExitError{Code: signalStatus(ctx)}
+				return &ExitError{Code: interruptStatus(ctx)}
 			case errors.Is(err, errSessionLost):
 				fmt.Fprintf(e.stderr, "ember: %v; session %s still runs in the VM\n", err, p.Name)
 				return &ExitError{Code: statusLost}
@@ -342,7 +342,7 @@ func sessionRunCmd(e *env) *cobra.Command {
 			switch {
 			case err != nil && outer.Err() != nil:
 				fmt.Fprintf(e.stderr, "ember: stopped waiting for the command; %s\n", stillRuns)
-				return &ExitError{Code: signalStatus(outer)}
+				return &ExitError{Code: interruptStatus(outer)}
 			case err != nil && ctx.Err() != nil:
 				fmt.Fprintf(e.stderr, "ember: the command did not finish within %v; %s\n", timeout, stillRuns)
 				return &ExitError{Code: runTimedOut}
@@ -415,7 +415,7 @@ func sessionWaitCmd(e *env) *cobra.Command {
 			res, err := readSessionStream(ctx, s, &match)
 			switch {
 			case err != nil && outer.Err() != nil:
-				return &ExitError{Code: signalStatus(outer)}
+				return &ExitError{Code: interruptStatus(outer)}
 			case err != nil && ctx.Err() != nil:
 				return wire.Errorf(wire.CodeTimeout, "session %s: no output matched %q within %v", p.Name, pattern, timeout)
 			case errors.Is(err, errSessionLost):

@@ -67,7 +67,7 @@
 //     its console ring into its bounded log and records it paused when
 //     its disk cannot be written. Create and start undo each step as
 //     they go (undoStack, undo.go).
-//   - sessionService (session.go, session_ctl.go): session.*, one
+//   - sessionService (session.go, session_ctl.go, session_run.go): session.*, one
 //     guestSessionController per persistent session in use, keyed by (VM
 //     ID, name), plus the sessions of stopped VMs reported as ended.
 //     Sessions themselves live in the guest agent; controllers are
@@ -77,7 +77,10 @@
 //     queue (inMu, inputQueueLimit) that one writer goroutine (writeLoop)
 //     drains into the guest in order, so no lock is held across a guest
 //     write: input to a session that does not read it fails with busy
-//     after inputRoomWait, and stalls nothing else.
+//     after inputRoomWait, and stalls nothing else. A replay to an
+//     attaching terminal leaves out what would make it answer into the
+//     session (termtext.StripQueries); session.run and session.wait are
+//     clients of the controller like any other.
 //
 // Lock order — acquire left to right, release in reverse:
 //
