@@ -405,7 +405,7 @@ func (ss *sessionService) streamSession(ctx context.Context, c *guestSessionCont
 			}
 			switch kind {
 			case wire.FrameStdin:
-				if input {
+				if input && !c.answerOfOther(cl, payload) {
 					// A session that takes no input detaches this client.
 					input = c.input(ctx, cl, payload)
 				}

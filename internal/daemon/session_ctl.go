@@ -392,6 +392,21 @@ func (c *guestSessionController) writeLoop() {
 	}
 }
 
+// answerOfOther says whether p, from cl, is nothing but a terminal's
+// answers to a query (termtext.OnlyAnswers) while another client is the
+// active one. Every attached terminal answers a query the session's
+// program asks; the program wants one answer, and the others would
+// arrive as typed garbage, so only the active client's are typed. An
+// answer is not activity either.
+func (c *guestSessionController) answerOfOther(cl *sessionClient, p []byte) bool {
+	if !termtext.OnlyAnswers(p) {
+		return false
+	}
+	c.attachMu.Lock()
+	defer c.attachMu.Unlock()
+	return c.active != nil && c.active != cl
+}
+
 // resize records cl's terminal size; it applies at once since resizing
 // is activity.
 func (c *guestSessionController) resize(cl *sessionClient, rows, cols int) {

@@ -64,6 +64,46 @@ func TestReplayLeavesOutTerminalQueries(t *testing.T) {
 	eventually(t, "new output only", func() bool { return dn.String() == "!" })
 }
 
+// With several terminals attached, each answers a live query; only the
+// active client's answer is typed into the session.
+func TestOnlyTheActiveClientsAnswerIsTyped(t *testing.T) {
+	ch := newFakeSessionChannel()
+	c := newSessionController("vm", "s", ch, 1<<10, nil)
+	c.start()
+	defer ch.exit(0)
+	a, b := newSessionClient(0, 0), newSessionClient(0, 0)
+	c.attach(b, replayScreen)
+	c.attach(a, replayScreen) // attaching is activity: a is the active one
+	type in struct {
+		cl   *sessionClient
+		p    string
+		kept bool
+	}
+	for _, x := range []in{
+		{b, "\x1b[6;14R", false}, {a, "\x1b[6;20R", true}, {b, "x", true}, {a, "\x1b[6;20R", false}, {b, "\x1b[6;14R", true},
+		{a, "\x1b[6;20Ry", true},
+	} {
+		if drop := c.answerOfOther(x.cl, []byte(x.p)); drop == x.kept {
+			t.Fatalf("%q: dropped %v", x.p, drop)
+		}
+		if x.kept {
+			c.input(t.Context(), x.cl, []byte(x.p))
+		}
+	}
+	want := "\x1b[6;20Rx\x1b[6;14R\x1b[6;20Ry"
+	eventually(t, "the input", func() bool { return ch.input() == want })
+	// Alone (no active client after the active one left), answers count.
+	c.detach(a)
+	c.detach(b)
+	c.attach(b, replayScreen)
+	c.detach(b)
+	solo := newSessionClient(0, 0)
+	c.attach(solo, replayScreen)
+	if c.answerOfOther(solo, []byte("\x1b[6;1R")) {
+		t.Fatal("the only client's answer was dropped")
+	}
+}
+
 func TestSignalNames(t *testing.T) {
 	for in, want := range map[string]string{"INT": "INT", "sigterm": "TERM", "SIGKILL": "KILL", "9": "KILL", "2": "INT",
 		"15": "TERM", "winch": "WINCH", "USR1": "USR1", "10": "USR1", "31": "SYS"} {

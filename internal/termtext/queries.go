@@ -408,3 +408,108 @@ func stringQuery(kind byte, seq []byte) bool {
 	}
 	return false
 }
+
+// OnlyAnswers says whether p is nothing but what a terminal types when
+// it answers a query: cursor position reports (CSI r;c R), status and
+// device attribute reports (CSI 0 n, CSI ? ... c, CSI > ... c, DCS ! | ...),
+// mode reports (CSI ? ... $ y), window reports (CSI 1..9 ; ... t, OSC l/L),
+// setting reports (DCS 0/1 $ r, DCS 0/1 + r, DCS > | ...), colour and
+// clipboard reports (OSC 4/5/10-19/52 ; ...), kitty keyboard and
+// modifyOtherKeys reports (CSI ? ... u, CSI > ... m), DECREPTPARM
+// (CSI 2/3 ; ... x). A session with several terminals attached gets one
+// answer per terminal to a query; the daemon keeps only the active one's.
+// (Shift-F3 on some terminals is CSI 1;2 R, the shape of a cursor
+// report: from a terminal that is not the active one it would be lost.)
+func OnlyAnswers(p []byte) bool {
+	if len(p) == 0 {
+		return false
+	}
+	for len(p) > 0 {
+		n := answerLen(p)
+		if n == 0 {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
+
+// answerLen is the length of the answer p starts with, 0 if it starts
+// with none.
+func answerLen(p []byte) int {
+	if len(p) < 3 || p[0] != 0x1b {
+		return 0
+	}
+	switch p[1] {
+	case '[':
+		i := 2
+		for i < len(p) && p[i] >= 0x20 && p[i] <= 0x3f {
+			i++
+		}
+		if i >= len(p) || p[i] < 0x40 || p[i] > 0x7e {
+			return 0
+		}
+		body, final := p[2:i], p[i]
+		prefix := byte(0)
+		if len(body) > 0 && body[0] >= '<' && body[0] <= '?' {
+			prefix, body = body[0], body[1:]
+		}
+		first, _, _ := bytes.Cut(body, []byte(";"))
+		ok := false
+		switch final {
+		case 'R':
+			ok = (prefix == 0 || prefix == '?') && bytes.Count(body, []byte(";")) >= 1
+		case 'n':
+			ok = prefix == 0 && (string(body) == "0" || string(body) == "3")
+		case 'c':
+			ok = prefix == '?' || prefix == '>'
+		case 'y':
+			ok = bytes.HasSuffix(body, []byte("$"))
+		case 't':
+			ok = prefix == 0 && len(first) == 1 && first[0] >= '1' && first[0] <= '9'
+		case 'u':
+			ok = prefix == '?'
+		case 'm':
+			ok = prefix == '>'
+		case 'x':
+			ok = prefix == 0 && (string(first) == "2" || string(first) == "3")
+		}
+		if !ok {
+			return 0
+		}
+		return i + 1
+	case ']', 'P':
+		end := -1
+		for i := 2; i < len(p); i++ {
+			if p[i] == 0x07 {
+				end = i + 1
+				break
+			}
+			if p[i] == 0x1b && i+1 < len(p) && p[i+1] == '\\' {
+				end = i + 2
+				break
+			}
+		}
+		if end < 0 {
+			return 0
+		}
+		body := p[2:end]
+		if p[1] == ']' {
+			num, _, _ := bytes.Cut(body, []byte(";"))
+			switch string(num) {
+			case "4", "5", "10", "11", "12", "13", "14", "15", "16", "17", "18", "19", "52":
+				return end
+			}
+			if len(body) > 0 && (body[0] == 'l' || body[0] == 'L') {
+				return end
+			}
+			return 0
+		}
+		for _, pre := range []string{"0$r", "1$r", "0+r", "1+r", ">|", "!|"} {
+			if bytes.HasPrefix(body, []byte(pre)) {
+				return end
+			}
+		}
+	}
+	return 0
+}

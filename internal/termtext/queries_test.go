@@ -114,3 +114,24 @@ func FuzzStripQueries(f *testing.F) {
 		}
 	})
 }
+
+func TestOnlyAnswers(t *testing.T) {
+	for _, a := range []string{
+		"\x1b[6;14R", "\x1b[?6;14;1R", "\x1b[0n", "\x1b[?64;1;2;6;22c", "\x1b[>41;380;0c", "\x1bP!|00000000\x1b\\",
+		"\x1b[?2026;2$y", "\x1b[8;24;80t", "\x1b]11;rgb:0000/0000/0000\x07", "\x1b]10;rgb:ffff/ffff/ffff\x1b\\",
+		"\x1bP1$r0m\x1b\\", "\x1bP>|xterm(388)\x1b\\", "\x1b[?0u", "\x1b[2;1;1;120;120;1;0x",
+		"\x1b[6;14R\x1b]11;rgb:0000/0000/0000\x07", // two answers at once
+	} {
+		if !OnlyAnswers([]byte(a)) {
+			t.Errorf("OnlyAnswers(%q) = false", a)
+		}
+	}
+	for _, k := range []string{
+		"", "a", "ls\r", "\x1b[A", "\x1bOA", "\x1b[15~", "\x1b[1;5C", "\x1b[<0;10;5M", "\x1b[M !!", "\x03", "\x1b",
+		"\x1b[6;14Rx", "x\x1b[6;14R", "\x1b[200~pasted\x1b[201~", "\x1b]0;title\x07", "\x1b[6",
+	} {
+		if OnlyAnswers([]byte(k)) {
+			t.Errorf("OnlyAnswers(%q) = true", k)
+		}
+	}
+}
