@@ -274,3 +274,33 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// The same kind of fault as issue 11 item 7: `session read` prints output
+// that ran before; on a terminal, what would make it answer (into the
+// user's own shell, once ember has exited) is left out, colours stay.
+func TestReadOnATerminalTypesNothing(t *testing.T) {
+	fd := newFakeDaemon(t)
+	fd.on(wire.SessionRead.Name, sessionStream([]func(net.Conn){
+		event(wire.SessionEvent{Offset: i64(0)}), out("\x1b[6nroot# \x1b]11;?\x07\x1b[31mred\x1b[0m"),
+	}, &wire.Exit{}))
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	defer tty.Close()
+	var shown lockedBuffer
+	go io.Copy(&shown, ptmx)
+	var stderr bytes.Buffer
+	if code := run(&env{stdin: strings.NewReader(""), stdout: tty, stderr: &stderr}, []string{"--home", fd.home, "session", "read", "vm1", "s"}); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	want := "root# \x1b[31mred\x1b[0m"
+	deadline := time.Now().Add(5 * time.Second)
+	for shown.String() != want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := shown.String(); got != want {
+		t.Fatalf("the terminal got %q, want %q", got, want)
+	}
+}
