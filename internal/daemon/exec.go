@@ -146,6 +146,8 @@ func (s *vmService) logsVM(ctx context.Context, p wire.LogsParams, sc *streamCon
 		return err
 	}
 	path := s.toWireVM(vm).Console
+	// What the guest printed until now first goes into the log.
+	s.follower(vm.ID).syncConsole(ctx)
 	// The log is read from its end (consolelog): the last lines of any
 	// log cost one chunk of memory, and following goes across the parts
 	// the log's bound makes it start.

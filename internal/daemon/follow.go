@@ -48,6 +48,37 @@ type vmFollower struct {
 	// paused is why the hypervisor stopped the VM on a disk error, while
 	// it is stopped; a boot gives up at once with it.
 	paused atomic.Pointer[string]
+	// sync asks the follower to drain the console now (syncConsole).
+	sync chan chan struct{}
+}
+
+// syncConsole has the follower move what the guest printed so far into
+// the log before someone reads it: between drains (up to a second apart
+// while the guest is quiet) the newest lines are still in the ring. It
+// waits at most a few seconds; nil and gone followers do nothing.
+func (f *vmFollower) syncConsole(ctx context.Context) {
+	if f == nil {
+		return
+	}
+	done := make(chan struct{})
+	t := time.NewTimer(followRetry)
+	defer t.Stop()
+	select {
+	case f.sync <- done:
+	case <-f.done:
+		return
+	case <-ctx.Done():
+		return
+	case <-t.C:
+		return // reconnecting: the log is as fresh as it gets
+	}
+	t.Reset(2 * time.Second)
+	select {
+	case <-done:
+	case <-f.done:
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 // pausedReason is the disk error the VM is paused on, or "".
@@ -81,7 +112,7 @@ func (s *vmService) follow(vm store.VM, spec hypervisor.Spec, inst hypervisor.In
 	}
 	s.unfollow(vm.ID)
 	ctx, cancel := context.WithCancel(s.base)
-	f := &vmFollower{cancel: cancel, done: make(chan struct{})}
+	f := &vmFollower{cancel: cancel, done: make(chan struct{}), sync: make(chan chan struct{})}
 	f.fast.Store(fast)
 	s.followers.mu.Lock()
 	if s.followers.m == nil {
@@ -155,6 +186,7 @@ func (s *vmService) runFollower(ctx context.Context, fd hypervisor.Follower, f *
 			s.vmResumed(vm, inst)
 		},
 		Fast: f.fast.Load,
+		Sync: f.sync,
 	}
 	for {
 		err := fd.Follow(ctx, spec, inst, h)

@@ -71,6 +71,8 @@ func (d *followDriver) Follow(ctx context.Context, s hypervisor.Spec, inst hyper
 			return ctx.Err()
 		case fn := <-ch:
 			fn(h)
+		case done := <-h.Sync:
+			close(done) // this console has nothing waiting
 		}
 		if !d.Alive(inst) {
 			return nil

@@ -94,6 +94,7 @@ func (s *vmService) dialRebooted(ctx context.Context, vm store.VM, addr string, 
 	if err != nil || old.Key == nil {
 		return nil, errNoReboot
 	}
+	s.follower(vm.ID).syncConsole(ctx) // the new boot's lines may still be in the ring
 	console, err := readConsoleEnd(filepath.Join(s.layout.VMDir(vm.ID), layout.ConsoleFile))
 	if err != nil {
 		return nil, errNoReboot

@@ -34,4 +34,8 @@ type FollowHandler struct {
 	// Fast, when it returns true, makes Follow look at the console often:
 	// someone waits for a line (a boot, for the agent's ready line).
 	Fast func() bool
+	// Sync: Follow reads the console at once when it receives a channel
+	// here, and closes that channel when what the guest had printed until
+	// then has gone to Console (someone reads the log now).
+	Sync <-chan chan struct{}
 }

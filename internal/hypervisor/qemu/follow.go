@@ -26,7 +26,7 @@ const (
 	ringChunk       = 64 << 10
 	ringFastPoll    = 10 * time.Millisecond
 	ringBusyPoll    = 20 * time.Millisecond
-	ringIdlePoll    = 200 * time.Millisecond
+	ringIdlePoll    = time.Second
 	maxMonitorLine  = 1 << 20
 	monitorReplyMax = 10 * time.Second // a QEMU that does not answer this long is stuck
 	maxReason       = 200              // bytes of an event's reason passed on
@@ -273,6 +273,14 @@ func (m *monitor) follow(ctx context.Context, s hypervisor.Spec, h hypervisor.Fo
 			if !shutdown {
 				continue
 			}
+		case done := <-h.Sync:
+			if s.ConsoleRing > 0 {
+				if _, err := m.drain(ctx, h, onEvent); err != nil {
+					return err
+				}
+			}
+			close(done)
+			continue
 		case <-timer.C:
 		}
 		if shutdown && keepAlive {

@@ -56,8 +56,11 @@ func TestFollowRingRealQEMU(t *testing.T) {
 		t.Fatalf("start: %v", err)
 	}
 	var f followed
+	sync := make(chan chan struct{})
+	h := f.handler()
+	h.Sync = sync
 	done := make(chan error, 1)
-	go func() { done <- d.Follow(context.Background(), s, inst, f.handler()) }()
+	go func() { done <- d.Follow(context.Background(), s, inst, h) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if out, _ := f.snapshot(); strings.Contains(out, testMarker) {
@@ -71,6 +74,14 @@ func TestFollowRingRealQEMU(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(s.ConsoleLog); len(b) != 0 {
 		t.Errorf("qemu wrote %d bytes to the console log despite the ring", len(b))
+	}
+	// A sync drains at once and says so.
+	synced := make(chan struct{})
+	sync <- synced
+	select {
+	case <-synced:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a console sync was not answered")
 	}
 	if _, ev := f.snapshot(); len(ev) == 0 || ev[0] != "resumed" {
 		t.Errorf("first report: %v, want resumed (running)", ev)
