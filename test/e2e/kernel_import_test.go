@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/emberhq/ember/internal/kernel"
 )
 
 const importSecret = "E2E-SECRET-must-not-reach-the-state"
@@ -131,6 +133,15 @@ func TestKernelImportCallerRights(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(mods, "kernel", "ok.ko"), []byte("module"), 0o644)
+	// The modules the guest needs, listed as built in: an import checks
+	// for them (kernel.CheckModules).
+	var builtin strings.Builder
+	for _, m := range append(append([]string(nil), kernel.GuestModules...), "rng-core") {
+		builtin.WriteString("kernel/" + m + ".ko\n")
+	}
+	if err := os.WriteFile(filepath.Join(mods, "modules.builtin"), []byte(builtin.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	_, errOut, code := user("kernel", "import", "stolen", rootOnly)
 	if code == 0 || !strings.Contains(errOut, "permission denied") {
