@@ -166,7 +166,7 @@ func TestLostVerdict(t *testing.T) {
 		}}, "vm x1 rebooted while the command ran (a reboot in the guest)", true},
 		{"panicked", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
 			return running(ready + "\n[   12.3] Kernel panic - not syncing: sysrq triggered crash\n")
-		}}, "vm x1 rebooted while the command ran: its kernel panicked (`ember logs x1` shows why)", true},
+		}}, "vm x1's kernel panicked while the command ran (`ember logs x1` shows why)", true},
 		{"reset", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
 			return running(ready + "\n" + guestproto.StartLine + "\n")
 		}}, "vm x1 rebooted while the command ran", true},

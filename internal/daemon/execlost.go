@@ -73,8 +73,8 @@ func (s *vmService) whyLost(ctx context.Context, vm store.VM, cause error) error
 		msg, final := st.verdict(vm, now, found, alive, console, time.Now())
 		if final || !time.Now().Before(deadline) || ctx.Err() != nil {
 			if msg == "" {
-				// guest.ErrLost makes it CodeGone (errors.go).
-				return fmt.Errorf("the connection to vm %s's agent was lost while the command ran: %w", vm.Name, cause)
+				// Nothing tells: the guest or its agent stopped answering.
+				msg = fmt.Sprintf("vm %s's agent stopped answering while the command ran; the vm still runs (`ember logs %s` may say why)", vm.Name, vm.Name)
 			}
 			return wire.Errorf(wire.CodeGone, "%s", msg)
 		}
@@ -138,7 +138,8 @@ func (st *lostState) verdict(vm, now store.VM, found, alive bool, console []byte
 	}
 	switch {
 	case bytes.Contains(after, []byte(kernelPanic)):
-		return fmt.Sprintf("vm %s rebooted while the command ran: its kernel panicked (`ember logs %s` shows why)", name, name), true
+		// Whether it boots again or hangs, the panic is the news.
+		return panicked(name), true
 	case hasLine(after, guestproto.RebootLine):
 		return fmt.Sprintf("vm %s rebooted while the command ran (a reboot in the guest)", name), true
 	case hasLine(after, guestproto.StartLine), now.AgentHostKey != vm.AgentHostKey:
@@ -157,9 +158,13 @@ func exitedVerdict(name string, after []byte) string {
 	case hasLine(after, guestproto.PowerOffLine):
 		return fmt.Sprintf("vm %s powered off while the command ran (a poweroff in the guest)", name)
 	case bytes.Contains(after, []byte(kernelPanic)):
-		return fmt.Sprintf("vm %s stopped while the command ran: its kernel panicked (`ember logs %s` shows why)", name, name)
+		return panicked(name)
 	}
 	return fmt.Sprintf("vm %s was killed while the command ran: its process ended without the guest shutting down", name)
+}
+
+func panicked(name string) string {
+	return fmt.Sprintf("vm %s's kernel panicked while the command ran (`ember logs %s` shows why)", name, name)
 }
 
 // settledDeadNote is the last error settleDead records for a VM whose

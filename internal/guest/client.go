@@ -101,7 +101,7 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, b
 		return nil, fmt.Errorf("ssh handshake with guest %s: %w", addr, err)
 	}
 	c := &Client{ssh: ssh.NewClient(sc, chans, reqs), hostKey: hostKey}
-	go c.keepalive(keepaliveInterval)
+	go c.keepalive(keepaliveInterval, keepaliveTimeout)
 	return c, nil
 }
 

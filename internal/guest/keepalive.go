@@ -5,21 +5,27 @@ import (
 )
 
 // keepaliveInterval is how often a connection to an agent sends a
-// keepalive request.
-const keepaliveInterval = 5 * time.Second
+// keepalive request; keepaliveTimeout how long one may go unanswered
+// before the connection is given up.
+const (
+	keepaliveInterval = 5 * time.Second
+	keepaliveTimeout  = 30 * time.Second
+)
 
 // keepaliveRequest is OpenSSH's name for it; the agent answers any global
 // request (with a refusal), which is all a keepalive needs.
 const keepaliveRequest = "keepalive@openssh.com"
 
 // keepalive sends a keepalive request every interval until the connection
-// ends, one at a time. Its point is the traffic: a guest reset under the
-// connection (a reboot, a kernel panic) no longer knows it and answers the
-// next segment with a reset, which ends the connection and every command
-// on it (ErrLost) instead of leaving them to wait for a guest that never
-// answers. It sets no deadline: a guest that is paused, or slow under
-// emulation, is not dropped for it.
-func (c *Client) keepalive(interval time.Duration) {
+// ends, one at a time. A guest reset under the connection (a reboot, a
+// kernel panic) no longer knows it and answers the next segment with a
+// reset, which ends the connection and every command on it (ErrLost)
+// instead of leaving them to wait for a guest that never answers; a guest
+// that answers nothing for timeout (one wedged after a panic) has the
+// connection closed, with the same effect. The bound is generous: an
+// agent answers from its own goroutine, so only a guest that does not
+// run at all misses it.
+func (c *Client) keepalive(interval, timeout time.Duration) {
 	done := make(chan struct{})
 	go func() {
 		_ = c.ssh.Wait()
@@ -29,6 +35,7 @@ func (c *Client) keepalive(interval time.Duration) {
 	defer t.Stop()
 	idle := make(chan struct{}, 1)
 	idle <- struct{}{}
+	var sent time.Time
 	for {
 		select {
 		case <-done:
@@ -36,8 +43,13 @@ func (c *Client) keepalive(interval time.Duration) {
 		case <-t.C:
 			select {
 			case <-idle:
+				sent = time.Now()
 			default:
-				continue // the last one has no answer yet
+				// The last one has no answer yet.
+				if time.Since(sent) >= timeout {
+					c.ssh.Close()
+				}
+				continue
 			}
 			go func() {
 				_, _, _ = c.ssh.SendRequest(keepaliveRequest, true, nil)
