@@ -47,9 +47,9 @@ Exit status:
                   guest, no daemon
   126, 127        the command cannot be executed, or was not found
   255             the command was cut off and its status is unknown: its VM
-                  was stopped, restarted, deleted or killed, or the guest
-                  rebooted or powered off (the message says which), or the
-                  connection to the daemon was lost
+                  was stopped, restarted, deleted or killed, the guest
+                  rebooted, panicked, powered off or stopped answering (the
+                  message says which), or the daemon went away
   129, 130, 131, 143
                   ember was interrupted (SIGHUP, Ctrl-C, Ctrl-\, SIGTERM:
                   128+N); the command is killed`
