@@ -139,6 +139,10 @@ var exitStatuses = map[string]int{
 	wire.CodeConflict: 4,
 	wire.CodeBusy:     4,
 	wire.CodeTimeout:  5,
+	// The VM went away under a running command or session stream: what
+	// ran there was cut off, its outcome unknown (ssh's 255), never a
+	// status that reads as the command's or the session's own.
+	wire.CodeGone: 255,
 }
 
 // exitStatus is the status ember exits with for err.

@@ -21,6 +21,7 @@ func TestExitStatus(t *testing.T) {
 		{wire.Errorf(wire.CodeBusy, "vm a is starting"), 4},
 		{wire.Errorf(wire.CodeTimeout, "vm a did not boot: wait for guest: context deadline exceeded"), 5},
 		{fmt.Errorf("create: %w", wire.Errorf(wire.CodeTimeout, "x")), 5},
+		{wire.Errorf(wire.CodeGone, "session s ended: vm stopped"), 255},
 		{wire.Errorf(wire.CodeCancelled, "operation x was cancelled"), 1},
 		{wire.Errorf(wire.CodeInternal, "disk full"), 1},
 		{wire.Errorf("some_future_code", "x"), 1},

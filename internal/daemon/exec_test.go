@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"runtime"
 	"strings"
 	"testing"
@@ -221,3 +222,44 @@ func countGoroutines(fn string) int {
 	}
 	return n
 }
+
+// A session's attached client cut off by its VM stopping gets a gone
+// error, not a conflict: its status (255) must not read as the session's
+// own 4 (issue 11 item 6's kind, in session attach).
+func TestSessionAttachCutOffByStopIsGone(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	ctx := t.Context()
+	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "vm1"})
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	var vm wire.VM
+	if err := json.Unmarshal(op.Result, &vm); err != nil {
+		t.Fatal(err)
+	}
+	g := plantSessions(t, td, vm.ID, 20*time.Millisecond, map[string]*fakeSessionChannel{"s": newFakeSessionChannel()})
+	// The stop asks the agent for its sessions first.
+	td.vms.guests.mu.Lock()
+	td.vms.guests.conns[vm.ID] = listingGuest{g}
+	td.vms.guests.mu.Unlock()
+	s, err := client.Open(ctx, c, wire.SessionAttach, wire.SessionAttachParams{Ref: "vm1", Name: "s", Rows: 24, Cols: 80})
+	if err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	defer s.Close()
+	att := collect(s)
+	eventually(t, "attached", func() bool { return td.sessions.registry.get(sessionKey{vm.ID, "s"}).clientCount() == 1 })
+	if _, err := client.Do(ctx, c, wire.VMStop, wire.RefParams{Ref: "vm1"}); err != nil {
+		t.Fatal(err)
+	}
+	<-att.done
+	if att.exit == nil || att.exit.Error == nil || att.exit.Error.Code != wire.CodeGone || att.exit.Error.Message != "session s ended: vm stopped" {
+		t.Fatalf("attach cut off by a stop: %+v %v", att.exit, att.err)
+	}
+}
+
+// listingGuest is a plantedGuest whose agent lists no sessions.
+type listingGuest struct{ *plantedGuest }
+
+func (listingGuest) SessionList(context.Context) ([]guestproto.SessionInfo, error) { return nil, nil }

@@ -492,6 +492,8 @@ func (ss *sessionService) gone(vmID string) {
 
 func (ss *sessionService) endControllers(vmID, reason string) {
 	for _, c := range ss.registry.takeVM(vmID) {
-		c.end(wire.Exit{Code: -1, Error: wire.Errorf(wire.CodeConflict, "session %s ended: %s", c.name, reason)})
+		// Gone, not a conflict: the attached client's status must not read
+		// as the session's own (exit 4 is a session's as much as ember's).
+		c.end(wire.Exit{Code: -1, Error: wire.Errorf(wire.CodeGone, "session %s ended: %s", c.name, reason)})
 	}
 }

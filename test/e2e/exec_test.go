@@ -382,3 +382,23 @@ func TestExecCutOffSaysWhatHappened(t *testing.T) {
 	}
 	cutOff("deleted", "ember: vm x1 was deleted while the command ran\n", func() { e.must("rm", "-f", "x1") })
 }
+
+// Item 6's kind in session attach: an attached client cut off because its
+// VM stopped exits 255 with what happened, never a status a session's own
+// exit could give (4 before).
+func TestSessionAttachCutOffByStop(t *testing.T) {
+	e := newEnv(t)
+	e.must("create", "x1")
+	e.must("session", "new", "x1", "s", "--", "sh", "-c", "exec sleep 300")
+	a := e.attach("x1", "s")
+	poll(t, "attached", func() bool { return e.sessions("x1")["s"].Attached == 1 })
+	e.must("stop", "x1")
+	select {
+	case <-a.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("attach went on after the stop")
+	}
+	if code := a.cmd.ProcessState.ExitCode(); code != 255 || !strings.HasSuffix(a.out.String(), "ember: session s ended: vm stopped\n") {
+		t.Errorf("attach cut off by a stop: exit %d, output %q; want 255 and %q", code, a.out.String(), "ember: session s ended: vm stopped\n")
+	}
+}
