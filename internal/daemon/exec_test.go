@@ -156,6 +156,18 @@ func TestLostVerdict(t *testing.T) {
 				return v, true, false, nil
 			},
 		}, "vm x1 was stopped while the command ran", false},
+		{"stopped, seen only after", []func() (store.VM, bool, bool, []byte){
+			func() (store.VM, bool, bool, []byte) {
+				v := vm
+				v.State, v.PID, v.StoppedBy = wire.StateStopped, 0, wire.StoppedByUser
+				return v, true, false, nil
+			},
+		}, "vm x1 was stopped while the command ran", false},
+		{"settled as crashed", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
+			v := vm
+			v.State, v.PID, v.StoppedBy, v.LastError = wire.StateStopped, 0, wire.StoppedByCrash, settledDeadNote
+			return v, true, false, []byte(ready + "\n")
+		}}, "vm x1 was killed while the command ran: its process ended without the guest shutting down", true},
 		{"killed", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
 			return vm, true, false, []byte(ready + "\n")
 		}}, "vm x1 was killed while the command ran: its process ended without the guest shutting down", true},

@@ -114,7 +114,7 @@ func (st *lostState) verdict(vm, now store.VM, found, alive bool, console []byte
 		// restart.
 		return fmt.Sprintf("vm %s was restarted while the command ran", name), true
 	case wire.StateStopped:
-		if st.sawStopping || now.LastError != settledDeadNote {
+		if st.sawStopping || now.StoppedBy == wire.StoppedByUser {
 			// ember stop, or a restart's first half: give the restart
 			// a moment to show.
 			if st.stoppedAt.IsZero() {
