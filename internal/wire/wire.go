@@ -296,10 +296,6 @@ type KernelDefaultParams struct {
 // path: the client passes the files open (kernelimport.go); Vmlinuz and
 // ModulesDir name them in messages, and ModulesDir's last element is the
 // release when the image does not say it.
-// KernelImportParams opens a kernel.import stream. The daemon reads no
-// path: the client passes the files open (kernelimport.go); Vmlinuz and
-// ModulesDir name them in messages, and ModulesDir's last element is the
-// release when the image does not say it.
 type KernelImportParams struct {
 	Name       string `json:"name"`
 	Vmlinuz    string `json:"vmlinuz"`

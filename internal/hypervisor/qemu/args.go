@@ -235,6 +235,16 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 	return a
 }
 
+// consoleChardev is the serial console's backend: a ring in QEMU's memory
+// that Follow drains (Spec.ConsoleRing), so what the guest prints takes no
+// disk unless someone keeps it; or, without a ring, the console log itself.
+func consoleChardev(s hypervisor.Spec) string {
+	if s.ConsoleRing > 0 {
+		return "ringbuf,id=console,size=" + strconv.Itoa(s.ConsoleRing)
+	}
+	return "file,id=console,path=/dev/fdset/" + strconv.Itoa(fdsetConsole) + ",append=on"
+}
+
 // tcgCodeCacheMiB bounds TCG's cache of translated code. QEMU's default
 // is an eighth of the host's memory up to 1 GiB, touched as the guest runs
 // more distinct code: unbounded next to a VM's cgroup limit, which
@@ -247,16 +257,6 @@ func accelArg(accel string) string {
 		return accel + ",tb-size=" + strconv.Itoa(tcgCodeCacheMiB)
 	}
 	return accel
-}
-
-// consoleChardev is the serial console's backend: a ring in QEMU's memory
-// that Follow drains (Spec.ConsoleRing), so what the guest prints takes no
-// disk unless someone keeps it; or, without a ring, the console log itself.
-func consoleChardev(s hypervisor.Spec) string {
-	if s.ConsoleRing > 0 {
-		return "ringbuf,id=console,size=" + strconv.Itoa(s.ConsoleRing)
-	}
-	return "file,id=console,path=/dev/fdset/" + strconv.Itoa(fdsetConsole) + ",append=on"
 }
 
 // diskArgs describes the disk as block nodes on inherited descriptors,
