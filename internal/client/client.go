@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -211,11 +212,17 @@ func (c *Client) roundTrip(ctx context.Context, method string, params any) (net.
 		}
 	}
 	b, _ := json.Marshal(req)
+	br := bufio.NewReader(conn)
 	if _, err := conn.Write(append(b, '\n')); err != nil {
+		// The daemon may have answered before reading, and closed: a
+		// connection refused busy does. Its answer says more than EPIPE.
+		if resp, ok := answerBeforeRequest(conn, br); ok {
+			conn.Close()
+			return nil, nil, resp, resp.Error
+		}
 		conn.Close()
 		return nil, nil, wire.Response{}, fmt.Errorf("send %s: %w", method, err)
 	}
-	br := bufio.NewReader(conn)
 	line, err := br.ReadBytes('\n')
 	if err != nil {
 		conn.Close()
@@ -234,6 +241,22 @@ func (c *Client) roundTrip(ctx context.Context, method string, params any) (net.
 		return nil, nil, resp, resp.Error
 	}
 	return conn, br, resp, nil
+}
+
+// answerBeforeRequest reads the error response a daemon may have written
+// to conn before it took the request (busy) and then closed; ok is false
+// when there is none within a second.
+func answerBeforeRequest(conn net.Conn, br *bufio.Reader) (wire.Response, bool) {
+	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return wire.Response{}, false
+	}
+	var resp wire.Response
+	if json.Unmarshal(line, &resp) != nil || resp.Error == nil {
+		return wire.Response{}, false
+	}
+	return resp, true
 }
 
 // Call sends one request and decodes its result into result (may be nil).

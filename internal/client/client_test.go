@@ -209,3 +209,33 @@ func TestDoSendsTheTableEntry(t *testing.T) {
 		t.Fatalf("sent %s with params %s", req.Method, req.Params)
 	}
 }
+
+// A daemon that refuses a connection busy answers before it reads the
+// request and closes; a client still writing its request gets EPIPE, and
+// must report the daemon's answer, not the broken pipe (seen in CI as
+// "send vm.list: write: broken pipe" where busy was right).
+func TestBusyAnswerBeforeRequestIsReported(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), layout.SocketFile)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		b, _ := json.Marshal(wire.Response{Error: wire.Errorf(wire.CodeBusy, "daemon busy: try again")})
+		c.Write(append(b, '\n'))
+		c.Close()
+	}()
+	// Larger than the socket buffer, so the write is still going when
+	// the daemon closes and fails with EPIPE.
+	big := wire.ExecParams{Ref: "v", Argv: []string{strings.Repeat("x", 8<<20)}}
+	err = (&Client{Socket: sock}).Call(context.Background(), wire.VMExec.Name, big, nil)
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeBusy {
+		t.Fatalf("got %v, want the daemon's busy answer", err)
+	}
+}
