@@ -116,18 +116,38 @@ func (s *imageService) list(ctx context.Context) ([]wire.Image, error) {
 	hasTiny := false
 	for _, img := range imgs {
 		hasTiny = hasTiny || img.Name == builtinImage
-		n, _ := s.store.ImageInUse(ctx, img.Name)
-		out = append(out, wire.Image{Name: img.Name, Kind: img.Kind, Format: img.Format, Path: img.Path,
-			SizeBytes: img.SizeBytes, Kernel: img.Kernel, CreatedAt: img.CreatedAt, InUse: n})
+		w := wire.Image{Name: img.Name, ID: img.ID, Kind: img.Kind, Format: img.Format, Path: img.Path,
+			SizeBytes: img.SizeBytes, Kernel: img.Kernel, CreatedAt: img.CreatedAt,
+			Parent: img.Parent, RecipeDigest: img.RecipeDigest}
+		if !img.Config.IsZero() {
+			w.Config = &wire.ImageConfig{Env: img.Config.Env, WorkingDir: img.Config.WorkingDir, User: img.Config.User}
+		}
+		if err := s.users(ctx, &w); err != nil {
+			return nil, err
+		}
+		out = append(out, w)
 	}
 	if !hasTiny {
 		// Listed before it is built: it exists as far as users are concerned.
-		n, _ := s.store.ImageInUse(ctx, builtinImage)
-		out = append([]wire.Image{{Name: builtinImage, Kind: "builtin", Format: "raw",
+		w := wire.Image{Name: builtinImage, Kind: "builtin", Format: "raw",
 			Path:      filepath.Join(s.layout.ImagesDir(), builtinImage+".ext4") + " (built on first use)",
-			SizeBytes: tinySizeMiB << 20, InUse: n}}, out...)
+			SizeBytes: tinySizeMiB << 20}
+		if err := s.users(ctx, &w); err != nil {
+			return nil, err
+		}
+		out = append([]wire.Image{w}, out...)
 	}
 	return out, nil
+}
+
+// users fills in the VMs and images built on w.
+func (s *imageService) users(ctx context.Context, w *wire.Image) (err error) {
+	if w.UsedBy, err = s.store.ImageUsers(ctx, w.Name); err != nil {
+		return err
+	}
+	w.InUse = len(w.UsedBy)
+	w.Children, err = s.store.ImageChildren(ctx, w.Name)
+	return err
 }
 
 func (s *imageService) inspect(ctx context.Context, name string) (wire.Image, error) {

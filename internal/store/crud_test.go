@@ -164,7 +164,7 @@ func TestImagesAndInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	created := got.CreatedAt
-	im.CreatedAt = created
+	im.CreatedAt, im.ID = created, got.ID // PutImage made the ID
 	if created.IsZero() || !reflect.DeepEqual(got, im) {
 		t.Errorf("GetImage = %+v\nwant      %+v", got, im)
 	}

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -21,45 +23,93 @@ const (
 
 // Image is a root filesystem VMs start from.
 type Image struct {
-	Name      string
+	Name string
+	// ID is 32 hex digits, made by PutImage when empty: set a new one
+	// (leave it empty) whenever the name is given new content.
+	ID        string
 	Kind      string // ImageBuiltin, ImageRegistered, ImageBuilt, ImagePromoted
 	Path      string
 	Format    string // FormatRaw, FormatQcow2
 	SizeBytes int64
 	Kernel    string    // kernel name; "" means the default kernel
 	CreatedAt time.Time // zero: now for a new image, unchanged for an existing one
-	Meta      json.RawMessage
+	// Parent is the image this one was built, imported onto or promoted
+	// from; "" for none.
+	Parent string
+	// RecipeDigest is "sha256:HEX" of the recipe it was built from; "" if
+	// it was not built.
+	RecipeDigest string
+	// Config is what exec and sessions in its VMs start with.
+	Config ImageConfig
+	Meta   json.RawMessage
 }
 
-const imageColumns = `name, kind, path, format, size_bytes, kernel, created_at, meta`
+// ImageConfig is the part of an image's configuration that applies to
+// commands run in its VMs; field names follow the OCI image config
+// (Env, WorkingDir, User). The zero value changes nothing.
+type ImageConfig struct {
+	Env        []string `json:"env,omitempty"` // KEY=VALUE, in order; a later KEY wins
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"` // NAME, UID, NAME:GROUP or UID:GID
+}
+
+// IsZero reports whether c changes nothing.
+func (c ImageConfig) IsZero() bool { return len(c.Env) == 0 && c.WorkingDir == "" && c.User == "" }
+
+const imageColumns = `name, id, kind, path, format, size_bytes, kernel, created_at, parent, recipe_digest, config, meta`
 
 func scanImage(row scanner) (Image, error) {
 	var im Image
 	var created int64
-	var meta sql.NullString
-	if err := row.Scan(&im.Name, &im.Kind, &im.Path, &im.Format, &im.SizeBytes,
-		&im.Kernel, &created, &meta); err != nil {
+	var config, meta sql.NullString
+	if err := row.Scan(&im.Name, &im.ID, &im.Kind, &im.Path, &im.Format, &im.SizeBytes,
+		&im.Kernel, &created, &im.Parent, &im.RecipeDigest, &config, &meta); err != nil {
 		return Image{}, err
+	}
+	if raw := fromJSON(config); raw != nil {
+		if err := json.Unmarshal(raw, &im.Config); err != nil {
+			return Image{}, fmt.Errorf("image %q config: %w", im.Name, err)
+		}
 	}
 	im.CreatedAt, im.Meta = fromNanos(created), fromJSON(meta)
 	return im, nil
 }
 
-// PutImage inserts the image or replaces the one with the same name.
+// NewImageID returns a fresh image ID: 32 hex digits.
+func NewImageID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// PutImage inserts the image or replaces the one with the same name. An
+// empty im.ID gets a new one (NewImageID).
 func (o *ops) PutImage(ctx context.Context, im Image) error {
 	meta, err := jsonArg(fmt.Sprintf("image %q meta", im.Name), im.Meta)
 	if err != nil {
 		return err
 	}
+	var config any
+	if !im.Config.IsZero() {
+		b, err := json.Marshal(im.Config)
+		if err != nil {
+			return fmt.Errorf("image %q config: %w", im.Name, err)
+		}
+		config = string(b)
+	}
+	if im.ID == "" {
+		im.ID = NewImageID()
+	}
 	// ?7 is the caller's creation time (0 = unset), ?8 is now.
 	_, err = o.w.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`)
-		VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(nullif(?7, 0), ?8), ?9)
-		ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, path = excluded.path,
+		VALUES (?1, ?10, ?2, ?3, ?4, ?5, ?6, coalesce(nullif(?7, 0), ?8), ?11, ?12, ?13, ?9)
+		ON CONFLICT (name) DO UPDATE SET id = excluded.id, kind = excluded.kind, path = excluded.path,
 			format = excluded.format, size_bytes = excluded.size_bytes,
-			kernel = excluded.kernel, meta = excluded.meta,
+			kernel = excluded.kernel, meta = excluded.meta, parent = excluded.parent,
+			recipe_digest = excluded.recipe_digest, config = excluded.config,
 			created_at = coalesce(nullif(?7, 0), images.created_at)`,
 		im.Name, im.Kind, im.Path, im.Format, im.SizeBytes, im.Kernel,
-		toNanos(im.CreatedAt), toNanos(o.now()), meta)
+		toNanos(im.CreatedAt), toNanos(o.now()), meta, im.ID, im.Parent, im.RecipeDigest, config)
 	if err != nil {
 		return fmt.Errorf("put image %q: %w", im.Name, err)
 	}
@@ -90,6 +140,19 @@ func (o *ops) ImageInUse(ctx context.Context, name string) (int, error) {
 		return 0, fmt.Errorf("image %q in use: %w", name, err)
 	}
 	return n, nil
+}
+
+// ImageUsers returns the names of the VMs built on the image, ordered.
+func (o *ops) ImageUsers(ctx context.Context, name string) ([]string, error) {
+	return queryAll(ctx, o.r, fmt.Sprintf("vms on image %q", name), scanString,
+		`SELECT name FROM vms WHERE image = ? ORDER BY name`, name)
+}
+
+// ImageChildren returns the names of the images whose parent is name,
+// ordered.
+func (o *ops) ImageChildren(ctx context.Context, name string) ([]string, error) {
+	return queryAll(ctx, o.r, fmt.Sprintf("images on image %q", name), scanString,
+		`SELECT name FROM images WHERE parent = ? ORDER BY name`, name)
 }
 
 // Kernel is a guest kernel and its modules.

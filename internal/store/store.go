@@ -290,3 +290,10 @@ func execOne(ctx context.Context, q dbtx, what, query string, args ...any) error
 	}
 	return err
 }
+
+// scanString scans a row of one text column.
+func scanString(row scanner) (string, error) {
+	var s string
+	err := row.Scan(&s)
+	return s, err
+}

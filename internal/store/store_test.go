@@ -208,8 +208,8 @@ func columns(t *testing.T, s *Store, table string) []string {
 func TestMigration0001Schema(t *testing.T) {
 	s, _ := openTest(t)
 	want := map[string][]string{
-		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"}, // is_default: 0006
-		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta"},
+		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"},                                                                                                                                                                       // is_default: 0006
+		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta", "id", "parent", "recipe_digest", "config"},                                                                                                                               // id, parent, recipe_digest, config: 0008
 		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key", "restart_policy", "stopped_by"}, // accel_reason: 0004, agent_host_key: 0005, restart_policy and stopped_by: 0007
 		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                                                 // error_code: 0003
 	}
@@ -394,5 +394,58 @@ func TestMigration0007RestartPolicy(t *testing.T) {
 	}
 	if old, err := s.GetVM(ctx, "v8"); err != nil || old.RestartPolicy != "" || old.StoppedBy != "" {
 		t.Fatalf("a vm without a policy: %+v %v", old, err)
+	}
+}
+
+// 0008: an image's ID, parent, recipe digest and config round-trip; a new
+// put without an ID gets a fresh one; users and children are listed.
+func TestMigration0008ImageMetadata(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	base := Image{Name: "base", Kind: ImageBuiltin, Path: "/x/base.ext4", Format: FormatRaw}
+	if err := s.PutImage(ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetImage(ctx, "base")
+	if err != nil || len(got.ID) != 32 || got.Parent != "" || !got.Config.IsZero() {
+		t.Fatalf("base: %+v %v", got, err)
+	}
+	cfg := ImageConfig{Env: []string{"A=1", "B=two words"}, WorkingDir: "/srv", User: "app:app"}
+	child := Image{Name: "child", Kind: ImageBuilt, Path: "/x/child.qcow2", Format: FormatQcow2,
+		Parent: "base", RecipeDigest: "sha256:ab", Config: cfg}
+	if err := s.PutImage(ctx, child); err != nil {
+		t.Fatal(err)
+	}
+	c1, err := s.GetImage(ctx, "child")
+	if err != nil || c1.Parent != "base" || c1.RecipeDigest != "sha256:ab" || !reflect.DeepEqual(c1.Config, cfg) || c1.ID == got.ID {
+		t.Fatalf("child: %+v %v", c1, err)
+	}
+	// New content under the same name: a new ID unless one is given.
+	if err := s.PutImage(ctx, child); err != nil {
+		t.Fatal(err)
+	}
+	if c2, _ := s.GetImage(ctx, "child"); c2.ID == c1.ID {
+		t.Fatalf("re-put kept the ID %s", c2.ID)
+	}
+	c1.Config = ImageConfig{}
+	if err := s.PutImage(ctx, c1); err != nil {
+		t.Fatal(err)
+	}
+	if c3, _ := s.GetImage(ctx, "child"); c3.ID != c1.ID || !c3.Config.IsZero() {
+		t.Fatalf("put with an ID and no config: %+v", c3)
+	}
+	if kids, err := s.ImageChildren(ctx, "base"); err != nil || !reflect.DeepEqual(kids, []string{"child"}) {
+		t.Fatalf("children: %v %v", kids, err)
+	}
+	for _, vm := range []VM{{ID: "v2", Name: "zeta", State: "stopped", Image: "base"}, {ID: "v1", Name: "alpha", State: "stopped", Image: "base"}} {
+		if err := s.InsertVM(ctx, vm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if users, err := s.ImageUsers(ctx, "base"); err != nil || !reflect.DeepEqual(users, []string{"alpha", "zeta"}) {
+		t.Fatalf("users: %v %v", users, err)
+	}
+	if users, err := s.ImageUsers(ctx, "child"); err != nil || len(users) != 0 {
+		t.Fatalf("users of an unused image: %v %v", users, err)
 	}
 }

@@ -176,14 +176,34 @@ type VM struct {
 
 // Image is what image ls and inspect return.
 type Image struct {
-	Name      string    `json:"name"`
+	Name string `json:"name"`
+	// ID is 32 hex digits, new whenever the name is given new content;
+	// empty for a built-in image not built yet.
+	ID        string    `json:"id,omitempty"`
 	Kind      string    `json:"kind"`
 	Format    string    `json:"format"`
 	Path      string    `json:"path"`
 	SizeBytes int64     `json:"size_bytes"`
 	Kernel    string    `json:"kernel,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
-	InUse     int       `json:"in_use"`
+	// Parent is the image it was built, imported onto or promoted from.
+	Parent string `json:"parent,omitempty"`
+	// RecipeDigest is "sha256:HEX" of the recipe it was built from.
+	RecipeDigest string       `json:"recipe_digest,omitempty"`
+	Config       *ImageConfig `json:"config,omitempty"`
+	InUse        int          `json:"in_use"`
+	// UsedBy names the VMs built on it; Children the images whose parent
+	// it is. Both block `image rm` unless forced.
+	UsedBy   []string `json:"used_by,omitempty"`
+	Children []string `json:"children,omitempty"`
+}
+
+// ImageConfig is what exec and sessions in an image's VMs start with, in
+// the OCI image config's terms.
+type ImageConfig struct {
+	Env        []string `json:"env,omitempty"` // KEY=VALUE
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
 }
 
 // Kernel is what kernel ls returns.
