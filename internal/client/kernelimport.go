@@ -167,16 +167,23 @@ func sendImport(ctx context.Context, s *Stream, vmlinuz, modules *os.File, dir s
 
 // importResult reads the daemon's answer: remarks, the kernel, the end.
 func importResult(s *Stream, stderr io.Writer, ready chan<- struct{}) (wire.Kernel, error) {
-	var k wire.Kernel
+	return streamResult[wire.Kernel](s, "kernel import", stderr, ready)
+}
+
+// streamResult reads an import's answer: FrameStderr text to stderr, the
+// result as JSON in a FrameStdout, FrameImportReady closing ready, then
+// the Exit frame.
+func streamResult[T any](s *Stream, what string, stderr io.Writer, ready chan<- struct{}) (T, error) {
+	var r T
 	for {
 		kind, payload, err := s.Recv()
 		if err != nil {
-			return k, fmt.Errorf("kernel import: the daemon's answer: %w", err)
+			return r, fmt.Errorf("%s: the daemon's answer: %w", what, err)
 		}
 		switch kind {
 		case wire.FrameStdout:
-			if err := json.Unmarshal(payload, &k); err != nil {
-				return k, fmt.Errorf("kernel import: decode the result: %w", err)
+			if err := json.Unmarshal(payload, &r); err != nil {
+				return r, fmt.Errorf("%s: decode the result: %w", what, err)
 			}
 		case wire.FrameStderr:
 			if stderr != nil {
@@ -190,12 +197,12 @@ func importResult(s *Stream, stderr io.Writer, ready chan<- struct{}) (wire.Kern
 		case wire.FrameExit:
 			ex, err := DecodeExit(payload)
 			if err != nil {
-				return k, err
+				return r, err
 			}
 			if ex.Error != nil {
-				return k, ex.Error
+				return r, ex.Error
 			}
-			return k, nil
+			return r, nil
 		}
 	}
 }

@@ -366,15 +366,9 @@ func (s *bootService) importKernel(ctx context.Context, p wire.KernelImportParam
 	if _, err := s.store.GetKernel(ctx, p.Name); err == nil {
 		return conflictf("a kernel named %q already exists", p.Name)
 	}
-	uc, ok := sc.Conn.(*net.UnixConn)
-	if !ok {
-		return invalidf("kernel.import passes files as descriptors, which only the unix socket carries")
-	}
-	// Frames and descriptors are read from the socket itself, byte for
-	// byte: a buffered read of a descriptor message would drop its
-	// descriptors. The client sends nothing before the stream opens.
-	if sc.r != nil && sc.r.Buffered() > 0 {
-		return invalidf("kernel.import: the client sent data before the stream opened")
+	uc, err := sc.fdConn(wire.KernelImport.Name)
+	if err != nil {
+		return err
 	}
 	if err := sc.startStream(); err != nil {
 		return nil

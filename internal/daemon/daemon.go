@@ -189,6 +189,7 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	d.ops = &opService{store: d.store, log: d.log, retention: d.cfg.OperationRetention.Duration}
 	d.images = &imageService{layout: d.layout, store: d.store,
 		buildOps: newOpRegistry[*imageBuildOp](d.cfg.OperationRetention.Duration)}
+	sweepImports(d.layout.ImagesDir())
 	d.boot = &bootService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver,
 		agent: opts.AgentPath, images: d.images, base: d.base, background: &d.background, prepare: opts.PrepareBoot}
 	if d.boot.prepare == nil {

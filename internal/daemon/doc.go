@@ -37,7 +37,10 @@
 //     the create operations, the image build operations) and the store's
 //     finished operations. Each opRegistry[T] owns its lock.
 //   - imageService (images.go): image.*; imageOpsMu serialises registry
-//     mutations (today: building the built-in image on first use).
+//     mutations (today: building the built-in image on first use,
+//     recording an imported image). image.import (image_import.go) reads
+//     an archive its client passes as a descriptor, or pulls a registry
+//     reference, and does its slow work (unpack, mkfs) holding no lock.
 //   - bootService (boot.go, accel.go): kernel.*, the kernel fetched on
 //     first use (kernelFetchMu), each kernel's initramfs (initrdCache: a
 //     leaf lock that hands out one mutex per file) and the accelerator

@@ -11,6 +11,7 @@ import (
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/ipam"
 	"github.com/emberhq/ember/internal/kernel"
+	"github.com/emberhq/ember/internal/oci"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -32,6 +33,11 @@ var wireCodes = []struct {
 	// has to change.
 	{kernel.ErrTooLarge, wire.CodeInvalid},
 	{store.ErrConflict, wire.CodeConflict},
+	// An image import: a reference the registry does not have; a file
+	// that holds no image, or an image past the import's bounds.
+	{oci.ErrUnknownRef, wire.CodeNotFound},
+	{oci.ErrNotImage, wire.CodeInvalid},
+	{oci.ErrTooLarge, wire.CodeInvalid},
 	// The subnet is full: another VM holds what this one needs.
 	{ipam.ErrExhausted, wire.CodeConflict},
 	// Another process holds a host port the VM forwards. The daemon picks

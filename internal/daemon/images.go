@@ -38,6 +38,7 @@ type imageService struct {
 func (s *imageService) register(t methodTable) {
 	handle(t, wire.ImageList, func(ctx context.Context, _ wire.None) ([]wire.Image, error) { return s.list(ctx) })
 	handle(t, wire.ImageInspect, func(ctx context.Context, p wire.RefParams) (wire.Image, error) { return s.inspect(ctx, p.Ref) })
+	handleStream(t, wire.ImageImport, s.importImage)
 }
 
 // exists reports whether a create may name image (the built-in one always

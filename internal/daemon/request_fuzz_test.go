@@ -49,6 +49,7 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return unary(wire.KernelList) },
 		func() (string, paramDecoder) { return stream(wire.KernelFetch) },
 		func() (string, paramDecoder) { return stream(wire.KernelImport) },
+		func() (string, paramDecoder) { return stream(wire.ImageImport) },
 		func() (string, paramDecoder) { return unary(wire.KernelDefault) },
 		func() (string, paramDecoder) { return unary(wire.SessionList) },
 		func() (string, paramDecoder) { return unary(wire.SessionCreate) },

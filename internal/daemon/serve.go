@@ -409,6 +409,22 @@ func (s *streamConn) startStream() error {
 
 func (s *streamConn) Read(p []byte) (int, error) { return s.r.Read(p) }
 
+// fdConn is the unix socket of a stream whose client passes descriptors
+// (method names it in errors). Frames and descriptors are then read from
+// the socket itself, byte for byte: a buffered read of a descriptor
+// message would drop its descriptors, so the client must send nothing
+// before the stream opens.
+func (s *streamConn) fdConn(method string) (*net.UnixConn, error) {
+	uc, ok := s.Conn.(*net.UnixConn)
+	if !ok {
+		return nil, invalidf("%s passes files as descriptors, which only the unix socket carries", method)
+	}
+	if s.r != nil && s.r.Buffered() > 0 {
+		return nil, invalidf("%s: the client sent data before the stream opened", method)
+	}
+	return uc, nil
+}
+
 func (s *streamConn) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()

@@ -112,18 +112,21 @@ func BuildTiny(ctx context.Context, agentPath, busyboxPath, outPath string, size
 // skips writing the journal and inode tables and tells the guest kernel not
 // to zero them later either: the image stays small and so do the VM disk
 // overlays made from it. Older mkfs.ext4 rejects the option; retry without.
-func mkfsExt4(ctx context.Context, mkfs, rootDir, img string, sizeMiB int) error {
+// extra goes before the file's name (e.g. "-N", inodes).
+func mkfsExt4(ctx context.Context, mkfs, rootDir, img string, sizeMiB int, extra ...string) error {
 	size := strconv.Itoa(sizeMiB) + "M"
-	err := runTool(ctx, mkfs, nil, "-q", "-F", "-L", TinyLabel, "-d", rootDir,
-		"-E", "root_owner=0:0,assume_storage_prezeroed=1", img, size)
+	args := func(opts string) []string {
+		a := append([]string{"-q", "-F", "-L", TinyLabel, "-d", rootDir, "-E", opts}, extra...)
+		return append(a, img, size)
+	}
+	err := runTool(ctx, mkfs, nil, args("root_owner=0:0,assume_storage_prezeroed=1")...)
 	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), "specified: assume_storage_prezeroed") {
 		return err
 	}
 	if err := os.Truncate(img, 0); err != nil {
 		return err
 	}
-	return runTool(ctx, mkfs, nil, "-q", "-F", "-L", TinyLabel, "-d", rootDir,
-		"-E", "root_owner=0:0", img, size)
+	return runTool(ctx, mkfs, nil, args("root_owner=0:0")...)
 }
 
 // populateTiny fills rootDir and returns every path it created (rootfs

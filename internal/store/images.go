@@ -16,6 +16,7 @@ const (
 	ImageRegistered = "registered"
 	ImageBuilt      = "built"
 	ImagePromoted   = "promoted"
+	ImageImported   = "imported" // from an OCI/Docker archive or a registry
 
 	FormatRaw   = "raw"
 	FormatQcow2 = "qcow2"
@@ -27,7 +28,7 @@ type Image struct {
 	// ID is 32 hex digits, made by PutImage when empty: set a new one
 	// (leave it empty) whenever the name is given new content.
 	ID        string
-	Kind      string // ImageBuiltin, ImageRegistered, ImageBuilt, ImagePromoted
+	Kind      string // ImageBuiltin, ImageRegistered, ImageBuilt, ImagePromoted, ImageImported
 	Path      string
 	Format    string // FormatRaw, FormatQcow2
 	SizeBytes int64

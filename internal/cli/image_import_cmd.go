@@ -1,0 +1,56 @@
+package cli
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/oci"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// imageImportCmd is `ember image import SOURCE NAME`: SOURCE is an archive
+// (`docker save` output or an OCI image layout tar), opened here with the
+// user's own rights and passed to the daemon open, or a registry
+// reference the daemon pulls.
+func imageImportCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "import SOURCE NAME",
+		Short: "Import a container image: a docker save or OCI layout archive, or a registry reference",
+		Long: "Import a container image as an ember image. SOURCE is a file (`docker save` output or an\n" +
+			"OCI image layout in a tar, read with your own rights) or a registry reference such as\n" +
+			"registry.example.com/team/app:1.2 or repo@sha256:.... Layers are applied in order with\n" +
+			"whiteouts; the image's Env, WorkingDir and User apply to exec and sessions in its VMs.",
+		ValidArgsFunction: func(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			if len(args) == 0 {
+				return nil, cobra.ShellCompDirectiveDefault
+			}
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p := wire.ImageImportParams{Source: args[0], Name: args[1]}
+			if isArchive(p.Source) {
+				p.Source, p.Archive = absPath(p.Source), true
+			}
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			img, err := client.ImportImage(cmd.Context(), c, p, e.stderr)
+			if err != nil {
+				return err
+			}
+			return printJSON(e.stdout, img)
+		},
+	}
+}
+
+// isArchive tells a file from a registry reference: a file that exists,
+// or a name that reads as a path or a tar file (which then must exist).
+func isArchive(src string) bool {
+	if _, err := os.Stat(src); err == nil {
+		return true
+	}
+	return oci.LooksLikeFile(src)
+}

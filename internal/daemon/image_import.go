@@ -1,0 +1,189 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/emberhq/ember/internal/image"
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/oci"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// importPrefix names the work folders of imports in flight in the images
+// folder; Open removes any a crashed daemon left.
+const importPrefix = ".import-"
+
+// importImage is image.import: an OCI or Docker archive the client
+// passes as a descriptor (never a path the daemon opens) or a registry
+// reference the daemon pulls, flattened into a folder (oci.Unpack), made
+// into an ext4 image and registered under imageOpsMu. Progress lines go
+// to the client as FrameStderr; the client hanging up cancels the import.
+// Whatever fails, nothing is kept: the work folder and the partial image
+// go, and no row is written.
+func (s *imageService) importImage(ctx context.Context, p wire.ImageImportParams, sc *streamConn) error {
+	if !layout.ValidName(p.Name) {
+		return invalidf("image name %q: use lower-case letters, digits and '-' (at most 63, starting and ending with a letter or digit)", p.Name)
+	}
+	if err := s.nameFree(ctx, p.Name); err != nil {
+		return err
+	}
+	var archive *os.File
+	if p.Archive {
+		uc, err := sc.fdConn(wire.ImageImport.Name)
+		if err != nil {
+			return err
+		}
+		if err := sc.startStream(); err != nil {
+			return nil
+		}
+		files, err := wire.RecvFDs(uc, 1)
+		if err != nil {
+			sc.exit(0, invalidf("image.import: %v", err))
+			return nil
+		}
+		archive = files[0]
+		defer archive.Close()
+	} else {
+		if _, err := oci.ParseRef(p.Source); err != nil {
+			return invalidf("%v", err)
+		}
+		if err := sc.startStream(); err != nil {
+			return nil
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer watchHangup(sc.Conn, cancel)()
+	progress := func(line string) {
+		fmt.Fprintln(&wire.FrameWriter{W: sc, Kind: wire.FrameStderr}, line)
+	}
+	img, err := s.importFrom(ctx, p, archive, progress)
+	if err != nil {
+		sc.exit(0, err)
+		return nil
+	}
+	_ = wire.WriteJSONFrame(sc, wire.FrameStdout, img)
+	sc.exit(0, nil)
+	return nil
+}
+
+// nameFree refuses a name an image has (or a built-in one will have).
+func (s *imageService) nameFree(ctx context.Context, name string) error {
+	if _, ok, err := s.lookup(ctx, name); err != nil {
+		return err
+	} else if ok {
+		return conflictf("an image named %q already exists; choose another name or remove it first", name)
+	}
+	return nil
+}
+
+// importFrom does the work of an import whose stream is open.
+func (s *imageService) importFrom(ctx context.Context, p wire.ImageImportParams, archive *os.File, progress func(string)) (wire.Image, error) {
+	var src v1.Image
+	var err error
+	if archive != nil {
+		src, err = openArchive(archive, p.Source)
+	} else {
+		progress("pulling " + p.Source)
+		src, err = oci.Pull(ctx, p.Source)
+	}
+	if err != nil {
+		return wire.Image{}, err
+	}
+	cfg, err := oci.ConfigOf(src)
+	if err != nil {
+		return wire.Image{}, invalidf("%s: %v", p.Source, err)
+	}
+	digest, err := src.Digest()
+	if err != nil {
+		return wire.Image{}, fmt.Errorf("%s: %w", p.Source, err)
+	}
+	work, err := os.MkdirTemp(s.layout.ImagesDir(), importPrefix+"*")
+	if err != nil {
+		return wire.Image{}, fmt.Errorf("import %s: %w", p.Name, err)
+	}
+	defer os.RemoveAll(work)
+	root := filepath.Join(work, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return wire.Image{}, fmt.Errorf("import %s: %w", p.Name, err)
+	}
+	tree, err := oci.Unpack(ctx, src, root, oci.DefaultLimits, progress)
+	if err != nil {
+		return wire.Image{}, fmt.Errorf("import %s from %s: %w", p.Name, p.Source, err)
+	}
+	if n := len(tree.Skipped); n > 0 {
+		progress(fmt.Sprintf("not kept: %d entries (%s)", n, strings.Join(tree.Skipped[:min(n, 5)], "; ")))
+	}
+	progress(fmt.Sprintf("making the file system: %d entries, %.1f MiB", tree.Entries, float64(tree.Bytes)/(1<<20)))
+	owners := make([]image.Owner, len(tree.Owners))
+	for i, o := range tree.Owners {
+		owners[i] = image.Owner{Path: o.Path, UID: o.UID, GID: o.GID}
+	}
+	id := store.NewImageID()
+	out := filepath.Join(s.layout.ImagesDir(), p.Name+"-"+id[:12]+".ext4")
+	size, err := image.BuildFromDir(ctx, root, out, owners)
+	if err != nil {
+		return wire.Image{}, fmt.Errorf("import %s: %w", p.Name, err)
+	}
+	meta, _ := json.Marshal(map[string]string{"source": p.Source, "digest": digest.String()})
+	rec := store.Image{Name: p.Name, ID: id, Kind: store.ImageImported, Path: out, Format: store.FormatRaw,
+		SizeBytes: size, CreatedAt: time.Now().UTC(),
+		Config: store.ImageConfig{Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User}, Meta: meta}
+	if err := s.recordNew(ctx, rec); err != nil {
+		os.Remove(out)
+		return wire.Image{}, err
+	}
+	progress(fmt.Sprintf("imported %s (%s) as %s", p.Source, digest, p.Name))
+	return s.inspect(ctx, p.Name)
+}
+
+// recordNew records a finished image under imageOpsMu, refusing a name
+// that was taken meanwhile.
+func (s *imageService) recordNew(ctx context.Context, img store.Image) error {
+	s.imageOpsMu.Lock()
+	defer s.imageOpsMu.Unlock()
+	if err := s.nameFree(ctx, img.Name); err != nil {
+		return err
+	}
+	return s.store.PutImage(ctx, img)
+}
+
+// openArchive reads the image in a client's archive: a regular file.
+func openArchive(f *os.File, source string) (v1.Image, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", source, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, invalidf("archive %s is not a regular file", source)
+	}
+	a, err := oci.OpenArchive(f, fi.Size())
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", source, err)
+	}
+	img, err := a.Image(oci.Platform)
+	if err != nil {
+		return nil, invalidf("archive %s: %v", source, err)
+	}
+	return img, nil
+}
+
+// sweepImports removes the work folders and partial images of imports a
+// daemon that stopped mid-way left in the images folder.
+func sweepImports(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), importPrefix) || strings.HasPrefix(e.Name(), ".build-") && strings.HasSuffix(e.Name(), ".ext4.tmp") {
+			os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+}

@@ -1,0 +1,143 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/hosttools"
+	"github.com/emberhq/ember/internal/image"
+	"github.com/emberhq/ember/internal/oci/ocitest"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+func importFixture(t *testing.T) v1.Image {
+	t.Helper()
+	if _, err := hosttools.Find("mkfs.ext4"); err != nil {
+		t.Skipf("%v", err)
+	}
+	bb := filepath.Join(t.TempDir(), "busybox")
+	if err := os.WriteFile(bb, []byte("#!stand-in\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img, err := ocitest.Busybox(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// imagesDirEntries lists the images folder, to show an import kept nothing.
+func imagesDirEntries(t *testing.T, td *testDaemon) []string {
+	t.Helper()
+	entries, err := os.ReadDir(td.layout.ImagesDir())
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestImageImport(t *testing.T) {
+	img := importFixture(t)
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	ctx := context.Background()
+	tmp := t.TempDir()
+	ociTar, dockerTar := filepath.Join(tmp, "img.oci.tar"), filepath.Join(tmp, "img.docker.tar")
+	if err := ocitest.WriteOCIArchive(img, ociTar); err != nil {
+		t.Fatal(err)
+	}
+	if err := ocitest.WriteDockerArchive(img, "example.com/fixture:1", dockerTar); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	ref, _ := name.ParseReference(host + "/fixture:v1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	want := &wire.ImageConfig{Env: ocitest.Config.Env, WorkingDir: "/work", User: "app"}
+	for _, c2 := range []struct{ name, source string }{{"from-oci", ociTar}, {"from-docker", dockerTar}, {"from-registry", host + "/fixture:v1"}} {
+		var progress strings.Builder
+		got, err := client.ImportImage(ctx, c, wire.ImageImportParams{Name: c2.name, Source: c2.source, Archive: c2.name != "from-registry"}, &progress)
+		if err != nil {
+			t.Fatalf("%s: %v", c2.name, err)
+		}
+		if got.Name != c2.name || got.Kind != store.ImageImported || got.Parent != "" || !reflect.DeepEqual(got.Config, want) || got.ID == "" {
+			t.Errorf("%s: imported %+v", c2.name, got)
+		}
+		if fi, err := image.Info(got.Path); err != nil || fi.Format != image.FormatExt4 {
+			t.Errorf("%s: %s: %+v %v", c2.name, got.Path, fi, err)
+		}
+		if !strings.Contains(progress.String(), "layer 3 of 3") || !strings.Contains(progress.String(), "imported") {
+			t.Errorf("%s: progress %q", c2.name, progress.String())
+		}
+	}
+	before := imagesDirEntries(t, td)
+	if len(before) != 3 {
+		t.Fatalf("images folder: %v", before)
+	}
+
+	junk := filepath.Join(tmp, "junk.tar")
+	os.WriteFile(junk, []byte(strings.Repeat("junk ", 1000)), 0o644)
+	bad := []struct {
+		p    wire.ImageImportParams
+		code string
+		msg  string
+	}{
+		{wire.ImageImportParams{Name: "junk", Source: junk, Archive: true}, wire.CodeInvalid, "not an image archive"},
+		{wire.ImageImportParams{Name: "missing", Source: filepath.Join(tmp, "missing.tar"), Archive: true}, "", "no such file"},
+		{wire.ImageImportParams{Name: "unknown", Source: host + "/nothing:v1"}, wire.CodeNotFound, "no such image"},
+		{wire.ImageImportParams{Name: "badref", Source: "Not A Ref"}, wire.CodeInvalid, "not an image reference"},
+		{wire.ImageImportParams{Name: "Bad_Name", Source: ociTar, Archive: true}, wire.CodeInvalid, "image name"},
+		{wire.ImageImportParams{Name: "from-oci", Source: ociTar, Archive: true}, wire.CodeConflict, "already exists"},
+		{wire.ImageImportParams{Name: "tiny", Source: ociTar, Archive: true}, wire.CodeConflict, "already exists"},
+	}
+	for _, b := range bad {
+		_, err := client.ImportImage(ctx, c, b.p, nil)
+		if err == nil || !strings.Contains(err.Error(), b.msg) || b.code != "" && wire.CodeOf(err) != b.code {
+			t.Errorf("%+v: %v (code %q), want %s %q", b.p, err, wire.CodeOf(err), b.code, b.msg)
+		}
+	}
+	if after := imagesDirEntries(t, td); !reflect.DeepEqual(after, before) {
+		t.Errorf("bad imports left %v (before %v)", after, before)
+	}
+	imgs, _ := td.store.ListImages(ctx)
+	if len(imgs) != 3 {
+		t.Errorf("%d images recorded, want 3", len(imgs))
+	}
+}
+
+// A daemon that stopped mid-import left its work folder: the next one
+// removes it.
+func TestImportLeftoversSwept(t *testing.T) {
+	home := t.TempDir()
+	td := openTestDaemon(t, home, newFakeDriver())
+	left := filepath.Join(td.layout.ImagesDir(), importPrefix+"123", "root")
+	if err := os.MkdirAll(left, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	td.Close()
+	td = openTestDaemon(t, home, newFakeDriver())
+	if got := imagesDirEntries(t, td); len(got) != 0 {
+		t.Errorf("left: %v", got)
+	}
+}

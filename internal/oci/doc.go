@@ -1,0 +1,8 @@
+// Package oci reads container images for `ember image import`: `docker
+// save` archives and OCI image layouts in a tar (OpenArchive), registry
+// references (Pull), all through github.com/google/go-containerregistry,
+// and flattens their layers into a folder (Unpack) with whiteouts and
+// opaque folders applied by mutate.Extract and every write confined to
+// the folder (os.Root), bounded by Limits. ConfigOf reads the Env,
+// WorkingDir and User that apply to commands run in the image's VMs.
+package oci

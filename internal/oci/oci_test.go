@@ -1,0 +1,445 @@
+package oci_test
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"log"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/emberhq/ember/internal/oci"
+	"github.com/emberhq/ember/internal/oci/ocitest"
+)
+
+// fixture is ocitest.Busybox around a stand-in for busybox.
+func fixture(t *testing.T) v1.Image {
+	t.Helper()
+	bb := filepath.Join(t.TempDir(), "busybox")
+	if err := os.WriteFile(bb, []byte("#!not really busybox\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img, err := ocitest.Busybox(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+type node struct {
+	Type byte
+	Body string
+	Link string
+	Mode fs.FileMode
+}
+
+// flattened is what mutate.Extract says the image's root holds.
+func flattened(t *testing.T, img v1.Image) map[string]node {
+	t.Helper()
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	out := map[string]node{}
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		n := node{Type: h.Typeflag, Link: h.Linkname, Mode: h.FileInfo().Mode().Perm()}
+		if h.Typeflag == tar.TypeReg {
+			n.Body = string(b)
+		}
+		out[strings.TrimSuffix(strings.TrimPrefix(filepathClean(h.Name), "/"), "/")] = n
+	}
+}
+
+func filepathClean(n string) string { return filepath.Clean("/" + n) }
+
+// onDisk is what dir holds, in the same terms.
+func onDisk(t *testing.T, dir string) map[string]node {
+	t.Helper()
+	out := map[string]node{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		n := node{Mode: fi.Mode().Perm()}
+		switch {
+		case fi.IsDir():
+			n.Type = tar.TypeDir
+		case fi.Mode()&fs.ModeSymlink != 0:
+			n.Type = tar.TypeSymlink
+			n.Link, _ = os.Readlink(p)
+		case fi.Mode().IsRegular():
+			n.Type = tar.TypeReg
+			b, _ := os.ReadFile(p)
+			n.Body = string(b)
+		}
+		out[filepath.ToSlash(rel)] = n
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func unpack(t *testing.T, img v1.Image, lim oci.Limits) (string, oci.Tree, error) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "root")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tree, err := oci.Unpack(context.Background(), img, dir, lim, nil)
+	return dir, tree, err
+}
+
+// TestUnpackMatchesMutateExtract: every entry mutate.Extract yields is on
+// disk as it says, and nothing else is but the folders the guest needs and
+// the folders that hold entries.
+func TestUnpackMatchesMutateExtract(t *testing.T) {
+	extra, err := ocitest.Layer(
+		ocitest.Entry{Name: "./usr/lib/libx.so.1", Body: "lib"},
+		ocitest.Entry{Name: "usr/lib/libx.so", Type: tar.TypeSymlink, Link: "libx.so.1"},
+		ocitest.Entry{Name: "usr/lib/hard", Type: tar.TypeLink, Link: "usr/lib/libx.so.1"},
+		ocitest.Entry{Name: "data/keep.txt", Body: "replaced\n", Mode: 0o600},
+		ocitest.Entry{Name: "ro/", Type: tar.TypeDir, Mode: 0o555},
+		ocitest.Entry{Name: "ro/inside", Body: "in a read-only folder"},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fixture(t)
+	withExtra, err := mutate.AppendLayers(base, extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, img := range map[string]v1.Image{"busybox fixture": base, "with a fourth layer": withExtra} {
+		t.Run(name, func(t *testing.T) {
+			want := flattened(t, img)
+			dir, tree, err := unpack(t, img, oci.DefaultLimits)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := onDisk(t, dir)
+			for p, w := range want {
+				g, ok := got[p]
+				if w.Type == tar.TypeLink { // a hard link: the same content as its target
+					w = want[strings.TrimPrefix(filepathClean(w.Link), "/")]
+				}
+				if w.Type == tar.TypeSymlink {
+					g.Mode, w.Mode = 0, 0
+				}
+				if !ok || g.Type != w.Type || g.Body != w.Body || g.Link != w.Link || g.Mode != w.Mode {
+					t.Errorf("%s: on disk %+v, mutate.Extract says %+v", p, g, w)
+				}
+			}
+			for p, g := range got {
+				if _, ok := want[p]; ok {
+					continue
+				}
+				if g.Type != tar.TypeDir {
+					t.Errorf("%s is on disk, mutate.Extract does not have it", p)
+				}
+			}
+			if len(tree.Skipped) != 0 {
+				t.Errorf("skipped %v", tree.Skipped)
+			}
+		})
+	}
+	// The fixture's whiteouts and opaque folder, spelled out.
+	dir, _, err := unpack(t, base, oci.DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, gone := range []string{"data/gone.txt", "data/gonedir", "data/opaque/lower.txt"} {
+		if _, err := os.Lstat(filepath.Join(dir, gone)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: %v, want it gone", gone, err)
+		}
+	}
+	for _, kept := range []string{"data/keep.txt", "data/opaque/upper.txt", "data/late.txt", "bin/sh", "work", "proc", "sys", "dev", "tmp", "run"} {
+		if _, err := os.Lstat(filepath.Join(dir, kept)); err != nil {
+			t.Errorf("%s: %v", kept, err)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "tmp")); err != nil || fi.Mode()&fs.ModeSticky == 0 || fi.Mode().Perm() != 0o777 {
+		t.Errorf("tmp: %v %v, want sticky 0777", fi.Mode(), err)
+	}
+}
+
+func TestUnpackOwners(t *testing.T) {
+	dir, tree, err := unpack(t, fixture(t), oci.DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners := map[string][2]int{}
+	for _, o := range tree.Owners {
+		owners[o.Path] = [2]int{o.UID, o.GID}
+	}
+	if owners["data/late.txt"] != [2]int{1000, 1000} || owners["home/app"] != [2]int{1000, 1000} || owners["bin/busybox"] != [2]int{0, 0} {
+		t.Errorf("owners %v", owners)
+	}
+	if _, ok := owners["home"]; !ok {
+		t.Error("the folder made for home/app has no owner")
+	}
+	if os.Geteuid() == 0 {
+		fi, err := os.Stat(filepath.Join(dir, "data/late.txt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 1000 || st.Gid != 1000 {
+			t.Errorf("data/late.txt is %d:%d on disk, want 1000:1000", st.Uid, st.Gid)
+		}
+	}
+}
+
+// TestUnpackHostile: nothing is ever written outside the folder.
+func TestUnpackHostile(t *testing.T) {
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("untouched"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		entries []ocitest.Entry
+		err     string   // "" when it unpacks
+		skipped []string // prefixes of Tree.Skipped
+		absent  []string
+	}{
+		// mutate.Extract drops it; a name that reached Unpack would be
+		// rooted in the folder.
+		{"dot-dot path", []ocitest.Entry{{Name: "../../escape", Body: "x"}}, "", nil, []string{"escape"}},
+		{"absolute symlink then a file through it", []ocitest.Entry{
+			{Name: "evil", Type: tar.TypeSymlink, Link: outside},
+			{Name: "evil/victim", Body: "overwritten"},
+		}, "", nil, nil},
+		{"relative symlink out, then a file through it", []ocitest.Entry{
+			{Name: "a/", Type: tar.TypeDir},
+			{Name: "a/up", Type: tar.TypeSymlink, Link: "../../../../../../../" + outside},
+			{Name: "a/up/victim", Body: "overwritten"},
+		}, "", nil, nil},
+		{"a file below, then a symlink of its folder's name", []ocitest.Entry{
+			{Name: "b/victim", Body: "inside"},
+			{Name: "b", Type: tar.TypeSymlink, Link: outside},
+		}, "", []string{"b"}, nil},
+		{"hard link to a host file", []ocitest.Entry{{Name: "h", Type: tar.TypeLink, Link: victim}}, "", []string{"h"}, []string{"h"}},
+		{"hard link climbing out", []ocitest.Entry{{Name: "h2", Type: tar.TypeLink, Link: "../../../../" + victim}}, "", nil, []string{"h2"}},
+		{"device files and a fifo", []ocitest.Entry{
+			{Name: "dev/", Type: tar.TypeDir},
+			{Name: "dev/sda", Type: tar.TypeBlock},
+			{Name: "dev/mem", Type: tar.TypeChar},
+			{Name: "fifo", Type: tar.TypeFifo},
+		}, "", []string{"dev/mem", "dev/sda", "fifo"}, []string{"dev/sda", "dev/mem", "fifo"}},
+		{"absolute names stay inside", []ocitest.Entry{{Name: "/etc/hosts", Body: "inside"}}, "", nil, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			l, err := ocitest.Layer(c.entries...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := ocitest.Image(v1.Config{}, l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir, tree, err := unpack(t, img, oci.DefaultLimits)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("err %v, want %q", err, c.err)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if b, _ := os.ReadFile(victim); string(b) != "untouched" {
+				t.Fatalf("the file outside was changed: %q", b)
+			}
+			entries, _ := os.ReadDir(outside)
+			if len(entries) != 1 {
+				t.Fatalf("outside holds %d entries", len(entries))
+			}
+			var skipped []string
+			for _, s := range tree.Skipped {
+				skipped = append(skipped, strings.SplitN(s, ":", 2)[0])
+			}
+			sort.Strings(skipped)
+			if c.err == "" && !reflect.DeepEqual(skipped, c.skipped) && !(len(skipped) == 0 && len(c.skipped) == 0) {
+				t.Errorf("skipped %v, want %v", tree.Skipped, c.skipped)
+			}
+			for _, a := range c.absent {
+				if _, err := os.Lstat(filepath.Join(dir, a)); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("%s is there: %v", a, err)
+				}
+			}
+		})
+	}
+}
+
+func TestUnpackLimits(t *testing.T) {
+	l, err := ocitest.Layer(ocitest.Entry{Name: "big", Body: strings.Repeat("x", 3<<20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := ocitest.Image(v1.Config{}, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := unpack(t, img, oci.Limits{MaxBytes: 1 << 20}); !errors.Is(err, oci.ErrTooLarge) || !strings.Contains(err.Error(), "1 MiB") {
+		t.Errorf("over the byte limit: %v", err)
+	}
+	if _, _, err := unpack(t, fixture(t), oci.Limits{MaxEntries: 5}); !errors.Is(err, oci.ErrTooLarge) {
+		t.Errorf("over the entry limit: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := oci.Unpack(ctx, img, t.TempDir(), oci.DefaultLimits, nil); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+}
+
+func openArchive(t *testing.T, path string) (*oci.Archive, error) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	fi, _ := f.Stat()
+	return oci.OpenArchive(f, fi.Size())
+}
+
+// TestArchives: an OCI layout tar and a docker archive of one image give
+// the same tree and config.
+func TestArchives(t *testing.T) {
+	img := fixture(t)
+	tmp := t.TempDir()
+	ociPath, dockerPath := filepath.Join(tmp, "oci.tar"), filepath.Join(tmp, "docker.tar")
+	if err := ocitest.WriteOCIArchive(img, ociPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := ocitest.WriteDockerArchive(img, "example.com/fixture:1", dockerPath); err != nil {
+		t.Fatal(err)
+	}
+	want := flattened(t, img)
+	for _, p := range []string{ociPath, dockerPath} {
+		a, err := openArchive(t, p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		got, err := a.Image(oci.Platform)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if !reflect.DeepEqual(flattened(t, got), want) {
+			t.Errorf("%s: flattened differently", p)
+		}
+		cfg, err := oci.ConfigOf(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(cfg, oci.Config{Env: ocitest.Config.Env, WorkingDir: "/work", User: "app"}) {
+			t.Errorf("%s: config %+v", p, cfg)
+		}
+	}
+}
+
+func TestBadArchives(t *testing.T) {
+	tmp := t.TempDir()
+	junk := filepath.Join(tmp, "junk")
+	os.WriteFile(junk, []byte(strings.Repeat("not a tar at all ", 100)), 0o644)
+	if _, err := openArchive(t, junk); !errors.Is(err, oci.ErrNotImage) {
+		t.Errorf("junk: %v", err)
+	}
+	empty := filepath.Join(tmp, "empty.tar")
+	f, _ := os.Create(empty)
+	tw := tar.NewWriter(f)
+	tw.WriteHeader(&tar.Header{Name: "hello", Size: 2, Mode: 0o644})
+	tw.Write([]byte("hi"))
+	tw.Close()
+	f.Close()
+	if _, err := openArchive(t, empty); !errors.Is(err, oci.ErrNotImage) || !strings.Contains(err.Error(), "index.json") {
+		t.Errorf("a tar with no image: %v", err)
+	}
+
+	// A layer whose bytes do not match its digest.
+	good := filepath.Join(tmp, "good.tar")
+	if err := ocitest.WriteOCIArchive(fixture(t), good); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(good)
+	i := strings.Index(string(b), "hello from oci") // in the config blob
+	corrupt := filepath.Join(tmp, "corrupt.tar")
+	b[i] = 'J'
+	os.WriteFile(corrupt, b, 0o644)
+	a, err := openArchive(t, corrupt)
+	if err == nil {
+		var img v1.Image
+		if img, err = a.Image(oci.Platform); err == nil {
+			_, err = oci.ConfigOf(img)
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "digest") {
+		t.Errorf("a corrupt blob: %v", err)
+	}
+	// Truncated.
+	trunc := filepath.Join(tmp, "trunc.tar")
+	os.WriteFile(trunc, b[:len(b)/2], 0o644)
+	if _, err := openArchive(t, trunc); err == nil {
+		t.Error("a truncated archive opened")
+	}
+}
+
+func TestPull(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	img := fixture(t)
+	ref, err := name.ParseReference(host + "/test/fixture:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	for _, r := range []string{host + "/test/fixture:v1", host + "/test/fixture@" + d.String()} {
+		got, err := oci.Pull(context.Background(), r)
+		if err != nil {
+			t.Fatalf("%s: %v", r, err)
+		}
+		if !reflect.DeepEqual(flattened(t, got), flattened(t, img)) {
+			t.Errorf("%s: flattened differently", r)
+		}
+	}
+	for _, r := range []string{host + "/test/fixture:nope", host + "/test/nothing:v1"} {
+		if _, err := oci.Pull(context.Background(), r); !errors.Is(err, oci.ErrUnknownRef) {
+			t.Errorf("%s: %v, want ErrUnknownRef", r, err)
+		}
+	}
+	if _, err := oci.Pull(context.Background(), "Bad Ref!"); err == nil || !strings.Contains(err.Error(), "not an image reference") {
+		t.Errorf("bad ref: %v", err)
+	}
+}
