@@ -66,6 +66,8 @@ func serveMain(args []string, stderr io.Writer) int {
 			return fail(fmt.Errorf("no ember.key on the kernel command line"))
 		}
 		cfg.AuthorizedKey = boot.Key
+		// In a VM (its kernel named the key): / is the guest's disk.
+		cfg.Freeze = freezeRoot
 		if addr == "" {
 			addr = ":" + strconv.Itoa(boot.Port)
 		}

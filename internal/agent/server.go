@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -30,6 +31,10 @@ type ServerConfig struct {
 	// Poweroff is called after the reply to an ember-poweroff request has
 	// been sent. Nil makes ember-poweroff fail with a message.
 	Poweroff func() error
+	// Freeze freezes the root filesystem and returns how to thaw it
+	// (guestproto.FreezeCommand). Nil makes a freeze request fail with a
+	// message: only the agent of a VM sets it, never a test on a host.
+	Freeze func() (thaw func() error, err error)
 	// Logger receives connection-level problems. Nil discards them.
 	Logger *slog.Logger
 }
@@ -44,6 +49,8 @@ type Server struct {
 	wg sync.WaitGroup // connection and channel goroutines
 
 	sessions *sessionManager // persistent sessions; outlive connections
+
+	freezing atomic.Bool // a freeze request holds the filesystem frozen
 
 	closing   chan struct{} // closed when Close begins
 	closeOnce sync.Once

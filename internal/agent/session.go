@@ -170,6 +170,9 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		if p.Command == guestproto.PoweroffCommand {
 			return true, s.poweroff
 		}
+		if limit, ok, err := guestproto.DecodeFreeze(p.Command); ok {
+			return true, func() { s.freeze(limit, err) }
+		}
 		env, term := s.snapshot()
 		spec, err := specForExec(p.Command, env, term)
 		if err == nil && spec.detach {

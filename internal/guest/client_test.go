@@ -28,11 +28,18 @@ func TestMain(m *testing.M) {
 // returned key.
 func startAgent(t *testing.T) (string, ssh.Signer) {
 	t.Helper()
+	return startAgentWith(t, agent.ServerConfig{})
+}
+
+// startAgentWith is startAgent with cfg (its AuthorizedKey is set here).
+func startAgentWith(t *testing.T, cfg agent.ServerConfig) (string, ssh.Signer) {
+	t.Helper()
 	key, err := guest.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := agent.NewServer(agent.ServerConfig{AuthorizedKey: key.PublicKey()})
+	cfg.AuthorizedKey = key.PublicKey()
+	srv, err := agent.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
