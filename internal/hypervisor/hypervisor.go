@@ -169,3 +169,16 @@ type AccelProber interface {
 	// TCG, where the KVM boot stalled).
 	ProbeAccel(ctx context.Context, p ProbeSpec) (accel, reason string)
 }
+
+// DiskFlattener is implemented by drivers that can turn a VM's disk into
+// one standalone file (an image promoted from a VM).
+type DiskFlattener interface {
+	// FlattenDisk writes what disk (a qcow2 overlay CreateDisk made,
+	// which a guest and its hypervisor process may have written) shows
+	// over backing (its image, in backingFormat, as the Spec names them)
+	// as one standalone sparse raw file, out, and returns its size. The
+	// header of disk is not trusted: the backing file it names is
+	// ignored, and an external data file or encryption is refused. out
+	// must not exist; on failure it is removed.
+	FlattenDisk(ctx context.Context, disk, backing, backingFormat, out string) (int64, error)
+}
