@@ -35,3 +35,25 @@ func freezeRoot() (thaw func() error, err error) {
 		return nil
 	}, nil
 }
+
+// Console lines of a freeze, for people reading a VM's log.
+const (
+	frozeLine  = "froze the root filesystem for the host"
+	thawedLine = "thawed the root filesystem"
+)
+
+// freezeRootLogged is freezeRoot with a console line at each end.
+func freezeRootLogged() (func() error, error) {
+	thaw, err := freezeRoot()
+	if err != nil {
+		return nil, err
+	}
+	consolef(frozeLine)
+	return func() error {
+		err := thaw()
+		if err == nil {
+			consolef(thawedLine)
+		}
+		return err
+	}, nil
+}

@@ -67,7 +67,7 @@ func serveMain(args []string, stderr io.Writer) int {
 		}
 		cfg.AuthorizedKey = boot.Key
 		// In a VM (its kernel named the key): / is the guest's disk.
-		cfg.Freeze = freezeRoot
+		cfg.Freeze = freezeRootLogged
 		if addr == "" {
 			addr = ":" + strconv.Itoa(boot.Port)
 		}

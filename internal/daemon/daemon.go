@@ -160,6 +160,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.buildServices(ctx, opts, driver, key); err != nil {
 		return nil, err
 	}
+	d.images.sweepPromoteLeftovers()
 	if err := d.vms.reattach(ctx); err != nil {
 		return nil, err
 	}

@@ -37,8 +37,9 @@
 //     the create operations, the image build operations) and the store's
 //     finished operations. Each opRegistry[T] owns its lock.
 //   - imageService (images.go): image.*; imageOpsMu serialises registry
-//     mutations (today: building the built-in image on first use,
-//     recording an imported image). image.import (image_import.go) reads
+//     mutations (building the built-in image on first use, recording an
+//     imported image; addFile, which registers a finished image file such
+//     as a promoted one). image.import (image_import.go) reads
 //     an archive its client passes as a descriptor, or pulls a registry
 //     reference, and does its slow work (unpack, mkfs) holding no lock.
 //   - bootService (boot.go, accel.go): kernel.*, the kernel fetched on
@@ -53,7 +54,10 @@
 //     lock, a cache of the leases under tapNet.mu, a leaf, and the
 //     bridge's guestFilter, which lets each lease's TAP send only as
 //     that lease; the rest of the guest policy is fixed at start).
-//   - vmService (vm.go, exec.go, guests.go, vmlock.go): vm.*. vmLocks
+//   - vmService (vm.go, exec.go, guests.go, vmlock.go, promote.go): vm.*
+//     and image.promote (promoteVM: the guest's root filesystem frozen
+//     through its agent while the VM's overlay is copied, then flattened
+//     and registered through the image service). vmLocks
 //     (vmLockSet): one mutex per VM ID, reached through withVMLockByID and
 //     withVMLockByRef (name or unique ID prefix); held only to read and
 //     change a VM's record, never across guest I/O or a hypervisor call:

@@ -51,6 +51,9 @@ var wireCodes = []struct {
 	// The agent's channel ended without the command's exit status: the
 	// VM went away under it (exec.go's whyLost says how when it can).
 	{guest.ErrLost, wire.CodeGone},
+	// A promote's copy outlasted the guest's freeze, which the agent
+	// ended by itself: trying again (on a less busy host) may work.
+	{guest.ErrFreezeExpired, wire.CodeTimeout},
 	// The driver cannot do what the request asks (a network mode, say):
 	// the request has to change, not the host.
 	{hypervisor.ErrUnsupported, wire.CodeInvalid},

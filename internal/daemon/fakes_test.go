@@ -55,7 +55,20 @@ type fakeDriver struct {
 	// not hold.
 	consoleExtra     string
 	announceOtherKey bool
+	// disks is each process's disk. A freeze (FreezeFS) appends
+	// freezeMark to it and a thaw thawMark, so a copy shows when it was
+	// taken; frozen says whether a guest is frozen now, freezes counts
+	// freezes; freezeErr and thawErr fail them, flattenErr FlattenDisk.
+	disks                          map[int]string
+	frozen                         bool
+	freezes                        int
+	freezeErr, thawErr, flattenErr error
 }
+
+const (
+	freezeMark = "|frozen"
+	thawMark   = "|thawed"
+)
 
 func newFakeDriver() *fakeDriver {
 	return &fakeDriver{nextPID: 1000, alive: map[int]bool{}, hostKeys: map[int]ssh.Signer{}, agents: map[string]int{}}
@@ -98,6 +111,10 @@ func (f *fakeDriver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.I
 	f.started++
 	f.alive[f.nextPID] = true
 	f.hostKeys[f.nextPID] = hostKey
+	if f.disks == nil {
+		f.disks = map[int]string{}
+	}
+	f.disks[f.nextPID] = s.Disk
 	if s.Net.SSHHostPort != 0 {
 		f.agents[fmt.Sprintf("127.0.0.1:%d", s.Net.SSHHostPort)] = f.nextPID
 	}
@@ -238,6 +255,58 @@ func (g *fakeGuest) Poweroff(ctx context.Context) error {
 }
 
 func (g *fakeGuest) Close() error { return nil }
+
+func appendFile(path, s string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.WriteString(s)
+	return err
+}
+
+// FreezeFS plays the agent's freeze (guestFSFreezer).
+func (g *fakeGuest) FreezeFS(ctx context.Context, limit time.Duration) (func(context.Context) error, error) {
+	f := g.drv
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.freezeErr != nil {
+		return nil, f.freezeErr
+	}
+	if err := appendFile(f.disks[g.pid], freezeMark); err != nil {
+		return nil, err
+	}
+	f.frozen = true
+	f.freezes++
+	return func(context.Context) error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.frozen = false
+		if err := appendFile(f.disks[g.pid], thawMark); err != nil {
+			return err
+		}
+		return f.thawErr
+	}, nil
+}
+
+// FlattenDisk plays qemu-img: the "flattened" disk is the overlay's bytes.
+func (f *fakeDriver) FlattenDisk(ctx context.Context, disk, backing, backingFormat, out string) (int64, error) {
+	f.mu.Lock()
+	err, frozen := f.flattenErr, f.frozen
+	f.mu.Unlock()
+	if frozen {
+		return 0, errors.New("fake: flatten while the guest is frozen")
+	}
+	if err != nil {
+		return 0, err
+	}
+	b, err := os.ReadFile(disk)
+	if err != nil {
+		return 0, err
+	}
+	return int64(len(b)), os.WriteFile(out, b, 0o644)
+}
 
 type testDaemon struct {
 	*Daemon

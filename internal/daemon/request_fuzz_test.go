@@ -46,6 +46,7 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return unary(wire.OpPrune) },
 		func() (string, paramDecoder) { return unary(wire.ImageList) },
 		func() (string, paramDecoder) { return unary(wire.ImageInspect) },
+		func() (string, paramDecoder) { return unary(wire.ImagePromote) },
 		func() (string, paramDecoder) { return unary(wire.KernelList) },
 		func() (string, paramDecoder) { return stream(wire.KernelFetch) },
 		func() (string, paramDecoder) { return stream(wire.KernelImport) },

@@ -88,6 +88,9 @@ func (s *vmService) register(t methodTable) {
 	handle(t, wire.VMDelete, s.deleteVM)
 	handleStream(t, wire.VMExec, s.execVM)
 	handleStream(t, wire.VMLogs, s.logsVM)
+	// Promote reads a VM (and freezes its guest) to add an image: the VM
+	// service owns the VM and its agent, the image service the registry.
+	handle(t, wire.ImagePromote, s.promoteVM)
 }
 
 // step is a named point of create and start: the test seam fault may fail

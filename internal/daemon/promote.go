@@ -1,0 +1,255 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/guestproto"
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// image.promote (`ember image promote VM NAME`): a VM's disk becomes a new
+// standalone image while the VM keeps running.
+//
+// A running VM's disk is a qcow2 overlay that its QEMU writes. The guest's
+// root filesystem is frozen through its agent (guestproto.FreezeCommand:
+// FIFREEZE writes out dirty pages and the journal and flushes the disk;
+// QEMU answers that flush by writing its own qcow2 metadata to the file),
+// the overlay file alone, whose size is what the guest wrote, is copied
+// while it is frozen, and the guest is thawed. The copy over the image is
+// then flattened into one raw file with no guest waiting. A stopped VM's
+// overlay is copied under its VM lock, so it cannot start meanwhile.
+// The new image is registered under imageOpsMu; until then its files
+// carry promoteTmpPrefix and are removed on every failure, and at the
+// daemon's start (sweepPromoteLeftovers) after a crash.
+
+// promoteTmpPrefix starts the names of a promote's files in the images
+// folder until the image is registered.
+const promoteTmpPrefix = ".promote-"
+
+// Bounds of the freeze: the agent thaws by itself after the limit, which
+// grows with the overlay to copy (at a pessimistic copy rate); a copy
+// that takes longer fails rather than keep a half-consistent file.
+const (
+	freezeBase     = 60 * time.Second
+	freezeCopyRate = 16 << 20 // bytes per second
+	// freezeAnswer bounds the agent's answers (frozen, thawed).
+	freezeAnswer = 30 * time.Second
+)
+
+// freezeLimit is the freeze's limit for an overlay of size bytes.
+func freezeLimit(size int64) time.Duration {
+	return min(freezeBase+time.Duration(size/freezeCopyRate)*time.Second, guestproto.MaxFreeze)
+}
+
+// guestFSFreezer is a guest connection that freezes its guest's
+// filesystem some other way than guest.Client (tests' fakes).
+type guestFSFreezer interface {
+	FreezeFS(ctx context.Context, limit time.Duration) (thaw func(context.Context) error, err error)
+}
+
+// freezeGuest freezes g's root filesystem and returns how to thaw it.
+func freezeGuest(ctx context.Context, g guestConn, limit time.Duration) (func(context.Context) error, error) {
+	switch c := g.(type) {
+	case *guest.Client:
+		f, err := c.Freeze(ctx, limit)
+		if err != nil {
+			return nil, err
+		}
+		return f.Thaw, nil
+	case guestFSFreezer:
+		return c.FreezeFS(ctx, limit)
+	}
+	return nil, fmt.Errorf("the guest connection cannot freeze filesystems: %w", hypervisor.ErrUnsupported)
+}
+
+// promoteVM is image.promote.
+func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (wire.Image, error) {
+	if !layout.ValidName(p.Name) {
+		return wire.Image{}, invalidf("image name %q is not valid: use 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit", p.Name)
+	}
+	flattener, ok := s.driver.(hypervisor.DiskFlattener)
+	if !ok {
+		return wire.Image{}, fmt.Errorf("the %s driver cannot flatten a disk: %w", s.driver.Name(), hypervisor.ErrUnsupported)
+	}
+	vm, err := s.resolveRef(ctx, p.VM)
+	if err != nil {
+		return wire.Image{}, err
+	}
+	if err := s.images.nameFree(ctx, p.Name); err != nil {
+		return wire.Image{}, err
+	}
+	parent, _, err := s.images.lookup(ctx, vm.Image)
+	if err != nil {
+		return wire.Image{}, fmt.Errorf("image %s of vm %s: %w", vm.Image, vm.Name, err)
+	}
+	spec := specOf(vm)
+	disk := filepath.Join(s.layout.VMDir(vm.ID), layout.DiskFile)
+	backing, backingFormat := spec.DiskBacking, spec.DiskBackingFormat
+	if backing == "" {
+		backing, backingFormat = parent.Path, parent.Format
+	}
+	if backing == "" {
+		return wire.Image{}, fmt.Errorf("vm %s: the image under its disk is not known", vm.Name)
+	}
+
+	var undo undoStack
+	defer undo.run()
+	tmp := filepath.Join(s.layout.ImagesDir(), promoteTmpPrefix+store.NewImageID())
+	overlay, flat := tmp+".qcow2", tmp+".raw"
+	undo.add("overlay copy", func() { os.Remove(overlay) })
+	switch vm.State {
+	case wire.StateRunning:
+		err = s.copyFrozen(ctx, vm, disk, overlay)
+	case wire.StateStopped:
+		err = s.copyStopped(ctx, vm.ID, disk, overlay)
+	case wire.StatePaused:
+		err = conflictf("vm %s is paused (its disk could not be written): its guest cannot freeze its filesystems; free space and `ember start %s`, or stop it, then promote", vm.Name, vm.Name)
+	default:
+		err = busy(&vm)
+	}
+	if err != nil {
+		return wire.Image{}, err
+	}
+	undo.add("flattened disk", func() { os.Remove(flat) })
+	size, err := flattener.FlattenDisk(ctx, overlay, backing, backingFormat, flat)
+	if err != nil {
+		return wire.Image{}, fmt.Errorf("promote vm %s: %w", vm.Name, err)
+	}
+	os.Remove(overlay)
+	img := store.Image{Name: p.Name, Kind: store.ImagePromoted, Format: store.FormatRaw, SizeBytes: size,
+		Kernel: parent.Kernel, Parent: vm.Image, Config: parent.Config}
+	if err := s.images.addFile(ctx, img, flat); err != nil {
+		return wire.Image{}, err
+	}
+	undo.success()
+	s.log.Info("promoted vm to image", "vm", vm.Name, "image", p.Name, "size", size)
+	return s.images.inspect(ctx, p.Name)
+}
+
+// copyFrozen copies a running VM's overlay while its guest's root
+// filesystem is frozen. The guest is thawed on every path: here, or by
+// its agent when the connection or the channel ends or the limit passes;
+// a thaw that does not confirm the freeze held fails the promote.
+func (s *vmService) copyFrozen(ctx context.Context, vm store.VM, disk, dst string) (err error) {
+	st, err := os.Stat(disk)
+	if err != nil {
+		return fmt.Errorf("vm %s: its disk: %w", vm.Name, err)
+	}
+	g, err := s.guest(ctx, vm)
+	if err != nil {
+		return err
+	}
+	fctx, cancel := context.WithTimeout(ctx, freezeAnswer)
+	thaw, err := freezeGuest(fctx, g, freezeLimit(st.Size()))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("vm %s: freeze its filesystems: %w", vm.Name, err)
+	}
+	defer func() {
+		// The thaw is sent even when ctx ended: a fresh bound.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), freezeAnswer)
+		defer cancel()
+		terr := thaw(tctx)
+		if errors.Is(terr, guest.ErrFreezeExpired) {
+			terr = fmt.Errorf("the copy took longer than the freeze's limit, so it may be inconsistent: %w", terr)
+		}
+		if terr != nil && err == nil {
+			err = fmt.Errorf("vm %s: thaw its filesystems: %w", vm.Name, terr)
+		}
+	}()
+	return copyFileCtx(ctx, disk, dst)
+}
+
+// copyStopped copies a stopped VM's overlay under its lock, so the VM
+// cannot start (and write it) during the copy. The lock guards this VM's
+// own file work; nothing but a start or delete of this VM waits on it.
+func (s *vmService) copyStopped(ctx context.Context, id, disk, dst string) error {
+	_, err := s.withVMLockByID(ctx, id, func(vm *store.VM) error {
+		if vm.State != wire.StateStopped {
+			return conflictf("vm %s changed to %s; promote it again", vm.Name, vm.State)
+		}
+		return copyFileCtx(ctx, disk, dst)
+	})
+	return err
+}
+
+// copyChunk is how much copyFileCtx copies between looks at ctx.
+const copyChunk = 64 << 20
+
+// copyFileCtx copies src to dst, a new file, until ctx ends; a failed copy
+// leaves no dst. The kernel copies (copy_file_range) where it can.
+func copyFileCtx(ctx context.Context, src, dst string) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := io.CopyN(out, in, copyChunk)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("copy %s: %w", src, err)
+		}
+		if n < copyChunk {
+			return nil
+		}
+	}
+}
+
+// addFile registers img, whose content is the finished file tmp in the
+// images folder: tmp gets its final name and the row is written under
+// imageOpsMu (recordNew, which checks the name again). On failure
+// neither the file nor a row is kept.
+func (s *imageService) addFile(ctx context.Context, img store.Image, tmp string) error {
+	img.ID = store.NewImageID()
+	img.Path = filepath.Join(s.layout.ImagesDir(), img.Name+"-"+img.ID[:12]+"."+img.Format)
+	if err := os.Rename(tmp, img.Path); err != nil {
+		return fmt.Errorf("image %s: %w", img.Name, err)
+	}
+	if err := s.recordNew(ctx, img); err != nil {
+		os.Remove(img.Path)
+		return fmt.Errorf("record image %s: %w", img.Name, err)
+	}
+	return nil
+}
+
+// sweepPromoteLeftovers removes the files of promotes a crash cut short.
+func (s *imageService) sweepPromoteLeftovers() {
+	entries, err := os.ReadDir(s.layout.ImagesDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), promoteTmpPrefix) {
+			os.Remove(filepath.Join(s.layout.ImagesDir(), e.Name()))
+		}
+	}
+}

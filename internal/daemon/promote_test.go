@@ -1,0 +1,176 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// promoteFixture is a daemon with one running VM, "src".
+func promoteFixture(t *testing.T) (*testDaemon, *client.Client) {
+	t.Helper()
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "src"})
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	return td, c
+}
+
+// A running VM: its disk is copied between the guest's freeze and thaw,
+// the image is registered, and the VM runs on untouched.
+func TestPromoteRunningVM(t *testing.T) {
+	td, c := promoteFixture(t)
+	ctx := context.Background()
+	before, err := client.Do(ctx, c, wire.VMInspect, wire.RefParams{Ref: "src"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := client.Do(ctx, c, wire.ImagePromote, wire.ImagePromoteParams{VM: "src", Name: "snap"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Name != "snap" || img.Kind != store.ImagePromoted || img.Parent != before.Image || img.Format != "raw" || len(img.ID) != 32 {
+		t.Fatalf("image %+v", img)
+	}
+	b, err := os.ReadFile(img.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The copy was taken while frozen: after the freeze's mark, before the thaw's.
+	if !strings.HasSuffix(string(b), freezeMark) {
+		t.Fatalf("image content %q: not copied while the guest was frozen", b)
+	}
+	if td.drv.frozen || td.drv.freezes != 1 {
+		t.Fatalf("frozen %v after promote, %d freezes", td.drv.frozen, td.drv.freezes)
+	}
+	after, err := client.Do(ctx, c, wire.VMInspect, wire.RefParams{Ref: "src"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.State != wire.StateRunning || after.PID != before.PID {
+		t.Fatalf("vm after promote: %s pid %d, before pid %d", after.State, after.PID, before.PID)
+	}
+	if got := imagesDirEntries(t, td); len(got) != 1 {
+		t.Fatalf("images folder: %v, want the image's file only", got)
+	}
+	// The new image is a parent like any other: a VM is created from it.
+	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "child", Image: "snap"})
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create from the promoted image: %v %+v", err, op)
+	}
+}
+
+func TestPromoteStoppedVM(t *testing.T) {
+	td, c := promoteFixture(t)
+	ctx := context.Background()
+	if _, err := client.Do(ctx, c, wire.VMStop, wire.RefParams{Ref: "src", Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := client.Do(ctx, c, wire.ImagePromote, wire.ImagePromoteParams{VM: "src", Name: "snap"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if td.drv.freezes != 0 {
+		t.Fatalf("a stopped vm's guest was frozen %d times", td.drv.freezes)
+	}
+	if _, err := os.Stat(img.Path); err != nil {
+		t.Fatal(err)
+	}
+	vm, _ := client.Do(ctx, c, wire.VMInspect, wire.RefParams{Ref: "src"})
+	if vm.State != wire.StateStopped {
+		t.Fatalf("vm %s after promote", vm.State)
+	}
+}
+
+func TestPromoteRefused(t *testing.T) {
+	td, c := promoteFixture(t)
+	ctx := context.Background()
+	if _, err := client.Do(ctx, c, wire.ImagePromote, wire.ImagePromoteParams{VM: "src", Name: "taken"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		p         wire.ImagePromoteParams
+		code, msg string
+	}{
+		{wire.ImagePromoteParams{VM: "nope", Name: "x"}, wire.CodeNotFound, `vm "nope" not found`},
+		{wire.ImagePromoteParams{VM: "src", Name: "taken"}, wire.CodeConflict, `an image named "taken" already exists`},
+		{wire.ImagePromoteParams{VM: "src", Name: "tiny"}, wire.CodeConflict, `an image named "tiny" already exists`},
+		{wire.ImagePromoteParams{VM: "src", Name: "Bad_Name"}, wire.CodeInvalid, `image name "Bad_Name" is not valid`},
+		{wire.ImagePromoteParams{VM: "src", Name: ""}, wire.CodeInvalid, `image name "" is not valid`},
+		{wire.ImagePromoteParams{VM: "", Name: "x"}, wire.CodeInvalid, `a vm name or id is needed`},
+	} {
+		_, err := client.Do(ctx, c, wire.ImagePromote, tc.p)
+		wantCode(t, err, tc.code)
+		if !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%+v: %v, want %q", tc.p, err, tc.msg)
+		}
+	}
+	if td.drv.freezes != 1 {
+		t.Fatalf("%d freezes: a refused promote froze the guest", td.drv.freezes)
+	}
+	if got := imagesDirEntries(t, td); len(got) != 1 {
+		t.Fatalf("images folder: %v", got)
+	}
+}
+
+// A failure at any point leaves no file, no row and a thawed, running VM.
+func TestPromoteFailureLeavesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(f *fakeDriver)
+		code string
+	}{
+		{"freeze fails", func(f *fakeDriver) { f.freezeErr = errors.New("freeze /: operation not supported") }, wire.CodeInternal},
+		{"freeze expired", func(f *fakeDriver) { f.thawErr = guest.ErrFreezeExpired }, wire.CodeTimeout},
+		{"thaw fails", func(f *fakeDriver) { f.thawErr = errors.New("thaw /: invalid argument") }, wire.CodeInternal},
+		{"flatten fails", func(f *fakeDriver) { f.flattenErr = errors.New("qemu-img convert: no space left") }, wire.CodeInternal},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			td, c := promoteFixture(t)
+			ctx := context.Background()
+			td.drv.mu.Lock()
+			tc.set(td.drv)
+			td.drv.mu.Unlock()
+			_, err := client.Do(ctx, c, wire.ImagePromote, wire.ImagePromoteParams{VM: "src", Name: "snap"})
+			wantCode(t, err, tc.code)
+			if got := imagesDirEntries(t, td); len(got) != 0 {
+				t.Fatalf("files left: %v", got)
+			}
+			if _, err := td.store.GetImage(ctx, "snap"); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("image row: %v", err)
+			}
+			if td.drv.frozen {
+				t.Fatal("guest left frozen")
+			}
+			vm, _ := client.Do(ctx, c, wire.VMInspect, wire.RefParams{Ref: "src"})
+			if vm.State != wire.StateRunning {
+				t.Fatalf("vm %s", vm.State)
+			}
+		})
+	}
+}
+
+// A crash between the copy and the registration leaves files that the
+// next start removes.
+func TestPromoteLeftoversSwept(t *testing.T) {
+	home := t.TempDir()
+	td := openTestDaemon(t, home, newFakeDriver())
+	left := td.layout.ImagesDir() + "/" + promoteTmpPrefix + "abc.raw"
+	if err := os.WriteFile(left, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	td.Close()
+	td = openTestDaemon(t, home, td.drv)
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Fatalf("leftover kept: %v", err)
+	}
+}
