@@ -197,10 +197,22 @@ func specForArgv(p guestproto.ExecPayload, sessEnv map[string]string, term strin
 	return procSpec{path: path, argv: p.Argv, env: envList(env), dir: wd, cred: acct.cred, detach: p.Detach}, nil
 }
 
-// specForShell is an interactive login shell: argv[0] starting with "-" is
-// the convention every shell understands.
+// specForShell is an interactive login shell as root: argv[0] starting
+// with "-" is the convention every shell understands.
 func specForShell(sessEnv map[string]string, term string) (procSpec, error) {
+	return specForLoginShell(sessEnv, term, "", "")
+}
+
+// specForLoginShell is a session's login shell, as user (root when "")
+// in dir (the user's HOME when ""): the user's shell from the passwd file,
+// with their HOME, USER and SHELL under sessEnv.
+func specForLoginShell(sessEnv map[string]string, term, user, dir string) (procSpec, error) {
+	acct, err := lookupAccount(user)
+	if err != nil {
+		return procSpec{}, err
+	}
 	env := baseEnv()
+	acct.env(env)
 	for k, v := range sessEnv {
 		env[k] = v
 	}
@@ -211,8 +223,11 @@ func specForShell(sessEnv map[string]string, term string) (procSpec, error) {
 	if err := isExecutable(shell); err != nil {
 		return procSpec{}, &startError{exitNotFound, fmt.Sprintf("ember: %s: no shell", shell)}
 	}
-	wd, _ := workDir("", env)
-	return procSpec{path: shell, argv: []string{"-" + filepath.Base(shell)}, env: envList(env), dir: wd}, nil
+	wd, err := workDir(dir, env)
+	if err != nil {
+		return procSpec{}, err
+	}
+	return procSpec{path: shell, argv: []string{"-" + filepath.Base(shell)}, env: envList(env), dir: wd, cred: acct.cred}, nil
 }
 
 func (p procSpec) command() *exec.Cmd {

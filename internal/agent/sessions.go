@@ -209,9 +209,9 @@ func (m *sessionManager) create(req sessionRequest) (_ *sessionInfo, replaced *s
 	var spec procSpec
 	var err error
 	if len(req.Argv) == 0 {
-		spec, err = specForShell(req.Env, term)
+		spec, err = specForLoginShell(req.Env, term, req.User, req.Dir)
 	} else {
-		spec, err = specForArgv(guestproto.ExecPayload{Argv: req.Argv}, req.Env, term)
+		spec, err = specForArgv(guestproto.ExecPayload{Argv: req.Argv, Dir: req.Dir, User: req.User}, req.Env, term)
 	}
 	if err != nil {
 		return nil, nil, sessErr(guestproto.SessionInvalid, "%v", err)

@@ -89,3 +89,34 @@ func TestLookupAccount(t *testing.T) {
 		t.Errorf("root's spec carries a credential: %+v", spec.cred)
 	}
 }
+
+// A session's login shell as the image's user in its working directory
+// (image.import's config): the user's credential, HOME and shell, the
+// session's environment over them, the folder asked for.
+func TestLoginShellAsUser(t *testing.T) {
+	withAccounts(t, "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n", "root:x:0:\napp:x:1000:\n")
+	dir := t.TempDir()
+	spec, err := specForLoginShell(map[string]string{"GREETING": "hi", "PATH": "/custom/bin"}, "xterm", "app", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.cred == nil || spec.cred.Uid != 1000 || spec.cred.Gid != 1000 || spec.dir != dir || spec.argv[0] != "-sh" {
+		t.Fatalf("spec %+v", spec)
+	}
+	env := strings.Join(spec.env, " ")
+	for _, want := range []string{"HOME=/home/app", "USER=app", "GREETING=hi", "PATH=/custom/bin", "TERM=xterm"} {
+		if !strings.Contains(env, want) {
+			t.Errorf("env %q lacks %s", env, want)
+		}
+	}
+	if _, err := specForLoginShell(nil, "", "nobody-here", ""); err == nil || !strings.Contains(err.Error(), "unable to find user") {
+		t.Errorf("unknown user: %v", err)
+	}
+	if _, err := specForLoginShell(nil, "", "", "/no/such/dir"); err == nil || !strings.Contains(err.Error(), "no such directory") {
+		t.Errorf("missing folder: %v", err)
+	}
+	root, err := specForShell(nil, "")
+	if err != nil || root.cred != nil {
+		t.Errorf("root shell: %+v %v", root, err)
+	}
+}

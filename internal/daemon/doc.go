@@ -42,6 +42,8 @@
 //     as a promoted one). image.import (image_import.go) reads
 //     an archive its client passes as a descriptor, or pulls a registry
 //     reference, and does its slow work (unpack, mkfs) holding no lock.
+//     A VM copies its image's config (Env, WorkingDir, User) at create;
+//     exec and sessions start with it (withImageConfig, imageconfig.go).
 //   - bootService (boot.go, accel.go): kernel.*, the kernel fetched on
 //     first use (kernelFetchMu), each kernel's initramfs (initrdCache: a
 //     leaf lock that hands out one mutex per file) and the accelerator

@@ -94,8 +94,9 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 			}
 		}
 	})
-	code, err := conn.Exec(ctx, guest.ExecRequest{Argv: p.Argv, Env: p.Env, Dir: p.Dir, Stdin: stdin,
-		User: p.User, Detach: p.Detach, DetachNow: detach,
+	env, dir, user := withImageConfig(vm.ImageConfig, p.Env, p.Dir, p.User)
+	code, err := conn.Exec(ctx, guest.ExecRequest{Argv: p.Argv, Env: env, Dir: dir, Stdin: stdin,
+		User: user, Detach: p.Detach, DetachNow: detach,
 		Stdout: &wire.FrameWriter{W: sc, Kind: wire.FrameStdout},
 		Stderr: &wire.FrameWriter{W: sc, Kind: wire.FrameStderr},
 		TTY:    p.TTY, Term: p.Term, Rows: p.Rows, Cols: p.Cols, Resize: resize})

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -230,6 +231,16 @@ func (g *fakeGuest) Exec(ctx context.Context, req guest.ExecRequest) (int, error
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
+	}
+	if len(req.Argv) == 1 && req.Argv[0] == "showreq" {
+		// What the command would run with (imageconfig_test.go).
+		var env []string
+		for k, v := range req.Env {
+			env = append(env, k+"="+v)
+		}
+		sort.Strings(env)
+		fmt.Fprintf(req.Stdout, "dir=%s user=%s env=%s\n", req.Dir, req.User, strings.Join(env, ","))
+		return 0, nil
 	}
 	if len(req.Argv) == 1 && req.Argv[0] == "cat" && req.Stdin != nil {
 		_, err := io.Copy(req.Stdout, req.Stdin)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -120,6 +121,9 @@ func (s *imageService) importFrom(ctx context.Context, p wire.ImageImportParams,
 	if err != nil {
 		return wire.Image{}, fmt.Errorf("import %s from %s: %w", p.Name, p.Source, err)
 	}
+	if err := makeWorkingDir(root, cfg.WorkingDir, &tree); err != nil {
+		return wire.Image{}, fmt.Errorf("import %s: %w", p.Name, err)
+	}
 	if n := len(tree.Skipped); n > 0 {
 		progress(fmt.Sprintf("not kept: %d entries (%s)", n, strings.Join(tree.Skipped[:min(n, 5)], "; ")))
 	}
@@ -144,6 +148,28 @@ func (s *imageService) importFrom(ctx context.Context, p wire.ImageImportParams,
 	}
 	progress(fmt.Sprintf("imported %s (%s) as %s", p.Source, digest, p.Name))
 	return s.inspect(ctx, p.Name)
+}
+
+// makeWorkingDir makes the image's WorkingDir when its layers lack it, as
+// container runtimes do, so exec and sessions can start there.
+func makeWorkingDir(root, wd string, tree *oci.Tree) error {
+	rel := strings.TrimPrefix(path.Clean("/"+wd), "/")
+	if wd == "" || rel == "" {
+		return nil
+	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if _, err := r.Lstat(rel); err == nil {
+		return nil
+	}
+	if err := r.MkdirAll(rel, 0o755); err != nil {
+		return fmt.Errorf("working directory %s: %w", wd, err)
+	}
+	tree.Owners = append(tree.Owners, oci.Owner{Path: rel})
+	return nil
 }
 
 // recordNew records a finished image under imageOpsMu, refusing a name

@@ -19,6 +19,7 @@ import (
 	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/image"
+	"github.com/emberhq/ember/internal/oci"
 	"github.com/emberhq/ember/internal/oci/ocitest"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
@@ -139,5 +140,29 @@ func TestImportLeftoversSwept(t *testing.T) {
 	td = openTestDaemon(t, home, newFakeDriver())
 	if got := imagesDirEntries(t, td); len(got) != 0 {
 		t.Errorf("left: %v", got)
+	}
+}
+
+// An image whose WorkingDir its layers lack gets it; a symlink never
+// leads it out of the root.
+func TestMakeWorkingDir(t *testing.T) {
+	root := t.TempDir()
+	outside := t.TempDir()
+	os.Symlink(outside, filepath.Join(root, "out"))
+	var tree oci.Tree
+	if err := makeWorkingDir(root, "/srv/app/", &tree); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(root, "srv/app")); err != nil || !fi.IsDir() || len(tree.Owners) != 1 || tree.Owners[0].Path != "srv/app" {
+		t.Errorf("made %v %v, owners %+v", fi, err, tree.Owners)
+	}
+	if err := makeWorkingDir(root, "/out/x", &tree); err == nil {
+		t.Error("made a folder through a symlink out of the root")
+	}
+	if left, _ := os.ReadDir(outside); len(left) != 0 {
+		t.Errorf("outside: %v", left)
+	}
+	if err := makeWorkingDir(root, "", &tree); err != nil || len(tree.Owners) != 1 {
+		t.Errorf("no working dir: %v %+v", err, tree.Owners)
 	}
 }

@@ -248,7 +248,9 @@ func (ss *sessionService) createSession(ctx context.Context, p wire.SessionCreat
 	if p.Scrollback < 0 || p.Scrollback > guestproto.MaxScrollback {
 		return wire.Session{}, invalidf("scrollback must be 1..%d bytes, not %d", guestproto.MaxScrollback, p.Scrollback)
 	}
-	info, _, err := sg.SessionCreate(ctx, p.SessionSpec, false)
+	spec := p.SessionSpec
+	spec.Env, spec.Dir, spec.User = withImageConfig(vm.ImageConfig, spec.Env, spec.Dir, spec.User)
+	info, _, err := sg.SessionCreate(ctx, spec, false)
 	if err != nil {
 		return wire.Session{}, ss.sessionErr(vm, err)
 	}
@@ -360,7 +362,9 @@ func (ss *sessionService) attachSession(ctx context.Context, p wire.SessionAttac
 		// Like `tmux new -A`: a session whose process has exited gives way
 		// to a new one (the agent replaces it in one step, so two shells
 		// at once make one new session), and the client is told.
-		_, replaced, err := sg.SessionCreate(ctx, guestproto.SessionSpec{Name: p.Name, Rows: p.Rows, Cols: p.Cols, Term: p.Term}, true)
+		spec := guestproto.SessionSpec{Name: p.Name, Rows: p.Rows, Cols: p.Cols, Term: p.Term}
+		spec.Env, spec.Dir, spec.User = withImageConfig(vm.ImageConfig, nil, "", "")
+		_, replaced, err := sg.SessionCreate(ctx, spec, true)
 		var se *guestproto.SessionError
 		switch {
 		case err == nil:

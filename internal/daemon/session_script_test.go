@@ -366,10 +366,12 @@ type fakeCreator struct {
 	sessionGuest
 	replaced *guestproto.SessionInfo
 	replace  []bool
+	specs    []guestproto.SessionSpec
 }
 
 func (f *fakeCreator) SessionCreate(_ context.Context, spec guestproto.SessionSpec, replace bool) (guestproto.SessionInfo, *guestproto.SessionInfo, error) {
 	f.replace = append(f.replace, replace)
+	f.specs = append(f.specs, spec)
 	return guestproto.SessionInfo{Name: spec.Name, Running: true, Scrollback: 1 << 10}, f.replaced, nil
 }
 

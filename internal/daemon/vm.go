@@ -203,6 +203,13 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	vm := store.VM{ID: newID(), Name: p.Name, State: wire.StateCreating, Image: p.Image, Kernel: p.Kernel,
 		CPUs: *p.CPUs, MemoryMiB: *p.MemoryMiB, DiskBytes: int64(*p.DiskGiB) << 30, NetMode: p.Net,
 		RestartPolicy: p.Restart, CreatedAt: now, UpdatedAt: now}
+	// The image's config is copied: a later change or removal of the
+	// image does not change how commands run in this VM.
+	if img, ok, err := s.images.lookup(ctx, p.Image); err != nil {
+		return wire.Operation{}, err
+	} else if ok {
+		vm.ImageConfig = img.Config
+	}
 	// What the disk will be, so `ls` shows it while the VM is created; the
 	// disk itself is made with the size asked for (none: the image's).
 	requestedDisk := vm.DiskBytes

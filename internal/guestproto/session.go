@@ -66,6 +66,11 @@ type SessionSpec struct {
 	// Argv is the command; empty means root's login shell.
 	Argv []string          `json:"argv,omitempty"`
 	Env  map[string]string `json:"env,omitempty"` // added to root's login environment
+	// Dir is the working directory; empty means the user's HOME.
+	Dir string `json:"dir,omitempty"`
+	// User runs the session as this user of the guest's /etc/passwd (NAME,
+	// UID, NAME:GROUP or UID:GID); empty means root.
+	User string `json:"user,omitempty"`
 	// Scrollback is the ring's size in bytes; 0 means DefaultScrollback.
 	Scrollback int `json:"scrollback,omitempty"`
 	// Rows and Cols size the PTY; 0 means 24x80.

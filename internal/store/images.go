@@ -54,6 +54,18 @@ type ImageConfig struct {
 	User       string   `json:"user,omitempty"` // NAME, UID, NAME:GROUP or UID:GID
 }
 
+// imageConfigArg is c as a column value: NULL when it changes nothing.
+func imageConfigArg(what string, c ImageConfig) (any, error) {
+	if c.IsZero() {
+		return nil, nil
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("%s config: %w", what, err)
+	}
+	return string(b), nil
+}
+
 // IsZero reports whether c changes nothing.
 func (c ImageConfig) IsZero() bool { return len(c.Env) == 0 && c.WorkingDir == "" && c.User == "" }
 
@@ -90,13 +102,9 @@ func (o *ops) PutImage(ctx context.Context, im Image) error {
 	if err != nil {
 		return err
 	}
-	var config any
-	if !im.Config.IsZero() {
-		b, err := json.Marshal(im.Config)
-		if err != nil {
-			return fmt.Errorf("image %q config: %w", im.Name, err)
-		}
-		config = string(b)
+	config, err := imageConfigArg(fmt.Sprintf("image %q", im.Name), im.Config)
+	if err != nil {
+		return err
 	}
 	if im.ID == "" {
 		im.ID = NewImageID()

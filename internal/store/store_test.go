@@ -208,10 +208,10 @@ func columns(t *testing.T, s *Store, table string) []string {
 func TestMigration0001Schema(t *testing.T) {
 	s, _ := openTest(t)
 	want := map[string][]string{
-		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"},                                                                                                                                                                       // is_default: 0006
-		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta", "id", "parent", "recipe_digest", "config"},                                                                                                                               // id, parent, recipe_digest, config: 0008
-		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key", "restart_policy", "stopped_by"}, // accel_reason: 0004, agent_host_key: 0005, restart_policy and stopped_by: 0007
-		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                                                 // error_code: 0003
+		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"},                                                                                                                                                                                       // is_default: 0006
+		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta", "id", "parent", "recipe_digest", "config"},                                                                                                                                               // id, parent, recipe_digest, config: 0008
+		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key", "restart_policy", "stopped_by", "image_config"}, // accel_reason: 0004, agent_host_key: 0005, restart_policy and stopped_by: 0007, image_config: 0009
+		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                                                                 // error_code: 0003
 	}
 	for table, cols := range want {
 		if got := columns(t, s, table); !reflect.DeepEqual(got, cols) {
@@ -394,6 +394,34 @@ func TestMigration0007RestartPolicy(t *testing.T) {
 	}
 	if old, err := s.GetVM(ctx, "v8"); err != nil || old.RestartPolicy != "" || old.StoppedBy != "" {
 		t.Fatalf("a vm without a policy: %+v %v", old, err)
+	}
+}
+
+// 0009: a VM's copy of its image's config round-trips; none reads as the
+// zero config.
+func TestMigration0009VMImageConfig(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	cfg := ImageConfig{Env: []string{"A=1", "B=2"}, WorkingDir: "/work", User: "app"}
+	if err := s.InsertVM(ctx, VM{ID: "v9", Name: "configured", State: "creating", ImageConfig: cfg}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "v9")
+	if err != nil || !reflect.DeepEqual(got.ImageConfig, cfg) {
+		t.Fatalf("round trip: %+v %v", got.ImageConfig, err)
+	}
+	got.State = "running"
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := s.GetVM(ctx, "v9"); err != nil || !reflect.DeepEqual(again.ImageConfig, cfg) {
+		t.Fatalf("after update: %+v %v", again.ImageConfig, err)
+	}
+	if err := s.InsertVM(ctx, VM{ID: "v10", Name: "plain", State: "stopped"}); err != nil {
+		t.Fatal(err)
+	}
+	if plain, err := s.GetVM(ctx, "v10"); err != nil || !plain.ImageConfig.IsZero() {
+		t.Fatalf("no config: %+v %v", plain.ImageConfig, err)
 	}
 }
 

@@ -41,22 +41,30 @@ type VM struct {
 	// StoppedBy says how a stopped VM stopped: one of the wire.StoppedBy*
 	// values; "" while it runs or when not known.
 	StoppedBy string
+	// ImageConfig is its image's config when it was created: what exec
+	// and sessions in it start with.
+	ImageConfig ImageConfig
 }
 
 const vmColumns = `id, name, state, image, kernel, cpus, memory_mib, disk_bytes,
 	net_mode, ssh_port, pid, pid_start, accel, created_at, updated_at, last_error, config, accel_reason,
-	agent_host_key, restart_policy, stopped_by`
+	agent_host_key, restart_policy, stopped_by, image_config`
 
 func scanVM(row scanner) (VM, error) {
 	var vm VM
 	var pidStart, created, updated int64
-	var config sql.NullString
+	var config, imageConfig sql.NullString
 	err := row.Scan(&vm.ID, &vm.Name, &vm.State, &vm.Image, &vm.Kernel, &vm.CPUs,
 		&vm.MemoryMiB, &vm.DiskBytes, &vm.NetMode, &vm.SSHPort, &vm.PID, &pidStart,
 		&vm.Accel, &created, &updated, &vm.LastError, &config, &vm.AccelReason, &vm.AgentHostKey,
-		&vm.RestartPolicy, &vm.StoppedBy)
+		&vm.RestartPolicy, &vm.StoppedBy, &imageConfig)
 	if err != nil {
 		return VM{}, err
+	}
+	if raw := fromJSON(imageConfig); raw != nil {
+		if err := json.Unmarshal(raw, &vm.ImageConfig); err != nil {
+			return VM{}, fmt.Errorf("vm %q image config: %w", vm.Name, err)
+		}
 	}
 	vm.PIDStart = uint64(pidStart)
 	vm.CreatedAt, vm.UpdatedAt = fromNanos(created), fromNanos(updated)
@@ -73,10 +81,14 @@ func vmArgs(vm VM) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	imageConfig, err := imageConfigArg(fmt.Sprintf("vm %q", vm.Name), vm.ImageConfig)
+	if err != nil {
+		return nil, err
+	}
 	return []any{vm.ID, vm.Name, vm.State, vm.Image, vm.Kernel, vm.CPUs, vm.MemoryMiB,
 		vm.DiskBytes, vm.NetMode, vm.SSHPort, vm.PID, int64(vm.PIDStart), vm.Accel,
 		toNanos(vm.CreatedAt), toNanos(vm.UpdatedAt), vm.LastError, config, vm.AccelReason, vm.AgentHostKey,
-		vm.RestartPolicy, vm.StoppedBy}, nil
+		vm.RestartPolicy, vm.StoppedBy, imageConfig}, nil
 }
 
 // vmUpdateSQL sets every column but id, in vmColumns order, then takes the
@@ -104,7 +116,7 @@ func (o *ops) InsertVM(ctx context.Context, vm VM) error {
 		return err
 	}
 	_, err = o.w.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
 	if isConstraint(err) {
 		return fmt.Errorf("vm %q (id %s): name or id already in use: %w", vm.Name, vm.ID, ErrConflict)
 	}
