@@ -64,6 +64,7 @@ test: deps-test vet unit fuzz e2e
 bench: deps-bench build testkernel
 	$(GO) run ./bench
 	$(GO) run ./bench -hostile
+	$(GO) run ./bench -promote -runs 3
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./bench -net; \
 	else echo "bench: skipping the tap section (needs root)"; fi

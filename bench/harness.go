@@ -47,6 +47,14 @@ func startBenchWith(config string) (*benchEnv, error) {
 	}
 	e.daemon = exec.Command(e.bin, "--home", home, "daemon")
 	e.daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// The daemon's log, for sections that read what it recorded.
+	logf, err := os.Create(filepath.Join(home, daemonLogFile))
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	defer logf.Close() // the daemon has its own copy
+	e.daemon.Stdout, e.daemon.Stderr = logf, logf
 	if err := e.daemon.Start(); err != nil {
 		e.close()
 		return nil, err
@@ -61,6 +69,9 @@ func startBenchWith(config string) (*benchEnv, error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// daemonLogFile is the daemon's output, in its home.
+const daemonLogFile = "daemon.log"
 
 // ember runs the CLI against this daemon and returns its stdout.
 func (e *benchEnv) ember(args ...string) (string, error) {

@@ -52,6 +52,8 @@ func main() {
 		err = runHostile(*out)
 	case *sandboxOnly:
 		err = runSandbox(*runs, *out)
+	case *promoteOnly:
+		err = runPromote(*runs, *out)
 	default:
 		err = run(*runs, *out)
 	}
@@ -227,5 +229,6 @@ func write(path string, runs int, acc accelUsed, floor, full time.Duration, sess
 	b.Write(keepSection(path, dnsHeading))     // written by -dns (and -net); keep it
 	b.Write(keepSection(path, sandboxHeading)) // written by -sandbox; keep it
 	b.Write(keepSection(path, hostileHeading)) // written by -hostile; keep it
+	b.Write(keepSection(path, promoteHeading)) // written by -promote; keep it
 	return os.WriteFile(path, b.Bytes(), 0o644)
 }

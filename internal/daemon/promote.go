@@ -108,9 +108,10 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 	tmp := filepath.Join(s.layout.ImagesDir(), promoteTmpPrefix+store.NewImageID())
 	overlay, flat := tmp+".qcow2", tmp+".raw"
 	undo.add("overlay copy", func() { os.Remove(overlay) })
+	var frozen time.Duration // how long the guest's writes waited
 	switch vm.State {
 	case wire.StateRunning:
-		err = s.copyFrozen(ctx, vm, disk, overlay)
+		frozen, err = s.copyFrozen(ctx, vm, disk, overlay)
 	case wire.StateStopped:
 		err = s.copyStopped(ctx, vm.ID, disk, overlay)
 	case wire.StatePaused:
@@ -133,7 +134,7 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 		return wire.Image{}, err
 	}
 	undo.success()
-	s.log.Info("promoted vm to image", "vm", vm.Name, "image", p.Name, "size", size)
+	s.log.Info("promoted vm to image", "vm", vm.Name, "image", p.Name, "size", size, "frozen", frozen)
 	return s.images.inspect(ctx, p.Name)
 }
 
@@ -141,26 +142,28 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 // filesystem is frozen. The guest is thawed on every path: here, or by
 // its agent when the connection or the channel ends or the limit passes;
 // a thaw that does not confirm the freeze held fails the promote.
-func (s *vmService) copyFrozen(ctx context.Context, vm store.VM, disk, dst string) (err error) {
+func (s *vmService) copyFrozen(ctx context.Context, vm store.VM, disk, dst string) (frozen time.Duration, err error) {
 	st, err := os.Stat(disk)
 	if err != nil {
-		return fmt.Errorf("vm %s: its disk: %w", vm.Name, err)
+		return 0, fmt.Errorf("vm %s: its disk: %w", vm.Name, err)
 	}
 	g, err := s.guest(ctx, vm)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	fctx, cancel := context.WithTimeout(ctx, freezeAnswer)
+	start := time.Now()
 	thaw, err := freezeGuest(fctx, g, freezeLimit(st.Size()))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("vm %s: freeze its filesystems: %w", vm.Name, err)
+		return 0, fmt.Errorf("vm %s: freeze its filesystems: %w", vm.Name, err)
 	}
 	defer func() {
 		// The thaw is sent even when ctx ended: a fresh bound.
 		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), freezeAnswer)
 		defer cancel()
 		terr := thaw(tctx)
+		frozen = time.Since(start)
 		if errors.Is(terr, guest.ErrFreezeExpired) {
 			terr = fmt.Errorf("the copy took longer than the freeze's limit, so it may be inconsistent: %w", terr)
 		}
@@ -168,7 +171,7 @@ func (s *vmService) copyFrozen(ctx context.Context, vm store.VM, disk, dst strin
 			err = fmt.Errorf("vm %s: thaw its filesystems: %w", vm.Name, terr)
 		}
 	}()
-	return copyFileCtx(ctx, disk, dst)
+	return 0, copyFileCtx(ctx, disk, dst)
 }
 
 // copyStopped copies a stopped VM's overlay under its lock, so the VM
