@@ -61,6 +61,7 @@ func imageCmd(e *env) *cobra.Command {
 	inspect.Flags().BoolVar(&asJSON, "json", false, "print a JSON array (the default)")
 	inspect.Flags().StringVar(&format, "format", "", "print each image with a Go template, e.g. '{{.Path}}'")
 	cmd.AddCommand(ls, inspect, imageImportCmd(e), imagePromoteCmd(e))
+	cmd.AddCommand(imageBuildCmd(e))
 	return cmd
 }
 

@@ -45,24 +45,7 @@ func createCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if detach {
-				if asJSON {
-					return printJSON(e.stdout, op)
-				}
-				fmt.Fprintf(e.stdout, "%s\n", op.ID)
-				return nil
-			}
-			final, err := waitOp(cmd.Context(), c, e, op.ID)
-			if err != nil {
-				return err
-			}
-			var vm wire.VM
-			_ = json.Unmarshal(final.Result, &vm)
-			if asJSON {
-				return printJSON(e.stdout, vm)
-			}
-			fmt.Fprintf(e.stdout, "%s\n", vm.Name)
-			return nil
+			return finishOp(cmd.Context(), c, e, op, detach, asJSON, func(vm wire.VM) string { return vm.Name })
 		},
 	}
 	// The defaults are the daemon's config: the flags' own zero values are
@@ -83,6 +66,31 @@ func createCmd(e *env) *cobra.Command {
 	_ = cmd.RegisterFlagCompletionFunc("net", completeFlag(e, fixed("user", "tap")))
 	_ = cmd.RegisterFlagCompletionFunc("restart", completeFlag(e, fixed(wire.RestartPolicies...)))
 	return cmd
+}
+
+// finishOp ends a command that started an operation: detached, it
+// prints the operation's ID (or the operation as JSON); otherwise it
+// follows the operation and prints its result's name (or the result as
+// JSON).
+func finishOp[R any](ctx context.Context, c *client.Client, e *env, op wire.Operation, detach, asJSON bool, name func(R) string) error {
+	if detach {
+		if asJSON {
+			return printJSON(e.stdout, op)
+		}
+		fmt.Fprintf(e.stdout, "%s\n", op.ID)
+		return nil
+	}
+	final, err := waitOp(ctx, c, e, op.ID)
+	if err != nil {
+		return err
+	}
+	var res R
+	_ = json.Unmarshal(final.Result, &res)
+	if asJSON {
+		return printJSON(e.stdout, res)
+	}
+	fmt.Fprintf(e.stdout, "%s\n", name(res))
+	return nil
 }
 
 // waitOp follows an operation, showing progress on stderr, and turns a
@@ -125,6 +133,7 @@ func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Oper
 		tick = t.C
 	}
 	var last wire.Operation
+	printed := 0 // log lines printed
 	for {
 		var f frame
 		select {
@@ -145,6 +154,15 @@ func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Oper
 		case wire.FrameStdout:
 			if err := json.Unmarshal(f.payload, &last); err != nil {
 				return last, err
+			}
+			if end := last.LogStart + len(last.Log); end > printed {
+				// An operation's output (a build's steps): each line
+				// once, above the progress line.
+				pl.clear()
+				for _, line := range last.Log[max(printed-last.LogStart, 0):] {
+					fmt.Fprintln(e.stderr, termtext.Clean(line))
+				}
+				printed = end
 			}
 			if !last.Done() {
 				pl.since(last.CreatedAt)

@@ -47,38 +47,48 @@ func ImportKernel(ctx context.Context, c *Client, p wire.KernelImportParams, std
 
 	// The daemon may refuse at any point (a folder that overlaps its
 	// state, a tree past the size limit): its answer stops the walk.
+	ready := make(chan struct{})
+	return sendAndAnswer(ctx, s, "import kernel "+p.Name,
+		func(ctx context.Context) error { return sendImport(ctx, s, vmlinuz, modules, p.ModulesDir, ready) },
+		func() (wire.Kernel, error) { return importResult(s, stderr, ready) })
+}
+
+// sendAndAnswer sends a stream's input (send, then FrameStdinEOF) while
+// answer reads the daemon's reply; the reply, which can come at any
+// point, cancels the send. When sending fails, the daemon's answer, if
+// it gave one, says why better than a broken pipe; without one, closing
+// the stream ends the reader.
+func sendAndAnswer[R any](ctx context.Context, s *Stream, what string, send func(context.Context) error, answer func() (R, error)) (R, error) {
 	type result struct {
-		k   wire.Kernel
+		r   R
 		err error
 	}
 	done := make(chan result, 1)
-	ready := make(chan struct{})
-	walkCtx, stopWalk := context.WithCancel(ctx)
-	defer stopWalk()
+	sendCtx, stopSend := context.WithCancel(ctx)
+	defer stopSend()
 	go func() {
-		k, err := importResult(s, stderr, ready)
-		done <- result{k, err}
-		stopWalk()
+		r, err := answer()
+		done <- result{r, err}
+		stopSend()
 	}()
-	sendErr := sendImport(walkCtx, s, vmlinuz, modules, p.ModulesDir, ready)
+	sendErr := send(sendCtx)
 	if sendErr == nil {
 		sendErr = s.Send(wire.FrameStdinEOF, nil)
 	}
 	if sendErr != nil && ctx.Err() == nil {
-		// The daemon's answer, when it gave one, says why better than a
-		// broken pipe; without one, closing the stream ends the reader.
 		select {
 		case r := <-done:
 			if r.err != nil {
-				return wire.Kernel{}, r.err
+				return r.r, r.err
 			}
 		default:
 			s.Close()
 		}
-		return wire.Kernel{}, fmt.Errorf("import kernel %s: %w", p.Name, sendErr)
+		var zero R
+		return zero, fmt.Errorf("%s: %w", what, sendErr)
 	}
 	r := <-done
-	return r.k, r.err
+	return r.r, r.err
 }
 
 // sendImport sends the kernel file, the modules folder and its tree in

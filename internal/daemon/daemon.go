@@ -165,6 +165,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	// After reattach: a create whose VM came up before the crash succeeded.
+	d.images.sweepBuilds()
 	if err := d.vms.settleUnfinishedOps(ctx); err != nil {
 		return nil, err
 	}
@@ -188,7 +189,8 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 // half-made VMs removed there give their TAPs back.
 func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervisor.Driver, key ssh.Signer) error {
 	d.ops = &opService{store: d.store, log: d.log, retention: d.cfg.OperationRetention.Duration}
-	d.images = &imageService{layout: d.layout, store: d.store,
+	d.images = &imageService{layout: d.layout, store: d.store, log: d.log, driver: driver,
+		base: d.base, background: &d.background, persist: d.ops.persist,
 		buildOps: newOpRegistry[*imageBuildOp](d.cfg.OperationRetention.Duration)}
 	sweepImports(d.layout.ImagesDir())
 	d.boot = &bootService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver,
@@ -211,6 +213,7 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	if d.vms.kvmStall <= 0 {
 		d.vms.kvmStall = defaultKVMStall
 	}
+	d.images.host = d.vms
 	d.sessions = &sessionService{vms: d.vms}
 	d.vms.onStopping, d.vms.onGone = d.sessions.stopping, d.sessions.gone
 	d.ops.sources = []opSource{d.vms.createOps, d.images.buildOps}

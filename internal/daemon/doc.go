@@ -44,6 +44,11 @@
 //     reference, and does its slow work (unpack, mkfs) holding no lock.
 //     A VM copies its image's config (Env, WorkingDir, User) at create;
 //     exec and sessions start with it (withImageConfig, imageconfig.go).
+//     buildOps: the image builds (imagebuild.go, buildctx.go), each an
+//     imageBuildOp with its log; a build boots its step VMs through
+//     buildHost (the VM service, set by buildServices), keeps each step's
+//     result in a cache keyed by its inputs and registers the image
+//     under imageOpsMu at the end.
 //   - bootService (boot.go, accel.go): kernel.*, the kernel fetched on
 //     first use (kernelFetchMu), each kernel's initramfs (initrdCache: a
 //     leaf lock that hands out one mutex per file) and the accelerator

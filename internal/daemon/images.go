@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/image"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
@@ -20,16 +22,20 @@ const builtinImage = image.TinyName
 
 const tinySizeMiB = image.DefaultTinySizeMiB
 
-// imageBuildOp is an image build in flight (the images issue adds them).
-type imageBuildOp struct{ *opState }
-
 // imageService owns the image registry: image.* methods, the built-in
 // image built on first use, and the build operations. imageOpsMu
 // serialises registry mutations only (build, register, promote, delete):
 // image work and VM creation never block each other.
 type imageService struct {
-	layout layout.Layout
-	store  *store.Store
+	layout     layout.Layout
+	store      *store.Store
+	log        *slog.Logger
+	driver     hypervisor.Driver
+	base       context.Context // the daemon's lifetime; builds hang on it
+	background *sync.WaitGroup
+	persist    func(wire.Operation) // the op service's
+	// host boots build VMs (the VM service; set by buildServices).
+	host buildHost
 
 	imageOpsMu sync.Mutex
 	buildOps   *opRegistry[*imageBuildOp]
@@ -39,6 +45,7 @@ func (s *imageService) register(t methodTable) {
 	handle(t, wire.ImageList, func(ctx context.Context, _ wire.None) ([]wire.Image, error) { return s.list(ctx) })
 	handle(t, wire.ImageInspect, func(ctx context.Context, p wire.RefParams) (wire.Image, error) { return s.inspect(ctx, p.Ref) })
 	handleStream(t, wire.ImageImport, s.importImage)
+	handleStream(t, wire.ImageBuild, s.build)
 }
 
 // exists reports whether a create may name image (the built-in one always

@@ -189,6 +189,14 @@ func (o *opState) notifyLocked() {
 	o.changed = make(chan struct{})
 }
 
+// touch wakes waiters after a change that lives beside the fields mu
+// guards (an image build's log).
+func (o *opState) touch() {
+	o.mu.Lock()
+	o.notifyLocked()
+	o.mu.Unlock()
+}
+
 // Progress records a step of the work.
 func (o *opState) Progress(format string, args ...any) {
 	o.mu.Lock()

@@ -152,11 +152,23 @@ func (s *opService) wait(ctx context.Context, id string, sc *streamConn) error {
 			}
 		}
 	})
+	sent := 0 // log lines this follower has had
 	_, err := src.Wait(ctx, id, func(st wire.Operation) {
-		_ = wire.WriteJSONFrame(sc, wire.FrameStdout, st)
+		_ = wire.WriteJSONFrame(sc, wire.FrameStdout, newLogLines(st, &sent))
 	})
 	sc.exit(0, err)
 	return nil
+}
+
+// newLogLines trims an operation's log to the lines after the first
+// *sent, so a follower gets each line once, and counts them as sent.
+func newLogLines(st wire.Operation, sent *int) wire.Operation {
+	if skip := *sent - st.LogStart; skip > 0 {
+		st.Log = st.Log[min(skip, len(st.Log)):]
+		st.LogStart = *sent
+	}
+	*sent = max(*sent, st.LogStart+len(st.Log))
+	return st
 }
 
 func (s *opService) prune(ctx context.Context) (map[string]int, error) {

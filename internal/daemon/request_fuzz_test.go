@@ -47,6 +47,7 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return unary(wire.ImageList) },
 		func() (string, paramDecoder) { return unary(wire.ImageInspect) },
 		func() (string, paramDecoder) { return unary(wire.ImagePromote) },
+		func() (string, paramDecoder) { return stream(wire.ImageBuild) },
 		func() (string, paramDecoder) { return unary(wire.KernelList) },
 		func() (string, paramDecoder) { return stream(wire.KernelFetch) },
 		func() (string, paramDecoder) { return stream(wire.KernelImport) },

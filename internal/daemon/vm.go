@@ -218,32 +218,10 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	}
 	var undo undoStack
 	defer undo.run()
-
-	// A TAP is taken before the window (the pool has its own lock).
-	res, giveBack, err := nw.reserve(ctx)
-	if err != nil {
+	if err := s.recordNew(ctx, vm, nw); err != nil {
 		return wire.Operation{}, err
-	}
-	undo.add("network reservation", giveBack)
-	if err := s.step("reserve network"); err != nil {
-		return wire.Operation{}, err
-	}
-	// createVMMu covers only the uniqueness check, the address allocation
-	// and the insert.
-	s.createVMMu.Lock()
-	if _, err := s.store.GetVMByName(ctx, p.Name); err == nil {
-		s.createVMMu.Unlock()
-		return wire.Operation{}, conflictf("a vm named %q already exists", p.Name)
-	}
-	err = nw.insert(ctx, vm, res)
-	s.createVMMu.Unlock()
-	if errors.Is(err, store.ErrConflict) {
-		return wire.Operation{}, conflictf("a vm named %q already exists", p.Name)
-	} else if err != nil {
-		return wire.Operation{}, fmt.Errorf("record vm %s: %w", p.Name, err)
 	}
 	// From here the row owns the reservation: removing the VM frees both.
-	undo.steps = nil
 	undo.add("vm record", func() { s.removeVM(context.Background(), vm.ID) })
 	if err := s.step("record vm"); err != nil {
 		return wire.Operation{}, err
@@ -264,6 +242,55 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	return op.Snapshot(), nil
 }
 
+// recordNew reserves what vm's network needs and inserts its row (state
+// creating) under createVMMu; from then on the row owns the reservation
+// and removing the VM frees both. A failure gives the reservation back.
+func (s *vmService) recordNew(ctx context.Context, vm store.VM, nw vmNetwork) (err error) {
+	// A TAP is taken before the window (the pool has its own lock).
+	res, giveBack, err := nw.reserve(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			giveBack()
+		}
+	}()
+	if err := s.step("reserve network"); err != nil {
+		return err
+	}
+	// createVMMu covers only the uniqueness check, the address allocation
+	// and the insert.
+	s.createVMMu.Lock()
+	if _, err := s.store.GetVMByName(ctx, vm.Name); err == nil {
+		s.createVMMu.Unlock()
+		return conflictf("a vm named %q already exists", vm.Name)
+	}
+	err = nw.insert(ctx, vm, res)
+	s.createVMMu.Unlock()
+	if errors.Is(err, store.ErrConflict) {
+		return conflictf("a vm named %q already exists", vm.Name)
+	} else if err != nil {
+		return fmt.Errorf("record vm %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// createDisk makes the VM's folder and its disk, a qcow2 overlay of base
+// (sizeBytes 0: base's size), registering the folder's removal on undo.
+func (s *vmService) createDisk(ctx context.Context, undo *undoStack, vm store.VM, base, baseFormat string, sizeBytes int64) (string, error) {
+	dir := s.layout.VMDir(vm.ID)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", fmt.Errorf("create vm folder: %w", err)
+	}
+	undo.add("vm folder", func() { _ = os.RemoveAll(dir) })
+	disk := filepath.Join(dir, layout.DiskFile)
+	if err := s.driver.CreateDisk(ctx, base, baseFormat, disk, sizeBytes); err != nil {
+		return "", fmt.Errorf("clone disk for %s: %w", vm.Name, err)
+	}
+	return disk, s.step("create disk")
+}
+
 // runCreate does the slow part of a create. Each step registers the undo
 // of what it made; on any failure or cancel they run in reverse, ending
 // with the removal of the row and what it leased.
@@ -282,17 +309,9 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64) (r
 		return nil, fmt.Errorf("prepare boot of %s: %w", vm.Name, err)
 	}
 	vm.Kernel = files.KernelName
-	dir := s.layout.VMDir(vm.ID)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("create vm folder: %w", err)
-	}
-	undo.add("vm folder", func() { _ = os.RemoveAll(dir) })
 	op.Progress("creating disk")
-	disk := filepath.Join(dir, layout.DiskFile)
-	if err := s.driver.CreateDisk(ctx, files.Disk, files.DiskFormat, disk, requestedDisk); err != nil {
-		return nil, fmt.Errorf("clone disk for %s: %w", vm.Name, err)
-	}
-	if err := s.step("create disk"); err != nil {
+	disk, err := s.createDisk(ctx, &undo, vm, files.Disk, files.DiskFormat, requestedDisk)
+	if err != nil {
 		return nil, err
 	}
 	if requestedDisk == 0 {
@@ -967,6 +986,14 @@ func (s *vmService) settleUnfinishedOps(ctx context.Context) error {
 		return fmt.Errorf("list operations: %w", err)
 	}
 	for _, o := range ops {
+		if o.FinishedAt == nil && o.Kind == wire.ImageBuild.Name {
+			// Its build VM, if one was up, is no VM of the user's.
+			if vm, err := s.store.GetVMByName(ctx, buildVMPrefix+o.ID); err == nil {
+				s.log.Info("removing the vm of an unfinished image build", "vm", vm.Name)
+				s.removeVM(ctx, vm.ID)
+			}
+			continue
+		}
 		if o.FinishedAt != nil || o.Kind != wire.VMCreate.Name {
 			continue
 		}

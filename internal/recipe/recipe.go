@@ -24,7 +24,7 @@ import (
 
 // Bounds of a recipe.
 const (
-	MaxSize  = 1 << 20 // bytes of the whole recipe
+	MaxSize  = 256 << 10 // bytes of the whole recipe (wire.MaxBuildRecipe)
 	MaxLine  = 64 << 10
 	MaxSteps = 256
 )

@@ -52,6 +52,7 @@ var (
 	ImageInspect = Method[RefParams, Image]{"image.inspect"}
 	ImageImport  = StreamMethod[ImageImportParams]{"image.import"} // an archive passes as a descriptor (imageimport.go)
 	ImagePromote = Method[ImagePromoteParams, Image]{"image.promote"}
+	ImageBuild   = StreamMethod[ImageBuildParams]{"image.build"} // context as a tar stream (imagebuild.go)
 
 	KernelList    = Method[None, []Kernel]{"kernel.list"}
 	KernelFetch   = StreamMethod[KernelFetchParams]{"kernel.fetch"}
@@ -75,7 +76,7 @@ var Methods = []MethodInfo{
 	VMCreate.Info(), VMList.Info(), VMInspect.Info(), VMStart.Info(), VMStop.Info(),
 	VMRestart.Info(), VMDelete.Info(), VMExec.Info(), VMLogs.Info(),
 	OpList.Info(), OpStatus.Info(), OpWait.Info(), OpCancel.Info(), OpPrune.Info(),
-	ImageList.Info(), ImageInspect.Info(), ImageImport.Info(), ImagePromote.Info(),
+	ImageList.Info(), ImageInspect.Info(), ImageImport.Info(), ImagePromote.Info(), ImageBuild.Info(),
 	KernelList.Info(), KernelFetch.Info(), KernelImport.Info(), KernelDefault.Info(),
 	SessionList.Info(), SessionCreate.Info(), SessionAttach.Info(), SessionSend.Info(),
 	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(), SessionRun.Info(), SessionWait.Info(),

@@ -244,6 +244,11 @@ type Operation struct {
 	Result     json.RawMessage `json:"result,omitempty"`
 	CreatedAt  time.Time       `json:"created_at"`
 	FinishedAt *time.Time      `json:"finished_at,omitempty"`
+	// Log is the end of the operation's output (an image build's steps),
+	// LogStart the number of lines before Log[0]: a follower prints the
+	// lines it has not seen yet.
+	Log      []string `json:"log,omitempty"`
+	LogStart int      `json:"log_start,omitempty"`
 }
 
 // Done reports whether the operation has finished, one way or another.

@@ -1,0 +1,269 @@
+package daemon
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/pkg/sftp"
+
+	"github.com/emberhq/ember/internal/recipe"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// A build's context is what its client sends: a tar archive of the
+// files its COPY steps name, read by the client with its user's rights
+// (the daemon never opens a path a client names). The daemon unpacks it
+// into the build's own folder through an os.Root, so no name in the
+// archive reaches outside it, and keeps regular files and folders only.
+
+// frameReader reads a stream's FrameStdin payloads as one byte stream,
+// until FrameStdinEOF.
+type frameReader struct {
+	r    io.Reader
+	buf  []byte
+	done bool
+}
+
+func (f *frameReader) Read(p []byte) (int, error) {
+	for len(f.buf) == 0 {
+		if f.done {
+			return 0, io.EOF
+		}
+		kind, payload, err := wire.ReadFrame(f.r)
+		if err != nil {
+			return 0, fmt.Errorf("read the build context: %w", err)
+		}
+		switch kind {
+		case wire.FrameStdin:
+			f.buf = payload
+		case wire.FrameStdinEOF:
+			f.done = true
+		default:
+			return 0, invalidf("build context: unexpected frame %q", kind)
+		}
+	}
+	n := copy(p, f.buf)
+	f.buf = f.buf[n:]
+	return n, nil
+}
+
+// receiveContext unpacks the tar archive r into dir (which exists and is
+// empty), bounded by wire.MaxBuildContextBytes and MaxBuildContextFiles.
+func receiveContext(r io.Reader, dir string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	tr := tar.NewReader(r)
+	var total int64
+	for n := 0; ; n++ {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return invalidf("build context: %v", err)
+		}
+		if n >= wire.MaxBuildContextFiles {
+			return invalidf("build context: more than %d files", wire.MaxBuildContextFiles)
+		}
+		name, err := recipe.ContextPath(hdr.Name)
+		if err != nil || name == "." {
+			return invalidf("build context: entry %q: not a path inside the context", hdr.Name)
+		}
+		mode := os.FileMode(hdr.Mode) & os.ModePerm
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := root.MkdirAll(name, 0o700); err != nil {
+				return invalidf("build context: %s: %v", name, err)
+			}
+		case tar.TypeReg:
+			if hdr.Size < 0 || total+hdr.Size > wire.MaxBuildContextBytes {
+				return invalidf("build context: more than %d bytes", int64(wire.MaxBuildContextBytes))
+			}
+			total += hdr.Size
+			if err := root.MkdirAll(path.Dir(name), 0o700); err != nil {
+				return invalidf("build context: %s: %v", name, err)
+			}
+			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return invalidf("build context: %s: %v", name, err)
+			}
+			_, err = io.Copy(f, io.LimitReader(tr, hdr.Size))
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("build context: write %s: %w", name, err)
+			}
+		default:
+			return invalidf("build context: %s: not a regular file or folder", name)
+		}
+		// The mode as sent, whatever the daemon's umask.
+		if err := root.Chmod(name, mode); err != nil {
+			return fmt.Errorf("build context: %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// contextEntry is one file or folder under a COPY source.
+type contextEntry struct {
+	rel  string // relative to the source ("" for the source itself)
+	name string // relative to the context
+	info fs.FileInfo
+}
+
+// walkSource lists src (a file, or a folder and everything under it) in
+// the unpacked context, in order. Only files and folders are there.
+func walkSource(root *os.Root, src string) ([]contextEntry, error) {
+	var out []contextEntry
+	err := fs.WalkDir(root.FS(), src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == src && errors.Is(err, fs.ErrNotExist) {
+				return invalidf("COPY %s: not in the build context the client sent", src)
+			}
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(p, src), "/")
+		if src == "." {
+			rel = p
+			if p == "." {
+				rel = ""
+			}
+		}
+		out = append(out, contextEntry{rel: rel, name: p, info: info})
+		return nil
+	})
+	return out, err
+}
+
+// contextDigest is the digest of what a COPY step copies: each source's
+// files and folders with their names, modes and contents.
+func contextDigest(dir string, sources []string) (string, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return "", err
+	}
+	defer root.Close()
+	h := sha256.New()
+	for _, src := range sources {
+		entries, err := walkSource(root, src)
+		if err != nil {
+			return "", err
+		}
+		sort.Slice(entries, func(i, j int) bool { return entries[i].name < entries[j].name })
+		for _, e := range entries {
+			fmt.Fprintf(h, "%q %o %d\n", e.name, e.info.Mode(), e.info.Size())
+			if e.info.Mode().IsRegular() {
+				f, err := root.Open(e.name)
+				if err != nil {
+					return "", err
+				}
+				_, err = io.Copy(h, f)
+				f.Close()
+				if err != nil {
+					return "", err
+				}
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// sftpConn is a guest connection that serves SFTP (the agent's does).
+type sftpConn interface {
+	SFTP() (*sftp.Client, error)
+}
+
+// copyIn copies a COPY step's sources from the unpacked context into the
+// guest over SFTP, modes kept, owned by root. dest is absolute; a
+// trailing slash, or a folder already there, means "into this folder".
+// A folder source copies its contents, as in Dockerfiles.
+func copyIn(ctx context.Context, conn guestConn, dir string, sources []string, dest string) error {
+	sc, ok := conn.(sftpConn)
+	if !ok {
+		return errors.New("the guest connection does not serve sftp")
+	}
+	cl, err := sc.SFTP()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	// sftp calls take no context: a cancel closes the client under them.
+	stop := context.AfterFunc(ctx, func() { cl.Close() })
+	defer stop()
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	intoDir := strings.HasSuffix(dest, "/")
+	dest = path.Clean(dest)
+	if st, err := cl.Stat(dest); err == nil && st.IsDir() {
+		intoDir = true
+	}
+	for _, src := range sources {
+		entries, err := walkSource(root, src)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			target := path.Join(dest, e.rel)
+			if !e.info.IsDir() && e.rel == "" && intoDir {
+				target = path.Join(dest, path.Base(src))
+			}
+			if err := putEntry(cl, root, e, target); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("COPY %s to %s: %w", e.name, target, err)
+			}
+		}
+	}
+	return nil
+}
+
+func putEntry(cl *sftp.Client, root *os.Root, e contextEntry, target string) error {
+	if e.info.IsDir() {
+		if err := cl.MkdirAll(target); err != nil {
+			return err
+		}
+		return cl.Chmod(target, e.info.Mode().Perm())
+	}
+	if err := cl.MkdirAll(path.Dir(target)); err != nil {
+		return err
+	}
+	src, err := root.Open(e.name)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := cl.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(dst, src)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return cl.Chmod(target, e.info.Mode().Perm())
+}

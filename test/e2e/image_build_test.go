@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// buildContext writes a recipe and files into a new context folder.
+func buildContext(t *testing.T, recipe string, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "Emberfile"), []byte(recipe), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		mode := os.FileMode(0o644)
+		if strings.HasSuffix(name, ".sh") {
+			mode = 0o750
+		}
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func (e *env) images() map[string]wire.Image {
+	e.t.Helper()
+	var imgs []wire.Image
+	if err := json.Unmarshal([]byte(e.must("image", "ls", "--json")), &imgs); err != nil {
+		e.t.Fatal(err)
+	}
+	m := map[string]wire.Image{}
+	for _, img := range imgs {
+		m[img.Name] = img
+	}
+	return m
+}
+
+// noBuildLeftovers checks that no build VM, build folder or stray image
+// file is left.
+func (e *env) noBuildLeftovers(wantImages ...string) {
+	e.t.Helper()
+	if out := e.must("ls", "-q"); strings.TrimSpace(out) != "" {
+		for _, name := range strings.Fields(out) {
+			if strings.HasPrefix(name, "build-") {
+				e.t.Fatalf("a build vm is left: %s", out)
+			}
+		}
+	}
+	builds, _ := os.ReadDir(filepath.Join(e.home, "state", "images", "builds"))
+	if len(builds) != 0 {
+		e.t.Fatalf("build folders left: %v", builds)
+	}
+	vms, _ := os.ReadDir(filepath.Join(e.home, "state", "vms"))
+	for _, d := range vms {
+		if _, err := os.Stat(filepath.Join(e.home, "state", "vms", d.Name(), "disk.qcow2")); err == nil && !e.hasVMID(d.Name()) {
+			e.t.Fatalf("vm folder %s left", d.Name())
+		}
+	}
+	imgs := e.images()
+	files, _ := filepath.Glob(filepath.Join(e.home, "state", "images", "*.raw"))
+	if len(files) != len(wantImages) {
+		e.t.Fatalf("image files %v, want one for each of %v", files, wantImages)
+	}
+	for _, name := range wantImages {
+		if _, ok := imgs[name]; !ok {
+			e.t.Fatalf("image %s not registered: %v", name, imgs)
+		}
+	}
+}
+
+func (e *env) hasVMID(id string) bool {
+	var vms []wire.VM
+	_ = json.Unmarshal([]byte(e.must("ls", "--json")), &vms)
+	for _, vm := range vms {
+		if vm.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// TestImageBuild: a recipe FROM tiny with RUN, COPY, ENV and WORKDIR
+// builds an image whose VMs have the files; the config is recorded; an
+// unchanged rebuild takes every step from the cache and boots no VM.
+func TestImageBuild(t *testing.T) {
+	e := newEnv(t)
+	recipe := "# a test image\n" +
+		"FROM tiny\n" +
+		"ENV GREETING=\"hello world\"\n" +
+		"RUN echo \"$GREETING from run\" > /built.txt && \\\n" +
+		"    echo step output line\n" +
+		"WORKDIR /srv/app\n" +
+		"COPY app.conf run.sh ./\n" +
+		"COPY conf /etc/conf\n" +
+		"RUN [\"/bin/sh\", \"-c\", \"pwd > /workdir.txt\"]\n"
+	dir := buildContext(t, recipe, map[string]string{
+		"app.conf": "key = value\n", "run.sh": "#!/bin/sh\necho ran\n",
+		"conf/a.txt": "A\n", "conf/sub/b.txt": "B\n", "unused.txt": "not sent\n",
+	})
+	out, errOut, code := e.run("image", "build", "--context", dir, "app")
+	if code != 0 {
+		t.Fatalf("build: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if strings.TrimSpace(out) != "app" {
+		t.Fatalf("build printed %q, want the image name", out)
+	}
+	for _, want := range []string{"step 2/6: RUN echo", "step output line", "step 4/6: COPY app.conf run.sh ./"} {
+		if !strings.Contains(errOut, want) {
+			t.Fatalf("build output lacks %q:\n%s", want, errOut)
+		}
+	}
+	img := e.images()["app"]
+	if img.Kind != "built" || img.Parent != "tiny" || !strings.HasPrefix(img.RecipeDigest, "sha256:") || img.Format != "raw" {
+		t.Fatalf("image record: %+v", img)
+	}
+	if img.Config == nil || img.Config.WorkingDir != "/srv/app" || len(img.Config.Env) != 1 || img.Config.Env[0] != "GREETING=hello world" {
+		t.Fatalf("image config: %+v", img.Config)
+	}
+	e.noBuildLeftovers("app")
+
+	e.must("create", "vm1", "--image", "app")
+	checks := map[string]string{
+		"cat /built.txt":                          "hello world from run\n",
+		"cat /srv/app/app.conf":                   "key = value\n",
+		"/srv/app/run.sh":                         "ran\n",
+		"stat -c %a /srv/app/run.sh":              "750\n",
+		"cat /etc/conf/a.txt /etc/conf/sub/b.txt": "A\nB\n",
+		"cat /workdir.txt":                        "/srv/app\n",
+		"ls /srv/app":                             "app.conf\nrun.sh\n",
+	}
+	for cmd, want := range checks {
+		if got := e.must("exec", "vm1", "--", "sh", "-c", cmd); got != want {
+			t.Errorf("%s: got %q, want %q", cmd, got, want)
+		}
+	}
+
+	// The same recipe again, under another name: every step cached.
+	out, errOut, code = e.run("image", "build", "--context", dir, "app2")
+	if code != 0 {
+		t.Fatalf("rebuild: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if n := strings.Count(errOut, "  cached"); n != 4 {
+		t.Fatalf("rebuild: %d steps cached, want the 4 RUN and COPY steps:\n%s", n, errOut)
+	}
+	if !strings.Contains(errOut, "built image app2 (0 of 6 steps run, the rest cached)") || strings.Contains(errOut, "booting") {
+		t.Fatalf("rebuild booted a vm:\n%s", errOut)
+	}
+	e.noBuildLeftovers("app", "app2")
+}
