@@ -205,6 +205,7 @@ type layer struct{ path, format string }
 type buildState struct {
 	env     []string // KEY=VALUE, later wins
 	workdir string
+	user    string // the FROM image's; RUN runs as it
 	key     string
 }
 
@@ -257,7 +258,8 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 		return nil, fmt.Errorf("build cache folder: %w", err)
 	}
 	cur := layer{parent.Path, parent.Format}
-	st := buildState{env: append([]string(nil), parent.Config.Env...), workdir: parent.Config.WorkingDir, key: "image " + parent.ID}
+	st := buildState{env: append([]string(nil), parent.Config.Env...), workdir: parent.Config.WorkingDir,
+		user: parent.Config.User, key: "image " + parent.ID}
 	ctxDir := filepath.Join(dir, "context")
 	booted := 0
 	for i, step := range r.Steps {
@@ -381,7 +383,7 @@ func (s *imageService) runRun(ctx context.Context, op *imageBuildOp, conn guestC
 		argv = []string{"/bin/sh", "-c", step.Shell}
 	}
 	from := op.logLen()
-	status, err := conn.Exec(ctx, guest.ExecRequest{Argv: argv, Env: st.envMap(), Dir: st.workdir, Stdout: op, Stderr: op})
+	status, err := conn.Exec(ctx, guest.ExecRequest{Argv: argv, Env: st.envMap(), Dir: st.workdir, User: st.user, Stdout: op, Stderr: op})
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -442,7 +444,7 @@ func (s *imageService) registerBuilt(ctx context.Context, name string, cur layer
 	}
 	img := store.Image{Name: name, ID: id, Kind: store.ImageBuilt, Path: file, Format: store.FormatRaw,
 		SizeBytes: parent.SizeBytes, Kernel: parent.Kernel, CreatedAt: time.Now().UTC(), Parent: parent.Name,
-		RecipeDigest: r.Digest, Config: store.ImageConfig{Env: st.env, WorkingDir: st.workdir, User: parent.Config.User}}
+		RecipeDigest: r.Digest, Config: store.ImageConfig{Env: st.env, WorkingDir: st.workdir, User: st.user}}
 	// Record and check under one context the request cannot cancel: a
 	// build cancelled after this point has made its image.
 	if err := s.store.PutImage(context.Background(), img); err != nil {

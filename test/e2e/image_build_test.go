@@ -145,6 +145,15 @@ func TestImageBuild(t *testing.T) {
 		}
 	}
 
+	// The image's ENV and WORKDIR apply to exec and sessions in its VMs.
+	if got := e.must("exec", "vm1", "--", "sh", "-c", `echo "$GREETING|$(pwd)"`); got != "hello world|/srv/app\n" {
+		t.Errorf("exec env and folder: %q", got)
+	}
+	e.must("session", "new", "vm1", "s")
+	if out := e.must("session", "run", "vm1", "s", "--", `echo "$GREETING|$(pwd)"`); !strings.Contains(out, "hello world|/srv/app") {
+		t.Errorf("session env and folder: %q", out)
+	}
+
 	// The same recipe again, under another name: every step cached.
 	out, errOut, code = e.run("image", "build", "--context", dir, "app2")
 	if code != 0 {
