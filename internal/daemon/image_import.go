@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/emberhq/ember/internal/image"
+	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/oci"
 	"github.com/emberhq/ember/internal/store"
@@ -100,29 +101,48 @@ func (s *imageService) importFrom(ctx context.Context, p wire.ImageImportParams,
 	if err != nil {
 		return wire.Image{}, err
 	}
+	rec, err := s.diskFromOCI(ctx, src, p.Name, p.Source, progress)
+	if err != nil {
+		return wire.Image{}, err
+	}
+	if err := s.recordNew(ctx, rec); err != nil {
+		os.Remove(rec.Path)
+		return wire.Image{}, err
+	}
+	progress(fmt.Sprintf("imported %s as %s", p.Source, p.Name))
+	return s.inspect(ctx, p.Name)
+}
+
+// diskFromOCI makes src into an ext4 image file in the images folder for
+// an image to be called name, and returns its record (kind imported, its
+// config; source and digest in its meta), not yet recorded: the caller
+// records it or removes rec.Path. The work folder is gone when it
+// returns, and on failure so is the file. A recipe's FROM of an OCI
+// image can use it as it is.
+func (s *imageService) diskFromOCI(ctx context.Context, src v1.Image, name, source string, progress func(string)) (store.Image, error) {
 	cfg, err := oci.ConfigOf(src)
 	if err != nil {
-		return wire.Image{}, invalidf("%s: %v", p.Source, err)
+		return store.Image{}, invalidf("%s: %v", source, err)
 	}
 	digest, err := src.Digest()
 	if err != nil {
-		return wire.Image{}, fmt.Errorf("%s: %w", p.Source, err)
+		return store.Image{}, fmt.Errorf("%s: %w", source, err)
 	}
 	work, err := os.MkdirTemp(s.layout.ImagesDir(), importPrefix+"*")
 	if err != nil {
-		return wire.Image{}, fmt.Errorf("import %s: %w", p.Name, err)
+		return store.Image{}, fmt.Errorf("import %s: %w", name, err)
 	}
 	defer os.RemoveAll(work)
 	root := filepath.Join(work, "root")
 	if err := os.Mkdir(root, 0o755); err != nil {
-		return wire.Image{}, fmt.Errorf("import %s: %w", p.Name, err)
+		return store.Image{}, fmt.Errorf("import %s: %w", name, err)
 	}
 	tree, err := oci.Unpack(ctx, src, root, oci.DefaultLimits, progress)
 	if err != nil {
-		return wire.Image{}, fmt.Errorf("import %s from %s: %w", p.Name, p.Source, err)
+		return store.Image{}, fmt.Errorf("import %s from %s: %w", name, source, err)
 	}
 	if err := makeWorkingDir(root, cfg.WorkingDir, &tree); err != nil {
-		return wire.Image{}, fmt.Errorf("import %s: %w", p.Name, err)
+		return store.Image{}, fmt.Errorf("import %s: %w", name, err)
 	}
 	if n := len(tree.Skipped); n > 0 {
 		progress(fmt.Sprintf("not kept: %d entries (%s)", n, strings.Join(tree.Skipped[:min(n, 5)], "; ")))
@@ -133,21 +153,15 @@ func (s *imageService) importFrom(ctx context.Context, p wire.ImageImportParams,
 		owners[i] = image.Owner{Path: o.Path, UID: o.UID, GID: o.GID}
 	}
 	id := store.NewImageID()
-	out := filepath.Join(s.layout.ImagesDir(), p.Name+"-"+id[:12]+".ext4")
+	out := filepath.Join(s.layout.ImagesDir(), name+"-"+id[:12]+".ext4")
 	size, err := image.BuildFromDir(ctx, root, out, owners)
 	if err != nil {
-		return wire.Image{}, fmt.Errorf("import %s: %w", p.Name, err)
+		return store.Image{}, fmt.Errorf("import %s: %w", name, err)
 	}
-	meta, _ := json.Marshal(map[string]string{"source": p.Source, "digest": digest.String()})
-	rec := store.Image{Name: p.Name, ID: id, Kind: store.ImageImported, Path: out, Format: store.FormatRaw,
+	meta, _ := json.Marshal(map[string]string{"source": source, "digest": digest.String()})
+	return store.Image{Name: name, ID: id, Kind: store.ImageImported, Path: out, Format: store.FormatRaw,
 		SizeBytes: size, CreatedAt: time.Now().UTC(),
-		Config: store.ImageConfig{Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User}, Meta: meta}
-	if err := s.recordNew(ctx, rec); err != nil {
-		os.Remove(out)
-		return wire.Image{}, err
-	}
-	progress(fmt.Sprintf("imported %s (%s) as %s", p.Source, digest, p.Name))
-	return s.inspect(ctx, p.Name)
+		Config: store.ImageConfig{Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User}, Meta: meta}, nil
 }
 
 // makeWorkingDir makes the image's WorkingDir when its layers lack it, as
@@ -183,16 +197,14 @@ func (s *imageService) recordNew(ctx context.Context, img store.Image) error {
 	return s.store.PutImage(ctx, img)
 }
 
-// openArchive reads the image in a client's archive: a regular file.
+// openArchive reads the image in a client's archive: an open, readable
+// regular file, not on FUSE (whose server could stall the import).
 func openArchive(f *os.File, source string) (v1.Image, error) {
-	fi, err := f.Stat()
+	size, err := kernel.ReadableFile(f)
 	if err != nil {
-		return nil, fmt.Errorf("archive %s: %w", source, err)
+		return nil, invalidf("archive %s: %v", source, err)
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, invalidf("archive %s is not a regular file", source)
-	}
-	a, err := oci.OpenArchive(f, fi.Size())
+	a, err := oci.OpenArchive(f, size)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", source, err)
 	}

@@ -2,13 +2,17 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -164,5 +168,71 @@ func TestMakeWorkingDir(t *testing.T) {
 	}
 	if err := makeWorkingDir(root, "", &tree); err != nil || len(tree.Owners) != 1 {
 		t.Errorf("no working dir: %v %+v", err, tree.Owners)
+	}
+}
+
+// signalWriter closes seen when what it is written contains want.
+type signalWriter struct {
+	want string
+	seen chan struct{}
+	once sync.Once
+}
+
+func (w *signalWriter) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), w.want) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return len(p), nil
+}
+
+// A client that hangs up while a layer downloads cancels the import:
+// the daemon keeps no work folder, no file and no row.
+func TestImageImportCancelled(t *testing.T) {
+	img := importFixture(t)
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	layers, _ := img.Layers()
+	top, _ := layers[len(layers)-1].Digest() // mutate.Extract reads the top layer first
+	var stall atomic.Bool
+	stalled := make(chan struct{}, 16)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if stall.Load() && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+top.String()) {
+			stalled <- struct{}{}
+			<-r.Context().Done() // the layer never comes
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	ref, _ := name.ParseReference(host + "/slow:v1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	progress := &signalWriter{want: "layer 3 of 3", seen: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		stall.Store(true)
+		_, err := client.ImportImage(ctx, c, wire.ImageImportParams{Name: "slow", Source: host + "/slow:v1"}, progress)
+		done <- err
+	}()
+	select {
+	case <-stalled:
+	case err := <-done:
+		t.Fatalf("import ended before a layer stalled: %v", err)
+	}
+	<-progress.seen
+	if got := imagesDirEntries(t, td); len(got) != 1 || !strings.HasPrefix(got[0], importPrefix) {
+		t.Fatalf("images folder while a layer downloads: %v", got)
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("a cancelled import succeeded")
+	}
+	eventually(t, "the import's work folder gone", func() bool { return len(imagesDirEntries(t, td)) == 0 })
+	if _, err := td.store.GetImage(context.Background(), "slow"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a cancelled import recorded its image: %v", err)
 	}
 }

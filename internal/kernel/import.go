@@ -89,7 +89,7 @@ func (im *Importer) Kernel(f *os.File) error {
 	if im.haveKernel {
 		return fmt.Errorf("import kernel %s: a second kernel file", im.name)
 	}
-	size, err := readableFile(f)
+	size, err := ReadableFile(f)
 	if err != nil {
 		return fmt.Errorf("import kernel %s: kernel file: %w", im.name, err)
 	}
@@ -192,7 +192,7 @@ func (im *Importer) File(rel string, mode fs.FileMode, f *os.File) error {
 	if err := im.entry(rel); err != nil {
 		return err
 	}
-	size, err := readableFile(f)
+	size, err := ReadableFile(f)
 	if err != nil {
 		return fmt.Errorf("import kernel %s: %s: %w", im.name, rel, err)
 	}
@@ -263,9 +263,10 @@ func (im *Importer) copyInto(root *os.Root, name string, perm fs.FileMode, f *os
 	return n, err
 }
 
-// readableFile checks that f is an open, readable regular file on a file
-// system that cannot stall a read for ever, and returns its size.
-func readableFile(f *os.File) (int64, error) {
+// ReadableFile checks that f (a descriptor a client passed) is an open,
+// readable regular file on a file system that cannot stall a read for
+// ever, and returns its size.
+func ReadableFile(f *os.File) (int64, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return 0, err
