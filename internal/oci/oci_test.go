@@ -4,9 +4,11 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log"
+	"math/rand"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -441,5 +443,83 @@ func TestPull(t *testing.T) {
 	}
 	if _, err := oci.Pull(context.Background(), "Bad Ref!"); err == nil || !strings.Contains(err.Error(), "not an image reference") {
 		t.Errorf("bad ref: %v", err)
+	}
+}
+
+// TestUnpackRandomStacksMatchMutateExtract stacks random layers over a
+// small name space (files, folders, relative symlinks, whiteouts, opaque
+// markers, hard links) and compares the folder with mutate.Extract's
+// flattening: every entry it yields is on disk as it says or reported
+// skipped, and the folder holds nothing else but folders.
+func TestUnpackRandomStacksMatchMutateExtract(t *testing.T) {
+	names := []string{"a", "b", "a/x", "a/y", "b/z", "a/x/deep", "c"}
+	for seed := int64(1); seed <= 60; seed++ {
+		rng := rand.New(rand.NewSource(seed))
+		var layers []v1.Layer
+		for l := 0; l < 1+rng.Intn(4); l++ {
+			var entries []ocitest.Entry
+			seen := map[string]bool{}
+			for n := 0; n < 1+rng.Intn(6); n++ {
+				nm := names[rng.Intn(len(names))]
+				if seen[nm] {
+					continue
+				}
+				seen[nm] = true
+				dir, base := filepath.Split(nm)
+				switch rng.Intn(7) {
+				case 0, 1:
+					entries = append(entries, ocitest.Entry{Name: nm, Body: fmt.Sprintf("%s in layer %d", nm, l), Mode: int64(0o600 + rng.Intn(0o200))})
+				case 2:
+					entries = append(entries, ocitest.Entry{Name: nm + "/", Type: tar.TypeDir, Mode: int64(0o700 + rng.Intn(0o100))})
+				case 3:
+					entries = append(entries, ocitest.Entry{Name: nm, Type: tar.TypeSymlink, Link: names[rng.Intn(len(names))]})
+				case 4:
+					entries = append(entries, ocitest.Entry{Name: dir + ".wh." + base})
+				case 5:
+					entries = append(entries, ocitest.Entry{Name: nm + "/.wh..wh..opq"})
+				case 6:
+					entries = append(entries, ocitest.Entry{Name: nm, Type: tar.TypeLink, Link: names[rng.Intn(len(names))]})
+				}
+			}
+			layer, err := ocitest.Layer(entries...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			layers = append(layers, layer)
+		}
+		img, err := ocitest.Image(v1.Config{}, layers...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := flattened(t, img)
+		dir, tree, err := unpack(t, img, oci.DefaultLimits)
+		if err != nil {
+			t.Fatalf("seed %d: %v", seed, err)
+		}
+		skipped := map[string]bool{}
+		for _, s := range tree.Skipped {
+			skipped[strings.SplitN(s, ":", 2)[0]] = true
+		}
+		got := onDisk(t, dir)
+		for p, w := range want {
+			if skipped[p] {
+				continue
+			}
+			g, ok := got[p]
+			if w.Type == tar.TypeLink {
+				w = want[strings.TrimPrefix(filepathClean(w.Link), "/")]
+			}
+			if w.Type == tar.TypeSymlink {
+				g.Mode, w.Mode = 0, 0
+			}
+			if !ok || g.Type != w.Type || g.Body != w.Body || g.Link != w.Link || g.Mode != w.Mode {
+				t.Errorf("seed %d: %s: on disk %+v, mutate.Extract says %+v", seed, p, g, w)
+			}
+		}
+		for p, g := range got {
+			if _, ok := want[p]; !ok && g.Type != tar.TypeDir {
+				t.Errorf("seed %d: %s is on disk, mutate.Extract does not have it", seed, p)
+			}
+		}
 	}
 }
