@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -166,4 +167,152 @@ func TestImageBuild(t *testing.T) {
 		t.Fatalf("rebuild booted a vm:\n%s", errOut)
 	}
 	e.noBuildLeftovers("app", "app2")
+}
+
+// waitBuildLog waits until build operation id's log has a line holding
+// want (the guest printed it: the step runs).
+func (e *env) waitBuildLog(id, want string) {
+	e.t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		var op wire.Operation
+		if err := json.Unmarshal([]byte(e.must("op", "status", id)), &op); err != nil {
+			e.t.Fatal(err)
+		}
+		for _, line := range op.Log {
+			if strings.Contains(line, want) {
+				return
+			}
+		}
+		if op.Done() || time.Now().After(deadline) {
+			e.t.Fatalf("build %s never logged %q: %+v", id, want, op)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// slowRecipe's RUN step says "step 2 waits", then waits until the test
+// makes /tmp/release in its build VM, so the test, not a timer, decides
+// when the step ends.
+const slowRecipe = "FROM tiny\n" +
+	"RUN echo step $((1+1)) waits; while [ ! -e /tmp/release ]; do sleep 0.1; done; echo released > /released\n"
+
+// TestImageBuildDoesNotBlockCreate: while a build's step runs, a create
+// from another image completes, and the build finishes only after it.
+func TestImageBuildDoesNotBlockCreate(t *testing.T) {
+	e := newEnv(t)
+	dir := buildContext(t, slowRecipe, nil)
+	id := strings.TrimSpace(e.must("image", "build", "-d", "--context", dir, "slow"))
+	e.waitBuildLog(id, "step 2 waits") // the guest's output, not the step's text
+	// The build VM is a VM while its step runs, named for its operation.
+	if out := e.must("ls", "-q"); !strings.Contains(out, "build-"+id) {
+		t.Fatalf("ls during the build: %q", out)
+	}
+	e.must("create", "during", "--image", "tiny")
+	var op wire.Operation
+	if err := json.Unmarshal([]byte(e.must("op", "status", id)), &op); err != nil || op.State != wire.OpRunning {
+		t.Fatalf("the build is no longer running after the create: %v %+v", err, op)
+	}
+	e.must("exec", "build-"+id, "--", "touch", "/tmp/release")
+	e.must("op", "wait", id)
+	e.noBuildLeftovers("slow")
+	if out := e.must("ls", "-q"); strings.TrimSpace(out) != "during" {
+		t.Fatalf("vms after the build: %q", out)
+	}
+}
+
+// TestImageBuildCancelMidStep: a build cancelled while its RUN step runs
+// leaves no image, VM, QEMU, disk or folder.
+func TestImageBuildCancelMidStep(t *testing.T) {
+	e := newEnv(t)
+	dir := buildContext(t, slowRecipe, nil)
+	id := strings.TrimSpace(e.must("image", "build", "-d", "--context", dir, "never"))
+	e.waitBuildLog(id, "step 2 waits") // the guest's output, not the step's text
+	e.must("op", "cancel", id)
+	if _, errOut, code := e.run("op", "wait", id); code == 0 || !strings.Contains(errOut, "build of never was cancelled") {
+		t.Fatalf("op wait after cancel: %d %q", code, errOut)
+	}
+	if pids := qemuPIDs(e.home); len(pids) != 0 {
+		t.Fatalf("qemu left after cancel: %v", pids)
+	}
+	e.noBuildLeftovers()
+	cache, _ := os.ReadDir(filepath.Join(e.home, "state", "images", "cache"))
+	if len(cache) != 0 {
+		t.Fatalf("a cancelled step was cached: %v", cache)
+	}
+}
+
+// TestImageBuildFailingRun: a RUN that fails fails the build with its
+// status and output; nothing is registered or left.
+func TestImageBuildFailingRun(t *testing.T) {
+	e := newEnv(t)
+	dir := buildContext(t, "FROM tiny\nRUN echo fine > /ok\nRUN echo about to fail; echo on stderr >&2; exit 7\n", nil)
+	out, errOut, code := e.run("image", "build", "--context", dir, "broken")
+	if code == 0 {
+		t.Fatalf("a failing build succeeded: %q", out)
+	}
+	for _, want := range []string{"Emberfile:3: RUN echo about to fail", "failed with exit status 7", "about to fail\non stderr"} {
+		if !strings.Contains(errOut, want) {
+			t.Fatalf("build error lacks %q:\n%s", want, errOut)
+		}
+	}
+	if pids := qemuPIDs(e.home); len(pids) != 0 {
+		t.Fatalf("qemu left after a failed build: %v", pids)
+	}
+	e.noBuildLeftovers()
+}
+
+// TestImageBuildBadInput: bad recipes, contexts and names are refused
+// with an error that says where, and nothing is made.
+func TestImageBuildBadInput(t *testing.T) {
+	e := newEnv(t)
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "secret"), []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, recipe string
+		files        map[string]string
+		links        map[string]string
+		image        string
+		want         string
+	}{
+		{name: "unknown instruction", recipe: "FROM tiny\nRUN true\nRUNN x\n",
+			want: `Emberfile:3: unknown instruction "RUNN"`},
+		{name: "missing FROM", recipe: "# no from\nRUN true\n", want: "Emberfile:2: RUN before FROM"},
+		{name: "empty recipe", recipe: "", want: "Emberfile:1: no FROM"},
+		{name: "copy out of the context", recipe: "FROM tiny\nCOPY ../secret /x\n",
+			want: "Emberfile:2: COPY ../secret: the source leaves the build context"},
+		{name: "symlink out of the context", recipe: "FROM tiny\nCOPY link /x\n",
+			links: map[string]string{"link": filepath.Join(outside, "secret")},
+			want:  "COPY link: link is a symlink that leads out of the build context"},
+		{name: "symlink out, inside a folder", recipe: "FROM tiny\nCOPY conf /etc/conf\n",
+			files: map[string]string{"conf/a.txt": "a\n"}, links: map[string]string{"conf/evil": "../../secret"},
+			want: "COPY conf: conf/evil is a symlink that leads out of the build context"},
+		{name: "missing context file", recipe: "FROM tiny\nCOPY missing.txt /x\n",
+			want: "COPY missing.txt: missing.txt is not in the build context"},
+		{name: "invalid name", recipe: "FROM tiny\nRUN true\n", image: "Bad_Name",
+			want: `image name "Bad_Name" is not valid`},
+		{name: "unknown FROM", recipe: "\nFROM nosuch\nRUN true\n", want: "Emberfile:2: FROM nosuch: image not found"},
+	}
+	for _, c := range cases {
+		dir := buildContext(t, c.recipe, c.files)
+		for name, target := range c.links {
+			if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		image := c.image
+		if image == "" {
+			image = "bad"
+		}
+		_, errOut, code := e.run("image", "build", "--context", dir, image)
+		if code == 0 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%s: exit %d, stderr %q; want an error with %q", c.name, code, errOut, c.want)
+		}
+	}
+	e.noBuildLeftovers()
+	if imgs := e.images(); len(imgs) != 1 {
+		t.Fatalf("images after bad builds: %v", imgs)
+	}
 }

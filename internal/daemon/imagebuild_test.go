@@ -1,0 +1,191 @@
+package daemon
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emberhq/ember/internal/recipe"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+type tarEntry struct {
+	name string
+	typ  byte
+	mode int64
+	body string
+	link string
+}
+
+func tarOf(t *testing.T, entries ...tarEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		hdr := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Size: int64(len(e.body)), Linkname: e.link}
+		if e.typ != tar.TypeReg {
+			hdr.Size = 0
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if e.typ == tar.TypeReg {
+			tw.Write([]byte(e.body))
+		}
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+func TestReceiveContext(t *testing.T) {
+	dir := t.TempDir()
+	good := tarOf(t,
+		tarEntry{name: "conf/", typ: tar.TypeDir, mode: 0o750},
+		tarEntry{name: "conf/a.txt", typ: tar.TypeReg, mode: 0o640, body: "A"},
+		tarEntry{name: "run.sh", typ: tar.TypeReg, mode: 0o755, body: "#!/bin/sh\n"},
+		tarEntry{name: "deep/er/x", typ: tar.TypeReg, mode: 0o600, body: "x"},
+	)
+	if err := receiveContext(bytes.NewReader(good), dir); err != nil {
+		t.Fatal(err)
+	}
+	for name, mode := range map[string]os.FileMode{"conf": 0o750, "conf/a.txt": 0o640, "run.sh": 0o755, "deep/er/x": 0o600} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v, mode %v, want %v", name, err, fi.Mode().Perm(), mode)
+		}
+	}
+	d1, err := contextDigest(dir, []string{"conf", "run.sh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(dir, "run.sh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	d2, _ := contextDigest(dir, []string{"conf", "run.sh"})
+	if d2 == d1 {
+		t.Error("a mode change leaves the COPY digest as it was")
+	}
+	if _, err := contextDigest(dir, []string{"nope"}); err == nil || !strings.Contains(err.Error(), "COPY nope: not in the build context") {
+		t.Errorf("missing source: %v", err)
+	}
+
+	outside := t.TempDir()
+	for name, archive := range map[string][]byte{
+		"dot-dot":       tarOf(t, tarEntry{name: "../escape", typ: tar.TypeReg, mode: 0o644, body: "x"}),
+		"absolute":      tarOf(t, tarEntry{name: filepath.Join(outside, "abs"), typ: tar.TypeReg, mode: 0o644, body: "x"}),
+		"symlink":       tarOf(t, tarEntry{name: "link", typ: tar.TypeSymlink, link: outside}),
+		"hard link":     tarOf(t, tarEntry{name: "hard", typ: tar.TypeLink, link: "/etc/passwd"}),
+		"device":        tarOf(t, tarEntry{name: "dev", typ: tar.TypeChar}),
+		"twice":         tarOf(t, tarEntry{name: "a", typ: tar.TypeReg, body: "1"}, tarEntry{name: "a", typ: tar.TypeReg, body: "2"}),
+		"not tar":       []byte("this is not a tar archive at all, but it is long enough to be read as a header block......" + strings.Repeat("x", 600)),
+		"the root":      tarOf(t, tarEntry{name: "./", typ: tar.TypeDir, mode: 0o777}),
+		"nested dotdot": tarOf(t, tarEntry{name: "a/../../b", typ: tar.TypeReg, body: "x"}),
+	} {
+		d := t.TempDir()
+		err := receiveContext(bytes.NewReader(archive), d)
+		if err == nil || wire.CodeOf(err) != wire.CodeInvalid {
+			t.Errorf("%s: %v, want invalid", name, err)
+		}
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Fatalf("a hostile context wrote outside its folder: %v", entries)
+	}
+}
+
+func TestFrameReaderTakesInputFramesOnly(t *testing.T) {
+	var buf bytes.Buffer
+	wire.WriteFrame(&buf, wire.FrameStdin, []byte("abc"))
+	wire.WriteFrame(&buf, wire.FrameStdin, []byte("de"))
+	wire.WriteFrame(&buf, wire.FrameStdinEOF, nil)
+	wire.WriteFrame(&buf, wire.FrameStdin, []byte("after the end"))
+	b := make([]byte, 100)
+	r := &frameReader{r: &buf}
+	var got []byte
+	for {
+		n, err := r.Read(b)
+		got = append(got, b[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	if string(got) != "abcde" {
+		t.Fatalf("read %q", got)
+	}
+	buf.Reset()
+	wire.WriteFrame(&buf, wire.FrameResize, []byte("{}"))
+	if _, err := (&frameReader{r: &buf}).Read(b); err == nil || wire.CodeOf(err) != wire.CodeInvalid {
+		t.Fatalf("another frame: %v", err)
+	}
+}
+
+func TestBuildLogBoundsAndFollowers(t *testing.T) {
+	op := &imageBuildOp{opState: newOpState(context.Background(), "b1", wire.ImageBuild.Name, "img", nil)}
+	op.logf("step 1/1: RUN x")
+	op.Write([]byte("partial"))
+	op.Write([]byte(" line\r\nnext\n" + strings.Repeat("y", buildLogLineLen+10) + "\n"))
+	s := op.Snapshot()
+	want := []string{"step 1/1: RUN x", "partial line", "next", strings.Repeat("y", buildLogLineLen), "yyyyyyyyyy"}
+	if strings.Join(s.Log, "|") != strings.Join(want, "|") || s.LogStart != 0 {
+		t.Fatalf("log %q from %d", s.Log, s.LogStart)
+	}
+	// A follower gets each line once.
+	sent := 0
+	first := newLogLines(s, &sent)
+	op.logf("more")
+	second := newLogLines(op.Snapshot(), &sent)
+	if len(first.Log) != 5 || len(second.Log) != 1 || second.Log[0] != "more" || second.LogStart != 5 || sent != 6 {
+		t.Fatalf("follower: %q then %q from %d, sent %d", first.Log, second.Log, second.LogStart, sent)
+	}
+	for i := 0; i < buildLogLines+50; i++ {
+		op.Write([]byte("line\n"))
+	}
+	s = op.Snapshot()
+	if len(s.Log) != buildLogLines || s.LogStart != 6+50 {
+		t.Fatalf("bounded log: %d lines from %d", len(s.Log), s.LogStart)
+	}
+	third := newLogLines(s, &sent)
+	if third.LogStart != 56 || len(third.Log) != buildLogLines || sent != 56+buildLogLines {
+		t.Fatalf("a follower that fell behind: from %d, %d lines, sent %d", third.LogStart, len(third.Log), sent)
+	}
+	if tail := op.tail(0, 2); tail != "line\nline" {
+		t.Fatalf("tail %q", tail)
+	}
+}
+
+func TestBuildStateKeys(t *testing.T) {
+	r, err := recipe.Parse("R", []byte("FROM tiny\nENV A=1 B=2\nENV A=3\nWORKDIR /x\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := buildState{env: []string{"PATH=/bin", "A=0"}, key: "image p1"}
+	st.setEnv(r.Steps[0].Env)
+	st.setEnv(r.Steps[1].Env)
+	if strings.Join(st.env, " ") != "PATH=/bin B=2 A=3" {
+		t.Fatalf("env %q", st.env)
+	}
+	if m := st.envMap(); m["A"] != "3" || m["B"] != "2" || len(m) != 3 {
+		t.Fatalf("env map %v", m)
+	}
+	a := buildState{key: "image p1"}
+	b := buildState{key: "image p2"}
+	a.chain("RUN x", "")
+	b.chain("RUN x", "")
+	c := buildState{key: "image p1"}
+	c.chain("RUN x", "A=1")
+	again := buildState{key: "image p1"}
+	again.chain("RUN x", "")
+	if a.key == b.key || a.key == c.key || a.key != again.key || len(a.key) != 64 {
+		t.Fatalf("keys: %s %s %s %s", a.key, b.key, c.key, again.key)
+	}
+	// Parts are delimited: moving text between them changes the key.
+	d, e := buildState{}, buildState{}
+	d.chain("ab", "c")
+	e.chain("a", "bc")
+	if d.key == e.key {
+		t.Fatal("parts run together in the key")
+	}
+}
