@@ -119,7 +119,7 @@ func promoteSection(runs int, rs []promoteResult) string {
 	var b strings.Builder
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "%s\n\n", promoteHeading)
-	fmt.Fprintf(&b, "Written by `go run ./bench -promote`. One running VM (`tiny`, 2 GiB disk, TCG); before each size the guest writes that much incompressible data and syncs; then %d promotes, medians. Frozen: from the daemon's freeze request to the agent's answer that it thawed (the guest's writes wait that long; reads and everything else go on); promote: the whole `ember image promote`, which goes on to flatten the copy over the image with the guest running.\n\n", runs)
+	fmt.Fprintf(&b, "Written by `go run ./bench -promote`. One running VM (`tiny`, 2 GiB disk, TCG); before each size the guest writes that much incompressible data and syncs; then %d promotes, medians. Frozen: from the daemon's freeze request to the agent's answer that it thawed (the guest's writes wait that long; reads and everything else go on); promote: the whole `ember image promote`.\n\n", runs)
 	fmt.Fprintf(&b, "| written in the guest | promote (median) | frozen (median) | first promote after the write | frozen then | image on disk | promote / promote of an unwritten VM |\n| --- | --- | --- | --- | --- | --- | --- |\n")
 	base := rs[0].total
 	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
@@ -129,7 +129,8 @@ func promoteSection(runs int, rs []promoteResult) string {
 	if len(rs) >= 3 && rs[1].total > 0 && rs[1].frozen > 0 {
 		fmt.Fprintf(&b, "\n**1 GiB / 100 MiB (medians): promote %.2f, frozen %.2f** (the written data grows 10.24×).\n", float64(rs[2].total)/float64(rs[1].total), float64(rs[2].frozen)/float64(rs[1].frozen))
 	}
-	fmt.Fprintf(&b, "\nThe freeze covers the copy of the VM's overlay (what the guest wrote), so it grows with it; the first promote after a large write also waits for the host to write back what that copy dirties (on this machine's disk the 1 GiB case froze for seconds). The rest of a promote, the flatten into a raw file, runs with the guest thawed.\n")
-	fmt.Fprintf(&b, "\nMeasured %s on %s.\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), host)
+	fmt.Fprintf(&b, "\nThe guest is frozen only while QEMU's backup job starts (the job then copies the disk as it was at that moment while the guest runs), so the freeze stays flat as the written data grows; the promote's time grows with the data copied twice, by the job and by the flatten into a raw file, both with the guest running.\n")
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Fprintf(&b, "\nMeasured %s on %s (load average then: %s).\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), host, strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
 	return b.String()
 }

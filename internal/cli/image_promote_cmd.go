@@ -18,10 +18,10 @@ func imagePromoteCmd(e *env) *cobra.Command {
 		Short: "Make a new image from a VM's disk; the VM keeps running",
 		Long: `Make a new image NAME from VM's disk, for later VMs to start from
 (create --image NAME). A running VM's filesystems are frozen through its
-agent while its disk is copied, so the image is a consistent point in time,
-and thawed at once; the VM keeps running, its sessions attached. A stopped
-VM's disk is copied as it is. The image keeps its parent's kernel and
-configuration.`,
+agent while the copy of its disk is started, and thawed at once: the copy
+is the disk at that moment, made while the VM keeps running, its sessions
+attached. A stopped VM's disk is copied as it is. The image keeps its
+parent's kernel and configuration.`,
 		ValidArgsFunction: completeArgs(e, false, vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()

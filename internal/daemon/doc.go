@@ -62,9 +62,9 @@
 //     bridge's guestFilter, which lets each lease's TAP send only as
 //     that lease; the rest of the guest policy is fixed at start).
 //   - vmService (vm.go, exec.go, guests.go, vmlock.go, promote.go): vm.*
-//     and image.promote (promoteVM: the guest's root filesystem frozen
-//     through its agent while the VM's overlay is copied, then flattened
-//     and registered through the image service). vmLocks
+//     and image.promote (promoteVM: the hypervisor's backup job started
+//     while the guest's root filesystem is frozen through its agent, the
+//     copy flattened and registered through the image service). vmLocks
 //     (vmLockSet): one mutex per VM ID, reached through withVMLockByID and
 //     withVMLockByRef (name or unique ID prefix); held only to read and
 //     change a VM's record, never across guest I/O or a hypervisor call:

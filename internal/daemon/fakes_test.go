@@ -64,6 +64,14 @@ type fakeDriver struct {
 	frozen                         bool
 	freezes                        int
 	freezeErr, thawErr, flattenErr error
+	// backup makes BackupDisk work (else it is unsupported, and promote
+	// copies the overlay itself); backupErr fails it after the thaw.
+	backup    bool
+	backupErr error
+	// backupStarted, when set, gets a value once BackupDisk quiesced,
+	// and BackupDisk then waits for its context to end (a copy in
+	// progress that the client cancels).
+	backupStarted chan struct{}
 }
 
 const (
@@ -299,6 +307,42 @@ func (g *fakeGuest) FreezeFS(ctx context.Context, limit time.Duration) (func(con
 		}
 		return f.thawErr
 	}, nil
+}
+
+// BackupDisk plays QEMU's backup job: the disk copied while quiesced.
+func (f *fakeDriver) BackupDisk(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance, size int64, out string, quiesce hypervisor.Quiesce) error {
+	f.mu.Lock()
+	backup, backupErr := f.backup, f.backupErr
+	f.mu.Unlock()
+	if !backup {
+		return fmt.Errorf("fake: %w", hypervisor.ErrUnsupported)
+	}
+	thaw, err := quiesce(ctx)
+	if err != nil {
+		return err
+	}
+	if f.backupStarted != nil {
+		os.WriteFile(out, []byte("partial"), 0o600)
+		f.backupStarted <- struct{}{}
+		<-ctx.Done()
+		thaw(ctx)
+		os.Remove(out)
+		return ctx.Err()
+	}
+	b, err := os.ReadFile(s.Disk)
+	if err == nil {
+		err = os.WriteFile(out, b, 0o600)
+	}
+	if terr := thaw(ctx); err == nil {
+		err = terr
+	}
+	if err == nil {
+		err = backupErr
+	}
+	if err != nil {
+		os.Remove(out)
+	}
+	return err
 }
 
 // FlattenDisk plays qemu-img: the "flattened" disk is the overlay's bytes.

@@ -21,17 +21,20 @@ import (
 // image.promote (`ember image promote VM NAME`): a VM's disk becomes a new
 // standalone image while the VM keeps running.
 //
-// A running VM's disk is a qcow2 overlay that its QEMU writes. The guest's
-// root filesystem is frozen through its agent (guestproto.FreezeCommand:
-// FIFREEZE writes out dirty pages and the journal and flushes the disk;
-// QEMU answers that flush by writing its own qcow2 metadata to the file),
-// the overlay file alone, whose size is what the guest wrote, is copied
-// while it is frozen, and the guest is thawed. The copy over the image is
-// then flattened into one raw file with no guest waiting. A stopped VM's
-// overlay is copied under its VM lock, so it cannot start meanwhile.
-// The new image is registered under imageOpsMu; until then its files
-// carry promoteTmpPrefix and are removed on every failure, and at the
-// daemon's start (sweepPromoteLeftovers) after a crash.
+// A running VM's disk is copied by the hypervisor's backup job
+// (hypervisor.DiskBackuper), started while the guest's root filesystem is
+// frozen through its agent (guestproto.FreezeCommand: FIFREEZE writes out
+// dirty pages and the journal and flushes the disk); the guest is thawed
+// as soon as the job has started, and the job copies the disk as it was
+// then while the guest runs on. A driver without backups gets the
+// overlay file copied while the guest is frozen instead (QEMU answers the
+// freeze's flush by writing its own qcow2 metadata to the file). A
+// stopped VM's overlay is copied under its VM lock, so it cannot start
+// meanwhile. The copy is flattened into one raw file with no guest
+// waiting and registered under imageOpsMu; until then its files carry
+// promoteTmpPrefix and are removed on every failure, and at the daemon's
+// start (sweepPromoteLeftovers) after a crash. ARCHITECTURE.md says why
+// a backup job rather than an external snapshot.
 
 // promoteTmpPrefix starts the names of a promote's files in the images
 // folder until the image is registered.
@@ -111,7 +114,17 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 	var frozen time.Duration // how long the guest's writes waited
 	switch vm.State {
 	case wire.StateRunning:
-		frozen, err = s.copyFrozen(ctx, vm, disk, overlay)
+		err = hypervisor.ErrUnsupported
+		if b, ok := s.driver.(hypervisor.DiskBackuper); ok {
+			// The copy is the whole disk, its chain flattened by QEMU.
+			frozen, err = s.backupRunning(ctx, b, vm, overlay)
+			if err == nil {
+				backing, backingFormat = "", ""
+			}
+		}
+		if errors.Is(err, hypervisor.ErrUnsupported) {
+			frozen, err = s.copyFrozen(ctx, vm, disk, overlay)
+		}
 	case wire.StateStopped:
 		err = s.copyStopped(ctx, vm.ID, disk, overlay)
 	case wire.StatePaused:
@@ -138,6 +151,50 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 	return s.images.inspect(ctx, p.Name)
 }
 
+// backupRunning has the hypervisor copy a running VM's disk as it was at
+// one moment (hypervisor.DiskBackuper: QEMU's backup job) into dst, with
+// the guest's root filesystem frozen only while the job starts; the copy
+// proceeds with the guest running. The thaw is sent on every path, and
+// the agent thaws by itself too (see copyFrozen).
+func (s *vmService) backupRunning(ctx context.Context, b hypervisor.DiskBackuper, vm store.VM, dst string) (frozen time.Duration, err error) {
+	g, err := s.guest(ctx, vm)
+	if err != nil {
+		return 0, err
+	}
+	quiesce := func(ctx context.Context) (func(context.Context) error, error) {
+		fctx, cancel := context.WithTimeout(ctx, freezeAnswer)
+		defer cancel()
+		start := time.Now()
+		thaw, err := freezeGuest(fctx, g, freezeLimit(0))
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: freeze its filesystems: %w", vm.Name, err)
+		}
+		return func(ctx context.Context) error {
+			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), freezeAnswer)
+			defer cancel()
+			err := thaw(tctx)
+			frozen = time.Since(start)
+			return thawError(vm, err)
+		}, nil
+	}
+	err = b.BackupDisk(ctx, specOf(vm), hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}, vm.DiskBytes, dst, quiesce)
+	if err != nil {
+		return 0, fmt.Errorf("vm %s: %w", vm.Name, err)
+	}
+	return frozen, nil
+}
+
+// thawError is a thaw's error as a promote reports it; nil for nil.
+func thawError(vm store.VM, err error) error {
+	if errors.Is(err, guest.ErrFreezeExpired) {
+		err = fmt.Errorf("the copy took longer than the freeze's limit, so it may be inconsistent: %w", err)
+	}
+	if err != nil {
+		return fmt.Errorf("vm %s: thaw its filesystems: %w", vm.Name, err)
+	}
+	return nil
+}
+
 // copyFrozen copies a running VM's overlay while its guest's root
 // filesystem is frozen. The guest is thawed on every path: here, or by
 // its agent when the connection or the channel ends or the limit passes;
@@ -162,13 +219,10 @@ func (s *vmService) copyFrozen(ctx context.Context, vm store.VM, disk, dst strin
 		// The thaw is sent even when ctx ended: a fresh bound.
 		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), freezeAnswer)
 		defer cancel()
-		terr := thaw(tctx)
+		terr := thawError(vm, thaw(tctx))
 		frozen = time.Since(start)
-		if errors.Is(terr, guest.ErrFreezeExpired) {
-			terr = fmt.Errorf("the copy took longer than the freeze's limit, so it may be inconsistent: %w", terr)
-		}
 		if terr != nil && err == nil {
-			err = fmt.Errorf("vm %s: thaw its filesystems: %w", vm.Name, terr)
+			err = terr
 		}
 	}()
 	return 0, copyFileCtx(ctx, disk, dst)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/guest"
@@ -28,7 +29,18 @@ func promoteFixture(t *testing.T) (*testDaemon, *client.Client) {
 // A running VM: its disk is copied between the guest's freeze and thaw,
 // the image is registered, and the VM runs on untouched.
 func TestPromoteRunningVM(t *testing.T) {
+	for _, backup := range []bool{false, true} {
+		t.Run(map[bool]string{false: "overlay copied while frozen", true: "hypervisor backup started while frozen"}[backup], func(t *testing.T) {
+			testPromoteRunningVM(t, backup)
+		})
+	}
+}
+
+func testPromoteRunningVM(t *testing.T, backup bool) {
 	td, c := promoteFixture(t)
+	td.drv.mu.Lock()
+	td.drv.backup = backup
+	td.drv.mu.Unlock()
 	ctx := context.Background()
 	before, err := client.Do(ctx, c, wire.VMInspect, wire.RefParams{Ref: "src"})
 	if err != nil {
@@ -133,6 +145,10 @@ func TestPromoteFailureLeavesNothing(t *testing.T) {
 		{"freeze expired", func(f *fakeDriver) { f.thawErr = guest.ErrFreezeExpired }, wire.CodeTimeout},
 		{"thaw fails", func(f *fakeDriver) { f.thawErr = errors.New("thaw /: invalid argument") }, wire.CodeInternal},
 		{"flatten fails", func(f *fakeDriver) { f.flattenErr = errors.New("qemu-img convert: no space left") }, wire.CodeInternal},
+		{"backup: freeze fails", func(f *fakeDriver) { f.backup, f.freezeErr = true, errors.New("freeze /: operation not supported") }, wire.CodeInternal},
+		{"backup: thaw fails", func(f *fakeDriver) { f.backup, f.thawErr = true, guest.ErrFreezeExpired }, wire.CodeTimeout},
+		{"backup: job fails", func(f *fakeDriver) { f.backup, f.backupErr = true, errors.New("block job: input/output error") }, wire.CodeInternal},
+		{"backup: flatten fails", func(f *fakeDriver) { f.backup, f.flattenErr = true, errors.New("qemu-img convert: no space left") }, wire.CodeInternal},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			td, c := promoteFixture(t)
@@ -156,6 +172,51 @@ func TestPromoteFailureLeavesNothing(t *testing.T) {
 				t.Fatalf("vm %s", vm.State)
 			}
 		})
+	}
+}
+
+// A client that gives up mid-copy cancels the promote: the guest is
+// thawed, and no file or row is kept.
+func TestPromoteCancelLeavesNothing(t *testing.T) {
+	td, c := promoteFixture(t)
+	started := make(chan struct{}, 1)
+	td.drv.mu.Lock()
+	td.drv.backup, td.drv.backupStarted = true, started
+	td.drv.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := client.Do(ctx, c, wire.ImagePromote, wire.ImagePromoteParams{VM: "src", Name: "snap"})
+		done <- err
+	}()
+	<-started
+	if got := imagesDirEntries(t, td); len(got) != 1 {
+		t.Fatalf("during the copy the images folder holds %v, want the copy", got)
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("cancelled promote succeeded")
+	}
+	// The daemon notices the hang-up and undoes; wait for that by state.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		td.drv.mu.Lock()
+		frozen := td.drv.frozen
+		td.drv.mu.Unlock()
+		if !frozen && len(imagesDirEntries(t, td)) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after cancel: frozen %v, files %v", frozen, imagesDirEntries(t, td))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := td.store.GetImage(context.Background(), "snap"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("image row: %v", err)
+	}
+	vm, _ := client.Do(context.Background(), c, wire.VMInspect, wire.RefParams{Ref: "src"})
+	if vm.State != wire.StateRunning {
+		t.Fatalf("vm %s", vm.State)
 	}
 }
 

@@ -182,3 +182,22 @@ type DiskFlattener interface {
 	// must not exist; on failure it is removed.
 	FlattenDisk(ctx context.Context, disk, backing, backingFormat, out string) (int64, error)
 }
+
+// Quiesce makes a guest's disk consistent (its filesystems frozen) and
+// returns how to end that; see DiskBackuper.
+type Quiesce func(ctx context.Context) (thaw func(context.Context) error, err error)
+
+// DiskBackuper is implemented by drivers that can copy a running VM's
+// disk as it was at one moment while the VM runs on (an image promoted
+// from a running VM, with its guest frozen only for that moment).
+type DiskBackuper interface {
+	// BackupDisk writes the disk of the running VM (s, inst) as its guest
+	// sees it, backing chain included, into out, a new qcow2 file of
+	// sizeBytes (the disk's size) that the hypervisor process writes, so
+	// the caller must not trust its header (FlattenDisk it). quiesce is
+	// called just before the moment is fixed and the thaw it returns
+	// right after; a thaw's error fails the backup. It returns once out
+	// holds the whole disk; on failure or when ctx ends the copy is
+	// stopped and out removed.
+	BackupDisk(ctx context.Context, s Spec, inst Instance, sizeBytes int64, out string, quiesce Quiesce) error
+}

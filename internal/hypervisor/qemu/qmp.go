@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // qmpTimeout bounds one whole QMP exchange when ctx has no earlier deadline.
@@ -92,7 +94,26 @@ func dialQMPWithin(ctx context.Context, path string, timeout time.Duration) (*qm
 
 // run sends one command and returns its "return" value, skipping events.
 func (q *qmpConn) run(cmd string) (json.RawMessage, error) {
-	if err := json.NewEncoder(q.c).Encode(qmp.Command{Execute: cmd}); err != nil {
+	return q.runArgs(cmd, nil, nil)
+}
+
+// runArgs is run with arguments, and with fd passed alongside the
+// command (SCM_RIGHTS), as add-fd wants it.
+func (q *qmpConn) runArgs(cmd string, args any, fd *os.File) (json.RawMessage, error) {
+	b, err := json.Marshal(qmp.Command{Execute: cmd, Args: args})
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", cmd, err)
+	}
+	b = append(b, '\n')
+	if fd != nil {
+		uc, ok := q.c.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("send %s: a descriptor needs a unix socket", cmd)
+		}
+		if _, _, err := uc.WriteMsgUnix(b, unix.UnixRights(int(fd.Fd())), nil); err != nil {
+			return nil, fmt.Errorf("send %s: %w", cmd, err)
+		}
+	} else if _, err := q.c.Write(b); err != nil {
 		return nil, fmt.Errorf("send %s: %w", cmd, err)
 	}
 	for {
