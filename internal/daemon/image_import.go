@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -137,7 +138,12 @@ func (s *imageService) diskFromOCI(ctx context.Context, src v1.Image, name, sour
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return store.Image{}, fmt.Errorf("import %s: %w", name, err)
 	}
-	tree, err := oci.Unpack(ctx, src, root, oci.DefaultLimits, progress)
+	lim, free := importLimits(s.layout.ImagesDir())
+	tree, err := oci.Unpack(ctx, src, root, lim, progress)
+	if errors.Is(err, oci.ErrTooLarge) && lim.MaxBytes < oci.DefaultLimits.MaxBytes {
+		return store.Image{}, fmt.Errorf("import %s from %s: %w; the images folder has %d MiB free, and an import needs about %d times its files' size",
+			name, source, err, free>>20, importSpaceFactor)
+	}
 	if err != nil {
 		return store.Image{}, fmt.Errorf("import %s from %s: %w", name, source, err)
 	}
@@ -162,6 +168,23 @@ func (s *imageService) diskFromOCI(ctx context.Context, src v1.Image, name, sour
 	return store.Image{Name: name, ID: id, Kind: store.ImageImported, Path: out, Format: store.FormatRaw,
 		SizeBytes: size, CreatedAt: time.Now().UTC(),
 		Config: store.ImageConfig{Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User}, Meta: meta}, nil
+}
+
+// importSpaceFactor is the images folder's free space an import needs,
+// in multiples of its files' size: the unpacked tree, then the ext4
+// image of it (a quarter bigger) while the tree is still there.
+const importSpaceFactor = 3
+
+// importLimits are oci.DefaultLimits with the file data bounded by the
+// images folder's free space, so an import fails with a clear error
+// before it fills the host's disk; free is that space (0 when unknown).
+func importLimits(dir string) (lim oci.Limits, free int64) {
+	lim = oci.DefaultLimits
+	free, err := freeSpace(dir)
+	if err == nil && free/importSpaceFactor < lim.MaxBytes {
+		lim.MaxBytes = max(free/importSpaceFactor, 1)
+	}
+	return lim, free
 }
 
 // makeWorkingDir makes the image's WorkingDir when its layers lack it, as

@@ -236,3 +236,33 @@ func TestImageImportCancelled(t *testing.T) {
 		t.Errorf("a cancelled import recorded its image: %v", err)
 	}
 }
+
+// An image whose files would not fit in the images folder's free space
+// is refused before it fills the disk, saying so; nothing is kept.
+func TestImageImportBoundedByFreeSpace(t *testing.T) {
+	importFixture(t)
+	l, err := ocitest.Layer(ocitest.Entry{Name: "big", Body: strings.Repeat("x", 2<<20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := ocitest.Image(v1.Config{}, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(t.TempDir(), "big.tar")
+	if err := ocitest.WriteOCIArchive(img, archive); err != nil {
+		t.Fatal(err)
+	}
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	old := freeSpace
+	freeSpace = func(string) (int64, error) { return 3 << 20, nil }
+	t.Cleanup(func() { freeSpace = old })
+	_, err = client.ImportImage(context.Background(), c, wire.ImageImportParams{Name: "big", Source: archive, Archive: true}, nil)
+	if wire.CodeOf(err) != wire.CodeInvalid || !strings.Contains(err.Error(), "3 MiB free") {
+		t.Fatalf("import past the free space: %v", err)
+	}
+	if left := imagesDirEntries(t, td); len(left) != 0 {
+		t.Errorf("left: %v", left)
+	}
+}
