@@ -32,6 +32,7 @@ ember is running. `make install` puts ember on your PATH. Try next:
   ./bin/ember shell demo              a persistent shell in the VM (detach: Ctrl-P Ctrl-Q)
   ./bin/ember exec -it demo -- sh     a one-off shell
   ./bin/ember create web1             another VM
+  ./bin/ember create dev --image debian   Debian 12 with apt (the first one builds the image, about a minute)
   ./bin/ember ls                      your VMs
   ./bin/ember rm -f demo              delete it
   make stop                           delete demo and stop the daemon

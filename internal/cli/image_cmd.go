@@ -62,6 +62,8 @@ func imageCmd(e *env) *cobra.Command {
 	inspect.Flags().StringVar(&format, "format", "", "print each image with a Go template, e.g. '{{.Path}}'")
 	cmd.AddCommand(ls, inspect, imageImportCmd(e), imagePromoteCmd(e))
 	cmd.AddCommand(imageBuildCmd(e))
+	cmd.AddCommand(ls, inspect)
+	cmd.AddCommand(imageManageCmds(e)...)
 	return cmd
 }
 

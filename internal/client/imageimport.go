@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 
@@ -18,29 +17,12 @@ import (
 func ImportImage(ctx context.Context, c *Client, p wire.ImageImportParams, progress io.Writer) (wire.Image, error) {
 	var archive *os.File
 	if p.Archive {
-		f, err := os.Open(p.Source)
+		f, err := openRegular(p.Source, "the archive")
 		if err != nil {
-			return wire.Image{}, fmt.Errorf("open the archive: %w", err)
+			return wire.Image{}, err
 		}
 		defer f.Close()
-		if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-			return wire.Image{}, fmt.Errorf("archive %s is not a regular file", p.Source)
-		}
 		archive = f
 	}
-	s, err := Open(ctx, c, wire.ImageImport, p)
-	if err != nil {
-		return wire.Image{}, err
-	}
-	defer s.Close()
-	if archive != nil {
-		if err := s.SendFDs([]*os.File{archive}); err != nil {
-			// The daemon's answer, when it gave one, says why.
-			if img, rerr := streamResult[wire.Image](s, "image import", progress, nil); rerr != nil {
-				return img, rerr
-			}
-			return wire.Image{}, fmt.Errorf("image import: %w", err)
-		}
-	}
-	return streamResult[wire.Image](s, "image import", progress, nil)
+	return passFile[wire.ImageImportParams, wire.Image](ctx, c, wire.ImageImport, p, archive, "image import", progress)
 }

@@ -21,14 +21,11 @@ import (
 // runs as root copies only what this user could read. stderr gets the
 // daemon's remarks (symlinks it did not keep).
 func ImportKernel(ctx context.Context, c *Client, p wire.KernelImportParams, stderr io.Writer) (wire.Kernel, error) {
-	vmlinuz, err := os.Open(p.Vmlinuz)
+	vmlinuz, err := openRegular(p.Vmlinuz, "the kernel file")
 	if err != nil {
-		return wire.Kernel{}, fmt.Errorf("open the kernel file: %w", err)
+		return wire.Kernel{}, err
 	}
 	defer vmlinuz.Close()
-	if fi, err := vmlinuz.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return wire.Kernel{}, fmt.Errorf("kernel file %s is not a regular file", p.Vmlinuz)
-	}
 	var modules *os.File
 	if p.ModulesDir != "" {
 		if modules, err = os.Open(p.ModulesDir); err != nil {

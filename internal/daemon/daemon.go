@@ -169,6 +169,9 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.vms.settleUnfinishedOps(ctx); err != nil {
 		return nil, err
 	}
+	if err := d.sweepImages(ctx); err != nil {
+		d.log.Warn("images folder: leftovers of an interrupted image operation stay", "err", err)
+	}
 	if d.nets.tap != nil {
 		if err := d.nets.tap.reconcile(ctx); err != nil {
 			return nil, err
@@ -189,9 +192,9 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 // half-made VMs removed there give their TAPs back.
 func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervisor.Driver, key ssh.Signer) error {
 	d.ops = &opService{store: d.store, log: d.log, retention: d.cfg.OperationRetention.Duration}
-	d.images = &imageService{layout: d.layout, store: d.store, log: d.log, driver: driver,
-		base: d.base, background: &d.background, persist: d.ops.persist,
-		buildOps: newOpRegistry[*imageBuildOp](d.cfg.OperationRetention.Duration)}
+	d.images = newImageService(d.layout, d.store, d.cfg.BuiltinImageCache, d.cfg.OperationRetention.Duration)
+	d.images.log, d.images.driver, d.images.base = d.log, driver, d.base
+	d.images.background, d.images.persist = &d.background, d.ops.persist
 	sweepImports(d.layout.ImagesDir())
 	d.boot = &bootService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver,
 		agent: opts.AgentPath, images: d.images, base: d.base, background: &d.background, prepare: opts.PrepareBoot}

@@ -36,10 +36,14 @@
 //   - opService (ops.go): op.* over every operation registry (opSource:
 //     the create operations, the image build operations) and the store's
 //     finished operations. Each opRegistry[T] owns its lock.
-//   - imageService (images.go): image.*; imageOpsMu serialises registry
-//     mutations (building the built-in image on first use, recording an
-//     imported image; addFile, which registers a finished image file such
-//     as a promoted one). image.import (image_import.go) reads
+//   - imageService (images.go, image_manage.go): image.*; imageOpsMu
+//     serialises registry mutations (recording a built-in image built on
+//     first use, an imported or registered image; addFile, which
+//     registers a finished image file such as a promoted one; remove,
+//     refused while VMs or images are built on the image). builtinSlots:
+//     one first-use build per built-in image (tiny, debian), which
+//     nothing else waits for. image.register copies a file its client
+//     passes as a descriptor. image.import (image_import.go) reads
 //     an archive its client passes as a descriptor, or pulls a registry
 //     reference, and does its slow work (unpack, mkfs) holding no lock.
 //     A VM copies its image's config (Env, WorkingDir, User) at create;

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/emberhq/ember/internal/hypervisor"
@@ -17,13 +18,44 @@ import (
 	"github.com/emberhq/ember/internal/wire"
 )
 
-// builtinImage is made by ember itself the first time it is needed.
-const builtinImage = image.TinyName
+// builtin is an image ember makes itself the first time it is needed.
+type builtin struct {
+	name    string
+	sizeMiB int
+	// cacheKey names the built file in the config's builtin_image_cache,
+	// shared by daemons; "" for an image that depends on this daemon
+	// (tiny carries the agent).
+	cacheKey string
+	build    func(ctx context.Context, agent, path string, progress func(string)) error
+}
 
-const tinySizeMiB = image.DefaultTinySizeMiB
+// builtins are tiny (busybox, the default) and debian (Debian 12 with apt).
+var builtins = []builtin{
+	{name: image.TinyName, sizeMiB: image.DefaultTinySizeMiB,
+		build: func(ctx context.Context, agent, path string, _ func(string)) error {
+			busybox, err := image.FindBusybox()
+			if err != nil {
+				return err
+			}
+			return image.BuildTiny(ctx, agent, busybox, path, image.DefaultTinySizeMiB)
+		}},
+	{name: image.DebianName, sizeMiB: image.DefaultDebianSizeMiB, cacheKey: image.DebianBaseKey,
+		build: func(ctx context.Context, _, path string, progress func(string)) error {
+			return image.BuildDebian(ctx, path, image.DefaultDebianSizeMiB, progress)
+		}},
+}
+
+func builtinNamed(name string) (builtin, bool) {
+	for _, b := range builtins {
+		if b.name == name {
+			return b, true
+		}
+	}
+	return builtin{}, false
+}
 
 // imageService owns the image registry: image.* methods, the built-in
-// image built on first use, and the build operations. imageOpsMu
+// images built on first use, and the build operations. imageOpsMu
 // serialises registry mutations only (build, register, promote, delete):
 // image work and VM creation never block each other.
 type imageService struct {
@@ -36,9 +68,29 @@ type imageService struct {
 	persist    func(wire.Operation) // the op service's
 	// host boots build VMs (the VM service; set by buildServices).
 	host buildHost
+	// cache is the config's builtin_image_cache ("" for none).
+	cache string
 
+	// builtinSlots holds one slot (a channel of one) per built-in image:
+	// the first use that takes it builds that image, the others wait for
+	// it, and creates from any other image never do. Fixed at start.
+	builtinSlots map[string]chan struct{}
+
+	// imageOpsMu guards the registry's rows and files, and reserved.
 	imageOpsMu sync.Mutex
-	buildOps   *opRegistry[*imageBuildOp]
+	// reserved names the images being registered: taken by their
+	// register until its file is in place and its row written.
+	reserved map[string]bool
+	buildOps *opRegistry[*imageBuildOp]
+}
+
+func newImageService(l layout.Layout, st *store.Store, cache string, retention time.Duration) *imageService {
+	s := &imageService{layout: l, store: st, cache: cache, builtinSlots: map[string]chan struct{}{},
+		reserved: map[string]bool{}, buildOps: newOpRegistry[*imageBuildOp](retention)}
+	for _, b := range builtins {
+		s.builtinSlots[b.name] = make(chan struct{}, 1)
+	}
+	return s
 }
 
 func (s *imageService) register(t methodTable) {
@@ -46,47 +98,62 @@ func (s *imageService) register(t methodTable) {
 	handle(t, wire.ImageInspect, func(ctx context.Context, p wire.RefParams) (wire.Image, error) { return s.inspect(ctx, p.Ref) })
 	handleStream(t, wire.ImageImport, s.importImage)
 	handleStream(t, wire.ImageBuild, s.build)
+	s.registerManage(t)
 }
 
-// exists reports whether a create may name image (the built-in one always
+// lookup reports whether a create may name image (a built-in one always
 // exists); its record is returned when it has one.
 func (s *imageService) lookup(ctx context.Context, name string) (store.Image, bool, error) {
 	img, err := s.store.GetImage(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return img, name == builtinImage, nil
+		_, ok := builtinNamed(name)
+		return img, ok, nil
 	}
 	return img, err == nil, err
 }
 
-// sizeOf is the size of image name's disk, known before the built-in
-// image is first built; 0 for an image that does not exist.
+// sizeOf is the size of image name's disk, known before a built-in image
+// is first built; 0 for an image that does not exist.
 func (s *imageService) sizeOf(ctx context.Context, name string) int64 {
 	img, ok, err := s.lookup(ctx, name)
 	if err != nil || !ok {
 		return 0
 	}
-	if img.SizeBytes == 0 && name == builtinImage {
-		return tinySizeMiB << 20
+	if b, ok := builtinNamed(name); ok && img.SizeBytes == 0 {
+		return int64(b.sizeMiB) << 20
 	}
 	return img.SizeBytes
 }
 
-// ensure returns the image, building the built-in one on first use under
-// imageOpsMu.
+// ensure returns the image, building a built-in one on first use. One
+// build per built-in image at a time (its slot): concurrent first uses
+// build it once, and nothing else waits for it. The row is written under
+// imageOpsMu once the file is in place.
 func (s *imageService) ensure(ctx context.Context, name, agent string, progress func(string)) (store.Image, error) {
+	b, isBuiltin := builtinNamed(name)
 	img, err := s.store.GetImage(ctx, name)
 	if err == nil {
-		if _, serr := os.Stat(img.Path); serr == nil || name != builtinImage {
+		if _, serr := os.Stat(img.Path); serr == nil || !isBuiltin {
 			return img, nil
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return img, err
 	}
-	if name != builtinImage {
+	if !isBuiltin {
 		return img, notFoundf("image %q not found; `ember image ls` lists images", name)
 	}
-	s.imageOpsMu.Lock()
-	defer s.imageOpsMu.Unlock()
+	slot := s.builtinSlots[name]
+	select {
+	case slot <- struct{}{}:
+	default:
+		progress(fmt.Sprintf("waiting for the built-in image %s, which another create is building", name))
+		select {
+		case slot <- struct{}{}:
+		case <-ctx.Done():
+			return img, ctx.Err()
+		}
+	}
+	defer func() { <-slot }()
 	if img, err := s.store.GetImage(ctx, name); err == nil {
 		if _, serr := os.Stat(img.Path); serr == nil {
 			return img, nil
@@ -97,22 +164,124 @@ func (s *imageService) ensure(ctx context.Context, name, agent string, progress 
 			return img, fmt.Errorf("image %s: its file %s is missing and %d vms are built on it; restore the file or delete those vms", name, img.Path, n)
 		}
 	}
-	progress("building the built-in image tiny (first use)")
-	busybox, err := image.FindBusybox()
+	building := fmt.Sprintf("building the built-in image %s (first use)", name)
+	progress(building + "...")
+	path := filepath.Join(s.layout.ImagesDir(), name+".ext4")
+	// Each stage names what is built, so a client that sees only some
+	// progress lines still sees why create takes long.
+	stage := func(msg string) { progress(building + ": " + msg) }
+	if err := s.buildBuiltin(ctx, b, agent, path, stage); err != nil {
+		return img, fmt.Errorf("build image %s: %w", name, err)
+	}
+	img = store.Image{Name: name, Kind: store.ImageBuiltin, Path: path, Format: store.FormatRaw,
+		SizeBytes: int64(b.sizeMiB) << 20, CreatedAt: time.Now().UTC()}
+	s.imageOpsMu.Lock()
+	err = s.store.PutImage(ctx, img)
+	if err == nil {
+		img, err = s.store.GetImage(ctx, name)
+	}
+	s.imageOpsMu.Unlock()
 	if err != nil {
-		return img, err
-	}
-	path := filepath.Join(s.layout.ImagesDir(), builtinImage+".ext4")
-	if err := image.BuildTiny(ctx, agent, busybox, path, tinySizeMiB); err != nil {
-		return img, fmt.Errorf("build image tiny: %w", err)
-	}
-	img = store.Image{Name: builtinImage, Kind: "builtin", Path: path, Format: "raw",
-		SizeBytes: tinySizeMiB << 20, CreatedAt: time.Now().UTC()}
-	if err := s.store.PutImage(ctx, img); err != nil {
 		os.Remove(path)
-		return img, fmt.Errorf("record image tiny: %w", err)
+		return img, fmt.Errorf("record image %s: %w", name, err)
 	}
 	return img, nil
+}
+
+// buildBuiltin makes b's file at path. With a shared cache it is built
+// there once (under a file lock, since other daemons share the folder)
+// and linked, or copied, into the images folder.
+func (s *imageService) buildBuiltin(ctx context.Context, b builtin, agent, path string, progress func(string)) error {
+	if s.cache == "" || b.cacheKey == "" {
+		return b.build(ctx, agent, path, progress)
+	}
+	if err := os.MkdirAll(s.cache, 0o755); err != nil {
+		return fmt.Errorf("builtin image cache: %w", err)
+	}
+	unlock, err := lockFile(ctx, filepath.Join(s.cache, b.cacheKey+".lock"))
+	if err != nil {
+		return fmt.Errorf("builtin image cache: %w", err)
+	}
+	defer unlock()
+	cached := filepath.Join(s.cache, b.cacheKey+".ext4")
+	if _, err := os.Stat(cached); errors.Is(err, os.ErrNotExist) {
+		if err := b.build(ctx, agent, cached, progress); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return fmt.Errorf("builtin image cache: %w", err)
+	} else {
+		progress("taking it from the cache " + s.cache)
+	}
+	return placeFile(ctx, cached, path)
+}
+
+// placeFile puts a copy of src at dst in one step: a hard link (the file
+// is never written again, VM disks being overlays on it) or, across file
+// systems, a sparse copy under a temporary name that is renamed.
+func placeFile(ctx context.Context, src, dst string) (err error) {
+	tmp := dst + ".tmp"
+	_ = os.Remove(tmp)
+	if err := os.Link(src, tmp); err != nil {
+		in, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		if err := copyInto(ctx, in, tmp); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// copyInto copies src into a new file at path (image.CopySparse) and
+// syncs it; a failure removes it.
+func copyInto(ctx context.Context, src *os.File, path string) (err error) {
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	if err := image.CopySparse(ctx, out, src); err != nil {
+		return err
+	}
+	return out.Sync()
+}
+
+// lockFile takes an exclusive flock on path, waiting while ctx allows.
+func lockFile(ctx context.Context, path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func (s *imageService) list(ctx context.Context) ([]wire.Image, error) {
@@ -120,32 +289,31 @@ func (s *imageService) list(ctx context.Context) ([]wire.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]wire.Image, 0, len(imgs)+1)
-	hasTiny := false
+	out := make([]wire.Image, 0, len(imgs)+len(builtins))
+	has := map[string]bool{}
 	for _, img := range imgs {
-		hasTiny = hasTiny || img.Name == builtinImage
-		w := wire.Image{Name: img.Name, ID: img.ID, Kind: img.Kind, Format: img.Format, Path: img.Path,
-			SizeBytes: img.SizeBytes, Kernel: img.Kernel, CreatedAt: img.CreatedAt,
-			Parent: img.Parent, RecipeDigest: img.RecipeDigest}
-		if !img.Config.IsZero() {
-			w.Config = &wire.ImageConfig{Env: img.Config.Env, WorkingDir: img.Config.WorkingDir, User: img.Config.User}
-		}
+		has[img.Name] = true
+		w := wireImage(img)
 		if err := s.users(ctx, &w); err != nil {
 			return nil, err
 		}
 		out = append(out, w)
 	}
-	if !hasTiny {
+	var unbuilt []wire.Image
+	for _, b := range builtins {
+		if has[b.name] {
+			continue
+		}
 		// Listed before it is built: it exists as far as users are concerned.
-		w := wire.Image{Name: builtinImage, Kind: "builtin", Format: "raw",
-			Path:      filepath.Join(s.layout.ImagesDir(), builtinImage+".ext4") + " (built on first use)",
-			SizeBytes: tinySizeMiB << 20}
+		w := wire.Image{Name: b.name, Kind: store.ImageBuiltin, Format: store.FormatRaw,
+			Path:      filepath.Join(s.layout.ImagesDir(), b.name+".ext4") + " (built on first use)",
+			SizeBytes: int64(b.sizeMiB) << 20}
 		if err := s.users(ctx, &w); err != nil {
 			return nil, err
 		}
-		out = append([]wire.Image{w}, out...)
+		unbuilt = append(unbuilt, w)
 	}
-	return out, nil
+	return append(unbuilt, out...), nil
 }
 
 // users fills in the VMs and images built on w.

@@ -48,6 +48,8 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return unary(wire.ImageInspect) },
 		func() (string, paramDecoder) { return unary(wire.ImagePromote) },
 		func() (string, paramDecoder) { return stream(wire.ImageBuild) },
+		func() (string, paramDecoder) { return stream(wire.ImageRegister) },
+		func() (string, paramDecoder) { return unary(wire.ImageRemove) },
 		func() (string, paramDecoder) { return unary(wire.KernelList) },
 		func() (string, paramDecoder) { return stream(wire.KernelFetch) },
 		func() (string, paramDecoder) { return stream(wire.KernelImport) },

@@ -152,6 +152,9 @@ func (s *vmService) validateCreate(ctx context.Context, p *wire.CreateVMParams) 
 	if img.SizeBytes > 0 && *p.DiskGiB > 0 && int64(*p.DiskGiB)<<30 < img.SizeBytes {
 		return invalidf("disk of %d GiB is smaller than image %q (%d MiB)", *p.DiskGiB, p.Image, img.SizeBytes>>20)
 	}
+	if p.Kernel == "" {
+		p.Kernel = img.Kernel // the image's own kernel, if it names one
+	}
 	if p.Kernel != "" {
 		if err := s.boot.kernelExists(ctx, p.Kernel); err != nil {
 			return err

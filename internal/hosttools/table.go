@@ -22,6 +22,10 @@ var table = []Tool{
 		Use: "downloads Debian's cloud kernel package (the first VM fetches it; `ember kernel import` needs no apt)"},
 	{Binary: "dpkg-deb", Package: "dpkg", Base: true, Daemon: Optional,
 		Use: "unpacks Debian's cloud kernel package"},
+	{Binary: "mmdebstrap", Package: "mmdebstrap", Needs: []Purpose{Run, Test, FreshCheck}, Daemon: Optional,
+		Use: "builds the built-in debian image from the host's apt sources (its first use); make fresh-check's fresh Debian 12 root"},
+	{Binary: "unshare", Package: "util-linux", Base: true, Daemon: Optional,
+		Use: "gives mmdebstrap a mount namespace of its own while it builds the debian image"},
 
 	// Tests and benchmarks.
 	{Binary: "e2fsck", Package: "e2fsprogs", Needs: []Purpose{Test},
@@ -36,8 +40,6 @@ var table = []Tool{
 		Use: "is the DNS server the VM DNS benchmark compares with"},
 
 	// make fresh-check.
-	{Binary: "mmdebstrap", Package: "mmdebstrap", Needs: []Purpose{FreshCheck},
-		Use: "builds the fresh Debian 12 root"},
 	{Binary: "mount", Package: "mount", Needs: []Purpose{FreshCheck},
 		Use: "mounts /proc, /dev and /tmp in the fresh root"},
 
@@ -59,7 +61,6 @@ var table = []Tool{
 	{Binary: "getent", Package: "libc-bin", Base: true},
 	{Binary: "dpkg", Package: "dpkg", Base: true},
 	{Binary: "setsid", Package: "util-linux", Base: true},
-	{Binary: "unshare", Package: "util-linux", Base: true},
 	{Binary: "basename", Package: "coreutils", Base: true},
 	{Binary: "cat", Package: "coreutils", Base: true},
 	{Binary: "chmod", Package: "coreutils", Base: true},

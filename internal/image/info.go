@@ -32,6 +32,11 @@ func Info(path string) (FileInfo, error) {
 		return FileInfo{}, fmt.Errorf("image info: %w", err)
 	}
 	defer f.Close()
+	return InfoOf(f)
+}
+
+// InfoOf is Info of an open file.
+func InfoOf(f *os.File) (FileInfo, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return FileInfo{}, fmt.Errorf("image info: %w", err)

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"math"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -89,6 +90,12 @@ type Config struct {
 	// uid, never root. `make install` creates the default, ember-qemu;
 	// while it is missing QEMU runs as nobody (uid 65534), with a warning.
 	QEMUUser string `toml:"qemu_user"`
+	// BuiltinImageCache is a folder where built-in images that do not
+	// depend on this daemon (debian) are kept once built and shared by
+	// every daemon whose config names it: the test suite's daemons build
+	// debian once. "" (the default) keeps them in the images folder only.
+	// An absolute path.
+	BuiltinImageCache string `toml:"builtin_image_cache"`
 }
 
 // Duration reads "90s" style values from TOML.
@@ -195,6 +202,9 @@ func (c Config) validate() []error {
 		}
 	}
 	errs = append(errs, c.validateQEMUUser()...)
+	if c.BuiltinImageCache != "" && !filepath.IsAbs(c.BuiltinImageCache) {
+		errs = append(errs, fmt.Errorf("`builtin_image_cache` must be an absolute path, not %q", c.BuiltinImageCache))
+	}
 	return errs
 }
 

@@ -48,11 +48,13 @@ var (
 	OpCancel = Method[OpParams, None]{"op.cancel"}
 	OpPrune  = Method[None, map[string]int]{"op.prune"}
 
-	ImageList    = Method[None, []Image]{"image.list"}
-	ImageInspect = Method[RefParams, Image]{"image.inspect"}
-	ImageImport  = StreamMethod[ImageImportParams]{"image.import"} // an archive passes as a descriptor (imageimport.go)
-	ImagePromote = Method[ImagePromoteParams, Image]{"image.promote"}
-	ImageBuild   = StreamMethod[ImageBuildParams]{"image.build"} // context as a tar stream (imagebuild.go)
+	ImageList     = Method[None, []Image]{"image.list"}
+	ImageInspect  = Method[RefParams, Image]{"image.inspect"}
+	ImageImport   = StreamMethod[ImageImportParams]{"image.import"} // an archive passes as a descriptor (imageimport.go)
+	ImagePromote  = Method[ImagePromoteParams, Image]{"image.promote"}
+	ImageBuild    = StreamMethod[ImageBuildParams]{"image.build"}       // context as a tar stream (imagebuild.go)
+	ImageRegister = StreamMethod[ImageRegisterParams]{"image.register"} // the file passes as a descriptor (imagemanage.go)
+	ImageRemove   = Method[ImageRemoveParams, None]{"image.remove"}
 
 	KernelList    = Method[None, []Kernel]{"kernel.list"}
 	KernelFetch   = StreamMethod[KernelFetchParams]{"kernel.fetch"}
@@ -77,6 +79,7 @@ var Methods = []MethodInfo{
 	VMRestart.Info(), VMDelete.Info(), VMExec.Info(), VMLogs.Info(),
 	OpList.Info(), OpStatus.Info(), OpWait.Info(), OpCancel.Info(), OpPrune.Info(),
 	ImageList.Info(), ImageInspect.Info(), ImageImport.Info(), ImagePromote.Info(), ImageBuild.Info(),
+	ImageRegister.Info(), ImageRemove.Info(),
 	KernelList.Info(), KernelFetch.Info(), KernelImport.Info(), KernelDefault.Info(),
 	SessionList.Info(), SessionCreate.Info(), SessionAttach.Info(), SessionSend.Info(),
 	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(), SessionRun.Info(), SessionWait.Info(),

@@ -122,7 +122,7 @@ func TestImageImport(t *testing.T) {
 	for _, i := range imgs {
 		listed = append(listed, i.Name)
 	}
-	if strings.Join(listed, ",") != "tiny,from-archive,from-registry" {
+	if strings.Join(listed, ",") != "tiny,debian,from-archive,from-registry" {
 		t.Errorf("images after the bad imports: %v", listed)
 	}
 }

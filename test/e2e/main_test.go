@@ -21,7 +21,10 @@ import (
 var (
 	binDir    string // holds ember and ember-agent built for this run
 	kernelDir string // the shared unpacked kernel
-	skipWhy   string
+	// imageCache is the builtin_image_cache every daemon shares, so the
+	// built-in debian is built once (image_debian_test.go).
+	imageCache string
+	skipWhy    string
 )
 
 func TestMain(m *testing.M) {
@@ -61,6 +64,7 @@ func setup() (int, error) {
 	if cache == "" {
 		cache = filepath.Join(root, ".cache")
 	}
+	imageCache = filepath.Join(cache, "images")
 	kroot := filepath.Join(cache, "kernels")
 	if err := os.MkdirAll(kroot, 0o755); err != nil {
 		return 1, err
@@ -120,6 +124,10 @@ func newEnvWith(t *testing.T, config string, daemonEnv []string) *env {
 	}
 	if err := os.Symlink(kernelDir, filepath.Join(kdir, filepath.Base(kernelDir))); err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(config, "builtin_image_cache") {
+		// First: a key after a [table] header would belong to the table.
+		config = fmt.Sprintf("builtin_image_cache = %q\n", imageCache) + config
 	}
 	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,314 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/image"
+	"github.com/emberhq/ember/internal/kernel"
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// maxRegisterBytes bounds a registered root file system: the largest disk
+// a VM may have.
+const maxRegisterBytes = int64(maxDiskGiB) << 30
+
+func (s *imageService) registerManage(t methodTable) {
+	handleStream(t, wire.ImageRegister, s.registerImage)
+	handle(t, wire.ImageRemove, func(ctx context.Context, p wire.ImageRemoveParams) (wire.None, error) {
+		return wire.None{}, s.remove(ctx, p)
+	})
+}
+
+// checkNewName refuses a name that is not valid, is a built-in image's or
+// is taken. Called under imageOpsMu.
+func (s *imageService) checkNewNameLocked(ctx context.Context, name string) error {
+	if !layout.ValidName(name) {
+		return invalidf("image name %q: use lower-case letters, digits and '-' (at most 63, starting and ending with a letter or digit)", name)
+	}
+	if _, ok := builtinNamed(name); ok {
+		return conflictf("image name %q is a built-in image's", name)
+	}
+	if s.reserved[name] {
+		return conflictf("an image named %q is being registered", name)
+	}
+	return s.nameFree(ctx, name)
+}
+
+// registerImage receives the root file system as a descriptor the client
+// opened with its own rights (internal/wire/imagemanage.go), checks it and copies
+// it into the images folder.
+func (s *imageService) registerImage(ctx context.Context, p wire.ImageRegisterParams, sc *streamConn) error {
+	s.imageOpsMu.Lock()
+	err := s.checkNewNameLocked(ctx, p.Name)
+	s.imageOpsMu.Unlock()
+	if err != nil {
+		return err
+	}
+	if p.Kernel != "" {
+		if _, err := s.store.GetKernel(ctx, p.Kernel); errors.Is(err, store.ErrNotFound) {
+			return notFoundf("kernel %q not found; `ember kernel ls` lists kernels", p.Kernel)
+		} else if err != nil {
+			return err
+		}
+	}
+	uc, ok := sc.Conn.(*net.UnixConn)
+	if !ok {
+		return invalidf("image.register passes the file as a descriptor, which only the unix socket carries")
+	}
+	// The descriptor message is read from the socket itself: a buffered
+	// read would drop its descriptor.
+	if sc.r != nil && sc.r.Buffered() > 0 {
+		return invalidf("image.register: the client sent data before the stream opened")
+	}
+	if err := sc.startStream(); err != nil {
+		return nil
+	}
+	files, err := wire.RecvFDs(uc, 1)
+	if err != nil {
+		sc.exit(0, invalidf("register image %s: %v", p.Name, err))
+		return nil
+	}
+	defer files[0].Close()
+	img, err := s.registerFile(ctx, p, files[0])
+	if err != nil {
+		sc.exit(0, err)
+		return nil
+	}
+	w := wireImage(img)
+	_ = wire.WriteJSONFrame(sc, wire.FrameStdout, w)
+	sc.exit(0, nil)
+	return nil
+}
+
+// registerFile checks f and makes it image p.Name: a copy in the images
+// folder, then the row. The name is reserved meanwhile, so imageOpsMu is
+// not held across the copy; a failure leaves neither file nor row.
+func (s *imageService) registerFile(ctx context.Context, p wire.ImageRegisterParams, f *os.File) (store.Image, error) {
+	src := p.Rootfs
+	if src == "" {
+		src = "the root file system"
+	}
+	size, err := kernel.ReadableFile(f)
+	if err != nil {
+		return store.Image{}, invalidf("rootfs %s: %v", src, err)
+	}
+	if size > maxRegisterBytes {
+		return store.Image{}, invalidf("rootfs %s: %d GiB is more than a VM's disk may be (%d GiB)", src, size>>30, maxDiskGiB)
+	}
+	info, err := image.InfoOf(f)
+	if err != nil {
+		return store.Image{}, invalidf("rootfs %s: %v", src, err)
+	}
+	if info.Format != image.FormatExt4 {
+		return store.Image{}, invalidf("rootfs %s is not an ext4 file system (found %s); make one with mkfs.ext4 -d FOLDER FILE SIZE", src, info.Format)
+	}
+	if err := s.outsideState(f); err != nil {
+		return store.Image{}, invalidf("rootfs %s: %v", src, err)
+	}
+
+	s.imageOpsMu.Lock()
+	err = s.checkNewNameLocked(ctx, p.Name)
+	if err == nil {
+		s.reserved[p.Name] = true
+	}
+	s.imageOpsMu.Unlock()
+	if err != nil {
+		return store.Image{}, err
+	}
+	defer func() {
+		s.imageOpsMu.Lock()
+		delete(s.reserved, p.Name)
+		s.imageOpsMu.Unlock()
+	}()
+
+	id := store.NewImageID()
+	path := filepath.Join(s.layout.ImagesDir(), p.Name+"-"+id[:12]+".ext4")
+	tmp, err := os.CreateTemp(s.layout.ImagesDir(), "."+p.Name+"-*.tmp")
+	if err != nil {
+		return store.Image{}, fmt.Errorf("register image %s: %w", p.Name, err)
+	}
+	tmpName := tmp.Name()
+	tmp.Close()
+	os.Remove(tmpName)
+	if err := copyInto(ctx, f, tmpName); err != nil {
+		return store.Image{}, fmt.Errorf("register image %s: copy %s: %w", p.Name, src, err)
+	}
+	if err := os.Rename(tmpName, path); err != nil {
+		os.Remove(tmpName)
+		return store.Image{}, fmt.Errorf("register image %s: %w", p.Name, err)
+	}
+	img := store.Image{Name: p.Name, ID: id, Kind: store.ImageRegistered, Path: path, Format: store.FormatRaw,
+		SizeBytes: size, Kernel: p.Kernel, CreatedAt: time.Now().UTC()}
+	if err := s.recordNew(ctx, img); err != nil {
+		os.Remove(path)
+		return store.Image{}, fmt.Errorf("record image %s: %w", p.Name, err)
+	}
+	return s.store.GetImage(ctx, p.Name)
+}
+
+// outsideState refuses a file inside ember's state folder (a VM's disk,
+// an image, the store): by its path as the kernel names it, and by device
+// and inode against every file there, so a hard link or bind mount of one
+// is refused too.
+func (s *imageService) outsideState(f *os.File) error {
+	state, err := filepath.EvalSymlinks(s.layout.State)
+	if err != nil {
+		return fmt.Errorf("state folder: %w", err)
+	}
+	if p, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd())); err == nil {
+		if p == state || strings.HasPrefix(p, state+"/") {
+			return fmt.Errorf("it lies inside ember's state folder %s; register a file outside it", state)
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	found := ""
+	_ = filepath.WalkDir(state, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || found != "" || !d.Type().IsRegular() {
+			return nil
+		}
+		var fst unix.Stat_t
+		if unix.Lstat(path, &fst) == nil && fst.Dev == st.Dev && fst.Ino == st.Ino {
+			found = path
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	if found != "" {
+		return fmt.Errorf("it is %s, a file of ember's state folder; register a file outside it", found)
+	}
+	return nil
+}
+
+// remove deletes an image that no VM and no image is built on: the row
+// first, then the file, so a crash in between leaves only a file that
+// sweep removes at the next start. A built-in image comes back at its
+// next use. Forcing is refused: every VM's disk is a copy-on-write
+// overlay that reads from the image file.
+func (s *imageService) remove(ctx context.Context, p wire.ImageRemoveParams) error {
+	s.imageOpsMu.Lock()
+	defer s.imageOpsMu.Unlock()
+	img, err := s.store.GetImage(ctx, p.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		if s.reserved[p.Name] {
+			return conflictf("image %q is being registered", p.Name)
+		}
+		if _, ok := builtinNamed(p.Name); ok {
+			return notFoundf("image %q is built-in and not built yet: nothing to remove", p.Name)
+		}
+		return notFoundf("image %q not found; `ember image ls` lists images", p.Name)
+	} else if err != nil {
+		return err
+	}
+	users, err := s.store.ImageUsers(ctx, p.Name)
+	if err != nil {
+		return err
+	}
+	children, err := s.store.ImageChildren(ctx, p.Name)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 || len(children) > 0 {
+		var what []string
+		if len(users) > 0 {
+			what = append(what, "vms "+strings.Join(users, ", "))
+		}
+		if len(children) > 0 {
+			what = append(what, "images "+strings.Join(children, ", "))
+		}
+		msg := fmt.Sprintf("image %q is in use by %s; delete them first", p.Name, strings.Join(what, " and "))
+		if p.Force {
+			msg += " (--force does not remove an image in use: VM disks and built images are copy-on-write overlays that read from its file, so they would break)"
+		}
+		return conflictf("%s", msg)
+	}
+	if err := s.store.DeleteImage(ctx, p.Name); err != nil {
+		return err
+	}
+	if err := os.Remove(img.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("image %s removed; its file %s stays until the daemon's next start: %w", p.Name, img.Path, err)
+	}
+	return nil
+}
+
+// sweep removes, at start, what an interrupted register, build or remove
+// left in the images folder: work files and folders (".*"), and image
+// files that no image's row and no VM's disk names.
+func (s *imageService) sweep(ctx context.Context, backings []string) error {
+	imgs, err := s.store.ListImages(ctx)
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, img := range imgs {
+		keep[img.Path] = true
+	}
+	for _, b := range backings {
+		keep[b] = true
+	}
+	dir := s.layout.ImagesDir()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		switch {
+		case strings.HasPrefix(e.Name(), ".") && e.IsDir() && strings.Contains(e.Name(), "-build-"):
+			if err := image.RemoveWorkDir(path); err != nil {
+				return err
+			}
+		case strings.HasPrefix(e.Name(), ".") && e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".tmp"),
+			e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".ext4.tmp"),
+			e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".ext4") && !keep[path]:
+			if err := os.Remove(path); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// wireImage is img as the wire shows it, without its users.
+func wireImage(img store.Image) wire.Image {
+	w := wire.Image{Name: img.Name, ID: img.ID, Kind: img.Kind, Format: img.Format, Path: img.Path,
+		SizeBytes: img.SizeBytes, Kernel: img.Kernel, CreatedAt: img.CreatedAt,
+		Parent: img.Parent, RecipeDigest: img.RecipeDigest}
+	if !img.Config.IsZero() {
+		w.Config = &wire.ImageConfig{Env: img.Config.Env, WorkingDir: img.Config.WorkingDir, User: img.Config.User}
+	}
+	return w
+}
+
+// sweepImages runs the image service's sweep with the backing file of
+// every VM's disk.
+func (d *Daemon) sweepImages(ctx context.Context) error {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	var backings []string
+	for _, vm := range vms {
+		if b := specOf(vm).DiskBacking; b != "" {
+			backings = append(backings, b)
+		}
+	}
+	return d.images.sweep(ctx, backings)
+}
