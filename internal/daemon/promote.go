@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
@@ -106,6 +108,10 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 		return wire.Image{}, fmt.Errorf("vm %s: the image under its disk is not known", vm.Name)
 	}
 
+	if err := s.checkPromoteSpace(vm, disk, backing); err != nil {
+		return wire.Image{}, err
+	}
+
 	var undo undoStack
 	defer undo.run()
 	tmp := filepath.Join(s.layout.ImagesDir(), promoteTmpPrefix+store.NewImageID())
@@ -127,6 +133,8 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 		}
 	case wire.StateStopped:
 		err = s.copyStopped(ctx, vm.ID, disk, overlay)
+	case wire.StateError:
+		err = conflictf("vm %s is in state error (its process could not be stopped: %s); `ember rm -f %s` or `ember stop -f %s` first", vm.Name, vm.LastError, vm.Name, vm.Name)
 	case wire.StatePaused:
 		err = conflictf("vm %s is paused (its disk could not be written): its guest cannot freeze its filesystems; free space and `ember start %s`, or stop it, then promote", vm.Name, vm.Name)
 	default:
@@ -149,6 +157,32 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 	undo.success()
 	s.log.Info("promoted vm to image", "vm", vm.Name, "image", p.Name, "size", size, "frozen", frozen)
 	return s.images.inspect(ctx, p.Name)
+}
+
+// checkPromoteSpace refuses a promote that would fill the images
+// folder's file system: at its peak a promote holds the disk's data
+// twice (the copy and the flattened image), and the VMs that share that
+// file system pause when their disks cannot be written, so createMinFree
+// stays free beyond that.
+func (s *vmService) checkPromoteSpace(vm store.VM, files ...string) error {
+	var data int64
+	for _, f := range files {
+		var st unix.Stat_t
+		if f != "" && unix.Stat(f, &st) == nil {
+			data += st.Blocks * 512
+		}
+	}
+	need := 2*data + createMinFree
+	dir := s.layout.ImagesDir()
+	free, err := freeSpace(dir)
+	if err != nil {
+		return nil // cannot tell; the promote goes on
+	}
+	if free < need {
+		return conflictf("not enough free space to promote vm %s: %s has %d MiB free, the promote needs %d MiB (twice the disk's %d MiB of data, and %d MiB left for running vms); free space there first",
+			vm.Name, dir, free>>20, need>>20, data>>20, createMinFree>>20)
+	}
+	return nil
 }
 
 // backupRunning has the hypervisor copy a running VM's disk as it was at

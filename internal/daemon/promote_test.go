@@ -126,6 +126,15 @@ func TestPromoteRefused(t *testing.T) {
 			t.Errorf("%+v: %v, want %q", tc.p, err, tc.msg)
 		}
 	}
+	// A full host: refused before anything is made (running VMs on the
+	// same file system would pause).
+	freeSpace = func(string) (int64, error) { return 1 << 20, nil }
+	_, err := client.Do(ctx, c, wire.ImagePromote, wire.ImagePromoteParams{VM: "src", Name: "x"})
+	freeSpace = freeBytes
+	wantCode(t, err, wire.CodeConflict)
+	if !strings.Contains(err.Error(), "not enough free space to promote vm src") {
+		t.Fatalf("promote on a full host: %v", err)
+	}
 	if td.drv.freezes != 1 {
 		t.Fatalf("%d freezes: a refused promote froze the guest", td.drv.freezes)
 	}
