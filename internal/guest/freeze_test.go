@@ -179,3 +179,32 @@ func TestFreezeRefused(t *testing.T) {
 		}
 	})
 }
+
+// A guest whose agent was replaced answers a freeze with anything: the
+// host gets an error within its bound, never a hang or a freeze it
+// believes in.
+func TestFreezeImpostor(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		reply   string
+		endless bool
+		accept  bool
+	}{
+		{"refused", guestproto.FrozenLine, false, false},
+		{"other line", "thawed\n", false, true},
+		{"short line", "fro", false, true},
+		{"nothing", "", false, true},
+		{"endless output", "", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := impostorWith(t, tc.reply, tc.endless, tc.accept)
+			// The bound ends the wait for an answer that never comes.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if f, err := c.Freeze(ctx, time.Minute); err == nil {
+				f.Thaw(ctx)
+				t.Fatal("freeze accepted")
+			}
+		})
+	}
+}

@@ -21,6 +21,13 @@ import (
 // endless is set, spaces for ever.
 func impostor(t *testing.T, reply string, endless bool) *guest.Client {
 	t.Helper()
+	return impostorWith(t, reply, endless, false)
+}
+
+// impostorWith is impostor; accept makes it accept every channel request
+// (exec included) instead of refusing them.
+func impostorWith(t *testing.T, reply string, endless, accept bool) *guest.Client {
+	t.Helper()
 	key, err := guest.NewKey()
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +61,13 @@ func impostor(t *testing.T, reply string, endless bool) *guest.Client {
 					if err != nil {
 						continue
 					}
-					go ssh.DiscardRequests(creqs)
+					go func() {
+						for r := range creqs {
+							if r.WantReply {
+								r.Reply(accept, nil)
+							}
+						}
+					}()
 					wg.Go(func() {
 						defer ch.Close()
 						if _, err := ch.Write([]byte(reply)); err != nil {
