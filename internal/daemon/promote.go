@@ -201,7 +201,7 @@ func (s *vmService) backupRunning(ctx context.Context, b hypervisor.DiskBackuper
 		start := time.Now()
 		thaw, err := freezeGuest(fctx, g, freezeLimit(0))
 		if err != nil {
-			return nil, fmt.Errorf("vm %s: freeze its filesystems: %w", vm.Name, err)
+			return nil, freezeError(vm, err)
 		}
 		return func(ctx context.Context) error {
 			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), freezeAnswer)
@@ -216,6 +216,12 @@ func (s *vmService) backupRunning(ctx context.Context, b hypervisor.DiskBackuper
 		return 0, fmt.Errorf("vm %s: %w", vm.Name, err)
 	}
 	return frozen, nil
+}
+
+// freezeError is a failed freeze as a promote reports it: a stopped VM
+// needs none.
+func freezeError(vm store.VM, err error) error {
+	return fmt.Errorf("vm %s: freeze its filesystems (`ember stop %s` first promotes it without): %w", vm.Name, vm.Name, err)
 }
 
 // thawError is a thaw's error as a promote reports it; nil for nil.
@@ -247,7 +253,7 @@ func (s *vmService) copyFrozen(ctx context.Context, vm store.VM, disk, dst strin
 	thaw, err := freezeGuest(fctx, g, freezeLimit(st.Size()))
 	cancel()
 	if err != nil {
-		return 0, fmt.Errorf("vm %s: freeze its filesystems: %w", vm.Name, err)
+		return 0, freezeError(vm, err)
 	}
 	defer func() {
 		// The thaw is sent even when ctx ended: a fresh bound.
