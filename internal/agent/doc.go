@@ -24,6 +24,12 @@
 // then live output), writes to, resizes, signals and kills them over one
 // custom channel type.
 //
+// In a VM (serve --from-cmdline) the server also freezes the root
+// filesystem for the host (freeze.go, guestproto.FreezeCommand), so a
+// running VM's disk can be copied consistently: for as long as one exec
+// channel stays open, and never longer than the limit the host asked,
+// after which a timer thaws it by itself.
+//
 // Everything the host and the agent agree on (kernel arguments, console
 // lines, channel and request names, the exec and session payloads, limits)
 // is in package guestproto; the host never imports this package.

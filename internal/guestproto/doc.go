@@ -22,7 +22,9 @@
 //     exit-status the server sends. An exec command that starts with
 //     ExecPrefix carries a JSON ExecPayload (argv, environment, folder), so
 //     argv reaches the guest without shell quoting; PoweroffCommand asks the
-//     agent (PID 1) to shut the VM down.
+//     agent (PID 1) to shut the VM down; a FreezeCommand (EncodeFreeze)
+//     keeps the guest's root filesystem frozen while the channel lives,
+//     at most its limit (freeze.go).
 //   - "direct-tcpip" channels (ChannelDirectTCPIP) for port forwards.
 //   - SessionChannelType channels for persistent sessions (session.go).
 //
