@@ -15,13 +15,15 @@ import (
 // user's own rights and passed to the daemon open, or a registry
 // reference the daemon pulls.
 func imageImportCmd(e *env) *cobra.Command {
-	return &cobra.Command{
+	var detach, asJSON bool
+	cmd := &cobra.Command{
 		Use:   "import SOURCE NAME",
 		Short: "Import a container image: a docker save or OCI layout archive, or a registry reference",
 		Long: "Import a container image as an ember image. SOURCE is a file (`docker save` output or an\n" +
 			"OCI image layout in a tar, read with your own rights) or a registry reference such as\n" +
 			"registry.example.com/team/app:1.2 or repo@sha256:.... Layers are applied in order with\n" +
-			"whiteouts; the image's Env, WorkingDir and User apply to exec and sessions in its VMs.",
+			"whiteouts; the image's Env, WorkingDir and User apply to exec and sessions in its VMs.\n" +
+			"The import is an operation: Ctrl-C stops waiting, `ember op cancel ID` stops the import.",
 		ValidArgsFunction: func(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
 			if len(args) == 0 {
 				return nil, cobra.ShellCompDirectiveDefault
@@ -37,13 +39,16 @@ func imageImportCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			img, err := client.ImportImage(cmd.Context(), c, p, e.stderr)
+			op, err := client.ImportImage(cmd.Context(), c, p)
 			if err != nil {
 				return err
 			}
-			return printJSON(e.stdout, img)
+			return finishOp(cmd.Context(), c, e, op, detach, asJSON, func(img wire.Image) string { return img.Name })
 		},
 	}
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "print the operation ID and return at once")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the image (with --detach: the operation) as JSON")
+	return cmd
 }
 
 // isArchive tells a file from a registry reference: a file that exists,

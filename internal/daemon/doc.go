@@ -34,7 +34,7 @@
 // daemon.go wires them):
 //
 //   - opService (ops.go): op.* over every operation registry (opSource:
-//     the create operations, the image build operations) and the store's
+//     the create operations, the image build and import operations) and the store's
 //     finished operations. Each opRegistry[T] owns its lock.
 //   - imageService (images.go, image_manage.go): image.*; imageOpsMu
 //     serialises registry mutations (recording a built-in image built on
@@ -45,7 +45,8 @@
 //     nothing else waits for. image.register copies a file its client
 //     passes as a descriptor. image.import (image_import.go) reads
 //     an archive its client passes as a descriptor, or pulls a registry
-//     reference, and does its slow work (unpack, mkfs) holding no lock.
+//     reference, and does its slow work (unpack, mkfs) holding no lock,
+//     as an operation in buildOps.
 //     A VM copies its image's config (Env, WorkingDir, User) at create;
 //     exec and sessions start with it (withImageConfig, imageconfig.go).
 //     buildOps: the image builds (imagebuild.go, buildctx.go), each an

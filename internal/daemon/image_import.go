@@ -28,10 +28,12 @@ const importPrefix = ".import-"
 // importImage is image.import: an OCI or Docker archive the client
 // passes as a descriptor (never a path the daemon opens) or a registry
 // reference the daemon pulls, flattened into a folder (oci.Unpack), made
-// into an ext4 image and registered under imageOpsMu. Progress lines go
-// to the client as FrameStderr; the client hanging up cancels the import.
-// Whatever fails, nothing is kept: the work folder and the partial image
-// go, and no row is written.
+// into an ext4 image and registered under imageOpsMu. Once the request
+// is checked (and the archive received) the import is an operation in
+// buildOps, like a build: its progress and log are the operation's,
+// `op cancel` stops it, and it runs on the daemon's context, so the
+// client may leave. Whatever fails, nothing is kept: the work folder and
+// the partial image go, and no row is written.
 func (s *imageService) importImage(ctx context.Context, p wire.ImageImportParams, sc *streamConn) error {
 	if !layout.ValidName(p.Name) {
 		return invalidf("image name %q: use lower-case letters, digits and '-' (at most 63, starting and ending with a letter or digit)", p.Name)
@@ -54,7 +56,6 @@ func (s *imageService) importImage(ctx context.Context, p wire.ImageImportParams
 			return nil
 		}
 		archive = files[0]
-		defer archive.Close()
 	} else {
 		if _, err := oci.ParseRef(p.Source); err != nil {
 			return invalidf("%v", err)
@@ -63,18 +64,31 @@ func (s *imageService) importImage(ctx context.Context, p wire.ImageImportParams
 			return nil
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer watchHangup(sc.Conn, cancel)()
-	progress := func(line string) {
-		fmt.Fprintln(&wire.FrameWriter{W: sc, Kind: wire.FrameStderr}, line)
+	op := &imageBuildOp{opState: newOpState(s.base, newID(), wire.ImageImport.Name, p.Name, s.persist)}
+	s.buildOps.Begin(op)
+	closeArchive := func() {
+		if archive != nil {
+			archive.Close()
+		}
 	}
-	img, err := s.importFrom(ctx, p, archive, progress)
-	if err != nil {
-		sc.exit(0, err)
-		return nil
-	}
-	_ = wire.WriteJSONFrame(sc, wire.FrameStdout, img)
+	goSafe(s.background, s.log, "import of image "+p.Name, func(err error) {
+		closeArchive()
+		op.finish(nil, err)
+	}, func() {
+		defer closeArchive()
+		img, err := s.importFrom(op.ctx, p, archive, func(line string) {
+			op.Progress("%s", line)
+			op.logf("%s", line)
+		})
+		var res []byte
+		if err == nil {
+			res, err = json.Marshal(img)
+		} else {
+			s.log.Warn("image import failed", "image", p.Name, "op", op.id, "err", err)
+		}
+		op.finish(res, err)
+	})
+	_ = wire.WriteJSONFrame(sc, wire.FrameStdout, op.Snapshot())
 	sc.exit(0, nil)
 	return nil
 }

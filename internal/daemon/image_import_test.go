@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -11,7 +12,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -59,6 +59,33 @@ func imagesDirEntries(t *testing.T, td *testDaemon) []string {
 	return names
 }
 
+// importAndWait runs an import to its end: the image it made, its log,
+// or its error (the request's, or the failed operation's, with its code).
+func importAndWait(t *testing.T, c *client.Client, p wire.ImageImportParams) (wire.Image, string, error) {
+	t.Helper()
+	op, err := client.ImportImage(context.Background(), c, p)
+	if err != nil {
+		return wire.Image{}, "", err
+	}
+	if op.Kind != wire.ImageImport.Name || op.Target != p.Name {
+		t.Errorf("operation %+v", op)
+	}
+	waitFor(t, c, op.ID)
+	final, err := client.Do(context.Background(), c, wire.OpStatus, wire.OpParams{ID: op.ID}) // the whole log
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := strings.Join(final.Log, "\n")
+	if final.State != wire.OpSucceeded {
+		return wire.Image{}, log, &wire.Error{Code: final.ErrorCode, Message: final.Error}
+	}
+	var img wire.Image
+	if err := json.Unmarshal(final.Result, &img); err != nil {
+		t.Fatal(err)
+	}
+	return img, log, nil
+}
+
 func TestImageImport(t *testing.T) {
 	img := importFixture(t)
 	td := openTestDaemon(t, "", newFakeDriver())
@@ -81,8 +108,7 @@ func TestImageImport(t *testing.T) {
 	}
 	want := &wire.ImageConfig{Env: ocitest.Config.Env, WorkingDir: "/work", User: "app"}
 	for _, c2 := range []struct{ name, source string }{{"from-oci", ociTar}, {"from-docker", dockerTar}, {"from-registry", host + "/fixture:v1"}} {
-		var progress strings.Builder
-		got, err := client.ImportImage(ctx, c, wire.ImageImportParams{Name: c2.name, Source: c2.source, Archive: c2.name != "from-registry"}, &progress)
+		got, progress, err := importAndWait(t, c, wire.ImageImportParams{Name: c2.name, Source: c2.source, Archive: c2.name != "from-registry"})
 		if err != nil {
 			t.Fatalf("%s: %v", c2.name, err)
 		}
@@ -92,8 +118,8 @@ func TestImageImport(t *testing.T) {
 		if fi, err := image.Info(got.Path); err != nil || fi.Format != image.FormatExt4 {
 			t.Errorf("%s: %s: %+v %v", c2.name, got.Path, fi, err)
 		}
-		if !strings.Contains(progress.String(), "layer 3 of 3") || !strings.Contains(progress.String(), "imported") {
-			t.Errorf("%s: progress %q", c2.name, progress.String())
+		if !strings.Contains(progress, "layer 3 of 3") || !strings.Contains(progress, "imported") {
+			t.Errorf("%s: log %q", c2.name, progress)
 		}
 	}
 	before := imagesDirEntries(t, td)
@@ -117,7 +143,7 @@ func TestImageImport(t *testing.T) {
 		{wire.ImageImportParams{Name: "tiny", Source: ociTar, Archive: true}, wire.CodeConflict, "already exists"},
 	}
 	for _, b := range bad {
-		_, err := client.ImportImage(ctx, c, b.p, nil)
+		_, _, err := importAndWait(t, c, b.p)
 		if err == nil || !strings.Contains(err.Error(), b.msg) || b.code != "" && wire.CodeOf(err) != b.code {
 			t.Errorf("%+v: %v (code %q), want %s %q", b.p, err, wire.CodeOf(err), b.code, b.msg)
 		}
@@ -171,22 +197,8 @@ func TestMakeWorkingDir(t *testing.T) {
 	}
 }
 
-// signalWriter closes seen when what it is written contains want.
-type signalWriter struct {
-	want string
-	seen chan struct{}
-	once sync.Once
-}
-
-func (w *signalWriter) Write(p []byte) (int, error) {
-	if strings.Contains(string(p), w.want) {
-		w.once.Do(func() { close(w.seen) })
-	}
-	return len(p), nil
-}
-
-// A client that hangs up while a layer downloads cancels the import:
-// the daemon keeps no work folder, no file and no row.
+// An import cancelled while a layer downloads (op cancel) keeps no work
+// folder, no file and no row.
 func TestImageImportCancelled(t *testing.T) {
 	img := importFixture(t)
 	td := openTestDaemon(t, "", newFakeDriver())
@@ -210,26 +222,24 @@ func TestImageImportCancelled(t *testing.T) {
 	if err := remote.Write(ref, img); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	progress := &signalWriter{want: "layer 3 of 3", seen: make(chan struct{})}
-	done := make(chan error, 1)
-	go func() {
-		stall.Store(true)
-		_, err := client.ImportImage(ctx, c, wire.ImageImportParams{Name: "slow", Source: host + "/slow:v1"}, progress)
-		done <- err
-	}()
-	select {
-	case <-stalled:
-	case err := <-done:
-		t.Fatalf("import ended before a layer stalled: %v", err)
+	stall.Store(true)
+	op, err := client.ImportImage(context.Background(), c, wire.ImageImportParams{Name: "slow", Source: host + "/slow:v1"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	<-progress.seen
+	<-stalled
+	eventually(t, "the top layer reported", func() bool {
+		st, err := client.Do(context.Background(), c, wire.OpStatus, wire.OpParams{ID: op.ID})
+		return err == nil && strings.Contains(strings.Join(st.Log, "\n"), "layer 3 of 3")
+	})
 	if got := imagesDirEntries(t, td); len(got) != 1 || !strings.HasPrefix(got[0], importPrefix) {
 		t.Fatalf("images folder while a layer downloads: %v", got)
 	}
-	cancel()
-	if err := <-done; err == nil {
-		t.Fatal("a cancelled import succeeded")
+	if _, err := client.Do(context.Background(), c, wire.OpCancel, wire.OpParams{ID: op.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if final := waitFor(t, c, op.ID); final.State != wire.OpCancelled {
+		t.Fatalf("cancelled import: %+v", final)
 	}
 	eventually(t, "the import's work folder gone", func() bool { return len(imagesDirEntries(t, td)) == 0 })
 	if _, err := td.store.GetImage(context.Background(), "slow"); !errors.Is(err, store.ErrNotFound) {
@@ -258,7 +268,7 @@ func TestImageImportBoundedByFreeSpace(t *testing.T) {
 	old := freeSpace
 	freeSpace = func(string) (int64, error) { return 3 << 20, nil }
 	t.Cleanup(func() { freeSpace = old })
-	_, err = client.ImportImage(context.Background(), c, wire.ImageImportParams{Name: "big", Source: archive, Archive: true}, nil)
+	_, _, err = importAndWait(t, c, wire.ImageImportParams{Name: "big", Source: archive, Archive: true})
 	if wire.CodeOf(err) != wire.CodeInvalid || !strings.Contains(err.Error(), "3 MiB free") {
 		t.Fatalf("import past the free space: %v", err)
 	}

@@ -58,8 +58,19 @@ func TestImageImport(t *testing.T) {
 	e := newEnv(t)
 	for _, c := range []struct{ source, image, vm string }{{archive, "from-archive", "va"}, {ref, "from-registry", "vr"}} {
 		var got wire.Image
-		if err := json.Unmarshal([]byte(e.must("image", "import", c.source, c.image)), &got); err != nil {
-			t.Fatal(err)
+		if c.vm == "va" {
+			if err := json.Unmarshal([]byte(e.must("image", "import", "--json", c.source, c.image)), &got); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			// An operation like a build: started detached, then followed.
+			id := strings.TrimSpace(e.must("image", "import", "--detach", c.source, c.image))
+			e.must("op", "wait", id)
+			var imgs []wire.Image
+			if err := json.Unmarshal([]byte(e.must("image", "inspect", c.image)), &imgs); err != nil || len(imgs) != 1 {
+				t.Fatalf("inspect: %v", err)
+			}
+			got = imgs[0]
 		}
 		if got.Kind != "imported" || got.Parent != "" || got.Config == nil || got.Config.WorkingDir != "/work" || got.Config.User != "app" {
 			t.Fatalf("%s: %+v", c.image, got)
