@@ -173,9 +173,9 @@ func powerOff() {
 	}
 }
 
-// reboot resets the VM: QEMU runs the same kernel and initramfs again in
-// the same process, so the VM stays running for the host, which learns
-// the new agent's host key from the console (the daemon's guests.go).
+// reboot resets the VM (a triple fault, reboot=t on the command line):
+// QEMU ends the guest as at a power-off, with the reason guest-reset, and
+// the daemon boots the VM again in a new process (its reboot.go).
 func reboot() {
 	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	powerOff()

@@ -119,6 +119,17 @@ func Remove(path string) {
 	_ = os.Remove(path)
 }
 
+// Rotate makes the current part of the log at path its previous part, in
+// place of the one before, so a new boot starts an empty current part
+// while the last boot's output stays readable (a guest's reboot). It is
+// for when no Writer has the log open.
+func Rotate(path string) error {
+	if err := os.Rename(path, path+PrevSuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("console log: %w", err)
+	}
+	return nil
+}
+
 // Size is the size of both parts of the log at path.
 func Size(path string) int64 {
 	var n int64

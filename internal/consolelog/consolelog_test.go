@@ -188,3 +188,39 @@ func firstDiff(a, b []byte) int {
 	}
 	return min(len(a), len(b))
 }
+
+// Rotate keeps the last boot's output as the previous part (dropping the
+// one before) and leaves no current part, so a new boot starts empty and
+// a reader sees both boots in order; a log with no current part is left
+// as it is.
+func TestRotateKeepsTheLastBoot(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.log")
+	if err := os.WriteFile(path+PrevSuffix, []byte("older\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("boot 1\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := Rotate(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("current part after Rotate: %v", err)
+	}
+	w, err := Create(path, MinBound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("boot 2\n"))
+	w.Close()
+	if got := TailString(path, 10, 1<<20); got != "boot 1\nboot 2" {
+		t.Fatalf("log after a rotate and a new boot: %q", got)
+	}
+	os.Remove(path)
+	if err := Rotate(path); err != nil {
+		t.Fatalf("Rotate with no current part: %v", err)
+	}
+	if b, _ := os.ReadFile(path + PrevSuffix); string(b) != "boot 1\n" {
+		t.Fatalf("previous part after a Rotate with no current part: %q", b)
+	}
+}

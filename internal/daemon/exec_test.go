@@ -183,6 +183,22 @@ func TestLostVerdict(t *testing.T) {
 		{"reset", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
 			return running(ready + "\n" + guestproto.StartLine + "\n")
 		}}, "vm x1 rebooted while the command ran", true},
+		// A guest that reset itself is booted again by the daemon (a
+		// new process, first recorded as starting): its own words say
+		// what happened, not "restarted".
+		{"rebooted, being booted again", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
+			v := vm
+			v.State, v.PID = wire.StateStarting, 0
+			return v, true, false, []byte(ready + "\nember-agent: shutting down (terminated)\n" + guestproto.RebootLine + "\n")
+		}}, "vm x1 rebooted while the command ran (a reboot in the guest)", true},
+		{"panicked, booted again", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
+			v := vm
+			v.PID = 12
+			return v, true, true, []byte(ready + "\n[   12.3] Kernel panic - not syncing: sysrq triggered crash\n" + guestproto.StartLine + "\n")
+		}}, "vm x1's kernel panicked while the command ran (`ember logs x1` shows why)", true},
+		{"rebooted, process ended", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
+			return vm, true, false, []byte(ready + "\n" + guestproto.RebootLine + "\n")
+		}}, "vm x1 rebooted while the command ran (a reboot in the guest)", true},
 		{"paused", []func() (store.VM, bool, bool, []byte){func() (store.VM, bool, bool, []byte) {
 			v := vm
 			v.State, v.LastError = wire.StatePaused, "host disk full: No space left on device"

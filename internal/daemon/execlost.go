@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -69,7 +67,7 @@ func (s *vmService) whyLost(ctx context.Context, vm store.VM, cause error) error
 			return cause
 		}
 		alive := found && now.PID != 0 && s.driver.Alive(hypervisor.Instance{PID: now.PID, StartTime: now.PIDStart})
-		console, _ := readConsoleTail(filepath.Join(s.layout.VMDir(vm.ID), layout.ConsoleFile), lostConsoleScan)
+		console, _ := readConsoleEnd(filepath.Join(s.layout.VMDir(vm.ID), layout.ConsoleFile), lostConsoleScan)
 		msg, final := st.verdict(vm, now, found, alive, console, time.Now())
 		if final || !time.Now().Before(deadline) || ctx.Err() != nil {
 			if msg == "" {
@@ -101,8 +99,15 @@ func (st *lostState) verdict(vm, now store.VM, found, alive bool, console []byte
 	if !found || now.State == wire.StateDeleting {
 		return fmt.Sprintf("vm %s was deleted while the command ran", name), true
 	}
+	after := afterPinned(console, vm.AgentHostKey)
+	restarted := fmt.Sprintf("vm %s was restarted while the command ran", name)
+	if reset := guestResetVerdict(name, after); reset != "" {
+		// The daemon boots a guest that reset itself again: a new
+		// process, or one being started, after the guest's own words.
+		restarted = reset
+	}
 	if now.PID != 0 && now.PID != vm.PID {
-		return fmt.Sprintf("vm %s was restarted while the command ran", name), true
+		return restarted, true
 	}
 	stopped := fmt.Sprintf("vm %s was stopped while the command ran", name)
 	switch now.State {
@@ -111,8 +116,8 @@ func (st *lostState) verdict(vm, now store.VM, found, alive bool, console []byte
 		return stopped, false
 	case wire.StateStarting:
 		// Being started again with the process not yet recorded: a
-		// restart.
-		return fmt.Sprintf("vm %s was restarted while the command ran", name), true
+		// restart, or a boot after the guest reset itself.
+		return restarted, true
 	case wire.StateStopped:
 		if st.sawStopping || now.StoppedBy == wire.StoppedByUser {
 			// ember stop, or a restart's first half: give the restart
@@ -131,17 +136,15 @@ func (st *lostState) verdict(vm, now store.VM, found, alive bool, console []byte
 	default:
 		return "", true
 	}
-	after := afterPinned(console, vm.AgentHostKey)
 	if !alive {
 		// Recorded running, but the process is gone: it ended on its own.
 		return exitedVerdict(name, after), true
 	}
+	if reset := guestResetVerdict(name, after); reset != "" {
+		// Whether it boots again or hangs, the panic or reboot is the news.
+		return reset, true
+	}
 	switch {
-	case bytes.Contains(after, []byte(kernelPanic)):
-		// Whether it boots again or hangs, the panic is the news.
-		return panicked(name), true
-	case hasLine(after, guestproto.RebootLine):
-		return fmt.Sprintf("vm %s rebooted while the command ran (a reboot in the guest)", name), true
 	case hasLine(after, guestproto.StartLine), now.AgentHostKey != vm.AgentHostKey:
 		return fmt.Sprintf("vm %s rebooted while the command ran", name), true
 	case hasLine(after, guestproto.PowerOffLine):
@@ -154,13 +157,26 @@ func (st *lostState) verdict(vm, now store.VM, found, alive bool, console []byte
 // exitedVerdict explains a VM whose process ended without ember stopping
 // it, from its console after the exec's boot.
 func exitedVerdict(name string, after []byte) string {
-	switch {
-	case hasLine(after, guestproto.PowerOffLine):
+	if hasLine(after, guestproto.PowerOffLine) {
 		return fmt.Sprintf("vm %s powered off while the command ran (a poweroff in the guest)", name)
-	case bytes.Contains(after, []byte(kernelPanic)):
-		return panicked(name)
+	}
+	if reset := guestResetVerdict(name, after); reset != "" {
+		return reset
 	}
 	return fmt.Sprintf("vm %s was killed while the command ran: its process ended without the guest shutting down", name)
+}
+
+// guestResetVerdict says how the guest reset itself, from its console
+// after the exec's boot: a kernel panic or the agent's reboot line; ""
+// when it shows neither.
+func guestResetVerdict(name string, after []byte) string {
+	switch {
+	case bytes.Contains(after, []byte(kernelPanic)):
+		return panicked(name)
+	case hasLine(after, guestproto.RebootLine):
+		return fmt.Sprintf("vm %s rebooted while the command ran (a reboot in the guest)", name)
+	}
+	return ""
 }
 
 func panicked(name string) string {
@@ -210,25 +226,6 @@ func hasLine(console []byte, prefix string) bool {
 		}
 	}
 	return false
-}
-
-// readConsoleTail reads at most the last n bytes of path.
-func readConsoleTail(path string, n int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if off := st.Size() - n; off > 0 {
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
-			return nil, err
-		}
-	}
-	return io.ReadAll(io.LimitReader(f, n))
 }
 
 // exitDetached ends an exec stream whose client detached: the command

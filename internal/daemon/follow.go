@@ -164,7 +164,7 @@ func (s *vmService) runFollower(ctx context.Context, fd hypervisor.Follower, f *
 			defer log.Close()
 		}
 	}
-	logFailed := false
+	logFailed, reset := false, false
 	h := hypervisor.FollowHandler{
 		Console: func(p []byte) {
 			if log == nil {
@@ -185,11 +185,21 @@ func (s *vmService) runFollower(ctx context.Context, fd hypervisor.Follower, f *
 			logFailed = false
 			s.vmResumed(vm, inst)
 		},
-		Fast: f.fast.Load,
-		Sync: f.sync,
+		Fast:       f.fast.Load,
+		Sync:       f.sync,
+		GuestReset: func() { reset = true },
 	}
 	for {
 		err := fd.Follow(ctx, spec, inst, h)
+		if ctx.Err() == nil && !s.driver.Alive(inst) && (reset || s.resetOnConsole(vm.ID)) {
+			// The guest reset itself and its process ended: boot it
+			// again, once this follower is gone (the boot follows the
+			// new process and waits for this one to end). A reset
+			// while a killed daemon followed it left QEMU waiting,
+			// which this follower found so and ended: the console
+			// tells.
+			goSafe(s.background, s.log, "boot again after a guest reset of vm "+vm.Name, nil, func() { s.guestReset(vm, inst) })
+		}
 		if ctx.Err() != nil || !s.driver.Alive(inst) || errors.Is(err, hypervisor.ErrUnsupported) {
 			return
 		}

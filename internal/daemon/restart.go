@@ -45,9 +45,12 @@ func restartPolicy(vm store.VM) string {
 // line last on its console means the guest powered off; anything else,
 // a crash (a killed process, a host that went down).
 func (s *vmService) exitedOnItsOwn(id string) (stoppedBy, reason string) {
-	console, _ := readConsoleEnd(filepath.Join(s.layout.VMDir(id), layout.ConsoleFile))
-	if lastAgentLine(console) == guestproto.PowerOffLine {
+	console, _ := readConsoleEnd(filepath.Join(s.layout.VMDir(id), layout.ConsoleFile), maxConsoleScan)
+	switch {
+	case lastAgentLine(console) == guestproto.PowerOffLine:
 		return wire.StoppedByGuest, "the VM's process exited on its own: the guest powered off"
+	case guestResetLast(console):
+		return wire.StoppedByReset, "the guest reset itself (a reboot or a panic) while no daemon watched, so its process ended; the daemon boots it again when it starts"
 	}
 	return wire.StoppedByCrash, "the VM's process exited on its own without the guest powering off (killed, or the host went down); see `ember logs`"
 }
@@ -68,11 +71,28 @@ func lastAgentLine(console []byte) string {
 	return ""
 }
 
+// guestResetLast reports whether the last boot on console ended in a
+// guest reset: the agent's reboot line last, or a kernel panic (panic=-1
+// resets) after the agent's last start.
+func guestResetLast(console []byte) bool {
+	if lastAgentLine(console) == guestproto.RebootLine {
+		return true
+	}
+	if i := bytes.LastIndex(console, []byte(guestproto.StartLine)); i >= 0 {
+		console = console[i:]
+	}
+	return bytes.Contains(console, []byte(kernelPanic))
+}
+
 // wantsStart reports whether the daemon starts vm, a VM found stopped when
-// it starts, by its restart policy.
+// it starts: one whose guest reset itself while no daemon watched, or one
+// whose restart policy asks for it.
 func wantsStart(vm store.VM) bool {
 	if vm.State != wire.StateStopped {
 		return false
+	}
+	if vm.StoppedBy == wire.StoppedByReset {
+		return true
 	}
 	switch vm.RestartPolicy {
 	case wire.RestartAlways:

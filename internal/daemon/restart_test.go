@@ -141,3 +141,59 @@ func TestLastAgentLine(t *testing.T) {
 		}
 	}
 }
+
+// A guest whose last boot ended in a reset (the agent's reboot line, or a
+// kernel panic after its start) while no daemon watched is booted again
+// when the daemon starts, whatever its restart policy.
+func TestGuestResetWhileUnwatched(t *testing.T) {
+	for in, want := range map[string]bool{
+		"":                                    false,
+		"ember-agent: start\r\nkernel: x\r\n": false,
+		"ember-agent: shutting down (terminated)\r\nember-agent: reboot\r\n[ 3.1] reboot: Restarting system\r\n": true,
+		"ember-agent: start\r\n[ 9.1] Kernel panic - not syncing: sysrq triggered crash\r\n":                     true,
+		// A panic of an earlier boot is no news.
+		"[ 9.1] Kernel panic - not syncing: x\r\nember-agent: start\r\nember-agent: power off\r\n": false,
+		"ember-agent: reboot\r\nember-agent: start\r\nember-agent: power off\r\n":                  false,
+	} {
+		if got := guestResetLast([]byte(in)); got != want {
+			t.Errorf("guestResetLast(%q) = %v, want %v", in, got, want)
+		}
+	}
+	for _, c := range []struct {
+		vm   store.VM
+		want bool
+	}{
+		{store.VM{State: wire.StateStopped, StoppedBy: wire.StoppedByReset}, true},
+		{store.VM{State: wire.StateStopped, StoppedBy: wire.StoppedByReset, RestartPolicy: wire.RestartNo}, true},
+		{store.VM{State: wire.StateStopped, StoppedBy: wire.StoppedByCrash}, false},
+		{store.VM{State: wire.StateRunning, StoppedBy: wire.StoppedByReset}, false},
+	} {
+		if got := wantsStart(c.vm); got != c.want {
+			t.Errorf("wantsStart(%+v) = %v, want %v", c.vm, got, c.want)
+		}
+	}
+}
+
+// A guest that keeps resetting is booted again maxGuestResets times
+// within guestResetWindow, then left stopped; resets further apart are
+// each booted again.
+func TestGuestResetLoopStops(t *testing.T) {
+	var r guestResets
+	at := time.Unix(1000, 0)
+	for i := 0; i < maxGuestResets; i++ {
+		if !r.note("a", at.Add(time.Duration(i)*time.Second)) {
+			t.Fatalf("reset %d refused", i+1)
+		}
+	}
+	if r.note("a", at.Add(maxGuestResets*time.Second)) {
+		t.Fatalf("reset %d within %s booted again", maxGuestResets+1, guestResetWindow)
+	}
+	if !r.note("b", at) {
+		t.Fatal("another vm's reset refused")
+	}
+	for i := 0; i < 3*maxGuestResets; i++ {
+		if !r.note("c", at.Add(time.Duration(i)*guestResetWindow/2)) {
+			t.Fatalf("reset %d, %s after the one before, refused", i+1, guestResetWindow/2)
+		}
+	}
+}

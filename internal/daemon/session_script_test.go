@@ -190,7 +190,8 @@ func TestWaitScanner(t *testing.T) {
 
 // shellResponder answers the lines session.run types into ch as a shell
 // would: it echoes the line, then prints what cmds says for the command
-// (output and status) between the markers.
+// (output and status) between the markers; `sleep N` never ends, and
+// anything else is not found.
 func shellResponder(t *testing.T, ch *fakeSessionChannel, cmds map[string]struct {
 	out    string
 	status int
@@ -213,6 +214,9 @@ func shellResponder(t *testing.T, ch *fakeSessionChannel, cmds map[string]struct
 			tok := in[seen+m[2] : seen+m[3]]
 			cmd := strings.ReplaceAll(in[seen+m[4]:seen+m[5]], `'\''`, `'`)
 			seen += m[1]
+			if strings.HasPrefix(cmd, "sleep ") {
+				continue // runs until the session ends: no end marker
+			}
 			r, ok := cmds[cmd]
 			if !ok {
 				r.out, r.status = "sh: "+cmd+": not found\r\n", 127

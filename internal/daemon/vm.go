@@ -75,6 +75,7 @@ type vmService struct {
 	createOps  *opRegistry[*createOp]
 	guests     guestPool
 	stops      pendingStops // graceful stops in flight, which rm -f and Close cut short
+	resets     guestResets  // recent guest resets per VM, to stop a reset loop (reboot.go)
 	followers  vmFollowers  // one per running VM: its console and disk-error pauses (follow.go)
 }
 
@@ -320,7 +321,7 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64) (r
 	if requestedDisk == 0 {
 		vm.DiskBytes = files.DiskBytes
 	}
-	vm, err = s.bootVM(ctx, &undo, vm, files, disk, func(msg string) { op.Progress("%s", msg) })
+	vm, err = s.bootVM(ctx, &undo, vm, files, disk, false, func(msg string) { op.Progress("%s", msg) })
 	if err != nil {
 		return nil, err
 	}
@@ -333,7 +334,10 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64) (r
 // registering on undo how to take back each thing it makes (runtime folder,
 // process, guest connection). The VM lock is not held here: the VM's
 // transitional state keeps others away.
-func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, files bootFiles, disk string, progress func(string)) (store.VM, error) {
+//
+// The console log starts empty, unless keepConsole (a guest's reboot):
+// then the last boot's output becomes the log's previous part.
+func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, files bootFiles, disk string, keepConsole bool, progress func(string)) (store.VM, error) {
 	nw, err := s.nets.of(vm.NetMode)
 	if err != nil {
 		return vm, fmt.Errorf("vm %s: %w", vm.Name, err)
@@ -378,7 +382,15 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	label := ""
 	for {
 		spec.Accel = dec.Accel
-		consolelog.Remove(spec.ConsoleLog) // each boot's log starts empty
+		if keepConsole {
+			_ = consolelog.Rotate(spec.ConsoleLog)
+			keepConsole = false // a boot again under TCG replaces only its own part
+		} else {
+			_ = os.Remove(spec.ConsoleLog)
+			if label == "" {
+				consolelog.Remove(spec.ConsoleLog) // each boot's log starts empty
+			}
+		}
 		progress(fmt.Sprintf("booting (%s%s)", spec.Accel, label))
 		if inst, err = s.startProcess(ctx, vm, nw, &spec); err != nil {
 			return vm, err
@@ -480,10 +492,19 @@ func (s *vmService) startProcess(ctx context.Context, vm store.VM, nw vmNetwork,
 	}
 }
 
+// rebootArg makes the guest kernel reset by a triple fault, which QEMU
+// turns into a reset request at once. Its default order under microvm
+// (no ACPI reset register, no keyboard controller) ends in a jump to the
+// firmware's reset vector, and the firmware, entered warm, sometimes runs
+// off into empty memory for ever: seen as a guest reboot or panic whose
+// QEMU spun after "reboot: Restarting system" (EIP sliding through
+// unmapped memory in 32-bit mode), about one in four under TCG.
+const rebootArg = "reboot=t"
+
 // cmdline is the guest kernel's command line: console and the agent's
 // settings.
 func (s *vmService) cmdline(vm store.VM, netArgs []string) string {
-	args := []string{"console=ttyS0", "panic=-1", "quiet", "loglevel=3",
+	args := []string{"console=ttyS0", "panic=-1", rebootArg, "quiet", "loglevel=3",
 		guestproto.ArgRoot + "=/dev/vda", guestproto.ArgHostname + "=" + vm.Name,
 		guestproto.ArgKey + "=" + guestproto.KeyArg(s.key.PublicKey())}
 	args = append(args, netArgs...)
@@ -675,6 +696,17 @@ func (s *vmService) startVM(ctx context.Context, ref string) (_ wire.VM, err err
 	if paused {
 		return s.resumeVM(ctx, vm)
 	}
+	if vm, err = s.bootStarting(ctx, vm, false); err != nil {
+		return wire.VM{}, err
+	}
+	return s.toWireVM(vm), nil
+}
+
+// bootStarting boots vm, recorded as starting by its caller, and records
+// it running; a failed boot leaves no process or connection and the VM
+// stopped with the reason. keepConsole keeps the last boot's console
+// output (bootVM).
+func (s *vmService) bootStarting(ctx context.Context, vm store.VM, keepConsole bool) (_ store.VM, err error) {
 	var undo undoStack
 	defer undo.run()
 	id := vm.ID
@@ -684,14 +716,14 @@ func (s *vmService) startVM(ctx context.Context, ref string) (_ wire.VM, err err
 		err = s.step("prepare boot")
 	}
 	if err != nil {
-		return wire.VM{}, fmt.Errorf("prepare boot of %s: %w", vm.Name, err)
+		return vm, fmt.Errorf("prepare boot of %s: %w", vm.Name, err)
 	}
-	vm, err = s.bootVM(ctx, &undo, vm, files, filepath.Join(s.layout.VMDir(vm.ID), layout.DiskFile), func(string) {})
+	vm, err = s.bootVM(ctx, &undo, vm, files, filepath.Join(s.layout.VMDir(vm.ID), layout.DiskFile), keepConsole, func(string) {})
 	if err != nil {
-		return wire.VM{}, err
+		return vm, err
 	}
 	undo.success()
-	return s.toWireVM(vm), nil
+	return vm, nil
 }
 
 // settle records a VM's state after a failed change.

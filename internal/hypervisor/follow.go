@@ -31,6 +31,10 @@ type FollowHandler struct {
 	Paused func(reason string, noSpace bool)
 	// Resumed is called when the VM runs (again).
 	Resumed func()
+	// GuestReset is called when the guest reset itself (its reboot, or a
+	// kernel panic with panic=-1): the hypervisor ends it as it ends a
+	// guest's power-off, and the caller decides whether to boot it again.
+	GuestReset func()
 	// Fast, when it returns true, makes Follow look at the console often:
 	// someone waits for a line (a boot, for the agent's ready line).
 	Fast func() bool

@@ -138,6 +138,9 @@ const (
 	StoppedByUser  = "user"  // ember stop (or restart)
 	StoppedByGuest = "guest" // the guest powered off
 	StoppedByCrash = "crash" // its process ended otherwise: killed, a host crash or reboot
+	// StoppedByReset: the guest reset itself (reboot, panic) while no
+	// daemon watched; the daemon boots it again when it starts.
+	StoppedByReset = "reset"
 )
 
 // VMStates lists every VM state, in the order of a VM's life.

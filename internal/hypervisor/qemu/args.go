@@ -197,8 +197,11 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 		"-m", strconv.Itoa(s.MemoryMiB),
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
-		// No -no-reboot: a guest's reboot resets the VM in the same
-		// process, which stays running, with or without a daemon.
+		// A guest's reset (its reboot, a panic with panic=-1) ends
+		// the guest as a power-off does, with the reason guest-reset:
+		// the daemon boots the VM again in a new process. While no
+		// daemon follows the VM, a reset runs in place (follow.go).
+		"-action", "reboot=shutdown",
 		"-S",
 		"-chardev", "socket,id=qmp,fd="+strconv.Itoa(fdQMP)+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",

@@ -233,7 +233,8 @@ func (m *monitor) command(ctx context.Context, cmd string, args any, onEvent fun
 //
 // While followed, a guest's power-off pauses QEMU instead of ending it
 // (set-action shutdown=pause): the follower drains what the guest printed
-// last, then quits QEMU itself. A QEMU whose follower went away without
+// last, then quits QEMU itself; a guest's reset does the same, reported
+// through GuestReset (reboot=shutdown). Unfollowed, a reset runs in place. A QEMU whose follower went away without
 // setting that back (a daemon killed) stays paused after a power-off
 // until the next follower finds it so and does the same.
 func (m *monitor) follow(ctx context.Context, s hypervisor.Spec, h hypervisor.FollowHandler) error {
@@ -241,16 +242,22 @@ func (m *monitor) follow(ctx context.Context, s hypervisor.Spec, h hypervisor.Fo
 	onEvent := func(ev monitorMsg) {
 		if ev.Event == "SHUTDOWN" && guestShutdown(ev) {
 			shutdown = true
+			if guestReset(ev) && h.GuestReset != nil {
+				h.GuestReset()
+			}
 		}
 		handleEvent(ev, h)
 	}
-	_, err := m.command(ctx, "set-action", map[string]any{"shutdown": "pause"}, onEvent)
+	_, err := m.command(ctx, "set-action", map[string]any{"shutdown": "pause", "reboot": "shutdown"}, onEvent)
 	keepAlive := err == nil
 	defer func() {
 		if keepAlive && !shutdown {
-			// Leaving (the daemon stops): a power-off ends QEMU again.
+			// Leaving (the daemon stops): a power-off ends QEMU again,
+			// and a guest's reset runs in place, so the VM reboots
+			// while no one watches; the next follower makes a reset a
+			// shutdown again.
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_, _ = m.command(rctx, "set-action", map[string]any{"shutdown": "poweroff"}, func(monitorMsg) {})
+			_, _ = m.command(rctx, "set-action", map[string]any{"shutdown": "poweroff", "reboot": "reset"}, func(monitorMsg) {})
 			cancel()
 		}
 	}()
@@ -392,6 +399,15 @@ func guestShutdown(ev monitorMsg) bool {
 		Guest bool `json:"guest"`
 	}
 	return json.Unmarshal(ev.Data, &d) == nil && d.Guest
+}
+
+// guestReset reports whether a guest's SHUTDOWN event is its reset
+// (-action reboot=shutdown turns a reset into a shutdown with this reason).
+func guestReset(ev monitorMsg) bool {
+	var d struct {
+		Reason string `json:"reason"`
+	}
+	return json.Unmarshal(ev.Data, &d) == nil && d.Reason == "guest-reset"
 }
 
 // handleEvent passes on the events that change whether the VM runs.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,7 +33,8 @@ func (f *followed) handler() hypervisor.FollowHandler {
 			f.events = append(f.events, "paused:"+reason+":"+map[bool]string{true: "nospace", false: "other"}[noSpace])
 			f.mu.Unlock()
 		},
-		Resumed: func() { f.mu.Lock(); f.events = append(f.events, "resumed"); f.mu.Unlock() },
+		Resumed:    func() { f.mu.Lock(); f.events = append(f.events, "resumed"); f.mu.Unlock() },
+		GuestReset: func() { f.mu.Lock(); f.events = append(f.events, "guest-reset"); f.mu.Unlock() },
 	}
 }
 
@@ -279,13 +281,28 @@ func TestArgsRingAndMonitor(t *testing.T) {
 // waits for the follower, which drains the ring, then quits it), and
 // Follow ends with the process.
 func TestFollowGuestPoweroffRealQEMU(t *testing.T) {
+	followGuestEnd(t, "poweroff", nil)
+}
+
+// A guest that resets itself (reboot, or a panic with panic=-1) ends the
+// same way, with no reset in place: Follow reports the reset and ends
+// with the process, and the caller boots it again (issue 11 item 23).
+func TestFollowGuestRebootRealQEMU(t *testing.T) {
+	followGuestEnd(t, "reboot", []string{"guest-reset"})
+}
+
+// followGuestEnd boots a guest that prints, waits, prints its last words
+// and ends with busybox's `how -f` (poweroff or reboot), and checks that
+// Follow hands over its last line, reports the events want, and ends with
+// the process.
+func followGuestEnd(t *testing.T, how string, want []string) {
 	d := testDriver(t)
 	s := bootSpec(t)
 	testInitramfs(t) // skips without busybox
 	dir := t.TempDir()
 	// The marker is spliced into /init: the guest prints, waits, prints
 	// its last words and powers off at once.
-	initrd, err := writeInitramfs(dir, "FIRST; /bin/busybox sleep 3; /bin/busybox echo LAST-WORDS; /bin/busybox poweroff -f")
+	initrd, err := writeInitramfs(dir, "FIRST; /bin/busybox sleep 3; /bin/busybox echo LAST-WORDS; /bin/busybox "+how+" -f")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,10 +325,23 @@ func TestFollowGuestPoweroffRealQEMU(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("follow did not end after the guest powered off")
 	}
-	if out, _ := f.snapshot(); !strings.Contains(out, "LAST-WORDS") {
+	out, events := f.snapshot()
+	if !strings.Contains(out, "LAST-WORDS") {
 		t.Fatalf("the guest's last line did not come through:\n%s", out)
 	}
+	if strings.Count(out, "FIRST") != 1 {
+		t.Fatalf("the guest booted again in the same process:\n%s", out)
+	}
+	var got []string
+	for _, e := range events {
+		if e != "resumed" {
+			got = append(got, e)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("events %v, want %v", events, want)
+	}
 	if d.Alive(inst) {
-		t.Fatal("qemu still runs after the guest powered off")
+		t.Fatalf("qemu still runs after the guest's %s", how)
 	}
 }
