@@ -80,7 +80,7 @@ func (s *vmService) bootBuildVM(ctx context.Context, name, image, base, baseForm
 	if err != nil {
 		return buildVM{}, err
 	}
-	if vm, err = s.bootVM(ctx, &undo, vm, files, disk, progress); err != nil {
+	if vm, err = s.bootVM(ctx, &undo, vm, files, disk, false, progress); err != nil {
 		return buildVM{}, err
 	}
 	conn, err := s.guest(ctx, vm)
