@@ -136,6 +136,21 @@ func TestImageImport(t *testing.T) {
 	if strings.Join(listed, ",") != "tiny,debian,from-archive,from-registry" {
 		t.Errorf("images after the bad imports: %v", listed)
 	}
+
+	// An imported image goes like any other: refused while a VM uses it,
+	// then removed with its file.
+	if _, stderr, code := e.run("image", "rm", "from-archive"); code == 0 || !strings.Contains(stderr, "va") {
+		t.Errorf("image rm of an image in use: exit %d, %q", code, stderr)
+	}
+	var fa []wire.Image
+	if err := json.Unmarshal([]byte(e.must("image", "inspect", "from-archive")), &fa); err != nil || len(fa) != 1 {
+		t.Fatalf("inspect: %v %+v", err, fa)
+	}
+	e.must("rm", "-f", "va")
+	e.must("image", "rm", "from-archive")
+	if _, err := os.Stat(fa[0].Path); !os.IsNotExist(err) {
+		t.Errorf("the removed image's file %s: %v", fa[0].Path, err)
+	}
 }
 
 func names(es []os.DirEntry) []string {
