@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -102,6 +103,18 @@ func TestImageRegisterAndRemove(t *testing.T) {
 	}
 	if _, err := client.Do(ctx, c, wire.VMDelete, wire.RefParams{Ref: "v1", Force: true}); err != nil {
 		t.Fatal(err)
+	}
+	// An image built on it keeps it too.
+	if err := td.store.PutImage(ctx, store.Image{Name: "child", Kind: store.ImageBuilt, Path: "/nonexistent/child.raw",
+		Format: store.FormatRaw, Parent: "mine"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Do(ctx, c, wire.ImageRemove, wire.ImageRemoveParams{Name: "mine"}); wire.CodeOf(err) != wire.CodeConflict ||
+		!strings.Contains(err.Error(), "in use by images child") {
+		t.Fatalf("remove of an image another is built on: %v", err)
+	}
+	if _, err := client.Do(ctx, c, wire.ImageRemove, wire.ImageRemoveParams{Name: "child"}); err != nil {
+		t.Fatalf("remove child: %v", err)
 	}
 	if _, err := client.Do(ctx, c, wire.ImageRemove, wire.ImageRemoveParams{Name: "mine"}); err != nil {
 		t.Fatalf("remove: %v", err)

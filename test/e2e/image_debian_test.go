@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -114,4 +116,44 @@ func TestDebianSharedCache(t *testing.T) {
 		t.Fatalf("debian after rm and a new use kept its ID %s", first.ID)
 	}
 	checkDebian(t, e, "c2")
+}
+
+// Cancelling a create while it builds debian stops mmdebstrap and leaves
+// no work folder, file or row: the image is still "built on first use".
+func TestDebianBuildCancelled(t *testing.T) {
+	e := newEnvWith(t, "builtin_image_cache = \"\"\n"+e2eConfig, nil)
+	opID := strings.TrimSpace(e.must("create", "--detach", "--image", "debian", "d1"))
+	poll(t, "mmdebstrap running", func() bool {
+		return strings.Contains(e.opOf(opID).Progress, ": mmdebstrap: ")
+	})
+	e.must("op", "cancel", opID)
+	if _, errOut, code := e.run("op", "wait", opID); code != 1 || !strings.Contains(errOut, "cancelled") {
+		t.Fatalf("op wait after cancel: exit %d %q", code, errOut)
+	}
+	if op := e.opOf(opID); op.State != wire.OpCancelled {
+		t.Fatalf("op after cancel: %+v", op)
+	}
+	assertNoImageLeftovers(t, e)
+	if ents, _ := os.ReadDir(filepath.Join(e.home, "state", "images")); len(ents) != 0 {
+		t.Errorf("images folder after a cancelled debian build: %v", names(ents))
+	}
+	if out := e.must("image", "ls"); !strings.Contains(out, "debian.ext4 (built on first use)") {
+		t.Errorf("image ls after a cancelled build:\n%s", out)
+	}
+	if ps := processesWith(filepath.Join(e.home, "state", "images", ".debian-build-")); len(ps) > 0 {
+		t.Errorf("processes of the build still run: %v", ps)
+	}
+}
+
+// processesWith lists the processes whose command line mentions s.
+func processesWith(s string) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), s) {
+			out = append(out, ent.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return out
 }
