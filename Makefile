@@ -66,6 +66,7 @@ bench: deps-bench build testkernel
 	$(GO) run ./bench -hostile
 	$(GO) run ./bench -promote -runs 3
 	$(GO) run ./bench -images
+	$(GO) run ./bench -build -runs 3
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./bench -net; \
 	else echo "bench: skipping the tap section (needs root)"; fi

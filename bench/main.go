@@ -56,6 +56,8 @@ func main() {
 		err = runPromote(*runs, *out)
 	case *imagesOnly:
 		err = runImages(*runs, *out)
+	case *buildOnly:
+		err = runBuild(*runs, *out)
 	default:
 		err = run(*runs, *out)
 	}
@@ -232,5 +234,6 @@ func write(path string, runs int, acc accelUsed, floor, full time.Duration, sess
 	b.Write(keepSection(path, sandboxHeading)) // written by -sandbox; keep it
 	b.Write(keepSection(path, hostileHeading)) // written by -hostile; keep it
 	b.Write(keepSection(path, promoteHeading)) // written by -promote; keep it
+	b.Write(keepSection(path, buildHeading))   // written by -build; keep it
 	return os.WriteFile(path, b.Bytes(), 0o644)
 }

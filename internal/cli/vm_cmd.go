@@ -152,9 +152,13 @@ func waitOp(ctx context.Context, c *client.Client, e *env, id string) (wire.Oper
 		}
 		switch f.kind {
 		case wire.FrameStdout:
-			if err := json.Unmarshal(f.payload, &last); err != nil {
+			// A fresh value each time: a snapshot without new log lines
+			// omits them, and must not keep the previous one's.
+			var op wire.Operation
+			if err := json.Unmarshal(f.payload, &op); err != nil {
 				return last, err
 			}
+			last = op
 			if end := last.LogStart + len(last.Log); end > printed {
 				// An operation's output (a build's steps): each line
 				// once, above the progress line.

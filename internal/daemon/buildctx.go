@@ -191,23 +191,32 @@ type sftpConn interface {
 	SFTP() (*sftp.Client, error)
 }
 
+// openSFTP opens an SFTP client on the guest's agent connection; done
+// closes it. sftp calls take no context: ctx ending closes the client
+// under them.
+func openSFTP(ctx context.Context, conn guestConn) (*sftp.Client, func(), error) {
+	sc, ok := conn.(sftpConn)
+	if !ok {
+		return nil, nil, errors.New("the guest connection does not serve sftp")
+	}
+	cl, err := sc.SFTP()
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { cl.Close() })
+	return cl, func() { stop(); cl.Close() }, nil
+}
+
 // copyIn copies a COPY step's sources from the unpacked context into the
 // guest over SFTP, modes kept, owned by root. dest is absolute; a
 // trailing slash, or a folder already there, means "into this folder".
 // A folder source copies its contents, as in Dockerfiles.
 func copyIn(ctx context.Context, conn guestConn, dir string, sources []string, dest string) error {
-	sc, ok := conn.(sftpConn)
-	if !ok {
-		return errors.New("the guest connection does not serve sftp")
-	}
-	cl, err := sc.SFTP()
+	cl, done, err := openSFTP(ctx, conn)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	// sftp calls take no context: a cancel closes the client under them.
-	stop := context.AfterFunc(ctx, func() { cl.Close() })
-	defer stop()
+	defer done()
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return err

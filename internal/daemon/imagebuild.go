@@ -240,8 +240,8 @@ func (b *buildState) envMap() map[string]string {
 	return m
 }
 
-// runBuild runs the steps. ENV and WORKDIR change the config only; RUN
-// and COPY each boot a build VM on the layer so far, do their work, power
+// runBuild runs the steps. ENV and WORKDIR change the config only; RUN,
+// COPY and PACKAGES each boot a build VM on the layer so far, do their work, power
 // it off and flatten its disk into a new layer, kept in the step cache
 // under the step's key. A step whose key is cached is not run. The image
 // is registered under imageOpsMu at the end, in one store write.
@@ -261,7 +261,7 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 	st := buildState{env: append([]string(nil), parent.Config.Env...), workdir: parent.Config.WorkingDir,
 		user: parent.Config.User, key: "image " + parent.ID}
 	ctxDir := filepath.Join(dir, "context")
-	booted := 0
+	booted := 0 // steps run, not cached
 	for i, step := range r.Steps {
 		op.logf("step %d/%d: %s", i+1, len(r.Steps), shorten(step.Text, 200))
 		switch step.Op {
@@ -276,8 +276,6 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 			}
 			st.chain(step.Key())
 			continue
-		case recipe.Packages:
-			return nil, invalidf("%s:%d: PACKAGES is not supported yet; install packages with RUN in an image that has them", r.File, step.Line)
 		}
 		digest := ""
 		if step.Op == recipe.Copy {
@@ -293,7 +291,7 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 			continue
 		}
 		booted++
-		if err := s.runStep(ctx, op, r, i, step, st, cur, ctxDir, filepath.Join(dir, "layer.raw"), cached); err != nil {
+		if err := s.runStep(ctx, op, r, i, step, st, cur, dir, cached); err != nil {
 			return nil, err
 		}
 		cur = layer{cached, store.FormatRaw}
@@ -321,11 +319,12 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 	return out, nil
 }
 
-// runStep runs one RUN or COPY step in a build VM booted on cur and
+// runStep runs one RUN, COPY or PACKAGES step in a build VM booted on cur and
 // leaves its result at cached. The VM is removed however the step ends.
 func (s *imageService) runStep(ctx context.Context, op *imageBuildOp, r *recipe.Recipe, i int, step recipe.Step,
-	st buildState, cur layer, ctxDir, tmp, cached string) error {
+	st buildState, cur layer, dir, cached string) error {
 	where := fmt.Sprintf("%s:%d", r.File, step.Line)
+	ctxDir, tmp := filepath.Join(dir, "context"), filepath.Join(dir, "layer.raw")
 	vm, err := s.host.bootBuildVM(ctx, buildVMPrefix+op.id, r.From, cur.path, cur.format,
 		func(msg string) { op.Progress("step %d/%d: %s", i+1, len(r.Steps), msg) })
 	if err != nil {
@@ -348,6 +347,10 @@ func (s *imageService) runStep(ctx context.Context, op *imageBuildOp, r *recipe.
 		}
 		if err := copyIn(ctx, vm.conn, ctxDir, step.Sources, dest); err != nil {
 			return fmt.Errorf("%s: %w", where, err)
+		}
+	case recipe.Packages:
+		if err := s.runPackages(ctx, op, vm.conn, step, r.From, dir, where); err != nil {
+			return err
 		}
 	}
 	op.Progress("step %d/%d: saving the result", i+1, len(r.Steps))

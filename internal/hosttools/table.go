@@ -19,7 +19,7 @@ var table = []Tool{
 	{Binary: "apt-cache", Package: "apt", Base: true, Daemon: Optional,
 		Use: "finds Debian's cloud kernel package (the first VM fetches it; `ember kernel import` needs no apt)"},
 	{Binary: "apt-get", Package: "apt", Base: true, Daemon: Optional,
-		Use: "downloads Debian's cloud kernel package (the first VM fetches it; `ember kernel import` needs no apt)"},
+		Use: "downloads Debian's cloud kernel package (the first VM fetches it; `ember kernel import` needs no apt) and the packages of a recipe's PACKAGES step"},
 	{Binary: "dpkg-deb", Package: "dpkg", Base: true, Daemon: Optional,
 		Use: "unpacks Debian's cloud kernel package"},
 	{Binary: "mmdebstrap", Package: "mmdebstrap", Needs: []Purpose{Run, Test, FreshCheck}, Daemon: Optional,

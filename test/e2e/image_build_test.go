@@ -316,3 +316,44 @@ func TestImageBuildBadInput(t *testing.T) {
 		t.Fatalf("images after bad builds: %v", imgs)
 	}
 }
+
+// TestImageBuildPackages: PACKAGES installs Debian packages fetched by
+// the host (the guest has no network); an image without dpkg gets a clear
+// error. With the built-in debian: the issue's recipe, end to end.
+func TestImageBuildPackages(t *testing.T) {
+	e := newEnv(t)
+	dir := buildContext(t, "FROM tiny\nPACKAGES jq\n", nil)
+	if _, errOut, code := e.run("image", "build", "--context", dir, "nopkg"); code == 0 ||
+		!strings.Contains(errOut, "Emberfile:2: PACKAGES needs a Debian-based image (FROM debian, or one built on it): tiny has no /var/lib/dpkg/status") {
+		t.Fatalf("PACKAGES on tiny: exit %d, %q", code, errOut)
+	}
+	e.noBuildLeftovers()
+	if _, _, code := e.run("image", "inspect", "debian"); code != 0 {
+		t.Skip("skipping FROM debian: this ember has no built-in debian image")
+	}
+	recipe := "FROM debian\n" +
+		"PACKAGES jq\n" +
+		"ENV GREETING=\"hi there\"\n" +
+		"RUN echo '{\"a\": 41}' | jq '.a + 1' > /answer.txt\n" +
+		"COPY hello.txt /opt/hello.txt\n"
+	dir = buildContext(t, recipe, map[string]string{"hello.txt": "hello\n"})
+	if out, errOut, code := e.run("image", "build", "--context", dir, "withjq"); code != 0 {
+		t.Fatalf("build: exit %d\n%s\n%s", code, out, errOut)
+	}
+	e.must("create", "j1", "--image", "withjq")
+	for cmd, want := range map[string]string{
+		"jq --version | cut -c1-3":                        "jq-\n",
+		"cat /answer.txt":                                 "42\n",
+		"cat /opt/hello.txt":                              "hello\n",
+		`echo "$GREETING"`:                                "hi there\n",
+		"test -e /var/cache/ember-packages || echo clean": "clean\n",
+	} {
+		if got := e.must("exec", "j1", "--", "sh", "-c", cmd); got != want {
+			t.Errorf("%s: %q, want %q", cmd, got, want)
+		}
+	}
+	e.must("session", "new", "j1", "s")
+	if out := e.must("session", "run", "j1", "s", "--", `echo "$GREETING"`); !strings.Contains(out, "hi there") {
+		t.Errorf("session: %q", out)
+	}
+}
