@@ -20,7 +20,7 @@ func imageImportCmd(e *env) *cobra.Command {
 		Use:   "import SOURCE NAME",
 		Short: "Import a container image: a docker save or OCI layout archive, or a registry reference",
 		Long: "Import a container image as an ember image. SOURCE is a file (`docker save` output or an\n" +
-			"OCI image layout in a tar, read with your own rights) or a registry reference such as\n" +
+			"OCI image layout in a tar, plain, gzip or zstd, read with your own rights) or a registry reference such as\n" +
 			"registry.example.com/team/app:1.2 or repo@sha256:.... Layers are applied in order with\n" +
 			"whiteouts; the image's Env, WorkingDir and User apply to exec and sessions in its VMs.\n" +
 			"The import is an operation: Ctrl-C stops waiting, `ember op cancel ID` stops the import.",

@@ -108,7 +108,11 @@ func (s *imageService) importFrom(ctx context.Context, p wire.ImageImportParams,
 	var src v1.Image
 	var err error
 	if archive != nil {
-		src, err = openArchive(archive, p.Source)
+		var done func()
+		src, done, err = s.openArchive(ctx, archive, p.Source, progress)
+		if err == nil {
+			defer done()
+		}
 	} else {
 		progress("pulling " + p.Source)
 		src, err = oci.Pull(ctx, p.Source)
@@ -235,21 +239,41 @@ func (s *imageService) recordNew(ctx context.Context, img store.Image) error {
 }
 
 // openArchive reads the image in a client's archive: an open, readable
-// regular file, not on FUSE (whose server could stall the import).
-func openArchive(f *os.File, source string) (v1.Image, error) {
+// regular file, not on FUSE (whose server could stall the import). A
+// compressed one is decompressed first into a nameless file in the
+// images folder (oci.Spool), within the import's bound; done closes it.
+func (s *imageService) openArchive(ctx context.Context, f *os.File, source string, progress func(string)) (img v1.Image, done func(), err error) {
 	size, err := kernel.ReadableFile(f)
 	if err != nil {
-		return nil, invalidf("archive %s: %v", source, err)
+		return nil, nil, invalidf("archive %s: %v", source, err)
 	}
-	a, err := oci.OpenArchive(f, size)
+	lim, _ := importLimits(s.layout.ImagesDir())
+	plain, err := oci.Spool(ctx, f, s.layout.ImagesDir(), lim.MaxBytes)
 	if err != nil {
-		return nil, fmt.Errorf("archive %s: %w", source, err)
+		return nil, nil, fmt.Errorf("archive %s: %w", source, err)
 	}
-	img, err := a.Image(oci.Platform)
+	done = func() {}
+	if plain != f {
+		progress("decompressed the archive")
+		done = func() { plain.Close() }
+		if fi, err := plain.Stat(); err == nil {
+			size = fi.Size()
+		}
+	}
+	a, err := oci.OpenArchive(plain, size)
+	if err == nil {
+		img, err = a.Image(oci.Platform)
+		if err != nil {
+			err = invalidf("archive %s: %v", source, err)
+		}
+	} else {
+		err = fmt.Errorf("archive %s: %w", source, err)
+	}
 	if err != nil {
-		return nil, invalidf("archive %s: %v", source, err)
+		done()
+		return nil, nil, err
 	}
-	return img, nil
+	return img, done, nil
 }
 
 // sweepImports removes the work folders and partial images of imports a

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -99,6 +101,13 @@ func TestImageImport(t *testing.T) {
 	if err := ocitest.WriteDockerArchive(img, "example.com/fixture:1", dockerTar); err != nil {
 		t.Fatal(err)
 	}
+	gzTar := filepath.Join(tmp, "img.docker.tar.gz") // docker save | gzip
+	raw, _ := os.ReadFile(dockerTar)
+	var gz bytes.Buffer
+	gw := gzip.NewWriter(&gz)
+	gw.Write(raw)
+	gw.Close()
+	os.WriteFile(gzTar, gz.Bytes(), 0o644)
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
@@ -107,7 +116,7 @@ func TestImageImport(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &wire.ImageConfig{Env: ocitest.Config.Env, WorkingDir: "/work", User: "app"}
-	for _, c2 := range []struct{ name, source string }{{"from-oci", ociTar}, {"from-docker", dockerTar}, {"from-registry", host + "/fixture:v1"}} {
+	for _, c2 := range []struct{ name, source string }{{"from-oci", ociTar}, {"from-docker", dockerTar}, {"from-gzip", gzTar}, {"from-registry", host + "/fixture:v1"}} {
 		got, progress, err := importAndWait(t, c, wire.ImageImportParams{Name: c2.name, Source: c2.source, Archive: c2.name != "from-registry"})
 		if err != nil {
 			t.Fatalf("%s: %v", c2.name, err)
@@ -123,7 +132,7 @@ func TestImageImport(t *testing.T) {
 		}
 	}
 	before := imagesDirEntries(t, td)
-	if len(before) != 3 {
+	if len(before) != 4 {
 		t.Fatalf("images folder: %v", before)
 	}
 
@@ -152,8 +161,8 @@ func TestImageImport(t *testing.T) {
 		t.Errorf("bad imports left %v (before %v)", after, before)
 	}
 	imgs, _ := td.store.ListImages(ctx)
-	if len(imgs) != 3 {
-		t.Errorf("%d images recorded, want 3", len(imgs))
+	if len(imgs) != 4 {
+		t.Errorf("%d images recorded, want 4", len(imgs))
 	}
 }
 

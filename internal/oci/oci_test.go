@@ -2,6 +2,8 @@ package oci_test
 
 import (
 	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +25,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/emberhq/ember/internal/oci"
 	"github.com/emberhq/ember/internal/oci/ocitest"
@@ -522,4 +525,79 @@ func TestUnpackRandomStacksMatchMutateExtract(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A compressed archive (`docker save | gzip`, or zstd) is decompressed
+// into a file with no name and read like the plain one; one that would
+// pass the bound is refused.
+func TestSpoolCompressedArchives(t *testing.T) {
+	img := fixture(t)
+	tmp := t.TempDir()
+	plain := filepath.Join(tmp, "img.tar")
+	if err := ocitest.WriteDockerArchive(img, "example.com/fixture:1", plain); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(plain)
+	var gz, zs bytes.Buffer
+	gw := gzip.NewWriter(&gz)
+	gw.Write(raw)
+	gw.Close()
+	zw, _ := zstd.NewWriter(&zs)
+	zw.Write(raw)
+	zw.Close()
+	spoolDir := t.TempDir()
+	for name, b := range map[string][]byte{"plain": raw, "gzip": gz.Bytes(), "zstd": zs.Bytes()} {
+		p := filepath.Join(tmp, name)
+		os.WriteFile(p, b, 0o644)
+		f, _ := os.Open(p)
+		s, err := oci.Spool(context.Background(), f, spoolDir, 64<<20)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if (s == f) != (name == "plain") {
+			t.Errorf("%s: spooled %v", name, s != f)
+		}
+		fi, _ := s.Stat()
+		a, err := oci.OpenArchive(s, fi.Size())
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got, err := a.Image(oci.Platform)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !reflect.DeepEqual(flattened(t, got), flattened(t, img)) {
+			t.Errorf("%s: flattened differently", name)
+		}
+		if s != f {
+			s.Close()
+		}
+		f.Close()
+		if _, err := oci.Spool(context.Background(), mustOpen(t, p), spoolDir, 1024); name != "plain" && !errors.Is(err, oci.ErrTooLarge) {
+			t.Errorf("%s past the bound: %v", name, err)
+		}
+	}
+	if left, _ := os.ReadDir(spoolDir); len(left) != 0 {
+		t.Errorf("spool files left: %v", left)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := oci.Spool(ctx, mustOpen(t, filepath.Join(tmp, "gzip")), spoolDir, 64<<20); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+	bad := filepath.Join(tmp, "bad.gz")
+	os.WriteFile(bad, append([]byte{0x1f, 0x8b}, []byte("not gzip at all")...), 0o644)
+	if _, err := oci.Spool(context.Background(), mustOpen(t, bad), spoolDir, 1<<20); !errors.Is(err, oci.ErrNotImage) {
+		t.Errorf("bad gzip: %v", err)
+	}
+}
+
+func mustOpen(t *testing.T, p string) *os.File {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
 }
