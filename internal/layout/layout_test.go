@@ -38,21 +38,23 @@ func TestConfigDefaultsAndFile(t *testing.T) {
 		t.Fatalf("missing file: %v %+v", err, cfg)
 	}
 	p := filepath.Join(dir, "c.toml")
-	os.WriteFile(p, []byte("accel = \"tcg\"\nboot_timeout = \"90s\"\ndefault_memory_mib = 512\n"), 0o644)
+	os.WriteFile(p, []byte("accel = \"tcg\"\nboot_timeout = \"90s\"\ndefault_memory_mib = 512\nbuiltin_image_cache = \"/var/cache/ember\"\n"), 0o644)
 	cfg, err = LoadConfig(p)
-	if err != nil || cfg.Accel != "tcg" || cfg.BootTimeout.Duration != 90*time.Second || cfg.DefaultMemoryMiB != 512 {
+	if err != nil || cfg.Accel != "tcg" || cfg.BootTimeout.Duration != 90*time.Second || cfg.DefaultMemoryMiB != 512 ||
+		cfg.BuiltinImageCache != "/var/cache/ember" {
 		t.Fatalf("file values: %v %+v", err, cfg)
 	}
 }
 
 func TestConfigReportsEveryProblem(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "c.toml")
-	os.WriteFile(p, []byte("accel = \"warp\"\ndefault_cpus = 0\nbogus = 1\n"), 0o644)
+	os.WriteFile(p, []byte("accel = \"warp\"\ndefault_cpus = 0\nbogus = 1\nbuiltin_image_cache = \"cache\"\n"), 0o644)
 	_, err := LoadConfig(p)
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, want := range []string{"unknown key `bogus`", "`accel` must be auto, kvm or tcg", "`default_cpus` must be 1..64"} {
+	for _, want := range []string{"unknown key `bogus`", "`accel` must be auto, kvm or tcg", "`default_cpus` must be 1..64",
+		"`builtin_image_cache` must be an absolute path, not \"cache\""} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

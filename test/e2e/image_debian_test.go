@@ -59,8 +59,8 @@ func TestDebianBuiltin(t *testing.T) {
 	// A create from another image never waits for the debian build: it
 	// completes while that build still runs.
 	e.must("create", "t1")
-	if op := e.opOf(opID); op.State != wire.OpRunning || !strings.HasPrefix(op.Progress, building) {
-		t.Fatalf("debian's create after tiny's completed: %+v, want it still building", op)
+	if op := e.opOf(opID); op.State != wire.OpRunning {
+		t.Fatalf("debian's create after tiny's completed: %+v, want it still running", op)
 	}
 	e.must("op", "wait", opID)
 	checkDebian(t, e, "d1")
