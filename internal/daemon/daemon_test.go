@@ -26,17 +26,24 @@ func serveStoppable(t *testing.T, td *testDaemon) (*client.Client, func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = td.Serve(ctx) }()
+	var serveErr error
+	go func() { defer close(done); serveErr = td.Serve(ctx) }()
 	stop := func() { cancel(); <-done }
 	t.Cleanup(stop)
 	c := &client.Client{Socket: td.layout.Socket()}
 	// Wait until the daemon answers; a loaded machine can take a while.
+	var err error
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		if err := c.Call(context.Background(), "vm.list", nil, nil); err == nil {
-			break
+		if err = c.Call(context.Background(), "vm.list", nil, nil); err == nil {
+			return c, stop
 		}
-		time.Sleep(5 * time.Millisecond)
+		select {
+		case <-done:
+			t.Fatalf("serve ended before it answered: %v", serveErr)
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
+	t.Fatalf("the daemon did not answer within 30 s: %v", err)
 	return c, stop
 }
 
