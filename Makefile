@@ -55,7 +55,7 @@ fuzz:
 	@FUZZTIME=$(FUZZTIME) GO=$(GO) bash scripts/fuzz.sh
 
 e2e: build testkernel
-	$(GO) test -count=1 -timeout 25m -v ./test/e2e/...
+	$(GO) test -count=1 -timeout 50m -v ./test/e2e/...
 
 test: deps-test vet unit fuzz e2e
 
