@@ -24,6 +24,8 @@ import (
 
 // bootRequest asks for what a boot needs; bootFiles is the answer.
 type bootRequest struct {
+	// Image "" prepares no disk: the caller brings its own (a build step
+	// on an OCI base).
 	Image, Kernel string
 	Progress      func(string)
 }
@@ -83,12 +85,16 @@ func (s *bootService) prepareBoot(ctx context.Context, r bootRequest) (bootFiles
 	if err != nil {
 		return bootFiles{}, fmt.Errorf("initramfs for kernel %s: %w", k.Name, err)
 	}
+	files := bootFiles{KernelName: k.Name, Vmlinuz: k.Vmlinuz, Initrd: initrd}
+	if r.Image == "" {
+		return files, nil
+	}
 	img, err := s.images.ensure(ctx, r.Image, agent, r.Progress)
 	if err != nil {
 		return bootFiles{}, err
 	}
-	return bootFiles{KernelName: k.Name, Vmlinuz: k.Vmlinuz, Initrd: initrd, Disk: img.Path,
-		DiskFormat: img.Format, DiskBytes: img.SizeBytes}, nil
+	files.Disk, files.DiskFormat, files.DiskBytes = img.Path, img.Format, img.SizeBytes
+	return files, nil
 }
 
 // findAgent finds the guest agent binary: explicit, EMBER_AGENT, beside the

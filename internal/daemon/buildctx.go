@@ -207,6 +207,16 @@ func openSFTP(ctx context.Context, conn guestConn) (*sftp.Client, func(), error)
 	return cl, func() { stop(); cl.Close() }, nil
 }
 
+// makeGuestDir makes dir and its parents in the guest.
+func makeGuestDir(ctx context.Context, conn guestConn, dir string) error {
+	cl, done, err := openSFTP(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return cl.MkdirAll(dir)
+}
+
 // copyIn copies a COPY step's sources from the unpacked context into the
 // guest over SFTP, modes kept, owned by root. dest is absolute; a
 // trailing slash, or a folder already there, means "into this folder".

@@ -33,7 +33,10 @@ type buildHost interface {
 	// prepareImage returns image name's record, building a built-in one
 	// on first use (and the kernel and initramfs builds boot with).
 	prepareImage(ctx context.Context, name string, progress func(string)) (store.Image, error)
-	bootBuildVM(ctx context.Context, name, image, base, baseFormat string, progress func(string)) (buildVM, error)
+	// bootBuildVM boots a VM named name whose disk is an overlay of base
+	// (of sizeBytes; 0 keeps base's size). image names its record's
+	// image; "" for none (an OCI base).
+	bootBuildVM(ctx context.Context, name, image, base, baseFormat string, sizeBytes int64, progress func(string)) (buildVM, error)
 	// powerOffBuildVM shuts the guest down cleanly, so its disk is
 	// consistent (an error when it did not); the VM's record and folder
 	// stay for removeVM.
@@ -55,7 +58,7 @@ func (s *vmService) prepareImage(ctx context.Context, name string, progress func
 // bootBuildVM records a VM called name on image (its kernel is the
 // default one), makes its disk an overlay of base and boots it, as create
 // does. Whatever it made is removed if it fails.
-func (s *vmService) bootBuildVM(ctx context.Context, name, image, base, baseFormat string, progress func(string)) (_ buildVM, err error) {
+func (s *vmService) bootBuildVM(ctx context.Context, name, image, base, baseFormat string, sizeBytes int64, progress func(string)) (_ buildVM, err error) {
 	nw, err := s.nets.of(hypervisor.NetUser)
 	if err != nil {
 		return buildVM{}, err
@@ -76,7 +79,7 @@ func (s *vmService) bootBuildVM(ctx context.Context, name, image, base, baseForm
 	}
 	vm.Kernel = files.KernelName
 	files.Disk, files.DiskFormat = base, baseFormat
-	disk, err := s.createDisk(ctx, &undo, vm, base, baseFormat, 0)
+	disk, err := s.createDisk(ctx, &undo, vm, base, baseFormat, sizeBytes)
 	if err != nil {
 		return buildVM{}, err
 	}

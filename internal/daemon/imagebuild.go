@@ -18,6 +18,7 @@ import (
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/oci"
 	"github.com/emberhq/ember/internal/recipe"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
@@ -188,6 +189,15 @@ func (s *imageService) checkBuild(ctx context.Context, p wire.ImageBuildParams) 
 	} else if ok {
 		return nil, conflictf("image %q already exists; build under another name or remove it first", p.Name)
 	}
+	if fromOCI(r.From) {
+		if oci.LooksLikeFile(r.From) {
+			return nil, invalidf("%s:%d: FROM %s: a recipe cannot start from an archive file; `ember image import` it and name that image", r.File, r.FromLine, r.From)
+		}
+		if _, err := oci.ParseRef(r.From); err != nil {
+			return nil, invalidf("%s:%d: FROM: %v", r.File, r.FromLine, err)
+		}
+		return r, nil
+	}
 	if _, ok, err := s.lookup(ctx, r.From); err != nil {
 		return nil, err
 	} else if !ok {
@@ -198,7 +208,24 @@ func (s *imageService) checkBuild(ctx context.Context, p wire.ImageBuildParams) 
 
 // layer is a disk file a step starts from: the FROM image's, or a step's
 // result in the cache (a standalone sparse raw file).
-type layer struct{ path, format string }
+type layer struct {
+	path, format string
+	size         int64 // the disk's size (a raw file's is its length)
+}
+
+// minOCIBuildDisk is the disk of a build VM on an OCI base, whose file
+// system is made only a little larger than its files: the agent grows it
+// at boot, so RUN steps have room.
+const minOCIBuildDisk = 2 << 30
+
+// cachedLayer is the layer a step's result is, in the cache.
+func cachedLayer(path string) (layer, bool) {
+	fi, err := os.Stat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return layer{}, false
+	}
+	return layer{path, store.FormatRaw, fi.Size()}, true
+}
 
 // buildState is what the steps so far have set: the config the image
 // gets, and the cache key of the result so far.
@@ -249,15 +276,21 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 	ctx := op.ctx
 	progress := func(msg string) { op.Progress("%s", msg) }
 	op.logf("FROM %s", r.From)
-	parent, err := s.host.prepareImage(ctx, r.From, progress)
-	if err != nil {
-		return nil, fmt.Errorf("%s:%d: FROM %s: %w", r.File, r.FromLine, r.From, err)
-	}
 	cacheDir := filepath.Join(s.layout.ImagesDir(), buildCacheDir)
 	if err := os.MkdirAll(cacheDir, 0o700); err != nil {
 		return nil, fmt.Errorf("build cache folder: %w", err)
 	}
-	cur := layer{parent.Path, parent.Format}
+	var parent store.Image
+	var err error
+	if fromOCI(r.From) {
+		parent, err = s.ociBase(ctx, r.From, cacheDir, progress)
+	} else {
+		parent, err = s.host.prepareImage(ctx, r.From, progress)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s:%d: FROM %s: %w", r.File, r.FromLine, r.From, err)
+	}
+	cur := layer{parent.Path, parent.Format, parent.SizeBytes}
 	st := buildState{env: append([]string(nil), parent.Config.Env...), workdir: parent.Config.WorkingDir,
 		user: parent.Config.User, key: "image " + parent.ID}
 	ctxDir := filepath.Join(dir, "context")
@@ -285,23 +318,29 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 		}
 		st.chain(step.Key(), strings.Join(st.env, "\x00"), st.workdir, digest)
 		cached := filepath.Join(cacheDir, st.key+".raw")
-		if _, err := os.Stat(cached); err == nil {
+		if l, ok := cachedLayer(cached); ok {
 			op.logf("  cached")
-			cur = layer{cached, store.FormatRaw}
+			cur = l
 			continue
 		}
 		booted++
 		if err := s.runStep(ctx, op, r, i, step, st, cur, dir, cached); err != nil {
 			return nil, err
 		}
-		cur = layer{cached, store.FormatRaw}
+		var ok bool
+		if cur, ok = cachedLayer(cached); !ok {
+			return nil, fmt.Errorf("%s:%d: the step's result %s is missing", r.File, step.Line, cached)
+		}
 	}
 	if cur.path == parent.Path {
 		// Nothing but config: the image still gets a file of its own.
 		if err := s.copyLayer(ctx, cur, dir, filepath.Join(cacheDir, st.key+".raw")); err != nil {
 			return nil, err
 		}
-		cur = layer{filepath.Join(cacheDir, st.key+".raw"), store.FormatRaw}
+		var ok bool
+		if cur, ok = cachedLayer(filepath.Join(cacheDir, st.key+".raw")); !ok {
+			return nil, fmt.Errorf("the image's file is missing from the build cache")
+		}
 	}
 	op.Progress("registering image %s", name)
 	img, err := s.registerBuilt(ctx, name, cur, parent, r, st)
@@ -309,13 +348,7 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 		return nil, err
 	}
 	op.logf("built image %s (%d of %d steps run, the rest cached)", name, booted, len(r.Steps))
-	w := wire.Image{Name: img.Name, ID: img.ID, Kind: img.Kind, Format: img.Format, Path: img.Path,
-		SizeBytes: img.SizeBytes, Kernel: img.Kernel, CreatedAt: img.CreatedAt, Parent: img.Parent,
-		RecipeDigest: img.RecipeDigest}
-	if !img.Config.IsZero() {
-		w.Config = &wire.ImageConfig{Env: img.Config.Env, WorkingDir: img.Config.WorkingDir, User: img.Config.User}
-	}
-	out, _ := json.Marshal(w)
+	out, _ := json.Marshal(wireImage(img))
 	return out, nil
 }
 
@@ -325,7 +358,11 @@ func (s *imageService) runStep(ctx context.Context, op *imageBuildOp, r *recipe.
 	st buildState, cur layer, dir, cached string) error {
 	where := fmt.Sprintf("%s:%d", r.File, step.Line)
 	ctxDir, tmp := filepath.Join(dir, "context"), filepath.Join(dir, "layer.raw")
-	vm, err := s.host.bootBuildVM(ctx, buildVMPrefix+op.id, r.From, cur.path, cur.format,
+	image, size := r.From, int64(0)
+	if fromOCI(image) {
+		image, size = "", max(cur.size, minOCIBuildDisk) // no ember image: the VM boots on the layer alone
+	}
+	vm, err := s.host.bootBuildVM(ctx, buildVMPrefix+op.id, image, cur.path, cur.format, size,
 		func(msg string) { op.Progress("step %d/%d: %s", i+1, len(r.Steps), msg) })
 	if err != nil {
 		return fmt.Errorf("%s: boot the build vm: %w", where, err)
@@ -372,12 +409,9 @@ func (s *imageService) runStep(ctx context.Context, op *imageBuildOp, r *recipe.
 // output going to the build's log.
 func (s *imageService) runRun(ctx context.Context, op *imageBuildOp, conn guestConn, step recipe.Step, st buildState, where string) error {
 	if st.workdir != "" && st.workdir != "/" {
-		// WORKDIR makes its folder, as in Dockerfiles.
-		status, err := conn.Exec(ctx, guest.ExecRequest{Argv: []string{"mkdir", "-p", st.workdir}, Stdout: op, Stderr: op})
-		if err == nil && status != 0 {
-			err = fmt.Errorf("mkdir exited with status %d", status)
-		}
-		if err != nil {
+		// WORKDIR makes its folder, as in Dockerfiles; through the agent,
+		// so an image without mkdir works too.
+		if err := makeGuestDir(ctx, conn, st.workdir); err != nil {
 			return fmt.Errorf("%s: make WORKDIR %s: %w", where, st.workdir, err)
 		}
 	}
@@ -446,14 +480,69 @@ func (s *imageService) registerBuilt(ctx context.Context, name string, cur layer
 		return store.Image{}, fmt.Errorf("image file: %w", err)
 	}
 	img := store.Image{Name: name, ID: id, Kind: store.ImageBuilt, Path: file, Format: store.FormatRaw,
-		SizeBytes: parent.SizeBytes, Kernel: parent.Kernel, CreatedAt: time.Now().UTC(), Parent: parent.Name,
-		RecipeDigest: r.Digest, Config: store.ImageConfig{Env: st.env, WorkingDir: st.workdir, User: st.user}}
+		SizeBytes: cur.size, Kernel: parent.Kernel, CreatedAt: time.Now().UTC(), Parent: parent.Name,
+		RecipeDigest: r.Digest, Config: store.ImageConfig{Env: st.env, WorkingDir: st.workdir, User: st.user},
+		Meta: parent.Meta}
 	// Record and check under one context the request cannot cancel: a
 	// build cancelled after this point has made its image.
 	if err := s.store.PutImage(context.Background(), img); err != nil {
 		os.Remove(file)
 		return store.Image{}, fmt.Errorf("record image %s: %w", name, err)
 	}
+	return img, nil
+}
+
+// fromOCI reports whether a recipe's FROM names an OCI image (a registry
+// reference, or a file) rather than an ember image: ember names have no
+// '/', ':', '@' or '.'.
+func fromOCI(from string) bool { return !layout.ValidName(from) }
+
+// ociBase is a FROM of a registry reference: the image pulled (anonymously,
+// as import does) and made an ext4 file once per digest, kept in the
+// build cache beside its config. The record returned is no registered
+// image: it has no name, its ID is the digest.
+func (s *imageService) ociBase(ctx context.Context, ref, cacheDir string, progress func(string)) (store.Image, error) {
+	progress("pulling " + ref)
+	src, err := oci.Pull(ctx, ref)
+	if err != nil {
+		return store.Image{}, err
+	}
+	digest, err := src.Digest()
+	if err != nil {
+		return store.Image{}, fmt.Errorf("%s: %w", ref, err)
+	}
+	base := filepath.Join(cacheDir, "oci-"+digest.Hex)
+	meta, _ := json.Marshal(map[string]string{"from": ref, "digest": digest.String()})
+	img := store.Image{ID: "oci " + digest.String(), Path: base + ".ext4", Format: store.FormatRaw, Meta: meta}
+	if b, err := os.ReadFile(base + ".json"); err == nil {
+		var rec struct {
+			Size   int64
+			Config store.ImageConfig
+		}
+		if json.Unmarshal(b, &rec) == nil {
+			if _, err := os.Stat(img.Path); err == nil {
+				img.SizeBytes, img.Config = rec.Size, rec.Config
+				return img, nil
+			}
+		}
+	}
+	rec, err := s.diskFromOCI(ctx, src, "from-oci", ref, progress)
+	if err != nil {
+		return store.Image{}, err
+	}
+	if err := os.Rename(rec.Path, img.Path); err != nil {
+		os.Remove(rec.Path)
+		return store.Image{}, err
+	}
+	// The config last: it marks the base whole.
+	b, _ := json.Marshal(struct {
+		Size   int64
+		Config store.ImageConfig
+	}{rec.SizeBytes, rec.Config})
+	if err := os.WriteFile(base+".json", b, 0o600); err != nil {
+		return store.Image{}, err
+	}
+	img.SizeBytes, img.Config = rec.SizeBytes, rec.Config
 	return img, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/oci/ocitest"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -294,6 +295,9 @@ func TestImageBuildBadInput(t *testing.T) {
 		{name: "invalid name", recipe: "FROM tiny\nRUN true\n", image: "Bad_Name",
 			want: `image name "Bad_Name" is not valid`},
 		{name: "unknown FROM", recipe: "\nFROM nosuch\nRUN true\n", want: "Emberfile:2: FROM nosuch: image not found"},
+		{name: "FROM an archive", recipe: "FROM ./busybox.tar\nRUN true\n",
+			want: "Emberfile:1: FROM ./busybox.tar: a recipe cannot start from an archive file; `ember image import` it and name that image"},
+		{name: "FROM a bad reference", recipe: "FROM Bad:Ref:x\n", want: "Emberfile:1: FROM: \"Bad:Ref:x\" is not an image reference"},
 	}
 	for _, c := range cases {
 		dir := buildContext(t, c.recipe, c.files)
@@ -312,8 +316,10 @@ func TestImageBuildBadInput(t *testing.T) {
 		}
 	}
 	e.noBuildLeftovers()
-	if imgs := e.images(); len(imgs) != 1 {
-		t.Fatalf("images after bad builds: %v", imgs)
+	for name, img := range e.images() {
+		if img.Kind != "builtin" {
+			t.Fatalf("image %s after bad builds: %+v", name, img)
+		}
 	}
 }
 
@@ -356,4 +362,35 @@ func TestImageBuildPackages(t *testing.T) {
 	if out := e.must("session", "run", "j1", "s", "--", `echo "$GREETING"`); !strings.Contains(out, "hi there") {
 		t.Errorf("session: %q", out)
 	}
+}
+
+// TestImageBuildFromRegistry: FROM a reference served by an in-process
+// registry on loopback: the build starts from the pulled image, keeps its
+// config (Env, WorkingDir, User) under the recipe's, RUN runs as its
+// user; a rebuild takes the pulled base and every step from the cache.
+func TestImageBuildFromRegistry(t *testing.T) {
+	_, ref := busyboxInRegistry(t)
+	e := newEnv(t)
+	recipe := "FROM " + ref + "\n" +
+		"ENV STAGE=built\n" +
+		"RUN echo \"$GREETING $STAGE $(id -u) $(pwd)\" > /work/from-run.txt\n" +
+		"COPY note.txt /data/note.txt\n"
+	dir := buildContext(t, recipe, map[string]string{"note.txt": "note\n"})
+	if out, errOut, code := e.run("image", "build", "--context", dir, "onbusybox"); code != 0 {
+		t.Fatalf("build: exit %d\n%s\n%s", code, out, errOut)
+	}
+	got := e.images()["onbusybox"]
+	if got.Kind != "built" || got.Parent != "" || got.Config == nil || got.Config.User != "app" || got.Config.WorkingDir != "/work" ||
+		strings.Join(got.Config.Env, " ") != strings.Join(append(append([]string(nil), ocitest.Config.Env...), "STAGE=built"), " ") {
+		t.Fatalf("image: %+v %+v", got, got.Config)
+	}
+	e.must("create", "ob", "--image", "onbusybox")
+	if out := e.must("exec", "ob", "--", "cat", "/work/from-run.txt", "/data/note.txt", "/data/keep.txt"); out != "hello from oci built 1000 /work\nnote\nkeep\n" {
+		t.Fatalf("files: %q", out)
+	}
+	_, errOut, code := e.run("image", "build", "--context", dir, "onbusybox2")
+	if code != 0 || strings.Count(errOut, "  cached") != 2 || !strings.Contains(errOut, "(0 of 3 steps run, the rest cached)") {
+		t.Fatalf("rebuild: exit %d\n%s", code, errOut)
+	}
+	e.noBuildLeftovers("onbusybox", "onbusybox2")
 }

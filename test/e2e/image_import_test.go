@@ -12,12 +12,39 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/oci/ocitest"
 	"github.com/emberhq/ember/internal/wire"
 )
+
+// busyboxInRegistry serves ocitest.Busybox from go-containerregistry's
+// in-process registry on loopback until the test ends, and returns it and
+// its reference (127.0.0.1:PORT/e2e/busybox:v1).
+func busyboxInRegistry(t *testing.T) (v1.Image, string) {
+	t.Helper()
+	bb, err := hosttools.Find("busybox")
+	if err != nil {
+		t.Fatalf("%v (make deps-test installs busybox-static)", err)
+	}
+	img, err := ocitest.Busybox(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/e2e/busybox:v1"
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	return img, ref
+}
 
 // issue 9, import: an OCI archive the test writes (the host's static
 // busybox in its first layer, a whiteout of a file and of a folder and an
@@ -30,28 +57,11 @@ import (
 // (a corrupt archive, a missing file, an unknown reference, a bad name,
 // a taken name) is refused with a clear error and keeps nothing.
 func TestImageImport(t *testing.T) {
-	bb, err := hosttools.Find("busybox")
-	if err != nil {
-		t.Fatalf("%v (make deps-test installs busybox-static)", err)
-	}
-	img, err := ocitest.Busybox(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, ref := busyboxInRegistry(t)
+	host, _, _ := strings.Cut(ref, "/") // 127.0.0.1:PORT
 	tmp := t.TempDir()
 	archive := filepath.Join(tmp, "busybox-oci.tar")
 	if err := ocitest.WriteOCIArchive(img, archive); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	defer srv.Close()
-	host := strings.TrimPrefix(srv.URL, "http://") // 127.0.0.1:PORT
-	ref := host + "/e2e/busybox:v1"
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
 		t.Fatal(err)
 	}
 
