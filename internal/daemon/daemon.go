@@ -192,8 +192,8 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 // half-made VMs removed there give their TAPs back.
 func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervisor.Driver, key ssh.Signer) error {
 	d.ops = &opService{store: d.store, log: d.log, retention: d.cfg.OperationRetention.Duration}
-	d.images = newImageService(d.layout, d.store, d.cfg.BuiltinImageCache, d.cfg.OperationRetention.Duration)
-	d.images.log, d.images.driver, d.images.base = d.log, driver, d.base
+	d.images = newImageService(d.layout, d.store, d.log, d.cfg.BuiltinImageCache, d.cfg.OperationRetention.Duration)
+	d.images.driver, d.images.base = driver, d.base
 	d.images.background, d.images.persist = &d.background, d.ops.persist
 	sweepImports(d.layout.ImagesDir())
 	d.boot = &bootService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver,

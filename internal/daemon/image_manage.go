@@ -155,6 +155,7 @@ func (s *imageService) registerFile(ctx context.Context, p wire.ImageRegisterPar
 		os.Remove(path)
 		return store.Image{}, fmt.Errorf("record image %s: %w", p.Name, err)
 	}
+	s.log.Info("image registered", "image", p.Name, "id", id, "from", src, "bytes", size)
 	return s.store.GetImage(ctx, p.Name)
 }
 
@@ -242,6 +243,7 @@ func (s *imageService) remove(ctx context.Context, p wire.ImageRemoveParams) err
 	if err := os.Remove(img.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("image %s removed; its file %s stays until the daemon's next start: %w", p.Name, img.Path, err)
 	}
+	s.log.Info("image removed", "image", p.Name, "id", img.ID)
 	return nil
 }
 

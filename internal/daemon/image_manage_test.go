@@ -176,7 +176,7 @@ func TestBuiltinFirstUseBuildsOnce(t *testing.T) {
 			return write(path)
 		}},
 	}
-	svc := newImageService(td.layout, td.store, "", 0)
+	svc := newImageService(td.layout, td.store, discardLogger(), "", 0)
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	ids := make([]string, 3)

@@ -84,8 +84,8 @@ type imageService struct {
 	buildOps *opRegistry[*imageBuildOp]
 }
 
-func newImageService(l layout.Layout, st *store.Store, cache string, retention time.Duration) *imageService {
-	s := &imageService{layout: l, store: st, cache: cache, builtinSlots: map[string]chan struct{}{},
+func newImageService(l layout.Layout, st *store.Store, log *slog.Logger, cache string, retention time.Duration) *imageService {
+	s := &imageService{layout: l, store: st, log: log, cache: cache, builtinSlots: map[string]chan struct{}{},
 		reserved: map[string]bool{}, buildOps: newOpRegistry[*imageBuildOp](retention)}
 	for _, b := range builtins {
 		s.builtinSlots[b.name] = make(chan struct{}, 1)
@@ -170,6 +170,7 @@ func (s *imageService) ensure(ctx context.Context, name, agent string, progress 
 	// Each stage names what is built, so a client that sees only some
 	// progress lines still sees why create takes long.
 	stage := func(msg string) { progress(building + ": " + msg) }
+	start := time.Now()
 	if err := s.buildBuiltin(ctx, b, agent, path, stage); err != nil {
 		return img, fmt.Errorf("build image %s: %w", name, err)
 	}
@@ -185,6 +186,7 @@ func (s *imageService) ensure(ctx context.Context, name, agent string, progress 
 		os.Remove(path)
 		return img, fmt.Errorf("record image %s: %w", name, err)
 	}
+	s.log.Info("built-in image made", "image", name, "id", img.ID, "took", time.Since(start).Round(time.Millisecond))
 	return img, nil
 }
 
