@@ -35,7 +35,7 @@ var builtins = []builtin{
 		build: func(ctx context.Context, agent, path string, _ func(string)) error {
 			busybox, err := image.FindBusybox()
 			if err != nil {
-				return err
+				return fmt.Errorf("build tiny image: %w", err)
 			}
 			return image.BuildTiny(ctx, agent, busybox, path, image.DefaultTinySizeMiB)
 		}},
@@ -172,7 +172,7 @@ func (s *imageService) ensure(ctx context.Context, name, agent string, progress 
 	stage := func(msg string) { progress(building + ": " + msg) }
 	start := time.Now()
 	if err := s.buildBuiltin(ctx, b, agent, path, stage); err != nil {
-		return img, fmt.Errorf("build image %s: %w", name, err)
+		return img, err // the builders' errors name the image
 	}
 	img = store.Image{Name: name, Kind: store.ImageBuiltin, Path: path, Format: store.FormatRaw,
 		SizeBytes: int64(b.sizeMiB) << 20, CreatedAt: time.Now().UTC()}
@@ -198,11 +198,11 @@ func (s *imageService) buildBuiltin(ctx context.Context, b builtin, agent, path 
 		return b.build(ctx, agent, path, progress)
 	}
 	if err := os.MkdirAll(s.cache, 0o755); err != nil {
-		return fmt.Errorf("builtin image cache: %w", err)
+		return fmt.Errorf("build image %s: builtin_image_cache: %w", b.name, err)
 	}
 	unlock, err := lockFile(ctx, filepath.Join(s.cache, b.cacheKey+".lock"))
 	if err != nil {
-		return fmt.Errorf("builtin image cache: %w", err)
+		return fmt.Errorf("build image %s: builtin_image_cache: %w", b.name, err)
 	}
 	defer unlock()
 	cached := filepath.Join(s.cache, b.cacheKey+".ext4")
@@ -211,11 +211,14 @@ func (s *imageService) buildBuiltin(ctx context.Context, b builtin, agent, path 
 			return err
 		}
 	} else if err != nil {
-		return fmt.Errorf("builtin image cache: %w", err)
+		return fmt.Errorf("build image %s: builtin_image_cache: %w", b.name, err)
 	} else {
 		progress("taking it from the cache " + s.cache)
 	}
-	return placeFile(ctx, cached, path)
+	if err := placeFile(ctx, cached, path); err != nil {
+		return fmt.Errorf("build image %s: from %s: %w", b.name, cached, err)
+	}
+	return nil
 }
 
 // placeFile puts a copy of src at dst in one step: a hard link (the file
