@@ -4,12 +4,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/recipe"
+	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -187,5 +191,174 @@ func TestBuildStateKeys(t *testing.T) {
 	e.chain("a", "bc")
 	if d.key == e.key {
 		t.Fatal("parts run together in the key")
+	}
+}
+
+// buildTestDaemon is a daemon on fakes with an image "base" to build on.
+func buildTestDaemon(t *testing.T, home string) (*testDaemon, *client.Client) {
+	t.Helper()
+	td := openTestDaemon(t, home, newFakeDriver())
+	base := filepath.Join(t.TempDir(), "base.raw")
+	if err := os.WriteFile(base, []byte("base image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := td.store.PutImage(context.Background(), store.Image{Name: "base", Kind: store.ImageRegistered,
+		Path: base, Format: store.FormatRaw, SizeBytes: 1 << 30,
+		Config: store.ImageConfig{Env: []string{"FROM_BASE=1"}, WorkingDir: "/", User: "app"}}); err != nil {
+		t.Fatal(err)
+	}
+	return td, serve(t, td)
+}
+
+// build starts a build of recipe (no context files) and waits for it.
+func build(t *testing.T, c *client.Client, name, recipeText string) (wire.Operation, error) {
+	t.Helper()
+	op, err := client.BuildImage(context.Background(), c, wire.ImageBuildParams{Name: name, File: "R", Recipe: recipeText}, "", nil)
+	if err != nil {
+		return op, err
+	}
+	waitFor(t, c, op.ID)
+	// The whole log, as op status has it (a follower gets each line once).
+	var st wire.Operation
+	err = c.Call(context.Background(), "op.status", wire.OpParams{ID: op.ID}, &st)
+	return st, err
+}
+
+// assertNoBuildLeft: no VM, VM folder, process or build folder is left.
+func assertNoBuildLeft(t *testing.T, td *testDaemon) {
+	t.Helper()
+	assertNothingLeft(t, td)
+	if entries, _ := os.ReadDir(filepath.Join(td.layout.ImagesDir(), buildsDir)); len(entries) != 0 {
+		t.Fatalf("build folders left: %v", entries)
+	}
+}
+
+func logHas(op wire.Operation, s string) bool {
+	for _, l := range op.Log {
+		if strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestBuildOnFakes(t *testing.T) {
+	td, c := buildTestDaemon(t, "")
+	op, err := build(t, c, "img", "FROM base\nENV A=1\nRUN [\"showreq\"]\nRUN echo hi\n")
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("build: %v %+v", err, op)
+	}
+	// The step ran with the config so far, as the base image's user.
+	if !logHas(op, "dir=/ user=app env=A=1,FROM_BASE=1") || !logHas(op, "ran: /bin/sh -c echo hi") {
+		t.Fatalf("log: %q", op.Log)
+	}
+	img, err := td.store.GetImage(context.Background(), "img")
+	if err != nil || img.Kind != store.ImageBuilt || img.Parent != "base" || img.Config.WorkingDir != "/" ||
+		strings.Join(img.Config.Env, " ") != "FROM_BASE=1 A=1" || img.Config.User != "app" || !strings.HasPrefix(img.RecipeDigest, "sha256:") {
+		t.Fatalf("image: %v %+v", err, img)
+	}
+	assertNoBuildLeft(t, td)
+
+	td.drv.mu.Lock()
+	started := td.drv.nextPID
+	td.drv.mu.Unlock()
+	op, err = build(t, c, "img2", "# the same steps\nFROM base\nENV A=1\nRUN [\"showreq\"]\nRUN echo hi\n")
+	if err != nil || op.State != wire.OpSucceeded || !logHas(op, "(0 of 3 steps run, the rest cached)") {
+		t.Fatalf("rebuild: %v %+v", err, op)
+	}
+	td.drv.mu.Lock()
+	if td.drv.nextPID != started {
+		t.Errorf("an unchanged rebuild started %d VMs", td.drv.nextPID-started)
+	}
+	td.drv.mu.Unlock()
+	// A changed ENV changes every later step's key.
+	op, err = build(t, c, "img3", "FROM base\nENV A=2\nRUN [\"showreq\"]\nRUN echo hi\n")
+	if err != nil || op.State != wire.OpSucceeded || !logHas(op, "(2 of 3 steps run, the rest cached)") {
+		t.Fatalf("changed build: %v %+v", err, op)
+	}
+	// A name that exists is refused before anything is made.
+	if _, err := build(t, c, "img", "FROM base\n"); wire.CodeOf(err) != wire.CodeConflict {
+		t.Fatalf("taken name: %v", err)
+	}
+	assertNoBuildLeft(t, td)
+}
+
+func TestBuildFailureAndCancelLeaveNothing(t *testing.T) {
+	td, c := buildTestDaemon(t, "")
+	op, err := build(t, c, "bad", "FROM base\nRUN [\"exit\", \"3\"]\n")
+	if err != nil || op.State != wire.OpFailed || op.ErrorCode != wire.CodeInvalid ||
+		!strings.Contains(op.Error, "R:2: RUN [\"exit\", \"3\"] failed with exit status 3") {
+		t.Fatalf("failing step: %v %+v", err, op)
+	}
+	assertNoBuildLeft(t, td)
+
+	started, err := client.BuildImage(context.Background(), c, wire.ImageBuildParams{Name: "held", File: "R", Recipe: "FROM base\nRUN [\"hold\"]\n"}, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var st wire.Operation
+		if err := c.Call(context.Background(), "op.status", wire.OpParams{ID: started.ID}, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Progress == "step 1/1: running" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the step never ran: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := c.Call(context.Background(), "op.cancel", wire.OpParams{ID: started.ID}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if op := waitFor(t, c, started.ID); op.State != wire.OpCancelled {
+		t.Fatalf("cancelled build: %+v", op)
+	}
+	assertNoBuildLeft(t, td)
+
+	// A failure at each step of the build VM's boot leaves nothing.
+	for _, step := range []string{"reserve network", "create disk", "start process", "connect to agent", "record running"} {
+		td.vms.fault = func(s string) error {
+			if s == step {
+				return errors.New("injected")
+			}
+			return nil
+		}
+		op, err := build(t, c, "f", "FROM base\nRUN true\n")
+		if err != nil || op.State != wire.OpFailed || !strings.Contains(op.Error, "injected") {
+			t.Fatalf("fault at %s: %v %+v", step, err, op)
+		}
+		assertNoBuildLeft(t, td)
+	}
+	td.vms.fault = nil
+	if imgs, _ := td.store.ListImages(context.Background()); len(imgs) != 1 {
+		t.Fatalf("images: %+v", imgs)
+	}
+}
+
+// A daemon that died during a build: at the next start its build VM and
+// folder go and its operation is failed.
+func TestBuildLeftoversOfACrashGo(t *testing.T) {
+	home := t.TempDir()
+	td, c := buildTestDaemon(t, home)
+	opID := "0123456789ab"
+	if op, err := createAndWait(t, c, wire.CreateVMParams{Name: buildVMPrefix + opID}); err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	now := time.Now().UTC()
+	if err := td.store.PutOperation(context.Background(), store.Operation{ID: opID, Kind: wire.ImageBuild.Name,
+		Target: "img", State: wire.OpRunning, CreatedAt: now, UpdatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	left := filepath.Join(td.layout.ImagesDir(), buildsDir, opID, "context")
+	if err := os.MkdirAll(left, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	td.Close()
+	td2 := openTestDaemon(t, home, td.drv)
+	assertNoBuildLeft(t, td2)
+	if o, err := td2.store.GetOperation(context.Background(), opID); err != nil || o.State != wire.OpFailed {
+		t.Fatalf("operation: %v %+v", err, o)
 	}
 }
