@@ -279,7 +279,7 @@ func (s *imageService) sweep(ctx context.Context, backings []string) error {
 			}
 		case strings.HasPrefix(e.Name(), ".") && e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".tmp"),
 			e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".ext4.tmp"),
-			e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".ext4") && !keep[path]:
+			e.Type().IsRegular() && (strings.HasSuffix(e.Name(), ".ext4") || strings.HasSuffix(e.Name(), ".raw")) && !keep[path]:
 			if err := os.Remove(path); err != nil {
 				return err
 			}

@@ -137,14 +137,17 @@ func TestImageRegisterAndRemove(t *testing.T) {
 func TestImageSweep(t *testing.T) {
 	td := openTestDaemon(t, "", newFakeDriver())
 	dir := td.layout.ImagesDir()
-	for _, name := range []string{".mine-1.tmp", "debian.ext4.tmp", "orphan.ext4", "backing.ext4", "other.qcow2"} {
+	// A built or promoted image is .raw: a crash between its file and
+	// its row (or, at rm, between the row and the file) leaves one.
+	for _, name := range []string{".mine-1.tmp", "debian.ext4.tmp", "orphan.ext4", "backing.ext4", "other.qcow2",
+		"promoted-0a1b.raw", "backing.raw"} {
 		os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o644)
 	}
 	os.MkdirAll(filepath.Join(dir, ".debian-build-1", "root", "etc"), 0o755)
-	if err := td.images.sweep(context.Background(), []string{filepath.Join(dir, "backing.ext4")}); err != nil {
+	if err := td.images.sweep(context.Background(), []string{filepath.Join(dir, "backing.ext4"), filepath.Join(dir, "backing.raw")}); err != nil {
 		t.Fatal(err)
 	}
-	if left := strings.Join(imagesLeft(t, td), " "); left != "backing.ext4 other.qcow2" {
+	if left := strings.Join(imagesLeft(t, td), " "); left != "backing.ext4 backing.raw other.qcow2" {
 		t.Fatalf("after sweep: %s", left)
 	}
 }

@@ -56,12 +56,10 @@ func TestDebianBuiltin(t *testing.T) {
 	poll(t, "mmdebstrap's stages in the create's progress", func() bool {
 		return strings.HasPrefix(e.opOf(opID).Progress, building+": mmdebstrap: ")
 	})
-	// A create from another image never waits for the debian build: it
-	// completes while that build still runs.
+	// A create from another image does not wait for the debian build
+	// (TestImageBuildDoesNotBlockCreate proves the order of events; here
+	// the build usually still runs, but a fast mirror may win).
 	e.must("create", "t1")
-	if op := e.opOf(opID); op.State != wire.OpRunning {
-		t.Fatalf("debian's create after tiny's completed: %+v, want it still running", op)
-	}
 	e.must("op", "wait", opID)
 	checkDebian(t, e, "d1")
 	first := e.imageOf("debian")
