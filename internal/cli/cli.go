@@ -165,7 +165,7 @@ func newRoot(e *env) *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&e.home, "home", "", "keep all state, sockets and config under this folder (also EMBER_HOME)")
 	root.AddCommand(daemonCmd(e), doctorCmd(e), createCmd(e), lsCmd(e), inspectCmd(e),
-		startCmd(e), stopCmd(e), restartCmd(e), rmCmd(e), execCmd(e), logsCmd(e),
+		startCmd(e), stopCmd(e), restartCmd(e), rmCmd(e), execCmd(e), logsCmd(e), cpCmd(e),
 		opCmd(e), imageCmd(e), kernelCmd(e), versionCmd(e))
 	root.AddCommand(shellCmd(e), sessionCmd(e))
 	setUsage(root)

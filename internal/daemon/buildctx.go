@@ -30,6 +30,7 @@ import (
 // until FrameStdinEOF.
 type frameReader struct {
 	r    io.Reader
+	what string // what the stream carries, for errors; "the build context" when empty
 	buf  []byte
 	done bool
 }
@@ -39,9 +40,13 @@ func (f *frameReader) Read(p []byte) (int, error) {
 		if f.done {
 			return 0, io.EOF
 		}
+		what := f.what
+		if what == "" {
+			what = "the build context"
+		}
 		kind, payload, err := wire.ReadFrame(f.r)
 		if err != nil {
-			return 0, fmt.Errorf("read the build context: %w", err)
+			return 0, fmt.Errorf("read %s: %w", what, err)
 		}
 		switch kind {
 		case wire.FrameStdin:
@@ -49,7 +54,7 @@ func (f *frameReader) Read(p []byte) (int, error) {
 		case wire.FrameStdinEOF:
 			f.done = true
 		default:
-			return 0, invalidf("build context: unexpected frame %q", kind)
+			return 0, invalidf("%s: unexpected frame %q", what, kind)
 		}
 	}
 	n := copy(p, f.buf)

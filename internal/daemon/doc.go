@@ -66,8 +66,11 @@
 //     lock, a cache of the leases under tapNet.mu, a leaf, and the
 //     bridge's guestFilter, which lets each lease's TAP send only as
 //     that lease; the rest of the guest policy is fixed at start).
-//   - vmService (vm.go, exec.go, guests.go, vmlock.go, promote.go): vm.*
-//     and image.promote (promoteVM: the hypervisor's backup job started
+//   - vmService (vm.go, exec.go, copy.go, guests.go, vmlock.go, promote.go):
+//     vm.* (vm.copy_in and vm.copy_out move `ember cp`'s tar streams into
+//     and out of the guest over SFTP, checked by internal/treecopy; the
+//     host side is the CLI's, with its user's rights) and image.promote
+//     (promoteVM: the hypervisor's backup job started
 //     while the guest's root filesystem is frozen through its agent, the
 //     copy flattened and registered through the image service). vmLocks
 //     (vmLockSet): one mutex per VM ID, reached through withVMLockByID and

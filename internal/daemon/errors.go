@@ -13,6 +13,7 @@ import (
 	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/oci"
 	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/treecopy"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -63,6 +64,9 @@ var wireCodes = []struct {
 	// A kernel without the modules the guest needs: another kernel (or
 	// its modules folder) has to be given.
 	{kernel.ErrMissingModules, wire.CodeInvalid},
+	// A copy's stream or tree that treecopy refuses: a hostile or broken
+	// name, a symlink in the way, a bound passed.
+	{treecopy.ErrInvalid, wire.CodeInvalid},
 	{context.Canceled, wire.CodeCancelled},
 	// A boot past boot_timeout, an agent that does not answer in time: not
 	// a bug (internal) and not asked for (cancelled); trying again, or with

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/emberhq/ember/internal/guest"
@@ -274,6 +275,19 @@ func (g *fakeGuest) Poweroff(ctx context.Context) error {
 }
 
 func (g *fakeGuest) Close() error { return nil }
+
+// SFTP serves the host's own file system as the guest's (copy_test.go
+// uses absolute paths under its temporary folders), with the SFTP
+// server the agent runs.
+func (g *fakeGuest) SFTP() (*sftp.Client, error) {
+	a, b := net.Pipe()
+	srv, err := sftp.NewServer(a)
+	if err != nil {
+		return nil, err
+	}
+	go func() { srv.Serve(); srv.Close() }()
+	return sftp.NewClientPipe(b, b, sftp.UseConcurrentWrites(true))
+}
 
 func appendFile(path, s string) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)

@@ -89,6 +89,8 @@ func (s *vmService) register(t methodTable) {
 	handle(t, wire.VMDelete, s.deleteVM)
 	handleStream(t, wire.VMExec, s.execVM)
 	handleStream(t, wire.VMLogs, s.logsVM)
+	handleStream(t, wire.VMCopyIn, s.copyIn)
+	handleStream(t, wire.VMCopyOut, s.copyOut)
 	// Promote reads a VM (and freezes its guest) to add an image: the VM
 	// service owns the VM and its agent, the image service the registry.
 	handle(t, wire.ImagePromote, s.promoteVM)

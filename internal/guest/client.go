@@ -180,8 +180,10 @@ func (c *Client) Wait() error { return c.ssh.Wait() }
 func (c *Client) SSH() *ssh.Client { return c.ssh }
 
 // SFTP opens an SFTP session on the connection; close it when done.
+// Writes go out with several requests in flight (a file's ReadFrom), as
+// reads do: one request at a time would wait a round trip per 32 KiB.
 func (c *Client) SFTP() (*sftp.Client, error) {
-	s, err := sftp.NewClient(c.ssh)
+	s, err := sftp.NewClient(c.ssh, sftp.UseConcurrentWrites(true))
 	if err != nil {
 		return nil, fmt.Errorf("open sftp: %w", err)
 	}

@@ -41,6 +41,8 @@ var (
 	VMDelete  = Method[RefParams, VM]{"vm.delete"}
 	VMExec    = StreamMethod[ExecParams]{"vm.exec"}
 	VMLogs    = StreamMethod[LogsParams]{"vm.logs"}
+	VMCopyIn  = StreamMethod[CopyInParams]{"vm.copy_in"}   // files as a tar stream (copy.go)
+	VMCopyOut = StreamMethod[CopyOutParams]{"vm.copy_out"} // files as a tar stream (copy.go)
 
 	OpList   = Method[None, []Operation]{"op.list"}
 	OpStatus = Method[OpParams, Operation]{"op.status"}
@@ -77,6 +79,7 @@ var Methods = []MethodInfo{
 	DaemonInfoMethod.Info(),
 	VMCreate.Info(), VMList.Info(), VMInspect.Info(), VMStart.Info(), VMStop.Info(),
 	VMRestart.Info(), VMDelete.Info(), VMExec.Info(), VMLogs.Info(),
+	VMCopyIn.Info(), VMCopyOut.Info(),
 	OpList.Info(), OpStatus.Info(), OpWait.Info(), OpCancel.Info(), OpPrune.Info(),
 	ImageList.Info(), ImageInspect.Info(), ImageImport.Info(), ImagePromote.Info(), ImageBuild.Info(),
 	ImageRegister.Info(), ImageRemove.Info(),
