@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/oci"
 	"github.com/emberhq/ember/internal/recipe"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -51,7 +52,14 @@ func imageBuildCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			op, err := client.BuildImage(cmd.Context(), c, wire.ImageBuildParams{Name: args[0], File: file, Recipe: string(text)}, contextDir, files)
+			// FROM an archive file: a path relative to the context folder.
+			fromArchive := ""
+			if oci.LooksLikeFile(r.From) {
+				if fromArchive = r.From; !filepath.IsAbs(fromArchive) {
+					fromArchive = filepath.Join(contextDir, fromArchive)
+				}
+			}
+			op, err := client.BuildImage(cmd.Context(), c, wire.ImageBuildParams{Name: args[0], File: file, Recipe: string(text)}, contextDir, files, fromArchive)
 			if err != nil {
 				return err
 			}

@@ -95,16 +95,34 @@ func statInContext(root *os.Root, dir, src, p string) (fs.FileInfo, error) {
 	return fi, nil
 }
 
-// BuildImage starts an image build: the recipe in p, and the context
-// files (ListContext's list) read from dir with this user's rights and
-// sent as a tar archive. It returns the build's operation; follow it with
+// BuildImage starts an image build: the recipe in p, the archive file its
+// FROM names (fromArchive, "" for none; opened here and passed as a
+// descriptor), and the context files (ListContext's list) read from dir
+// with this user's rights and sent as a tar archive. It returns the build's operation; follow it with
 // op.wait.
-func BuildImage(ctx context.Context, c *Client, p wire.ImageBuildParams, dir string, files []ContextFile) (wire.Operation, error) {
+func BuildImage(ctx context.Context, c *Client, p wire.ImageBuildParams, dir string, files []ContextFile, fromArchive string) (wire.Operation, error) {
+	var archive *os.File
+	if fromArchive != "" {
+		f, err := openRegular(fromArchive, "the FROM archive")
+		if err != nil {
+			return wire.Operation{}, err
+		}
+		defer f.Close()
+		archive, p.FromArchive = f, true
+	}
 	s, err := Open(ctx, c, wire.ImageBuild, p)
 	if err != nil {
 		return wire.Operation{}, err
 	}
 	defer s.Close()
+	if archive != nil {
+		if err := s.SendFDs([]*os.File{archive}); err != nil {
+			if op, aerr := buildAnswer(s); aerr != nil {
+				return op, aerr // the daemon's refusal says why better
+			}
+			return wire.Operation{}, fmt.Errorf("image build %s: pass the FROM archive: %w", p.Name, err)
+		}
+	}
 	return sendAndAnswer(ctx, s, "image build "+p.Name+": send the context",
 		func(ctx context.Context) error { return sendContext(ctx, s, dir, files) },
 		func() (wire.Operation, error) { return buildAnswer(s) })

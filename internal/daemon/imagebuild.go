@@ -8,12 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/hypervisor"
@@ -137,13 +140,31 @@ func (s *imageService) build(ctx context.Context, p wire.ImageBuildParams, sc *s
 		return fmt.Errorf("build folder: %w", err)
 	}
 	started := false
+	var archive *os.File // FROM an archive: the client's descriptor
 	defer func() {
 		if !started {
 			os.RemoveAll(dir)
+			if archive != nil {
+				archive.Close()
+			}
 		}
 	}()
+	var uc *net.UnixConn
+	if p.FromArchive {
+		if uc, err = sc.fdConn(wire.ImageBuild.Name); err != nil {
+			return err
+		}
+	}
 	if err := sc.startStream(); err != nil {
 		return nil
+	}
+	if uc != nil {
+		files, err := wire.RecvFDs(uc, 1)
+		if err != nil {
+			sc.exit(-1, invalidf("image.build: the FROM archive: %v", err))
+			return nil
+		}
+		archive = files[0]
 	}
 	if err := receiveContext(&frameReader{r: sc}, ctxDir); err != nil {
 		sc.exit(-1, err)
@@ -158,12 +179,18 @@ func (s *imageService) build(ctx context.Context, p wire.ImageBuildParams, sc *s
 	op := &imageBuildOp{opState: newOpState(s.base, id, wire.ImageBuild.Name, p.Name, s.persist)}
 	s.buildOps.Begin(op)
 	started = true
-	goSafe(s.background, s.log, "build of image "+p.Name, func(err error) {
+	cleanup := func() {
 		os.RemoveAll(dir)
+		if archive != nil {
+			archive.Close()
+		}
+	}
+	goSafe(s.background, s.log, "build of image "+p.Name, func(err error) {
+		cleanup()
 		op.finish(nil, err)
 	}, func() {
-		res, err := s.runBuild(op, p.Name, r, dir)
-		os.RemoveAll(dir)
+		res, err := s.runBuild(op, p.Name, r, dir, archive)
+		cleanup()
 		op.finish(res, err)
 		if err != nil {
 			s.log.Warn("image build failed", "image", p.Name, "op", op.id, "err", err)
@@ -189,9 +216,17 @@ func (s *imageService) checkBuild(ctx context.Context, p wire.ImageBuildParams) 
 	} else if ok {
 		return nil, conflictf("image %q already exists; build under another name or remove it first", p.Name)
 	}
+	if p.FromArchive && !fromOCI(r.From) {
+		return nil, invalidf("%s:%d: FROM %s: an ember image, yet the client passes an archive", r.File, r.FromLine, r.From)
+	}
 	if fromOCI(r.From) {
-		if oci.LooksLikeFile(r.From) {
-			return nil, invalidf("%s:%d: FROM %s: a recipe cannot start from an archive file; `ember image import` it and name that image", r.File, r.FromLine, r.From)
+		if file := oci.LooksLikeFile(r.From); file != p.FromArchive {
+			if file {
+				return nil, invalidf("%s:%d: FROM %s: an archive file, which the client did not pass", r.File, r.FromLine, r.From)
+			}
+			return nil, invalidf("%s:%d: FROM %s: not an archive file, yet the client passes one", r.File, r.FromLine, r.From)
+		} else if file {
+			return r, nil
 		}
 		if _, err := oci.ParseRef(r.From); err != nil {
 			return nil, invalidf("%s:%d: FROM: %v", r.File, r.FromLine, err)
@@ -272,7 +307,7 @@ func (b *buildState) envMap() map[string]string {
 // it off and flatten its disk into a new layer, kept in the step cache
 // under the step's key. A step whose key is cached is not run. The image
 // is registered under imageOpsMu at the end, in one store write.
-func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe, dir string) ([]byte, error) {
+func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe, dir string, archive *os.File) ([]byte, error) {
 	ctx := op.ctx
 	progress := func(msg string) { op.Progress("%s", msg) }
 	op.logf("FROM %s", r.From)
@@ -282,9 +317,22 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 	}
 	var parent store.Image
 	var err error
-	if fromOCI(r.From) {
-		parent, err = s.ociBase(ctx, r.From, cacheDir, progress)
-	} else {
+	switch {
+	case archive != nil:
+		src, done, aerr := s.openArchive(ctx, archive, r.From, progress)
+		if aerr != nil {
+			return nil, fmt.Errorf("%s:%d: FROM %s: %w", r.File, r.FromLine, r.From, aerr)
+		}
+		defer done()
+		parent, err = s.ociBase(ctx, src, r.From, cacheDir, progress)
+	case fromOCI(r.From):
+		progress("pulling " + r.From)
+		src, perr := oci.Pull(ctx, r.From)
+		if perr != nil {
+			return nil, fmt.Errorf("%s:%d: FROM %s: %w", r.File, r.FromLine, r.From, perr)
+		}
+		parent, err = s.ociBase(ctx, src, r.From, cacheDir, progress)
+	default:
 		parent, err = s.host.prepareImage(ctx, r.From, progress)
 	}
 	if err != nil {
@@ -497,16 +545,12 @@ func (s *imageService) registerBuilt(ctx context.Context, name string, cur layer
 // '/', ':', '@' or '.'.
 func fromOCI(from string) bool { return !layout.ValidName(from) }
 
-// ociBase is a FROM of a registry reference: the image pulled (anonymously,
-// as import does) and made an ext4 file once per digest, kept in the
-// build cache beside its config. The record returned is no registered
-// image: it has no name, its ID is the digest.
-func (s *imageService) ociBase(ctx context.Context, ref, cacheDir string, progress func(string)) (store.Image, error) {
-	progress("pulling " + ref)
-	src, err := oci.Pull(ctx, ref)
-	if err != nil {
-		return store.Image{}, err
-	}
+// ociBase is a FROM of an OCI image (a registry reference the daemon
+// pulls anonymously, as import does, or an archive the client passed),
+// made an ext4 file once per digest, kept in the build cache beside its
+// config. The record returned is no registered image: it has no name,
+// its ID is the digest.
+func (s *imageService) ociBase(ctx context.Context, src v1.Image, ref, cacheDir string, progress func(string)) (store.Image, error) {
 	digest, err := src.Digest()
 	if err != nil {
 		return store.Image{}, fmt.Errorf("%s: %w", ref, err)

@@ -213,7 +213,7 @@ func buildTestDaemon(t *testing.T, home string) (*testDaemon, *client.Client) {
 // build starts a build of recipe (no context files) and waits for it.
 func build(t *testing.T, c *client.Client, name, recipeText string) (wire.Operation, error) {
 	t.Helper()
-	op, err := client.BuildImage(context.Background(), c, wire.ImageBuildParams{Name: name, File: "R", Recipe: recipeText}, "", nil)
+	op, err := client.BuildImage(context.Background(), c, wire.ImageBuildParams{Name: name, File: "R", Recipe: recipeText}, "", nil, "")
 	if err != nil {
 		return op, err
 	}
@@ -292,7 +292,7 @@ func TestBuildFailureAndCancelLeaveNothing(t *testing.T) {
 	}
 	assertNoBuildLeft(t, td)
 
-	started, err := client.BuildImage(context.Background(), c, wire.ImageBuildParams{Name: "held", File: "R", Recipe: "FROM base\nRUN [\"hold\"]\n"}, "", nil)
+	started, err := client.BuildImage(context.Background(), c, wire.ImageBuildParams{Name: "held", File: "R", Recipe: "FROM base\nRUN [\"hold\"]\n"}, "", nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,11 @@ type ImageBuildParams struct {
 	Name   string `json:"name"`
 	File   string `json:"file"`   // the recipe's file name, for its errors
 	Recipe string `json:"recipe"` // the recipe's text
+	// FromArchive: the recipe's FROM is an OCI or docker archive file,
+	// which the client opens and passes as a descriptor (SCM_RIGHTS, as
+	// image.import does) right after the stream opens, before the
+	// context.
+	FromArchive bool `json:"from_archive,omitempty"`
 }
 
 // Bounds of a build request. The recipe's own bounds are

@@ -295,8 +295,10 @@ func TestImageBuildBadInput(t *testing.T) {
 		{name: "invalid name", recipe: "FROM tiny\nRUN true\n", image: "Bad_Name",
 			want: `image name "Bad_Name" is not valid`},
 		{name: "unknown FROM", recipe: "\nFROM nosuch\nRUN true\n", want: "Emberfile:2: FROM nosuch: image not found"},
-		{name: "FROM an archive", recipe: "FROM ./busybox.tar\nRUN true\n",
-			want: "Emberfile:1: FROM ./busybox.tar: a recipe cannot start from an archive file; `ember image import` it and name that image"},
+		{name: "FROM a missing archive", recipe: "FROM ./busybox.tar\nRUN true\n",
+			want: "open the FROM archive: open "},
+		{name: "FROM a corrupt archive", recipe: "FROM corrupt.tar\nRUN true\n", files: map[string]string{"corrupt.tar": "not a tar"},
+			want: "Emberfile:1: FROM corrupt.tar: archive corrupt.tar"},
 		{name: "FROM a bad reference", recipe: "FROM Bad:Ref:x\n", want: "Emberfile:1: FROM: \"Bad:Ref:x\" is not an image reference"},
 	}
 	for _, c := range cases {
@@ -367,9 +369,10 @@ func TestImageBuildPackages(t *testing.T) {
 // TestImageBuildFromRegistry: FROM a reference served by an in-process
 // registry on loopback: the build starts from the pulled image, keeps its
 // config (Env, WorkingDir, User) under the recipe's, RUN runs as its
-// user; a rebuild takes the pulled base and every step from the cache.
+// user; a rebuild takes the pulled base and every step from the cache,
+// and so does FROM the same image as an OCI archive in the context.
 func TestImageBuildFromRegistry(t *testing.T) {
-	_, ref := busyboxInRegistry(t)
+	img, ref := busyboxInRegistry(t)
 	e := newEnv(t)
 	recipe := "FROM " + ref + "\n" +
 		"ENV STAGE=built\n" +
@@ -388,9 +391,25 @@ func TestImageBuildFromRegistry(t *testing.T) {
 	if out := e.must("exec", "ob", "--", "cat", "/work/from-run.txt", "/data/note.txt", "/data/keep.txt"); out != "hello from oci built 1000 /work\nnote\nkeep\n" {
 		t.Fatalf("files: %q", out)
 	}
-	_, errOut, code := e.run("image", "build", "--context", dir, "onbusybox2")
+	out, errOut, code := e.run("image", "build", "--context", dir, "onbusybox2")
 	if code != 0 || strings.Count(errOut, "  cached") != 2 || !strings.Contains(errOut, "(0 of 3 steps run, the rest cached)") {
-		t.Fatalf("rebuild: exit %d\n%s", code, errOut)
+		t.Fatalf("rebuild: exit %d\n%s\n%s", code, out, errOut)
 	}
-	e.noBuildLeftovers("onbusybox", "onbusybox2")
+	// The same image from an archive in the context (passed by the CLI as
+	// a descriptor): the same digest, so the same base and cached steps.
+	if err := ocitest.WriteOCIArchive(img, filepath.Join(dir, "busybox.tar")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "Emberfile"), []byte(strings.Replace(recipe, ref, "busybox.tar", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = e.run("image", "build", "--context", dir, "fromarchive")
+	if code != 0 || !strings.Contains(errOut, "(0 of 3 steps run, the rest cached)") {
+		t.Fatalf("build FROM an archive: exit %d\n%s", code, errOut)
+	}
+	e.must("create", "oa", "--image", "fromarchive")
+	if out := e.must("exec", "oa", "--", "cat", "/work/from-run.txt"); out != "hello from oci built 1000 /work\n" {
+		t.Fatalf("FROM an archive: %q", out)
+	}
+	e.noBuildLeftovers("onbusybox", "onbusybox2", "fromarchive")
 }
