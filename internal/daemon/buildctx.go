@@ -120,8 +120,20 @@ func receiveContext(r io.Reader, dir string) error {
 			return fmt.Errorf("build context: %s: %w", name, err)
 		}
 	}
+	// Read to the client's end of input: the archive's end comes before
+	// it, and an answer sent (and the connection closed) while the client
+	// still writes would break its last write.
+	if n, err := io.Copy(io.Discard, io.LimitReader(r, maxContextTrailer+1)); err != nil {
+		return fmt.Errorf("build context: %w", err)
+	} else if n > maxContextTrailer {
+		return invalidf("build context: more than %d bytes after the end of the archive", maxContextTrailer)
+	}
 	return nil
 }
+
+// maxContextTrailer bounds what may follow a context archive's end (its
+// padding).
+const maxContextTrailer = 64 << 10
 
 // contextEntry is one file or folder under a COPY source.
 type contextEntry struct {

@@ -88,6 +88,7 @@ func TestReceiveContext(t *testing.T) {
 		"not tar":       []byte("this is not a tar archive at all, but it is long enough to be read as a header block......" + strings.Repeat("x", 600)),
 		"the root":      tarOf(t, tarEntry{name: "./", typ: tar.TypeDir, mode: 0o777}),
 		"nested dotdot": tarOf(t, tarEntry{name: "a/../../b", typ: tar.TypeReg, body: "x"}),
+		"trailer":       append(tarOf(t, tarEntry{name: "a", typ: tar.TypeReg, body: "1"}), make([]byte, maxContextTrailer+1024)...),
 	} {
 		d := t.TempDir()
 		err := receiveContext(bytes.NewReader(archive), d)
@@ -251,6 +252,10 @@ func TestBuildOnFakes(t *testing.T) {
 	// The step ran with the config so far, as the base image's user.
 	if !logHas(op, "dir=/ user=app env=A=1,FROM_BASE=1") || !logHas(op, "ran: /bin/sh -c echo hi") {
 		t.Fatalf("log: %q", op.Log)
+	}
+	var ops []wire.Operation
+	if err := c.Call(context.Background(), "op.list", nil, &ops); err != nil || len(ops) != 1 || ops[0].Log != nil {
+		t.Fatalf("op list carries no log: %v %+v", err, ops)
 	}
 	img, err := td.store.GetImage(context.Background(), "img")
 	if err != nil || img.Kind != store.ImageBuilt || img.Parent != "base" || img.Config.WorkingDir != "/" ||

@@ -75,7 +75,11 @@ func (s *opService) list(ctx context.Context) ([]wire.Operation, error) {
 	var live []wire.Operation
 	for _, src := range s.sources {
 		src.Prune(false)
-		live = append(live, src.List()...)
+		for _, o := range src.List() {
+			// The log is op status's and op wait's; a listing stays short.
+			o.Log, o.LogStart = nil, 0
+			live = append(live, o)
+		}
 	}
 	seen := make(map[string]bool, len(live))
 	for _, o := range live {
