@@ -129,7 +129,7 @@ func (s *imageService) importFrom(ctx context.Context, p wire.ImageImportParams,
 		return wire.Image{}, err
 	}
 	progress(fmt.Sprintf("imported %s as %s", p.Source, p.Name))
-	return s.inspect(ctx, p.Name)
+	return wireImage(rec), nil // new: no VM or image uses it yet
 }
 
 // diskFromOCI makes src into an ext4 image file in the images folder for
@@ -228,14 +228,26 @@ func makeWorkingDir(root, wd string, tree *oci.Tree) error {
 }
 
 // recordNew records a finished image under imageOpsMu, refusing a name
-// that was taken meanwhile.
+// that was taken meanwhile. A cancelled ctx is checked under the lock and
+// the row written under a context nothing cancels, so the caller knows
+// whether the image was recorded: once it was, the operation has made
+// it, and what the caller answers must not need ctx (wireImage).
 func (s *imageService) recordNew(ctx context.Context, img store.Image) error {
 	s.imageOpsMu.Lock()
 	defer s.imageOpsMu.Unlock()
 	if err := s.nameFree(ctx, img.Name); err != nil {
 		return err
 	}
-	return s.store.PutImage(ctx, img)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.store.PutImage(context.WithoutCancel(ctx), img); err != nil {
+		return err
+	}
+	if s.recorded != nil {
+		s.recorded(img.Name)
+	}
+	return nil
 }
 
 // openArchive reads the image in a client's archive: an open, readable

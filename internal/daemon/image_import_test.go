@@ -285,3 +285,47 @@ func TestImageImportBoundedByFreeSpace(t *testing.T) {
 		t.Errorf("left: %v", left)
 	}
 }
+
+// A cancel that comes once the image is recorded does not fail the
+// import (its image stays, so the operation succeeded); one that comes
+// before recording keeps nothing.
+func TestImageImportCancelAroundRecord(t *testing.T) {
+	img := importFixture(t)
+	td := openTestDaemon(t, "", newFakeDriver())
+	archive := filepath.Join(t.TempDir(), "img.tar")
+	if err := ocitest.WriteOCIArchive(img, archive); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	td.images.recorded = func(string) { cancel() }
+	t.Cleanup(func() { td.images.recorded = nil })
+	f, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, err := td.images.importFrom(ctx, wire.ImageImportParams{Name: "late", Source: archive, Archive: true}, f, func(string) {})
+	if err != nil {
+		t.Fatalf("import cancelled after its record: %v", err)
+	}
+	rec, err := td.store.GetImage(context.Background(), "late")
+	if err != nil || got.Name != "late" || got.ID != rec.ID || got.Path != rec.Path || got.Kind != store.ImageImported {
+		t.Fatalf("answer %+v, row %+v (%v)", got, rec, err)
+	}
+	if _, err := os.Stat(rec.Path); err != nil {
+		t.Fatal(err)
+	}
+
+	// Cancelled before the record: refused, nothing kept.
+	done, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	tmp := filepath.Join(td.layout.ImagesDir(), "early.ext4")
+	os.WriteFile(tmp, []byte("x"), 0o644)
+	if err := td.images.recordNew(done, store.Image{Name: "early", Kind: store.ImageImported, Path: tmp, Format: store.FormatRaw}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("record with a cancelled context: %v", err)
+	}
+	if _, err := td.store.GetImage(context.Background(), "early"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("recorded under a cancelled context: %v", err)
+	}
+}

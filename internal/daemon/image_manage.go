@@ -156,7 +156,7 @@ func (s *imageService) registerFile(ctx context.Context, p wire.ImageRegisterPar
 		return store.Image{}, fmt.Errorf("record image %s: %w", p.Name, err)
 	}
 	s.log.Info("image registered", "image", p.Name, "id", id, "from", src, "bytes", size)
-	return s.store.GetImage(ctx, p.Name)
+	return img, nil // recorded: a cancel now must not report a failure
 }
 
 // outsideState refuses a file inside ember's state folder (a VM's disk,

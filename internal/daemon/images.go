@@ -82,6 +82,9 @@ type imageService struct {
 	// register until its file is in place and its row written.
 	reserved map[string]bool
 	buildOps *opRegistry[*imageBuildOp]
+	// recorded, when set (tests), runs once recordNew has written an
+	// image's row: a cancel there must not fail what was recorded.
+	recorded func(name string)
 }
 
 func newImageService(l layout.Layout, st *store.Store, log *slog.Logger, cache string, retention time.Duration) *imageService {

@@ -151,12 +151,13 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 	os.Remove(overlay)
 	img := store.Image{Name: p.Name, Kind: store.ImagePromoted, Format: store.FormatRaw, SizeBytes: size,
 		Kernel: parent.Kernel, Parent: vm.Image, Config: parent.Config}
-	if err := s.images.addFile(ctx, img, flat); err != nil {
+	rec, err := s.images.addFile(ctx, img, flat)
+	if err != nil {
 		return wire.Image{}, err
 	}
 	undo.success()
 	s.log.Info("promoted vm to image", "vm", vm.Name, "image", p.Name, "size", size, "frozen", frozen)
-	return s.images.inspect(ctx, p.Name)
+	return wireImage(rec), nil // new: no VM or image uses it yet
 }
 
 // checkPromoteSpace refuses a promote that would fill the images
@@ -325,17 +326,18 @@ func copyFileCtx(ctx context.Context, src, dst string) (err error) {
 // images folder: tmp gets its final name and the row is written under
 // imageOpsMu (recordNew, which checks the name again). On failure
 // neither the file nor a row is kept.
-func (s *imageService) addFile(ctx context.Context, img store.Image, tmp string) error {
+func (s *imageService) addFile(ctx context.Context, img store.Image, tmp string) (store.Image, error) {
 	img.ID = store.NewImageID()
 	img.Path = filepath.Join(s.layout.ImagesDir(), img.Name+"-"+img.ID[:12]+"."+img.Format)
+	img.CreatedAt = time.Now().UTC()
 	if err := os.Rename(tmp, img.Path); err != nil {
-		return fmt.Errorf("image %s: %w", img.Name, err)
+		return store.Image{}, fmt.Errorf("image %s: %w", img.Name, err)
 	}
 	if err := s.recordNew(ctx, img); err != nil {
 		os.Remove(img.Path)
-		return fmt.Errorf("record image %s: %w", img.Name, err)
+		return store.Image{}, fmt.Errorf("record image %s: %w", img.Name, err)
 	}
-	return nil
+	return img, nil
 }
 
 // sweepPromoteLeftovers removes the files of promotes a crash cut short.

@@ -244,3 +244,21 @@ func TestPromoteLeftoversSwept(t *testing.T) {
 		t.Fatalf("leftover kept: %v", err)
 	}
 }
+
+// A cancel that comes once the promoted image is recorded does not fail
+// the promote: its image stays, and the answer describes it.
+func TestPromoteCancelAfterRecord(t *testing.T) {
+	td, _ := promoteFixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	td.images.recorded = func(string) { cancel() }
+	t.Cleanup(func() { td.images.recorded = nil })
+	got, err := td.vms.promoteVM(ctx, wire.ImagePromoteParams{VM: "src", Name: "snap"})
+	if err != nil {
+		t.Fatalf("promote cancelled after its record: %v", err)
+	}
+	rec, err := td.store.GetImage(context.Background(), "snap")
+	if err != nil || got.Name != "snap" || got.ID != rec.ID || got.Path != rec.Path || got.Kind != store.ImagePromoted {
+		t.Fatalf("answer %+v, row %+v (%v)", got, rec, err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -24,6 +25,7 @@ const (
 	maxArchiveEntries = 100_000
 	maxMetadataBytes  = 4 << 20 // index.json, manifest.json, a manifest or a config
 	maxIndexDepth     = 4       // an index naming an index naming ...
+	maxNameBytes      = 4096    // a member's name or link target
 )
 
 // ErrNotImage is an archive that is neither `docker save` output nor an
@@ -38,14 +40,24 @@ type Archive struct {
 	r       io.ReaderAt
 	size    int64
 	entries map[string]tarEntry // regular files by cleaned name
+	// first is each name's first member, of any type, by path.Clean of
+	// its name as it is: what go-containerregistry's tarball package
+	// reads for a name (see tarballFile).
+	first map[string]tarMember
 }
 
 type tarEntry struct{ offset, size int64 }
 
+type tarMember struct {
+	tarEntry
+	typ  byte
+	link string
+}
+
 // OpenArchive indexes the tar in r (size bytes). A file that is not a tar,
 // or a tar that holds no image, fails with an error wrapping ErrNotImage.
 func OpenArchive(r io.ReaderAt, size int64) (*Archive, error) {
-	a := &Archive{r: r, size: size, entries: map[string]tarEntry{}}
+	a := &Archive{r: r, size: size, entries: map[string]tarEntry{}, first: map[string]tarMember{}}
 	cr := &countingReader{r: io.NewSectionReader(r, 0, size)}
 	tr := tar.NewReader(cr)
 	for n := 0; ; n++ {
@@ -57,12 +69,19 @@ func OpenArchive(r io.ReaderAt, size int64) (*Archive, error) {
 			return nil, fmt.Errorf("%w: read the tar: %v", ErrNotImage, err)
 		}
 		if n >= maxArchiveEntries {
-			return nil, fmt.Errorf("the archive holds more than %d entries", maxArchiveEntries)
+			return nil, fmt.Errorf("%w: the archive holds more than %d entries", ErrTooLarge, maxArchiveEntries)
+		}
+		if len(h.Name) > maxNameBytes || len(h.Linkname) > maxNameBytes {
+			return nil, fmt.Errorf("%w: a member's name or link has more than %d bytes", ErrNotImage, maxNameBytes)
 		}
 		// archive/tar reads exactly the header blocks, so the count is
 		// where the file's data starts.
+		e := tarEntry{offset: cr.n, size: h.Size}
 		if h.Typeflag == tar.TypeReg {
-			a.entries[cleanName(h.Name)] = tarEntry{offset: cr.n, size: h.Size}
+			a.entries[cleanName(h.Name)] = e
+		}
+		if k := path.Clean(h.Name); !hasKey(a.first, k) {
+			a.first[k] = tarMember{tarEntry: e, typ: h.Typeflag, link: h.Linkname}
 		}
 	}
 	_, docker := a.entries["manifest.json"]
@@ -73,12 +92,21 @@ func OpenArchive(r io.ReaderAt, size int64) (*Archive, error) {
 	return a, nil
 }
 
+func hasKey[V any](m map[string]V, k string) bool {
+	_, ok := m[k]
+	return ok
+}
+
 // Image returns the archive's image. `docker save` output is read by
-// go-containerregistry's tarball package and must hold one image; an OCI
-// layout's index may hold several, and then the one for platform is
-// taken.
+// go-containerregistry's tarball package and must hold one image; its
+// manifest.json and config are checked against maxMetadataBytes first
+// (the package reads them whole). An OCI layout's index may hold
+// several, and then the one for platform is taken.
 func (a *Archive) Image(platform v1.Platform) (v1.Image, error) {
 	if _, ok := a.entries["manifest.json"]; ok {
+		if err := a.checkDocker(); err != nil {
+			return nil, fmt.Errorf("docker archive: %w", err)
+		}
 		img, err := tarball.Image(func() (io.ReadCloser, error) {
 			return io.NopCloser(io.NewSectionReader(a.r, 0, a.size)), nil
 		}, nil)
@@ -92,6 +120,57 @@ func (a *Archive) Image(platform v1.Platform) (v1.Image, error) {
 		return nil, fmt.Errorf("OCI layout: %w", err)
 	}
 	return a.fromIndex(raw, platform, 0)
+}
+
+// checkDocker bounds what tarball.Image reads whole: manifest.json and
+// the config it names.
+func (a *Archive) checkDocker() error {
+	e, err := a.tarballFile("manifest.json")
+	if err != nil {
+		return err
+	}
+	b := make([]byte, e.size)
+	if _, err := a.r.ReadAt(b, e.offset); err != nil {
+		return fmt.Errorf("read manifest.json: %w", err)
+	}
+	var m tarball.Manifest
+	if err := json.NewDecoder(bytes.NewReader(b)).Decode(&m); err != nil {
+		return fmt.Errorf("%w: manifest.json: %v", ErrNotImage, err)
+	}
+	if len(m) != 1 {
+		return fmt.Errorf("%w: manifest.json names %d images; an archive to import holds one", ErrNotImage, len(m))
+	}
+	if _, err := a.tarballFile(m[0].Config); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
+}
+
+// tarballFile is the member go-containerregistry's tarball package
+// reads for name: the first whose cleaned name matches, its links
+// followed; a regular file of at most maxMetadataBytes, or an error.
+func (a *Archive) tarballFile(name string) (tarEntry, error) {
+	seen := map[string]bool{}
+	for {
+		name = path.Clean(name)
+		if seen[name] {
+			return tarEntry{}, fmt.Errorf("%w: %s: a cycle of links", ErrNotImage, name)
+		}
+		seen[name] = true
+		m, ok := a.first[name]
+		switch {
+		case !ok:
+			return tarEntry{}, fmt.Errorf("%w: %s is missing", ErrNotImage, name)
+		case m.typ == tar.TypeSymlink || m.typ == tar.TypeLink:
+			name = path.Join(path.Dir(name), path.Clean(m.link))
+			continue
+		case m.typ != tar.TypeReg:
+			return tarEntry{}, fmt.Errorf("%w: %s is not a file", ErrNotImage, name)
+		case m.size > maxMetadataBytes:
+			return tarEntry{}, fmt.Errorf("%w: %s has %d bytes, more than the %d allowed", ErrTooLarge, name, m.size, maxMetadataBytes)
+		}
+		return m.tarEntry, nil
+	}
 }
 
 func (a *Archive) fromIndex(raw []byte, platform v1.Platform, depth int) (v1.Image, error) {
@@ -157,7 +236,7 @@ func (a *Archive) file(name string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s is missing", name)
 	}
 	if e.size > limit {
-		return nil, fmt.Errorf("%s has %d bytes, more than the %d allowed", name, e.size, limit)
+		return nil, fmt.Errorf("%w: %s has %d bytes, more than the %d allowed", ErrTooLarge, name, e.size, limit)
 	}
 	b := make([]byte, e.size)
 	if _, err := a.r.ReadAt(b, e.offset); err != nil {
@@ -179,7 +258,7 @@ func (a *Archive) blobBytes(h v1.Hash) ([]byte, error) {
 	}
 	sum := sha256.Sum256(b)
 	if hex.EncodeToString(sum[:]) != h.Hex {
-		return nil, fmt.Errorf("blob %s does not match its digest", h)
+		return nil, fmt.Errorf("%w: blob %s does not match its digest", ErrNotImage, h)
 	}
 	return b, nil
 }
@@ -246,7 +325,7 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	n, err := v.r.Read(p)
 	v.h.Write(p[:n])
 	if err == io.EOF && hex.EncodeToString(v.h.Sum(nil)) != v.want.Hex {
-		return n, fmt.Errorf("layer %s does not match its digest", v.want)
+		return n, fmt.Errorf("%w: layer %s does not match its digest", ErrNotImage, v.want)
 	}
 	return n, err
 }

@@ -3,6 +3,9 @@
 // references (Pull), all through github.com/google/go-containerregistry,
 // and flattens their layers into a folder (Unpack) with whiteouts and
 // opaque folders applied by mutate.Extract and every write confined to
-// the folder (os.Root), bounded by Limits. ConfigOf reads the Env,
-// WorkingDir and User that apply to commands run in the image's VMs.
+// the folder (os.Root), bounded by Limits (entries counted in the
+// layers' tars themselves, since mutate.Extract records each). Metadata
+// read whole (manifests, configs) is bounded by maxMetadataBytes before
+// go-containerregistry reads it. ConfigOf reads the Env, WorkingDir and
+// User that apply to commands run in the image's VMs.
 package oci

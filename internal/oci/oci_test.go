@@ -25,6 +25,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/emberhq/ember/internal/oci"
@@ -235,9 +237,9 @@ func TestUnpackHostile(t *testing.T) {
 		skipped []string // prefixes of Tree.Skipped
 		absent  []string
 	}{
-		// mutate.Extract drops it; a name that reached Unpack would be
-		// rooted in the folder.
-		{"dot-dot path", []ocitest.Entry{{Name: "../../escape", Body: "x"}}, "", nil, []string{"escape"}},
+		// mutate.Extract refuses it (and ends its tar there, which
+		// Unpack must not take for the image's end).
+		{"dot-dot path", []ocitest.Entry{{Name: "../../escape", Body: "x"}}, "unsafe tar path", nil, []string{"escape"}},
 		{"absolute symlink then a file through it", []ocitest.Entry{
 			{Name: "evil", Type: tar.TypeSymlink, Link: outside},
 			{Name: "evil/victim", Body: "overwritten"},
@@ -406,8 +408,21 @@ func TestBadArchives(t *testing.T) {
 			_, err = oci.ConfigOf(img)
 		}
 	}
-	if err == nil || !strings.Contains(err.Error(), "digest") {
+	if !errors.Is(err, oci.ErrNotImage) || !strings.Contains(err.Error(), "digest") {
 		t.Errorf("a corrupt blob: %v", err)
+	}
+	// More members than an archive may hold: a bad archive, not a
+	// failure of the daemon.
+	many := filepath.Join(tmp, "many.tar")
+	f, _ = os.Create(many)
+	tw = tar.NewWriter(f)
+	for i := range 100_001 {
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprint(i), Mode: 0o644, Typeflag: tar.TypeReg})
+	}
+	tw.Close()
+	f.Close()
+	if _, err := openArchive(t, many); !errors.Is(err, oci.ErrTooLarge) {
+		t.Errorf("too many members: %v", err)
 	}
 	// Truncated.
 	trunc := filepath.Join(tmp, "trunc.tar")
@@ -600,4 +615,167 @@ func mustOpen(t *testing.T, p string) *os.File {
 	}
 	t.Cleanup(func() { f.Close() })
 	return f
+}
+
+// writeTar writes a tar of members at p; a member with Link is a
+// symlink.
+func writeTar(t *testing.T, p string, members ...ocitest.Entry) {
+	t.Helper()
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	for _, m := range members {
+		h := &tar.Header{Name: m.Name, Mode: 0o644, Size: int64(len(m.Body)), Typeflag: tar.TypeReg}
+		if m.Link != "" {
+			h.Typeflag, h.Linkname, h.Size = tar.TypeSymlink, m.Link, 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(tw, m.Body)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
+
+// A `docker save` archive whose manifest.json or config is larger than
+// the metadata bound is refused before go-containerregistry reads it
+// whole, whichever member the tarball package would read (the first of
+// a name, through links).
+func TestDockerArchiveMetadataBounded(t *testing.T) {
+	tmp := t.TempDir()
+	config := `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{"Env":["PAD=` +
+		strings.Repeat("x", 5<<20) + `"]}}`
+	manifest := `[{"Config":"cfg.json","RepoTags":[],"Layers":[]}]`
+	small := `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`
+	for _, c := range []struct {
+		name    string
+		members []ocitest.Entry
+	}{
+		{"big config", []ocitest.Entry{{Name: "manifest.json", Body: manifest}, {Name: "cfg.json", Body: config}}},
+		{"big manifest.json", []ocitest.Entry{{Name: "manifest.json", Body: manifest + strings.Repeat(" ", 5<<20)}, {Name: "cfg.json", Body: small}}},
+		{"config through a symlink", []ocitest.Entry{{Name: "manifest.json", Body: manifest}, {Name: "cfg.json", Link: "big.json"}, {Name: "big.json", Body: config}}},
+		{"the first of two members of a name", []ocitest.Entry{{Name: "manifest.json", Body: manifest}, {Name: "./cfg.json", Body: config}, {Name: "cfg.json", Body: small}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := filepath.Join(tmp, strings.ReplaceAll(c.name, " ", "-")+".tar")
+			writeTar(t, p, c.members...)
+			a, err := openArchive(t, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := a.Image(oci.Platform)
+			if err == nil {
+				_, err = oci.ConfigOf(img)
+			}
+			if !errors.Is(err, oci.ErrTooLarge) {
+				t.Fatalf("err %v, want ErrTooLarge", err)
+			}
+		})
+	}
+}
+
+// A registry whose manifest gives the config more bytes than the bound
+// is refused before the config is fetched.
+func TestPullConfigBounded(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	img, err := ocitest.Image(v1.Config{Env: []string{"PAD=" + strings.Repeat("x", 5<<20)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(host + "/big:v1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	got, err := oci.Pull(context.Background(), host+"/big:v1")
+	if err == nil {
+		_, err = oci.ConfigOf(got)
+	}
+	if !errors.Is(err, oci.ErrTooLarge) {
+		t.Fatalf("err %v, want ErrTooLarge", err)
+	}
+}
+
+// Entries Unpack is never given (whiteouts, opaque markers, entries an
+// upper layer hides) and hard links it makes at the end count against
+// MaxEntries, as mutate.Extract records each.
+func TestUnpackEntryLimitCountsEverything(t *testing.T) {
+	var whiteouts, opaque, links []ocitest.Entry
+	for i := range 50 {
+		whiteouts = append(whiteouts, ocitest.Entry{Name: fmt.Sprintf(".wh.gone%d", i)})
+		opaque = append(opaque, ocitest.Entry{Name: fmt.Sprintf("d%d/.wh..wh..opq", i)})
+		links = append(links, ocitest.Entry{Name: fmt.Sprintf("l%d", i), Type: tar.TypeLink, Link: "nothing"})
+	}
+	lower, err := ocitest.Layer(ocitest.Entry{Name: "f", Body: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, entries := range map[string][]ocitest.Entry{"whiteouts": whiteouts, "opaque markers": opaque, "hard links to nothing": links} {
+		t.Run(name, func(t *testing.T) {
+			l, err := ocitest.Layer(entries...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := ocitest.Image(v1.Config{}, lower, l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := unpack(t, img, oci.Limits{MaxEntries: 20}); !errors.Is(err, oci.ErrTooLarge) {
+				t.Fatalf("err %v, want ErrTooLarge", err)
+			}
+			if _, _, err := unpack(t, img, oci.Limits{MaxEntries: 100}); err != nil {
+				t.Fatalf("within the limit: %v", err)
+			}
+		})
+	}
+}
+
+// A layer of an OCI layout that does not match its digest fails the
+// unpack (the check is at the layer's end, past its tar's end) as a bad
+// archive.
+func TestArchiveLayerDigestChecked(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	body := "original layer content"
+	tw.WriteHeader(&tar.Header{Name: "f", Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
+	io.WriteString(tw, body)
+	tw.Close()
+	l := static.NewLayer(buf.Bytes(), types.OCIUncompressedLayer)
+	img, err := ocitest.Image(v1.Config{}, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	good := filepath.Join(tmp, "good.tar")
+	if err := ocitest.WriteOCIArchive(img, good); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(good)
+	i := bytes.Index(b, []byte("original"))
+	if i < 0 || bytes.Count(b, []byte("original")) != 1 {
+		t.Fatal("the layer's content is not in the archive once")
+	}
+	copy(b[i:], "tampered")
+	bad := filepath.Join(tmp, "bad.tar")
+	os.WriteFile(bad, b, 0o644)
+	for p, ok := range map[string]bool{good: true, bad: false} {
+		a, err := openArchive(t, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := a.Image(oci.Platform)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = unpack(t, got, oci.DefaultLimits)
+		if ok && err != nil || !ok && (!errors.Is(err, oci.ErrNotImage) || !strings.Contains(err.Error(), "digest")) {
+			t.Errorf("%s: %v", filepath.Base(p), err)
+		}
+	}
 }

@@ -49,7 +49,9 @@ func LooksLikeFile(src string) bool {
 // Pull opens ref's image in its registry, anonymously: a daemon shared by
 // several users must not pull with its own user's credentials for
 // whoever asks. Layers are fetched as Unpack reads them. An image index
-// gives its linux/amd64 image.
+// gives its linux/amd64 image. A config the manifest says is larger than
+// maxMetadataBytes is refused before it is fetched: go-containerregistry
+// reads it whole.
 func Pull(ctx context.Context, ref string) (v1.Image, error) {
 	r, err := ParseRef(ref)
 	if err != nil {
@@ -64,7 +66,23 @@ func Pull(ctx context.Context, ref string) (v1.Image, error) {
 		}
 		return nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
+	if err := checkConfigSize(img); err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
 	return img, nil
+}
+
+// checkConfigSize refuses an image whose manifest declares a config
+// larger than maxMetadataBytes, before anything reads the config.
+func checkConfigSize(img v1.Image) error {
+	m, err := img.Manifest()
+	if err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	if m.Config.Size < 0 || m.Config.Size > maxMetadataBytes {
+		return fmt.Errorf("%w: its manifest gives its config %d bytes; at most %d are allowed", ErrTooLarge, m.Config.Size, maxMetadataBytes)
+	}
+	return nil
 }
 
 func hasCode(te *transport.Error, codes ...transport.ErrorCode) bool {
@@ -86,8 +104,12 @@ type Config struct {
 	User       string
 }
 
-// ConfigOf reads img's Env, WorkingDir and User.
+// ConfigOf reads img's Env, WorkingDir and User; a config larger than
+// maxMetadataBytes is refused unread.
 func ConfigOf(img v1.Image) (Config, error) {
+	if err := checkConfigSize(img); err != nil {
+		return Config{}, err
+	}
 	cf, err := img.ConfigFile()
 	if err != nil {
 		return Config{}, fmt.Errorf("image config: %w", err)

@@ -11,6 +11,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -18,8 +19,12 @@ import (
 
 // Limits bound what unpacking an image may write.
 type Limits struct {
-	MaxBytes   int64 // the regular files' bytes, all layers flattened
-	MaxEntries int   // files, folders and links
+	MaxBytes int64 // the regular files' bytes, all layers flattened
+	// MaxEntries bounds the entries of all layers together (whiteouts,
+	// and entries an upper layer hides, included: mutate.Extract keeps a
+	// record of each) and what Unpack is given (files, folders, links,
+	// entries it skips).
+	MaxEntries int
 }
 
 // DefaultLimits are the daemon's bounds on an imported image.
@@ -67,7 +72,9 @@ var rootDirs = []struct {
 // them), makes hard links only to regular files it wrote, and skips
 // device files and FIFOs. As root it gives each entry its owner; other
 // callers get Tree.Owners to apply in the file system image. progress
-// hears each layer as it starts.
+// hears each layer as it starts. Each layer's tar is read to its end
+// before mutate.Extract sees the end of it, so a layer that does not
+// match its digest fails.
 func Unpack(ctx context.Context, img v1.Image, dir string, lim Limits, progress func(string)) (Tree, error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
@@ -79,7 +86,7 @@ func Unpack(ctx context.Context, img v1.Image, dir string, lim Limits, progress 
 	if err != nil {
 		return Tree{}, fmt.Errorf("layers: %w", err)
 	}
-	rc := mutate.Extract(&reportingImage{Image: img, layers: layers, progress: progress})
+	rc := mutate.Extract(&reportingImage{Image: img, layers: layers, progress: progress, max: lim.MaxEntries, seen: new(atomic.Int64)})
 	defer rc.Close()
 	tr := tar.NewReader(rc)
 	for {
@@ -88,10 +95,16 @@ func Unpack(ctx context.Context, img v1.Image, dir string, lim Limits, progress 
 		}
 		h, err := tr.Next()
 		if err == io.EOF {
-			break
+			// mutate.Extract ends its tar before it reports an error
+			// met between entries: what follows the tar's end says
+			// whether the image was whole.
+			_, err = io.Copy(io.Discard, rc)
 		}
 		if err != nil {
 			return Tree{}, fmt.Errorf("unpack: %w", err)
+		}
+		if h == nil {
+			break
 		}
 		if err := u.entry(h, tr); err != nil {
 			return Tree{}, err
@@ -108,6 +121,7 @@ type unpacker struct {
 	lim    Limits
 	asRoot bool
 	tree   Tree
+	seen   int // entries given and folders made, for lim.MaxEntries
 	// dirs are the folders known to be real folders (never symlinks).
 	dirs     map[string]bool
 	dirModes map[string]fs.FileMode
@@ -121,9 +135,11 @@ func (u *unpacker) skip(name, why string) {
 	}
 }
 
-func (u *unpacker) count() error {
-	u.tree.Entries++
-	if u.lim.MaxEntries > 0 && u.tree.Entries > u.lim.MaxEntries {
+// see counts an entry given or a folder made against lim.MaxEntries,
+// whether it is written, skipped or (a hard link) kept for later.
+func (u *unpacker) see() error {
+	u.seen++
+	if u.lim.MaxEntries > 0 && u.seen > u.lim.MaxEntries {
 		return fmt.Errorf("%w: more than %d files and folders", ErrTooLarge, u.lim.MaxEntries)
 	}
 	return nil
@@ -139,6 +155,9 @@ func (u *unpacker) own(name string, uid, gid int) {
 // entry writes one entry of the flattened image. Each name comes once;
 // what is there already is a folder made for an entry below it.
 func (u *unpacker) entry(h *tar.Header, r io.Reader) error {
+	if err := u.see(); err != nil {
+		return err
+	}
 	name := cleanName(h.Name)
 	if name == "." || name == "" {
 		return nil
@@ -168,9 +187,7 @@ func (u *unpacker) entry(h *tar.Header, r io.Reader) error {
 				return nil
 			}
 			u.dirs[name] = true
-			if err := u.count(); err != nil {
-				return err
-			}
+			u.tree.Entries++
 		}
 		if u.dirModes == nil {
 			u.dirModes = map[string]fs.FileMode{}
@@ -183,9 +200,7 @@ func (u *unpacker) entry(h *tar.Header, r io.Reader) error {
 			u.skip(name, "a folder of the same name is kept")
 			return nil
 		}
-		if err := u.count(); err != nil {
-			return err
-		}
+		u.tree.Entries++
 		if u.lim.MaxBytes > 0 && h.Size > u.lim.MaxBytes-u.tree.Bytes {
 			return fmt.Errorf("%w: its files pass the limit of %d MiB (at %s)", ErrTooLarge, u.lim.MaxBytes>>20, name)
 		}
@@ -207,9 +222,7 @@ func (u *unpacker) entry(h *tar.Header, r io.Reader) error {
 		u.own(name, h.Uid, h.Gid)
 		return nil
 	case tar.TypeSymlink:
-		if err := u.count(); err != nil {
-			return err
-		}
+		u.tree.Entries++
 		if err := u.root.Symlink(h.Linkname, name); err != nil {
 			if errors.Is(err, fs.ErrExist) {
 				u.skip(name, "a folder of the same name is kept")
@@ -250,7 +263,8 @@ func (u *unpacker) parents(name string) (bool, error) {
 			if err := u.root.Mkdir(p, 0o755); err != nil {
 				return false, fmt.Errorf("unpack %s: %w", p, err)
 			}
-			if err := u.count(); err != nil {
+			u.tree.Entries++
+			if err := u.see(); err != nil {
 				return false, err
 			}
 			if _, ok := u.owners[p]; !ok {
@@ -282,9 +296,6 @@ func (u *unpacker) finish() error {
 			u.skip(name, "a hard link to "+target+", which is not a file kept")
 			continue
 		}
-		if err := u.count(); err != nil {
-			return err
-		}
 		if err := u.root.Link(target, name); err != nil {
 			if errors.Is(err, fs.ErrExist) {
 				u.skip(name, "a folder of the same name is kept")
@@ -292,6 +303,7 @@ func (u *unpacker) finish() error {
 			}
 			return fmt.Errorf("unpack %s: %w", name, err)
 		}
+		u.tree.Entries++
 	}
 	for _, d := range rootDirs {
 		fi, err := u.root.Lstat(d.name)
@@ -336,18 +348,21 @@ func (u *unpacker) finish() error {
 	return nil
 }
 
-// reportingImage tells progress when each layer starts. mutate.Extract
-// reads the layers from the top down.
+// reportingImage tells progress when each layer starts and counts the
+// layers' entries (countEntries). mutate.Extract reads the layers from
+// the top down.
 type reportingImage struct {
 	v1.Image
 	layers   []v1.Layer
 	progress func(string)
+	max      int
+	seen     *atomic.Int64
 }
 
 func (r *reportingImage) Layers() ([]v1.Layer, error) {
 	out := make([]v1.Layer, len(r.layers))
 	for i, l := range r.layers {
-		out[i] = &reportingLayer{Layer: l, n: i + 1, of: len(r.layers), progress: r.progress}
+		out[i] = &reportingLayer{Layer: l, n: i + 1, of: len(r.layers), progress: r.progress, max: r.max, seen: r.seen}
 	}
 	return out, nil
 }
@@ -356,6 +371,8 @@ type reportingLayer struct {
 	v1.Layer
 	n, of    int
 	progress func(string)
+	max      int
+	seen     *atomic.Int64
 }
 
 func (l *reportingLayer) Uncompressed() (io.ReadCloser, error) {
@@ -369,5 +386,73 @@ func (l *reportingLayer) Uncompressed() (io.ReadCloser, error) {
 		}
 		l.progress(fmt.Sprintf("layer %d of %d%s", l.n, l.of, what))
 	}
-	return l.Layer.Uncompressed()
+	rc, err := l.Layer.Uncompressed()
+	if err != nil {
+		return nil, err
+	}
+	return countEntries(rc, l.seen, l.max), nil
+}
+
+// Bounds of countEntries.
+const (
+	tarEndBytes     = 1024    // the two zero blocks that end a tar
+	maxTrailerBytes = 1 << 20 // what may follow them (record padding)
+)
+
+// countEntries passes a layer's tar through unchanged while archive/tar
+// reads its headers from the same bytes, and fails with ErrTooLarge once
+// the image's layers hold more than max entries together: mutate.Extract
+// keeps a record of every name it reads, whiteouts and the entries it
+// drops included, and Unpack never sees those. At the tar's end the
+// layer is read to its own end (a digest check fails only there) before
+// the last tarEndBytes pass, so mutate.Extract, which stops at the tar's
+// end, sees a layer's error. Closing the reader ends the goroutine,
+// which closes rc.
+func countEntries(rc io.ReadCloser, seen *atomic.Int64, max int) io.ReadCloser {
+	pr, pw := io.Pipe()
+	go func() {
+		defer rc.Close()
+		hb := &holdBack{w: pw}
+		tr := tar.NewReader(io.TeeReader(rc, hb))
+		for {
+			_, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+			if max > 0 && seen.Add(1) > int64(max) {
+				pw.CloseWithError(fmt.Errorf("%w: its layers hold more than %d entries", ErrTooLarge, max))
+				return
+			}
+		}
+		n, err := io.Copy(io.Discard, io.LimitReader(rc, maxTrailerBytes+1))
+		if err == nil && n > maxTrailerBytes {
+			err = fmt.Errorf("%w: a layer has more than %d bytes after its tar's end", ErrNotImage, maxTrailerBytes)
+		}
+		if err == nil {
+			_, err = pw.Write(hb.buf)
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr
+}
+
+// holdBack writes to w all but the last tarEndBytes written to it.
+type holdBack struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (h *holdBack) Write(p []byte) (int, error) {
+	h.buf = append(h.buf, p...)
+	if over := len(h.buf) - tarEndBytes; over > 0 {
+		if _, err := h.w.Write(h.buf[:over]); err != nil {
+			return 0, err
+		}
+		h.buf = append(h.buf[:0], h.buf[over:]...)
+	}
+	return len(p), nil
 }
