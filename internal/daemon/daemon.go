@@ -83,6 +83,7 @@ type Daemon struct {
 	nets     *networks       // user and tap networking strategies
 	vms      *vmService      // vm.*: vmLocks, createVMMu, create operations, agent connections
 	sessions *sessionService // session.*: session controllers
+	ports    *portCap        // port.*: the port capability's forwards
 
 	listener net.Listener
 	// maxConns and requestTimeout are the socket server's limits (serve.go);
@@ -219,12 +220,15 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	d.images.host = d.vms
 	d.sessions = &sessionService{vms: d.vms}
 	d.vms.onStopping, d.vms.onGone = d.sessions.stopping, d.sessions.gone
+	// The built-in capabilities (caps.go), in the order their hooks run.
+	d.ports = newPortCap(d.vms, d.log, &d.background)
+	d.vms.caps = newVMCaps(envCap{}, d.ports)
 	d.ops.sources = []opSource{d.vms.createOps, d.images.buildOps}
 
 	d.hypervisorVersion = sync.OnceValue(func() string { return versionOf(d.base, driver) })
 	d.methods = methodTable{}
 	handle(d.methods, wire.DaemonInfoMethod, func(context.Context, wire.None) (wire.DaemonInfo, error) { return d.info(), nil })
-	for _, svc := range []interface{ register(methodTable) }{d.ops, d.images, d.boot, d.vms, d.sessions} {
+	for _, svc := range []interface{ register(methodTable) }{d.ops, d.images, d.boot, d.vms, d.sessions, d.ports} {
 		svc.register(d.methods)
 	}
 	return nil

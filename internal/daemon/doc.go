@@ -103,6 +103,14 @@
 //     attaching terminal leaves out what would make it answer into the
 //     session (termtext.StripQueries); session.run and session.wait are
 //     clients of the controller like any other.
+//   - portCap (cap_port.go): port.*, the port capability's forwards
+//     (portCap.mu, a leaf).
+//
+// Capabilities (caps.go): a VM's `--cap NAME[=ARG]` entries are stored
+// with it and act at named points of its life (vmCap: before boot, guest
+// ready, before stop, before delete) through the registry vmCaps, built
+// in buildServices with envCap and portCap; a failing hook fails the boot
+// and undoes the earlier hooks.
 //
 // Lock order — acquire left to right, release in reverse:
 //

@@ -94,7 +94,7 @@ func (s *vmService) execVM(ctx context.Context, p wire.ExecParams, sc *streamCon
 			}
 		}
 	})
-	env, dir, user := withImageConfig(vm.ImageConfig, p.Env, p.Dir, p.User)
+	env, dir, user := withImageConfig(s.caps.commandConfig(vm), p.Env, p.Dir, p.User)
 	code, err := conn.Exec(ctx, guest.ExecRequest{Argv: p.Argv, Env: env, Dir: dir, Stdin: stdin,
 		User: user, Detach: p.Detach, DetachNow: detach,
 		Stdout: &wire.FrameWriter{W: sc, Kind: wire.FrameStdout},

@@ -73,6 +73,8 @@ type fakeDriver struct {
 	// and BackupDisk then waits for its context to end (a copy in
 	// progress that the client cancels).
 	backupStarted chan struct{}
+	// closedPorts are guest ports where nothing listens (DialPort).
+	closedPorts map[int]bool
 }
 
 const (
@@ -425,4 +427,31 @@ func openTestDaemon(t *testing.T, home string, drv *fakeDriver) *testDaemon {
 	td.Daemon = d
 	t.Cleanup(func() { d.Close() })
 	return td
+}
+
+// DialPort plays the agent's direct-tcpip: the guest's server on port
+// answers each line it reads with "guest:PORT LINE". A port in
+// drv.closedPorts refuses.
+func (g *fakeGuest) DialPort(ctx context.Context, port int) (net.Conn, error) {
+	g.drv.mu.Lock()
+	closed := g.drv.closedPorts[port]
+	g.drv.mu.Unlock()
+	if closed {
+		return nil, fmt.Errorf("connect to port %d in the guest: connection refused", port)
+	}
+	host, guestSide := net.Pipe()
+	go func() {
+		defer guestSide.Close()
+		buf := make([]byte, 4096)
+		for {
+			n, err := guestSide.Read(buf)
+			if err != nil {
+				return
+			}
+			if _, err := fmt.Fprintf(guestSide, "guest:%d %s", port, buf[:n]); err != nil {
+				return
+			}
+		}
+	}()
+	return host, nil
 }

@@ -118,6 +118,7 @@ func (s *vmService) guestReset(vm store.VM, inst hypervisor.Instance) {
 		cancel()
 		s.onStopping(gone, vm, "vm rebooted")
 	}
+	s.caps.beforeStop(vm)
 	s.killVM(ctx, vm) // the process ended; this clears what it left
 	s.log.Info("the guest reset itself; booting the vm again", "vm", vm.Name)
 	if _, err := s.bootStarting(ctx, vm, true); err != nil {

@@ -66,6 +66,9 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return unary(wire.SessionSignal) },
 		func() (string, paramDecoder) { return stream(wire.SessionRun) },
 		func() (string, paramDecoder) { return stream(wire.SessionWait) },
+		func() (string, paramDecoder) { return unary(wire.PortAdd) },
+		func() (string, paramDecoder) { return unary(wire.PortRemove) },
+		func() (string, paramDecoder) { return unary(wire.PortList) },
 	} {
 		name, dec := add()
 		m[name] = dec

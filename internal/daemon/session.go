@@ -249,7 +249,7 @@ func (ss *sessionService) createSession(ctx context.Context, p wire.SessionCreat
 		return wire.Session{}, invalidf("scrollback must be 1..%d bytes, not %d", guestproto.MaxScrollback, p.Scrollback)
 	}
 	spec := p.SessionSpec
-	spec.Env, spec.Dir, spec.User = withImageConfig(vm.ImageConfig, spec.Env, spec.Dir, spec.User)
+	spec.Env, spec.Dir, spec.User = withImageConfig(ss.vms.caps.commandConfig(vm), spec.Env, spec.Dir, spec.User)
 	info, _, err := sg.SessionCreate(ctx, spec, false)
 	if err != nil {
 		return wire.Session{}, ss.sessionErr(vm, err)
@@ -363,7 +363,7 @@ func (ss *sessionService) attachSession(ctx context.Context, p wire.SessionAttac
 		// to a new one (the agent replaces it in one step, so two shells
 		// at once make one new session), and the client is told.
 		spec := guestproto.SessionSpec{Name: p.Name, Rows: p.Rows, Cols: p.Cols, Term: p.Term}
-		spec.Env, spec.Dir, spec.User = withImageConfig(vm.ImageConfig, nil, "", "")
+		spec.Env, spec.Dir, spec.User = withImageConfig(ss.vms.caps.commandConfig(vm), nil, "", "")
 		_, replaced, err := sg.SessionCreate(ctx, spec, true)
 		var se *guestproto.SessionError
 		switch {

@@ -66,6 +66,9 @@ type vmService struct {
 	// hooks: the session service's; each may be nil.
 	onStopping func(ctx context.Context, vm store.VM, reason string)
 	onGone     func(vmID string)
+	// caps are the capabilities a VM may be given (caps.go); their hooks
+	// run beside onStopping and onGone.
+	caps *vmCaps
 	// fault, when set (tests), is called at each named step of create and
 	// start; an error fails the work there.
 	fault func(step string) error
@@ -142,6 +145,9 @@ func (s *vmService) validateCreate(ctx context.Context, p *wire.CreateVMParams) 
 	if _, err := s.nets.of(p.Net); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := s.caps.parse(p.Caps); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return joinInvalid(errs)
 	}
@@ -205,10 +211,14 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	if err != nil {
 		return wire.Operation{}, err
 	}
+	caps, err := s.caps.parse(p.Caps)
+	if err != nil {
+		return wire.Operation{}, err
+	}
 	now := time.Now().UTC()
 	vm := store.VM{ID: newID(), Name: p.Name, State: wire.StateCreating, Image: p.Image, Kernel: p.Kernel,
 		CPUs: *p.CPUs, MemoryMiB: *p.MemoryMiB, DiskBytes: int64(*p.DiskGiB) << 30, NetMode: p.Net,
-		RestartPolicy: p.Restart, CreatedAt: now, UpdatedAt: now}
+		RestartPolicy: p.Restart, Caps: caps, CreatedAt: now, UpdatedAt: now}
 	// The image's config is copied: a later change or removal of the
 	// image does not change how commands run in this VM.
 	if img, ok, err := s.images.lookup(ctx, p.Image); err != nil {
@@ -363,6 +373,13 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		return vm, fmt.Errorf("create vm runtime folder: %w", err)
 	}
 	undo.add("vm runtime folder", func() { _ = os.RemoveAll(runDir) })
+	boot := capBoot{Spec: &spec}
+	if err := s.caps.beforeBoot(ctx, undo, vm, &boot); err != nil {
+		return vm, fmt.Errorf("boot %s: %w", vm.Name, err)
+	}
+	if err := s.step("cap before boot"); err != nil {
+		return vm, err
+	}
 
 	var inst hypervisor.Instance
 	var fw *vmFollower
@@ -394,7 +411,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 			}
 		}
 		progress(fmt.Sprintf("booting (%s%s)", spec.Accel, label))
-		if inst, err = s.startProcess(ctx, vm, nw, &spec); err != nil {
+		if inst, err = s.startProcess(ctx, vm, nw, &spec, boot.KernelArgs); err != nil {
 			return vm, err
 		}
 		started := inst
@@ -458,6 +475,12 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	if err := s.step("connect to agent"); err != nil {
 		return vm, err
 	}
+	if err := s.caps.guestReady(ctx, undo, vm); err != nil {
+		return vm, fmt.Errorf("boot %s: %w", vm.Name, err)
+	}
+	if err := s.step("cap guest ready"); err != nil {
+		return vm, err
+	}
 
 	unlock, err := s.vmLocks.lock(context.Background(), vm.ID)
 	if err != nil {
@@ -471,16 +494,17 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	return vm, s.step("record running")
 }
 
-// startProcess fills the boot's network and kernel command line and starts
+// startProcess fills the boot's network and kernel command line (with the
+// capabilities' arguments, capArgs) and starts
 // the VM's hypervisor process, retrying with a new loopback port when
 // another process took the one picked (user mode).
-func (s *vmService) startProcess(ctx context.Context, vm store.VM, nw vmNetwork, spec *hypervisor.Spec) (hypervisor.Instance, error) {
+func (s *vmService) startProcess(ctx context.Context, vm store.VM, nw vmNetwork, spec *hypervisor.Spec, capArgs []string) (hypervisor.Instance, error) {
 	for attempt := 0; ; attempt++ {
 		netArgs, err := nw.spec(vm, &spec.Net)
 		if err != nil {
 			return hypervisor.Instance{}, err
 		}
-		spec.Cmdline = s.cmdline(vm, netArgs)
+		spec.Cmdline = s.cmdline(vm, append(netArgs, capArgs...))
 		inst, err := s.driver.Start(ctx, *spec)
 		// Another process can take the port between our probe and QEMU's
 		// bind; try a new one.
@@ -530,6 +554,8 @@ func (s *vmService) removeVM(ctx context.Context, id string) error {
 	}
 	s.guests.drop(id)
 	if vm, err := s.store.GetVM(ctx, id); err == nil {
+		s.caps.beforeStop(vm)
+		s.caps.beforeDelete(vm)
 		s.killVM(ctx, vm)
 		s.driver.KillStrays(ctx, s.layout.VMDir(id))
 		if vm.PID != 0 && s.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
@@ -628,7 +654,7 @@ func (s *vmService) toWireVM(vm store.VM) wire.VM {
 	w := wire.VM{ID: vm.ID, Name: vm.Name, State: vm.State, Image: vm.Image, Kernel: vm.Kernel, CPUs: vm.CPUs,
 		MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, Net: vm.NetMode, Accel: vm.Accel, AccelReason: vm.AccelReason,
 		CreatedAt: vm.CreatedAt, LastError: vm.LastError,
-		Console: s.layout.VMDir(vm.ID) + "/" + layout.ConsoleFile, Restart: restartPolicy(vm)}
+		Console: s.layout.VMDir(vm.ID) + "/" + layout.ConsoleFile, Restart: restartPolicy(vm), Caps: capStrings(vm.Caps)}
 	if vm.State == wire.StateStopped {
 		w.StoppedBy = vm.StoppedBy
 	}
@@ -787,6 +813,7 @@ func (s *vmService) shutdown(ctx context.Context, vm store.VM, force bool, timeo
 			s.onStopping(ctx, vm, "vm stopped")
 		}
 	}
+	s.caps.beforeStop(vm)
 	if !force && s.driver.Alive(inst) {
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		if conn, err := s.guest(pctx, vm); err == nil {
@@ -908,6 +935,13 @@ func (s *vmService) reattach(ctx context.Context) error {
 		}
 		if alive {
 			s.follow(vm, specOf(vm), inst, false)
+			// Its capabilities act again (port forwards listen anew);
+			// one that cannot is logged, the VM runs on.
+			if next == wire.StateRunning || next == wire.StatePaused {
+				if err := s.caps.guestReady(ctx, nil, vm); err != nil {
+					s.log.Warn("re-attach: a capability of the vm failed", "vm", vm.Name, "err", err)
+				}
+			}
 		}
 		s.log.Info("vm re-attached", "vm", vm.Name, "state", next, "pid", vm.PID)
 	}
@@ -936,6 +970,7 @@ func (s *vmService) settleDead(ctx context.Context, vm store.VM) store.VM {
 		return vm
 	}
 	s.guests.drop(vm.ID)
+	s.caps.beforeStop(settled)
 	s.log.Info("vm process exited on its own", "vm", vm.Name)
 	return settled
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -178,6 +179,16 @@ func (c *Client) Wait() error { return c.ssh.Wait() }
 // SSH exposes the underlying connection for things this package does not
 // wrap yet (port forwards, persistent sessions).
 func (c *Client) SSH() *ssh.Client { return c.ssh }
+
+// DialPort connects to a TCP port on the guest's loopback through the
+// agent (an SSH direct-tcpip channel): a port forward's guest side.
+func (c *Client) DialPort(ctx context.Context, port int) (net.Conn, error) {
+	conn, err := c.ssh.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return nil, fmt.Errorf("connect to port %d in the guest: %w", port, err)
+	}
+	return conn, nil
+}
 
 // SFTP opens an SFTP session on the connection; close it when done.
 // Writes go out with several requests in flight (a file's ReadFrom), as

@@ -210,7 +210,7 @@ func TestMigration0001Schema(t *testing.T) {
 	want := map[string][]string{
 		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"},                                                                                                                                                                                       // is_default: 0006
 		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta", "id", "parent", "recipe_digest", "config"},                                                                                                                                               // id, parent, recipe_digest, config: 0008
-		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key", "restart_policy", "stopped_by", "image_config"}, // accel_reason: 0004, agent_host_key: 0005, restart_policy and stopped_by: 0007, image_config: 0009
+		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key", "restart_policy", "stopped_by", "image_config", "caps"}, // accel_reason: 0004, agent_host_key: 0005, restart_policy and stopped_by: 0007, image_config: 0009, caps: 0010
 		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                                                                 // error_code: 0003
 	}
 	for table, cols := range want {
@@ -422,6 +422,34 @@ func TestMigration0009VMImageConfig(t *testing.T) {
 	}
 	if plain, err := s.GetVM(ctx, "v10"); err != nil || !plain.ImageConfig.IsZero() {
 		t.Fatalf("no config: %+v %v", plain.ImageConfig, err)
+	}
+}
+
+// 0010: a VM's capabilities round-trip in order, through an update too;
+// none reads as none.
+func TestMigration0010VMCaps(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	caps := []VMCap{{Name: "port", Arg: "18080:8080"}, {Name: "env", Arg: "FOO=bar"}, {Name: "env", Arg: "A="}}
+	if err := s.InsertVM(ctx, VM{ID: "c1", Name: "capped", State: "creating", Caps: caps}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "c1")
+	if err != nil || !reflect.DeepEqual(got.Caps, caps) {
+		t.Fatalf("round trip: %+v %v", got.Caps, err)
+	}
+	got.Caps = caps[1:]
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := s.GetVM(ctx, "c1"); err != nil || !reflect.DeepEqual(again.Caps, caps[1:]) {
+		t.Fatalf("after update: %+v %v", again.Caps, err)
+	}
+	if err := s.InsertVM(ctx, VM{ID: "c2", Name: "plain", State: "stopped"}); err != nil {
+		t.Fatal(err)
+	}
+	if plain, err := s.GetVM(ctx, "c2"); err != nil || plain.Caps != nil {
+		t.Fatalf("no caps: %+v %v", plain.Caps, err)
 	}
 }
 

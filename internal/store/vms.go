@@ -44,26 +44,52 @@ type VM struct {
 	// ImageConfig is its image's config when it was created: what exec
 	// and sessions in it start with.
 	ImageConfig ImageConfig
+	// Caps are its capabilities, in the order given (see VMCap).
+	Caps []VMCap
+}
+
+// VMCap is one capability of a VM: a built-in capability's name and its
+// argument, as the user gave it (`--cap NAME[=ARG]`).
+type VMCap struct {
+	Name string `json:"name"`
+	Arg  string `json:"arg,omitempty"`
+}
+
+// capsArg is caps as a column value: NULL when there are none.
+func capsArg(what string, caps []VMCap) (any, error) {
+	if len(caps) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(caps)
+	if err != nil {
+		return nil, fmt.Errorf("%s caps: %w", what, err)
+	}
+	return string(b), nil
 }
 
 const vmColumns = `id, name, state, image, kernel, cpus, memory_mib, disk_bytes,
 	net_mode, ssh_port, pid, pid_start, accel, created_at, updated_at, last_error, config, accel_reason,
-	agent_host_key, restart_policy, stopped_by, image_config`
+	agent_host_key, restart_policy, stopped_by, image_config, caps`
 
 func scanVM(row scanner) (VM, error) {
 	var vm VM
 	var pidStart, created, updated int64
-	var config, imageConfig sql.NullString
+	var config, imageConfig, caps sql.NullString
 	err := row.Scan(&vm.ID, &vm.Name, &vm.State, &vm.Image, &vm.Kernel, &vm.CPUs,
 		&vm.MemoryMiB, &vm.DiskBytes, &vm.NetMode, &vm.SSHPort, &vm.PID, &pidStart,
 		&vm.Accel, &created, &updated, &vm.LastError, &config, &vm.AccelReason, &vm.AgentHostKey,
-		&vm.RestartPolicy, &vm.StoppedBy, &imageConfig)
+		&vm.RestartPolicy, &vm.StoppedBy, &imageConfig, &caps)
 	if err != nil {
 		return VM{}, err
 	}
 	if raw := fromJSON(imageConfig); raw != nil {
 		if err := json.Unmarshal(raw, &vm.ImageConfig); err != nil {
 			return VM{}, fmt.Errorf("vm %q image config: %w", vm.Name, err)
+		}
+	}
+	if raw := fromJSON(caps); raw != nil {
+		if err := json.Unmarshal(raw, &vm.Caps); err != nil {
+			return VM{}, fmt.Errorf("vm %q caps: %w", vm.Name, err)
 		}
 	}
 	vm.PIDStart = uint64(pidStart)
@@ -85,10 +111,14 @@ func vmArgs(vm VM) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	caps, err := capsArg(fmt.Sprintf("vm %q", vm.Name), vm.Caps)
+	if err != nil {
+		return nil, err
+	}
 	return []any{vm.ID, vm.Name, vm.State, vm.Image, vm.Kernel, vm.CPUs, vm.MemoryMiB,
 		vm.DiskBytes, vm.NetMode, vm.SSHPort, vm.PID, int64(vm.PIDStart), vm.Accel,
 		toNanos(vm.CreatedAt), toNanos(vm.UpdatedAt), vm.LastError, config, vm.AccelReason, vm.AgentHostKey,
-		vm.RestartPolicy, vm.StoppedBy, imageConfig}, nil
+		vm.RestartPolicy, vm.StoppedBy, imageConfig, caps}, nil
 }
 
 // vmUpdateSQL sets every column but id, in vmColumns order, then takes the
@@ -116,7 +146,7 @@ func (o *ops) InsertVM(ctx context.Context, vm VM) error {
 		return err
 	}
 	_, err = o.w.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
 	if isConstraint(err) {
 		return fmt.Errorf("vm %q (id %s): name or id already in use: %w", vm.Name, vm.ID, ErrConflict)
 	}

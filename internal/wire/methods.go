@@ -72,6 +72,10 @@ var (
 	SessionSignal = Method[SessionSignalParams, None]{"session.signal"}
 	SessionRun    = StreamMethod[SessionRunParams]{"session.run"}
 	SessionWait   = StreamMethod[SessionWaitParams]{"session.wait"}
+
+	PortAdd    = Method[PortParams, Port]{"port.add"}
+	PortRemove = Method[PortParams, None]{"port.remove"}
+	PortList   = Method[RefParams, []Port]{"port.list"}
 )
 
 // Methods lists the table, in the order above.
@@ -86,6 +90,7 @@ var Methods = []MethodInfo{
 	KernelList.Info(), KernelFetch.Info(), KernelImport.Info(), KernelDefault.Info(),
 	SessionList.Info(), SessionCreate.Info(), SessionAttach.Info(), SessionSend.Info(),
 	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(), SessionRun.Info(), SessionWait.Info(),
+	PortAdd.Info(), PortRemove.Info(), PortList.Info(),
 }
 
 // IsStream reports whether the named method streams; unknown names do not.

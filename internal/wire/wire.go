@@ -175,6 +175,8 @@ type VM struct {
 	// StoppedBy, for a stopped VM, how it stopped.
 	Restart   string `json:"restart,omitempty"`
 	StoppedBy string `json:"stopped_by,omitempty"`
+	// Caps are its capabilities, "NAME" or "NAME=ARG", in order.
+	Caps []string `json:"caps,omitempty"`
 }
 
 // Image is what image ls and inspect return.
@@ -271,6 +273,8 @@ type CreateVMParams struct {
 	Net       string `json:"net,omitempty"`
 	// Restart is the restart policy (RestartPolicies); "" is RestartNo.
 	Restart string `json:"restart,omitempty"`
+	// Caps are the VM's capabilities, each "NAME" or "NAME=ARG" (caps.go).
+	Caps []string `json:"caps,omitempty"`
 }
 
 type RefParams struct {
