@@ -208,10 +208,10 @@ func columns(t *testing.T, s *Store, table string) []string {
 func TestMigration0001Schema(t *testing.T) {
 	s, _ := openTest(t)
 	want := map[string][]string{
-		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"},                                                                                                                                                                                       // is_default: 0006
-		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta", "id", "parent", "recipe_digest", "config"},                                                                                                                                               // id, parent, recipe_digest, config: 0008
+		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"},                                                                                                                                                                                               // is_default: 0006
+		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta", "id", "parent", "recipe_digest", "config"},                                                                                                                                                       // id, parent, recipe_digest, config: 0008
 		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key", "restart_policy", "stopped_by", "image_config", "caps"}, // accel_reason: 0004, agent_host_key: 0005, restart_policy and stopped_by: 0007, image_config: 0009, caps: 0010
-		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                                                                 // error_code: 0003
+		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                                                                         // error_code: 0003
 	}
 	for table, cols := range want {
 		if got := columns(t, s, table); !reflect.DeepEqual(got, cols) {
