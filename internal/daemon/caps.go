@@ -27,8 +27,10 @@ import (
 //     arguments, or drives and devices to the Spec (capBoot).
 //   - guestReady: the agent answered; the VM is not yet recorded running.
 //     Also called when a daemon re-attaches a running VM.
-//   - beforeStop: the VM stops (stop, a guest reset, a process found
-//     gone, or before a delete); the guest may already be gone.
+//   - beforeStop: the VM stops (stop, a guest reset, a guest power-off
+//     its follower saw, a process found gone, or before a delete); the
+//     guest may already be gone, and the hook may run under the VM's
+//     lock (capsStopped): it does no guest I/O and nothing slow.
 //   - beforeDelete: the VM is removed.
 //
 // beforeBoot and guestReady return the undo of what they made: a later

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -387,5 +388,42 @@ func TestCapPortGuestRefuses(t *testing.T) {
 	}
 	if got, err := roundTrip(hp2); err != nil || got != "guest:8 hello\n" {
 		t.Fatalf("the other forward: %q %v", got, err)
+	}
+}
+
+// A guest that reset itself is booted again with its capabilities: the
+// stop hooks run for the ended boot, the boot hooks for the new one, and
+// the port forward answers from the new process.
+func TestCapsAfterGuestReset(t *testing.T) {
+	drv := newFakeDriver()
+	td := openTestDaemon(t, "", drv)
+	c := serve(t, td)
+	ctx := context.Background()
+	log := recCaps(td, "")
+	hp := freeTestPort(t)
+	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "vm1", Caps: []string{"a=1", fmt.Sprintf("port=%d:80", hp)}})
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	log()
+	vm, err := td.store.GetVMByName(ctx, "vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
+	drv.mu.Lock()
+	delete(drv.alive, vm.PID) // the guest reset; QEMU ended
+	drv.mu.Unlock()
+	td.vms.guestReset(vm, inst)
+	again, err := td.store.GetVM(ctx, vm.ID)
+	if err != nil || again.State != wire.StateRunning || again.PID == vm.PID {
+		t.Fatalf("after the reset: %v %+v", err, again)
+	}
+	want := []string{"b:before stop", "a:before stop", "a:before boot 1", "a:guest ready 1"}
+	if got := log(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("hooks:\n got %q\nwant %q", got, want)
+	}
+	if got, err := roundTrip(hp); err != nil || got != "guest:80 hello\n" {
+		t.Fatalf("the forward after the reset: %q %v", got, err)
 	}
 }

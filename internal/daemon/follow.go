@@ -199,6 +199,8 @@ func (s *vmService) runFollower(ctx context.Context, fd hypervisor.Follower, f *
 			// which this follower found so and ended: the console
 			// tells.
 			goSafe(s.background, s.log, "boot again after a guest reset of vm "+vm.Name, nil, func() { s.guestReset(vm, inst) })
+		} else if ctx.Err() == nil && !s.driver.Alive(inst) {
+			s.capsStopped(vm.ID, inst)
 		}
 		if ctx.Err() != nil || !s.driver.Alive(inst) || errors.Is(err, hypervisor.ErrUnsupported) {
 			return
@@ -210,6 +212,20 @@ func (s *vmService) runFollower(ctx context.Context, fd hypervisor.Follower, f *
 		case <-time.After(followRetry):
 		}
 	}
+}
+
+// capsStopped runs the stop hooks of VM id when its process inst ended
+// on its own (the guest powered off) and its record still names that
+// process running: its port forwards close now, not when the VM is next
+// named (settleDead). Hooks that act fast (no guest I/O) run under the
+// VM's lock, so a start that follows cannot be undone by them.
+func (s *vmService) capsStopped(id string, inst hypervisor.Instance) {
+	_, _ = s.withVMLockByID(context.Background(), id, func(v *store.VM) error {
+		if v.PID == inst.PID && (v.State == wire.StateRunning || v.State == wire.StatePaused) {
+			s.caps.beforeStop(*v)
+		}
+		return nil
+	})
 }
 
 // pauseMessage says why a VM is paused and what to do about it.

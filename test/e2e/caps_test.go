@@ -105,11 +105,33 @@ func TestCapPortAndEnv(t *testing.T) {
 	hp2 := freeLoopbackPort(t)
 	e.must("port", "add", "web", fmt.Sprintf("127.0.0.1:%d:8080/tcp", hp2))
 	waitHTTP(t, hp2, "/index.html", "hello-port\n")
+
+	// A poweroff in the guest closes the forward (the follower sees the
+	// process end; capsStopped), and a start opens it again.
+	e.run("exec", "web", "--", "poweroff")
+	if !portClosed(hp2, 30*time.Second) {
+		t.Fatal("the forward still listens after the guest powered off")
+	}
+	e.must("start", "web")
+	e.must("exec", "web", "--", "sh", "-c", "mkdir -p /tmp/www && echo again > /tmp/www/index.html && busybox httpd -p 8080 -h /tmp/www")
+	waitHTTP(t, hp2, "/index.html", "again\n")
 	e.must("rm", "-f", "web")
 	if _, err := httpGet(hp2, "/index.html"); err == nil {
 		t.Fatal("the forward answers after rm -f")
 	}
 	assertNoVMs(t, e)
+}
+
+// portClosed waits up to limit until nothing listens on 127.0.0.1:port.
+func portClosed(port int, limit time.Duration) bool {
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err != nil {
+			return true
+		}
+		c.Close()
+	}
+	return false
 }
 
 // A host port in use fails the create naming the capability, and leaves
