@@ -53,8 +53,8 @@ func ImportKernel(ctx context.Context, c *Client, p wire.KernelImportParams, std
 // sendAndAnswer sends a stream's input (send, then FrameStdinEOF) while
 // answer reads the daemon's reply; the reply, which can come at any
 // point, cancels the send. When sending fails, the daemon's answer, if
-// it gave one, says why better than a broken pipe; without one, closing
-// the stream ends the reader.
+// it gave one, is the outcome (a refusal says why better than a broken
+// pipe); without one, closing the stream ends the reader.
 func sendAndAnswer[R any](ctx context.Context, s *Stream, what string, send func(context.Context) error, answer func() (R, error)) (R, error) {
 	type result struct {
 		r   R
@@ -75,9 +75,9 @@ func sendAndAnswer[R any](ctx context.Context, s *Stream, what string, send func
 	if sendErr != nil && ctx.Err() == nil {
 		select {
 		case r := <-done:
-			if r.err != nil {
-				return r.r, r.err
-			}
+			// The daemon answered: it had what it needed, or says
+			// what was wrong.
+			return r.r, r.err
 		default:
 			s.Close()
 		}
