@@ -20,7 +20,7 @@ const defaultRecipe = "Emberfile"
 
 func imageBuildCmd(e *env) *cobra.Command {
 	var file, contextDir string
-	var detach, asJSON bool
+	var detach, asJSON, noCache bool
 	cmd := &cobra.Command{
 		Use:   "build [-f RECIPE] [--context DIR] NAME",
 		Short: "Build an image from a recipe (FROM, RUN, COPY, ENV, WORKDIR); steps run in a build VM",
@@ -59,7 +59,7 @@ func imageBuildCmd(e *env) *cobra.Command {
 					fromArchive = filepath.Join(contextDir, fromArchive)
 				}
 			}
-			op, err := client.BuildImage(cmd.Context(), c, wire.ImageBuildParams{Name: args[0], File: file, Recipe: string(text)}, contextDir, files, fromArchive)
+			op, err := client.BuildImage(cmd.Context(), c, wire.ImageBuildParams{Name: args[0], File: file, Recipe: string(text), NoCache: noCache}, contextDir, files, fromArchive)
 			if err != nil {
 				return err
 			}
@@ -69,6 +69,7 @@ func imageBuildCmd(e *env) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVarP(&file, "file", "f", "", "the recipe (default: "+defaultRecipe+" in the context folder)")
 	f.StringVar(&contextDir, "context", ".", "the folder COPY takes files from")
+	f.BoolVar(&noCache, "no-cache", false, "run every step, even those whose inputs did not change (e.g. to get newer packages)")
 	f.BoolVarP(&detach, "detach", "d", false, "print the operation ID and return at once")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd

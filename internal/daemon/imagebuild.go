@@ -189,7 +189,7 @@ func (s *imageService) build(ctx context.Context, p wire.ImageBuildParams, sc *s
 		cleanup()
 		op.finish(nil, err)
 	}, func() {
-		res, err := s.runBuild(op, p.Name, r, dir, archive)
+		res, err := s.runBuild(op, p, r, dir, archive)
 		cleanup()
 		op.finish(res, err)
 		if err != nil {
@@ -307,8 +307,8 @@ func (b *buildState) envMap() map[string]string {
 // it off and flatten its disk into a new layer, kept in the step cache
 // under the step's key. A step whose key is cached is not run. The image
 // is registered under imageOpsMu at the end, in one store write.
-func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe, dir string, archive *os.File) ([]byte, error) {
-	ctx := op.ctx
+func (s *imageService) runBuild(op *imageBuildOp, p wire.ImageBuildParams, r *recipe.Recipe, dir string, archive *os.File) ([]byte, error) {
+	ctx, name := op.ctx, p.Name
 	progress := func(msg string) { op.Progress("%s", msg) }
 	op.logf("FROM %s", r.From)
 	cacheDir := filepath.Join(s.layout.ImagesDir(), buildCacheDir)
@@ -342,7 +342,7 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 	st := buildState{env: append([]string(nil), parent.Config.Env...), workdir: parent.Config.WorkingDir,
 		user: parent.Config.User, key: "image " + parent.ID}
 	ctxDir := filepath.Join(dir, "context")
-	booted := 0 // steps run, not cached
+	ran, fromCache := 0, 0 // RUN, COPY and PACKAGES steps
 	for i, step := range r.Steps {
 		op.logf("step %d/%d: %s", i+1, len(r.Steps), shorten(step.Text, 200))
 		switch step.Op {
@@ -366,12 +366,13 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 		}
 		st.chain(step.Key(), strings.Join(st.env, "\x00"), st.workdir, digest)
 		cached := filepath.Join(cacheDir, st.key+".raw")
-		if l, ok := cachedLayer(cached); ok {
+		if l, ok := cachedLayer(cached); ok && !p.NoCache {
 			op.logf("  cached")
 			cur = l
+			fromCache++
 			continue
 		}
-		booted++
+		ran++
 		if err := s.runStep(ctx, op, r, i, step, st, cur, dir, cached); err != nil {
 			return nil, err
 		}
@@ -395,7 +396,7 @@ func (s *imageService) runBuild(op *imageBuildOp, name string, r *recipe.Recipe,
 	if err != nil {
 		return nil, err
 	}
-	op.logf("built image %s (%d of %d steps run, the rest cached)", name, booted, len(r.Steps))
+	op.logf("built image %s: %d steps ran in a build VM, %d came from the cache", name, ran, fromCache)
 	out, _ := json.Marshal(wireImage(img))
 	return out, nil
 }

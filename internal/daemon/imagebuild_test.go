@@ -268,7 +268,7 @@ func TestBuildOnFakes(t *testing.T) {
 	started := td.drv.nextPID
 	td.drv.mu.Unlock()
 	op, err = build(t, c, "img2", "# the same steps\nFROM base\nENV A=1\nRUN [\"showreq\"]\nRUN echo hi\n")
-	if err != nil || op.State != wire.OpSucceeded || !logHas(op, "(0 of 3 steps run, the rest cached)") {
+	if err != nil || op.State != wire.OpSucceeded || !logHas(op, ": 0 steps ran in a build VM, 2 came from the cache") {
 		t.Fatalf("rebuild: %v %+v", err, op)
 	}
 	td.drv.mu.Lock()
@@ -278,8 +278,18 @@ func TestBuildOnFakes(t *testing.T) {
 	td.drv.mu.Unlock()
 	// A changed ENV changes every later step's key.
 	op, err = build(t, c, "img3", "FROM base\nENV A=2\nRUN [\"showreq\"]\nRUN echo hi\n")
-	if err != nil || op.State != wire.OpSucceeded || !logHas(op, "(2 of 3 steps run, the rest cached)") {
+	if err != nil || op.State != wire.OpSucceeded || !logHas(op, ": 2 steps ran in a build VM, 0 came from the cache") {
 		t.Fatalf("changed build: %v %+v", err, op)
+	}
+	// --no-cache runs every step again.
+	nc, err := client.BuildImage(context.Background(), c, wire.ImageBuildParams{Name: "img4", File: "R",
+		Recipe: "FROM base\nENV A=2\nRUN [\"showreq\"]\nRUN echo hi\n", NoCache: true}, "", nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, c, nc.ID)
+	if err := c.Call(context.Background(), "op.status", wire.OpParams{ID: nc.ID}, &op); err != nil || op.State != wire.OpSucceeded || !logHas(op, ": 2 steps ran in a build VM, 0 came from the cache") {
+		t.Fatalf("--no-cache: %v %+v", err, op)
 	}
 	// A name that exists is refused before anything is made.
 	if _, err := build(t, c, "img", "FROM base\n"); wire.CodeOf(err) != wire.CodeConflict {

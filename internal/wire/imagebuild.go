@@ -18,6 +18,9 @@ type ImageBuildParams struct {
 	// image.import does) right after the stream opens, before the
 	// context.
 	FromArchive bool `json:"from_archive,omitempty"`
+	// NoCache runs every step, cached or not (their results still
+	// replace what the cache holds).
+	NoCache bool `json:"no_cache,omitempty"`
 }
 
 // Bounds of a build request. The recipe's own bounds are

@@ -164,7 +164,7 @@ func TestImageBuild(t *testing.T) {
 	if n := strings.Count(errOut, "  cached"); n != 4 {
 		t.Fatalf("rebuild: %d steps cached, want the 4 RUN and COPY steps:\n%s", n, errOut)
 	}
-	if !strings.Contains(errOut, "built image app2 (0 of 6 steps run, the rest cached)") || strings.Contains(errOut, "booting") {
+	if !strings.Contains(errOut, "built image app2: 0 steps ran in a build VM, 4 came from the cache") || strings.Contains(errOut, "booting") {
 		t.Fatalf("rebuild booted a vm:\n%s", errOut)
 	}
 	e.noBuildLeftovers("app", "app2")
@@ -392,7 +392,7 @@ func TestImageBuildFromRegistry(t *testing.T) {
 		t.Fatalf("files: %q", out)
 	}
 	out, errOut, code := e.run("image", "build", "--context", dir, "onbusybox2")
-	if code != 0 || strings.Count(errOut, "  cached") != 2 || !strings.Contains(errOut, "(0 of 3 steps run, the rest cached)") {
+	if code != 0 || strings.Count(errOut, "  cached") != 2 || !strings.Contains(errOut, ": 0 steps ran in a build VM, 2 came from the cache") {
 		t.Fatalf("rebuild: exit %d\n%s\n%s", code, out, errOut)
 	}
 	// The same image from an archive in the context (passed by the CLI as
@@ -404,7 +404,7 @@ func TestImageBuildFromRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, errOut, code = e.run("image", "build", "--context", dir, "fromarchive")
-	if code != 0 || !strings.Contains(errOut, "(0 of 3 steps run, the rest cached)") {
+	if code != 0 || !strings.Contains(errOut, ": 0 steps ran in a build VM, 2 came from the cache") {
 		t.Fatalf("build FROM an archive: exit %d\n%s", code, errOut)
 	}
 	e.must("create", "oa", "--image", "fromarchive")
