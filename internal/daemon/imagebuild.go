@@ -447,9 +447,21 @@ func (s *imageService) runStep(ctx context.Context, op *imageBuildOp, r *recipe.
 	if _, err := s.flatten(ctx, vm.disk, cur, tmp); err != nil {
 		return fmt.Errorf("%s: save the step's result: %w", where, err)
 	}
-	if err := os.Rename(tmp, cached); err != nil {
-		os.Remove(tmp)
+	if err := publishOnce(tmp, cached); err != nil {
 		return fmt.Errorf("%s: save the step's result: %w", where, err)
+	}
+	return nil
+}
+
+// publishOnce makes the finished file tmp the build-cache entry dst
+// unless dst exists already, and removes tmp either way. A cache entry is
+// written once and never replaced: another build may have a VM's disk,
+// or a flatten, reading it by its path at this moment, and a rename over
+// it would hand them a different file (two builds of the same step).
+func publishOnce(tmp, dst string) error {
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, dst); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
 	}
 	return nil
 }
@@ -506,7 +518,7 @@ func (s *imageService) copyLayer(ctx context.Context, cur layer, dir, dst string
 	if _, err := s.flatten(ctx, overlay, cur, tmp); err != nil {
 		return err
 	}
-	return os.Rename(tmp, dst)
+	return publishOnce(tmp, dst)
 }
 
 // registerBuilt gives the image its own name for the last layer (a hard
@@ -575,16 +587,20 @@ func (s *imageService) ociBase(ctx context.Context, src v1.Image, ref, cacheDir 
 	if err != nil {
 		return store.Image{}, err
 	}
-	if err := os.Rename(rec.Path, img.Path); err != nil {
-		os.Remove(rec.Path)
+	if err := publishOnce(rec.Path, img.Path); err != nil {
 		return store.Image{}, err
 	}
-	// The config last: it marks the base whole.
+	// The config last, whole: it marks the base whole.
 	b, _ := json.Marshal(struct {
 		Size   int64
 		Config store.ImageConfig
 	}{rec.SizeBytes, rec.Config})
-	if err := os.WriteFile(base+".json", b, 0o600); err != nil {
+	tmpJSON := base + ".json." + store.NewImageID()
+	if err := os.WriteFile(tmpJSON, b, 0o600); err != nil {
+		os.Remove(tmpJSON)
+		return store.Image{}, err
+	}
+	if err := publishOnce(tmpJSON, base+".json"); err != nil {
 		return store.Image{}, err
 	}
 	img.SizeBytes, img.Config = rec.SizeBytes, rec.Config
@@ -592,8 +608,8 @@ func (s *imageService) ociBase(ctx context.Context, src v1.Image, ref, cacheDir 
 }
 
 // sweepBuilds removes what builds of an earlier daemon left: their
-// folders, and cache entries half written (none are: they appear by
-// rename). Their VMs go in settleUnfinishedOps.
+// folders, and cache entries half written (none are: they appear whole,
+// by a link, publishOnce). Their VMs go in settleUnfinishedOps.
 func (s *imageService) sweepBuilds() {
 	dir := filepath.Join(s.layout.ImagesDir(), buildsDir)
 	if err := os.RemoveAll(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
