@@ -215,6 +215,9 @@ func (s *imageService) remove(ctx context.Context, p wire.ImageRemoveParams) err
 	} else if err != nil {
 		return err
 	}
+	if n := s.building[p.Name]; n > 0 {
+		return conflictf("image %q is the FROM of %d image builds in progress; wait for them or cancel them (`ember op ls`)", p.Name, n)
+	}
 	users, err := s.store.ImageUsers(ctx, p.Name)
 	if err != nil {
 		return err

@@ -230,3 +230,30 @@ func TestBuiltinFirstUseBuildsOnce(t *testing.T) {
 		t.Fatalf("build after a cancelled one: %v", err)
 	}
 }
+
+// An image that a build in progress is FROM cannot be removed between
+// its steps (no build VM holds it then); once the build ends it can.
+func TestImageRemoveRefusedWhileBuildFrom(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	ctx := context.Background()
+	file := filepath.Join(td.layout.ImagesDir(), "base-0a.raw")
+	os.MkdirAll(filepath.Dir(file), 0o755)
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := td.store.PutImage(ctx, store.Image{Name: "base", Kind: store.ImageBuilt, Path: file, Format: store.FormatRaw}); err != nil {
+		t.Fatal(err)
+	}
+	release := td.images.holdFrom("base")
+	err := td.images.remove(ctx, wire.ImageRemoveParams{Name: "base", Force: true})
+	if wire.CodeOf(err) != wire.CodeConflict || !strings.Contains(err.Error(), `image "base" is the FROM of 1 image builds in progress`) {
+		t.Fatalf("rm during a build from it: %v", err)
+	}
+	release()
+	if err := td.images.remove(ctx, wire.ImageRemoveParams{Name: "base"}); err != nil {
+		t.Fatalf("rm after the build: %v", err)
+	}
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Fatalf("file after rm: %v", err)
+	}
+}

@@ -333,6 +333,7 @@ func (s *imageService) runBuild(op *imageBuildOp, p wire.ImageBuildParams, r *re
 		}
 		parent, err = s.ociBase(ctx, src, r.From, cacheDir, progress)
 	default:
+		defer s.holdFrom(r.From)()
 		parent, err = s.host.prepareImage(ctx, r.From, progress)
 	}
 	if err != nil {
@@ -551,6 +552,21 @@ func (s *imageService) registerBuilt(ctx context.Context, name string, cur layer
 		return store.Image{}, fmt.Errorf("record image %s: %w", name, err)
 	}
 	return img, nil
+}
+
+// holdFrom marks image name as the FROM of a build in progress, so
+// `image rm` refuses it until the returned release runs.
+func (s *imageService) holdFrom(name string) (release func()) {
+	s.imageOpsMu.Lock()
+	s.building[name]++
+	s.imageOpsMu.Unlock()
+	return func() {
+		s.imageOpsMu.Lock()
+		defer s.imageOpsMu.Unlock()
+		if s.building[name]--; s.building[name] <= 0 {
+			delete(s.building, name)
+		}
+	}
 }
 
 // fromOCI reports whether a recipe's FROM names an OCI image (a registry

@@ -76,11 +76,16 @@ type imageService struct {
 	// it, and creates from any other image never do. Fixed at start.
 	builtinSlots map[string]chan struct{}
 
-	// imageOpsMu guards the registry's rows and files, and reserved.
+	// imageOpsMu guards the registry's rows and files, reserved and
+	// building.
 	imageOpsMu sync.Mutex
 	// reserved names the images being registered: taken by their
 	// register until its file is in place and its row written.
 	reserved map[string]bool
+	// building counts, per image name, the builds in progress whose FROM
+	// it is: between steps no build VM holds it, yet the next step (and
+	// the finished image's parent) reads its file, so rm refuses it.
+	building map[string]int
 	buildOps *opRegistry[*imageBuildOp]
 	// recorded, when set (tests), runs once recordNew has written an
 	// image's row: a cancel there must not fail what was recorded.
@@ -89,7 +94,7 @@ type imageService struct {
 
 func newImageService(l layout.Layout, st *store.Store, log *slog.Logger, cache string, retention time.Duration) *imageService {
 	s := &imageService{layout: l, store: st, log: log, cache: cache, builtinSlots: map[string]chan struct{}{},
-		reserved: map[string]bool{}, buildOps: newOpRegistry[*imageBuildOp](retention)}
+		reserved: map[string]bool{}, building: map[string]int{}, buildOps: newOpRegistry[*imageBuildOp](retention)}
 	for _, b := range builtins {
 		s.builtinSlots[b.name] = make(chan struct{}, 1)
 	}
