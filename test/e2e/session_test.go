@@ -287,8 +287,14 @@ func testSessionPTY(t *testing.T, e *env) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("ember did not detach; output:\n%s", out.String())
 	}
-	if !strings.Contains(out.String(), "detached from session s1") {
-		t.Fatalf("no detach message:\n%s", out.String())
+	// ember has exited; its last bytes may still be on their way from
+	// the PTY into out.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "detached from session s1") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no detach message:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if termios().Lflag&unix.ICANON == 0 {
 		t.Fatal("terminal left in raw mode after detach")
