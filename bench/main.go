@@ -58,6 +58,8 @@ func main() {
 		err = runImages(*runs, *out)
 	case *buildOnly:
 		err = runBuild(*runs, *out)
+	case *cpOnly:
+		err = runCp(*runs, *out)
 	default:
 		err = run(*runs, *out)
 	}

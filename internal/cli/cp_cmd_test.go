@@ -1,8 +1,15 @@
 package cli
 
 import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/emberhq/ember/internal/wire"
 )
 
 func TestCpArg(t *testing.T) {
@@ -40,5 +47,67 @@ func TestCpUsageErrors(t *testing.T) {
 		if code != 2 || !strings.Contains(errOut, want) {
 			t.Errorf("ember %s: exit %d, stderr %q; want 2 and %q", args, code, errOut, want)
 		}
+	}
+}
+
+// tarOf is an archive of entries: a name ending in / is a folder, "->"
+// in it makes a symlink, anything else a file holding its name.
+func tarOf(t *testing.T, names ...string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, n := range names {
+		h := &tar.Header{Name: n, Mode: 0o755, Typeflag: tar.TypeReg, Size: int64(len(n))}
+		if name, to, ok := strings.Cut(n, "->"); ok {
+			h = &tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: to, Mode: 0o777}
+		} else if strings.HasSuffix(n, "/") {
+			h = &tar.Header{Name: n, Typeflag: tar.TypeDir, Mode: 0o750}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			tw.Write([]byte(n))
+		}
+	}
+	tw.Close()
+	return buf.String()
+}
+
+// A copy out of a VM unpacks what the daemon sends (the guest's files)
+// with the host user's rights into DST; a stream that would write
+// through a symlink is refused with 2 and leaves nothing.
+func TestCpOutUnpacksOnlyUnderDST(t *testing.T) {
+	fd := newFakeDaemon(t)
+	dst, outside := t.TempDir(), t.TempDir()
+	fd.on(wire.VMCopyOut.Name, streamExit(tarOf(t, "x/", "x/run", "x/l->/etc/passwd"), 0))
+	_, errOut, code := cli(fd.home, "cp", "v1:/srv/x", dst)
+	if code != 0 || !strings.Contains(errOut, "copied 3 entries") {
+		t.Fatalf("cp out: exit %d, stderr %q", code, errOut)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "x/run")); string(b) != "x/run" {
+		t.Errorf("x/run holds %q", b)
+	}
+	if fi, err := os.Stat(filepath.Join(dst, "x/run")); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("x/run: %v %v", fi, err)
+	}
+	if l, err := os.Readlink(filepath.Join(dst, "x/l")); err != nil || l != "/etc/passwd" {
+		t.Errorf("x/l: %q %v", l, err)
+	}
+	var p wire.CopyOutParams
+	if reqs := fd.requests(wire.VMCopyOut.Name); len(reqs) != 1 || json.Unmarshal(reqs[0], &p) != nil || p != (wire.CopyOutParams{Ref: "v1", Path: "/srv/x"}) {
+		t.Errorf("requests: %s", reqs)
+	}
+
+	fd.on(wire.VMCopyOut.Name, streamExit(tarOf(t, "y/", "y/l->"+outside, "y/l/evil"), 0))
+	_, errOut, code = cli(fd.home, "cp", "v1:/srv/y", dst)
+	if code != 2 || !strings.Contains(errOut, "y/l/evil") {
+		t.Errorf("hostile stream: exit %d, stderr %q; want 2 naming the entry", code, errOut)
+	}
+	if list, _ := os.ReadDir(outside); len(list) > 0 {
+		t.Errorf("written outside: %v", list)
+	}
+	if _, err := os.Lstat(filepath.Join(dst, "y")); err == nil {
+		t.Errorf("the refused copy left %s", filepath.Join(dst, "y"))
 	}
 }

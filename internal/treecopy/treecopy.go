@@ -255,14 +255,30 @@ func (pk *packer) file(src string, hdr *tar.Header, info fs.FileInfo) error {
 		return err
 	}
 	// The size was told first: a file that grows or shrinks meanwhile
-	// fails the copy rather than making a wrong archive.
-	// A large buffer lets an SFTP file read ahead with several requests
-	// in flight.
-	n, err := io.CopyBuffer(pk.tw, &countReader{r: io.LimitReader(f, st.Size()), p: pk.p}, make([]byte, 1<<20))
-	if err == nil && n != st.Size() {
+	// fails the copy rather than making a wrong archive (the tar writer
+	// refuses more than the size).
+	var n int64
+	if wt, ok := f.(io.WriterTo); ok {
+		// An SFTP file streams with many reads in flight this way.
+		n, err = wt.WriteTo(&countWriter{w: pk.tw, p: pk.p})
+	} else {
+		n, err = io.CopyBuffer(&countWriter{w: pk.tw, p: pk.p}, io.LimitReader(f, st.Size()), make([]byte, 256<<10))
+	}
+	if errors.Is(err, tar.ErrWriteTooLong) || err == nil && n != st.Size() {
 		err = fmt.Errorf("%s changed while it was read", src)
 	}
 	return err
+}
+
+type countWriter struct {
+	w io.Writer
+	p *Progress
+}
+
+func (c *countWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.p.Bytes.Add(int64(n))
+	return n, err
 }
 
 type countReader struct {
