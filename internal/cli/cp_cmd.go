@@ -156,8 +156,12 @@ func showCopyProgress(w io.Writer, p *treecopy.Progress) (stop func()) {
 				pl.clear()
 				return
 			case <-t.C:
-				pl.set("copying: " + copied(p))
-				pl.redraw()
+				text := "copying: " + copied(p)
+				if text == pl.text {
+					pl.redraw() // the time moves on
+				} else {
+					pl.set(text)
+				}
 			}
 		}
 	}()

@@ -3,11 +3,15 @@ package cli
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -109,5 +113,27 @@ func TestCpOutUnpacksOnlyUnderDST(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(dst, "y")); err == nil {
 		t.Errorf("the refused copy left %s", filepath.Join(dst, "y"))
+	}
+}
+
+// On a terminal a copy shows how far it got on one line, cleared before
+// the summary.
+func TestCpProgressOnATerminal(t *testing.T) {
+	fd := newFakeDaemon(t)
+	archive := tarOf(t, "x/", "x/a", "x/b")
+	fd.on(wire.VMCopyOut.Name, func(_ wire.Request, c net.Conn) {
+		reply(c, wire.Response{Stream: true})
+		// The folder and the first file, then a pause the progress
+		// line shows, then the rest.
+		wire.WriteFrame(c, wire.FrameStdout, []byte(archive[:2048]))
+		time.Sleep(500 * time.Millisecond)
+		wire.WriteFrame(c, wire.FrameStdout, []byte(archive[2048:]))
+		wire.WriteJSONFrame(c, wire.FrameExit, wire.Exit{})
+	})
+	dst := t.TempDir()
+	code, out := onTerminal(t, context.Background(), fd.home, "cp", "v1:/x", dst)
+	if code != 0 || !regexp.MustCompile(`^\r\x1b\[Kcopying: \d entries \(\dB\) \(0\.\ds\)`).MatchString(out) ||
+		!strings.HasSuffix(out, "\r\x1b[Kcopied 3 entries (6B) to "+dst+"\r\n") {
+		t.Errorf("cp on a terminal: exit %d\n%q", code, out)
 	}
 }
