@@ -62,16 +62,33 @@ func (f *frameReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// contextLimit is the most a build context may hold in dir's file
+// system: wire.MaxBuildContextBytes, and no more than a third of its free
+// space (the context, then the layers made from it), so a build cannot
+// fill the disk running VMs write to. why names the bound that applies.
+func contextLimit(dir string) (limit int64, why string) {
+	limit, why = wire.MaxBuildContextBytes, fmt.Sprintf("%d bytes", int64(wire.MaxBuildContextBytes))
+	if free, err := freeSpace(dir); err == nil && free/importSpaceFactor < limit {
+		limit = max(free/importSpaceFactor, 1)
+		why = fmt.Sprintf("%d MiB: a third of the %d MiB free where builds are kept", limit>>20, free>>20)
+	}
+	return limit, why
+}
+
 // receiveContext unpacks the tar archive r into dir (which exists and is
-// empty), bounded by wire.MaxBuildContextBytes and MaxBuildContextFiles.
+// empty), bounded by contextLimit and MaxBuildContextFiles. Folder modes
+// are applied once their files are in, so a folder sent read-only does
+// not refuse its own files to a daemon that is not root.
 func receiveContext(r io.Reader, dir string) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
+	limit, why := contextLimit(dir)
 	tr := tar.NewReader(r)
 	var total int64
+	dirModes := map[string]os.FileMode{}
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -93,9 +110,11 @@ func receiveContext(r io.Reader, dir string) error {
 			if err := root.MkdirAll(name, 0o700); err != nil {
 				return invalidf("build context: %s: %v", name, err)
 			}
+			dirModes[name] = mode
+			continue
 		case tar.TypeReg:
-			if hdr.Size < 0 || total+hdr.Size > wire.MaxBuildContextBytes {
-				return invalidf("build context: more than %d bytes", int64(wire.MaxBuildContextBytes))
+			if hdr.Size < 0 || total+hdr.Size > limit {
+				return invalidf("build context: more than %s", why)
 			}
 			total += hdr.Size
 			if err := root.MkdirAll(path.Dir(name), 0o700); err != nil {
@@ -116,6 +135,11 @@ func receiveContext(r io.Reader, dir string) error {
 			return invalidf("build context: %s: not a regular file or folder", name)
 		}
 		// The mode as sent, whatever the daemon's umask.
+		if err := root.Chmod(name, mode); err != nil {
+			return fmt.Errorf("build context: %s: %w", name, err)
+		}
+	}
+	for name, mode := range dirModes {
 		if err := root.Chmod(name, mode); err != nil {
 			return fmt.Errorf("build context: %s: %w", name, err)
 		}

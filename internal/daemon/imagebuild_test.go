@@ -52,11 +52,15 @@ func TestReceiveContext(t *testing.T) {
 		tarEntry{name: "conf/a.txt", typ: tar.TypeReg, mode: 0o640, body: "A"},
 		tarEntry{name: "run.sh", typ: tar.TypeReg, mode: 0o755, body: "#!/bin/sh\n"},
 		tarEntry{name: "deep/er/x", typ: tar.TypeReg, mode: 0o600, body: "x"},
+		// A read-only folder gets its mode once its files are in (a
+		// daemon that is not root could not write them otherwise).
+		tarEntry{name: "ro/", typ: tar.TypeDir, mode: 0o555},
+		tarEntry{name: "ro/f", typ: tar.TypeReg, mode: 0o444, body: "f"},
 	)
 	if err := receiveContext(bytes.NewReader(good), dir); err != nil {
 		t.Fatal(err)
 	}
-	for name, mode := range map[string]os.FileMode{"conf": 0o750, "conf/a.txt": 0o640, "run.sh": 0o755, "deep/er/x": 0o600} {
+	for name, mode := range map[string]os.FileMode{"conf": 0o750, "conf/a.txt": 0o640, "run.sh": 0o755, "deep/er/x": 0o600, "ro": 0o555, "ro/f": 0o444} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil || fi.Mode().Perm() != mode {
 			t.Errorf("%s: %v, mode %v, want %v", name, err, fi.Mode().Perm(), mode)
@@ -375,5 +379,22 @@ func TestBuildLeftoversOfACrashGo(t *testing.T) {
 	assertNoBuildLeft(t, td2)
 	if o, err := td2.store.GetOperation(context.Background(), opID); err != nil || o.State != wire.OpFailed {
 		t.Fatalf("operation: %v %+v", err, o)
+	}
+}
+
+// A build context is bounded by the free space where builds are kept too
+// (a third of it), and the refusal says so.
+func TestContextLimitFollowsFreeSpace(t *testing.T) {
+	dir := t.TempDir()
+	limit, why := contextLimit(dir)
+	free, err := freeSpace(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := min(int64(wire.MaxBuildContextBytes), max(free/importSpaceFactor, 1)); limit != want {
+		t.Fatalf("limit %d, want %d (free %d)", limit, want, free)
+	}
+	if limit < wire.MaxBuildContextBytes && !strings.Contains(why, "MiB free where builds are kept") {
+		t.Fatalf("why %q", why)
 	}
 }
