@@ -16,6 +16,7 @@ import (
 
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/hosttools"
+	"github.com/emberhq/ember/internal/image"
 	"github.com/emberhq/ember/internal/recipe"
 )
 
@@ -28,6 +29,10 @@ import (
 const (
 	// guestDpkgStatus is where a Debian image keeps what it has installed.
 	guestDpkgStatus = "/var/lib/dpkg/status"
+	// guestOSRelease names the image's release (os-release(5)), bounded
+	// by maxOSRelease.
+	guestOSRelease = "/etc/os-release"
+	maxOSRelease   = 64 << 10
 	// maxDpkgStatus bounds the status file read from the guest.
 	maxDpkgStatus = 64 << 20
 	// guestPackageDir holds the downloaded packages in the guest while
@@ -80,6 +85,15 @@ func (s *imageService) runPackages(ctx context.Context, op *imageBuildOp, conn g
 	} else if err != nil {
 		return fmt.Errorf("%s: %w", where, err)
 	}
+	// The host's apt fetches its own release's packages: into an image
+	// of another release they would not fit.
+	if rel, err := readGuestFile(ctx, conn, guestOSRelease, maxOSRelease); err == nil {
+		if img, host := image.Codename(rel), image.HostCodename(); img != "" && host != "" && img != host {
+			return invalidf("%s: PACKAGES installs from this host's apt sources, which are for %s, but %s is %s; its packages would not fit", where, host, from, img)
+		}
+	} else if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	pkgDir := filepath.Join(dir, "packages")
 	debs, err := downloadPackages(ctx, op, sanitizeStatus(status), pkgDir, step.Packages)
 	if err != nil {
@@ -116,12 +130,18 @@ func (s *imageService) runPackages(ctx context.Context, op *imageBuildOp, conn g
 
 // readDpkgStatus reads the guest's dpkg status file, bounded.
 func readDpkgStatus(ctx context.Context, conn guestConn) ([]byte, error) {
+	return readGuestFile(ctx, conn, guestDpkgStatus, maxDpkgStatus)
+}
+
+// readGuestFile reads the guest's file at path over SFTP, at most max
+// bytes (more is invalid); fs.ErrNotExist when it has none.
+func readGuestFile(ctx context.Context, conn guestConn, path string, max int64) ([]byte, error) {
 	cl, done, err := openSFTP(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	f, err := cl.Open(guestDpkgStatus)
+	f, err := cl.Open(path)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -129,17 +149,17 @@ func readDpkgStatus(ctx context.Context, conn guestConn) ([]byte, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fs.ErrNotExist
 		}
-		return nil, fmt.Errorf("open %s: %w", guestDpkgStatus, err)
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer f.Close()
-	status, err := io.ReadAll(io.LimitReader(f, maxDpkgStatus+1))
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", guestDpkgStatus, err)
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	if len(status) > maxDpkgStatus {
-		return nil, invalidf("the image's %s is larger than %d bytes", guestDpkgStatus, maxDpkgStatus)
+	if int64(len(b)) > max {
+		return nil, invalidf("the image's %s is larger than %d bytes", path, max)
 	}
-	return status, nil
+	return b, nil
 }
 
 // downloadPackages has the host's apt resolve pkgs against the image's

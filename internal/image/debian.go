@@ -66,6 +66,12 @@ func BuildDebian(ctx context.Context, outPath string, sizeMiB int, progress func
 		}
 		tools[name] = p
 	}
+	// The host's apt sources name its own release: on another one the
+	// image would be that release, not the Debian 12 it is called.
+	if host := HostCodename(); host != "" && host != DebianSuite {
+		return fmt.Errorf("build image debian: it is Debian 12 (%s) made from this host's apt sources, which are for %s; "+
+			"register a Debian 12 ext4 file with `ember image register` instead", DebianSuite, host)
+	}
 	sources := ""
 	for _, s := range debianSources {
 		if st, err := os.Stat(s); err == nil && st.Mode().IsRegular() {
