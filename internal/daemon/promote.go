@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -282,44 +281,18 @@ func (s *vmService) copyStopped(ctx context.Context, id, disk, dst string) error
 	return err
 }
 
-// copyChunk is how much copyFileCtx copies between looks at ctx.
-const copyChunk = 64 << 20
-
-// copyFileCtx copies src to dst, a new file, until ctx ends; a failed copy
-// leaves no dst. The kernel copies (copy_file_range) where it can.
-func copyFileCtx(ctx context.Context, src, dst string) (err error) {
+// copyFileCtx copies src to dst, a new file, until ctx ends (copyInto:
+// sparse, synced); a failed copy leaves no dst.
+func copyFileCtx(ctx context.Context, src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
+	if err := copyInto(ctx, in, dst); err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
 	}
-	defer func() {
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(dst)
-		}
-	}()
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, err := io.CopyN(out, in, copyChunk)
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("copy %s: %w", src, err)
-		}
-		if n < copyChunk {
-			return nil
-		}
-	}
+	return nil
 }
 
 // addFile registers img, whose content is the finished file tmp in the
