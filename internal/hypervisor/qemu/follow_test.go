@@ -323,7 +323,7 @@ func followGuestEnd(t *testing.T, how string, want []string) {
 			t.Fatalf("follow: %v", err)
 		}
 	case <-time.After(2 * time.Minute):
-		t.Fatal("follow did not end after the guest powered off")
+		t.Fatalf("follow did not end after the guest's %s", how)
 	}
 	out, events := f.snapshot()
 	if !strings.Contains(out, "LAST-WORDS") {
