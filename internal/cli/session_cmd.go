@@ -269,13 +269,8 @@ func sessionReadCmd(e *env) *cobra.Command {
 			switch {
 			case err != nil && ctx.Err() != nil:
 				return &ExitError{Code: interruptStatus(ctx)}
-			case errors.Is(err, errSessionLost):
-				fmt.Fprintf(e.stderr, "ember: %v; session %s still runs in the VM\n", err, p.Name)
-				return &ExitError{Code: statusLost}
-			case err != nil:
-				return err
-			case res.exit.Error != nil:
-				return res.exit.Error
+			case err != nil || res.exit.Error != nil:
+				return sessionStreamFailed(e, p.Name, res, err)
 			case follow && res.exit.Code != 0:
 				// The session ended while followed: its status, as attach.
 				return &ExitError{Code: res.exit.Code}
@@ -418,13 +413,8 @@ func sessionWaitCmd(e *env) *cobra.Command {
 				return &ExitError{Code: interruptStatus(outer)}
 			case err != nil && ctx.Err() != nil:
 				return wire.Errorf(wire.CodeTimeout, "session %s: no output matched %q within %v", p.Name, pattern, timeout)
-			case errors.Is(err, errSessionLost):
-				fmt.Fprintf(e.stderr, "ember: %v; session %s still runs in the VM\n", err, p.Name)
-				return &ExitError{Code: statusLost}
-			case err != nil:
-				return err
-			case res.exit.Error != nil:
-				return res.exit.Error
+			case err != nil || res.exit.Error != nil:
+				return sessionStreamFailed(e, p.Name, res, err)
 			}
 			fmt.Fprintln(e.stdout, termtext.Clean(match.String()))
 			if res.haveOffset {
@@ -469,6 +459,22 @@ type sessionResult struct {
 
 // readSessionStream copies a session stream's output to out until its
 // Exit, following the offset.
+// sessionStreamFailed is the outcome of a session read or wait that
+// failed (err) or whose stream ended with an error: a lost daemon says
+// the session still runs and exits statusLost.
+func sessionStreamFailed(e *env, name string, res sessionResult, err error) error {
+	switch {
+	case errors.Is(err, errSessionLost):
+		fmt.Fprintf(e.stderr, "ember: %v; session %s still runs in the VM\n", err, name)
+		return &ExitError{Code: statusLost}
+	case err != nil:
+		return err
+	case res.exit.Error != nil:
+		return res.exit.Error
+	}
+	return nil
+}
+
 func readSessionStream(ctx context.Context, s *client.Stream, out io.Writer) (sessionResult, error) {
 	var res sessionResult
 	for {
