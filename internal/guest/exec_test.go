@@ -158,10 +158,10 @@ func waitFile(t *testing.T, path, want string) {
 	}
 }
 
-// A command whose agent goes away under it (its VM stopped or rebooted)
-// has no status: Exec says so with ErrLost, never a status that reads as
-// the command's (issue 11 item 6).
-func TestExecLostAgent(t *testing.T) {
+// serveClosable serves an agent the test may close, and a client of it;
+// served gets Serve's result once it is closed.
+func serveClosable(t *testing.T) (*agent.Server, *guest.Client, <-chan error) {
+	t.Helper()
 	key, err := guest.NewKey()
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +182,17 @@ func TestExecLostAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return srv, c, served
+}
+
+// A command whose agent goes away under it (its VM stopped or rebooted)
+// has no status: Exec says so with ErrLost, never a status that reads as
+// the command's (issue 11 item 6).
+func TestExecLostAgent(t *testing.T) {
+	srv, c, served := serveClosable(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
 	time.AfterFunc(300*time.Millisecond, func() { srv.Close() })
 	code, err := c.Exec(ctx, guest.ExecRequest{Argv: []string{"sleep", "30"}})
 	if !errors.Is(err, guest.ErrLost) || code != 0 {
@@ -195,27 +205,9 @@ func TestExecLostAgent(t *testing.T) {
 // too: the command it killed has no status of its own, so the client
 // gets ErrLost, not 143 as if the command had ended so (issue 11 item 6).
 func TestExecKilledByShutdownIsLost(t *testing.T) {
-	key, err := guest.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := agent.NewServer(agent.ServerConfig{AuthorizedKey: key.PublicKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	srv, c, served := serveClosable(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := guest.WaitReady(ctx, ln.Addr().String(), key, guest.HostKeyPin{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	pr, pw := io.Pipe()
 	go func() {
 		var pid int
