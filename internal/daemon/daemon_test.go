@@ -49,6 +49,23 @@ func serveStoppable(t *testing.T, td *testDaemon) (*client.Client, func()) {
 
 func intp(v int) *int { return &v }
 
+// daemonWithVM is a served test daemon (fake driver) with one running VM
+// named name.
+func daemonWithVM(t *testing.T, name string) (*testDaemon, *client.Client, wire.VM) {
+	t.Helper()
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	op, err := createAndWait(t, c, wire.CreateVMParams{Name: name})
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	var vm wire.VM
+	if err := json.Unmarshal(op.Result, &vm); err != nil {
+		t.Fatal(err)
+	}
+	return td, c, vm
+}
+
 func createAndWait(t *testing.T, c *client.Client, p wire.CreateVMParams) (wire.Operation, error) {
 	t.Helper()
 	ctx := context.Background()

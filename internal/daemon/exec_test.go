@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"runtime"
 	"strings"
 	"testing"
@@ -255,17 +254,8 @@ func countGoroutines(fn string) int {
 // error, not a conflict: its status (255) must not read as the session's
 // own 4 (issue 11 item 6's kind, in session attach).
 func TestSessionAttachCutOffByStopIsGone(t *testing.T) {
-	td := openTestDaemon(t, "", newFakeDriver())
-	c := serve(t, td)
+	td, c, vm := daemonWithVM(t, "vm1")
 	ctx := t.Context()
-	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "vm1"})
-	if err != nil || op.State != wire.OpSucceeded {
-		t.Fatalf("create: %v %+v", err, op)
-	}
-	var vm wire.VM
-	if err := json.Unmarshal(op.Result, &vm); err != nil {
-		t.Fatal(err)
-	}
 	g := plantSessions(t, td, vm.ID, 20*time.Millisecond, map[string]*fakeSessionChannel{"s": newFakeSessionChannel()})
 	// The stop asks the agent for its sessions first.
 	td.vms.guests.mu.Lock()

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -245,15 +244,8 @@ func readStream(t *testing.T, s *client.Stream) *streamed {
 // and status, whatever the echo; read --since returns what came after an
 // offset; wait finds a pattern in the text of the output.
 func TestSessionRunReadSinceAndWait(t *testing.T) {
-	td := openTestDaemon(t, "", newFakeDriver())
-	c := serve(t, td)
+	td, c, vm := daemonWithVM(t, "vm1")
 	ctx := t.Context()
-	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "vm1"})
-	if err != nil || op.State != wire.OpSucceeded {
-		t.Fatalf("create: %v %+v", err, op)
-	}
-	var vm wire.VM
-	json.Unmarshal(op.Result, &vm)
 	sh := newFakeSessionChannel()
 	g := plantSessions(t, td, vm.ID, time.Second, map[string]*fakeSessionChannel{"sh": sh})
 	g.sessionGuest = noOtherSessions{}
@@ -383,15 +375,8 @@ func (f *fakeCreator) SessionCreate(_ context.Context, spec guestproto.SessionSp
 // exited session and tells the client which one it replaced; attaching
 // to a session that had exited says so before its replay.
 func TestShellReplacesExitedSession(t *testing.T) {
-	td := openTestDaemon(t, "", newFakeDriver())
-	c := serve(t, td)
+	td, c, vm := daemonWithVM(t, "vm1")
 	ctx := t.Context()
-	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "vm1"})
-	if err != nil || op.State != wire.OpSucceeded {
-		t.Fatalf("create: %v %+v", err, op)
-	}
-	var vm wire.VM
-	json.Unmarshal(op.Result, &vm)
 	fresh := newFakeSessionChannel()
 	g := plantSessions(t, td, vm.ID, time.Second, map[string]*fakeSessionChannel{"main": fresh})
 	six := 6

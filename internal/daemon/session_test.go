@@ -691,17 +691,8 @@ func collect(s *client.Stream) *streamed {
 // input, the VM list answers; and Close returns at once, with the guest
 // write still stuck and clients attached, leaving nothing running.
 func TestStalledSessionBlocksNoOne(t *testing.T) {
-	td := openTestDaemon(t, "", newFakeDriver())
-	c := serve(t, td)
+	td, c, vm := daemonWithVM(t, "vm1")
 	ctx := t.Context()
-	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "vm1"})
-	if err != nil || op.State != wire.OpSucceeded {
-		t.Fatalf("create: %v %+v", err, op)
-	}
-	var vm wire.VM
-	if err := json.Unmarshal(op.Result, &vm); err != nil {
-		t.Fatal(err)
-	}
 	stuck, ok := newStalledSessionChannel(), newFakeSessionChannel()
 	plantSessions(t, td, vm.ID, 20*time.Millisecond, map[string]*fakeSessionChannel{"stuck": stuck, "ok": ok})
 
