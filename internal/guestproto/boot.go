@@ -112,8 +112,10 @@ func checkFingerprint(fp string) error {
 	if !ok {
 		return fmt.Errorf("host key fingerprint %.80q is not SHA256", fp)
 	}
+	// 43 characters exactly: the decoder skips \r and \n, so a line end
+	// after the fingerprint would otherwise pass (found by fuzzing).
 	sum, err := base64.RawStdEncoding.Strict().DecodeString(b64)
-	if err != nil || len(sum) != 32 {
+	if err != nil || len(sum) != 32 || len(b64) != 43 {
 		return fmt.Errorf("host key fingerprint %.80q is not a SHA256 fingerprint", fp)
 	}
 	return nil
