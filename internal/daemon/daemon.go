@@ -54,6 +54,9 @@ type Options struct {
 	// KVMStallTimeout is how long a VM's KVM boot may print nothing on its
 	// console before it counts as stalled; zero means 8 s.
 	KVMStallTimeout time.Duration
+	// WebAddr is where the web listener listens (host:port); empty means
+	// the config's (127.0.0.1:web_port, or none with web = false).
+	WebAddr string
 }
 
 // Daemon is the composition root: the infrastructure handles, the services
@@ -86,6 +89,13 @@ type Daemon struct {
 	ports    *portCap        // port.*: the port capability's forwards
 
 	listener net.Listener
+	// web is the web listener (web.go), set by Serve before it accepts;
+	// nil when off or when its port was taken, webReason then says why.
+	// webAddr is Options.WebAddr. metrics is what /metrics serves.
+	web       *webServer
+	webAddr   string
+	webReason string
+	metrics   *daemonMetrics
 	// maxConns and requestTimeout are the socket server's limits (serve.go);
 	// zero means the defaults. Tests set them before Serve.
 	maxConns       int
@@ -127,7 +137,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := lay.Ensure(socketGID); err != nil {
 		return nil, err
 	}
-	d := &Daemon{layout: lay, cfg: cfg, log: log, socketGID: socketGID}
+	d := &Daemon{layout: lay, cfg: cfg, log: log, socketGID: socketGID, webAddr: opts.WebAddr, metrics: newDaemonMetrics()}
 	d.base, d.stopBase = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -192,7 +202,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 // the dispatch table. Tap networking is set up here, before reattach, so
 // half-made VMs removed there give their TAPs back.
 func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervisor.Driver, key ssh.Signer) error {
-	d.ops = &opService{store: d.store, log: d.log, retention: d.cfg.OperationRetention.Duration}
+	d.ops = &opService{store: d.store, log: d.log, retention: d.cfg.OperationRetention.Duration, metrics: d.metrics}
 	d.images = newImageService(d.layout, d.store, d.log, d.cfg.BuiltinImageCache, d.cfg.OperationRetention.Duration)
 	d.images.driver, d.images.base = driver, d.base
 	d.images.background, d.images.persist = &d.background, d.ops.persist
@@ -209,7 +219,7 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	d.nets = &networks{config: d.layout.Config, user: &userNet{store: d.store, restrict: !d.cfg.UserNetEgress}, tap: tap}
 	d.vms = &vmService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver, key: key,
 		base: d.base, background: &d.background, boot: d.boot, images: d.images, nets: d.nets, ops: d.ops,
-		waitGuest: opts.WaitGuest, kvmStall: opts.KVMStallTimeout, guests: guestPool{log: d.log},
+		waitGuest: opts.WaitGuest, kvmStall: opts.KVMStallTimeout, guests: guestPool{log: d.log}, metrics: d.metrics,
 		createOps: newOpRegistry[*createOp](d.cfg.OperationRetention.Duration)}
 	if d.vms.waitGuest == nil {
 		d.vms.waitGuest = dialGuest
@@ -228,6 +238,8 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	d.hypervisorVersion = sync.OnceValue(func() string { return versionOf(d.base, driver) })
 	d.methods = methodTable{}
 	handle(d.methods, wire.DaemonInfoMethod, func(context.Context, wire.None) (wire.DaemonInfo, error) { return d.info(), nil })
+	handle(d.methods, wire.DaemonWeb, func(context.Context, wire.None) (wire.WebInfo, error) { return d.webInfo(), nil })
+	d.metrics.watch(d)
 	for _, svc := range []interface{ register(methodTable) }{d.ops, d.images, d.boot, d.vms, d.sessions, d.ports} {
 		svc.register(d.methods)
 	}
@@ -313,6 +325,7 @@ func (d *Daemon) Close() error {
 		if d.listener != nil {
 			d.listener.Close()
 		}
+		d.closeWeb()
 		d.background.Wait()
 		if d.vms != nil {
 			d.vms.guests.closeAll()

@@ -21,6 +21,13 @@
 // (methods.go) to the handler a service registered for that entry of
 // wire's method table. Close() stops serving; VMs keep running.
 //
+// Serve also starts the web listener (web.go) on 127.0.0.1 (web_port;
+// off with web = false): the dashboard, the same method table over POST
+// /api/METHOD and websockets (served by the socket's serveConn), and
+// /metrics (metrics.go), all behind a random token kept in the runtime
+// folder (0600) and given to a browser as an HttpOnly SameSite=Strict
+// cookie; the web server's mu (a leaf) guards only its closing.
+//
 // Clients may be hostile (serve.go): at most 512 connections are served
 // at once, the oldest silent one shed for a newcomer; a request line is
 // at most 1 MiB and due within 10 s of connecting; accept errors from

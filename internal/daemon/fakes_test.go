@@ -400,6 +400,8 @@ func openTestDaemon(t *testing.T, home string, drv *fakeDriver) *testDaemon {
 		Home:   home,
 		Driver: drv,
 		Logger: discardLogger(),
+		// Any free loopback port: tests run daemons side by side.
+		WebAddr: "127.0.0.1:0",
 		PrepareBoot: func(ctx context.Context, r bootRequest) (bootFiles, error) {
 			if td.prepErr != nil {
 				return bootFiles{}, td.prepErr

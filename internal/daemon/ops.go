@@ -32,6 +32,7 @@ type opService struct {
 	log       *slog.Logger
 	retention time.Duration
 	sources   []opSource
+	metrics   *daemonMetrics // counts finished operations
 }
 
 func (s *opService) register(t methodTable) {
@@ -51,6 +52,9 @@ func (s *opService) persist(o wire.Operation) {
 		Error: o.Error, ErrorCode: o.ErrorCode, Result: o.Result, CreatedAt: o.CreatedAt, UpdatedAt: time.Now().UTC(), FinishedAt: o.FinishedAt}
 	if err := s.store.PutOperation(ctx, so); err != nil {
 		s.log.Error("persist operation", "op", o.ID, "err", err)
+	}
+	if s.metrics != nil {
+		s.metrics.finished(o)
 	}
 }
 

@@ -30,6 +30,7 @@ func paramDecoders() map[string]paramDecoder {
 	m := map[string]paramDecoder{}
 	for _, add := range []func() (string, paramDecoder){
 		func() (string, paramDecoder) { return unary(wire.DaemonInfoMethod) },
+		func() (string, paramDecoder) { return unary(wire.DaemonWeb) },
 		func() (string, paramDecoder) { return unary(wire.VMCreate) },
 		func() (string, paramDecoder) { return unary(wire.VMList) },
 		func() (string, paramDecoder) { return unary(wire.VMInspect) },

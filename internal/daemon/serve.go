@@ -72,6 +72,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	d.listener = l
 	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid())
+	// The web listener serves the same dispatch; it ends with Serve.
+	d.startWeb(ctx)
+	defer context.AfterFunc(ctx, d.closeWeb)()
 	// Under systemd's Type=notify (dist/ember.service): ready once it
 	// answers.
 	if err := sdnotify.Notify(sdnotify.Ready); err != nil {

@@ -80,6 +80,24 @@ type sessionRegistry struct {
 	ended map[string]map[string]wire.Session // vm id → name → last known
 }
 
+// counts is how many controllers there are and how many clients they
+// have (metrics). Each controller's attachMu is taken after r.mu is
+// released: they are leaves of their own.
+func (r *sessionRegistry) counts() (sessions, clients int) {
+	r.mu.Lock()
+	ctls := make([]*guestSessionController, 0, len(r.ctls))
+	for _, c := range r.ctls {
+		ctls = append(ctls, c)
+	}
+	r.mu.Unlock()
+	for _, c := range ctls {
+		c.attachMu.Lock()
+		clients += len(c.clients)
+		c.attachMu.Unlock()
+	}
+	return len(ctls), clients
+}
+
 func (r *sessionRegistry) get(k sessionKey) *guestSessionController {
 	r.mu.Lock()
 	defer r.mu.Unlock()

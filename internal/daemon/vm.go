@@ -57,6 +57,7 @@ type vmService struct {
 	key        ssh.Signer
 	base       context.Context // the daemon's lifetime; VM work hangs on it
 	background *sync.WaitGroup
+	metrics    *daemonMetrics // boot durations
 	boot       *bootService
 	images     *imageService
 	nets       *networks
@@ -354,6 +355,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	if err != nil {
 		return vm, fmt.Errorf("vm %s: %w", vm.Name, err)
 	}
+	began := time.Now()
 	dec := s.boot.accelFor(ctx, files)
 	// The disk stays on the image file it was made on; the driver hands
 	// QEMU that file itself rather than follow the name inside the disk.
@@ -490,6 +492,9 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	vm.State, vm.LastError, vm.StoppedBy, vm.UpdatedAt = wire.StateRunning, "", "", time.Now().UTC()
 	if err := s.store.UpdateVM(context.Background(), vm); err != nil {
 		return vm, fmt.Errorf("record vm %s running: %w", vm.Name, err)
+	}
+	if s.metrics != nil {
+		s.metrics.booted(time.Since(began))
 	}
 	return vm, s.step("record running")
 }

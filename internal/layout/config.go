@@ -96,6 +96,12 @@ type Config struct {
 	// debian once. "" (the default) keeps them in the images folder only.
 	// An absolute path.
 	BuiltinImageCache string `toml:"builtin_image_cache"`
+	// Web serves the dashboard, the method table over HTTP and websockets
+	// and /metrics on 127.0.0.1:WebPort, behind a token (`ember web`
+	// prints the URL). false: no web listener.
+	Web bool `toml:"web"`
+	// WebPort is the web listener's loopback port; 0 picks a free one.
+	WebPort int `toml:"web_port"`
 }
 
 // Duration reads "90s" style values from TOML.
@@ -135,6 +141,8 @@ func DefaultConfig() Config {
 		SocketGroup:        "ember",
 		QEMUSandbox:        true,
 		QEMUUser:           DefaultQEMUUser,
+		Web:                true,
+		WebPort:            DefaultWebPort,
 	}
 }
 
@@ -202,11 +210,17 @@ func (c Config) validate() []error {
 		}
 	}
 	errs = append(errs, c.validateQEMUUser()...)
+	if c.WebPort < 0 || c.WebPort > 65535 {
+		errs = append(errs, fmt.Errorf("`web_port` must be 0..65535 (0: any free port), not %d", c.WebPort))
+	}
 	if c.BuiltinImageCache != "" && !filepath.IsAbs(c.BuiltinImageCache) {
 		errs = append(errs, fmt.Errorf("`builtin_image_cache` must be an absolute path, not %q", c.BuiltinImageCache))
 	}
 	return errs
 }
+
+// DefaultWebPort is the web dashboard's loopback port.
+const DefaultWebPort = 7780
 
 // DefaultQEMUUser is the system user `make install` creates for QEMU.
 const DefaultQEMUUser = "ember-qemu"

@@ -31,6 +31,7 @@ const (
 	QMPFile      = "qmp.sock"
 	MonitorFile  = "mon.sock" // the second control socket; no longer than QMPFile, which CheckSocketPaths measures
 	QEMUPIDFile  = "qemu.pid"
+	WebTokenFile = "web-token" // the web dashboard's token (mode 0600)
 	ImagesDir    = "images"
 	KernelsDir   = "kernels"
 	VMsDir       = "vms"
@@ -114,6 +115,7 @@ func (l Layout) KernelsDir() string   { return filepath.Join(l.State, KernelsDir
 func (l Layout) VMsDir() string       { return filepath.Join(l.State, VMsDir) }
 func (l Layout) RunVMsDir() string    { return filepath.Join(l.Runtime, VMsDir) }
 func (l Layout) InitramfsDir() string { return filepath.Join(l.State, InitramfsDir) }
+func (l Layout) WebToken() string     { return filepath.Join(l.Runtime, WebTokenFile) }
 
 // VMDir holds a VM's disk and console log; VMRunDir its sockets.
 func (l Layout) VMDir(id string) string    { return filepath.Join(l.VMsDir(), id) }

@@ -79,8 +79,13 @@ type Server struct {
 	udp     []*net.UDPConn
 	wg      sync.WaitGroup // the UDP read loops and their slow-path handlers
 	closing atomic.Bool    // set by Close: the read loops stop
+	queries atomic.Uint64  // queries received, UDP and TCP (Queries)
 	stop    sync.Mutex     // serialises Start and Close
 }
+
+// Queries is how many queries the server has received (the daemon's
+// metrics), answered or refused, over UDP and TCP.
+func (s *Server) Queries() uint64 { return s.queries.Load() }
 
 // New makes a server; Start listens.
 func New(cfg Config) *Server {
@@ -279,6 +284,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) { s.serve(w, req, 
 // UDP, EDNS included.
 func (s *Server) serveTCP(w dns.ResponseWriter, req *dns.Msg) {
 	defer s.recoverQuery("tcp query")
+	s.queries.Add(1)
 	if a, ok := clientAddr(w.RemoteAddr()); ok && !s.limiter.allow(a) {
 		refuse(w, req)
 		return

@@ -87,6 +87,7 @@ func (l *udpLoop) drain(fd uintptr) bool {
 		if n < hdrLen {
 			continue // as miekg: no answer to something that is not DNS
 		}
+		l.s.queries.Add(1)
 		if resp, ok := l.s.fastAnswer(l.buf[:n], l.out[:0]); ok {
 			// A reply that does not fit the socket buffer is dropped, as
 			// any UDP answer may be.

@@ -31,6 +31,7 @@ func (m StreamMethod[P]) Info() MethodInfo { return MethodInfo{Name: m.Name, Str
 // The methods.
 var (
 	DaemonInfoMethod = Method[None, DaemonInfo]{"daemon.info"}
+	DaemonWeb        = Method[None, WebInfo]{"daemon.web"} // the dashboard's URL with its token (web.go)
 
 	VMCreate  = Method[CreateVMParams, Operation]{"vm.create"}
 	VMList    = Method[None, []VM]{"vm.list"}
@@ -80,7 +81,7 @@ var (
 
 // Methods lists the table, in the order above.
 var Methods = []MethodInfo{
-	DaemonInfoMethod.Info(),
+	DaemonInfoMethod.Info(), DaemonWeb.Info(),
 	VMCreate.Info(), VMList.Info(), VMInspect.Info(), VMStart.Info(), VMStop.Info(),
 	VMRestart.Info(), VMDelete.Info(), VMExec.Info(), VMLogs.Info(),
 	VMCopyIn.Info(), VMCopyOut.Info(),
