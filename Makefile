@@ -6,7 +6,7 @@ export CGO_ENABLED := 0
 # Tests share one unpacked guest kernel so each does not download it again.
 export EMBER_TEST_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all build deps deps-run deps-test deps-bench run stop test unit fuzz e2e bench vet fmt clean testkernel install fresh-check
+.PHONY: all build webui browserdeps deps deps-run deps-test deps-bench run stop test unit fuzz e2e bench vet fmt clean testkernel install fresh-check
 
 all: build
 
@@ -24,10 +24,29 @@ deps-test:
 deps-bench:
 	@$(DEPS) run bench tap
 
-build:
+build: webui
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ember-agent ./cmd/ember-agent
 	$(GO) build -trimpath -o $(BIN)/ember ./cmd/ember
+
+# webui: the dashboard's third-party files (xterm.js and its fit add-on),
+# fetched by npm from internal/webui's lock file and copied where go:embed
+# reads them (internal/webui/static/vendor, git-ignored: nothing from npm
+# is committed). A binary built without them serves a page that says so.
+WEBUI := internal/webui
+webui: $(WEBUI)/static/vendor/xterm.js
+$(WEBUI)/static/vendor/xterm.js: $(WEBUI)/package.json $(WEBUI)/package-lock.json
+	npm ci --prefix $(WEBUI) --no-audit --no-fund --no-update-notifier --ignore-scripts
+	mkdir -p $(WEBUI)/static/vendor
+	cp $(WEBUI)/node_modules/@xterm/xterm/css/xterm.css $(WEBUI)/node_modules/@xterm/addon-fit/lib/addon-fit.js $(WEBUI)/static/vendor/
+	cp $(WEBUI)/node_modules/@xterm/xterm/lib/xterm.js $@
+
+# browserdeps: npm's playwright-core for the dashboard's browser tests
+# (test/browser; they drive Debian's chromium, which make deps-test installs).
+browserdeps: test/browser/node_modules/playwright-core/package.json
+test/browser/node_modules/playwright-core/package.json: test/browser/package.json test/browser/package-lock.json
+	npm ci --prefix test/browser --no-audit --no-fund --no-update-notifier --ignore-scripts
+	touch $@
 
 # run: start the daemon (default layout) if it is not running, boot a VM
 # from the built-in image and run a command in it.
@@ -54,14 +73,14 @@ FUZZTIME ?= 8s
 fuzz:
 	@FUZZTIME=$(FUZZTIME) GO=$(GO) bash scripts/fuzz.sh
 
-e2e: build testkernel
+e2e: build testkernel browserdeps
 	$(GO) test -count=1 -timeout 50m -v ./test/e2e/...
 
 test: deps-test vet unit fuzz e2e
 
 # bench writes BENCHMARKS.md; the tap section needs root (it runs in a
 # network namespace made for it) and dnsmasq to compare against.
-bench: deps-bench build testkernel
+bench: deps-bench build testkernel browserdeps
 	$(GO) run ./bench
 	$(GO) run ./bench -hostile
 	$(GO) run ./bench -promote -runs 3

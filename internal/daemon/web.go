@@ -221,8 +221,9 @@ func (w *webServer) routes(ctx context.Context) http.Handler {
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Referrer-Policy", "no-referrer")
-		// The page loads nothing from anywhere but here.
-		h.Set("Content-Security-Policy", "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'")
+		// The page loads nothing from anywhere but here (xterm.js sets
+		// its theme through a style element of its own).
+		h.Set("Content-Security-Policy", "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
 		if !loopbackHost(r.Host) {
 			// A name that resolved to 127.0.0.1 (DNS rebinding) is not
 			// this dashboard's origin.

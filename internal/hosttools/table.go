@@ -38,6 +38,12 @@ var table = []Tool{
 		Use: "inspects ember's nftables table (tap tests; nft list table inet ember)"},
 	{Binary: "dnsmasq", Package: "dnsmasq-base", Needs: []Purpose{Bench},
 		Use: "is the DNS server the VM DNS benchmark compares with"},
+	{Binary: "chromium", Package: "chromium", Needs: []Purpose{Test, Bench},
+		Use: "is the browser the web dashboard's tests and benchmark drive (through npm's playwright-core)"},
+	{Binary: "node", Package: "nodejs", Needs: []Purpose{Run, Test, Bench}, Alt: []string{"nodejs"},
+		Use: "runs npm (make build fetches the dashboard's terminal, xterm.js) and the browser tests' playwright script"},
+	{Binary: "npm", Package: "npm", Needs: []Purpose{Run, Test, Bench},
+		Use: "fetches the dashboard's terminal (xterm.js) by its lock file in make build, and playwright-core for the browser tests"},
 
 	// make fresh-check.
 	{Binary: "mount", Package: "mount", Needs: []Purpose{FreshCheck},
