@@ -116,6 +116,8 @@ func bootSteps() []bootStep {
 		{"mount /tmp", false, func(*bootState) error { return mountTmpfs("/tmp", "1777", false) }},
 		{"set hostname", false, func(st *bootState) error { return setHostname(st.cfg.Hostname) }},
 		{"bring up lo", false, func(*bootState) error { return setupLoopback() }},
+		{"host address", false, func(*bootState) error { return setupHostAddr() }},
+		{"write /etc/hosts", false, func(*bootState) error { return writeHostsEntry("/etc/hosts") }},
 		{"configure network", true, setupLink},
 		{"default route", false, setupDefaultRoute},
 		{"write /etc/resolv.conf", false, func(st *bootState) error {

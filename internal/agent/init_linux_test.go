@@ -25,6 +25,8 @@ func TestBootStepsFatalOnlyWhenNeeded(t *testing.T) {
 		{"mount /tmp", false},
 		{"set hostname", false},
 		{"bring up lo", false},
+		{"host address", false},
+		{"write /etc/hosts", false},
 		{"configure network", true},
 		{"default route", false},
 		{"write /etc/resolv.conf", false},

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/emberhq/ember/internal/guestproto"
 )
 
 // linkWait bounds the wait for the NIC to show up after virtio_net loads.
@@ -102,6 +104,21 @@ func writeResolvConf(path string, servers []net.IP) error {
 			err = pe.Err
 		}
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// setupHostAddr puts guestproto.HostAddr on lo, where the agent listens
+// for the daemon's forwards to the host (host.ember.internal): a
+// connection to it never leaves the guest.
+func setupHostAddr() error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("network: find lo: %w", err)
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(guestproto.HostAddr).To4(), Mask: net.CIDRMask(32, 32)}}
+	if err := netlink.AddrReplace(lo, a); err != nil {
+		return fmt.Errorf("network: address %s on lo: %w", guestproto.HostAddr, err)
 	}
 	return nil
 }

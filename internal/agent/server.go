@@ -37,10 +37,15 @@ type ServerConfig struct {
 	Freeze func() (thaw func() error, err error)
 	// Logger receives connection-level problems. Nil discards them.
 	Logger *slog.Logger
+	// HostListenIP is where the agent listens for the daemon's host
+	// forwards (guestproto.GlobalTCPIPForward): guestproto.HostAddr when
+	// empty, which the agent's init puts on the guest's loopback; tests
+	// outside a VM use 127.0.0.1.
+	HostListenIP string
 }
 
-// Server is the agent's SSH server: exec, shell, PTY, sftp and direct-tcpip
-// forwarding, all as the user the agent runs as (root in a VM).
+// Server is the agent's SSH server: exec, shell, PTY, sftp, direct-tcpip
+// forwarding and reverse forwards to the host (host.ember.internal), all as the user the agent runs as (root in a VM).
 type Server struct {
 	cfg    ServerConfig
 	sshCfg *ssh.ServerConfig
@@ -54,6 +59,11 @@ type Server struct {
 
 	closing   chan struct{} // closed when Close begins
 	closeOnce sync.Once
+
+	// fwdMu guards the host forwards (a leaf).
+	fwdMu     sync.Mutex
+	fwds      map[uint32]*hostFwd // port → forward
+	fwdClosed bool
 
 	// mu guards the fields that follow.
 	mu        sync.Mutex
@@ -97,6 +107,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:       log,
 		sessions:  newSessionManager(log),
 		closing:   make(chan struct{}),
+		fwds:      map[uint32]*hostFwd{},
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
 	}, nil
@@ -196,6 +207,7 @@ func (s *Server) Close() error {
 		c.Close()
 	}
 	s.mu.Unlock()
+	s.closeHostFwds(nil)
 	s.wg.Wait()
 	s.sessions.closeAll()
 	return nil
@@ -233,7 +245,7 @@ func (s *Server) handleConn(c net.Conn) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		ssh.DiscardRequests(reqs)
+		s.globalRequests(sc, reqs)
 	}()
 	for nc := range chans {
 		switch nc.ChannelType() {

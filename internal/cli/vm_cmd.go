@@ -59,7 +59,7 @@ func createCmd(e *env) *cobra.Command {
 	f.IntVar(&disk, "disk", 0, "disk size in GiB (default: the image's size)")
 	f.StringVar(&p.Net, "net", "", fmt.Sprintf("network mode: user (QEMU user-mode, loopback only) or tap (bridge, own address and DNS name; needs a root daemon with tap on) (default: the daemon's default_net, %s unless configured)", def.DefaultNet))
 	f.StringVar(&p.Restart, "restart", "", "start it again when the daemon starts, as after a host reboot: always, on-failure (only when its process ended without the guest powering off), or no (default no)")
-	f.StringArrayVar(&p.Caps, "cap", nil, "give the VM a capability, NAME[=ARG] (repeatable): env=KEY=VALUE (set for every exec and session), port=[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp] (forward a loopback host port to the guest; see `ember port`)")
+	f.StringArrayVar(&p.Caps, "cap", nil, "give the VM a capability, NAME[=ARG] (repeatable): env=KEY=VALUE (set for every exec and session), port=[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp] (forward a loopback host port to the guest; see `ember port`), hostport=HOSTPORT[:GUESTPORT][/tcp] (the guest reaches 127.0.0.1:HOSTPORT at host.ember.internal:GUESTPORT, and no other host port)")
 	f.BoolVarP(&detach, "detach", "d", false, "print the operation ID and return at once")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	_ = cmd.RegisterFlagCompletionFunc("image", completeFlag(e, imageNames))

@@ -32,6 +32,7 @@ import (
 // as they come.
 type portCap struct {
 	vms        *vmService
+	toHost     *hostPortCap // `port add|rm --to-host`, listed by `port ls` too
 	log        *slog.Logger
 	background *sync.WaitGroup
 
@@ -69,8 +70,8 @@ type guestDialer interface {
 	DialPort(ctx context.Context, port int) (net.Conn, error)
 }
 
-func newPortCap(vms *vmService, log *slog.Logger, background *sync.WaitGroup) *portCap {
-	return &portCap{vms: vms, log: log, background: background, open: map[string]map[string]*portForward{}}
+func newPortCap(vms *vmService, toHost *hostPortCap, log *slog.Logger, background *sync.WaitGroup) *portCap {
+	return &portCap{vms: vms, toHost: toHost, log: log, background: background, open: map[string]map[string]*portForward{}}
 }
 
 func (*portCap) capName() string { return "port" }
@@ -131,18 +132,27 @@ func (*portCap) check(args []string) error {
 }
 
 func parsePorts(args []string) ([]portSpec, error) {
+	return parseEach(args, parsePort, func(p portSpec) (string, string) {
+		return p.hostAddr(), "host address " + p.hostAddr()
+	})
+}
+
+// parseEach parses every argument of a capability with parse and refuses
+// two with the same key (what names a forward); what says it in the error.
+func parseEach[S any](args []string, parse func(string) (S, error), key func(S) (k, what string)) ([]S, error) {
 	seen := map[string]bool{}
-	var out []portSpec
+	var out []S
 	for _, a := range args {
-		p, err := parsePort(a)
+		s, err := parse(a)
 		if err != nil {
 			return nil, err
 		}
-		if seen[p.hostAddr()] {
-			return nil, fmt.Errorf("host address %s is forwarded twice", p.hostAddr())
+		k, what := key(s)
+		if seen[k] {
+			return nil, fmt.Errorf("%s is forwarded twice", what)
 		}
-		seen[p.hostAddr()] = true
-		out = append(out, p)
+		seen[k] = true
+		out = append(out, s)
 	}
 	return out, nil
 }
@@ -261,21 +271,26 @@ func (p *portCap) listening(id, hostAddr string) bool {
 	return p.open[id][hostAddr] != nil
 }
 
-// accept serves fw until it closes: each connection is piped on a
-// goroutine of its own, at most maxPortConns at once.
+// accept serves fw until it closes.
 func (p *portCap) accept(fw *portForward) {
+	acceptBounded(fw.ctx, fw.ln, p.background, p.log, "port forward connection on "+fw.spec.hostAddr(), func(c net.Conn) { p.pipe(fw, c) })
+}
+
+// acceptBounded hands each connection ln accepts to handle on a goroutine
+// of its own, at most maxPortConns at once (more are closed as they
+// come), until ln closes or ctx ends. Other accept errors (out of
+// descriptors) are retried after a pause.
+func acceptBounded(ctx context.Context, ln net.Listener, bg *sync.WaitGroup, log *slog.Logger, name string, handle func(net.Conn)) {
 	slots := make(chan struct{}, maxPortConns)
 	for {
-		c, err := fw.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
-			if fw.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
 				return
 			}
-			p.log.Warn("port forward accept", "host", fw.spec.hostAddr(), "err", err)
-			select {
-			case <-fw.ctx.Done():
+			log.Warn("accept", "what", name, "err", err)
+			if !sleepCtx(ctx, 100*time.Millisecond) {
 				return
-			case <-time.After(100 * time.Millisecond):
 			}
 			continue
 		}
@@ -285,9 +300,9 @@ func (p *portCap) accept(fw *portForward) {
 			c.Close() // too many at once
 			continue
 		}
-		goSafe(p.background, p.log, "port forward connection on "+fw.spec.hostAddr(), nil, func() {
+		goSafe(bg, log, name, nil, func() {
 			defer func() { <-slots }()
-			p.pipe(fw, c)
+			handle(c)
 		})
 	}
 }
@@ -304,18 +319,24 @@ func (p *portCap) pipe(fw *portForward, c net.Conn) {
 		return
 	}
 	defer g.Close()
-	stop := context.AfterFunc(fw.ctx, func() {
-		c.Close()
-		g.Close()
+	splice(fw.ctx, p.log, c, g)
+}
+
+// splice copies a to b and b to a, passing each end of input on as a half
+// close, until both directions are done or ctx ends (which closes both).
+func splice(ctx context.Context, log *slog.Logger, a, b net.Conn) {
+	stop := context.AfterFunc(ctx, func() {
+		a.Close()
+		b.Close()
 	})
 	defer stop()
 	var wg sync.WaitGroup
-	goSafe(&wg, p.log, "port forward copy to the guest", nil, func() {
-		_, _ = io.Copy(g, c)
-		closeWrite(g)
+	goSafe(&wg, log, "forward copy", nil, func() {
+		_, _ = io.Copy(b, a)
+		closeWrite(b)
 	})
-	_, _ = io.Copy(c, g)
-	closeWrite(c)
+	_, _ = io.Copy(a, b)
+	closeWrite(a)
 	wg.Wait()
 }
 
@@ -356,6 +377,9 @@ func (p *portCap) register(t methodTable) {
 // addPort adds a forward to a VM's capabilities; on a running VM it
 // listens at once (a port in use fails and changes nothing).
 func (p *portCap) addPort(ctx context.Context, r wire.PortParams) (wire.Port, error) {
+	if r.ToHost {
+		return p.toHost.addHostPort(ctx, r)
+	}
 	spec, err := parsePort(r.Spec)
 	if err != nil {
 		return wire.Port{}, invalidf("cap port: %v", err)
@@ -391,6 +415,9 @@ func (p *portCap) addPort(ctx context.Context, r wire.PortParams) (wire.Port, er
 
 // removePort closes a forward and drops it from the VM's capabilities.
 func (p *portCap) removePort(ctx context.Context, r wire.PortParams) (wire.None, error) {
+	if r.ToHost {
+		return p.toHost.removeHostPort(ctx, r)
+	}
 	spec, err := parsePort(r.Spec)
 	if err != nil {
 		// `port rm VM 18080` names the host port only.
@@ -404,21 +431,14 @@ func (p *portCap) removePort(ctx context.Context, r wire.PortParams) (wire.None,
 		if transitional(vm.State) {
 			return busy(vm)
 		}
-		kept := vm.Caps[:0:0]
-		found := false
-		for _, c := range vm.Caps {
-			if c.Name == "port" {
-				if s, err := parsePort(c.Arg); err == nil && s.hostAddr() == spec.hostAddr() {
-					found = true
-					continue
-				}
-			}
-			kept = append(kept, c)
-		}
+		found := dropCap(vm, "port", func(arg string) bool {
+			s, err := parsePort(arg)
+			return err == nil && s.hostAddr() == spec.hostAddr()
+		})
 		if !found {
 			return notFoundf("vm %s forwards nothing from %s; `ember port ls %s` lists its ports", vm.Name, spec.hostAddr(), vm.Name)
 		}
-		vm.Caps, vm.UpdatedAt = kept, time.Now().UTC()
+		vm.UpdatedAt = time.Now().UTC()
 		if err := p.vms.store.UpdateVM(ctx, *vm); err != nil {
 			return fmt.Errorf("record ports of vm %s: %w", vm.Name, err)
 		}
@@ -426,6 +446,22 @@ func (p *portCap) removePort(ctx context.Context, r wire.PortParams) (wire.None,
 		return nil
 	})
 	return wire.None{}, err
+}
+
+// dropCap removes vm's entries of capability name whose argument match
+// accepts, and says whether there were any.
+func dropCap(vm *store.VM, name string, match func(arg string) bool) bool {
+	kept := vm.Caps[:0:0]
+	found := false
+	for _, c := range vm.Caps {
+		if c.Name == name && match(c.Arg) {
+			found = true
+			continue
+		}
+		kept = append(kept, c)
+	}
+	vm.Caps = kept
+	return found
 }
 
 func (p *portCap) listPorts(ctx context.Context, ref string) ([]wire.Port, error) {
@@ -441,7 +477,7 @@ func (p *portCap) listPorts(ctx context.Context, ref string) ([]wire.Port, error
 		}
 		out = append(out, toWirePort(vm, s, p.listening(vm.ID, s.hostAddr())))
 	}
-	return out, nil
+	return append(out, p.toHost.listPorts(vm)...), nil
 }
 
 func toWirePort(vm store.VM, s portSpec, listening bool) wire.Port {

@@ -217,6 +217,11 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 		return err
 	}
 	d.nets = &networks{config: d.layout.Config, user: &userNet{store: d.store, restrict: !d.cfg.UserNetEgress}, tap: tap}
+	if d.cfg.UserNetEgress {
+		// QEMU's slirp maps its gateway to the host's 127.0.0.1 once
+		// restrict is off, and QEMU 7.2 has no switch against it.
+		d.log.Warn("user_net_egress is on: user-mode guests reach every port on the host's loopback through 10.0.2.2; use tap networking for guests that need egress, and host.ember.internal (--cap hostport) for host ports")
+	}
 	d.vms = &vmService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver, key: key,
 		base: d.base, background: &d.background, boot: d.boot, images: d.images, nets: d.nets, ops: d.ops,
 		waitGuest: opts.WaitGuest, kvmStall: opts.KVMStallTimeout, guests: guestPool{log: d.log}, metrics: d.metrics,
@@ -231,8 +236,9 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	d.sessions = &sessionService{vms: d.vms}
 	d.vms.onStopping, d.vms.onGone = d.sessions.stopping, d.sessions.gone
 	// The built-in capabilities (caps.go), in the order their hooks run.
-	d.ports = newPortCap(d.vms, d.log, &d.background)
-	d.vms.caps = newVMCaps(envCap{}, d.ports)
+	hostPorts := newHostPortCap(d.vms, d.log, &d.background)
+	d.ports = newPortCap(d.vms, hostPorts, d.log, &d.background)
+	d.vms.caps = newVMCaps(envCap{}, d.ports, hostPorts)
 	d.ops.sources = []opSource{d.vms.createOps, d.images.buildOps}
 
 	d.hypervisorVersion = sync.OnceValue(func() string { return versionOf(d.base, driver) })

@@ -111,12 +111,15 @@
 //     session (termtext.StripQueries); session.run and session.wait are
 //     clients of the controller like any other.
 //   - portCap (cap_port.go): port.*, the port capability's forwards
-//     (portCap.mu, a leaf).
+//     (portCap.mu, a leaf), and through hostPortCap (cap_hostport.go,
+//     hostPortCap.mu, a leaf) the hostport capability's: host ports a
+//     guest reaches at host.ember.internal over reverse forwards its
+//     agent listens for.
 //
 // Capabilities (caps.go): a VM's `--cap NAME[=ARG]` entries are stored
 // with it and act at named points of its life (vmCap: before boot, guest
 // ready, before stop, before delete) through the registry vmCaps, built
-// in buildServices with envCap and portCap; a failing hook fails the boot
+// in buildServices with envCap, portCap and hostPortCap; a failing hook fails the boot
 // and undoes the earlier hooks.
 //
 // Lock order — acquire left to right, release in reverse:

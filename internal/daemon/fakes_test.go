@@ -75,6 +75,11 @@ type fakeDriver struct {
 	backupStarted chan struct{}
 	// closedPorts are guest ports where nothing listens (DialPort).
 	closedPorts map[int]bool
+	// guestHost is, per guest port, where the latest ListenHost listens
+	// (a loopback address standing for host.ember.internal:PORT in the
+	// guest); refuseHost are ports the agent refuses to listen on.
+	guestHost  map[int]string
+	refuseHost map[int]bool
 }
 
 const (
@@ -83,7 +88,7 @@ const (
 )
 
 func newFakeDriver() *fakeDriver {
-	return &fakeDriver{nextPID: 1000, alive: map[int]bool{}, hostKeys: map[int]ssh.Signer{}, agents: map[string]int{}}
+	return &fakeDriver{nextPID: 1000, alive: map[int]bool{}, hostKeys: map[int]ssh.Signer{}, agents: map[string]int{}, guestHost: map[int]string{}, refuseHost: map[int]bool{}}
 }
 
 func (f *fakeDriver) Name() string { return "fake" }
@@ -456,4 +461,21 @@ func (g *fakeGuest) DialPort(ctx context.Context, port int) (net.Conn, error) {
 		}
 	}()
 	return host, nil
+}
+
+// ListenHost plays the agent's reverse forward: a loopback listener
+// stands for host.ember.internal:port in the guest, and drv.guestHost
+// says where it is, for a test to dial as a guest process would.
+func (g *fakeGuest) ListenHost(port int) (net.Listener, error) {
+	g.drv.mu.Lock()
+	defer g.drv.mu.Unlock()
+	if g.drv.refuseHost[port] {
+		return nil, fmt.Errorf("listen on host.ember.internal:%d in the guest: ssh: tcpip-forward request denied by peer", port)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	g.drv.guestHost[port] = ln.Addr().String()
+	return ln, nil
 }

@@ -190,6 +190,19 @@ func (c *Client) DialPort(ctx context.Context, port int) (net.Conn, error) {
 	return conn, nil
 }
 
+// ListenHost asks the agent to listen on guestproto.HostAddr:port in the
+// guest (host.ember.internal) for this connection: each connection a
+// guest process makes there is one Accept, until the listener or the
+// connection closes. The agent answers in its own goroutine; a guest that
+// never does is cut off by the keepalive, which ends the wait.
+func (c *Client) ListenHost(port int) (net.Listener, error) {
+	ln, err := c.ssh.Listen("tcp", net.JoinHostPort(guestproto.HostAddr, strconv.Itoa(port)))
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s:%d in the guest (is port %d in use there on every address?): %w", guestproto.HostName, port, port, err)
+	}
+	return ln, nil
+}
+
 // SFTP opens an SFTP session on the connection; close it when done.
 // Writes go out with several requests in flight (a file's ReadFrom), as
 // reads do: one request at a time would wait a round trip per 32 KiB.

@@ -30,10 +30,14 @@ func checkCaps(caps []string) error {
 func (p CreateVMParams) Validate() error { return checkCaps(p.Caps) }
 
 // PortParams names a VM and one port forward,
-// "[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp]" (`ember port add|rm`).
+// "[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp]" (`ember port add|rm`); with
+// ToHost one forward from the guest to the host,
+// "HOSTPORT[:GUESTPORT][/tcp]" (`ember port add|rm --to-host`; rm names
+// it by its guest port).
 type PortParams struct {
-	Ref  string `json:"ref"`
-	Spec string `json:"spec"`
+	Ref    string `json:"ref"`
+	Spec   string `json:"spec"`
+	ToHost bool   `json:"to_host,omitempty"`
 }
 
 // Validate bounds the spec.
@@ -45,13 +49,20 @@ func (p PortParams) Validate() error {
 }
 
 // Port is one port forward of a VM: connections to HostAddr:HostPort on
-// the host reach GuestPort in the guest, through its agent.
+// the host reach GuestPort in the guest, through its agent. With ToHost
+// it goes the other way: connections in the guest to GuestName:GuestPort
+// reach HostAddr:HostPort on the host.
 type Port struct {
 	VM        string `json:"vm"`
 	HostAddr  string `json:"host_addr"`
 	HostPort  int    `json:"host_port"`
 	GuestPort int    `json:"guest_port"`
 	Proto     string `json:"proto"`
-	// Listening is whether the host side listens now (the VM runs).
+	// Listening is whether the listening side listens now (the VM
+	// runs): the host's, or with ToHost the guest's.
 	Listening bool `json:"listening"`
+	// ToHost: from the guest to the host (the hostport capability).
+	ToHost bool `json:"to_host,omitempty"`
+	// GuestName is the name the guest connects to (ToHost only).
+	GuestName string `json:"guest_name,omitempty"`
 }
