@@ -87,6 +87,7 @@ bench: deps-bench build testkernel browserdeps
 	$(GO) run ./bench -cp -runs 2
 	$(GO) run ./bench -images
 	$(GO) run ./bench -build -runs 3
+	$(GO) run ./bench -web
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./bench -net; \
 	else echo "bench: skipping the tap section (needs root)"; fi

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -665,6 +666,7 @@ func (s *vmService) toWireVM(vm store.VM) wire.VM {
 	}
 	if vm.State == wire.StateRunning || vm.State == wire.StatePaused {
 		w.PID, w.SSHPort = vm.PID, vm.SSHPort
+		w.StartedAt = processStarted(vm.PIDStart)
 	}
 	if nw, err := s.nets.of(vm.NetMode); err == nil {
 		nw.info(&w)
@@ -1093,3 +1095,32 @@ func (s *vmService) settleUnfinishedOps(ctx context.Context) error {
 	}
 	return nil
 }
+
+// processStarted turns a process's start time (clock ticks after the
+// host booted, /proc/PID/stat's starttime, which the driver records) into
+// the time it started; nil when unknown.
+func processStarted(ticks uint64) *time.Time {
+	boot := hostBootTime()
+	if ticks == 0 || boot.IsZero() {
+		return nil
+	}
+	// USER_HZ is 100 on every Linux architecture ember runs on.
+	t := boot.Add(time.Duration(ticks) * (time.Second / 100)).UTC()
+	return &t
+}
+
+// hostBootTime is /proc/stat's btime, read once.
+var hostBootTime = sync.OnceValue(func() time.Time {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+				return time.Unix(n, 0)
+			}
+		}
+	}
+	return time.Time{}
+})

@@ -141,6 +141,9 @@ func TestWebAPIUsesTheSocketsDispatch(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &r); err != nil || resp.StatusCode != 200 || len(r.Result) != 1 || r.Result[0].ID != vm.ID {
 		t.Fatalf("vm.list: %d %s %v", resp.StatusCode, body, err)
 	}
+	if r.Result[0].StartedAt == nil {
+		t.Fatalf("a running VM's list entry has no started_at: %s", body)
+	}
 	// Bearer works as the cookie does (curl, Prometheus).
 	resp, _ = webDo(t, "POST", base+"api/vm.inspect", "", `{"ref":"vm1"}`, map[string]string{"Authorization": "Bearer " + token})
 	if resp.StatusCode != 200 {

@@ -159,7 +159,9 @@ type VM struct {
 	Net       string `json:"net"`
 	SSHPort   int    `json:"ssh_port,omitempty"`
 	PID       int    `json:"pid,omitempty"`
-	Accel     string `json:"accel,omitempty"`
+	// StartedAt is when its hypervisor process started (running VMs).
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	Accel     string     `json:"accel,omitempty"`
 	// AccelReason says why the VM runs under Accel.
 	AccelReason string    `json:"accel_reason,omitempty"`
 	CreatedAt   time.Time `json:"created_at"`

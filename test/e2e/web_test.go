@@ -86,7 +86,7 @@ func TestWebRefusesStrangers(t *testing.T) {
 			t.Errorf("GET %s without the token: %d", path, resp.StatusCode)
 		}
 	}
-	resp, err := http.Post(base+"/api/vm.list", "application/json", strings.NewReader("{}"))
+	resp, err := http.Post(base+"/api/"+wire.VMList.Name, "application/json", strings.NewReader("{}"))
 	if err != nil {
 		t.Fatal(err)
 	}
