@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"golang.org/x/net/netutil"
 
 	"github.com/emberhq/ember/internal/webui"
 	"github.com/emberhq/ember/internal/wire"
@@ -43,6 +45,8 @@ const (
 	// then has requestTimeout for its request line, as on the socket.
 	webHeaderTimeout = 10 * time.Second
 	webMaxHeader     = 64 << 10
+	// webIdleTimeout closes a kept-alive connection that sends nothing.
+	webIdleTimeout = 2 * time.Minute
 )
 
 // webServer is the daemon's web listener. The fields before mu are set
@@ -109,7 +113,11 @@ func (d *Daemon) startWeb(ctx context.Context) {
 	w := &webServer{d: d, token: token, url: "http://" + l.Addr().String() + "/",
 		streams: newConnLimiter(maxConns, timeout), assets: webui.Files(), metrics: d.metrics.handler()}
 	w.srv = &http.Server{Handler: w.routes(ctx), ReadHeaderTimeout: webHeaderTimeout, MaxHeaderBytes: webMaxHeader,
-		BaseContext: func(net.Listener) context.Context { return ctx }, ErrorLog: nil}
+		IdleTimeout: webIdleTimeout, BaseContext: func(net.Listener) context.Context { return ctx },
+		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
+	// As many connections at once as the socket serves, streams included;
+	// past that, Accept waits for one to end.
+	l = netutil.LimitListener(l, 2*maxConns)
 	d.web = w
 	d.log.Info("web dashboard listening", "url", w.url)
 	goSafe(&d.background, d.log, "web listener", nil, func() {
