@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -14,21 +15,35 @@ import (
 func imageManageCmds(e *env) []*cobra.Command {
 	var p wire.ImageRegisterParams
 	register := &cobra.Command{
-		Use:   "register NAME --rootfs FILE [--kernel KERNEL]",
+		Use:   "register NAME --rootfs FILE [--kernel FILE|KERNEL]",
 		Short: "Make an ext4 root file system file an image (read with your own rights, copied)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Make an ext4 root file system file an image (read with your own rights, copied).
+
+--kernel takes a kernel file (a bzImage such as /boot/vmlinuz-VERSION),
+which becomes the image's own kernel, with its modules taken from the
+root file system's /lib/modules/VERSION; or the name of a kernel from
+` + "`ember kernel ls`" + `. An argument with a '/' in it is a file; a bare word
+is a kernel's name, or a file in this folder when no kernel has that
+name. A bare word that is both is refused: write ./NAME for the file.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Name = args[0]
 			if p.Rootfs == "" {
 				return usagef(cmd, "image register needs --rootfs FILE")
 			}
-			if strings.Contains(p.Kernel, "/") {
-				return usagef(cmd, "--kernel takes a kernel's name (`ember kernel ls`); import a kernel file first: ember kernel import NAME %s [MODULES_DIR]", p.Kernel)
-			}
 			p.Rootfs = absPath(p.Rootfs)
 			c, err := e.client()
 			if err != nil {
 				return err
+			}
+			if p.Kernel != "" {
+				isFile, err := kernelArgIsFile(cmd, c, p.Kernel)
+				if err != nil {
+					return err
+				}
+				if isFile {
+					p.KernelFile, p.Kernel = absPath(p.Kernel), ""
+				}
 			}
 			// The file is opened here, with this user's rights, and passed
 			// to the daemon open.
@@ -40,7 +55,7 @@ func imageManageCmds(e *env) []*cobra.Command {
 		},
 	}
 	register.Flags().StringVar(&p.Rootfs, "rootfs", "", "the ext4 file system file (raw) to copy")
-	register.Flags().StringVar(&p.Kernel, "kernel", "", "the kernel its VMs boot unless create names one (a name from `ember kernel ls`)")
+	register.Flags().StringVar(&p.Kernel, "kernel", "", "the kernel its VMs boot unless create names one: a kernel file (its own kernel) or a name from `ember kernel ls`")
 	_ = register.MarkFlagFilename("rootfs")
 
 	var force bool
@@ -78,4 +93,26 @@ func imageManageCmds(e *env) []*cobra.Command {
 	}
 	rm.Flags().BoolVarP(&force, "force", "f", false, "refused for an image in use as well: its VMs' disks read from its file")
 	return []*cobra.Command{register, rm}
+}
+
+// kernelArgIsFile decides what image register's --kernel arg names: a
+// path with a '/' is a file; a bare word is a kernel's name unless no
+// kernel has it and a file of that name is here; both at once is refused.
+func kernelArgIsFile(cmd *cobra.Command, c *client.Client, arg string) (bool, error) {
+	if strings.Contains(arg, "/") {
+		return true, nil
+	}
+	if _, err := os.Lstat(arg); err != nil {
+		return false, nil // a kernel's name; the daemon says if it is unknown
+	}
+	ks, err := client.Do(cmd.Context(), c, wire.KernelList, wire.None{})
+	if err != nil {
+		return false, err
+	}
+	for _, k := range ks {
+		if k.Name == arg {
+			return false, usagef(cmd, "--kernel %s names both the kernel %s and the file %s in this folder: write ./%s for the file, or run this where no file %s is for the kernel", arg, arg, arg, arg, arg)
+		}
+	}
+	return true, nil
 }

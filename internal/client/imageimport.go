@@ -14,14 +14,14 @@ import (
 // only what this user could; otherwise p.Source is a registry reference
 // the daemon pulls.
 func ImportImage(ctx context.Context, c *Client, p wire.ImageImportParams) (wire.Operation, error) {
-	var archive *os.File
+	var archive []*os.File
 	if p.Archive {
 		f, err := openRegular(p.Source, "the archive")
 		if err != nil {
 			return wire.Operation{}, err
 		}
 		defer f.Close()
-		archive = f
+		archive = []*os.File{f}
 	}
 	return passFile[wire.ImageImportParams, wire.Operation](ctx, c, wire.ImageImport, p, archive, "image import", nil)
 }

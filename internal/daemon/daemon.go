@@ -188,6 +188,9 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
+	if err := d.images.sweepOwnKernels(ctx); err != nil {
+		d.log.Warn("kernels folder: leftovers of an interrupted image register stay", "err", err)
+	}
 	d.boot.registerKernels(ctx)
 	if opts.PrepareBoot == nil {
 		d.boot.probeAtStart(ctx)

@@ -50,7 +50,9 @@
 //     refused while VMs or images are built on the image). builtinSlots:
 //     one first-use build per built-in image (tiny, debian), which
 //     nothing else waits for. image.register copies a file its client
-//     passes as a descriptor. image.import (image_import.go) reads
+//     passes as a descriptor, and a kernel file passed with it becomes
+//     the image's own kernel (image_kernel.go), removed by image rm when
+//     nothing else names it. image.import (image_import.go) reads
 //     an archive its client passes as a descriptor, or pulls a registry
 //     reference, and does its slow work (unpack, mkfs) holding no lock,
 //     as an operation in buildOps.

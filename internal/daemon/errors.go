@@ -9,6 +9,7 @@ import (
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/image"
 	"github.com/emberhq/ember/internal/ipam"
 	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/oci"
@@ -86,6 +87,7 @@ var internalErrors = []struct {
 	{client.ErrNoDaemon, "client side: the client could not reach a daemon, so no daemon answer carries it"},
 	{client.ErrPermission, "client side: the socket refused the client, so no daemon answer carries it"},
 	{guest.ErrDetached, "never an error on the wire: the daemon ends a detached exec with an Exit frame that says so"},
+	{image.ErrNotInImage, "never an error on the wire: a register whose image has no modules folder keeps its kernel bare and says so in a remark (importOwnKernel)"},
 }
 
 // toWireError is the one place where errors become wire codes.

@@ -411,7 +411,11 @@ func openTestDaemon(t *testing.T, home string, drv *fakeDriver) *testDaemon {
 			if td.prepErr != nil {
 				return bootFiles{}, td.prepErr
 			}
-			return bootFiles{KernelName: "k1", Vmlinuz: "/dev/null", Initrd: "/dev/null", Disk: "/dev/null", DiskFormat: "raw", DiskBytes: 1 << 30}, nil
+			k := "k1"
+			if r.Kernel != "" {
+				k = r.Kernel // the kernel asked for, as prepareBoot resolves it
+			}
+			return bootFiles{KernelName: k, Vmlinuz: "/dev/null", Initrd: "/dev/null", Disk: "/dev/null", DiskFormat: "raw", DiskBytes: 1 << 30}, nil
 		},
 		WaitGuest: func(ctx context.Context, addr string, key ssh.Signer, pin guest.HostKeyPin, alive func() error) (guestConn, error) {
 			if td.bootHold != nil {

@@ -124,7 +124,7 @@ func (s *imageService) importFrom(ctx context.Context, p wire.ImageImportParams,
 	if err != nil {
 		return wire.Image{}, err
 	}
-	if err := s.recordNew(ctx, rec); err != nil {
+	if err := s.recordNew(ctx, rec, nil); err != nil {
 		os.Remove(rec.Path)
 		return wire.Image{}, err
 	}
@@ -231,8 +231,10 @@ func makeWorkingDir(root, wd string, tree *oci.Tree) error {
 // that was taken meanwhile. A cancelled ctx is checked under the lock and
 // the row written under a context nothing cancels, so the caller knows
 // whether the image was recorded: once it was, the operation has made
-// it, and what the caller answers must not need ctx (wireImage).
-func (s *imageService) recordNew(ctx context.Context, img store.Image) error {
+// it, and what the caller answers must not need ctx (wireImage). own,
+// when set, is the image's own kernel: its row is written in the same
+// transaction.
+func (s *imageService) recordNew(ctx context.Context, img store.Image, own *store.Kernel) error {
 	s.imageOpsMu.Lock()
 	defer s.imageOpsMu.Unlock()
 	if err := s.nameFree(ctx, img.Name); err != nil {
@@ -241,7 +243,19 @@ func (s *imageService) recordNew(ctx context.Context, img store.Image) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.store.PutImage(context.WithoutCancel(ctx), img); err != nil {
+	wctx := context.WithoutCancel(ctx)
+	err := s.store.WithTx(wctx, func(tx *store.Tx) error {
+		if own != nil {
+			if _, err := tx.GetKernel(wctx, own.Name); err == nil {
+				return conflictf("a kernel named %q already exists", own.Name)
+			}
+			if err := tx.PutKernel(wctx, *own); err != nil {
+				return err
+			}
+		}
+		return tx.PutImage(wctx, img)
+	})
+	if err != nil {
 		return err
 	}
 	if s.recorded != nil {

@@ -322,7 +322,7 @@ func TestImageImportCancelAroundRecord(t *testing.T) {
 	cancel2()
 	tmp := filepath.Join(td.layout.ImagesDir(), "early.ext4")
 	os.WriteFile(tmp, []byte("x"), 0o644)
-	if err := td.images.recordNew(done, store.Image{Name: "early", Kind: store.ImageImported, Path: tmp, Format: store.FormatRaw}); !errors.Is(err, context.Canceled) {
+	if err := td.images.recordNew(done, store.Image{Name: "early", Kind: store.ImageImported, Path: tmp, Format: store.FormatRaw}, nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("record with a cancelled context: %v", err)
 	}
 	if _, err := td.store.GetImage(context.Background(), "early"); !errors.Is(err, store.ErrNotFound) {

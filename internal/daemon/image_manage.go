@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,9 +45,10 @@ func (s *imageService) checkNewNameLocked(ctx context.Context, name string) erro
 	return s.nameFree(ctx, name)
 }
 
-// registerImage receives the root file system as a descriptor the client
-// opened with its own rights (internal/wire/imagemanage.go), checks it and copies
-// it into the images folder.
+// registerImage receives the root file system (and, with p.KernelFile,
+// the kernel file) as descriptors the client opened with its own rights
+// (internal/wire/imagemanage.go), checks them and copies them into the
+// state folder.
 func (s *imageService) registerImage(ctx context.Context, p wire.ImageRegisterParams, sc *streamConn) error {
 	s.imageOpsMu.Lock()
 	err := s.checkNewNameLocked(ctx, p.Name)
@@ -56,32 +56,41 @@ func (s *imageService) registerImage(ctx context.Context, p wire.ImageRegisterPa
 	if err != nil {
 		return err
 	}
+	if p.Kernel != "" && p.KernelFile != "" {
+		return invalidf("image.register takes a kernel's name or a kernel file, not both")
+	}
 	if p.Kernel != "" {
 		if _, err := s.store.GetKernel(ctx, p.Kernel); errors.Is(err, store.ErrNotFound) {
-			return notFoundf("kernel %q not found; `ember kernel ls` lists kernels", p.Kernel)
+			return notFoundf("kernel %q not found; `ember kernel ls` lists kernels (--kernel FILE takes a kernel file)", p.Kernel)
 		} else if err != nil {
 			return err
 		}
 	}
-	uc, ok := sc.Conn.(*net.UnixConn)
-	if !ok {
-		return invalidf("image.register passes the file as a descriptor, which only the unix socket carries")
-	}
-	// The descriptor message is read from the socket itself: a buffered
-	// read would drop its descriptor.
-	if sc.r != nil && sc.r.Buffered() > 0 {
-		return invalidf("image.register: the client sent data before the stream opened")
+	uc, err := sc.fdConn(wire.ImageRegister.Name)
+	if err != nil {
+		return err
 	}
 	if err := sc.startStream(); err != nil {
 		return nil
 	}
-	files, err := wire.RecvFDs(uc, 1)
+	n := 1
+	if p.KernelFile != "" {
+		n = 2
+	}
+	files, err := wire.RecvFDs(uc, n)
 	if err != nil {
 		sc.exit(0, invalidf("register image %s: %v", p.Name, err))
 		return nil
 	}
-	defer files[0].Close()
-	img, err := s.registerFile(ctx, p, files[0])
+	for _, f := range files {
+		defer f.Close()
+	}
+	var kf *os.File
+	if n == 2 {
+		kf = files[1]
+	}
+	remark := func(msg string) { fmt.Fprintln(&wire.FrameWriter{W: sc, Kind: wire.FrameStderr}, msg) }
+	img, err := s.registerFile(ctx, p, files[0], kf, remark)
 	if err != nil {
 		sc.exit(0, err)
 		return nil
@@ -93,9 +102,11 @@ func (s *imageService) registerImage(ctx context.Context, p wire.ImageRegisterPa
 }
 
 // registerFile checks f and makes it image p.Name: a copy in the images
-// folder, then the row. The name is reserved meanwhile, so imageOpsMu is
-// not held across the copy; a failure leaves neither file nor row.
-func (s *imageService) registerFile(ctx context.Context, p wire.ImageRegisterParams, f *os.File) (store.Image, error) {
+// folder, then the row. With kf, the kernel file becomes the image's own
+// kernel (importOwnKernel), its row written with the image's. The name is
+// reserved meanwhile, so imageOpsMu is not held across the copies; a
+// failure leaves neither file nor row, of the image or of its kernel.
+func (s *imageService) registerFile(ctx context.Context, p wire.ImageRegisterParams, f, kf *os.File, remark func(string)) (store.Image, error) {
 	src := p.Rootfs
 	if src == "" {
 		src = "the root file system"
@@ -117,6 +128,13 @@ func (s *imageService) registerFile(ctx context.Context, p wire.ImageRegisterPar
 	if err := s.outsideState(f); err != nil {
 		return store.Image{}, invalidf("rootfs %s: %v", src, err)
 	}
+	var release string
+	if kf != nil {
+		// Checked before anything is copied: a bad kernel file costs no copy.
+		if release, err = checkKernelFile(p.KernelFile, kf); err != nil {
+			return store.Image{}, err
+		}
+	}
 
 	s.imageOpsMu.Lock()
 	err = s.checkNewNameLocked(ctx, p.Name)
@@ -133,6 +151,8 @@ func (s *imageService) registerFile(ctx context.Context, p wire.ImageRegisterPar
 		s.imageOpsMu.Unlock()
 	}()
 
+	var undo undoStack
+	defer undo.run()
 	id := store.NewImageID()
 	path := filepath.Join(s.layout.ImagesDir(), p.Name+"-"+id[:12]+".ext4")
 	tmp, err := os.CreateTemp(s.layout.ImagesDir(), "."+p.Name+"-*.tmp")
@@ -149,13 +169,23 @@ func (s *imageService) registerFile(ctx context.Context, p wire.ImageRegisterPar
 		os.Remove(tmpName)
 		return store.Image{}, fmt.Errorf("register image %s: %w", p.Name, err)
 	}
+	undo.add("image file", func() { os.Remove(path) })
 	img := store.Image{Name: p.Name, ID: id, Kind: store.ImageRegistered, Path: path, Format: store.FormatRaw,
 		SizeBytes: size, Kernel: p.Kernel, CreatedAt: time.Now().UTC()}
-	if err := s.recordNew(ctx, img); err != nil {
-		os.Remove(path)
+	var own *store.Kernel
+	if kf != nil {
+		k, err := s.importOwnKernel(ctx, p, id, kf, release, path, remark)
+		if err != nil {
+			return store.Image{}, err
+		}
+		undo.add("own kernel", func() { os.RemoveAll(filepath.Join(s.layout.KernelsDir(), k.Name)) })
+		img.Kernel, own = k.Name, &k
+	}
+	if err := s.recordNew(ctx, img, own); err != nil {
 		return store.Image{}, fmt.Errorf("record image %s: %w", p.Name, err)
 	}
-	s.log.Info("image registered", "image", p.Name, "id", id, "from", src, "bytes", size)
+	undo.success()
+	s.log.Info("image registered", "image", p.Name, "id", id, "from", src, "bytes", size, "kernel", img.Kernel)
 	return img, nil // recorded: a cancel now must not report a failure
 }
 
@@ -197,7 +227,9 @@ func (s *imageService) outsideState(f *os.File) error {
 
 // remove deletes an image that no VM and no image is built on: the row
 // first, then the file, so a crash in between leaves only a file that
-// sweep removes at the next start. A built-in image comes back at its
+// sweep removes at the next start. Its own kernel (image_kernel.go) goes
+// with it, row in the same transaction and folder after, unless a VM or
+// another image still names it. A built-in image comes back at its
 // next use. Forcing is refused: every VM's disk is a copy-on-write
 // overlay that reads from the image file.
 func (s *imageService) remove(ctx context.Context, p wire.ImageRemoveParams) error {
@@ -240,11 +272,26 @@ func (s *imageService) remove(ctx context.Context, p wire.ImageRemoveParams) err
 		}
 		return conflictf("%s", msg)
 	}
-	if err := s.store.DeleteImage(ctx, p.Name); err != nil {
+	var kernelDir string
+	err = s.store.WithTx(ctx, func(tx *store.Tx) error {
+		if err := tx.DeleteImage(ctx, p.Name); err != nil {
+			return err
+		}
+		var err error
+		kernelDir, err = s.dropOwnKernelTx(ctx, tx, img.Kernel)
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	if err := os.Remove(img.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("image %s removed; its file %s stays until the daemon's next start: %w", p.Name, img.Path, err)
+	}
+	if kernelDir != "" {
+		if err := os.RemoveAll(kernelDir); err != nil {
+			return fmt.Errorf("image %s removed; its kernel's folder %s stays until the daemon's next start: %w", p.Name, kernelDir, err)
+		}
+		s.log.Info("own kernel removed", "image", p.Name, "kernel", img.Kernel)
 	}
 	s.log.Info("image removed", "image", p.Name, "id", img.ID)
 	return nil

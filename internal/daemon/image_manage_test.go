@@ -29,9 +29,11 @@ func makeExt4(t *testing.T, path string) {
 }
 
 // imagesLeft lists the images folder.
-func imagesLeft(t *testing.T, td *testDaemon) []string {
-	t.Helper()
-	ents, _ := os.ReadDir(td.layout.ImagesDir())
+func imagesLeft(t *testing.T, td *testDaemon) []string { return namesIn(td.layout.ImagesDir()) }
+
+// namesIn lists a folder's entries (none when it is missing).
+func namesIn(dir string) []string {
+	ents, _ := os.ReadDir(dir)
 	var names []string
 	for _, e := range ents {
 		names = append(names, e.Name())

@@ -306,7 +306,7 @@ func (s *imageService) addFile(ctx context.Context, img store.Image, tmp string)
 	if err := os.Rename(tmp, img.Path); err != nil {
 		return store.Image{}, fmt.Errorf("image %s: %w", img.Name, err)
 	}
-	if err := s.recordNew(ctx, img); err != nil {
+	if err := s.recordNew(ctx, img, nil); err != nil {
 		os.Remove(img.Path)
 		return store.Image{}, fmt.Errorf("record image %s: %w", img.Name, err)
 	}

@@ -52,6 +52,9 @@ type Importer struct {
 	links          map[string]bool // symlinks kept: nothing is placed beneath them
 	skipped        []string        // symlinks that point out of the tree
 	committed      bool
+	// Source is recorded in the kernel's metadata: SourceImport unless
+	// the caller sets another (SourceImage) before Commit.
+	Source string
 }
 
 // NewImporter starts the import of kernel name into destRoot. modulesName
@@ -71,7 +74,8 @@ func NewImporter(destRoot, name, modulesName string) (*Importer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("import kernel %s: %w", name, err)
 	}
-	im := &Importer{destRoot: destRoot, name: name, releaseHint: modulesName, staging: staging, links: map[string]bool{}}
+	im := &Importer{destRoot: destRoot, name: name, releaseHint: modulesName, staging: staging, links: map[string]bool{},
+		Source: SourceImport}
 	out := filepath.Join(staging, "out")
 	if err := os.Mkdir(out, 0o755); err == nil {
 		im.out, err = os.OpenRoot(out)
@@ -365,7 +369,7 @@ func (im *Importer) Commit() (Kernel, error) {
 		}
 		release = releaseFromModulesDir(im.releaseHint)
 	}
-	k := Kernel{Name: im.name, Release: release, Source: SourceImport}
+	k := Kernel{Name: im.name, Release: release, Source: im.Source}
 	if err := writeMetadata(out, k); err != nil {
 		return Kernel{}, fmt.Errorf("import kernel %s: %w", im.name, err)
 	}
@@ -489,20 +493,29 @@ func Import(ctx context.Context, destRoot, name, vmlinuzPath, modulesDir string)
 		if err != nil {
 			return Kernel{}, err
 		}
-		err = WalkTree(ctx, modulesDir, func(e TreeEntry) error {
-			switch e.Kind {
-			case "dir":
-				return im.Dir(e.Path)
-			case "symlink":
-				return im.Symlink(e.Path, e.Target)
-			default:
-				defer e.File.Close()
-				return im.File(e.Path, e.Mode, e.File)
-			}
-		})
-		if err != nil {
-			return Kernel{}, fmt.Errorf("import kernel %s: modules: %w", name, err)
+		if err := im.Tree(ctx, modulesDir); err != nil {
+			return Kernel{}, err
 		}
 	}
 	return im.Commit()
+}
+
+// Tree copies the modules folder dir, read with the calling process's
+// rights (WalkTree), into the modules root ModulesRoot started.
+func (im *Importer) Tree(ctx context.Context, dir string) error {
+	err := WalkTree(ctx, dir, func(e TreeEntry) error {
+		switch e.Kind {
+		case "dir":
+			return im.Dir(e.Path)
+		case "symlink":
+			return im.Symlink(e.Path, e.Target)
+		default:
+			defer e.File.Close()
+			return im.File(e.Path, e.Mode, e.File)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("import kernel %s: modules: %w", im.name, err)
+	}
+	return nil
 }

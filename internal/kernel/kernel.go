@@ -18,6 +18,9 @@ const (
 	SourceDebianCloud = "debian-cloud"
 	SourceHost        = "host"
 	SourceImport      = "import"
+	// SourceImage is a kernel registered with an image (image register
+	// --kernel FILE): the image's own, removed with it when unused.
+	SourceImage = "image"
 )
 
 // HostName is the name under which the host's own kernel is reported.
@@ -35,7 +38,7 @@ type Kernel struct {
 	Release    string `json:"release"`     // e.g. 6.1.0-56-cloud-amd64; may be empty if unknown
 	Vmlinuz    string `json:"vmlinuz"`     // absolute path of the bzImage
 	ModulesDir string `json:"modules_dir"` // lib/modules/<release> equivalent; empty when none
-	Source     string `json:"source"`      // SourceDebianCloud, SourceHost or SourceImport
+	Source     string `json:"source"`      // SourceDebianCloud, SourceHost, SourceImport or SourceImage
 }
 
 // ErrNotFound is returned (wrapped) when a named kernel does not exist.

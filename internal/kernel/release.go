@@ -3,6 +3,7 @@ package kernel
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,21 +20,31 @@ func ReleaseFromBzImage(path string) (string, error) {
 		return "", fmt.Errorf("read kernel release: %w", err)
 	}
 	defer f.Close()
+	rel, err := ReleaseOf(f)
+	if err != nil {
+		return "", fmt.Errorf("read kernel release from %s: %w", path, err)
+	}
+	return rel, nil
+}
+
+// ReleaseOf is ReleaseFromBzImage on an open file (a descriptor a client
+// passed): a file that is not a bzImage is an error saying so.
+func ReleaseOf(r io.ReaderAt) (string, error) {
 	hdr := make([]byte, 0x210)
-	if _, err := io.ReadFull(f, hdr); err != nil {
-		return "", fmt.Errorf("read kernel release from %s: too short for a bzImage", path)
+	if n, _ := r.ReadAt(hdr, 0); n < len(hdr) {
+		return "", errors.New("too short for a bzImage")
 	}
 	if string(hdr[0x202:0x206]) != "HdrS" {
-		return "", fmt.Errorf("read kernel release from %s: not a bzImage (no HdrS magic)", path)
+		return "", errors.New("not a bzImage (no HdrS magic)")
 	}
 	off := int64(binary.LittleEndian.Uint16(hdr[0x20E:0x210]))
 	if off == 0 {
-		return "", fmt.Errorf("read kernel release from %s: no version string in header", path)
+		return "", errors.New("no version string in header")
 	}
 	buf := make([]byte, 256)
-	n, err := f.ReadAt(buf, off+0x200)
+	n, err := r.ReadAt(buf, off+0x200)
 	if n == 0 && err != nil {
-		return "", fmt.Errorf("read kernel release from %s: %w", path, err)
+		return "", err
 	}
 	buf = buf[:n]
 	if i := bytes.IndexByte(buf, 0); i >= 0 {
@@ -41,7 +52,7 @@ func ReleaseFromBzImage(path string) (string, error) {
 	}
 	fields := strings.Fields(string(buf))
 	if len(fields) == 0 {
-		return "", fmt.Errorf("read kernel release from %s: empty version string", path)
+		return "", errors.New("empty version string")
 	}
 	return fields[0], nil
 }

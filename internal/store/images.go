@@ -164,6 +164,20 @@ func (o *ops) ImageChildren(ctx context.Context, name string) ([]string, error) 
 		`SELECT name FROM images WHERE parent = ? ORDER BY name`, name)
 }
 
+// KernelUsers returns the names of the VMs and of the images that name
+// the kernel, each ordered.
+func (o *ops) KernelUsers(ctx context.Context, name string) (vms, images []string, err error) {
+	if vms, err = queryAll(ctx, o.r, fmt.Sprintf("vms on kernel %q", name), scanString,
+		`SELECT name FROM vms WHERE kernel = ? ORDER BY name`, name); err != nil {
+		return nil, nil, err
+	}
+	if images, err = queryAll(ctx, o.r, fmt.Sprintf("images on kernel %q", name), scanString,
+		`SELECT name FROM images WHERE kernel = ? ORDER BY name`, name); err != nil {
+		return nil, nil, err
+	}
+	return vms, images, nil
+}
+
 // Kernel is a guest kernel and its modules.
 type Kernel struct {
 	Name       string
