@@ -458,6 +458,14 @@ func startCmd(e *env) *cobra.Command {
 	return vmActionCmd(e, "start", "Boot stopped VMs", wire.VMStart, nil)
 }
 
+func pauseCmd(e *env) *cobra.Command {
+	return vmActionCmd(e, "pause", "Stop VMs' vCPUs, keeping their memory (exec on a paused VM fails at once and says so)", wire.VMPause, nil)
+}
+
+func resumeCmd(e *env) *cobra.Command {
+	return vmActionCmd(e, "resume", "Run paused VMs again", wire.VMResume, nil)
+}
+
 func stopCmd(e *env) *cobra.Command {
 	return vmActionCmd(e, "stop", "Shut VMs down (graceful, forced after a timeout)", wire.VMStop,
 		func(cmd *cobra.Command, p *wire.RefParams) {

@@ -75,8 +75,10 @@
 //     lock, a cache of the leases under tapNet.mu, a leaf, and the
 //     bridge's guestFilter, which lets each lease's TAP send only as
 //     that lease; the rest of the guest policy is fixed at start).
-//   - vmService (vm.go, exec.go, copy.go, guests.go, vmlock.go, promote.go):
-//     vm.* (vm.copy_in and vm.copy_out move `ember cp`'s tar streams into
+//   - vmService (vm.go, exec.go, copy.go, guests.go, vmlock.go, promote.go,
+//     pause.go): vm.* (vm.pause and vm.resume stop and run a VM's guest
+//     through the driver's Pauser, recorded as paused with no last error;
+//     vm.copy_in and vm.copy_out move `ember cp`'s tar streams into
 //     and out of the guest over SFTP, checked by internal/treecopy; the
 //     host side is the CLI's, with its user's rights) and image.promote
 //     (promoteVM: the hypervisor's backup job started

@@ -134,7 +134,7 @@ func (s *vmService) notRunning(vm store.VM) error {
 		return conflictf("vm %s is %s; try again when that is done", vm.Name, vm.State)
 	case wire.StatePaused:
 		// Its guest does not run: a request would only hang.
-		return conflictf("vm %s is paused: %s", vm.Name, vm.LastError)
+		return conflictf("vm %s is paused: %s", vm.Name, pausedWhy(vm))
 	}
 	return conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
 }

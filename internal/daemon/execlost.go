@@ -129,9 +129,9 @@ func (st *lostState) verdict(vm, now store.VM, found, alive bool, console []byte
 		}
 		return exitedVerdict(name, afterPinned(console, vm.AgentHostKey)), true
 	case wire.StatePaused:
-		// The hypervisor stopped it (a full disk) and the daemon dropped
-		// its connections; LastError says why.
-		return fmt.Sprintf("vm %s paused while the command ran: %s", name, now.LastError), true
+		// The hypervisor stopped it (a full disk) or someone paused it,
+		// and the daemon dropped its connections.
+		return fmt.Sprintf("vm %s paused while the command ran: %s", name, pausedWhy(now)), true
 	case wire.StateRunning:
 	default:
 		return "", true

@@ -185,6 +185,7 @@ func (s *vmService) runFollower(ctx context.Context, fd hypervisor.Follower, f *
 			logFailed = false
 			s.vmResumed(vm, inst)
 		},
+		Held:       func() { s.vmHeld(vm, inst) },
 		Fast:       f.fast.Load,
 		Sync:       f.sync,
 		GuestReset: func() { reset = true },
@@ -274,9 +275,9 @@ func (s *vmService) vmResumed(vm store.VM, inst hypervisor.Instance) {
 	})
 }
 
-// resumeVM lets a VM paused on a disk error run again, once its disk's
-// file system has room; the failed write is retried, so a disk still full
-// pauses it again at once.
+// resumeVM lets a paused VM run again: one paused on request at once,
+// one paused on a disk error once its disk's file system has room (the
+// failed write is retried, so a disk still full pauses it again at once).
 func (s *vmService) resumeVM(ctx context.Context, vm store.VM) (wire.VM, error) {
 	fd, ok := s.driver.(hypervisor.Follower)
 	if !ok {
@@ -284,7 +285,7 @@ func (s *vmService) resumeVM(ctx context.Context, vm store.VM) (wire.VM, error) 
 	}
 	spec := specOf(vm)
 	dir := filepath.Dir(spec.Disk)
-	if n, err := freeSpace(dir); err == nil && n < resumeMinFree {
+	if n, err := freeSpace(dir); err == nil && n < resumeMinFree && !userPaused(vm) {
 		return wire.VM{}, conflictf("vm %s stays paused: %s has only %d MiB free, under the %d MiB it needs to go on; free space there, then start it again",
 			vm.Name, dir, n>>20, resumeMinFree>>20)
 	}

@@ -135,6 +135,10 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 	case wire.StateError:
 		err = conflictf("vm %s is in state error (its process could not be stopped: %s); `ember rm -f %s` or `ember stop -f %s` first", vm.Name, vm.LastError, vm.Name, vm.Name)
 	case wire.StatePaused:
+		if userPaused(vm) {
+			err = conflictf("vm %s is paused: its guest cannot freeze its filesystems; `ember resume %s`, or stop it, then promote", vm.Name, vm.Name)
+			break
+		}
 		err = conflictf("vm %s is paused (its disk could not be written): its guest cannot freeze its filesystems; free space and `ember start %s`, or stop it, then promote", vm.Name, vm.Name)
 	default:
 		err = busy(&vm)

@@ -38,6 +38,8 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return unary(wire.VMStop) },
 		func() (string, paramDecoder) { return unary(wire.VMRestart) },
 		func() (string, paramDecoder) { return unary(wire.VMDelete) },
+		func() (string, paramDecoder) { return unary(wire.VMPause) },
+		func() (string, paramDecoder) { return unary(wire.VMResume) },
 		func() (string, paramDecoder) { return stream(wire.VMExec) },
 		func() (string, paramDecoder) { return stream(wire.VMLogs) },
 		func() (string, paramDecoder) { return stream(wire.VMCopyIn) },

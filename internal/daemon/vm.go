@@ -92,6 +92,8 @@ func (s *vmService) register(t methodTable) {
 	handle(t, wire.VMStop, s.stopVM)
 	handle(t, wire.VMRestart, s.restartVM)
 	handle(t, wire.VMDelete, s.deleteVM)
+	handle(t, wire.VMPause, s.pauseVM)
+	handle(t, wire.VMResume, s.resumeRequested)
 	handleStream(t, wire.VMExec, s.execVM)
 	handleStream(t, wire.VMLogs, s.logsVM)
 	handleStream(t, wire.VMCopyIn, s.copyIn)

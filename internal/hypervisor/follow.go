@@ -20,6 +20,13 @@ type Follower interface {
 	Resume(ctx context.Context, s Spec, inst Instance) error
 }
 
+// Pauser is implemented by drivers that can stop a running VM's vCPUs on
+// request and keep its process, memory and devices as they are (ember
+// pause); the Follower's Resume runs it again.
+type Pauser interface {
+	Pause(ctx context.Context, s Spec, inst Instance) error
+}
+
 // FollowHandler receives what Follow sees. Nil functions are skipped.
 type FollowHandler struct {
 	// Console gets the guest's console output, in order.
@@ -31,6 +38,10 @@ type FollowHandler struct {
 	Paused func(reason string, noSpace bool)
 	// Resumed is called when the VM runs (again).
 	Resumed func()
+	// Held is called when Follow finds, at its start, the VM stopped on
+	// request (a Pauser's Pause) rather than on an error: a caller that
+	// re-attaches learns of a pause it did not record.
+	Held func()
 	// GuestReset is called when the guest reset itself (its reboot, or a
 	// kernel panic with panic=-1): the hypervisor ends it as it ends a
 	// guest's power-off, and the caller decides whether to boot it again.

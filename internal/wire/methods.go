@@ -40,6 +40,8 @@ var (
 	VMStop    = Method[RefParams, VM]{"vm.stop"}
 	VMRestart = Method[RefParams, VM]{"vm.restart"}
 	VMDelete  = Method[RefParams, VM]{"vm.delete"}
+	VMPause   = Method[RefParams, VM]{"vm.pause"}  // its vCPUs stop; exec says paused (pause.go)
+	VMResume  = Method[RefParams, VM]{"vm.resume"} // a paused VM runs again
 	VMExec    = StreamMethod[ExecParams]{"vm.exec"}
 	VMLogs    = StreamMethod[LogsParams]{"vm.logs"}
 	VMCopyIn  = StreamMethod[CopyInParams]{"vm.copy_in"}   // files as a tar stream (copy.go)
@@ -84,7 +86,7 @@ var Methods = []MethodInfo{
 	DaemonInfoMethod.Info(), DaemonWeb.Info(),
 	VMCreate.Info(), VMList.Info(), VMInspect.Info(), VMStart.Info(), VMStop.Info(),
 	VMRestart.Info(), VMDelete.Info(), VMExec.Info(), VMLogs.Info(),
-	VMCopyIn.Info(), VMCopyOut.Info(),
+	VMCopyIn.Info(), VMCopyOut.Info(), VMPause.Info(), VMResume.Info(),
 	OpList.Info(), OpStatus.Info(), OpWait.Info(), OpCancel.Info(), OpPrune.Info(),
 	ImageList.Info(), ImageInspect.Info(), ImageImport.Info(), ImagePromote.Info(), ImageBuild.Info(),
 	ImageRegister.Info(), ImageRemove.Info(),

@@ -114,9 +114,11 @@ const (
 	StateStopped  = "stopped"
 	StateDeleting = "deleting"
 	StateError    = "error"
-	// StatePaused: the VM's process lives but its vCPUs do not run: the
-	// hypervisor stopped it because its disk could not be written (the
-	// host's disk is full). LastError says why; start resumes it.
+	// StatePaused: the VM's process lives but its vCPUs do not run:
+	// someone paused it (ember pause; LastError is empty; resume runs it
+	// again), or the hypervisor stopped it because its disk could not be
+	// written (the host's disk is full; LastError says why; start
+	// resumes it).
 	StatePaused = "paused"
 )
 

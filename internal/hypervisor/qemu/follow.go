@@ -73,10 +73,24 @@ func (d *Driver) Follow(ctx context.Context, s hypervisor.Spec, inst hypervisor.
 	return nil // the process exited
 }
 
+var _ hypervisor.Pauser = (*Driver)(nil)
+
 // Resume implements hypervisor.Follower: QMP cont on the VM's own socket.
 func (d *Driver) Resume(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
+	return runOnce(ctx, s, inst, "resume", "cont")
+}
+
+// Pause implements hypervisor.Pauser: QMP stop on the VM's own socket.
+// The vCPUs stop at once; a followed VM's monitor keeps draining its
+// console ring, and Follow reports the stop (Held) when it starts again.
+func (d *Driver) Pause(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
+	return runOnce(ctx, s, inst, "pause", "stop")
+}
+
+// runOnce runs one argument-less QMP command on the VM's QMP socket.
+func runOnce(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance, what, cmd string) error {
 	if !alive(inst) {
-		return fmt.Errorf("resume vm %s: its process is gone", vmName(s))
+		return fmt.Errorf("%s vm %s: its process is gone", what, vmName(s))
 	}
 	sock, err := filepath.Abs(s.QMPSocket)
 	if err != nil {
@@ -84,11 +98,11 @@ func (d *Driver) Resume(ctx context.Context, s hypervisor.Spec, inst hypervisor.
 	}
 	q, err := dialQMP(ctx, sock)
 	if err != nil {
-		return fmt.Errorf("resume vm %s: %w", vmName(s), err)
+		return fmt.Errorf("%s vm %s: %w", what, vmName(s), err)
 	}
 	defer q.Close()
-	if _, err := q.run("cont"); err != nil {
-		return fmt.Errorf("resume vm %s: %w", vmName(s), err)
+	if _, err := q.run(cmd); err != nil {
+		return fmt.Errorf("%s vm %s: %w", what, vmName(s), err)
 	}
 	return nil
 }
@@ -352,8 +366,8 @@ func (m *monitor) drain(ctx context.Context, h hypervisor.FollowHandler, onEvent
 	return total, nil
 }
 
-// reportStatus tells h whether the VM runs or stopped on a disk error,
-// and returns QEMU's run state.
+// reportStatus tells h whether the VM runs, stopped on a disk error or
+// was paused on request, and returns QEMU's run state.
 func (m *monitor) reportStatus(ctx context.Context, h hypervisor.FollowHandler, onEvent func(monitorMsg)) (string, error) {
 	raw, err := m.command(ctx, "query-status", nil, onEvent)
 	if err != nil {
@@ -369,6 +383,10 @@ func (m *monitor) reportStatus(ctx context.Context, h hypervisor.FollowHandler, 
 	case "running":
 		if h.Resumed != nil {
 			h.Resumed()
+		}
+	case "paused":
+		if h.Held != nil {
+			h.Held()
 		}
 	case "io-error":
 		reason, noSpace := "a disk write failed", false

@@ -34,6 +34,7 @@ func (f *followed) handler() hypervisor.FollowHandler {
 			f.mu.Unlock()
 		},
 		Resumed:    func() { f.mu.Lock(); f.events = append(f.events, "resumed"); f.mu.Unlock() },
+		Held:       func() { f.mu.Lock(); f.events = append(f.events, "held"); f.mu.Unlock() },
 		GuestReset: func() { f.mu.Lock(); f.events = append(f.events, "guest-reset"); f.mu.Unlock() },
 	}
 }
@@ -95,6 +96,19 @@ func TestFollowRingRealQEMU(t *testing.T) {
 	}
 	if err := d.Resume(context.Background(), s, inst); err != nil {
 		t.Errorf("resume of a running vm: %v", err)
+	}
+	// Pause stops the vCPUs and keeps the process; Resume runs it again.
+	if err := d.Pause(context.Background(), s, inst); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	if st, err := d.State(context.Background(), s, inst); err != nil || st != hypervisor.StatePaused || !d.Alive(inst) {
+		t.Fatalf("state after pause: %q %v (alive %v)", st, err, d.Alive(inst))
+	}
+	if err := d.Resume(context.Background(), s, inst); err != nil {
+		t.Fatalf("resume after pause: %v", err)
+	}
+	if st, err := d.State(context.Background(), s, inst); err != nil || st != hypervisor.StateRunning {
+		t.Fatalf("state after resume: %q %v", st, err)
 	}
 	if err := d.Quit(context.Background(), s, inst); err != nil {
 		t.Fatalf("quit: %v", err)
@@ -239,6 +253,27 @@ func TestFollowEventsAndHostileMonitor(t *testing.T) {
 		if err == nil {
 			t.Errorf("a hostile monitor line (%d bytes) was taken", len(bad))
 		}
+	}
+	// A VM paused on request is reported held, not paused on an error.
+	sock, _ = fakeMonitor(t, func(cmd string) string {
+		if cmd == "query-status" {
+			return `{"return": {"status": "paused", "running": false}}`
+		}
+		return `{"return": ""}`
+	})
+	var held followed
+	hctx, hcancel := context.WithCancel(context.Background())
+	hdone := make(chan error, 1)
+	go func() {
+		hdone <- d.Follow(hctx, hypervisor.Spec{Name: "fake", MonitorSocket: sock, ConsoleRing: 64 << 10}, self, held.handler())
+	}()
+	for _, ev := held.snapshot(); len(ev) == 0; _, ev = held.snapshot() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	hcancel()
+	<-hdone
+	if _, ev := held.snapshot(); !slices.Equal(ev, []string{"held"}) {
+		t.Errorf("a vm paused on request: events %v, want [held]", ev)
 	}
 	if err := d.Follow(context.Background(), hypervisor.Spec{Name: "old"}, self, hypervisor.FollowHandler{}); err == nil || !strings.Contains(err.Error(), "no monitor socket") {
 		t.Errorf("a vm without a monitor socket: %v", err)

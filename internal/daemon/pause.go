@@ -1,0 +1,124 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// Pause and resume (`ember pause`, `ember resume`): the hypervisor stops
+// a VM's vCPUs and keeps its process, memory and devices, so a paused VM
+// costs no CPU and runs on where it stopped. The VM is recorded in state
+// paused with no last error, which tells it from a VM the hypervisor
+// paused on a disk error (whose last error says why). Requests that need
+// the guest (exec, sessions, cp) fail at once with conflict and say how
+// to resume it, rather than wait on a guest that does not run: a caller
+// that wants to wait can resume first, and nothing hangs on a VM someone
+// paused for a long time. stop kills a paused VM (its guest cannot power
+// off), rm -f deletes it. A daemon that restarts keeps it paused: the
+// follower asks the hypervisor's run state (query-status) when it
+// attaches, and records a pause the store missed (vmHeld).
+
+// userPaused reports whether vm was paused on request (ember pause), not
+// by the hypervisor on a disk error.
+func userPaused(vm store.VM) bool {
+	return vm.State == wire.StatePaused && vm.LastError == ""
+}
+
+// pausedWhy says why a paused VM is paused and how it runs again.
+func pausedWhy(vm store.VM) string {
+	if userPaused(vm) {
+		return fmt.Sprintf("paused by `ember pause`; `ember resume %s` runs it again", vm.Name)
+	}
+	return vm.LastError
+}
+
+// pauseVM stops a running VM's vCPUs. A VM already paused is left so.
+// The hypervisor is asked between two short critical sections: the VM
+// lock is not held across it, and the record changes only when the VM
+// still runs in the same process.
+func (s *vmService) pauseVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
+	pd, ok := s.driver.(hypervisor.Pauser)
+	if !ok {
+		return wire.VM{}, fmt.Errorf("pause: the %s driver cannot pause vms: %w", s.driver.Name(), hypervisor.ErrUnsupported)
+	}
+	vm, err := s.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
+		if transitional(vm.State) {
+			return busy(vm)
+		}
+		if vm.State != wire.StateRunning && vm.State != wire.StatePaused {
+			return s.notRunning(*vm)
+		}
+		return nil
+	})
+	if err != nil {
+		return wire.VM{}, err
+	}
+	if vm.State == wire.StatePaused {
+		return s.toWireVM(vm), nil
+	}
+	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
+	if err := pd.Pause(ctx, specOf(vm), inst); err != nil {
+		return wire.VM{}, fmt.Errorf("pause vm %s: %w", vm.Name, err)
+	}
+	changed := false
+	vm, err = s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
+		if v.PID != inst.PID || v.State != wire.StateRunning {
+			return nil // stopped or paused meanwhile
+		}
+		changed = true
+		v.State, v.LastError, v.UpdatedAt = wire.StatePaused, "", time.Now().UTC()
+		return s.store.UpdateVM(context.Background(), *v)
+	})
+	if err != nil {
+		return wire.VM{}, err
+	}
+	if changed {
+		// A request in flight on the agent connection would wait on a
+		// guest that does not run: it ends now and says the VM paused.
+		s.guests.drop(vm.ID)
+		s.log.Info("vm paused", "vm", vm.Name)
+	}
+	return s.toWireVM(vm), nil
+}
+
+// resumeRequested runs a paused VM again (ember resume); a running VM is
+// left so. A VM paused on a disk error resumes as `start` resumes it,
+// once its disk has room.
+func (s *vmService) resumeRequested(ctx context.Context, p wire.RefParams) (wire.VM, error) {
+	vm, err := s.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
+		if transitional(vm.State) {
+			return busy(vm)
+		}
+		if vm.State != wire.StateRunning && vm.State != wire.StatePaused {
+			return s.notRunning(*vm)
+		}
+		return nil
+	})
+	if err != nil {
+		return wire.VM{}, err
+	}
+	if vm.State == wire.StateRunning {
+		return s.toWireVM(vm), nil
+	}
+	return s.resumeVM(ctx, vm)
+}
+
+// vmHeld records a running VM as paused on request: the follower found
+// its process so when it attached (a pause whose record a killed daemon
+// did not write).
+func (s *vmService) vmHeld(vm store.VM, inst hypervisor.Instance) {
+	_, _ = s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
+		if v.PID != inst.PID || v.State != wire.StateRunning {
+			return nil
+		}
+		v.State, v.LastError, v.UpdatedAt = wire.StatePaused, "", time.Now().UTC()
+		s.log.Info("vm found paused", "vm", vm.Name)
+		return s.store.UpdateVM(context.Background(), *v)
+	})
+	s.guests.drop(vm.ID)
+}

@@ -1,0 +1,103 @@
+package daemon
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// pauseDriver is the follower driver that can pause: it counts pauses
+// per process.
+type pauseDriver struct {
+	*followDriver
+	mu     sync.Mutex
+	pauses map[int]int
+}
+
+func (d *pauseDriver) Pause(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pauses[inst.PID]++
+	return nil
+}
+
+// ember pause records the VM paused with no error; exec says it is paused
+// and how to resume at once; pause again changes nothing; resume runs it
+// (exec works); a pause the store missed (found by the follower when it
+// attaches) is recorded; stop and rm -f of a paused VM work.
+func TestPauseResume(t *testing.T) {
+	drv := &pauseDriver{followDriver: newFollowDriver(), pauses: map[int]int{}}
+	td := openTestDaemon(t, "", drv.fakeDriver)
+	td.vms.driver = drv
+	c := serve(t, td)
+	ctx := context.Background()
+	if op, err := createAndWait(t, c, wire.CreateVMParams{Name: "p"}); err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	var vm wire.VM
+	if err := c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "p"}, &vm); err != nil || vm.State != wire.StatePaused || vm.LastError != "" || vm.PID == 0 {
+		t.Fatalf("pause: %v %+v", err, vm)
+	}
+	if got := inspect(t, c, "p"); got.State != wire.StatePaused {
+		t.Fatalf("inspect after pause: %+v", got)
+	}
+	_, err := c.OpenStream(ctx, wire.VMExec.Name, wire.ExecParams{Ref: "p", Argv: []string{"true"}})
+	wantCode(t, err, wire.CodeConflict)
+	if !strings.Contains(err.Error(), "vm p is paused: paused by `ember pause`; `ember resume p` runs it again") {
+		t.Fatalf("exec on a paused vm: %v", err)
+	}
+	if err := c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "p"}, &vm); err != nil || vm.State != wire.StatePaused {
+		t.Fatalf("pause of a paused vm: %v %+v", err, vm)
+	}
+	drv.mu.Lock()
+	n := drv.pauses[vm.PID]
+	drv.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("the hypervisor was asked to pause %d times, want 1", n)
+	}
+	// A user pause resumes even on a full disk: nothing waits to be written.
+	freeSpace = func(string) (int64, error) { return 1 << 20, nil }
+	err = c.Call(ctx, wire.VMResume.Name, wire.RefParams{Ref: "p"}, &vm)
+	freeSpace = freeBytes
+	if err != nil || vm.State != wire.StateRunning {
+		t.Fatalf("resume: %v %+v", err, vm)
+	}
+	if out, _, code := execVM(t, c, wire.ExecParams{Ref: "p", Argv: []string{"echo"}}, ""); code != 0 || out != "ran: echo\n" {
+		t.Fatalf("exec after resume: %q %d", out, code)
+	}
+	if err := c.Call(ctx, wire.VMResume.Name, wire.RefParams{Ref: "p"}, &vm); err != nil || vm.State != wire.StateRunning {
+		t.Fatalf("resume of a running vm: %v %+v", err, vm)
+	}
+
+	// The follower finds the VM paused (a daemon killed between the
+	// hypervisor's pause and the record): it is recorded paused.
+	drv.do(vm.PID, func(h hypervisor.FollowHandler) { h.Held() })
+	poll(t, "the held vm recorded paused", func() bool { return inspect(t, c, "p").State == wire.StatePaused })
+	if got := inspect(t, c, "p"); got.LastError != "" {
+		t.Fatalf("a held vm has an error: %+v", got)
+	}
+
+	wantCode(t, c.Call(ctx, wire.VMDelete.Name, wire.RefParams{Ref: "p"}, nil), wire.CodeConflict)
+	var stopped wire.VM
+	if err := c.Call(ctx, wire.VMStop.Name, wire.RefParams{Ref: "p", TimeoutSeconds: 600}, &stopped); err != nil || stopped.State != wire.StateStopped {
+		t.Fatalf("stop of a paused vm: %v %+v", err, stopped)
+	}
+	err = c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "p"}, nil)
+	wantCode(t, err, wire.CodeConflict)
+	wantCode(t, c.Call(ctx, wire.VMResume.Name, wire.RefParams{Ref: "p"}, nil), wire.CodeConflict)
+	if err := c.Call(ctx, wire.VMStart.Name, wire.RefParams{Ref: "p"}, nil); err != nil {
+		t.Fatalf("start after stop: %v", err)
+	}
+	if err := c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "p"}, nil); err != nil {
+		t.Fatalf("pause after start: %v", err)
+	}
+	if err := c.Call(ctx, wire.VMDelete.Name, wire.RefParams{Ref: "p", Force: true}, nil); err != nil {
+		t.Fatalf("rm -f of a paused vm: %v", err)
+	}
+	wantCode(t, c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "nope"}, nil), wire.CodeNotFound)
+	assertNothingLeft(t, td)
+}
