@@ -34,9 +34,10 @@ const browser = await chromium.launch({
     '--disable-background-networking', '--disable-component-update', '--disable-domain-reliability'],
 });
 let failed = false;
+let page = null;
 try {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  const page = await ctx.newPage();
+  page = await ctx.newPage();
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
@@ -99,6 +100,28 @@ try {
   const vm = JSON.parse(ember('ls', '--json')).find((v) => v.name === 'web1');
   if (!vm || vm.state !== 'stopped') throw new Error('ember ls after a stop from the page: ' + JSON.stringify(vm));
   step('stopped from the page; ember ls shows it stopped');
+
+  // Start it again from the page, then delete it (the page asks first).
+  await page.click('tr[data-vm="web1"] button[data-action="start"]');
+  await page.waitForSelector('tr[data-vm="web1"] td.state-running', { timeout });
+  await page.click('tr[data-vm="web1"] button[data-action="delete"]');
+  await page.click('#confirm button[value="no"]');
+  await page.click('tr[data-vm="web1"] button[data-action="delete"]');
+  await page.click('#confirm button[value="yes"]');
+  await page.waitForSelector('tr[data-vm="web1"]', { state: 'detached', timeout });
+  if (JSON.parse(ember('ls', '--json')).some((v) => v.name === 'web1')) throw new Error('web1 still listed after a delete from the page');
+  step('started and deleted from the page (after a confirm that was first declined)');
+
+  // Create from the page: the VM and its operation show up.
+  await page.fill('#create input[name="name"]', 'web2');
+  await page.click('#create button[type="submit"]');
+  await page.waitForSelector('tr[data-vm="web2"] td.state-running', { timeout });
+  await page.click('nav a[data-page="operations"]');
+  await page.waitForSelector('#ops tr:has(td:text-is("web2")) td.state-succeeded', { timeout });
+  await page.screenshot({ path: join(shots, 'operations.png'), fullPage: true });
+  const v2 = JSON.parse(ember('ls', '--json')).find((v) => v.name === 'web2');
+  if (!v2 || v2.state !== 'running') throw new Error('ember ls after a create from the page: ' + JSON.stringify(v2));
+  step('created from the page; its operation succeeded');
   if (pageErrors.length) throw new Error('the page reported errors: ' + pageErrors.join('; '));
 
   // Without the token: the login page, 401 for the API and the websocket.
@@ -119,6 +142,10 @@ try {
 } catch (e) {
   failed = true;
   console.log('FAIL ' + (e && e.stack || e));
+  if (page) {
+    await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
+    console.log('the page at the failure (' + page.url() + '):\n' + (await page.innerText('body').catch(() => '?')));
+  }
 } finally {
   await browser.close();
 }

@@ -116,7 +116,9 @@ function stateCell(state) { return el('td', { class: 'state state-' + state }, s
 function act(label, action, fn, cls) {
   return el('button', { type: 'button', 'data-action': action, class: cls || '', onclick: async (e) => {
     e.target.disabled = true;
-    try { showError(null); await fn(); } catch (err) { showError(err); } finally { e.target.disabled = false; }
+    // What the action changed shows at once; the event stream would say
+    // so too, a moment later.
+    try { showError(null); await fn(); refreshSoon(); } catch (err) { showError(err); } finally { e.target.disabled = false; }
   } }, label);
 }
 function confirmDelete(what) {
