@@ -179,7 +179,9 @@ function renderVMs() {
           await api('session.create', { ref: v.name, name });
           openTerminal(v.name, name);
         }) : null,
-        running ? act('Stop', 'stop', () => api('vm.stop', { ref: v.name })) : null,
+        running ? act('Pause', 'pause', () => api('vm.pause', { ref: v.name })) : null,
+        v.state === 'paused' ? act('Resume', 'resume', () => api('vm.resume', { ref: v.name })) : null,
+        running || v.state === 'paused' ? act('Stop', 'stop', () => api('vm.stop', { ref: v.name })) : null,
         v.state === 'stopped' ? act('Start', 'start', () => api('vm.start', { ref: v.name })) : null,
         act('Delete', 'delete', async () => {
           if (await confirmDelete(v.name)) await api('vm.delete', { ref: v.name, force: true });
