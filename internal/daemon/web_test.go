@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -320,4 +321,27 @@ func TestWebTokenKeptAcrossRestart(t *testing.T) {
 	if fi, _ := os.Stat(td.layout.WebToken()); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("new token file mode %v", fi.Mode())
 	}
+}
+
+// Without its web listener (off in the config, or its port taken) the
+// daemon runs on, and daemon.web says why.
+func TestWebOffOrPortTaken(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	off := &Daemon{layout: td.layout, cfg: td.cfg, log: td.log, metrics: newDaemonMetrics()}
+	off.cfg.Web = false
+	off.startWeb(context.Background())
+	if info := off.webInfo(); info.URL != "" || !strings.Contains(info.Reason, "web = false") {
+		t.Fatalf("web off: %+v", info)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	taken := &Daemon{layout: td.layout, cfg: td.cfg, log: td.log, metrics: newDaemonMetrics(), webAddr: l.Addr().String()}
+	taken.startWeb(context.Background())
+	if info := taken.webInfo(); info.URL != "" || !strings.Contains(info.Reason, "web_port") {
+		t.Fatalf("port taken: %+v", info)
+	}
+	taken.closeWeb()
 }
