@@ -276,7 +276,13 @@ function terminalPage(params) {
   status.textContent = 'attaching…';
   const s = new Stream('session.attach', { ref: vm, name, rows: term.rows, cols: term.cols, term: 'xterm-256color', create: true }, {
     open: () => { status.textContent = 'attached'; document.body.dataset.attached = 'true'; term.focus(); },
-    frame: (kind, p) => { if (kind === FRAME.stdout || kind === FRAME.stderr) term.write(p); },
+    frame: (kind, p) => {
+      if (kind === FRAME.stdout || kind === FRAME.stderr) { term.write(p); return; }
+      if (kind !== FRAME.session) return;
+      const ev = JSON.parse(dec.decode(p));
+      if (ev.replaced) status.textContent = 'attached (a new session: the one before had exited with status ' + ev.replaced.exit_code + ')';
+      if (ev.exited != null) status.textContent = 'its process has exited (status ' + ev.exited + '): this is what it left';
+    },
     end: (exit, err) => {
       document.body.dataset.attached = 'false';
       if (err) status.textContent = 'detached: ' + err.message;
