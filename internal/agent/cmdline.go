@@ -21,6 +21,8 @@ type BootConfig struct {
 	Gateway  net.IP        // ember.gw: default route
 	DNS      []net.IP      // ember.dns: comma-separated resolvers for /etc/resolv.conf
 	Port     int           // ember.port: SSH listen port, default guestproto.DefaultPort
+	// Shares are host folders to mount (ember.share, one per folder).
+	Shares []guestproto.Share
 	// Probe (guestproto.ProbeArg) asks init to print guestproto.ProbeOKLine
 	// and power off as soon as it runs.
 	Probe bool
@@ -65,6 +67,14 @@ func ParseCmdline(cmdline string) (BootConfig, error) {
 					break
 				}
 				cfg.DNS = append(cfg.DNS, ip)
+			}
+		case guestproto.ArgShare:
+			var sh guestproto.Share
+			if sh, err = guestproto.ParseShareArg(v); err == nil {
+				if len(cfg.Shares) >= guestproto.MaxShares {
+					err = fmt.Errorf("more than %d shares", guestproto.MaxShares)
+				}
+				cfg.Shares = append(cfg.Shares, sh)
 			}
 		case guestproto.ArgProbe:
 			cfg.Probe = v == "1"

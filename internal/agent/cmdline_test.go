@@ -82,3 +82,23 @@ func TestParseCmdlineProbe(t *testing.T) {
 		t.Error("ember.probe=0 set probe")
 	}
 }
+
+// ember.share arguments (the mount capability) come back as the daemon
+// wrote them, in order; a malformed one fails the boot's parse.
+func TestParseCmdlineShares(t *testing.T) {
+	_, arg := testKeyArg(t)
+	a := guestproto.Share{Transport: guestproto.ShareVirtioFS, Tag: "ember0", Dir: "/mnt/my host", ReadOnly: true}
+	b := guestproto.Share{Transport: guestproto.Share9P, Tag: "ember1", Dir: "/work"}
+	cfg, err := ParseCmdline("ember.key=" + arg + " ember.share=" + guestproto.ShareArg(a) + " ember.share=" + guestproto.ShareArg(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Shares) != 2 || cfg.Shares[0] != a || cfg.Shares[1] != b {
+		t.Fatalf("shares %+v", cfg.Shares)
+	}
+	for _, bad := range []string{"nfs,t,rw,L3c", "virtiofs,t,rx,L3c", "virtiofs,t,rw", "virtiofs,t,rw,Lw"} {
+		if _, err := ParseCmdline("ember.share=" + bad); err == nil || !strings.Contains(err.Error(), guestproto.ArgShare) {
+			t.Errorf("%q: err %v", bad, err)
+		}
+	}
+}

@@ -109,6 +109,7 @@ type bootStep struct {
 func bootSteps() []bootStep {
 	return []bootStep{
 		{"load modules", true, func(*bootState) error { return loadModules(modulesList) }},
+		{"load share modules", true, func(st *bootState) error { return loadShareModules(st.cfg.Shares) }},
 		{"switch root", true, func(st *bootState) error { return switchRoot(st.cfg.Root) }},
 		{"mount /dev/pts", false, func(*bootState) error { return mountDevPts() }},
 		{"mount /dev/shm", false, func(*bootState) error { return mountTmpfs("/dev/shm", "1777", true) }},
@@ -120,6 +121,7 @@ func bootSteps() []bootStep {
 		{"write /etc/hosts", false, func(*bootState) error { return writeHostsEntry("/etc/hosts") }},
 		{"configure network", true, setupLink},
 		{"default route", false, setupDefaultRoute},
+		{"mount shares", true, func(st *bootState) error { return mountShares(st.cfg.Shares) }},
 		{"write /etc/resolv.conf", false, func(st *bootState) error {
 			if st.link == nil || len(st.cfg.DNS) == 0 {
 				return nil

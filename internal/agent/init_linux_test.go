@@ -18,6 +18,7 @@ func TestBootStepsFatalOnlyWhenNeeded(t *testing.T) {
 		essential bool
 	}{
 		{"load modules", true},
+		{"load share modules", true},
 		{"switch root", true},
 		{"mount /dev/pts", false},
 		{"mount /dev/shm", false},
@@ -29,6 +30,7 @@ func TestBootStepsFatalOnlyWhenNeeded(t *testing.T) {
 		{"write /etc/hosts", false},
 		{"configure network", true},
 		{"default route", false},
+		{"mount shares", true},
 		{"write /etc/resolv.conf", false},
 	}
 	got := bootSteps()

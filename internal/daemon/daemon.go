@@ -241,7 +241,12 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	// The built-in capabilities (caps.go), in the order their hooks run.
 	hostPorts := newHostPortCap(d.vms, d.log, &d.background)
 	d.ports = newPortCap(d.vms, hostPorts, d.log, &d.background)
-	d.vms.caps = newVMCaps(envCap{}, d.ports, hostPorts)
+	d.vms.caps = newVMCaps(envCap{}, d.ports, hostPorts,
+		&copyCap{vms: d.vms, log: d.log},
+		&mountCap{virtiofs: func() bool {
+			v, ok := driver.(interface{ Virtiofsd() string })
+			return ok && v.Virtiofsd() != ""
+		}})
 	d.ops.sources = []opSource{d.vms.createOps, d.images.buildOps}
 
 	d.hypervisorVersion = sync.OnceValue(func() string { return versionOf(d.base, driver) })

@@ -123,8 +123,11 @@
 // Capabilities (caps.go): a VM's `--cap NAME[=ARG]` entries are stored
 // with it and act at named points of its life (vmCap: before boot, guest
 // ready, before stop, before delete) through the registry vmCaps, built
-// in buildServices with envCap, portCap and hostPortCap; a failing hook fails the boot
-// and undoes the earlier hooks.
+// in buildServices with envCap, portCap, hostPortCap, copyCap and
+// mountCap; a failing hook fails the boot and undoes the earlier hooks.
+// copy and mount name host folders, which only root and the daemon's own
+// user may do (mayNameHostPaths, from the socket's peer credentials,
+// withPeer).
 //
 // Lock order — acquire left to right, release in reverse:
 //

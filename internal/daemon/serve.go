@@ -311,6 +311,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn, conns *connLimiter, 
 	// A stream idles as long as its client likes.
 	_ = c.SetReadDeadline(time.Time{})
 	sc.r = br
+	ctx = withPeer(ctx, c)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(d.base, func() {

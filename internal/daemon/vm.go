@@ -151,6 +151,8 @@ func (s *vmService) validateCreate(ctx context.Context, p *wire.CreateVMParams) 
 	}
 	if _, err := s.caps.parse(p.Caps); err != nil {
 		errs = append(errs, err)
+	} else if err := s.caps.checkClient(ctx, p.Caps); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return joinInvalid(errs)

@@ -177,3 +177,22 @@ func FuzzParseReadyHostKey(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseShareArg(f *testing.F) {
+	f.Add(ShareArg(Share{Transport: ShareVirtioFS, Tag: "ember0", Dir: "/mnt/host", ReadOnly: true}))
+	f.Add("9p,t,rw,")
+	f.Fuzz(func(t *testing.T, v string) {
+		s, err := ParseShareArg(v)
+		if err != nil {
+			return
+		}
+		// What parses is well formed and says the same again.
+		if err := s.Check(); err != nil {
+			t.Fatalf("parsed %q into a share that fails its check: %v", v, err)
+		}
+		back, err := ParseShareArg(ShareArg(s))
+		if err != nil || back != s {
+			t.Fatalf("%q: round trip gave %+v, %v; want %+v", v, back, err, s)
+		}
+	})
+}

@@ -85,10 +85,33 @@ type Spec struct {
 	// ConsoleLog, so a guest that floods its console cannot fill a disk;
 	// a Follower moves it out and the caller bounds the log it keeps.
 	ConsoleRing int
+	// Shares are host folders the guest mounts (the mount capability).
+	Shares []Share `json:",omitempty"`
+
 	// MonitorSocket, when set, is a second control socket, for a Follower's
 	// long-lived connection: QMPSocket serves one client at a time, and
 	// Quit and State must never wait behind a follower. At most 107 bytes.
 	MonitorSocket string
+}
+
+// Share transports (Share.Transport).
+const (
+	// ShareVirtioFS is a vhost-user-fs device served by a virtiofsd
+	// process the driver starts beside the VM's (it needs the guest's RAM
+	// shared with it).
+	ShareVirtioFS = "virtiofs"
+	// Share9P is a virtio-9p device served by the hypervisor process.
+	Share9P = "9p"
+)
+
+// Share is one host folder the guest sees as a device named Tag (the
+// guest mounts it by that name). Whatever serves it reads and writes the
+// folder as the hypervisor's unprivileged user, never as the caller.
+type Share struct {
+	Tag       string
+	Path      string // the host folder, absolute
+	ReadOnly  bool   // the host refuses writes, whatever the guest does
+	Transport string // ShareVirtioFS or Share9P
 }
 
 // Instance identifies a running VM process. StartTime (the starttime field of

@@ -23,6 +23,10 @@ const initramfsFormat = "ember-initramfs-v1"
 // paths, one per line, in load order).
 const ModuleListPath = "/etc/ember/modules"
 
+// ShareModuleListPath is where the initramfs lists the modules of a share
+// transport (ShareModules), present only when the kernel has them all.
+func ShareModuleListPath(transport string) string { return ModuleListPath + "-" + transport }
+
 // initramfsDirs are created in every initramfs; /newroot is where the agent
 // mounts the real root before switching to it.
 var initramfsDirs = []string{"dev", "proc", "sys", "newroot", "etc", "etc/ember", "lib", "lib/modules"}
@@ -33,6 +37,7 @@ var initramfsDirs = []string{"dev", "proc", "sys", "newroot", "etc", "etc/ember"
 type plan struct {
 	release string
 	modules []resolvedModule
+	shares  map[string][]resolvedModule // transport → its modules, for those the kernel has
 	ix      *moduleIndex
 }
 
@@ -64,7 +69,48 @@ func makePlan(ctx context.Context, k Kernel) (plan, error) {
 		return p, fmt.Errorf("kernel %s: %w", k.Name, err)
 	}
 	p.modules, p.ix = mods, ix
+	for _, t := range shareTransports() {
+		sm, err := ix.resolve(ctx, ShareModules[t])
+		if err != nil {
+			slog.InfoContext(ctx, "kernel cannot mount shares of this kind", "kernel", k.Name, "transport", t, "why", err)
+			continue
+		}
+		if p.shares == nil {
+			p.shares = map[string][]resolvedModule{}
+		}
+		p.shares[t] = sm
+	}
 	return p, nil
+}
+
+// shareTransports is ShareModules' keys in a fixed order.
+func shareTransports() []string {
+	t := make([]string, 0, len(ShareModules))
+	for k := range ShareModules {
+		t = append(t, k)
+	}
+	sort.Strings(t)
+	return t
+}
+
+// files is every module the initramfs holds, each once: the boot's, then
+// the share transports'.
+func (p plan) files() []resolvedModule {
+	seen := map[string]bool{}
+	var out []resolvedModule
+	add := func(ms []resolvedModule) {
+		for _, m := range ms {
+			if !seen[m.Rel] {
+				seen[m.Rel] = true
+				out = append(out, m)
+			}
+		}
+	}
+	add(p.modules)
+	for _, t := range shareTransports() {
+		add(p.shares[t])
+	}
+	return out
 }
 
 // guestPath is a module's absolute path inside the initramfs.
@@ -88,7 +134,12 @@ func InitramfsKey(k Kernel, agentPath string) (string, error) {
 func (p plan) key(agentPath string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\nrelease=%s\n", initramfsFormat, p.release)
-	for _, m := range p.modules {
+	for _, t := range shareTransports() {
+		if ms, ok := p.shares[t]; ok {
+			fmt.Fprintf(h, "share=%s modules=%d\n", t, len(ms))
+		}
+	}
+	for _, m := range p.files() {
 		st, err := p.ix.dir.Stat(m.Src)
 		if err != nil {
 			return "", fmt.Errorf("initramfs key: %w", err)
@@ -159,12 +210,14 @@ func (p plan) write(ctx context.Context, w io.Writer, agent []byte) error {
 		dirs[d] = true
 	}
 	var list strings.Builder
-	for _, m := range p.modules {
+	for _, m := range p.files() {
 		gp := p.guestPath(m)
 		for d := path.Dir(strings.TrimPrefix(gp, "/")); d != "." && d != "/"; d = path.Dir(d) {
 			dirs[d] = true
 		}
-		list.WriteString(gp + "\n")
+	}
+	for _, m := range p.modules {
+		list.WriteString(p.guestPath(m) + "\n")
 	}
 	// Sorted order puts every parent before its children.
 	sorted := make([]string, 0, len(dirs))
@@ -178,7 +231,18 @@ func (p plan) write(ctx context.Context, w io.Writer, agent []byte) error {
 	c.charDev("dev/console", 0o600, 5, 1)
 	c.file("init", 0o755, agent)
 	c.file(strings.TrimPrefix(ModuleListPath, "/"), 0o644, []byte(list.String()))
-	for _, m := range p.modules {
+	for _, t := range shareTransports() {
+		ms, ok := p.shares[t]
+		if !ok {
+			continue
+		}
+		var sl strings.Builder
+		for _, m := range ms {
+			sl.WriteString(p.guestPath(m) + "\n")
+		}
+		c.file(strings.TrimPrefix(ShareModuleListPath(t), "/"), 0o644, []byte(sl.String()))
+	}
+	for _, m := range p.files() {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

@@ -28,6 +28,16 @@ var GuestModules = []string{
 	"virtio_blk", "failover", "net_failover", "virtio_net",
 }
 
+// ShareModules are the modules each share transport needs in the guest
+// (guestproto.ShareVirtioFS, guestproto.Share9P), loaded only by a guest
+// that mounts a share of that kind. A kernel that lacks them (Debian's
+// cloud kernel has no 9p) still boots: the agent says the transport is
+// missing when a share asks for it.
+var ShareModules = map[string][]string{
+	"virtiofs": {"virtiofs"},
+	"9p":       {"9pnet_virtio", "9p"},
+}
+
 // moduleSuffixes are the file endings of kernel modules, compressed or not.
 var moduleSuffixes = []string{".ko.xz", ".ko.zst", ".ko.gz", ".ko"}
 

@@ -48,6 +48,9 @@ func validate(s hypervisor.Spec) error {
 			return fmt.Errorf("%q contains a comma, which qemu options cannot carry", p)
 		}
 	}
+	if err := checkShares(s); err != nil {
+		return err
+	}
 	switch {
 	case s.DiskBacking != "" && s.Disk == "":
 		return fmt.Errorf("a disk backing file without a disk")
@@ -183,9 +186,9 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 	a := []string{
 		// QEMU escapes a comma in an option value by doubling it.
 		"-name", "ember-" + strings.ReplaceAll(firstNonEmpty(s.Name, s.ID), ",", ",,"),
-		"-M", "microvm",
-		"-accel", accelArg(s.Accel),
 	}
+	a = append(a, machineArgs(s)...)
+	a = append(a, "-accel", accelArg(s.Accel))
 	if s.Accel == hypervisor.AccelKVM {
 		a = append(a, "-cpu", "host")
 	}
@@ -232,6 +235,7 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 		}
 		a = append(a, "-netdev", nd, "-device", dev)
 	}
+	a = append(a, shareArgs(s)...)
 	// Without an RNG device the guest's first getrandom waits about a second
 	// for jitter entropy.
 	a = append(a, "-device", "virtio-rng-device")

@@ -24,9 +24,12 @@ import (
 
 // Options configure a Driver; zero values pick defaults.
 type Options struct {
-	QEMUPath    string        // qemu-system-x86_64; FindQEMU's if empty
-	QEMUImgPath string        // qemu-img; found the same way if empty
-	QuitGrace   time.Duration // how long Quit waits after QMP quit before SIGKILL (default 3s)
+	QEMUPath    string // qemu-system-x86_64; FindQEMU's if empty
+	QEMUImgPath string // qemu-img; found the same way if empty
+	// VirtiofsdPath is virtiofsd; FindVirtiofsd's if empty. Without one,
+	// virtiofs shares are unsupported (9p ones work).
+	VirtiofsdPath string
+	QuitGrace     time.Duration // how long Quit waits after QMP quit before SIGKILL (default 3s)
 	// TSCKHz is passed as tsc_early_khz to TCG guests; 0 detects the host's
 	// rate, negative disables.
 	TSCKHz int
@@ -50,6 +53,7 @@ type Options struct {
 // name (and, for a QEMU this process started, one goroutine that reaps it).
 type Driver struct {
 	qemu, qemuImg string
+	virtiofsd     string // "": none
 	quitGrace     time.Duration
 	tscKHz        int
 	kvmDevice     string
@@ -90,6 +94,9 @@ func New(o Options) (*Driver, error) {
 	}
 	if d.qemuImg = o.QEMUImgPath; d.qemuImg == "" {
 		d.qemuImg, _ = FindQEMUImg()
+	}
+	if d.virtiofsd = o.VirtiofsdPath; d.virtiofsd == "" {
+		d.virtiofsd, _ = FindVirtiofsd()
 	}
 	if d.cgroups != nil {
 		// VMs that exited while no daemon watched left empty cgroups.
@@ -200,6 +207,10 @@ func (d *Driver) Quit(ctx context.Context, s hypervisor.Spec, inst hypervisor.In
 	removeIfExists(s.QMPSocket)
 	removeIfExists(s.MonitorSocket)
 	removeIfExists(s.PIDFile)
+	if len(s.Shares) > 0 {
+		// They end with QEMU's connection; one that has not is killed.
+		killVirtiofsds(filepath.Dir(s.ConsoleLog))
+	}
 	d.removeCgroup(s, true)
 	return nil
 }
@@ -229,9 +240,11 @@ func (d *Driver) removeCgroup(s hypervisor.Spec, patient bool) {
 	d.log.Warn("cannot remove the cgroup of a stopped vm", "vm", vmName(s), "err", err)
 }
 
-// KillStrays kills QEMU processes whose command line names dir: a caller
-// killed inside Start leaves a detached QEMU whose PID it never stored.
+// KillStrays kills QEMU processes whose command line names dir, and the
+// virtiofsd processes that serve them: a caller killed inside Start leaves
+// a detached QEMU whose PID it never stored.
 func (d *Driver) KillStrays(ctx context.Context, dir string) int {
+	killVirtiofsds(dir)
 	strays := findByArg(filepath.Clean(dir) + "/")
 	for _, inst := range strays {
 		d.log.Warn("killing a qemu nobody knew", "pid", inst.PID, "dir", dir)

@@ -55,6 +55,12 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
 	defer files.close()
+	fsds, err := d.startShares(s, files)
+	if err != nil {
+		removeIfExists(s.QMPSocket)
+		removeIfExists(s.MonitorSocket)
+		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
+	}
 
 	args := buildArgs(s, p)
 	cmd := exec.Command(d.qemu, args...)
@@ -62,12 +68,14 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	cmd.SysProcAttr = d.sysProcAttr(s.Accel)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
+		fsds.kill()
 		removeIfExists(s.QMPSocket)
 		removeIfExists(s.MonitorSocket)
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
 	d.log.Debug("starting qemu", "vm", vmName(s), "args", args)
 	if err := cmd.Start(); err != nil {
+		fsds.kill()
 		removeIfExists(s.QMPSocket)
 		removeIfExists(s.MonitorSocket)
 		return none, fmt.Errorf("start vm %s: run %s: %w", vmName(s), d.qemu, err)
@@ -89,6 +97,7 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 		// message is complete and tells what went wrong.
 		exited := ctx.Err() == nil && proc.exitedWithin(time.Second)
 		d.abandon(proc, s)
+		fsds.kill()
 		if ctx.Err() != nil {
 			return none, fmt.Errorf("start vm %s: %w", vmName(s), ctx.Err())
 		}

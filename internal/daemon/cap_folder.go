@@ -1,0 +1,89 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/emberhq/ember/internal/guestproto"
+)
+
+// The copy and mount capabilities both name a host folder and a guest
+// folder: HOSTDIR:GUESTDIR[:OPTION...]. Only root and the daemon's own
+// user may name host folders (mayNameHostPaths): the daemon reads them
+// with its rights, which a member of the socket's group does not have.
+
+// folderSpec is one parsed HOSTDIR:GUESTDIR[:OPTION...].
+type folderSpec struct {
+	Host, Guest string
+	Opts        []string
+}
+
+// parseFolder reads HOSTDIR:GUESTDIR[:OPTION...]; GUESTDIR starts at the
+// first ":/", so a host folder may hold a colon that no slash follows.
+func parseFolder(arg string) (folderSpec, error) {
+	i := strings.Index(arg, ":/")
+	if i < 0 {
+		return folderSpec{}, fmt.Errorf("%q is not HOSTDIR:GUESTDIR (both absolute)", arg)
+	}
+	f := folderSpec{Host: arg[:i]}
+	rest := strings.Split(arg[i+1:], ":")
+	f.Guest, f.Opts = rest[0], rest[1:]
+	switch {
+	case !filepath.IsAbs(f.Host):
+		return f, fmt.Errorf("%q: host folder %q is not absolute", arg, f.Host)
+	case !path.IsAbs(f.Guest):
+		return f, fmt.Errorf("%q: guest folder %q is not absolute", arg, f.Guest)
+	case path.Clean(f.Guest) == "/":
+		return f, fmt.Errorf("%q: the guest folder cannot be /", arg)
+	case len(f.Guest) > guestproto.MaxShareDirLen:
+		return f, fmt.Errorf("%q: guest folder is over %d bytes", arg, guestproto.MaxShareDirLen)
+	case strings.ContainsRune(arg, 0):
+		return f, fmt.Errorf("%q holds a NUL byte", arg)
+	}
+	f.Host, f.Guest = filepath.Clean(f.Host), path.Clean(f.Guest)
+	return f, nil
+}
+
+// checkHostFolder says whether dir is a folder the daemon can list.
+func checkHostFolder(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("host folder %s does not exist", dir)
+		}
+		return fmt.Errorf("host folder %s: %w", dir, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("host folder %s is not a folder", dir)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("host folder %s cannot be read: %w", dir, err)
+	}
+	defer f.Close()
+	if _, err := f.Readdirnames(1); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("host folder %s cannot be read: %w", dir, err)
+	}
+	return nil
+}
+
+// namesHostPaths marks a capability whose arguments name host folders.
+type namesHostPaths interface{ namesHostPaths() }
+
+// checkClient refuses, before anything is made, capabilities that name
+// host folders when the client may not (mayNameHostPaths).
+func (r *vmCaps) checkClient(ctx context.Context, specs []string) error {
+	for _, s := range specs {
+		name, _, _ := strings.Cut(s, "=")
+		if _, ok := r.byName(name).(namesHostPaths); ok && !mayNameHostPaths(ctx) {
+			return invalidf("cap %s: only root or the daemon's user may name host folders (the daemon would read them with its own rights); `ember cp` copies with yours", name)
+		}
+	}
+	return nil
+}

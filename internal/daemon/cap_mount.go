@@ -1,0 +1,113 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/emberhq/ember/internal/guestproto"
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/store"
+)
+
+// mountCap is `--cap mount=HOSTDIR:GUESTDIR[:ro][:9p|:virtiofs]`: the host
+// folder shared live with the guest, which the agent mounts at GUESTDIR
+// at every boot (the ember.share kernel argument; read-only with ro).
+// The transport is virtiofs where the driver has a virtiofsd, 9p
+// otherwise, or the one the option forces. The driver serves the folder
+// (hypervisor.Spec.Shares): 9p inside QEMU, virtiofs through a virtiofsd
+// per share that it starts beside QEMU and ends with it; either way with
+// QEMU's unprivileged user's rights on the folder, so a guest can do there
+// no more than that user may (a root daemon's guest cannot make a set-uid
+// root file on the host), and a read-only share is refused writes on the
+// host side too. The guest kernel needs the transport's modules, which
+// the initramfs carries when the kernel has them (kernel.ShareModules;
+// Debian's cloud kernel has virtiofs, not 9p).
+type mountCap struct {
+	capHooks
+	// virtiofs says whether the driver serves virtiofs shares.
+	virtiofs func() bool
+}
+
+func (*mountCap) capName() string { return "mount" }
+func (*mountCap) namesHostPaths() {}
+
+// mountSpec is one parsed share.
+type mountSpec struct {
+	folderSpec
+	ReadOnly  bool
+	Transport string // "" picks one at boot
+}
+
+func parseMounts(args []string) ([]mountSpec, error) {
+	if len(args) > guestproto.MaxShares {
+		return nil, fmt.Errorf("%d mounts, at most %d", len(args), guestproto.MaxShares)
+	}
+	seen := map[string]bool{}
+	var out []mountSpec
+	for _, a := range args {
+		f, err := parseFolder(a)
+		if err != nil {
+			return nil, err
+		}
+		m := mountSpec{folderSpec: f}
+		for _, o := range f.Opts {
+			switch o {
+			case "ro":
+				m.ReadOnly = true
+			case "rw":
+				m.ReadOnly = false
+			case hypervisor.Share9P, hypervisor.ShareVirtioFS:
+				m.Transport = o
+			default:
+				return nil, fmt.Errorf("%q: unknown option %q (ro, rw, 9p, virtiofs)", a, o)
+			}
+		}
+		if seen[m.Guest] {
+			return nil, fmt.Errorf("guest folder %s is mounted twice", m.Guest)
+		}
+		seen[m.Guest] = true
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func (*mountCap) check(args []string) error {
+	ms, err := parseMounts(args)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if err := checkHostFolder(m.Host); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// beforeBoot adds the shares to the Spec and their mounts to the agent's
+// command line. The folder is checked again: it may have gone since the
+// create.
+func (c *mountCap) beforeBoot(_ context.Context, _ store.VM, args []string, b *capBoot) (func(), error) {
+	ms, err := parseMounts(args)
+	if err != nil {
+		return nil, err
+	}
+	for i, m := range ms {
+		if err := checkHostFolder(m.Host); err != nil {
+			return nil, err
+		}
+		t := m.Transport
+		if t == "" {
+			t = hypervisor.Share9P
+			if c.virtiofs != nil && c.virtiofs() {
+				t = hypervisor.ShareVirtioFS
+			}
+		}
+		tag := "ember" + strconv.Itoa(i)
+		b.Spec.Shares = append(b.Spec.Shares, hypervisor.Share{Tag: tag, Path: m.Host, ReadOnly: m.ReadOnly, Transport: t})
+		b.KernelArgs = append(b.KernelArgs, guestproto.ArgShare+"="+guestproto.ShareArg(guestproto.Share{
+			Transport: t, Tag: tag, Dir: m.Guest, ReadOnly: m.ReadOnly}))
+	}
+	return nil, nil
+}

@@ -1,0 +1,299 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/emberhq/ember/internal/hosttools"
+	"github.com/emberhq/ember/internal/hypervisor"
+)
+
+// Host folders shared with a guest (Spec.Shares).
+//
+// Both transports read and write the folder as QEMU's unprivileged user
+// (Options.User; the daemon's own user when it is not root), never as
+// root: a guest's root is root only in its own VM, so a share must not
+// let it create a set-uid file owned by root on the host, or read what
+// that user could not.
+//
+//   - 9p: QEMU serves the folder itself (-fsdev local), opening it by
+//     name as its user; security_model=none keeps the files' owners as the
+//     host has them, and readonly=on refuses writes in QEMU.
+//   - virtiofs: a virtiofsd per share, started here before QEMU, detached
+//     like QEMU (its own session), in a user namespace whose root is
+//     QEMU's user (so its sandbox, pivot_root into the folder, works
+//     without root and its file access is that user's). QEMU gets the
+//     vhost-user socket already connected (it opens nothing by name), and
+//     the guest's RAM as shared memory (memory-backend-memfd, share=on),
+//     which vhost-user needs. virtiofsd ends by itself when QEMU closes
+//     the connection; Quit and KillStrays also kill any left, found by
+//     the VM's console log in their environment (virtiofsEnv). A
+//     read-only share is served from a read-only bind mount in a mount
+//     namespace of virtiofsd's own, made by a root daemon (roBind);
+//     virtiofsd 7.2 has no read-only option.
+
+// virtiofsEnv names the VM a virtiofsd serves, in its environment: its
+// command line has no path of the VM's (it gets its socket as fd 3).
+const virtiofsEnv = "EMBER_VM_CONSOLE"
+
+// fdShare is the first descriptor of the virtiofs shares' connected
+// sockets, after the monitor's.
+const fdShare = fdMonitor + 1
+
+// FindVirtiofsd locates virtiofsd (Debian: /usr/lib/qemu/virtiofsd, in
+// qemu-system-common).
+func FindVirtiofsd() (string, error) { return hosttools.Find("virtiofsd") }
+
+// Virtiofsd is the virtiofsd in use, "" when there is none (a share then
+// goes over 9p).
+func (d *Driver) Virtiofsd() string { return d.virtiofsd }
+
+// checkShares refuses shares QEMU's options could not carry.
+func checkShares(s hypervisor.Spec) error {
+	if len(s.Shares) > maxShares {
+		return fmt.Errorf("%d shares, at most %d", len(s.Shares), maxShares)
+	}
+	tags := map[string]bool{}
+	for _, sh := range s.Shares {
+		switch {
+		case sh.Tag == "" || len(sh.Tag) > 31 || strings.ContainsAny(sh.Tag, ",= \t\n\"'"):
+			return fmt.Errorf("share tag %q: 1 to 31 characters, no comma, =, quote or space", sh.Tag)
+		case tags[sh.Tag]:
+			return fmt.Errorf("share tag %q given twice", sh.Tag)
+		case !filepath.IsAbs(sh.Path):
+			return fmt.Errorf("share folder %q is not absolute", sh.Path)
+		case strings.ContainsRune(sh.Path, ','):
+			return fmt.Errorf("share folder %q contains a comma, which qemu options cannot carry", sh.Path)
+		case sh.Transport != hypervisor.ShareVirtioFS && sh.Transport != hypervisor.Share9P:
+			return fmt.Errorf("share transport %q: %w", sh.Transport, hypervisor.ErrUnsupported)
+		}
+		tags[sh.Tag] = true
+	}
+	return nil
+}
+
+// maxShares bounds a VM's shares (each is a device, and for virtiofs a
+// process and a descriptor slot).
+const maxShares = 8
+
+func hasVirtioFS(s hypervisor.Spec) bool {
+	for _, sh := range s.Shares {
+		if sh.Transport == hypervisor.ShareVirtioFS {
+			return true
+		}
+	}
+	return false
+}
+
+// machineArgs is -M's value and, for virtiofs, the shared memory backend
+// the guest's RAM must be and modern (version 2) virtio-mmio devices: only
+// then, since memfd RAM is not backed by transparent huge pages as
+// anonymous RAM is, and every other VM keeps the devices it always had.
+func machineArgs(s hypervisor.Spec) []string {
+	if !hasVirtioFS(s) {
+		return []string{"-M", "microvm"}
+	}
+	return []string{
+		"-object", "memory-backend-memfd,id=mem,size=" + strconv.Itoa(s.MemoryMiB) + "M,share=on",
+		"-M", "microvm,memory-backend=mem",
+		// virtiofsd (libvhost-user) refuses microvm's default legacy
+		// virtio-mmio devices ("virtio legacy devices aren't supported").
+		"-global", "virtio-mmio.force-legacy=false",
+	}
+}
+
+// shareArgs are the shares' devices. The i-th virtiofs share's socket is
+// descriptor fdShare+i.
+func shareArgs(s hypervisor.Spec) []string {
+	var a []string
+	for i, sh := range s.Shares {
+		id := "fs" + strconv.Itoa(i)
+		switch sh.Transport {
+		case hypervisor.ShareVirtioFS:
+			a = append(a, "-chardev", "socket,id="+id+",fd="+strconv.Itoa(fdShare+i),
+				"-device", "vhost-user-fs-device,chardev="+id+",tag="+sh.Tag)
+		case hypervisor.Share9P:
+			fsdev := "local,id=" + id + ",path=" + sh.Path + ",security_model=none"
+			if sh.ReadOnly {
+				fsdev += ",readonly=on"
+			}
+			a = append(a, "-fsdev", fsdev, "-device", "virtio-9p-device,fsdev="+id+",mount_tag="+sh.Tag)
+		}
+	}
+	return a
+}
+
+// virtiofsds are the virtiofsd processes one Start made.
+type virtiofsds []*exec.Cmd
+
+// kill ends them (a start that failed).
+func (v virtiofsds) kill() {
+	for _, c := range v {
+		_ = c.Process.Kill()
+	}
+}
+
+// startShares starts a virtiofsd for every virtiofs share and puts its
+// connected socket in files. On error nothing it started is left.
+func (d *Driver) startShares(s hypervisor.Spec, files *launchFiles) (_ virtiofsds, err error) {
+	var started virtiofsds
+	defer func() {
+		if err != nil {
+			started.kill()
+		}
+	}()
+	for i, sh := range s.Shares {
+		if sh.Transport != hypervisor.ShareVirtioFS {
+			continue
+		}
+		if d.virtiofsd == "" {
+			return started, fmt.Errorf("share %s: no virtiofsd on this host (Debian: qemu-system-common): %w", sh.Path, hypervisor.ErrUnsupported)
+		}
+		sock := filepath.Join(filepath.Dir(s.QMPSocket), "fs"+strconv.Itoa(i)+".sock")
+		cmd, conn, err := d.startVirtiofsd(s, sh, sock)
+		if err != nil {
+			return started, fmt.Errorf("share %s: %w", sh.Path, err)
+		}
+		started = append(started, cmd)
+		files.set(fdShare+i, conn)
+	}
+	return started, nil
+}
+
+// startVirtiofsd starts one share's virtiofsd on a socket of its own and
+// returns it with the socket connected, for QEMU.
+func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock string) (*exec.Cmd, *os.File, error) {
+	removeIfExists(sock)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return nil, nil, fmt.Errorf("virtiofsd socket: %w", err)
+	}
+	defer ln.Close() // unlinks it: QEMU gets the connection, not the name
+	lf, err := ln.File()
+	if err != nil {
+		return nil, nil, fmt.Errorf("virtiofsd socket: %w", err)
+	}
+	defer lf.Close()
+	cmd := exec.Command(d.virtiofsd, "--fd=3", "-o", "source="+sh.Path, "-o", "sandbox=namespace",
+		"-o", "cache=auto", "-o", "log_level=warn", "--rlimit-nofile=0")
+	cmd.Env = []string{virtiofsEnv + "=" + s.ConsoleLog}
+	cmd.ExtraFiles = []*os.File{lf}
+	uid, gid := uint32(os.Geteuid()), uint32(os.Getegid())
+	if d.user != nil {
+		uid, gid = d.user.UID, d.user.GID
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setsid:      true,
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(uid), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(gid), Size: 1}},
+		// Root of its namespace: it needs that for its own sandbox
+		// (namespaces, pivot_root); on the host it is uid.
+		Credential: &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true},
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if sh.ReadOnly && os.Geteuid() == 0 {
+		err = startInROBind(cmd, sh.Path)
+	} else {
+		if sh.ReadOnly {
+			d.log.Warn("a read-only share is read-only only in the guest: a daemon that is not root cannot make a read-only bind mount", "vm", vmName(s), "folder", sh.Path)
+		}
+		err = cmd.Start()
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("start virtiofsd: %w", err)
+	}
+	name := vmName(s)
+	go func() {
+		br := bufio.NewReaderSize(stderr, stderrLineMax)
+		for n := 0; ; n++ {
+			line, err := br.ReadSlice('\n')
+			if len(line) > 0 && n < stderrLogLines {
+				d.log.Warn("virtiofsd says", "vm", name, "line", printable(strings.TrimSpace(string(line))))
+			}
+			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+				break
+			}
+		}
+		_ = cmd.Wait()
+	}()
+	// The connection waits in the socket's backlog until virtiofsd accepts.
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		_ = cmd.Process.Kill()
+		return nil, nil, fmt.Errorf("connect to virtiofsd: %w", err)
+	}
+	defer conn.Close()
+	cf, err := conn.File()
+	if err != nil {
+		_ = cmd.Process.Kill()
+		return nil, nil, err
+	}
+	return cmd, cf, nil
+}
+
+// startInROBind starts cmd in a mount namespace of its own where dir is a
+// read-only bind mount of itself (recursively), so what serves dir cannot
+// write there whatever it is asked. The namespace is made on a locked OS
+// thread that is never unlocked: the thread, and the namespace with it,
+// end with the goroutine; cmd, forked from that thread, keeps it.
+func startInROBind(cmd *exec.Cmd, dir string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		errc <- func() error {
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return fmt.Errorf("mount namespace: %w", err)
+			}
+			// Nothing mounted here reaches the host's namespace.
+			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+				return fmt.Errorf("mount namespace: %w", err)
+			}
+			if err := unix.Mount(dir, dir, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+				return fmt.Errorf("bind %s: %w", dir, err)
+			}
+			attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+			if err := unix.MountSetattr(unix.AT_FDCWD, dir, unix.AT_RECURSIVE, &attr); err != nil {
+				return fmt.Errorf("make %s read-only: %w", dir, err)
+			}
+			return cmd.Start()
+		}()
+	}()
+	return <-errc
+}
+
+// killVirtiofsds kills the virtiofsd processes that serve the VM whose
+// console log lies in dir, and returns how many.
+func killVirtiofsds(dir string) int {
+	want := []byte(virtiofsEnv + "=" + filepath.Clean(dir) + "/")
+	procs := findProcs(func(cmdline []byte) bool {
+		argv0, _, _ := bytes.Cut(cmdline, []byte{0})
+		return filepath.Base(string(argv0)) == "virtiofsd"
+	})
+	n := 0
+	for _, inst := range procs {
+		env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(inst.PID), "environ"))
+		if err != nil || !bytes.HasPrefix(env, want) && !bytes.Contains(env, append([]byte{0}, want...)) {
+			continue
+		}
+		if killInstance(inst) == nil {
+			n++
+		}
+	}
+	return n
+}
