@@ -345,3 +345,58 @@ func TestWebOffOrPortTaken(t *testing.T) {
 	}
 	taken.closeWeb()
 }
+
+// A browser terminal and a socket client attach to one session at once
+// through the same controller: both see its output, the browser's typing
+// reaches it, and a websocket that closes (a tab closed) detaches only.
+func TestWebTerminalSharesTheSession(t *testing.T) {
+	td, c, vm := daemonWithVM(t, "vm1")
+	ch := newFakeSessionChannel()
+	plantSessions(t, td, vm.ID, time.Second, map[string]*fakeSessionChannel{"main": ch})
+	base, token := webFor(t, c)
+	ws, br, resp := wsOpen(t, base, token, strings.TrimSuffix(base, "/"), wire.SessionAttach.Name,
+		wire.SessionAttachParams{Ref: "vm1", Name: "main", Rows: 30, Cols: 100})
+	if !resp.Stream {
+		t.Fatalf("attach over the websocket: %+v", resp)
+	}
+	cli, err := client.Open(context.Background(), c, wire.SessionAttach, wire.SessionAttachParams{Ref: "vm1", Name: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	fromCLI := collect(cli)
+	ctl := td.sessions.registry.get(sessionKey{vm.ID, "main"})
+	eventually(t, "two clients attached", func() bool { return ctl.clientCount() == 2 })
+	ch.w.Write([]byte("prompt$ "))
+	var web bytes.Buffer
+	for !strings.Contains(web.String(), "prompt$ ") {
+		kind, p, err := wire.ReadFrame(br)
+		if err != nil {
+			t.Fatalf("browser side: %v (so far %q)", err, web.String())
+		}
+		if kind == wire.FrameStdout {
+			web.Write(p)
+		}
+	}
+	eventually(t, "the CLI sees the same output", func() bool { return strings.Contains(fromCLI.String(), "prompt$ ") })
+	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+	if err := wire.WriteFrame(nc, wire.FrameStdin, []byte("echo hi\r")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the browser's typing reaches the session", func() bool {
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		return strings.Contains(ch.in.String(), "echo hi\r")
+	})
+	// The tab closes: its client goes, the session and the CLI stay.
+	ws.Close(websocket.StatusGoingAway, "")
+	eventually(t, "the browser detached", func() bool { return ctl.clientCount() == 1 })
+	if got := td.sessions.registry.get(sessionKey{vm.ID, "main"}); got != ctl {
+		t.Fatal("closing the websocket ended the session's controller")
+	}
+	select {
+	case <-ch.closed:
+		t.Fatal("closing the websocket closed the session's channel")
+	default:
+	}
+}
