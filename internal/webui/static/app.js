@@ -158,6 +158,7 @@ async function refresh() {
 
 function render() {
   renderVMs(); renderImages(); renderOps(); renderSessions();
+  watchRunningOps();
 }
 
 function renderVMs() {
@@ -197,6 +198,25 @@ function renderImages() {
   $('#images tbody').replaceChildren(...view.images.map((i) => el('tr', { 'data-image': i.name },
     el('td', {}, i.name), el('td', {}, i.kind), el('td', {}, size(i.size_bytes)), el('td', {}, i.parent || ''),
     el('td', {}, [...(i.used_by || []), ...(i.children || [])].join(', ')), el('td', {}, i.id ? ago(i.created_at) + ' ago' : 'not built yet'))));
+}
+
+// Running operations are followed (op.wait sends a snapshot at every
+// change), so their progress moves on the page as it happens.
+const opWatchers = new Map();
+function watchRunningOps() {
+  for (const o of view.ops) {
+    if (o.state !== 'running' || opWatchers.has(o.id) || opWatchers.size >= 16) continue;
+    const s = new Stream('op.wait', { id: o.id }, {
+      frame: (kind, p) => {
+        if (kind !== FRAME.stdout) return;
+        const snap = JSON.parse(dec.decode(p));
+        const i = view.ops.findIndex((x) => x.id === snap.id);
+        if (i >= 0) { view.ops[i] = Object.assign({}, view.ops[i], snap, { log: undefined }); renderOps(); }
+      },
+      end: () => { opWatchers.delete(o.id); },
+    });
+    opWatchers.set(o.id, s);
+  }
 }
 
 function renderOps() {
