@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/emberhq/ember/internal/events"
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/hypervisor/qemu"
@@ -96,6 +97,10 @@ type Daemon struct {
 	webAddr   string
 	webReason string
 	metrics   *daemonMetrics
+	// events is the lifecycle event hub (internal/events; its lock is a
+	// leaf): services publish where a change is committed, the `events`
+	// stream (events.go) reads it.
+	events *events.Hub
 	// maxConns and requestTimeout are the socket server's limits (serve.go);
 	// zero means the defaults. Tests set them before Serve.
 	maxConns       int
@@ -137,7 +142,8 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := lay.Ensure(socketGID); err != nil {
 		return nil, err
 	}
-	d := &Daemon{layout: lay, cfg: cfg, log: log, socketGID: socketGID, webAddr: opts.WebAddr, metrics: newDaemonMetrics()}
+	d := &Daemon{layout: lay, cfg: cfg, log: log, socketGID: socketGID, webAddr: opts.WebAddr, metrics: newDaemonMetrics(),
+		events: events.New(events.DefaultSize, nil)}
 	d.base, d.stopBase = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -253,6 +259,7 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	d.methods = methodTable{}
 	handle(d.methods, wire.DaemonInfoMethod, func(context.Context, wire.None) (wire.DaemonInfo, error) { return d.info(), nil })
 	handle(d.methods, wire.DaemonWeb, func(context.Context, wire.None) (wire.WebInfo, error) { return d.webInfo(), nil })
+	handleStream(d.methods, wire.Events, d.streamEvents)
 	d.metrics.watch(d)
 	for _, svc := range []interface{ register(methodTable) }{d.ops, d.images, d.boot, d.vms, d.sessions, d.ports} {
 		svc.register(d.methods)
@@ -333,6 +340,9 @@ func (d *Daemon) Close() error {
 		if d.listener != nil {
 			_ = sdnotify.Notify(sdnotify.Stopping)
 		}
+		// First: event streams end with a reason before their
+		// connections close.
+		d.events.Close()
 		if d.stopBase != nil {
 			d.stopBase()
 		}

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/events"
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/hypervisor"
@@ -68,6 +69,11 @@ var wireCodes = []struct {
 	// A copy's stream or tree that treecopy refuses: a hostile or broken
 	// name, a symlink in the way, a bound passed.
 	{treecopy.ErrInvalid, wire.CodeInvalid},
+	// An events stream resumed past the newest event (a seq no daemon
+	// gave); one ended because the daemon closes, which its client
+	// resumes from the next daemon.
+	{events.ErrAhead, wire.CodeInvalid},
+	{events.ErrClosed, wire.CodeCancelled},
 	{context.Canceled, wire.CodeCancelled},
 	// A boot past boot_timeout, an agent that does not answer in time: not
 	// a bug (internal) and not asked for (cancelled); trying again, or with

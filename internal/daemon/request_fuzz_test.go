@@ -72,6 +72,7 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return unary(wire.PortAdd) },
 		func() (string, paramDecoder) { return unary(wire.PortRemove) },
 		func() (string, paramDecoder) { return unary(wire.PortList) },
+		func() (string, paramDecoder) { return stream(wire.Events) },
 	} {
 		name, dec := add()
 		m[name] = dec

@@ -79,6 +79,9 @@ var (
 	PortAdd    = Method[PortParams, Port]{"port.add"}
 	PortRemove = Method[PortParams, None]{"port.remove"}
 	PortList   = Method[RefParams, []Port]{"port.list"}
+
+	// Events streams lifecycle events, one wire.Event per frame (events.go).
+	Events = StreamMethod[EventsParams]{"event.follow"}
 )
 
 // Methods lists the table, in the order above.
@@ -94,6 +97,7 @@ var Methods = []MethodInfo{
 	SessionList.Info(), SessionCreate.Info(), SessionAttach.Info(), SessionSend.Info(),
 	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(), SessionRun.Info(), SessionWait.Info(),
 	PortAdd.Info(), PortRemove.Info(), PortList.Info(),
+	Events.Info(),
 }
 
 // IsStream reports whether the named method streams; unknown names do not.

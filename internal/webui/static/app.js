@@ -6,8 +6,8 @@
 'use strict';
 
 const FRAME = { stdin: 0x69, stdinEOF: 0x65, resize: 0x72, stdout: 0x6f, stderr: 0x45, exit: 0x78, session: 0x73 };
-// The daemon's live event stream (the everyday-tools issue's `events`).
-const EVENTS_METHOD = 'events';
+// The daemon's live event stream (wire.Events; `ember events` follows it too).
+const EVENTS_METHOD = 'event.follow';
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
