@@ -118,7 +118,6 @@ func (e *benchEnv) emberIO(in, out string, args ...string) error {
 
 func cpSection(runs int, cpIn, catIn, cpOut, catOut time.Duration) string {
 	var b strings.Builder
-	host, _ := os.Hostname()
 	mb := func(d time.Duration) float64 { return float64(cpBytes) / 1e6 / d.Seconds() }
 	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 	fmt.Fprintf(&b, "%s\n\n", cpHeading)
@@ -127,8 +126,6 @@ func cpSection(runs int, cpIn, catIn, cpOut, catOut time.Duration) string {
 	fmt.Fprintf(&b, "| into the VM | %v | %v | %.1f | %.1f | **%.2f** |\n", r(cpIn), r(catIn), mb(cpIn), mb(catIn), float64(cpIn)/float64(catIn))
 	fmt.Fprintf(&b, "| out of the VM | %v | %v | %.1f | %.1f | **%.2f** |\n", r(cpOut), r(catOut), mb(cpOut), mb(catOut), float64(cpOut)/float64(catOut))
 	fmt.Fprintf(&b, "\nBoth go through the agent's SSH connection, whose encryption in a TCG guest bounds them.\n")
-	load, _ := os.ReadFile("/proc/loadavg")
-	fields := strings.Fields(string(load))
-	fmt.Fprintf(&b, "\nMeasured %s on %s (load average then: %s).\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), host, strings.Join(fields[:min(3, len(fields))], " "))
+	b.WriteString(measuredLine())
 	return b.String()
 }

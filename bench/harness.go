@@ -92,3 +92,11 @@ func (e *benchEnv) close() {
 	killHomeQEMUs(e.home)
 	os.RemoveAll(e.home)
 }
+
+// measuredLine closes a section: when, where, and how loaded the machine was.
+func measuredLine() string {
+	host, _ := os.Hostname()
+	load, _ := os.ReadFile("/proc/loadavg")
+	fields := strings.Fields(string(load))
+	return fmt.Sprintf("\nMeasured %s on %s (load average then: %s).\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), host, strings.Join(fields[:min(3, len(fields))], " "))
+}

@@ -60,6 +60,8 @@ func main() {
 		err = runBuild(*runs, *out)
 	case *cpOnly:
 		err = runCp(*runs, *out)
+	case *mountOnly:
+		err = runMount(*runs, *out)
 	case *webOnly:
 		err = runWeb(*runs, *out)
 	default:
