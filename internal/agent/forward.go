@@ -75,12 +75,29 @@ type hostFwd struct {
 }
 
 // globalRequests answers the connection's global requests: reverse
-// forwards to the host, and a refusal for anything else (which is all a
-// keepalive needs). When the connection ends, its forwards close.
+// forwards to the host and the user's keys, from the daemon's connection
+// only, and a refusal for anything else (which is all a keepalive
+// needs; a user's `ssh -R` is refused too). When the connection ends,
+// its forwards close.
 func (s *Server) globalRequests(sc *ssh.ServerConn, reqs <-chan *ssh.Request) {
 	defer s.closeHostFwds(sc)
+	_, daemon := sc.Permissions.Extensions[permDaemon]
 	for r := range reqs {
+		if !daemon {
+			if r.WantReply {
+				r.Reply(false, nil)
+			}
+			continue
+		}
 		switch r.Type {
+		case guestproto.ReqUserKeys:
+			err := s.setUserKeys(r.Payload)
+			if err != nil {
+				s.log.Warn("refused the user's keys", "err", err)
+			}
+			if r.WantReply {
+				r.Reply(err == nil, nil)
+			}
 		case guestproto.GlobalTCPIPForward:
 			err := s.listenHost(sc, r.Payload)
 			if err != nil {
@@ -107,8 +124,8 @@ func (s *Server) globalRequests(sc *ssh.ServerConn, reqs <-chan *ssh.Request) {
 // host address is served, whatever the request names. A port another
 // connection holds is taken over: that is an older connection of the
 // daemon (one from before a daemon restart, or cut off under a snapshot)
-// whose end the agent has not seen yet, and only the daemon's key opens
-// a connection at all.
+// whose end the agent has not seen yet: only a connection the daemon's
+// key opened may ask (globalRequests), never one of the user's keys.
 func (s *Server) listenHost(sc *ssh.ServerConn, payload []byte) error {
 	var msg guestproto.TCPIPForward
 	if err := ssh.Unmarshal(payload, &msg); err != nil {

@@ -57,6 +57,10 @@ type Server struct {
 
 	freezing atomic.Bool // a freeze request holds the filesystem frozen
 
+	// userKeys are the user's public keys (guestproto.ReqUserKeys), each
+	// in its wire encoding; the daemon's connection replaces them.
+	userKeys atomic.Pointer[[][]byte]
+
 	closing   chan struct{} // closed when Close begins
 	closeOnce sync.Once
 
@@ -91,26 +95,71 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	want := cfg.AuthorizedKey.Marshal()
-	sc := &ssh.ServerConfig{
-		PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-			if bytes.Equal(key.Marshal(), want) {
-				return &ssh.Permissions{}, nil
-			}
-			return nil, errors.New("key not authorized")
-		},
-	}
-	sc.AddHostKey(cfg.HostKey)
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
-		sshCfg:    sc,
 		log:       log,
 		sessions:  newSessionManager(log),
 		closing:   make(chan struct{}),
 		fwds:      map[uint32]*hostFwd{},
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
-	}, nil
+	}
+	want := cfg.AuthorizedKey.Marshal()
+	s.sshCfg = &ssh.ServerConfig{
+		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			got := key.Marshal()
+			if bytes.Equal(got, want) {
+				return &ssh.Permissions{Extensions: map[string]string{permDaemon: ""}}, nil
+			}
+			// A user's key logs in as root, the user the agent runs
+			// everything as (guestproto.User), and as nobody else: a
+			// name would promise an account the session does not get.
+			if meta.User() == guestproto.User && s.isUserKey(got) {
+				return &ssh.Permissions{}, nil
+			}
+			return nil, errors.New("key not authorized")
+		},
+	}
+	s.sshCfg.AddHostKey(cfg.HostKey)
+	return s, nil
+}
+
+// permDaemon marks a connection that the daemon's key authenticated: only
+// it may change the user's keys.
+const permDaemon = "ember-daemon"
+
+func (s *Server) isUserKey(k []byte) bool {
+	keys := s.userKeys.Load()
+	if keys == nil {
+		return false
+	}
+	for _, u := range *keys {
+		if bytes.Equal(u, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// SetUserKeys replaces the user's keys the server accepts beside the
+// daemon's.
+func (s *Server) SetUserKeys(keys []ssh.PublicKey) {
+	raw := make([][]byte, len(keys))
+	for i, k := range keys {
+		raw[i] = k.Marshal()
+	}
+	s.userKeys.Store(&raw)
+}
+
+// setUserKeys takes a ReqUserKeys payload (from the daemon's connection:
+// globalRequests checks).
+func (s *Server) setUserKeys(payload []byte) error {
+	keys, err := guestproto.DecodeUserKeys(payload)
+	if err != nil {
+		return err
+	}
+	s.SetUserKeys(keys)
+	return nil
 }
 
 // HostKey is the public half of the server's host key.

@@ -443,8 +443,10 @@ func (s *session) startSFTP() {
 			s.fail(fmt.Errorf("sftp: %w", err))
 			return
 		}
+		// Serve returns at the client's EOF. srv.Close would close the
+		// channel, and the exit status (which scp and sftp exit with)
+		// would never be sent: finish sends it, then closes.
 		err = srv.Serve()
-		srv.Close()
 		code := 0
 		if err != nil && !errors.Is(err, io.EOF) {
 			code = 1

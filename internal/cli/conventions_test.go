@@ -41,7 +41,7 @@ func TestUsageErrorsExit2WithWhatIsNeeded(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"lss"}, "ember: unknown command \"lss\"\nDid you mean this?\n\tlogs\n\tls\nRun 'ember --help' for more.\n"},
+		{[]string{"lss"}, "ember: unknown command \"lss\"\nDid you mean this?\n\tlogs\n\tls\n\tssh\nRun 'ember --help' for more.\n"},
 		{[]string{"inspect"}, "ember: inspect: missing VM\nUsage: ember inspect VM... [flags]\nRun 'ember inspect --help' for more.\n"},
 		{[]string{"ls", "-z"}, "ember: ls: unknown shorthand flag: 'z' in -z\nUsage: ember ls [flags]\nRun 'ember ls --help' for more.\n"},
 		{[]string{"ls", "x"}, "ember: ls: unexpected argument \"x\"\nUsage: ember ls [flags]\nRun 'ember ls --help' for more.\n"},

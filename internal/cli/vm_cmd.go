@@ -20,7 +20,8 @@ import (
 func createCmd(e *env) *cobra.Command {
 	var p wire.CreateVMParams
 	var cpus, memory, disk int
-	var detach, asJSON bool
+	var detach, asJSON, noSSHKeys bool
+	var sshKeys []string
 	cmd := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create and boot a VM; returns when it answers commands",
@@ -36,6 +37,18 @@ func createCmd(e *env) *cobra.Command {
 			}
 			if cmd.Flags().Changed("disk") {
 				p.DiskGiB = &disk
+			}
+			switch {
+			case noSSHKeys && len(sshKeys) > 0:
+				return usagef(cmd, "--no-ssh-keys and --ssh-key: give one")
+			case len(sshKeys) > 0:
+				keys, err := readSSHKeys(sshKeys)
+				if err != nil {
+					return usagef(cmd, "%v", err)
+				}
+				p.SSHKeys = keys
+			case !noSSHKeys:
+				p.SSHKeys = defaultSSHKeys(e.stderr)
 			}
 			c, err := e.client()
 			if err != nil {
@@ -60,6 +73,8 @@ func createCmd(e *env) *cobra.Command {
 	f.StringVar(&p.Net, "net", "", fmt.Sprintf("network mode: user (QEMU user-mode, loopback only) or tap (bridge, own address and DNS name; needs a root daemon with tap on) (default: the daemon's default_net, %s unless configured)", def.DefaultNet))
 	f.StringVar(&p.Restart, "restart", "", "start it again when the daemon starts, as after a host reboot: always, on-failure (only when its process ended without the guest powering off), or no (default no)")
 	f.StringArrayVar(&p.Caps, "cap", nil, "give the VM a capability, NAME[=ARG] (repeatable): env=KEY=VALUE (set for every exec and session), port=[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp] (forward a loopback host port to the guest; see `ember port`), hostport=HOSTPORT[:GUESTPORT][/tcp] (the guest reaches 127.0.0.1:HOSTPORT at host.ember.internal:GUESTPORT, and no other host port)")
+	f.StringArrayVar(&sshKeys, "ssh-key", nil, "a public key file (.pub) whose keys the VM accepts for `ember ssh`, ssh, scp and sftp as root (repeatable; default: your ~/.ssh/*.pub)")
+	f.BoolVar(&noSSHKeys, "no-ssh-keys", false, "give the VM none of your public keys")
 	f.BoolVarP(&detach, "detach", "d", false, "print the operation ID and return at once")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	_ = cmd.RegisterFlagCompletionFunc("image", completeFlag(e, imageNames))

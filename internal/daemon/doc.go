@@ -75,12 +75,14 @@
 //     lock, a cache of the leases under tapNet.mu, a leaf, and the
 //     bridge's guestFilter, which lets each lease's TAP send only as
 //     that lease; the rest of the guest policy is fixed at start).
-//   - vmService (vm.go, exec.go, copy.go, guests.go, vmlock.go, promote.go,
+//   - vmService (vm.go, exec.go, copy.go, ssh.go, guests.go, vmlock.go, promote.go,
 //     pause.go): vm.* (vm.pause and vm.resume stop and run a VM's guest
 //     through the driver's Pauser, recorded as paused with no last error;
 //     vm.copy_in and vm.copy_out move `ember cp`'s tar streams into
 //     and out of the guest over SFTP, checked by internal/treecopy; the
-//     host side is the CLI's, with its user's rights) and image.promote
+//     host side is the CLI's, with its user's rights; vm.ssh_proxy pipes
+//     the user's own OpenSSH client to the agent's SSH port, and every new
+//     agent connection is given the VM's user keys, giveUserKeys) and image.promote
 //     (promoteVM: the hypervisor's backup job started
 //     while the guest's root filesystem is frozen through its agent, the
 //     copy flattened and registered through the image service). vmLocks

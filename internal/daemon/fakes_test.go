@@ -24,10 +24,13 @@ import (
 // fakeDriver stands in for QEMU at the daemon's seam: processes are
 // entries in a map, disks are small files.
 type fakeDriver struct {
-	mu      sync.Mutex
-	nextPID int
-	alive   map[int]bool
-	started int
+	mu sync.Mutex
+	// userKeys are the user's keys each agent connection was given
+	// (SetUserKeys), in order.
+	userKeys [][]string
+	nextPID  int
+	alive    map[int]bool
+	started  int
 	// startErr, when set, fails every Start.
 	startErr error
 	// block, when set, makes Start wait until it is closed or ctx ends.
@@ -222,6 +225,13 @@ type fakeGuest struct {
 }
 
 func (g *fakeGuest) HostKey() ssh.PublicKey { return g.hostKey }
+
+func (g *fakeGuest) SetUserKeys(_ context.Context, lines []string) error {
+	g.drv.mu.Lock()
+	defer g.drv.mu.Unlock()
+	g.drv.userKeys = append(g.drv.userKeys, append([]string(nil), lines...))
+	return nil
+}
 
 func (g *fakeGuest) Exec(ctx context.Context, req guest.ExecRequest) (int, error) {
 	if len(req.Argv) == 2 && req.Argv[0] == "exit" {

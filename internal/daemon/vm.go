@@ -98,6 +98,7 @@ func (s *vmService) register(t methodTable) {
 	handleStream(t, wire.VMLogs, s.logsVM)
 	handleStream(t, wire.VMCopyIn, s.copyIn)
 	handleStream(t, wire.VMCopyOut, s.copyOut)
+	handleStream(t, wire.VMSSHProxy, s.sshProxy)
 	// Promote reads a VM (and freezes its guest) to add an image: the VM
 	// service owns the VM and its agent, the image service the registry.
 	handle(t, wire.ImagePromote, s.promoteVM)
@@ -153,6 +154,11 @@ func (s *vmService) validateCreate(ctx context.Context, p *wire.CreateVMParams) 
 		errs = append(errs, err)
 	} else if err := s.caps.checkClient(ctx, p.Caps); err != nil {
 		errs = append(errs, err)
+	}
+	if keys, err := parseSSHKeys(p.SSHKeys); err != nil {
+		errs = append(errs, err)
+	} else {
+		p.SSHKeys = keys
 	}
 	if len(errs) > 0 {
 		return joinInvalid(errs)
@@ -224,7 +230,7 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	now := time.Now().UTC()
 	vm := store.VM{ID: newID(), Name: p.Name, State: wire.StateCreating, Image: p.Image, Kernel: p.Kernel,
 		CPUs: *p.CPUs, MemoryMiB: *p.MemoryMiB, DiskBytes: int64(*p.DiskGiB) << 30, NetMode: p.Net,
-		RestartPolicy: p.Restart, Caps: caps, CreatedAt: now, UpdatedAt: now}
+		RestartPolicy: p.Restart, Caps: caps, SSHKeys: p.SSHKeys, CreatedAt: now, UpdatedAt: now}
 	// The image's config is copied: a later change or removal of the
 	// image does not change how commands run in this VM.
 	if img, ok, err := s.images.lookup(ctx, p.Image); err != nil {
@@ -477,6 +483,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		return vm, fmt.Errorf("vm %s did not boot: %w; last console lines:\n%s", vm.Name, err, termtext.Clean(consoleTail(spec.ConsoleLog, 15)))
 	}
 	vm.AgentHostKey = authorizedKey(conn.HostKey())
+	s.giveUserKeys(bootCtx, vm, conn)
 	s.guests.put(vm.ID, conn)
 	undo.add("guest connection", func() { s.guests.drop(vm.ID) })
 	if err := s.step("connect to agent"); err != nil {
@@ -669,9 +676,10 @@ func (s *vmService) toWireVM(vm store.VM) wire.VM {
 		w.StoppedBy = vm.StoppedBy
 	}
 	if vm.State == wire.StateRunning || vm.State == wire.StatePaused {
-		w.PID, w.SSHPort = vm.PID, vm.SSHPort
+		w.PID, w.SSHPort, w.HostKey = vm.PID, vm.SSHPort, vm.AgentHostKey
 		w.StartedAt = processStarted(vm.PIDStart)
 	}
+	w.SSHKeys = vm.SSHKeys
 	if nw, err := s.nets.of(vm.NetMode); err == nil {
 		nw.info(&w)
 	}
@@ -1000,47 +1008,59 @@ func (s *vmService) agentAddr(vm store.VM) string {
 // the dial is bounded by the boot timeout.
 func (s *vmService) guest(ctx context.Context, vm store.VM) (guestConn, error) {
 	return s.guests.get(vm.ID, func() (guestConn, error) {
-		addr := s.agentAddr(vm)
-		if addr == "" {
-			return nil, fmt.Errorf("vm %s has no agent address", vm.Name)
+		c, err := s.dialAgent(ctx, vm)
+		if err == nil {
+			// Before the pool hands the connection out: whoever gets it
+			// (vm.ssh_proxy) finds the agent holding the user's keys.
+			s.giveUserKeys(ctx, vm, c)
 		}
-		pin, err := pinOf(vm)
-		if err != nil {
-			return nil, err
-		}
-		inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
-		defer cancel()
-		alive := func() error {
-			if !s.driver.Alive(inst) {
-				return fmt.Errorf("vm %s is not running", vm.Name)
-			}
-			return nil
-		}
-		c, err := s.waitGuest(ctx, addr, s.key, pin, alive)
-		if errors.Is(err, guest.ErrHostKeyMismatch) {
-			// A guest that rebooted holds a new key (reboot.go).
-			rc, rerr := s.dialRebooted(ctx, vm, addr, alive)
-			if rerr == nil {
-				return rc, nil
-			}
-			if !errors.Is(rerr, errNoReboot) {
-				err = rerr
-			}
-		}
-		if errors.Is(err, guest.ErrHostKeyMismatch) {
-			s.log.Warn("refused an agent without the pinned host key", "vm", vm.Name, "addr", addr, "err", err)
-			return nil, fmt.Errorf("vm %s: refusing what answers on its agent address %s, which does not hold the agent's host key pinned at boot (a process in the guest may have replaced the agent); nothing was sent to it; `ember restart %s` boots the vm again with a new agent: %w",
-				vm.Name, addr, vm.Name, err)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("connect to the agent of %s: %w", vm.Name, err)
-		}
-		if pin.Key == nil {
-			s.recordHostKey(vm, c.HostKey())
-		}
-		return c, nil
+		return c, err
 	})
+}
+
+// dialAgent makes a new connection to the running VM's agent, which must
+// hold the host key pinned at its boot.
+func (s *vmService) dialAgent(ctx context.Context, vm store.VM) (guestConn, error) {
+	addr := s.agentAddr(vm)
+	if addr == "" {
+		return nil, fmt.Errorf("vm %s has no agent address", vm.Name)
+	}
+	pin, err := pinOf(vm)
+	if err != nil {
+		return nil, err
+	}
+	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
+	defer cancel()
+	alive := func() error {
+		if !s.driver.Alive(inst) {
+			return fmt.Errorf("vm %s is not running", vm.Name)
+		}
+		return nil
+	}
+	c, err := s.waitGuest(ctx, addr, s.key, pin, alive)
+	if errors.Is(err, guest.ErrHostKeyMismatch) {
+		// A guest that rebooted holds a new key (reboot.go).
+		rc, rerr := s.dialRebooted(ctx, vm, addr, alive)
+		if rerr == nil {
+			return rc, nil
+		}
+		if !errors.Is(rerr, errNoReboot) {
+			err = rerr
+		}
+	}
+	if errors.Is(err, guest.ErrHostKeyMismatch) {
+		s.log.Warn("refused an agent without the pinned host key", "vm", vm.Name, "addr", addr, "err", err)
+		return nil, fmt.Errorf("vm %s: refusing what answers on its agent address %s, which does not hold the agent's host key pinned at boot (a process in the guest may have replaced the agent); nothing was sent to it; `ember restart %s` boots the vm again with a new agent: %w",
+			vm.Name, addr, vm.Name, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to the agent of %s: %w", vm.Name, err)
+	}
+	if pin.Key == nil {
+		s.recordHostKey(vm, c.HostKey())
+	}
+	return c, nil
 }
 
 // recordHostKey pins the agent key of a running VM that has none recorded

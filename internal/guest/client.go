@@ -222,3 +222,35 @@ func (c *Client) Close() error {
 	}
 	return nil
 }
+
+// SetUserKeys gives the agent the user's public keys (authorized_keys
+// lines, guestproto.UserKeyLine), which it then accepts beside the
+// daemon's; they replace any it had. An agent that does not know the
+// request (one older than it) refuses it: an error.
+func (c *Client) SetUserKeys(ctx context.Context, lines []string) error {
+	payload, err := guestproto.EncodeUserKeys(lines)
+	if err != nil {
+		return err
+	}
+	type reply struct {
+		ok  bool
+		err error
+	}
+	done := make(chan reply, 1)
+	go func() {
+		ok, _, err := c.ssh.SendRequest(guestproto.ReqUserKeys, true, payload)
+		done <- reply{ok, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return fmt.Errorf("give the agent the user's keys: %w", r.err)
+		}
+		if !r.ok {
+			return errors.New("the agent refused the user's keys (an agent older than this ember?)")
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("give the agent the user's keys: %w", ctx.Err())
+	}
+}

@@ -27,6 +27,10 @@
 //     at most its limit (freeze.go).
 //   - "direct-tcpip" channels (ChannelDirectTCPIP) for port forwards.
 //   - SessionChannelType channels for persistent sessions (session.go).
+//   - the global request ReqUserKeys (userkeys.go): the user's public keys
+//     (`ember create --ssh-key`), which the agent then accepts beside the
+//     daemon's, for User only, for the user's own OpenSSH client; only the
+//     daemon's connection may send it.
 //
 // Untrusted input. Root in a guest can replace the agent, so everything the
 // daemon reads from a guest is hostile until checked: ReadResponse stops a

@@ -29,8 +29,16 @@ var table = []Tool{
 		Use: "builds the built-in debian image from the host's apt sources (its first use); make fresh-check's fresh Debian 12 root"},
 	{Binary: "unshare", Package: "util-linux", Base: true, Daemon: Optional,
 		Use: "gives mmdebstrap a mount namespace of its own while it builds the debian image"},
+	{Binary: "ssh", Package: "openssh-client", Needs: []Purpose{Run, Test}, Daemon: Optional,
+		Use: "is what `ember ssh` runs (the user's own OpenSSH client; ember ssh-config's ProxyCommand goes through the daemon)"},
 
 	// Tests and benchmarks.
+	{Binary: "scp", Package: "openssh-client", Needs: []Purpose{Test},
+		Use: "copies files to and from a VM through ember ssh-config (tests)"},
+	{Binary: "sftp", Package: "openssh-client", Needs: []Purpose{Test},
+		Use: "runs a batch in a VM through ember ssh-config (tests)"},
+	{Binary: "ssh-keygen", Package: "openssh-client", Needs: []Purpose{Test},
+		Use: "makes the user keys the ssh tests log in with"},
 	{Binary: "e2fsck", Package: "e2fsprogs", Needs: []Purpose{Test},
 		Use: "checks a guest's file system after power-off (tests)"},
 	{Binary: "ps", Package: "procps", Needs: []Purpose{Test},

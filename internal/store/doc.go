@@ -16,7 +16,9 @@
 //	            created_at, updated_at, last_error, config JSON,
 //	            accel_reason, agent_host_key: the agent's pinned SSH host key,
 //	            restart_policy: no | always | on-failure at daemon start,
-//	            stopped_by: user | guest | crash, how a stopped VM stopped)
+//	            stopped_by: user | guest | crash, how a stopped VM stopped,
+//	            image_config JSON, caps JSON,
+//	            ssh_keys JSON: the user's public keys its agent accepts)
 //	           indexes: vms(created_at), vms(image)
 //	operations (id PK, kind, target, state, progress, error, result JSON,
 //	            created_at, updated_at, finished_at NULL while unfinished,

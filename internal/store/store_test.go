@@ -208,10 +208,10 @@ func columns(t *testing.T, s *Store, table string) []string {
 func TestMigration0001Schema(t *testing.T) {
 	s, _ := openTest(t)
 	want := map[string][]string{
-		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"},                                                                                                                                                                                               // is_default: 0006
-		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta", "id", "parent", "recipe_digest", "config"},                                                                                                                                                       // id, parent, recipe_digest, config: 0008
-		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key", "restart_policy", "stopped_by", "image_config", "caps"}, // accel_reason: 0004, agent_host_key: 0005, restart_policy and stopped_by: 0007, image_config: 0009, caps: 0010
-		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                                                                         // error_code: 0003
+		"kernels":    {"name", "release", "source", "vmlinuz", "modules_dir", "created_at", "is_default"},                                                                                                                                                                                                           // is_default: 0006
+		"images":     {"name", "kind", "path", "format", "size_bytes", "kernel", "created_at", "meta", "id", "parent", "recipe_digest", "config"},                                                                                                                                                                   // id, parent, recipe_digest, config: 0008
+		"vms":        {"id", "name", "state", "image", "kernel", "cpus", "memory_mib", "disk_bytes", "net_mode", "ssh_port", "pid", "pid_start", "accel", "created_at", "updated_at", "last_error", "config", "accel_reason", "agent_host_key", "restart_policy", "stopped_by", "image_config", "caps", "ssh_keys"}, // accel_reason: 0004, agent_host_key: 0005, restart_policy and stopped_by: 0007, image_config: 0009, caps: 0010, ssh_keys: 0011
+		"operations": {"id", "kind", "target", "state", "progress", "error", "result", "created_at", "updated_at", "finished_at", "error_code"},                                                                                                                                                                     // error_code: 0003
 	}
 	for table, cols := range want {
 		if got := columns(t, s, table); !reflect.DeepEqual(got, cols) {
@@ -450,6 +450,34 @@ func TestMigration0010VMCaps(t *testing.T) {
 	}
 	if plain, err := s.GetVM(ctx, "c2"); err != nil || plain.Caps != nil {
 		t.Fatalf("no caps: %+v %v", plain.Caps, err)
+	}
+}
+
+// 0011: a VM's user keys round-trip in order, through an update too;
+// none reads as none.
+func TestMigration0011VMSSHKeys(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	keys := []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB", "ssh-rsa AAAAB3NzaC1yc2E"}
+	if err := s.InsertVM(ctx, VM{ID: "k1", Name: "keyed", State: "creating", SSHKeys: keys}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "k1")
+	if err != nil || !reflect.DeepEqual(got.SSHKeys, keys) {
+		t.Fatalf("round trip: %+v %v", got.SSHKeys, err)
+	}
+	got.SSHKeys = keys[1:]
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := s.GetVM(ctx, "k1"); err != nil || !reflect.DeepEqual(again.SSHKeys, keys[1:]) {
+		t.Fatalf("after update: %+v %v", again.SSHKeys, err)
+	}
+	if err := s.InsertVM(ctx, VM{ID: "k2", Name: "plain", State: "stopped"}); err != nil {
+		t.Fatal(err)
+	}
+	if plain, err := s.GetVM(ctx, "k2"); err != nil || plain.SSHKeys != nil {
+		t.Fatalf("no keys: %+v %v", plain.SSHKeys, err)
 	}
 }
 

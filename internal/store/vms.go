@@ -46,6 +46,9 @@ type VM struct {
 	ImageConfig ImageConfig
 	// Caps are its capabilities, in the order given (see VMCap).
 	Caps []VMCap
+	// SSHKeys are the user's public keys its agent accepts beside the
+	// daemon's, authorized_keys lines without comments.
+	SSHKeys []string
 }
 
 // VMCap is one capability of a VM: a built-in capability's name and its
@@ -69,16 +72,16 @@ func capsArg(what string, caps []VMCap) (any, error) {
 
 const vmColumns = `id, name, state, image, kernel, cpus, memory_mib, disk_bytes,
 	net_mode, ssh_port, pid, pid_start, accel, created_at, updated_at, last_error, config, accel_reason,
-	agent_host_key, restart_policy, stopped_by, image_config, caps`
+	agent_host_key, restart_policy, stopped_by, image_config, caps, ssh_keys`
 
 func scanVM(row scanner) (VM, error) {
 	var vm VM
 	var pidStart, created, updated int64
-	var config, imageConfig, caps sql.NullString
+	var config, imageConfig, caps, sshKeys sql.NullString
 	err := row.Scan(&vm.ID, &vm.Name, &vm.State, &vm.Image, &vm.Kernel, &vm.CPUs,
 		&vm.MemoryMiB, &vm.DiskBytes, &vm.NetMode, &vm.SSHPort, &vm.PID, &pidStart,
 		&vm.Accel, &created, &updated, &vm.LastError, &config, &vm.AccelReason, &vm.AgentHostKey,
-		&vm.RestartPolicy, &vm.StoppedBy, &imageConfig, &caps)
+		&vm.RestartPolicy, &vm.StoppedBy, &imageConfig, &caps, &sshKeys)
 	if err != nil {
 		return VM{}, err
 	}
@@ -90,6 +93,11 @@ func scanVM(row scanner) (VM, error) {
 	if raw := fromJSON(caps); raw != nil {
 		if err := json.Unmarshal(raw, &vm.Caps); err != nil {
 			return VM{}, fmt.Errorf("vm %q caps: %w", vm.Name, err)
+		}
+	}
+	if raw := fromJSON(sshKeys); raw != nil {
+		if err := json.Unmarshal(raw, &vm.SSHKeys); err != nil {
+			return VM{}, fmt.Errorf("vm %q ssh keys: %w", vm.Name, err)
 		}
 	}
 	vm.PIDStart = uint64(pidStart)
@@ -115,10 +123,18 @@ func vmArgs(vm VM) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	var sshKeys any
+	if len(vm.SSHKeys) > 0 {
+		b, err := json.Marshal(vm.SSHKeys)
+		if err != nil {
+			return nil, fmt.Errorf("vm %q ssh keys: %w", vm.Name, err)
+		}
+		sshKeys = string(b)
+	}
 	return []any{vm.ID, vm.Name, vm.State, vm.Image, vm.Kernel, vm.CPUs, vm.MemoryMiB,
 		vm.DiskBytes, vm.NetMode, vm.SSHPort, vm.PID, int64(vm.PIDStart), vm.Accel,
 		toNanos(vm.CreatedAt), toNanos(vm.UpdatedAt), vm.LastError, config, vm.AccelReason, vm.AgentHostKey,
-		vm.RestartPolicy, vm.StoppedBy, imageConfig, caps}, nil
+		vm.RestartPolicy, vm.StoppedBy, imageConfig, caps, sshKeys}, nil
 }
 
 // vmUpdateSQL sets every column but id, in vmColumns order, then takes the
@@ -146,7 +162,7 @@ func (o *ops) InsertVM(ctx context.Context, vm VM) error {
 		return err
 	}
 	_, err = o.w.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
 	if isConstraint(err) {
 		return fmt.Errorf("vm %q (id %s): name or id already in use: %w", vm.Name, vm.ID, ErrConflict)
 	}

@@ -26,8 +26,13 @@ func checkCaps(caps []string) error {
 	return nil
 }
 
-// Validate bounds the capabilities.
-func (p CreateVMParams) Validate() error { return checkCaps(p.Caps) }
+// Validate bounds the capabilities and the user's keys.
+func (p CreateVMParams) Validate() error {
+	if err := checkCaps(p.Caps); err != nil {
+		return err
+	}
+	return checkSSHKeys(p.SSHKeys)
+}
 
 // PortParams names a VM and one port forward,
 // "[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp]" (`ember port add|rm`); with

@@ -84,6 +84,10 @@ var (
 	Events = StreamMethod[EventsParams]{"event.follow"}
 )
 
+// VMSSHProxy carries an OpenSSH client's bytes to the VM agent's SSH port
+// (ssh.go).
+var VMSSHProxy = StreamMethod[RefParams]{"vm.ssh_proxy"}
+
 // Methods lists the table, in the order above.
 var Methods = []MethodInfo{
 	DaemonInfoMethod.Info(), DaemonWeb.Info(),
@@ -98,6 +102,7 @@ var Methods = []MethodInfo{
 	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(), SessionRun.Info(), SessionWait.Info(),
 	PortAdd.Info(), PortRemove.Info(), PortList.Info(),
 	Events.Info(),
+	VMSSHProxy.Info(),
 }
 
 // IsStream reports whether the named method streams; unknown names do not.

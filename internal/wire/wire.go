@@ -181,6 +181,11 @@ type VM struct {
 	StoppedBy string `json:"stopped_by,omitempty"`
 	// Caps are its capabilities, "NAME" or "NAME=ARG", in order.
 	Caps []string `json:"caps,omitempty"`
+	// SSHKeys are the user's public keys its agent accepts (authorized_keys
+	// lines); HostKey is its agent's host key pinned at this boot
+	// (authorized_keys form), what `ember ssh-config` writes to known_hosts.
+	SSHKeys []string `json:"ssh_keys,omitempty"`
+	HostKey string   `json:"host_key,omitempty"`
 }
 
 // Image is what image ls and inspect return.
@@ -279,6 +284,9 @@ type CreateVMParams struct {
 	Restart string `json:"restart,omitempty"`
 	// Caps are the VM's capabilities, each "NAME" or "NAME=ARG" (caps.go).
 	Caps []string `json:"caps,omitempty"`
+	// SSHKeys are the user's public keys, authorized_keys lines, that the
+	// VM's agent accepts beside the daemon's (ssh.go).
+	SSHKeys []string `json:"ssh_keys,omitempty"`
 }
 
 type RefParams struct {
