@@ -275,3 +275,47 @@ func TestBuildInitramfsRealKernel(t *testing.T) {
 	st, _ := os.Stat(out)
 	t.Logf("real initramfs (tiny agent): %d bytes, %d modules", st.Size(), len(list))
 }
+
+// A kernel with virtiofs (and fuse, which it needs) gets a list of them
+// apart from the boot's, which loads neither; one without 9p gets no 9p
+// list, and its initramfs still builds. The key changes with the lists.
+func TestBuildInitramfsShareModules(t *testing.T) {
+	tree := append(append([]fakeMod(nil), guestTree...),
+		fakeMod{rel: "kernel/fs/fuse/fuse.ko.xz"},
+		fakeMod{rel: "kernel/fs/fuse/virtiofs.ko.xz", deps: []string{"fuse", "virtio", "virtio_ring"}})
+	root, plain := fakeTree(t, tree, guestBuiltin, false)
+	k := Kernel{Name: "test", Release: "9.9.9-test", ModulesDir: root}
+	agent := writeAgent(t, "agent")
+	out := filepath.Join(t.TempDir(), "initramfs.cpio.gz")
+	if err := BuildInitramfs(context.Background(), k, agent, out); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := readInitramfs(t, out)
+	if boot := string(ents["etc/ember/modules"].data); strings.Contains(boot, "fuse") {
+		t.Errorf("the boot's list loads fuse: %q", boot)
+	}
+	list := strings.Fields(string(ents["etc/ember/modules-virtiofs"].data))
+	var names []string
+	for _, p := range list {
+		n, _ := modNameFromPath(p)
+		names = append(names, n)
+		if e, ok := ents[strings.TrimPrefix(p, "/")]; !ok || !bytes.Equal(e.data, plain[n]) {
+			t.Errorf("listed module %s missing or not the original", p)
+		}
+	}
+	if strings.Join(names, " ") != "fuse virtio_ring virtio virtiofs" {
+		t.Errorf("virtiofs list: %v", names)
+	}
+	if _, ok := ents["etc/ember/modules-9p"]; ok {
+		t.Error("a 9p list for a kernel without 9p")
+	}
+	withKey, err := InitramfsKey(k, agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root2, _ := fakeTree(t, guestTree, guestBuiltin, false)
+	without, err := InitramfsKey(Kernel{Name: "test", Release: "9.9.9-test", ModulesDir: root2}, agent)
+	if err != nil || without == withKey {
+		t.Errorf("keys with and without virtiofs: %s %s %v", withKey, without, err)
+	}
+}

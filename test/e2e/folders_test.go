@@ -153,10 +153,33 @@ func TestCapMountVirtiofs(t *testing.T) {
 		t.Fatalf(":ro share reads %q", got)
 	}
 
+	// The VM and its virtiofsd outlive a daemon restart.
+	e.stopDaemon(15)
+	if err := os.WriteFile(filepath.Join(rw, "later.txt"), []byte("no daemon\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.startDaemon()
+	if got := e.must("exec", "shared", "--", "cat", "/mnt/host/later.txt"); got != "no daemon\n" {
+		t.Fatalf("after a daemon restart the guest reads %q", got)
+	}
+
 	e.must("rm", "-f", "shared")
 	assertNoVMs(t, e)
 	if pids := virtiofsdPIDs(e.home); len(pids) != 0 {
 		t.Fatalf("virtiofsd left after rm -f: %v", pids)
+	}
+
+	// A folder QEMU's user cannot enter fails the create, saying why,
+	// and leaves nothing.
+	closed := hostFolder(t, 0o700)
+	_, errOut, code := e.run("create", "closed", "--cap", "mount="+closed+":/mnt/host")
+	t.Logf("a folder QEMU's user cannot read: exit %d: %s", code, errOut)
+	if code == 0 || !strings.Contains(errOut, closed) {
+		t.Fatalf("a folder QEMU's user cannot read: exit %d: %s", code, errOut)
+	}
+	assertNoVMs(t, e)
+	if pids := virtiofsdPIDs(e.home); len(pids) != 0 {
+		t.Fatalf("virtiofsd left after a failed create: %v", pids)
 	}
 }
 

@@ -12,7 +12,9 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -59,6 +61,14 @@ func FindVirtiofsd() (string, error) { return hosttools.Find("virtiofsd") }
 // Virtiofsd is the virtiofsd in use, "" when there is none (a share then
 // goes over 9p).
 func (d *Driver) Virtiofsd() string { return d.virtiofsd }
+
+// userName is who QEMU and virtiofsd run as, for messages.
+func (d *Driver) userName() string {
+	if d.user != nil {
+		return d.user.String()
+	}
+	return "uid " + strconv.Itoa(os.Geteuid())
+}
 
 // checkShares refuses shares QEMU's options could not carry.
 func checkShares(s hypervisor.Spec) error {
@@ -135,14 +145,43 @@ func shareArgs(s hypervisor.Spec) []string {
 	return a
 }
 
+// virtiofsd is one virtiofsd process Start made.
+type virtiofsd struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once it exited and was reaped
+
+	mu   sync.Mutex
+	head []byte // the start of its error output, for a failed start
+}
+
 // virtiofsds are the virtiofsd processes one Start made.
-type virtiofsds []*exec.Cmd
+type virtiofsds []*virtiofsd
 
 // kill ends them (a start that failed).
 func (v virtiofsds) kill() {
-	for _, c := range v {
-		_ = c.Process.Kill()
+	for _, f := range v {
+		_ = f.cmd.Process.Kill()
 	}
+}
+
+// errText is what they said, when QEMU's start failed (call kill
+// first): a virtiofsd that cannot open its folder ends, and QEMU only
+// reports a broken connection. It waits a moment for each to be reaped,
+// so its output is read to the end.
+func (v virtiofsds) errText() string {
+	var parts []string
+	for _, f := range v {
+		select {
+		case <-f.done:
+		case <-time.After(time.Second):
+		}
+		f.mu.Lock()
+		if t := strings.TrimSpace(string(f.head)); t != "" {
+			parts = append(parts, printable(t))
+		}
+		f.mu.Unlock()
+	}
+	return strings.Join(parts, "; ")
 }
 
 // startShares starts a virtiofsd for every virtiofs share and puts its
@@ -162,11 +201,11 @@ func (d *Driver) startShares(s hypervisor.Spec, files *launchFiles) (_ virtiofsd
 			return started, fmt.Errorf("share %s: no virtiofsd on this host (Debian: qemu-system-common): %w", sh.Path, hypervisor.ErrUnsupported)
 		}
 		sock := filepath.Join(filepath.Dir(s.QMPSocket), "fs"+strconv.Itoa(i)+".sock")
-		cmd, conn, err := d.startVirtiofsd(s, sh, sock)
+		fsd, conn, err := d.startVirtiofsd(s, sh, sock)
 		if err != nil {
 			return started, fmt.Errorf("share %s: %w", sh.Path, err)
 		}
-		started = append(started, cmd)
+		started = append(started, fsd)
 		files.set(fdShare+i, conn)
 	}
 	return started, nil
@@ -174,7 +213,7 @@ func (d *Driver) startShares(s hypervisor.Spec, files *launchFiles) (_ virtiofsd
 
 // startVirtiofsd starts one share's virtiofsd on a socket of its own and
 // returns it with the socket connected, for QEMU.
-func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock string) (*exec.Cmd, *os.File, error) {
+func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock string) (*virtiofsd, *os.File, error) {
 	removeIfExists(sock)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -219,12 +258,19 @@ func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock str
 		return nil, nil, fmt.Errorf("start virtiofsd: %w", err)
 	}
 	name := vmName(s)
+	fsd := &virtiofsd{cmd: cmd, done: make(chan struct{})}
 	go func() {
+		defer close(fsd.done)
 		br := bufio.NewReaderSize(stderr, stderrLineMax)
 		for n := 0; ; n++ {
 			line, err := br.ReadSlice('\n')
 			if len(line) > 0 && n < stderrLogLines {
 				d.log.Warn("virtiofsd says", "vm", name, "line", printable(strings.TrimSpace(string(line))))
+				fsd.mu.Lock()
+				if room := stderrKeep - len(fsd.head); room > 0 {
+					fsd.head = append(fsd.head, line[:min(room, len(line))]...)
+				}
+				fsd.mu.Unlock()
 			}
 			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
 				break
@@ -244,7 +290,7 @@ func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock str
 		_ = cmd.Process.Kill()
 		return nil, nil, err
 	}
-	return cmd, cf, nil
+	return fsd, cf, nil
 }
 
 // startInROBind starts cmd in a mount namespace of its own where dir is a

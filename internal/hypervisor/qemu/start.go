@@ -103,6 +103,9 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 		}
 		if exited {
 			msg := proc.errText()
+			if t := fsds.errText(); t != "" {
+				msg += "\nvirtiofsd (serving the folder as " + d.userName() + "): " + t
+			}
 			if hostForwardFailed(msg) {
 				return none, fmt.Errorf("start vm %s: %w: qemu: %s", vmName(s), hypervisor.ErrPortInUse, msg)
 			}
