@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -151,6 +152,18 @@ func TestCapMountVirtiofs(t *testing.T) {
 	}
 	if got := e.must("exec", "shared", "--", "cat", "/mnt/ro/keep.txt"); got != "kept\n" {
 		t.Fatalf(":ro share reads %q", got)
+	}
+
+	// A restart serves the folders again, from new virtiofsd processes.
+	before := virtiofsdPIDs(e.home)
+	e.must("restart", "shared")
+	if got := e.must("exec", "shared", "--", "cat", "/mnt/host/guest.txt", "/mnt/ro/keep.txt"); got != "from-guest\nkept\n" {
+		t.Fatalf("after a restart the guest reads %q", got)
+	}
+	for _, pid := range virtiofsdPIDs(e.home) {
+		if slices.Contains(before, pid) {
+			t.Fatalf("virtiofsd %d of the stopped process still runs", pid)
+		}
 	}
 
 	// The VM and its virtiofsd outlive a daemon restart.
