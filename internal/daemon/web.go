@@ -245,7 +245,8 @@ func (w *webServer) routes(ctx context.Context) http.Handler {
 				HttpOnly: true, SameSite: http.SameSiteStrictMode})
 			q := r.URL.Query()
 			q.Del("token")
-			u := url.URL{Path: r.URL.Path, RawQuery: q.Encode()}
+			// One leading slash: "//host" would send the browser away.
+			u := url.URL{Path: "/" + strings.TrimLeft(r.URL.Path, "/"), RawQuery: q.Encode()}
 			http.Redirect(rw, r, u.String(), http.StatusSeeOther)
 			return
 		}

@@ -124,6 +124,11 @@ func TestWebTokenBecomesCookie(t *testing.T) {
 	if got == nil || got.Value != token || !got.HttpOnly || got.SameSite != http.SameSiteStrictMode || got.Path != "/" {
 		t.Fatalf("cookie: %+v", got)
 	}
+	// The redirect stays on this host, whatever the path.
+	resp, _ = webDo(t, "GET", base+"/evil.example/x?token="+url.QueryEscape(token), "", "", nil)
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || loc != "/evil.example/x" {
+		t.Fatalf("a path with two slashes: %d to %q", resp.StatusCode, loc)
+	}
 	// A wrong token in the address sets nothing.
 	resp, _ = webDo(t, "GET", base+"?token=nope", "", "", nil)
 	if resp.StatusCode != http.StatusUnauthorized || len(resp.Cookies()) != 0 {
