@@ -365,6 +365,11 @@ func sshCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if vm.State != wire.StateRunning {
+				// Said by ember, with its status, rather than by ssh
+				// as a closed connection.
+				return &wire.Error{Code: wire.CodeConflict, Message: fmt.Sprintf("vm %s is %s; `ember start %s` starts it", vm.Name, vm.State, vm.Name)}
+			}
 			dir, err := sshFiles(c)
 			if err != nil {
 				return err

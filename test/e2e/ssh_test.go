@@ -238,6 +238,53 @@ func TestOwnSSHClient(t *testing.T) {
 	if _, errOut, code := c.runProg(nil, "ssh", direct...); code != 255 || !strings.Contains(errOut, "Host key verification failed") {
 		t.Errorf("ssh to a host key that is not the pinned one: exit %d, stderr %q", code, errOut)
 	}
+	// A stopped VM: ember says so, with its conflict status; ssh through
+	// the config fails (255) with the daemon's reason on stderr.
+	e.must("stop", "box")
+	if _, errOut, code := emberSSH("true"); code != 4 || !strings.Contains(errOut, "vm box is stopped") {
+		t.Errorf("ember ssh to a stopped vm: exit %d, stderr %q", code, errOut)
+	}
+	if _, errOut, code := c.runProg(nil, "ssh", ssh("box.ember", "true")...); code != 255 || !strings.Contains(errOut, "vm box is stopped") {
+		t.Errorf("ssh to a stopped vm: exit %d, stderr %q", code, errOut)
+	}
 	e.must("rm", "-f", "box")
 	assertNoVMs(t, e)
+}
+
+// The same through a tap VM: the daemon (in the test's namespace) dials
+// the VM's own address; ssh and its ProxyCommand stay outside the
+// namespace, since they only reach the daemon's socket.
+func TestOwnSSHClientTap(t *testing.T) {
+	for _, bin := range []string{"ssh", "ssh-keygen"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s not installed (make deps-test installs openssh-client)", bin)
+		}
+	}
+	e := newNSEnv(t, tapConfig)
+	e.startDaemon()
+	home, err := os.MkdirTemp("", "emssh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	c := sshClient{t: t, home: home}
+	ember := filepath.Join(binDir, "ember")
+	id := filepath.Join(home, "id")
+	c.mustProg("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", id)
+	e.must("create", "tapbox", "--ssh-key", id+".pub")
+	kernel := e.must("exec", "tapbox", "--", "uname", "-r")
+	if vm := e.inspect("tapbox"); vm.IP == "" || vm.SSHPort != 0 {
+		t.Fatalf("not a tap VM: %+v", vm)
+	}
+	cfg := filepath.Join(home, "config")
+	if err := os.WriteFile(cfg, []byte(c.mustProg(ember, "--home", e.home, "ssh-config")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.mustProg("ssh", "-F", cfg, "-i", id, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "tapbox.ember", "uname", "-r"); got != kernel {
+		t.Errorf("ssh uname -r: %q, exec: %q", got, kernel)
+	}
+	if out, errOut, code := c.runProg(nil, ember, "--home", e.home, "ssh", "-i", id, "tapbox", "--", "sh", "-c", "exit 3"); code != 3 {
+		t.Errorf("ember ssh tapbox -- sh -c 'exit 3': exit %d\n%s%s", code, out, errOut)
+	}
+	e.must("rm", "-f", "tapbox")
 }
