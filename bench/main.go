@@ -54,6 +54,8 @@ func main() {
 		err = runSandbox(*runs, *out)
 	case *promoteOnly:
 		err = runPromote(*runs, *out)
+	case *memoryOnly:
+		err = runMemory(*runs, *out)
 	case *imagesOnly:
 		err = runImages(*runs, *out)
 	case *buildOnly:

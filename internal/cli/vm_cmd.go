@@ -284,7 +284,7 @@ func (p *progressLine) clear() {
 var vmListing = &listing[wire.VM]{
 	noun:   "VMs",
 	quiet:  "names",
-	header: "NAME\tID\tSTATE\tIMAGE\tCPUS\tMEMORY\tDISK\tSSH\tCREATED",
+	header: "NAME\tID\tSTATE\tIMAGE\tCPUS\tMEMORY\tHOST MEM\tDISK\tSSH\tCREATED",
 	row: func(vm wire.VM) string {
 		ssh := "-"
 		if vm.SSHPort != 0 {
@@ -294,8 +294,12 @@ var vmListing = &listing[wire.VM]{
 		if vm.DiskBytes > 0 {
 			disk = humanBytes(vm.DiskBytes)
 		}
-		return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s", vm.Name, vm.ID, vm.State, vm.Image,
-			vm.CPUs, vm.MemoryMiB, disk, ssh, ago(vm.CreatedAt))
+		host := "-"
+		if vm.HostMemoryBytes > 0 {
+			host = fmt.Sprintf("%dM", vm.HostMemoryBytes>>20)
+		}
+		return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s", vm.Name, vm.ID, vm.State, vm.Image,
+			vm.CPUs, vm.MemoryMiB, host, disk, ssh, ago(vm.CreatedAt))
 	},
 	key: func(vm wire.VM) string { return vm.Name },
 	filters: []filterKey[wire.VM]{

@@ -678,6 +678,7 @@ func (s *vmService) toWireVM(vm store.VM) wire.VM {
 	if vm.State == wire.StateRunning || vm.State == wire.StatePaused {
 		w.PID, w.SSHPort, w.HostKey = vm.PID, vm.SSHPort, vm.AgentHostKey
 		w.StartedAt = processStarted(vm.PIDStart)
+		w.HostMemoryBytes = processMemory(vm.PID)
 	}
 	w.SSHKeys = vm.SSHKeys
 	if nw, err := s.nets.of(vm.NetMode); err == nil {

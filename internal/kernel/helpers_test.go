@@ -185,6 +185,7 @@ var guestTree = []fakeMod{
 	{rel: "kernel/drivers/net/net_failover.ko.zst", deps: []string{"failover"}},
 	{rel: "kernel/drivers/net/virtio_net.ko", deps: []string{"net_failover", "virtio", "virtio_ring"}},
 	{rel: "kernel/drivers/char/hw_random/virtio-rng.ko.xz", deps: []string{"rng-core", "virtio", "virtio_ring"}},
+	{rel: "kernel/drivers/virtio/virtio_balloon.ko.xz", deps: []string{"virtio", "virtio_ring"}},
 	{rel: "kernel/fs/unrelated.ko"},
 }
 

@@ -63,7 +63,8 @@ func makePlan(ctx context.Context, k Kernel) (plan, error) {
 	if err != nil {
 		return p, fmt.Errorf("kernel %s: %w", k.Name, err)
 	}
-	mods, err := ix.resolve(ctx, GuestModules)
+	want := append(append([]string(nil), GuestModules...), ix.available(OptionalGuestModules)...)
+	mods, err := ix.resolve(ctx, want)
 	if err != nil {
 		ix.close()
 		return p, fmt.Errorf("kernel %s: %w", k.Name, err)

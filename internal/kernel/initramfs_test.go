@@ -319,3 +319,24 @@ func TestBuildInitramfsShareModules(t *testing.T) {
 		t.Errorf("keys with and without virtiofs: %s %s %v", withKey, without, err)
 	}
 }
+
+// An optional module (the balloon) the kernel lacks is left out; the
+// initramfs builds with the modules the guest needs.
+func TestBuildInitramfsWithoutOptionalModules(t *testing.T) {
+	var tree []fakeMod
+	for _, m := range guestTree {
+		if !strings.Contains(m.rel, "virtio_balloon") {
+			tree = append(tree, m)
+		}
+	}
+	root, _ := fakeTree(t, tree, guestBuiltin, true)
+	out := filepath.Join(t.TempDir(), "initramfs.cpio.gz")
+	if err := BuildInitramfs(context.Background(), Kernel{Name: "test", Release: "9.9.9-test", ModulesDir: root}, writeAgent(t, "agent"), out); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := readInitramfs(t, out)
+	list := strings.Fields(string(ents["etc/ember/modules"].data))
+	if len(list) != len(wantGuestOrder)-1 || strings.Contains(strings.Join(list, " "), "balloon") {
+		t.Fatalf("module list without the balloon module: %v", list)
+	}
+}

@@ -38,6 +38,23 @@ var ShareModules = map[string][]string{
 	"9p":       {"9pnet_virtio", "9p"},
 }
 
+// OptionalGuestModules are loaded after GuestModules when the kernel has
+// them (as modules or built in); a kernel without them still boots.
+// virtio_balloon gives the guest's free memory back to the host (free
+// page reporting on QEMU's balloon device).
+var OptionalGuestModules = []string{"virtio_balloon"}
+
+// available is the names of want that ix has as a module file or built in.
+func (ix *moduleIndex) available(want []string) []string {
+	var out []string
+	for _, w := range want {
+		if _, ok := ix.paths[modName(w)]; ok || ix.builtin[modName(w)] {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
 // moduleSuffixes are the file endings of kernel modules, compressed or not.
 var moduleSuffixes = []string{".ko.xz", ".ko.zst", ".ko.gz", ".ko"}
 

@@ -21,7 +21,7 @@ func names(mods []resolvedModule) []string {
 // first, each once, the built-in rng-core left out.
 var wantGuestOrder = []string{
 	"virtio_ring", "virtio", "virtio_mmio", "virtio_rng",
-	"virtio_blk", "failover", "net_failover", "virtio_net",
+	"virtio_blk", "failover", "net_failover", "virtio_net", "virtio_balloon",
 }
 
 func TestResolveOrdersDepsFirst(t *testing.T) {
@@ -50,7 +50,7 @@ func TestResolveOrdersDepsFirst(t *testing.T) {
 			if got != want {
 				t.Fatalf("order = %q, want %q", got, want)
 			}
-			mods, err = ix.resolve(context.Background(), GuestModules)
+			mods, err = ix.resolve(context.Background(), append(append([]string(nil), GuestModules...), ix.available(OptionalGuestModules)...))
 			if err != nil {
 				t.Fatal(err)
 			}

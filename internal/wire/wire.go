@@ -146,7 +146,7 @@ const (
 )
 
 // VMStates lists every VM state, in the order of a VM's life.
-var VMStates = []string{StateCreating, StateStarting, StateRunning, StateStopping, StateStopped, StateDeleting, StateError}
+var VMStates = []string{StateCreating, StateStarting, StateRunning, StatePaused, StateStopping, StateStopped, StateDeleting, StateError}
 
 // VM is what ls, inspect and create return.
 type VM struct {
@@ -157,10 +157,16 @@ type VM struct {
 	Kernel    string `json:"kernel"`
 	CPUs      int    `json:"cpus"`
 	MemoryMiB int    `json:"memory_mib"`
-	DiskBytes int64  `json:"disk_bytes"`
-	Net       string `json:"net"`
-	SSHPort   int    `json:"ssh_port,omitempty"`
-	PID       int    `json:"pid,omitempty"`
+	// HostMemoryBytes is what the VM costs the host's memory while its
+	// process lives: the hypervisor process's private resident memory
+	// (RssAnon + RssShmem of /proc/PID/status: guest pages it holds, its
+	// own heap and code caches; not the program's file pages, which all
+	// VMs share). 0 when it does not run or cannot be read.
+	HostMemoryBytes int64  `json:"host_memory_bytes,omitempty"`
+	DiskBytes       int64  `json:"disk_bytes"`
+	Net             string `json:"net"`
+	SSHPort         int    `json:"ssh_port,omitempty"`
+	PID             int    `json:"pid,omitempty"`
 	// StartedAt is when its hypervisor process started (running VMs).
 	StartedAt *time.Time `json:"started_at,omitempty"`
 	Accel     string     `json:"accel,omitempty"`

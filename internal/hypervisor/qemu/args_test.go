@@ -107,7 +107,7 @@ func TestBuildArgsUserNetTCG(t *testing.T) {
 		}
 	}
 	devs := allAfter(a, "-device")
-	want := []string{"virtio-blk-device,drive=root,write-cache=on", "virtio-net-device,netdev=net0", "virtio-rng-device"}
+	want := []string{"virtio-blk-device,drive=root,write-cache=on", "virtio-net-device,netdev=net0", "virtio-rng-device", "virtio-balloon-device,free-page-reporting=on"}
 	if !slices.Equal(devs, want) {
 		t.Errorf("devices = %q, want %q", devs, want)
 	}
@@ -174,7 +174,7 @@ func TestBuildArgsOptionalParts(t *testing.T) {
 	if got := allAfter(a, "-add-fd"); len(got) != 1 {
 		t.Errorf("-add-fd = %q, want the console's only", got)
 	}
-	if devs := allAfter(a, "-device"); !slices.Equal(devs, []string{"virtio-rng-device"}) {
+	if devs := allAfter(a, "-device"); !slices.Equal(devs, []string{"virtio-rng-device", "virtio-balloon-device,free-page-reporting=on"}) {
 		t.Errorf("devices = %q", devs)
 	}
 }

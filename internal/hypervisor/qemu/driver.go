@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emberhq/ember/internal/cgroup"
@@ -61,6 +62,7 @@ type Driver struct {
 	seccomp       bool
 	user          *User           // nil: the caller's
 	cgroups       *cgroup.Manager // nil: no limits
+	thpOnce       sync.Once       // noHugePages
 }
 
 var _ hypervisor.Driver = (*Driver)(nil)

@@ -74,6 +74,7 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
 	d.log.Debug("starting qemu", "vm", vmName(s), "args", args)
+	d.noHugePages()
 	if err := cmd.Start(); err != nil {
 		fsds.kill()
 		removeIfExists(s.QMPSocket)
