@@ -91,6 +91,7 @@ bench: deps-bench build testkernel browserdeps
 	$(GO) run ./bench -web
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./bench -net; \
+		$(GO) run ./bench -portfwd; \
 	else echo "bench: skipping the tap section (needs root)"; fi
 	@if [ "$$(id -u)" = 0 ]; then \
 		$(GO) run ./bench -sandbox; \

@@ -42,6 +42,10 @@ func main() {
 		err = serveDNS(*dnsServe, *dnsSlow)
 	case *dnsLoad != "":
 		err = runDNSLoad(*dnsLoad, *dnsEDNS)
+	case *pfRead != "":
+		err = readFrom(*pfRead, *pfBytes)
+	case *portfwdOnly:
+		err = runPortfwd(*runs, *out)
 	case *dnsOnly:
 		err = runDNSOnly(*runs, *out)
 	case *netOnly:

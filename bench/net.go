@@ -121,6 +121,72 @@ func (e benchNS) cmd(name string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", e.ns, name}, args...)...)
 }
 
+// newNSDaemon makes a namespace and a home with the test kernel for
+// bin/ember; cleanup kills what the run left and deletes both.
+func newNSDaemon() (nsDaemon, func(), error) {
+	root, _ := filepath.Abs(".")
+	bin := filepath.Join(root, "bin", "ember")
+	if _, err := os.Stat(bin); err != nil {
+		return nsDaemon{}, nil, fmt.Errorf("%s missing: run make build", bin)
+	}
+	e, cleanup, err := newBenchNS()
+	if err != nil {
+		return nsDaemon{}, nil, err
+	}
+	if err := linkKernel(root, e.home); err != nil {
+		cleanup()
+		return nsDaemon{}, nil, err
+	}
+	return nsDaemon{e: e, bin: bin}, cleanup, nil
+}
+
+// nsDaemon runs the ember binary bin inside e's namespace, on e's home.
+type nsDaemon struct {
+	e   benchNS
+	bin string
+}
+
+// ember runs one CLI command and returns its error with its stderr.
+func (d nsDaemon) ember(args ...string) error {
+	_, err := d.output(args...)
+	return err
+}
+
+// output runs one CLI command and returns its stdout.
+func (d nsDaemon) output(args ...string) (string, error) {
+	cmd := d.e.cmd(d.bin, append([]string{"--home", d.e.home}, args...)...)
+	var e bytes.Buffer
+	cmd.Stderr = &e
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("ember %s: %v: %s", strings.Join(args, " "), err, e.String())
+	}
+	return string(out), nil
+}
+
+// start writes cfg as the config and starts the daemon; the returned
+// func stops it.
+func (d nsDaemon) start(cfg string) (func(), error) {
+	if err := os.WriteFile(filepath.Join(d.e.home, "config.toml"), []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	p := d.e.cmd(d.bin, "--home", d.e.home, "daemon")
+	p.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := p.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() { _ = p.Process.Signal(syscall.SIGTERM); _ = p.Wait() }
+	for i := 0; ; i++ {
+		if err := d.ember("ls"); err == nil {
+			return stop, nil
+		} else if i > 200 {
+			stop()
+			return nil, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // runDNSOnly measures the VM DNS section alone and merges it into out.
 func runDNSOnly(runs int, out string) error {
 	e, cleanup, err := newBenchNS()
@@ -137,49 +203,14 @@ func runDNSOnly(runs int, out string) error {
 
 // runNet measures the tap and VM DNS sections and merges them into out.
 func runNet(runs int, out string) error {
-	root, _ := filepath.Abs(".")
-	bin := filepath.Join(root, "bin", "ember")
-	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("%s missing: run make build", bin)
-	}
-	e, cleanup, err := newBenchNS()
+	d, cleanup, err := newNSDaemon()
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	home, inNS := e.home, e.cmd
-	if err := linkKernel(root, home); err != nil {
-		return err
-	}
-	ember := func(args ...string) error {
-		cmd := inNS(bin, append([]string{"--home", home}, args...)...)
-		var e bytes.Buffer
-		cmd.Stderr = &e
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("ember %s: %v: %s", strings.Join(args, " "), err, e.String())
-		}
-		return nil
-	}
+	ember := d.ember
 	startDaemon := func(warm int) (func(), error) {
-		cfg := fmt.Sprintf("default_net = \"tap\"\ndomain = \"bench.internal\"\ntap_pool_warm = %d\n", warm)
-		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(cfg), 0o644); err != nil {
-			return nil, err
-		}
-		d := inNS(bin, "--home", home, "daemon")
-		d.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := d.Start(); err != nil {
-			return nil, err
-		}
-		stop := func() { _ = d.Process.Signal(syscall.SIGTERM); _ = d.Wait() }
-		for i := 0; ; i++ {
-			if err := ember("ls"); err == nil {
-				return stop, nil
-			} else if i > 200 {
-				stop()
-				return nil, err
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		return d.start(fmt.Sprintf("default_net = \"tap\"\ndomain = \"bench.internal\"\ntap_pool_warm = %d\n", warm))
 	}
 	// measure times one create → first exec on the running daemon.
 	measure := func(name string) ([]time.Duration, error) {
@@ -231,7 +262,7 @@ func runNet(runs int, out string) error {
 	if err := writeNet(out, runs, median(warm), median(empty)); err != nil {
 		return err
 	}
-	res, err := runDNS(e, runs)
+	res, err := runDNS(d.e, runs)
 	if err != nil {
 		return err
 	}

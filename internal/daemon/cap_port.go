@@ -19,7 +19,9 @@ import (
 // portCap is `--cap port=[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp]` and `ember
 // port add|rm|ls`: a listener on the host whose every connection is
 // forwarded through the VM's agent (an SSH direct-tcpip channel,
-// guest.Client.DialPort) to GUESTPORT on the guest's loopback.
+// guest.Client.DialPort) to GUESTPORT on the guest's loopback; for a tap
+// guest straight to GUESTPORT on its address when something listens
+// there (dialDirect).
 //
 // HOSTADDR defaults to 127.0.0.1 and must be a loopback address: a forward
 // never opens a VM to the network (a deliberate choice; a user who wants
@@ -357,6 +359,9 @@ func (s *vmService) dialPort(ctx context.Context, id string, port int) (net.Conn
 	if vm.State != wire.StateRunning {
 		return nil, fmt.Errorf("vm %s is %s", vm.Name, vm.State)
 	}
+	if c := s.dialDirect(ctx, vm, port); c != nil {
+		return c, nil
+	}
 	conn, err := s.guest(ctx, vm)
 	if err != nil {
 		return nil, err
@@ -366,6 +371,35 @@ func (s *vmService) dialPort(ctx context.Context, id string, port int) (net.Conn
 		return nil, fmt.Errorf("vm %s: its agent connection forwards no ports", vm.Name)
 	}
 	return d.DialPort(ctx, port)
+}
+
+// directDialTimeout bounds a forward's direct dial of a tap guest before
+// it goes through the agent instead.
+const directDialTimeout = time.Second
+
+// dialDirect connects to port on a tap guest's own address, or returns
+// nil. The host then splices two TCP connections, and the guest's bytes
+// skip the agent's SSH encryption, which under TCG bounds the agent's
+// path to a small fraction of a direct connection (BENCHMARKS.md, "Port
+// forward vs a direct connection"). A service that listens only on the
+// guest's loopback refuses it (or a guest firewall drops it), and the
+// forward goes through the agent as in user mode. The guest's address is
+// its own: the bridge's policy keeps other guests from taking it.
+func (s *vmService) dialDirect(ctx context.Context, vm store.VM, port int) net.Conn {
+	nw, err := s.nets.of(vm.NetMode)
+	if err != nil {
+		return nil
+	}
+	ip := nw.guestIP(vm)
+	if ip == "" {
+		return nil
+	}
+	d := net.Dialer{Timeout: directDialTimeout}
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+	if err != nil {
+		return nil
+	}
+	return c
 }
 
 func (p *portCap) register(t methodTable) {

@@ -35,6 +35,9 @@ type vmNetwork interface {
 	spec(vm store.VM, s *hypervisor.NetSpec) ([]string, error)
 	// agentAddr is where the VM's agent listens; "" when nowhere.
 	agentAddr(vm store.VM) string
+	// guestIP is the VM's own address, which the host reaches directly;
+	// "" when it has none the host can dial (user mode).
+	guestIP(vm store.VM) string
 	// info adds what `inspect` shows of the VM's network.
 	info(w *wire.VM)
 	// release frees what a deleted VM held; its process is gone.
@@ -119,6 +122,7 @@ func (u *userNet) agentAddr(vm store.VM) string {
 	return fmt.Sprintf("127.0.0.1:%d", vm.SSHPort)
 }
 
+func (u *userNet) guestIP(store.VM) string         { return "" }
 func (u *userNet) info(*wire.VM)                   {}
 func (u *userNet) release(context.Context, string) {}
 func (u *userNet) close()                          {}
@@ -481,6 +485,13 @@ func (n *tapNet) spec(vm store.VM, s *hypervisor.NetSpec) ([]string, error) {
 func (n *tapNet) agentAddr(vm store.VM) string {
 	if l, ok := n.lease(vm.ID); ok {
 		return net.JoinHostPort(l.IP, "22")
+	}
+	return ""
+}
+
+func (n *tapNet) guestIP(vm store.VM) string {
+	if l, ok := n.lease(vm.ID); ok {
+		return l.IP
 	}
 	return ""
 }

@@ -89,6 +89,7 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, b
 			return nil
 		},
 	}
+	cfg.Ciphers = agentCiphers
 	sc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
 	if !stop() {
 		if err == nil {
@@ -105,6 +106,15 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, b
 	go c.keepalive(keepaliveInterval, keepaliveTimeout)
 	return c, nil
 }
+
+// agentCiphers is the daemon's cipher preference with an agent (the
+// client's order decides): ChaCha20-Poly1305 first. Every byte of exec,
+// cp, sessions and port forwards is encrypted by the agent, and in a TCG
+// guest, where AES and carry-less multiply are emulated, AES-GCM sealed
+// 5.8 MB/s against ChaCha20-Poly1305's 21.6 MB/s (Go, 32 KiB records, one
+// vCPU). Under KVM AES-GCM is the faster of the two (on this host 1590 vs
+// 477 MB/s), but ChaCha20 stays far above what a VM's link carries.
+var agentCiphers = []string{ssh.CipherChaCha20Poly1305, ssh.CipherAES128GCM, ssh.CipherAES256GCM}
 
 // pollInterval is how often WaitReady retries a guest that is not up yet.
 const pollInterval = 50 * time.Millisecond

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -143,9 +144,13 @@ func TestTapPortsBothWays(t *testing.T) {
 	e := newNSEnv(t, tapConfig)
 	e.startDaemon()
 	listenIn(t, e.ns, "127.0.0.1:18081", "127.0.0.1:18082", gateway+":18083")
-	e.must("create", "tp", "--cap", "port=18080:8080", "--cap", "hostport=18081")
+	e.must("create", "tp", "--cap", "port=18080:8080", "--cap", "port=18085:8081", "--cap", "hostport=18081")
 	vm := e.inspect("tp")
 	e.listenInGuest("tp", "8080", "hello-from-guest")
+	// A service on the guest's loopback only: the forward goes through
+	// the agent (8080, on every address, is dialled on the guest's own
+	// address).
+	e.must("exec", "tp", "--", "sh", "-c", "mkdir -p /tmp/www && echo hello-loopback > /tmp/www/index.html && busybox httpd -p 127.0.0.1:8081 -h /tmp/www")
 	waitGreeting := func(addr, want string) {
 		t.Helper()
 		var got string
@@ -160,6 +165,12 @@ func TestTapPortsBothWays(t *testing.T) {
 	}
 	waitGreeting(vm.IP+":8080", "hello-from-guest")
 	waitGreeting("127.0.0.1:18080", "hello-from-guest")
+	if body := httpIn(t, e.ns, "127.0.0.1:18085", "/index.html"); !strings.HasSuffix(body, "\r\n\r\nhello-loopback\n") {
+		t.Fatalf("the loopback-only guest service through the forward: %q", body)
+	}
+	if body := httpIn(t, e.ns, vm.IP+":8081", "/index.html"); body != "" {
+		t.Fatalf("the loopback-only guest service answers on the guest's address: %q", body)
+	}
 
 	if got := strings.TrimSpace(e.must("exec", "tp", "--", "sh", "-c", guestNC("host.ember.internal", 18081))); got != "hello from 127.0.0.1:18081" {
 		t.Fatalf("host.ember.internal:18081 from the guest: %q", got)
@@ -182,4 +193,21 @@ func TestTapPortsBothWays(t *testing.T) {
 	if _, err := greetingIn(t, e.ns, "127.0.0.1:18080"); err == nil {
 		t.Fatal("the forward answers after rm -f")
 	}
+}
+
+// httpIn sends an HTTP/1.0 GET for path to addr from inside ns and
+// returns the whole answer, "" when nothing answers.
+func httpIn(t *testing.T, ns, addr, path string) string {
+	t.Helper()
+	var c net.Conn
+	var err error
+	inNetns(t, ns, func() { c, err = net.DialTimeout("tcp", addr, 5*time.Second) })
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.0\r\n\r\n", path)
+	b, _ := io.ReadAll(c)
+	return string(b)
 }
