@@ -73,7 +73,7 @@ func eventLine(ev wire.Event) string {
 		subject = ev.VM + "/" + ev.Subject
 	}
 	var detail []string
-	for _, s := range []string{ev.OpKind, ev.State, firstLine(ev.Detail)} {
+	for _, s := range []string{ev.OpKind, ev.Target, ev.State, firstLine(ev.Detail)} {
 		if s != "" {
 			detail = append(detail, s)
 		}

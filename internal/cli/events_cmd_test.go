@@ -46,7 +46,7 @@ func TestEventsResumesAfterABreak(t *testing.T) {
 		reply(c, wire.Response{Stream: true})
 		if n == 1 {
 			wire.WriteJSONFrame(c, wire.FrameStdout, wire.Event{Seq: 10, Time: at, Type: wire.EventVMCreated, Subject: "vm1", State: "running"})
-			wire.WriteJSONFrame(c, wire.FrameStdout, wire.Event{Seq: 11, Time: at, Type: wire.EventOpFinished, Subject: "op1", VM: "vm1", OpKind: wire.VMCreate.Name, State: "succeeded"})
+			wire.WriteJSONFrame(c, wire.FrameStdout, wire.Event{Seq: 11, Time: at, Type: wire.EventOpFinished, Subject: "op1", OpKind: wire.VMCreate.Name, Target: "vm1", State: "succeeded"})
 			return // the connection closes: the daemon went away
 		}
 		wire.WriteJSONFrame(c, wire.FrameStdout, wire.Event{Seq: 99, Time: at, Type: wire.EventGap, Detail: "the daemon restarted"})
@@ -73,7 +73,7 @@ func TestEventsResumesAfterABreak(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	want := []string{"vm.created       vm1                  running",
-		"op.finished      vm1/op1              vm.create succeeded",
+		"op.finished      op1                  vm.create vm1 succeeded",
 		"gap              -                    the daemon restarted",
 		"vm.deleted       vm1                  guest text red"}
 	for i, w := range want {

@@ -73,6 +73,7 @@ func (s *vmService) bootBuildVM(ctx context.Context, name, image, base, baseForm
 		return buildVM{}, err
 	}
 	undo.add("vm record", func() { s.removeVM(context.Background(), vm.ID) })
+	s.events.Publish(vmEvent(wire.EventVMCreated, vm, "a build vm on image "+image))
 	files, err := s.boot.prepare(ctx, bootRequest{Image: image, Progress: progress})
 	if err != nil {
 		return buildVM{}, fmt.Errorf("prepare boot of %s: %w", name, err)

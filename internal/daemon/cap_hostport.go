@@ -67,6 +67,13 @@ type hostForward struct {
 	listening bool
 }
 
+// event is fw's port.opened or port.closed; its subject reads as in
+// `port ls`: the guest's side, then the host's.
+func (fw *hostForward) event(typ string) wire.Event {
+	return wire.Event{Type: typ, VM: fw.vmName,
+		Subject: fmt.Sprintf("%s:%d/tcp -> host 127.0.0.1:%d", guestproto.HostName, fw.spec.GuestPort, fw.spec.HostPort)}
+}
+
 // hostDialTimeout bounds a connection to the host port.
 const hostDialTimeout = 10 * time.Second
 
@@ -166,6 +173,7 @@ func (h *hostPortCap) start(vm store.VM, s hostSpec) *hostForward {
 		h.open[vm.ID] = map[int]*hostForward{}
 	}
 	h.open[vm.ID][s.GuestPort] = fw
+	h.vms.events.Publish(fw.event(wire.EventPortOpened))
 	goSafe(h.background, h.log, fmt.Sprintf("host forward %s:%d of vm %s", guestproto.HostName, s.GuestPort, vm.Name), nil, func() { h.keep(fw) })
 	return fw
 }
@@ -267,6 +275,7 @@ func (h *hostPortCap) closeOne(id string, port int) {
 	if fw != nil {
 		fw.cancel()
 		h.log.Info("host forward closed", "vm", fw.vmName, "guest_port", port)
+		h.vms.events.Publish(fw.event(wire.EventPortClosed))
 	}
 }
 

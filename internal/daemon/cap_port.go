@@ -60,11 +60,19 @@ func (p portSpec) hostAddr() string { return net.JoinHostPort(p.Addr, strconv.It
 // portForward is one listening forward of a running VM.
 type portForward struct {
 	vmID   string
+	vmName string
 	spec   portSpec
 	ln     net.Listener
 	ctx    context.Context // ends when the forward closes; its connections end with it
 	cancel context.CancelFunc
 	served bool
+}
+
+// event is fw's port.opened or port.closed; its subject reads as in
+// `port ls`: HOSTADDR:HOSTPORT -> GUESTPORT/tcp.
+func (fw *portForward) event(typ string) wire.Event {
+	return wire.Event{Type: typ, VM: fw.vmName,
+		Subject: fmt.Sprintf("%s -> %d/tcp", fw.spec.hostAddr(), fw.spec.GuestPort)}
 }
 
 // guestDialer is a guest connection that reaches TCP ports in the guest.
@@ -208,7 +216,7 @@ func (p *portCap) bind(ctx context.Context, vm store.VM, s portSpec, serve bool)
 			return false, conflictf("cannot listen on %s for vm %s: %v", s.hostAddr(), vm.Name, unwrapSyscall(err))
 		}
 		fctx, cancel := context.WithCancel(p.vms.base)
-		fw = &portForward{vmID: vm.ID, spec: s, ln: ln, ctx: fctx, cancel: cancel}
+		fw = &portForward{vmID: vm.ID, vmName: vm.Name, spec: s, ln: ln, ctx: fctx, cancel: cancel}
 		// The daemon's shutdown ends the forward as its close does.
 		context.AfterFunc(fctx, func() { ln.Close() })
 		if p.open[vm.ID] == nil {
@@ -217,6 +225,7 @@ func (p *portCap) bind(ctx context.Context, vm store.VM, s portSpec, serve bool)
 		p.open[vm.ID][s.hostAddr()] = fw
 		made = true
 		p.log.Info("port forward open", "vm", vm.Name, "host", s.hostAddr(), "guest_port", s.GuestPort)
+		p.vms.events.Publish(fw.event(wire.EventPortOpened))
 	}
 	if serve && !fw.served {
 		fw.served = true
@@ -248,6 +257,7 @@ func (p *portCap) closeOne(id, hostAddr string) {
 		fw.cancel()
 		fw.ln.Close()
 		p.log.Info("port forward closed", "vm_id", id, "host", hostAddr)
+		p.vms.events.Publish(fw.event(wire.EventPortClosed))
 	}
 }
 

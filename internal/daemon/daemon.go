@@ -211,10 +211,10 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 // the dispatch table. Tap networking is set up here, before reattach, so
 // half-made VMs removed there give their TAPs back.
 func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervisor.Driver, key ssh.Signer) error {
-	d.ops = &opService{store: d.store, log: d.log, retention: d.cfg.OperationRetention.Duration, metrics: d.metrics}
+	d.ops = &opService{store: d.store, log: d.log, retention: d.cfg.OperationRetention.Duration, metrics: d.metrics, events: d.events}
 	d.images = newImageService(d.layout, d.store, d.log, d.cfg.BuiltinImageCache, d.cfg.OperationRetention.Duration)
 	d.images.driver, d.images.base = driver, d.base
-	d.images.background, d.images.persist = &d.background, d.ops.persist
+	d.images.background, d.images.persist, d.images.events = &d.background, d.ops.persist, d.events
 	sweepImports(d.layout.ImagesDir())
 	d.boot = &bootService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver,
 		agent: opts.AgentPath, images: d.images, base: d.base, background: &d.background, prepare: opts.PrepareBoot}
@@ -233,7 +233,7 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	}
 	d.vms = &vmService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver, key: key,
 		base: d.base, background: &d.background, boot: d.boot, images: d.images, nets: d.nets, ops: d.ops,
-		waitGuest: opts.WaitGuest, kvmStall: opts.KVMStallTimeout, guests: guestPool{log: d.log}, metrics: d.metrics,
+		waitGuest: opts.WaitGuest, kvmStall: opts.KVMStallTimeout, guests: guestPool{log: d.log}, metrics: d.metrics, events: d.events,
 		createOps: newOpRegistry[*createOp](d.cfg.OperationRetention.Duration)}
 	if d.vms.waitGuest == nil {
 		d.vms.waitGuest = dialGuest

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/events"
+	"github.com/emberhq/ember/internal/guestproto"
+	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -56,4 +58,59 @@ func (d *Daemon) streamEvents(ctx context.Context, p wire.EventsParams, sc *stre
 			}
 		}
 	}
+}
+
+// vmEvent is an event about vm as it is recorded now.
+func vmEvent(typ string, vm store.VM, detail string) wire.Event {
+	return wire.Event{Type: typ, Subject: vm.Name, ID: vm.ID, State: vm.State, Detail: detail}
+}
+
+// stateEvent is the event of a VM that settled in state after a failed
+// change: stopped, or error.
+func stateEvent(state string) string {
+	if state == wire.StateError {
+		return wire.EventVMError
+	}
+	return wire.EventVMStopped
+}
+
+// stopDetail says how a stopped VM stopped: by whom, and its note.
+func stopDetail(vm store.VM) string {
+	d := "stopped by " + vm.StoppedBy
+	if vm.StoppedBy == "" {
+		d = "stopped"
+	}
+	if vm.LastError != "" {
+		d += ": " + vm.LastError
+	}
+	return d
+}
+
+// opEvent is op.started for a running operation, op.finished with its
+// outcome for one that ended.
+func opEvent(o wire.Operation) wire.Event {
+	e := wire.Event{Type: wire.EventOpStarted, Subject: o.ID, OpKind: o.Kind, Target: o.Target, State: o.State}
+	if o.Done() {
+		e.Type, e.Detail = wire.EventOpFinished, o.Error
+	}
+	return e
+}
+
+// imageEvent is an event about img; its detail is how it was made
+// (builtin, built, imported, registered, promoted).
+func imageEvent(typ string, img store.Image) wire.Event {
+	return wire.Event{Type: typ, Subject: img.Name, ID: img.ID, Detail: img.Kind}
+}
+
+// sessionEvent is an event about session name of vm.
+func sessionEvent(typ string, vm store.VM, name, state, detail string) wire.Event {
+	return wire.Event{Type: typ, Subject: name, VM: vm.Name, State: state, Detail: detail}
+}
+
+// replacedNote says that a new session took the place of an exited one.
+func replacedNote(old *guestproto.SessionInfo) string {
+	if old == nil {
+		return ""
+	}
+	return "in place of an exited one"
 }

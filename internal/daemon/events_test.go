@@ -3,10 +3,16 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/guestproto"
+	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -159,5 +165,121 @@ func TestEventsEndWhenTheDaemonCloses(t *testing.T) {
 	default:
 		// The connection may close before the Exit frame is written;
 		// what matters is that the stream ended.
+	}
+}
+
+// The events of a VM's life come in the order it lived them, each once,
+// after the change is recorded: the create's operation around its
+// creation and first boot, its port forward opened before each boot and
+// closed before each stop, and its deletion last.
+func TestEventsOfAVMsLife(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	ctx := context.Background()
+	r := openEvents(t, c, wire.EventsParams{})
+	hp, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := fmt.Sprint(hp)
+	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "vm1", Caps: []string{"port=" + port + ":80"}})
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	var seen []wire.Event
+	next := func() wire.Event {
+		e := r.next()
+		seen = append(seen, e)
+		return e
+	}
+	want := func(typ, subject string) wire.Event {
+		t.Helper()
+		e := next()
+		if e.Type != typ || e.Subject != subject {
+			t.Fatalf("event %d: %s %q, want %s %q (so far %+v)", len(seen), e.Type, e.Subject, typ, subject, seen)
+		}
+		return e
+	}
+	forward := "127.0.0.1:" + port + " -> 80/tcp"
+	if e := want(wire.EventOpStarted, op.ID); e.OpKind != wire.VMCreate.Name || e.Target != "vm1" || e.State != wire.OpRunning {
+		t.Fatalf("op.started: %+v", e)
+	}
+	if e := want(wire.EventVMCreated, "vm1"); e.State != wire.StateCreating || e.ID == "" {
+		t.Fatalf("vm.created: %+v", e)
+	}
+	if e := want(wire.EventPortOpened, forward); e.VM != "vm1" {
+		t.Fatalf("port.opened: %+v", e)
+	}
+	if e := want(wire.EventVMStarted, "vm1"); e.State != wire.StateRunning {
+		t.Fatalf("vm.started: %+v", e)
+	}
+	if e := want(wire.EventOpFinished, op.ID); e.State != wire.OpSucceeded {
+		t.Fatalf("op.finished: %+v", e)
+	}
+	if _, err := client.Do(ctx, c, wire.VMStop, wire.RefParams{Ref: "vm1"}); err != nil {
+		t.Fatal(err)
+	}
+	want(wire.EventPortClosed, forward)
+	if e := want(wire.EventVMStopped, "vm1"); e.State != wire.StateStopped || e.Detail != "stopped by user" {
+		t.Fatalf("vm.stopped: %+v", e)
+	}
+	if _, err := client.Do(ctx, c, wire.VMStart, wire.RefParams{Ref: "vm1"}); err != nil {
+		t.Fatal(err)
+	}
+	want(wire.EventPortOpened, forward)
+	want(wire.EventVMStarted, "vm1")
+	if _, err := client.Do(ctx, c, wire.VMDelete, wire.RefParams{Ref: "vm1", Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	want(wire.EventPortClosed, forward)
+	want(wire.EventVMDeleted, "vm1")
+	for i := 1; i < len(seen); i++ {
+		if seen[i].Seq != seen[i-1].Seq+1 || seen[i].Time.Before(seen[i-1].Time) {
+			t.Fatalf("events %d and %d out of order: %+v, %+v", i-1, i, seen[i-1], seen[i])
+		}
+	}
+	// A create that fails: its VM is deleted again, its operation fails.
+	td.prepErr = errors.New("no kernel here")
+	op, _ = createAndWait(t, c, wire.CreateVMParams{Name: "vm2"})
+	want(wire.EventOpStarted, op.ID)
+	want(wire.EventVMCreated, "vm2")
+	want(wire.EventVMDeleted, "vm2")
+	if e := want(wire.EventOpFinished, op.ID); e.State != wire.OpFailed || !strings.Contains(e.Detail, "no kernel here") {
+		t.Fatalf("op.finished of a failed create: %+v", e)
+	}
+}
+
+func TestEventsOfSessions(t *testing.T) {
+	td, c, vm := daemonWithVM(t, "vm1")
+	ctx := t.Context()
+	r := openEvents(t, c, wire.EventsParams{})
+	g := plantSessions(t, td, vm.ID, 0, nil)
+	g.sessionGuest = &fakeCreator{}
+	if _, err := client.Do(ctx, c, wire.SessionCreate, wire.SessionCreateParams{Ref: "vm1", SessionSpec: guestproto.SessionSpec{Name: "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	if e := r.next(); e.Type != wire.EventSessionOpened || e.Subject != "x" || e.VM != "vm1" || e.State != wire.SessionRunning {
+		t.Fatalf("session.opened: %+v", e)
+	}
+}
+
+// Image registry changes are events: a register and a remove.
+func TestEventsOfImages(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	r := openEvents(t, c, wire.EventsParams{})
+	rootfs := filepath.Join(t.TempDir(), "root.ext4")
+	makeExt4(t, rootfs)
+	if _, err := client.RegisterImage(t.Context(), c, wire.ImageRegisterParams{Name: "img1", Rootfs: rootfs}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if e := r.next(); e.Type != wire.EventImageRegistered || e.Subject != "img1" || e.Detail != store.ImageRegistered {
+		t.Fatalf("image.registered: %+v", e)
+	}
+	if _, err := client.Do(t.Context(), c, wire.ImageRemove, wire.ImageRemoveParams{Name: "img1"}); err != nil {
+		t.Fatal(err)
+	}
+	if e := r.next(); e.Type != wire.EventImageDeleted || e.Subject != "img1" {
+		t.Fatalf("image.deleted: %+v", e)
 	}
 }

@@ -249,7 +249,7 @@ func (s *vmService) pauseMessage(vm store.VM, spec hypervisor.Spec, reason strin
 // not run, so it ends now (exec says why, below).
 func (s *vmService) vmPaused(vm store.VM, inst hypervisor.Instance, msg string) {
 	changed := false
-	_, _ = s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
+	paused, err := s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
 		if v.PID != inst.PID || (v.State != wire.StateRunning && v.State != wire.StatePaused) || (v.State == wire.StatePaused && v.LastError == msg) {
 			return nil // another boot, a transition in progress, or already so
 		}
@@ -257,6 +257,9 @@ func (s *vmService) vmPaused(vm store.VM, inst hypervisor.Instance, msg string) 
 		v.State, v.LastError, v.UpdatedAt = wire.StatePaused, msg, time.Now().UTC()
 		return s.store.UpdateVM(context.Background(), *v)
 	})
+	if err == nil && changed {
+		s.events.Publish(vmEvent(wire.EventVMPaused, paused, msg))
+	}
 	if changed {
 		s.guests.drop(vm.ID)
 		s.log.Warn("the hypervisor paused a vm on a disk error", "vm", vm.Name, "why", msg)
@@ -265,14 +268,19 @@ func (s *vmService) vmPaused(vm store.VM, inst hypervisor.Instance, msg string) 
 
 // vmResumed records a paused VM as running again.
 func (s *vmService) vmResumed(vm store.VM, inst hypervisor.Instance) {
-	_, _ = s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
+	changed := false
+	resumed, err := s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
 		if v.PID != inst.PID || v.State != wire.StatePaused {
 			return nil
 		}
+		changed = true
 		v.State, v.LastError, v.UpdatedAt = wire.StateRunning, "", time.Now().UTC()
 		s.log.Info("vm runs again", "vm", vm.Name)
 		return s.store.UpdateVM(context.Background(), *v)
 	})
+	if err == nil && changed {
+		s.events.Publish(vmEvent(wire.EventVMResumed, resumed, ""))
+	}
 }
 
 // resumeVM lets a paused VM run again: one paused on request at once,

@@ -258,6 +258,7 @@ func (s *imageService) recordNew(ctx context.Context, img store.Image, own *stor
 	if err != nil {
 		return err
 	}
+	s.events.Publish(imageEvent(wire.EventImageRegistered, img))
 	if s.recorded != nil {
 		s.recorded(img.Name)
 	}

@@ -284,6 +284,7 @@ func (s *imageService) remove(ctx context.Context, p wire.ImageRemoveParams) err
 	if err != nil {
 		return err
 	}
+	s.events.Publish(imageEvent(wire.EventImageDeleted, img))
 	if err := os.Remove(img.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("image %s removed; its file %s stays until the daemon's next start: %w", p.Name, img.Path, err)
 	}

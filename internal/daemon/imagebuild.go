@@ -551,6 +551,7 @@ func (s *imageService) registerBuilt(ctx context.Context, name string, cur layer
 		os.Remove(file)
 		return store.Image{}, fmt.Errorf("record image %s: %w", name, err)
 	}
+	s.events.Publish(imageEvent(wire.EventImageRegistered, img))
 	return img, nil
 }
 

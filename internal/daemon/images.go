@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/emberhq/ember/internal/events"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/image"
 	"github.com/emberhq/ember/internal/layout"
@@ -66,6 +67,7 @@ type imageService struct {
 	base       context.Context // the daemon's lifetime; builds hang on it
 	background *sync.WaitGroup
 	persist    func(wire.Operation) // the op service's
+	events     *events.Hub          // image.registered, image.deleted
 	// host boots build VMs (the VM service; set by buildServices).
 	host buildHost
 	// cache is the config's builtin_image_cache ("" for none).
@@ -194,6 +196,7 @@ func (s *imageService) ensure(ctx context.Context, name, agent string, progress 
 		os.Remove(path)
 		return img, fmt.Errorf("record image %s: %w", name, err)
 	}
+	s.events.Publish(imageEvent(wire.EventImageRegistered, img))
 	s.log.Info("built-in image made", "image", name, "id", img.ID, "took", time.Since(start).Round(time.Millisecond))
 	return img, nil
 }

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/emberhq/ember/internal/events"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -33,6 +34,7 @@ type opService struct {
 	retention time.Duration
 	sources   []opSource
 	metrics   *daemonMetrics // counts finished operations
+	events    *events.Hub    // op.started, op.finished
 }
 
 func (s *opService) register(t methodTable) {
@@ -45,6 +47,8 @@ func (s *opService) register(t methodTable) {
 
 // persist writes an operation's snapshot to the store, so its outcome
 // outlives the daemon and a restart can mark it failed if it never ended.
+// An operation is persisted as it begins and as it ends (opState), so
+// this is also where op.started and op.finished are published.
 func (s *opService) persist(o wire.Operation) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -53,6 +57,7 @@ func (s *opService) persist(o wire.Operation) {
 	if err := s.store.PutOperation(ctx, so); err != nil {
 		s.log.Error("persist operation", "op", o.ID, "err", err)
 	}
+	s.events.Publish(opEvent(o))
 	if s.metrics != nil {
 		s.metrics.finished(o)
 	}

@@ -78,6 +78,7 @@ func (s *vmService) pauseVM(ctx context.Context, p wire.RefParams) (wire.VM, err
 		return wire.VM{}, err
 	}
 	if changed {
+		s.events.Publish(vmEvent(wire.EventVMPaused, vm, "by request"))
 		// A request in flight on the agent connection would wait on a
 		// guest that does not run: it ends now and says the VM paused.
 		s.guests.drop(vm.ID)
@@ -112,13 +113,18 @@ func (s *vmService) resumeRequested(ctx context.Context, p wire.RefParams) (wire
 // its process so when it attached (a pause whose record a killed daemon
 // did not write).
 func (s *vmService) vmHeld(vm store.VM, inst hypervisor.Instance) {
-	_, _ = s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
+	changed := false
+	held, err := s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
 		if v.PID != inst.PID || v.State != wire.StateRunning {
 			return nil
 		}
+		changed = true
 		v.State, v.LastError, v.UpdatedAt = wire.StatePaused, "", time.Now().UTC()
 		s.log.Info("vm found paused", "vm", vm.Name)
 		return s.store.UpdateVM(context.Background(), *v)
 	})
+	if err == nil && changed {
+		s.events.Publish(vmEvent(wire.EventVMPaused, held, "found paused"))
+	}
 	s.guests.drop(vm.ID)
 }

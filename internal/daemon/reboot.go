@@ -111,6 +111,7 @@ func (s *vmService) guestReset(vm store.VM, inst hypervisor.Instance) {
 	if err != nil {
 		return
 	}
+	s.events.Publish(vmEvent(wire.EventVMRebooted, vm, "its guest reset itself; booting it again"))
 	s.guests.drop(vm.ID)
 	if s.onStopping != nil {
 		// The guest is gone: its sessions end without asking it.

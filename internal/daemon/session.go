@@ -273,6 +273,7 @@ func (ss *sessionService) createSession(ctx context.Context, p wire.SessionCreat
 		return wire.Session{}, ss.sessionErr(vm, err)
 	}
 	ss.registry.forget(vm.ID, p.Name)
+	ss.vms.events.Publish(sessionEvent(wire.EventSessionOpened, vm, p.Name, wire.SessionRunning, ""))
 	return toWireSession(vm, info), nil
 }
 
@@ -281,8 +282,14 @@ func (ss *sessionService) killSession(ctx context.Context, p wire.SessionParams)
 	if err != nil {
 		return err
 	}
+	// A live controller reports the session's end itself (its exit).
+	c := ss.registry.get(sessionKey{vm.ID, p.Name})
+	watched := c != nil && !c.isEnded()
 	if err := sg.SessionKill(ctx, p.Name); err != nil {
 		return ss.sessionErr(vm, err)
+	}
+	if !watched {
+		ss.vms.events.Publish(sessionEvent(wire.EventSessionEnded, vm, p.Name, wire.SessionExited, "killed"))
 	}
 	// The agent ends the controller's channel with the exit status.
 	ss.registry.forget(vm.ID, p.Name)
@@ -338,7 +345,7 @@ func (ss *sessionService) controller(ctx context.Context, vm store.VM, sg sessio
 		return nil, ss.sessionErr(vm, err)
 	}
 	c := newSessionController(vm.ID, name, st, st.Info.Scrollback, ss.registry.remove)
-	c.vmName, c.log = vm.Name, ss.vms.log
+	c.vmName, c.log, c.events = vm.Name, ss.vms.log, ss.vms.events
 	c.prime(st.Replay, st.ReplayOffset)
 	// An exited session still replays to attachers, but takes no input.
 	c.exitedAtAttach = !st.Info.Running
@@ -387,6 +394,7 @@ func (ss *sessionService) attachSession(ctx context.Context, p wire.SessionAttac
 		switch {
 		case err == nil:
 			ss.registry.forget(vm.ID, p.Name)
+			ss.vms.events.Publish(sessionEvent(wire.EventSessionOpened, vm, p.Name, wire.SessionRunning, replacedNote(replaced)))
 			if replaced != nil {
 				old := toWireSession(vm, *replaced)
 				cl.event(wire.SessionEvent{Replaced: &old})
@@ -496,6 +504,7 @@ func (ss *sessionService) stopping(ctx context.Context, vm store.VM, reason stri
 					w := toWireSession(vm, s)
 					if w.State == wire.SessionRunning {
 						w.State, w.Reason = wire.SessionEnded, reason
+						ss.vms.events.Publish(sessionEvent(wire.EventSessionEnded, vm, w.Name, w.State, reason))
 					}
 					ended = append(ended, w)
 				}

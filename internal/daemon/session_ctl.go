@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/events"
 	"github.com/emberhq/ember/internal/ring"
 	"github.com/emberhq/ember/internal/termtext"
 	"github.com/emberhq/ember/internal/wire"
@@ -67,6 +68,8 @@ type guestSessionController struct {
 	// log records a recovered panic (nil: the default logger); set
 	// before start.
 	log *slog.Logger
+	// events hears of the session's exit (nil: nobody); set before start.
+	events *events.Hub
 
 	// inMu guards the input queue below.
 	inMu      sync.Mutex
@@ -145,6 +148,9 @@ func (c *guestSessionController) pump() {
 	if !ok {
 		ex = wire.Exit{Code: -1, Error: wire.Errorf(wire.CodeInternal,
 			"lost the connection to session %s (the vm stopped or its agent restarted)", c.name)}
+	} else if !c.exitedAtAttach {
+		c.events.Publish(wire.Event{Type: wire.EventSessionEnded, Subject: c.name, VM: c.vmName,
+			State: wire.SessionExited, Detail: fmt.Sprintf("exit status %d", code)})
 	}
 	c.end(ex)
 }

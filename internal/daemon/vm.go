@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/emberhq/ember/internal/consolelog"
+	"github.com/emberhq/ember/internal/events"
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
@@ -59,6 +60,7 @@ type vmService struct {
 	base       context.Context // the daemon's lifetime; VM work hangs on it
 	background *sync.WaitGroup
 	metrics    *daemonMetrics // boot durations
+	events     *events.Hub    // lifecycle events (events.go)
 	boot       *bootService
 	images     *imageService
 	nets       *networks
@@ -258,6 +260,7 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	op := &createOp{newOpState(s.base, newID(), wire.VMCreate.Name, p.Name, s.ops.persist)}
 	s.createOps.Begin(op)
 	undo.success()
+	s.events.Publish(vmEvent(wire.EventVMCreated, vm, "image "+vm.Image))
 	// A panic in the create fails its operation (runCreate's undo has
 	// run by then), not the daemon.
 	goSafe(s.background, s.log, "create of vm "+vm.Name, func(err error) { op.finish(nil, err) }, func() {
@@ -505,6 +508,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	if err := s.store.UpdateVM(context.Background(), vm); err != nil {
 		return vm, fmt.Errorf("record vm %s running: %w", vm.Name, err)
 	}
+	s.events.Publish(vmEvent(wire.EventVMStarted, vm, vm.Accel))
 	if s.metrics != nil {
 		s.metrics.booted(time.Since(began))
 	}
@@ -570,7 +574,9 @@ func (s *vmService) removeVM(ctx context.Context, id string) error {
 		s.onGone(id)
 	}
 	s.guests.drop(id)
+	name := ""
 	if vm, err := s.store.GetVM(ctx, id); err == nil {
+		name = vm.Name
 		s.caps.beforeStop(vm)
 		s.caps.beforeDelete(vm)
 		s.killVM(ctx, vm)
@@ -578,7 +584,9 @@ func (s *vmService) removeVM(ctx context.Context, id string) error {
 		if vm.PID != 0 && s.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
 			vm.State, vm.UpdatedAt = wire.StateError, time.Now().UTC()
 			vm.LastError = fmt.Sprintf("its process %d could not be stopped; kill it, then `ember rm -f %s`", vm.PID, vm.Name)
-			_ = s.store.UpdateVM(ctx, vm)
+			if err := s.store.UpdateVM(ctx, vm); err == nil {
+				s.events.Publish(vmEvent(wire.EventVMError, vm, vm.LastError))
+			}
 			return fmt.Errorf("delete vm %s: %s", vm.Name, vm.LastError)
 		}
 	} else {
@@ -587,7 +595,9 @@ func (s *vmService) removeVM(ctx context.Context, id string) error {
 	s.unfollow(id) // it writes the console log: it goes before the folder
 	_ = os.RemoveAll(s.layout.VMDir(id))
 	_ = os.RemoveAll(s.layout.VMRunDir(id))
-	if err := s.store.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := s.store.DeleteVM(ctx, id); err == nil {
+		s.events.Publish(wire.Event{Type: wire.EventVMDeleted, Subject: name, ID: id})
+	} else if !errors.Is(err, store.ErrNotFound) {
 		s.log.Error("delete vm row", "id", id, "err", err)
 	}
 	s.nets.release(ctx, id)
@@ -776,13 +786,16 @@ func (s *vmService) bootStarting(ctx context.Context, vm store.VM, keepConsole b
 
 // settle records a VM's state after a failed change.
 func (s *vmService) settle(id, state string, cause error) {
-	_, _ = s.withVMLockByID(context.Background(), id, func(vm *store.VM) error {
+	vm, err := s.withVMLockByID(context.Background(), id, func(vm *store.VM) error {
 		vm.State, vm.PID, vm.UpdatedAt = state, 0, time.Now().UTC()
 		if cause != nil {
 			vm.LastError = cause.Error()
 		}
 		return s.store.UpdateVM(context.Background(), *vm)
 	})
+	if err == nil {
+		s.events.Publish(vmEvent(stateEvent(state), vm, vm.LastError))
+	}
 }
 
 func (s *vmService) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, error) {
@@ -821,6 +834,9 @@ func (s *vmService) stopVM(ctx context.Context, p wire.RefParams) (wire.VM, erro
 		vm.StoppedBy = wire.StoppedByUser
 		return s.store.UpdateVM(context.Background(), *vm)
 	})
+	if err == nil {
+		s.events.Publish(vmEvent(wire.EventVMStopped, vm, stopDetail(vm)))
+	}
 	return s.toWireVM(vm), err
 }
 
@@ -952,6 +968,9 @@ func (s *vmService) reattach(ctx context.Context) error {
 			if err := s.store.UpdateVM(ctx, vm); err != nil {
 				return fmt.Errorf("settle vm %s: %w", vm.Name, err)
 			}
+			if !alive {
+				s.events.Publish(vmEvent(wire.EventVMStopped, vm, stopDetail(vm)))
+			}
 		}
 		if alive {
 			s.follow(vm, specOf(vm), inst, false)
@@ -977,10 +996,12 @@ func (s *vmService) settleDead(ctx context.Context, vm store.VM) store.VM {
 	if !live || vm.PID == 0 || s.driver.Alive(hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}) {
 		return vm
 	}
+	changed := false
 	settled, err := s.withVMLockByID(ctx, vm.ID, func(v *store.VM) error {
 		if (v.State != wire.StateRunning && v.State != wire.StatePaused) || v.PID != vm.PID {
 			return nil // changed meanwhile; leave it to whoever changed it
 		}
+		changed = true
 		v.State, v.PID, v.SSHPort, v.UpdatedAt = wire.StateStopped, 0, 0, time.Now().UTC()
 		v.LastError = settledDeadNote
 		v.StoppedBy, _ = s.exitedOnItsOwn(v.ID)
@@ -988,6 +1009,9 @@ func (s *vmService) settleDead(ctx context.Context, vm store.VM) store.VM {
 	})
 	if err != nil {
 		return vm
+	}
+	if changed {
+		s.events.Publish(vmEvent(wire.EventVMStopped, settled, stopDetail(settled)))
 	}
 	s.guests.drop(vm.ID)
 	s.caps.beforeStop(settled)

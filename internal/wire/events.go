@@ -59,8 +59,10 @@ type Event struct {
 	ID string `json:"id,omitempty"`
 	// VM is the VM a session, port or operation belongs to.
 	VM string `json:"vm,omitempty"`
-	// OpKind is an operation's method (vm.create, image.build, ...).
+	// OpKind is an operation's method (vm.create, image.build, ...) and
+	// Target what it works on (the VM or image it makes).
 	OpKind string `json:"op_kind,omitempty"`
+	Target string `json:"target,omitempty"`
 	// State is an operation's outcome, a VM's or session's new state.
 	State string `json:"state,omitempty"`
 	// Detail says more for a person: an error, why a VM stopped.
