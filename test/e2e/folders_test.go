@@ -166,6 +166,14 @@ func TestCapMountVirtiofs(t *testing.T) {
 		}
 	}
 
+	// So does a reboot in the guest (a new process: reset=shutdown).
+	pid := e.inspect("shared").PID
+	e.run("exec", "shared", "--", "reboot")
+	waitBootedAgain(t, e, "shared", pid)
+	if got := e.must("exec", "shared", "--", "cat", "/mnt/host/guest.txt"); got != "from-guest\n" {
+		t.Fatalf("after a guest reboot the guest reads %q", got)
+	}
+
 	// The VM and its virtiofsd outlive a daemon restart.
 	e.stopDaemon(15)
 	if err := os.WriteFile(filepath.Join(rw, "later.txt"), []byte("no daemon\n"), 0o644); err != nil {
