@@ -1,12 +1,17 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/wire"
@@ -76,5 +81,69 @@ func TestCreateSSHKeys(t *testing.T) {
 	}
 	if n := given(); n != 3 {
 		t.Fatalf("after a restart: given %d times", n)
+	}
+}
+
+// vm.ssh_proxy pipes the client's bytes to the agent's address and back:
+// the client's end of input reaches the guest side as a half close, and
+// the stream ends with Exit 0 when the guest side closes. A VM that is
+// not running is a conflict, before any stream.
+func TestSSHProxyPipes(t *testing.T) {
+	_, c, vm := daemonWithVM(t, "vm1")
+	// The fake QEMU forwards nothing: a server stands on the VM's agent
+	// port instead, answering what it read, in upper case, at its end.
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", vm.SSHPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		data, _ := io.ReadAll(conn)
+		conn.Write(bytes.ToUpper(data))
+		conn.Close()
+	}()
+	ctx := context.Background()
+	s, err := c.OpenStream(ctx, wire.VMSSHProxy.Name, wire.RefParams{Ref: "vm1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Send(wire.FrameStdin, []byte("hello "))
+	s.Send(wire.FrameStdin, []byte("ssh"))
+	s.Send(wire.FrameStdinEOF, nil)
+	var out bytes.Buffer
+	for {
+		kind, payload, err := s.Recv()
+		if err != nil {
+			t.Fatalf("stream: %v (got %q)", err, out.String())
+		}
+		if kind == wire.FrameStdout {
+			out.Write(payload)
+			continue
+		}
+		if kind == wire.FrameExit {
+			ex, _ := client.DecodeExit(payload)
+			if ex.Code != 0 || ex.Error != nil {
+				t.Fatalf("exit %+v", ex)
+			}
+			break
+		}
+	}
+	if out.String() != "HELLO SSH" {
+		t.Fatalf("piped %q", out.String())
+	}
+
+	var stopped wire.VM
+	if err := c.Call(ctx, wire.VMStop.Name, wire.RefParams{Ref: "vm1"}, &stopped); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.OpenStream(ctx, wire.VMSSHProxy.Name, wire.RefParams{Ref: "vm1"})
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeConflict {
+		t.Fatalf("a stopped vm: %v", err)
 	}
 }
