@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -72,5 +73,21 @@ func TestValidateShares(t *testing.T) {
 	s.Shares = []hypervisor.Share{{Tag: "a", Path: "/x", Transport: hypervisor.Share9P}, {Tag: "a", Path: "/y", Transport: hypervisor.Share9P}}
 	if err := validate(s); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Errorf("a tag twice: %v", err)
+	}
+}
+
+// Without a virtiofsd a virtiofs share is unsupported, before anything
+// starts; a 9p share needs none.
+func TestStartSharesWithoutVirtiofsd(t *testing.T) {
+	d := &Driver{}
+	s := testSpec()
+	s.Shares = []hypervisor.Share{{Tag: "ember0", Path: t.TempDir(), Transport: hypervisor.ShareVirtioFS}}
+	var files launchFiles
+	if _, err := d.startShares(s, &files); !errors.Is(err, hypervisor.ErrUnsupported) || !strings.Contains(err.Error(), "no virtiofsd") {
+		t.Errorf("virtiofs without virtiofsd: %v", err)
+	}
+	s.Shares[0].Transport = hypervisor.Share9P
+	if fsds, err := d.startShares(s, &files); err != nil || len(fsds) != 0 || len(files.slots) != 0 {
+		t.Errorf("9p: %v %v %v", fsds, files.slots, err)
 	}
 }
