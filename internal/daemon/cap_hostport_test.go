@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -199,5 +200,18 @@ func TestCapHostPortBadArgs(t *testing.T) {
 	_, err := client.Do(context.Background(), c, wire.VMCreate, wire.CreateVMParams{Name: "vm1", Caps: []string{"hostport=0", "hostport=1:2:3"}})
 	if wire.CodeOf(err) != wire.CodeInvalid || strings.Count(err.Error(), "cap hostport") != 1 {
 		t.Fatalf("create: %v", err)
+	}
+}
+
+// doctor warns that user-mode egress opens the host's loopback, with the
+// way out, and passes without it.
+func TestUserNetCheck(t *testing.T) {
+	lay := layout.Layout{Config: "/etc/ember/config.toml"}
+	if c := userNetCheck(layout.Config{}, lay); c.Status != "pass" {
+		t.Errorf("no egress: %+v", c)
+	}
+	c := userNetCheck(layout.Config{UserNetEgress: true}, lay)
+	if c.Status != "warn" || !strings.Contains(c.Detail, "10.0.2.2") || !strings.Contains(c.Fix, "user_net_egress = false in /etc/ember/config.toml") || !strings.Contains(c.Fix, "--cap hostport") {
+		t.Errorf("egress: %+v", c)
 	}
 }

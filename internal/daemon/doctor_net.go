@@ -30,9 +30,9 @@ func netChecks(ctx context.Context, lay layout.Layout, root bool) []Check {
 		return []Check{fail("config", err.Error(), "fix "+lay.Config)}
 	}
 	if !cfg.TAPEnabled() {
-		return tapOffChecks(lay, root)
+		return append(tapOffChecks(lay, root), userNetCheck(cfg, lay))
 	}
-	out := []Check{capCheck(lay, root), tunCheck(root)}
+	out := []Check{userNetCheck(cfg, lay), capCheck(lay, root), tunCheck(root)}
 	out = append(out, toolChecks(tapTools(), hosttools.Finder{}.FindTool, root)...)
 	sub, err := ipam.Parse(cfg.Subnet)
 	if err != nil {
@@ -59,6 +59,18 @@ func netChecks(ctx context.Context, lay layout.Layout, root bool) []Check {
 	out = append(out, forwardCheck(cfg.Bridge, root))
 	out = append(out, resolveCheck(ctx, cfg, gw, root))
 	return out
+}
+
+// userNetCheck says what user-mode guests reach of the host. With
+// user_net_egress QEMU's slirp is unrestricted, and it maps its gateway,
+// 10.0.2.2, to the host's 127.0.0.1 with no option in QEMU to stop it:
+// every loopback service (the dashboard among them) is open to guests.
+func userNetCheck(cfg layout.Config, lay layout.Layout) Check {
+	if cfg.UserNetEgress {
+		return warn("user network", "user_net_egress = true: user-mode guests reach every port on the host's loopback through 10.0.2.2 (QEMU's user-mode network maps it there and cannot be told not to)",
+			"set user_net_egress = false in "+lay.Config+"; give guests that need egress --net tap, and open host ports to guests with --cap hostport (host.ember.internal)")
+	}
+	return pass("user network", "no egress; guests reach host ports only where opened for them at host.ember.internal (--cap hostport)")
 }
 
 // tapOffChecks: with tap networking off, CAP_NET_ADMIN and /dev/net/tun
