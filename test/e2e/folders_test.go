@@ -255,3 +255,29 @@ func TestCapFolderBadHostDir(t *testing.T) {
 	}
 	assertNoVMs(t, e)
 }
+
+// A member of a root daemon's socket group may not have the daemon read
+// host folders for it (copy, mount): the daemon reads as root. The create
+// is refused at once, pointing at `ember cp`, and leaves nothing; root's
+// own create of the same is accepted (checked by the other tests).
+func TestCapFolderRefusedToGroupMember(t *testing.T) {
+	needRoot(t)
+	home := sharedDir(t)
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(accessConfig+"socket_group = \""+strconv.Itoa(socketGID)+"\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, home: home}
+	t.Cleanup(func() {
+		e.stopDaemon(syscall.SIGTERM)
+		logFailure(t, e.log, home)
+	})
+	e.startDaemon()
+	for _, c := range []string{"copy=/root:/work", "mount=/etc:/mnt/etc:ro"} {
+		name := strings.SplitN(c, "=", 2)[0]
+		_, errOut, code := runAs(t, memberUID, []uint32{socketGID}, nil, "--home", home, "create", "peek", "--cap", c)
+		if code != 2 || !strings.Contains(errOut, "cap "+name+": only root or the daemon's user may name host folders") || !strings.Contains(errOut, "ember cp") {
+			t.Errorf("a group member's --cap %s: exit %d: %s", c, code, errOut)
+		}
+	}
+	assertNoVMs(t, e)
+}
