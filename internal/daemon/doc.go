@@ -134,14 +134,14 @@
 // Events (events.go): services publish lifecycle events to one hub
 // (internal/events) where a change is committed; the events stream
 // replays its ring from a client's sequence number or time, then
-// follows it. Its lock is a leaf: Publish holds it for one slot write
-// and never waits for a subscriber, so it may be called under any lock.
+// follows it. Its lock is the innermost of all: Publish holds it for one
+// slot write and never waits for a subscriber, so it may be called under
+// any lock (portCap.mu and hostPortCap.mu publish under theirs), and
+// nothing is locked under it.
 //
 // Lock order — acquire left to right, release in reverse:
 //
-//	vmLocks[id] → {createVMMu, imageOpsMu} → subsystem-local locks
-//
-// The event hub's lock is one of those leaves.
+//	vmLocks[id] → {createVMMu, imageOpsMu} → subsystem-local locks → the event hub's lock
 //
 // A VM's work hangs on the daemon's base context, never on the request that
 // started it: a create survives its client hanging up, and op cancel or
