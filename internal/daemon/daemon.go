@@ -189,6 +189,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.sweepImages(ctx); err != nil {
 		d.log.Warn("images folder: leftovers of an interrupted image operation stay", "err", err)
 	}
+	d.images.pruneBuildCache(ctx)
 	if d.nets.tap != nil {
 		if err := d.nets.tap.reconcile(ctx); err != nil {
 			return nil, err

@@ -61,8 +61,9 @@
 //     buildOps: the image builds (imagebuild.go, buildctx.go), each an
 //     imageBuildOp with its log; a build boots its step VMs through
 //     buildHost (the VM service, set by buildServices), keeps each step's
-//     result in a cache keyed by its inputs and registers the image
-//     under imageOpsMu at the end.
+//     result in a cache keyed by its inputs (buildcache.go: pruned under
+//     imageOpsMu when no build runs) and registers the image under
+//     imageOpsMu at the end.
 //   - bootService (boot.go, accel.go): kernel.*, the kernel fetched on
 //     first use (kernelFetchMu), each kernel's initramfs (initrdCache: a
 //     leaf lock that hands out one mutex per file) and the accelerator

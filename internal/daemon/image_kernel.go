@@ -66,6 +66,13 @@ func (s *imageService) ownKernelName(ctx context.Context, img, id string) string
 	return "image-" + id[:12]
 }
 
+// isOwnKernel reports whether kernel is the name ownKernelName gives
+// image's own kernel (an image built or promoted from it names its
+// parent's).
+func isOwnKernel(image, id, kernel string) bool {
+	return kernel == image+".kernel" || (len(id) >= 12 && kernel == "image-"+id[:12])
+}
+
 // importOwnKernel imports kf (release checked by checkKernelFile) as the
 // own kernel of image p.Name, whose root file system is already at
 // rootfs: the kernel file and the image's /lib/modules/<release>, copied

@@ -98,6 +98,9 @@ func TestImageRegisterOwnKernel(t *testing.T) {
 	if err != nil || img.Kernel != "own.kernel" {
 		t.Fatalf("register with a kernel file: %v %+v", err, img)
 	}
+	if w, err := client.Do(ctx, c, wire.ImageInspect, wire.RefParams{Ref: "own"}); err != nil || !w.OwnKernel || w.Kernel != "own.kernel" {
+		t.Fatalf("inspect: %v %+v", err, w)
+	}
 	k, err := td.store.GetKernel(ctx, "own.kernel")
 	if err != nil || k.Source != kernel.SourceImage || k.Release != rel || k.ModulesDir == "" {
 		t.Fatalf("own kernel row: %+v %v", k, err)

@@ -295,6 +295,9 @@ func (s *imageService) remove(ctx context.Context, p wire.ImageRemoveParams) err
 		s.log.Info("own kernel removed", "image", p.Name, "kernel", img.Kernel)
 	}
 	s.log.Info("image removed", "image", p.Name, "id", img.ID)
+	// Its build-cache entries are unreachable now, and the entry its
+	// file was a link of holds space of its own.
+	s.pruneBuildCacheLocked(context.WithoutCancel(ctx))
 	return nil
 }
 

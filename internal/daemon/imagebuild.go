@@ -185,12 +185,15 @@ func (s *imageService) build(ctx context.Context, p wire.ImageBuildParams, sc *s
 			archive.Close()
 		}
 	}
+	s.buildStarted()
 	goSafe(s.background, s.log, "build of image "+p.Name, func(err error) {
 		cleanup()
+		s.buildEnded()
 		op.finish(nil, err)
 	}, func() {
 		res, err := s.runBuild(op, p, r, dir, archive)
 		cleanup()
+		s.buildEnded()
 		op.finish(res, err)
 		if err != nil {
 			s.log.Warn("image build failed", "image", p.Name, "op", op.id, "err", err)
@@ -305,7 +308,7 @@ func (b *buildState) envMap() map[string]string {
 // runBuild runs the steps. ENV and WORKDIR change the config only; RUN,
 // COPY and PACKAGES each boot a build VM on the layer so far, do their work, power
 // it off and flatten its disk into a new layer, kept in the step cache
-// under the step's key. A step whose key is cached is not run. The image
+// under the step's key (buildcache.go). A step whose key is cached is not run. The image
 // is registered under imageOpsMu at the end, in one store write.
 func (s *imageService) runBuild(op *imageBuildOp, p wire.ImageBuildParams, r *recipe.Recipe, dir string, archive *os.File) ([]byte, error) {
 	ctx, name := op.ctx, p.Name
@@ -340,6 +343,8 @@ func (s *imageService) runBuild(op *imageBuildOp, p wire.ImageBuildParams, r *re
 		return nil, fmt.Errorf("%s:%d: FROM %s: %w", r.File, r.FromLine, r.From, err)
 	}
 	cur := layer{parent.Path, parent.Format, parent.SizeBytes}
+	tag := cacheTag(parent)
+	entry := func(key string) string { return filepath.Join(cacheDir, tag+"-"+key+".raw") }
 	st := buildState{env: append([]string(nil), parent.Config.Env...), workdir: parent.Config.WorkingDir,
 		user: parent.Config.User, key: "image " + parent.ID}
 	ctxDir := filepath.Join(dir, "context")
@@ -366,8 +371,9 @@ func (s *imageService) runBuild(op *imageBuildOp, p wire.ImageBuildParams, r *re
 			}
 		}
 		st.chain(step.Key(), strings.Join(st.env, "\x00"), st.workdir, digest)
-		cached := filepath.Join(cacheDir, st.key+".raw")
+		cached := entry(st.key)
 		if l, ok := cachedLayer(cached); ok && !p.NoCache {
+			touchCacheEntry(cached)
 			op.logf("  cached")
 			cur = l
 			fromCache++
@@ -384,11 +390,11 @@ func (s *imageService) runBuild(op *imageBuildOp, p wire.ImageBuildParams, r *re
 	}
 	if cur.path == parent.Path {
 		// Nothing but config: the image still gets a file of its own.
-		if err := s.copyLayer(ctx, cur, dir, filepath.Join(cacheDir, st.key+".raw")); err != nil {
+		if err := s.copyLayer(ctx, cur, dir, entry(st.key)); err != nil {
 			return nil, err
 		}
 		var ok bool
-		if cur, ok = cachedLayer(filepath.Join(cacheDir, st.key+".raw")); !ok {
+		if cur, ok = cachedLayer(entry(st.key)); !ok {
 			return nil, fmt.Errorf("the image's file is missing from the build cache")
 		}
 	}
@@ -595,6 +601,7 @@ func (s *imageService) ociBase(ctx context.Context, src v1.Image, ref, cacheDir 
 		}
 		if json.Unmarshal(b, &rec) == nil {
 			if _, err := os.Stat(img.Path); err == nil {
+				touchCacheEntry(img.Path)
 				img.SizeBytes, img.Config = rec.Size, rec.Config
 				return img, nil
 			}

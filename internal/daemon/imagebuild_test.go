@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -396,5 +397,78 @@ func TestContextLimitFollowsFreeSpace(t *testing.T) {
 	}
 	if limit < wire.MaxBuildContextBytes && !strings.Contains(why, "MiB free where builds are kept") {
 		t.Fatalf("why %q", why)
+	}
+}
+
+// The step cache is pruned when builds end, after image rm and at start:
+// entries of images that are gone (and of the names before tags), entries
+// unused for buildCacheMaxAge, then the least recently used of the
+// entries' own space past the cap; entries an image's file shares count
+// nothing and stay.
+func TestBuildCachePrune(t *testing.T) {
+	td, c := buildTestDaemon(t, "")
+	ctx := context.Background()
+	if op, err := build(t, c, "img", "FROM base\nRUN echo one\nRUN echo two\n"); err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("build: %v %+v", err, op)
+	}
+	base, err := td.store.GetImage(ctx, "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(td.layout.ImagesDir(), buildCacheDir)
+	entries := func() []string {
+		t.Helper()
+		m, _ := filepath.Glob(filepath.Join(dir, "*.raw"))
+		for i := range m {
+			m[i] = filepath.Base(m[i])
+		}
+		return m
+	}
+	built := entries()
+	if len(built) != 2 {
+		t.Fatalf("cache after a two-step build: %v", built)
+	}
+	for _, e := range built {
+		if !strings.HasPrefix(e, cacheTag(base)+"-") {
+			t.Fatalf("entry %s is not tagged with its FROM image %s", e, cacheTag(base))
+		}
+	}
+	key := strings.Repeat("a", 64)
+	write := func(name string, size int, age time.Duration) {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, bytes.Repeat([]byte{1}, size), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Now().Add(-age)
+		os.Chtimes(p, at, at)
+	}
+	write("i0123456789abcdef-"+key+".raw", 4096, 0)                                 // an image that is gone
+	write(key+".raw", 4096, 0)                                                      // before tags
+	write(cacheTag(base)+"-"+strings.Repeat("b", 64)+".raw", 4096, 40*24*time.Hour) // unused too long
+	for i, age := range []time.Duration{3 * time.Hour, 2 * time.Hour, time.Hour} {
+		write(cacheTag(base)+"-"+strings.Repeat(string(rune('c'+i)), 64)+".raw", 64<<10, age)
+	}
+	td.images.cacheCapBytes = 150 << 10 // two of the three 64 KiB entries fit
+	td.images.pruneBuildCache(ctx)
+	want := append([]string{
+		cacheTag(base) + "-" + strings.Repeat("d", 64) + ".raw",
+		cacheTag(base) + "-" + strings.Repeat("e", 64) + ".raw",
+	}, built...)
+	got := entries()
+	sort.Strings(want)
+	sort.Strings(got)
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("after prune:\n got %v\nwant %v", got, want)
+	}
+
+	// image rm of the built image: its last entry holds space of its own
+	// now, past a cap that leaves no room.
+	td.images.cacheCapBytes = 1
+	if _, err := client.Do(ctx, c, wire.ImageRemove, wire.ImageRemoveParams{Name: "img"}); err != nil {
+		t.Fatal(err)
+	}
+	if left := entries(); len(left) != 0 {
+		t.Errorf("entries left past a cap of 1 byte after image rm: %v", left)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/emberhq/ember/internal/events"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/image"
+	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
@@ -78,8 +79,8 @@ type imageService struct {
 	// it, and creates from any other image never do. Fixed at start.
 	builtinSlots map[string]chan struct{}
 
-	// imageOpsMu guards the registry's rows and files, reserved and
-	// building.
+	// imageOpsMu guards the registry's rows and files, reserved,
+	// building and activeBuilds.
 	imageOpsMu sync.Mutex
 	// reserved names the images being registered: taken by their
 	// register until its file is in place and its row written.
@@ -88,7 +89,12 @@ type imageService struct {
 	// it is: between steps no build VM holds it, yet the next step (and
 	// the finished image's parent) reads its file, so rm refuses it.
 	building map[string]int
-	buildOps *opRegistry[*imageBuildOp]
+	// activeBuilds counts the builds running: the step cache is pruned
+	// only when none is (buildcache.go).
+	activeBuilds int
+	buildOps     *opRegistry[*imageBuildOp]
+	// cacheCapBytes, when set (tests), replaces buildCacheCap.
+	cacheCapBytes int64
 	// recorded, when set (tests), runs once recordNew has written an
 	// image's row: a cancel there must not fail what was recorded.
 	recorded func(name string)
@@ -332,10 +338,18 @@ func (s *imageService) list(ctx context.Context) ([]wire.Image, error) {
 	return append(unbuilt, out...), nil
 }
 
-// users fills in the VMs and images built on w.
+// users fills in the VMs and images built on w, and whether its kernel
+// is its own (image_kernel.go).
 func (s *imageService) users(ctx context.Context, w *wire.Image) (err error) {
 	if w.UsedBy, err = s.store.ImageUsers(ctx, w.Name); err != nil {
 		return err
+	}
+	if w.Kernel != "" {
+		k, err := s.store.GetKernel(ctx, w.Kernel)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		w.OwnKernel = err == nil && k.Source == kernel.SourceImage && isOwnKernel(w.Name, w.ID, k.Name)
 	}
 	w.InUse = len(w.UsedBy)
 	w.Children, err = s.store.ImageChildren(ctx, w.Name)

@@ -199,12 +199,15 @@ type Image struct {
 	Name string `json:"name"`
 	// ID is 32 hex digits, new whenever the name is given new content;
 	// empty for a built-in image not built yet.
-	ID        string    `json:"id,omitempty"`
-	Kind      string    `json:"kind"`
-	Format    string    `json:"format"`
-	Path      string    `json:"path"`
-	SizeBytes int64     `json:"size_bytes"`
-	Kernel    string    `json:"kernel,omitempty"`
+	ID        string `json:"id,omitempty"`
+	Kind      string `json:"kind"`
+	Format    string `json:"format"`
+	Path      string `json:"path"`
+	SizeBytes int64  `json:"size_bytes"`
+	Kernel    string `json:"kernel,omitempty"`
+	// OwnKernel says Kernel was registered with this image (image
+	// register --kernel FILE) and goes with it on image rm.
+	OwnKernel bool      `json:"own_kernel,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	// Parent is the image it was built, imported onto or promoted from.
 	Parent string `json:"parent,omitempty"`
