@@ -182,12 +182,6 @@ func pct(ds []time.Duration, p float64) time.Duration {
 	return s[min(max(i, 0), len(s)-1)]
 }
 
-func medianF(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
 func webSection(runs int, page map[string][]float64, sock, web []time.Duration) string {
 	var b strings.Builder
 	host, _ := os.Hostname()
@@ -204,7 +198,7 @@ func webSection(runs int, page map[string][]float64, sock, web []time.Duration) 
 		for _, v := range page[row.key] {
 			ss = append(ss, strconv.FormatFloat(v, 'f', 0, 64))
 		}
-		fmt.Fprintf(&b, "| %s | **%.0f ms** | %s |\n", row.what, medianF(page[row.key]), strings.Join(ss, ", "))
+		fmt.Fprintf(&b, "| %s | **%.0f ms** | %s |\n", row.what, median(page[row.key]), strings.Join(ss, ", "))
 	}
 	fmt.Fprintf(&b, "\nThe VM list (`vm.list`) with %d VM records in the store (stopped, records only), %d calls each after as many to warm up, interleaved; both sides decode the whole list. Socket: the CLI's client (a connection per call); web: `POST /api/vm.list` with the token (Go's HTTP client, connections kept alive).\n\n", webRecords, webCalls)
 	fmt.Fprintf(&b, "| path | p50 | p99 |\n| --- | --- | --- |\n")
