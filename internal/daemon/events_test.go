@@ -283,3 +283,47 @@ func TestEventsOfImages(t *testing.T) {
 		t.Fatalf("image.deleted: %+v", e)
 	}
 }
+
+// A client that reads nothing holds up no publisher: the daemon keeps
+// publishing, and when the client reads again it gets what its socket
+// held, one gap for what the ring dropped meanwhile, then the rest, every
+// event accounted for, in order.
+func TestEventsSlowClientGetsAGap(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	s, err := client.Open(context.Background(), c, wire.Events, wire.EventsParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 20 * 1024 // far more than the ring and the socket's buffers
+	for i := 0; i < n; i++ {
+		td.events.Publish(wire.Event{Type: wire.EventImageRegistered, Subject: fmt.Sprintf("img%d", i), Detail: strings.Repeat("x", 100)})
+	}
+	var got, missed, last uint64
+	gaps := 0
+	for got+missed < n {
+		kind, payload, err := s.Recv()
+		if err != nil || kind != wire.FrameStdout {
+			t.Fatalf("frame %c: %v", kind, err)
+		}
+		var e wire.Event
+		if err := json.Unmarshal(payload, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Seq <= last {
+			t.Fatalf("seq %d after %d", e.Seq, last)
+		}
+		last = e.Seq
+		if e.Type == wire.EventGap {
+			gaps++
+			missed += e.Missed
+		} else {
+			got++
+		}
+	}
+	if gaps != 1 || got < 1024 || last != td.events.Latest() {
+		t.Fatalf("%d events, %d missed in %d gaps, last %d of %d; want one gap and at least the ring's 1024",
+			got, missed, gaps, last, td.events.Latest())
+	}
+}
