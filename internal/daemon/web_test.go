@@ -393,6 +393,19 @@ func TestWebTerminalSharesTheSession(t *testing.T) {
 		defer ch.mu.Unlock()
 		return strings.Contains(ch.in.String(), "echo hi\r")
 	})
+	// The browser's terminal resizes (xterm's fit): the session follows.
+	if err := wire.WriteJSONFrame(nc, wire.FrameResize, wire.Resize{Rows: 41, Cols: 132}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the session takes the browser's size", func() bool {
+		rs := ch.resizesSeen()
+		return len(rs) > 0 && rs[len(rs)-1] == [2]int{41, 132}
+	})
+	// /metrics counts the session and its two clients.
+	_, metrics := webDo(t, "GET", base+"metrics", token, "", nil)
+	if !strings.Contains(metrics, "ember_sessions 1\n") || !strings.Contains(metrics, "ember_session_clients 2\n") {
+		t.Fatalf("metrics with one session and two clients:\n%s", metrics)
+	}
 	// The tab closes: its client goes, the session and the CLI stay.
 	ws.Close(websocket.StatusGoingAway, "")
 	eventually(t, "the browser detached", func() bool { return ctl.clientCount() == 1 })
