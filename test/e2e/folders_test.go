@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -280,4 +282,66 @@ func TestCapFolderRefusedToGroupMember(t *testing.T) {
 		}
 	}
 	assertNoVMs(t, e)
+}
+
+// A rootless daemon shares its user's folder: virtiofsd runs in a user
+// namespace whose root is that user, so the guest's writes land as the
+// user; a :ro share is read-only in the guest (a rootless daemon cannot
+// make the read-only bind mount, and says so in its log).
+func TestCapMountRootless(t *testing.T) {
+	needRoot(t)
+	if _, err := os.Stat("/usr/lib/qemu/virtiofsd"); err != nil {
+		t.Skip("no /usr/lib/qemu/virtiofsd (Debian: qemu-system-common)")
+	}
+	dir := sharedDir(t)
+	home, share := filepath.Join(dir, "home"), filepath.Join(dir, "share")
+	mkdirOwned(t, home, 0o700, memberUID)
+	mkdirOwned(t, share, 0o755, memberUID)
+	mkdirOwned(t, filepath.Join(home, "state"), 0o700, memberUID)
+	mkdirOwned(t, filepath.Join(home, "state", "kernels"), 0o700, memberUID)
+	if err := os.Symlink(kernelDir, filepath.Join(home, "state", "kernels", filepath.Base(kernelDir))); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("builtin_image_cache = %q\n%s", imageCache, accessConfig)
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(home, "config.toml"), memberUID, memberUID); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"HOME=" + home, "EMBER_HOME=" + home}
+	startRootless(t, memberUID, env)
+	ember := func(args ...string) (string, string, int) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		return runCmd(t, asUser(ctx, memberUID, nil, env, args...), args)
+	}
+	if err := os.WriteFile(filepath.Join(share, "f.txt"), []byte("mine\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := ember("create", "rl", "--cap", "mount="+share+":/mnt/s", "--cap", "mount="+share+":/mnt/r:ro"); code != 0 {
+		t.Fatalf("rootless create: exit %d: %s", code, errOut)
+	}
+	t.Cleanup(func() { ember("rm", "-f", "rl") })
+	out, errOut, code := ember("exec", "rl", "--", "sh", "-c", "cat /mnt/s/f.txt && echo guest > /mnt/s/g.txt")
+	if code != 0 || out != "mine\n" {
+		t.Fatalf("rootless share: exit %d: %q %s", code, out, errOut)
+	}
+	st, err := os.Stat(filepath.Join(share, "g.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid := statUID(st); uid != memberUID {
+		t.Errorf("the guest's file is owned by uid %d on the host, want the daemon's user %d", uid, memberUID)
+	}
+	if _, _, code := ember("exec", "rl", "--", "sh", "-c", "echo x > /mnt/r/h.txt"); code == 0 {
+		t.Error("a write into the rootless :ro share succeeded")
+	}
+	if _, errOut, code := ember("rm", "-f", "rl"); code != 0 {
+		t.Fatalf("rm: exit %d: %s", code, errOut)
+	}
+	if pids := virtiofsdPIDs(home); len(pids) != 0 {
+		t.Fatalf("virtiofsd left after rm -f: %v", pids)
+	}
 }
