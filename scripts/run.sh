@@ -34,6 +34,7 @@ ember is running. `make install` puts ember on your PATH. Try next:
   ./bin/ember create web1             another VM
   ./bin/ember create dev --image debian   Debian 12 with apt (the first one builds the image, about a minute)
   ./bin/ember ls                      your VMs
+  ./bin/ember web                     the web dashboard's address (open it in a browser on this host)
   ./bin/ember rm -f demo              delete it
   make stop                           delete demo and stop the daemon
 MSG
