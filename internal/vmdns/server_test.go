@@ -131,3 +131,19 @@ func TestHostUpstreams(t *testing.T) {
 		t.Fatalf("%v", got)
 	}
 }
+
+// Queries counts what the server received over UDP and TCP (the
+// daemon's ember_dns_queries_total).
+func TestQueriesCounted(t *testing.T) {
+	s, addr := start(t, Config{Domain: "ember.test", Subnet: subnet("10.231.0.0/24"), Self: net.ParseIP("10.231.0.1")})
+	s.Set("vm1", net.ParseIP("10.231.0.2"))
+	if n := s.Queries(); n != 0 {
+		t.Fatalf("queries before any: %d", n)
+	}
+	query(t, "udp", addr, "vm1.ember.test", dns.TypeA)
+	query(t, "udp", addr, "nope.ember.test", dns.TypeA)
+	query(t, "tcp", addr, "vm1.ember.test", dns.TypeA)
+	if n := s.Queries(); n != 3 {
+		t.Fatalf("queries counted: %d, want 3", n)
+	}
+}
