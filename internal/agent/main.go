@@ -68,6 +68,7 @@ func serveMain(args []string, stderr io.Writer) int {
 		cfg.AuthorizedKey = boot.Key
 		// In a VM (its kernel named the key): / is the guest's disk.
 		cfg.Freeze = freezeRootLogged
+		cfg.Reidentify = becomeNew
 		if addr == "" {
 			addr = ":" + strconv.Itoa(boot.Port)
 		}

@@ -35,6 +35,11 @@ type ServerConfig struct {
 	// (guestproto.FreezeCommand). Nil makes a freeze request fail with a
 	// message: only the agent of a VM sets it, never a test on a host.
 	Freeze func() (thaw func() error, err error)
+	// Reidentify makes a restored guest a new machine: clock, hostname,
+	// random generator (guestproto.ReidentifyCommand); the server then
+	// takes a new host key. Nil makes the request fail: only the agent
+	// of a VM sets it.
+	Reidentify func(hostname string, now time.Time, entropy []byte) error
 	// Logger receives connection-level problems. Nil discards them.
 	Logger *slog.Logger
 	// HostListenIP is where the agent listens for the daemon's host
@@ -56,6 +61,8 @@ type Server struct {
 	sessions *sessionManager // persistent sessions; outlive connections
 
 	freezing atomic.Bool // a freeze request holds the filesystem frozen
+
+	hostKey *swapSigner // cfg.HostKey until a reidentify replaces it
 
 	// userKeys are the user's public keys (guestproto.ReqUserKeys), each
 	// in its wire encoding; the daemon's connection replaces them.
@@ -120,7 +127,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			return nil, errors.New("key not authorized")
 		},
 	}
-	s.sshCfg.AddHostKey(cfg.HostKey)
+	s.hostKey = newSwapSigner(cfg.HostKey)
+	s.sshCfg.AddHostKey(s.hostKey)
 	return s, nil
 }
 
@@ -163,7 +171,7 @@ func (s *Server) setUserKeys(payload []byte) error {
 }
 
 // HostKey is the public half of the server's host key.
-func (s *Server) HostKey() ssh.PublicKey { return s.cfg.HostKey.PublicKey() }
+func (s *Server) HostKey() ssh.PublicKey { return s.hostKey.PublicKey() }
 
 // maxHostKeyPEM bounds what readHostKey reads: an ed25519 key in PEM is
 // about 400 bytes.

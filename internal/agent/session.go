@@ -173,6 +173,9 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		if limit, ok, err := guestproto.DecodeFreeze(p.Command); ok {
 			return true, func() { s.freeze(limit, err) }
 		}
+		if hostname, now, ok, err := guestproto.DecodeReidentify(p.Command); ok {
+			return true, func() { s.reidentify(hostname, now, err) }
+		}
 		env, term := s.snapshot()
 		spec, err := specForExec(p.Command, env, term)
 		if err == nil && spec.detach {

@@ -88,6 +88,11 @@ type Spec struct {
 	// Shares are host folders the guest mounts (the mount capability).
 	Shares []Share `json:",omitempty"`
 
+	// Incoming, when set, is a state file a StateSaver wrote: the VM
+	// starts where that VM stopped instead of booting (its memory and
+	// devices; the Spec must name the same devices, memory and vCPUs,
+	// and a disk whose content is the saved VM's at that moment).
+	Incoming string `json:",omitempty"`
 	// MonitorSocket, when set, is a second control socket, for a Follower's
 	// long-lived connection: QMPSocket serves one client at a time, and
 	// Quit and State must never wait behind a follower. At most 107 bytes.
@@ -191,6 +196,17 @@ type AccelProber interface {
 	// its agent in time, else AccelTCG; reason is a sentence saying why (for
 	// TCG, where the KVM boot stalled).
 	ProbeAccel(ctx context.Context, p ProbeSpec) (accel, reason string)
+}
+
+// StateSaver is implemented by drivers that can save a running VM's
+// memory and device state to a file and start a VM from it
+// (Spec.Incoming): ember's snapshots.
+type StateSaver interface {
+	// SaveState stops the VM's vCPUs and writes its state into out, a
+	// new file. The VM stays stopped, its disk flushed, until the
+	// Follower's Resume (the caller copies the disk meanwhile); on
+	// failure out is removed and the VM stays stopped too.
+	SaveState(ctx context.Context, s Spec, inst Instance, out string) error
 }
 
 // DiskFlattener is implemented by drivers that can turn a VM's disk into

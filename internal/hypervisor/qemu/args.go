@@ -41,7 +41,7 @@ func validate(s hypervisor.Spec) error {
 	case s.ConsoleRing != 0 && (s.ConsoleRing < minConsoleRing || s.ConsoleRing > maxConsoleRing || s.ConsoleRing&(s.ConsoleRing-1) != 0):
 		return fmt.Errorf("console ring must be a power of two from %d to %d bytes, got %d", minConsoleRing, maxConsoleRing, s.ConsoleRing)
 	}
-	for _, p := range []string{s.Kernel, s.Initrd, s.Disk, s.DiskBacking, s.ConsoleLog, s.QMPSocket, s.MonitorSocket, s.PIDFile, s.Net.TAP, s.Net.MAC} {
+	for _, p := range []string{s.Kernel, s.Initrd, s.Incoming, s.Disk, s.DiskBacking, s.ConsoleLog, s.QMPSocket, s.MonitorSocket, s.PIDFile, s.Net.TAP, s.Net.MAC} {
 		// QEMU splits option values at commas (",," escapes one); refusing them
 		// keeps every path a single, literal value.
 		if strings.ContainsRune(p, ',') {
@@ -81,7 +81,7 @@ func validate(s hypervisor.Spec) error {
 // absSpec makes every path absolute: the Spec is stored and must mean the
 // same thing to a daemon restarted in another working directory.
 func absSpec(s hypervisor.Spec) (hypervisor.Spec, error) {
-	for _, p := range []*string{&s.Kernel, &s.Initrd, &s.Disk, &s.DiskBacking, &s.ConsoleLog, &s.QMPSocket, &s.MonitorSocket, &s.PIDFile} {
+	for _, p := range []*string{&s.Kernel, &s.Initrd, &s.Incoming, &s.Disk, &s.DiskBacking, &s.ConsoleLog, &s.QMPSocket, &s.MonitorSocket, &s.PIDFile} {
 		if *p == "" {
 			continue
 		}
@@ -236,6 +236,7 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 		a = append(a, "-netdev", nd, "-device", dev)
 	}
 	a = append(a, shareArgs(s)...)
+	a = append(a, incomingArgs(s)...)
 	// Without an RNG device the guest's first getrandom waits about a second
 	// for jitter entropy.
 	a = append(a, "-device", "virtio-rng-device")

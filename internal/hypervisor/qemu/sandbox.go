@@ -117,6 +117,13 @@ func (d *Driver) openFiles(ctx context.Context, s hypervisor.Spec) (_ *launchFil
 		}
 		f.set(fdMonitor, m)
 	}
+	if s.Incoming != "" {
+		in, err := os.OpenFile(s.Incoming, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+		if err != nil {
+			return nil, p, fmt.Errorf("saved state: %w", err)
+		}
+		f.set(fdIncoming, in)
+	}
 	c, err := os.OpenFile(s.ConsoleLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o640)
 	if err != nil {
 		return nil, p, fmt.Errorf("console log: %w", err)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -91,7 +92,7 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 		err = d.cgroups.Place(cgroupName(s), inst.PID, cgroupLimits(s))
 	}
 	if err == nil {
-		err = resume(ctx, s.QMPSocket, proc.done)
+		err = resume(ctx, s.QMPSocket, proc.done, s.Incoming != "")
 	}
 	if err != nil {
 		// QEMU that failed its set-up is exiting: let it finish, so its
@@ -120,8 +121,10 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 
 // resume waits until QEMU answers on its QMP socket, which it does once
 // the machine is set up, and lets the paused guest run. exited closes if
-// QEMU exits meanwhile.
-func resume(ctx context.Context, sock string, exited <-chan struct{}) error {
+// QEMU exits meanwhile. With incoming, it first waits for the saved state
+// to be loaded: a VM saved while stopped (SaveState stops it) is loaded
+// stopped, whatever a cont before said.
+func resume(ctx context.Context, sock string, exited <-chan struct{}, incoming bool) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	go func() {
@@ -136,6 +139,26 @@ func resume(ctx context.Context, sock string, exited <-chan struct{}) error {
 		return fmt.Errorf("qemu did not come up: %w", err)
 	}
 	defer q.Close()
+	for incoming {
+		raw, err := q.run("query-status")
+		if err != nil {
+			return fmt.Errorf("load the saved state: %w", err)
+		}
+		var st struct {
+			Status string `json:"status"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return fmt.Errorf("load the saved state: %w", err)
+		}
+		if st.Status != "inmigrate" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("load the saved state: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 	if _, err := q.run("cont"); err != nil {
 		return fmt.Errorf("resume the vm: %w", err)
 	}

@@ -1,0 +1,55 @@
+package guest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/emberhq/ember/internal/guestproto"
+)
+
+// maxHostKeyLine bounds the agent's answer to a reidentify: one key in
+// authorized_keys form.
+const maxHostKeyLine = 4096
+
+// Reidentify makes a restored guest a new machine (guestproto.
+// ReidentifyCommand): clock set to now, hostname, the kernel's random
+// generator mixed with entropy and reseeded, and a new host key, which it
+// returns. Connections made before (this one) keep the old key; every
+// later one must meet the new.
+func (c *Client) Reidentify(ctx context.Context, hostname string, now time.Time, entropy []byte) (ssh.PublicKey, error) {
+	cmd, err := guestproto.EncodeReidentify(hostname, now)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := c.openSession(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reidentify: open session: %w", err)
+	}
+	defer sess.Close()
+	var stdout, stderr limitedBuffer
+	sess.Stdout, sess.Stderr = &stdout, &stderr
+	sess.Stdin = bytes.NewReader(entropy)
+	done := make(chan error, 1)
+	go func() { done <- sess.Run(cmd) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("reidentify: %w", ctx.Err())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reidentify: %w: %s", err, stderr.String())
+	}
+	line := stdout.String()
+	if len(line) >= maxHostKeyLine {
+		return nil, fmt.Errorf("reidentify: the agent's answer is too long")
+	}
+	k, _, _, rest, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil || len(bytes.TrimSpace(rest)) != 0 {
+		return nil, fmt.Errorf("reidentify: the agent's answer is not one host key: %q", line)
+	}
+	return k, nil
+}
