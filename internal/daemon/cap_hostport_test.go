@@ -215,3 +215,82 @@ func TestUserNetCheck(t *testing.T) {
 		t.Errorf("egress: %+v", c)
 	}
 }
+
+// A guest that opens connection after connection to host.ember.internal
+// gets at most maxPortConns through to the host port at once; the rest
+// are closed as they come, and the forward serves again once they end.
+func TestCapHostPortBoundsConnections(t *testing.T) {
+	drv := newFakeDriver()
+	td := openTestDaemon(t, "", drv)
+	c := serve(t, td)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, 4*maxPortConns)
+	go func() {
+		for {
+			hc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held <- hc
+		}
+	}()
+	hp := ln.Addr().(*net.TCPAddr).Port
+	if op, err := createAndWait(t, c, wire.CreateVMParams{Name: "vm1", Caps: []string{fmt.Sprintf("hostport=%d:5000", hp)}}); err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	drv.mu.Lock()
+	addr := drv.guestHost[5000]
+	drv.mu.Unlock()
+	var guestConns []net.Conn
+	defer func() {
+		for _, g := range guestConns {
+			g.Close()
+		}
+	}()
+	for i := 0; i < maxPortConns+40; i++ {
+		g, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		guestConns = append(guestConns, g)
+	}
+	// Wait until the host has what got through, then a moment more.
+	deadline := time.Now().Add(20 * time.Second)
+	for len(held) < maxPortConns && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := len(held); n != maxPortConns {
+		t.Fatalf("%d connections reached the host port, want %d", n, maxPortConns)
+	}
+	for _, g := range guestConns {
+		g.Close()
+	}
+	guestConns = nil
+	for len(held) > 0 {
+		(<-held).Close()
+	}
+	// Slots come back as the connections end.
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		g, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case hc := <-held:
+			hc.Close()
+			g.Close()
+			return
+		case <-time.After(200 * time.Millisecond):
+			g.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the forward serves nothing after its connections ended")
+		}
+	}
+}

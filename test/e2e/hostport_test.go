@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -126,9 +125,23 @@ func TestHostPortUserNet(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	var vm wire.VM
-	if err := json.Unmarshal([]byte(e.must("inspect", "--format", "{{json .}}", "hp")), &vm); err != nil {
-		t.Fatal(err)
+	// The agent's SSH server dies (PID 1 starts another): the forward
+	// went with its connection, and comes back on the next one.
+	e.must("exec", "hp", "--", "sh", "-c", `setsid sh -c 'sleep 1; kill -9 $(busybox ps | busybox awk "/ember-agent serve/ && !/awk/ {print \$1}")' </dev/null >/dev/null 2>&1 &`)
+	poll(t, "the agent's server to restart", func() bool {
+		out, _, _ := e.run("logs", "hp")
+		return strings.Contains(out, "ssh server exited")
+	})
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		got, _, _ := e.run("exec", "hp", "--", "sh", "-c", guestNC("host.ember.internal", open))
+		if strings.TrimSpace(got) == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the agent's server restarted: %q", got)
+		}
+		time.Sleep(time.Second)
 	}
 	e.must("rm", "-f", "hp")
 	assertNoVMs(t, e)
