@@ -34,6 +34,9 @@ build: webui
 # reads them (internal/webui/static/vendor, git-ignored: nothing from npm
 # is committed). A binary built without them serves a page that says so.
 WEBUI := internal/webui
+# Node trusts its own CA list only; the system's (with the CAs the machine
+# adds, such as a TLS-inspecting proxy's) is added for npm's downloads.
+export NODE_EXTRA_CA_CERTS ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 webui: $(WEBUI)/static/vendor/xterm.js
 $(WEBUI)/static/vendor/xterm.js: $(WEBUI)/package.json $(WEBUI)/package-lock.json
 	npm ci --prefix $(WEBUI) --no-audit --no-fund --no-update-notifier --ignore-scripts
