@@ -29,6 +29,8 @@ type copyCap struct {
 	capHooks
 	vms *vmService
 	log *slog.Logger
+	// protect are ember's own folders, which no copy may be or hold.
+	protect []string
 }
 
 // copySeededFile, in the VM's folder, says the copy capability ran.
@@ -37,7 +39,7 @@ const copySeededFile = "copy-seeded"
 func (*copyCap) capName() string { return "copy" }
 func (*copyCap) namesHostPaths() {}
 
-func (*copyCap) check(args []string) error {
+func (c *copyCap) check(args []string) error {
 	for _, a := range args {
 		f, err := parseFolder(a)
 		if err != nil {
@@ -46,7 +48,7 @@ func (*copyCap) check(args []string) error {
 		if len(f.Opts) > 0 {
 			return fmt.Errorf("%q: copy takes no options", a)
 		}
-		if err := checkHostFolder(f.Host); err != nil {
+		if err := checkHostFolder(f.Host, c.protect); err != nil {
 			return err
 		}
 	}

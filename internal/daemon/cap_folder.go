@@ -50,8 +50,14 @@ func parseFolder(arg string) (folderSpec, error) {
 	return f, nil
 }
 
-// checkHostFolder says whether dir is a folder the daemon can list.
-func checkHostFolder(dir string) error {
+// checkHostFolder says whether dir is a folder the daemon can list and
+// none of ember's own folders (protect: its state and runtime folders),
+// nor inside one or holding one: a guest given those would read the
+// daemon's key and, through a share, write other VMs' disks and the store.
+func checkHostFolder(dir string, protect []string) error {
+	if err := checkNotProtected(dir, protect); err != nil {
+		return err
+	}
 	st, err := os.Stat(dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -86,4 +92,52 @@ func (r *vmCaps) checkClient(ctx context.Context, specs []string) error {
 		}
 	}
 	return nil
+}
+
+// checkNotProtected refuses dir when it is, lies inside or holds one of
+// protect: by the paths with symlinks resolved, and by device and inode
+// up dir's parents, so a bind mount or symlink of a protected folder
+// inside dir's path is caught too.
+func checkNotProtected(dir string, protect []string) error {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil // checkHostFolder says why it cannot be used
+	}
+	for _, p := range protect {
+		rp, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			continue // not made yet: nothing of it to protect
+		}
+		inside := real == rp || strings.HasPrefix(real, rp+"/")
+		holds := rp == "/" || real == "/" || strings.HasPrefix(rp, real+"/")
+		if !inside && !holds && !sameAncestor(real, rp) {
+			continue
+		}
+		return fmt.Errorf("host folder %s is or holds or lies inside ember's folder %s, which a vm must never reach", dir, rp)
+	}
+	return nil
+}
+
+// sameAncestor says whether dir or one of its parents is the folder p,
+// compared by device and inode.
+func sameAncestor(dir, p string) bool {
+	pst, err := os.Stat(p)
+	if err != nil {
+		return false
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if st, err := os.Stat(d); err == nil && os.SameFile(st, pst) {
+			return true
+		}
+		if d == "/" || d == "." {
+			return false
+		}
+	}
+}
+
+// protectedDirs are the folders no copy or mount may name: the state
+// folder (the key, the store, images and disks) and the runtime folder
+// (sockets).
+func (s *vmService) protectedDirs() []string {
+	return []string{s.layout.State, s.layout.Runtime}
 }

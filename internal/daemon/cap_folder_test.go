@@ -129,3 +129,31 @@ func TestCheckClientHostFolders(t *testing.T) {
 		t.Errorf("env alone: %v", err)
 	}
 }
+
+// Neither capability names ember's own folders: the state folder (the
+// key, the store, disks), what lies inside it, or what holds it.
+func TestFolderCapsRefuseEmberFolders(t *testing.T) {
+	root := t.TempDir()
+	state := filepath.Join(root, "home", "state")
+	other := filepath.Join(root, "other")
+	for _, d := range []string{filepath.Join(state, "vms"), other} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := filepath.Join(other, "to-state")
+	if err := os.Symlink(state, link); err != nil {
+		t.Fatal(err)
+	}
+	protect := []string{state, filepath.Join(root, "home", "run-not-made")}
+	for _, c := range []vmCap{&copyCap{protect: protect}, &mountCap{protect: protect}} {
+		for _, dir := range []string{state, filepath.Join(state, "vms"), filepath.Join(root, "home"), root, "/", link} {
+			if err := c.check([]string{dir + ":/work"}); err == nil || !strings.Contains(err.Error(), "ember's folder") {
+				t.Errorf("%s of %s: %v", c.capName(), dir, err)
+			}
+		}
+		if err := c.check([]string{other + ":/work"}); err != nil {
+			t.Errorf("%s of an unrelated folder: %v", c.capName(), err)
+		}
+	}
+}

@@ -27,6 +27,8 @@ type mountCap struct {
 	capHooks
 	// virtiofs says whether the driver serves virtiofs shares.
 	virtiofs func() bool
+	// protect are ember's own folders, which no share may be or hold.
+	protect []string
 }
 
 func (*mountCap) capName() string { return "mount" }
@@ -72,13 +74,13 @@ func parseMounts(args []string) ([]mountSpec, error) {
 	return out, nil
 }
 
-func (*mountCap) check(args []string) error {
+func (c *mountCap) check(args []string) error {
 	ms, err := parseMounts(args)
 	if err != nil {
 		return err
 	}
 	for _, m := range ms {
-		if err := checkHostFolder(m.Host); err != nil {
+		if err := checkHostFolder(m.Host, c.protect); err != nil {
 			return err
 		}
 	}
@@ -94,7 +96,7 @@ func (c *mountCap) beforeBoot(_ context.Context, _ store.VM, args []string, b *c
 		return nil, err
 	}
 	for i, m := range ms {
-		if err := checkHostFolder(m.Host); err != nil {
+		if err := checkHostFolder(m.Host, c.protect); err != nil {
 			return nil, err
 		}
 		t := m.Transport

@@ -248,6 +248,8 @@ func TestCapFolderBadHostDir(t *testing.T) {
 		{"mount=" + file + ":/mnt/host", "not a folder"},
 		{"mount=relative/dir:/mnt/host", "not absolute"},
 		{"copy=/tmp:relative", "HOSTDIR:GUESTDIR"},
+		{"mount=" + filepath.Join(e.home, "state") + ":/mnt/state", "ember's folder"},
+		{"copy=" + e.home + ":/work", "ember's folder"},
 	} {
 		name := strings.SplitN(c.cap, "=", 2)[0]
 		_, errOut, code := e.run("create", "bad", "--cap", c.cap)
