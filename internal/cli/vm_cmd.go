@@ -67,6 +67,7 @@ func createCmd(e *env) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&p.Image, "image", "", fmt.Sprintf("image to boot (default: the daemon's default_image, %s unless configured)", def.DefaultImage))
 	f.StringVar(&p.Kernel, "kernel", "", "kernel to boot (default: the daemon's, marked in `ember kernel ls`)")
+	f.StringVar(&p.Snapshot, "snapshot", "", "make the VM from this snapshot (`ember snapshot ls`): it runs on where the saved VM stopped, with its own name, clock, host key and random state, on a copy of its disk; image, kernel, memory and CPUs are the snapshot's (other memory or CPUs boot the disk instead)")
 	f.IntVar(&cpus, "cpus", 0, fmt.Sprintf("virtual CPUs (default: the daemon's default_cpus, %d unless configured)", def.DefaultCPUs))
 	f.IntVar(&memory, "memory", 0, fmt.Sprintf("memory in MiB (default: the daemon's default_memory_mib, %d unless configured)", def.DefaultMemoryMiB))
 	f.IntVar(&disk, "disk", 0, "disk size in GiB (default: the image's size)")

@@ -36,6 +36,9 @@ type bootFiles struct {
 	Disk            string
 	DiskFormat      string
 	DiskBytes       int64
+	// Restore, when set, starts the VM from a snapshot's saved state
+	// instead of booting it (snapshot.go).
+	Restore *restoreFrom
 }
 
 // bootService owns the inputs of a boot: guest kernels (kernel.* methods,

@@ -96,6 +96,7 @@ func (s *vmService) register(t methodTable) {
 	handle(t, wire.VMDelete, s.deleteVM)
 	handle(t, wire.VMPause, s.pauseVM)
 	handle(t, wire.VMResume, s.resumeRequested)
+	s.registerSnapshots(t)
 	handleStream(t, wire.VMExec, s.execVM)
 	handleStream(t, wire.VMLogs, s.logsVM)
 	handleStream(t, wire.VMCopyIn, s.copyIn)
@@ -215,6 +216,15 @@ func hostMemoryMiB() int {
 // What it makes before the operation starts (TAP, row, lease) is undone if
 // it fails.
 func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire.Operation, err error) {
+	var snap *store.Snapshot
+	var coldWhy string
+	if p.Snapshot != "" {
+		sn, why, err := s.snapshotFor(ctx, &p)
+		if err != nil {
+			return wire.Operation{}, err
+		}
+		snap, coldWhy = &sn, why
+	}
 	if err := s.validateCreate(ctx, &p); err != nil {
 		return wire.Operation{}, err
 	}
@@ -240,6 +250,9 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	} else if ok {
 		vm.ImageConfig = img.Config
 	}
+	if snap != nil {
+		vm.ImageConfig = snap.ImageConfig
+	}
 	// What the disk will be, so `ls` shows it while the VM is created; the
 	// disk itself is made with the size asked for (none: the image's).
 	requestedDisk := vm.DiskBytes
@@ -264,7 +277,7 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	// A panic in the create fails its operation (runCreate's undo has
 	// run by then), not the daemon.
 	goSafe(s.background, s.log, "create of vm "+vm.Name, func(err error) { op.finish(nil, err) }, func() {
-		res, err := s.runCreate(op, vm, requestedDisk)
+		res, err := s.runCreate(op, vm, requestedDisk, snap, coldWhy)
 		op.finish(res, err)
 		if err != nil {
 			s.log.Warn("create failed", "vm", vm.Name, "err", err)
@@ -325,7 +338,7 @@ func (s *vmService) createDisk(ctx context.Context, undo *undoStack, vm store.VM
 // runCreate does the slow part of a create. Each step registers the undo
 // of what it made; on any failure or cancel they run in reverse, ending
 // with the removal of the row and what it leased.
-func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64) (result []byte, err error) {
+func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, snap *store.Snapshot, coldWhy string) (result []byte, err error) {
 	ctx := op.ctx
 	var undo undoStack
 	defer undo.run()
@@ -340,6 +353,16 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64) (r
 		return nil, fmt.Errorf("prepare boot of %s: %w", vm.Name, err)
 	}
 	vm.Kernel = files.KernelName
+	if snap != nil {
+		// The disk is made on the snapshot's copy, and the VM restores
+		// where the saved one stopped, unless it cannot here.
+		files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(snap.ID), layout.SnapDiskFile), store.FormatRaw
+		files.Restore, coldWhy = s.restorePlan(ctx, *snap, files, coldWhy)
+		if files.Restore == nil {
+			op.Progress("snapshot %s cannot be restored here (%s): booting its disk", snap.Name, coldWhy)
+			s.log.Warn("create from a snapshot boots its disk instead", "vm", vm.Name, "snapshot", snap.Name, "why", coldWhy)
+		}
+	}
 	op.Progress("creating disk")
 	disk, err := s.createDisk(ctx, &undo, vm, files.Disk, files.DiskFormat, requestedDisk)
 	if err != nil {
@@ -384,6 +407,13 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		QMPSocket:  filepath.Join(s.layout.VMRunDir(vm.ID), layout.QMPFile),
 		PIDFile:    filepath.Join(s.layout.VMRunDir(vm.ID), layout.QEMUPIDFile)}
 	s.followable(&spec)
+	restore := files.Restore
+	if restore != nil {
+		// The saved VM's kernel and initramfs are in its memory; QEMU
+		// loads them again and must find the same ones.
+		spec.Kernel, spec.Initrd, spec.Incoming = restore.Spec.Kernel, restore.Spec.Initrd, restore.State
+		dec = accelDecision{Accel: restore.Accel, Reason: "restored from a snapshot made under " + restore.Accel}
+	}
 	runDir := s.layout.VMRunDir(vm.ID)
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return vm, fmt.Errorf("create vm runtime folder: %w", err)
@@ -441,7 +471,9 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		})
 		vm.PID, vm.PIDStart, vm.SSHPort = inst.PID, inst.StartTime, spec.Net.SSHHostPort
 		vm.Accel, vm.AccelReason = dec.Accel, dec.Reason
-		vm.Config, _ = json.Marshal(spec)
+		recorded := spec
+		recorded.Incoming = "" // a later start boots
+		vm.Config, _ = json.Marshal(recorded)
 		vm.UpdatedAt = time.Now().UTC()
 		if err := s.store.UpdateVM(context.Background(), vm); err != nil {
 			return vm, fmt.Errorf("record vm %s: %w", vm.Name, err)
@@ -449,7 +481,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		if err := s.step("start process"); err != nil {
 			return vm, err
 		}
-		if dec.Accel != hypervisor.AccelKVM || waitConsoleOutput(ctx, spec.ConsoleLog, s.kvmStall, alive) {
+		if dec.Accel != hypervisor.AccelKVM || restore != nil || waitConsoleOutput(ctx, spec.ConsoleLog, s.kvmStall, alive) {
 			break
 		}
 		// Under KVM the guest prints within about a second; nothing at
@@ -475,8 +507,28 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	// QEMU's user-mode forward stalls while the guest is not up yet. The
 	// ready line names the agent's host key, which this dial must meet and
 	// every later one too (guests.go).
-	ready := waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
-	conn, err := s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, readyPin(s.log, vm.Name, ready), alive)
+	var conn guestConn
+	if restore != nil {
+		// The restored agent is the saved one, already listening: only
+		// it holds the saved key. It becomes this VM before anything
+		// else is asked of it, and takes a new key.
+		conn, err = s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, restoredPin(restore), alive)
+		var newKey ssh.PublicKey
+		if err == nil {
+			if newKey, err = makeNew(bootCtx, conn, vm); err != nil {
+				conn.Close()
+			}
+		}
+		if err == nil {
+			vm.AgentHostKey = authorizedKey(newKey)
+		}
+	} else {
+		ready := waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
+		conn, err = s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, readyPin(s.log, vm.Name, ready), alive)
+		if err == nil {
+			vm.AgentHostKey = authorizedKey(conn.HostKey())
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return vm, fmt.Errorf("boot %s cancelled: %w", vm.Name, ctx.Err())
@@ -485,7 +537,6 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		// a terminal before it goes into an error.
 		return vm, fmt.Errorf("vm %s did not boot: %w; last console lines:\n%s", vm.Name, err, termtext.Clean(consoleTail(spec.ConsoleLog, 15)))
 	}
-	vm.AgentHostKey = authorizedKey(conn.HostKey())
 	s.giveUserKeys(bootCtx, vm, conn)
 	s.guests.put(vm.ID, conn)
 	undo.add("guest connection", func() { s.guests.drop(vm.ID) })

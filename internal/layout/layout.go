@@ -36,6 +36,9 @@ const (
 	KernelsDir   = "kernels"
 	VMsDir       = "vms"
 	InitramfsDir = "initramfs"
+	SnapshotsDir = "snapshots" // one folder per snapshot, by ID
+	StateFile    = "state"     // a snapshot's saved memory and devices
+	SnapDiskFile = "disk.raw"  // a snapshot's disk, flattened
 )
 
 // The system daemon's runtime folder and socket: where a user without a
@@ -115,7 +118,10 @@ func (l Layout) KernelsDir() string   { return filepath.Join(l.State, KernelsDir
 func (l Layout) VMsDir() string       { return filepath.Join(l.State, VMsDir) }
 func (l Layout) RunVMsDir() string    { return filepath.Join(l.Runtime, VMsDir) }
 func (l Layout) InitramfsDir() string { return filepath.Join(l.State, InitramfsDir) }
-func (l Layout) WebToken() string     { return filepath.Join(l.Runtime, WebTokenFile) }
+
+// SnapshotDir is the folder of the snapshot with this ID.
+func (l Layout) SnapshotDir(id string) string { return filepath.Join(l.State, SnapshotsDir, id) }
+func (l Layout) WebToken() string             { return filepath.Join(l.Runtime, WebTokenFile) }
 
 // VMDir holds a VM's disk and console log; VMRunDir its sockets.
 func (l Layout) VMDir(id string) string    { return filepath.Join(l.VMsDir(), id) }

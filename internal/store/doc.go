@@ -26,6 +26,10 @@
 //	           indexes: operations(created_at), operations(finished_at)
 //	leases     (ip PK, vm_id UNIQUE REFERENCES vms(id) ON DELETE CASCADE,
 //	            mac, tap, created_at)   -- tap-mode guest addresses
+//	snapshots  (name PK, id UNIQUE, vm_name, image, image_id, kernel, cpus,
+//	            memory_mib, disk_bytes, net_mode, accel, hypervisor,
+//	            agent_host_key, config JSON, image_config JSON, created_at)
+//	           -- 0012: a VM's saved memory and disk, files in snapshots/<id>
 //
 // Conventions: every table is STRICT; times are INTEGER unix nanoseconds in
 // UTC with 0 meaning unset (only operations.finished_at is nullable); JSON

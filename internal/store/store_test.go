@@ -229,8 +229,8 @@ func TestMigration0001Schema(t *testing.T) {
 		rows.Scan(&n)
 		tables = append(tables, n)
 	}
-	// leases comes from 0002 (TestMigration0002Leases).
-	if want := []string{"images", "kernels", "leases", "operations", "vms"}; !reflect.DeepEqual(tables, want) {
+	// leases comes from 0002 (TestMigration0002Leases), snapshots from 0012.
+	if want := []string{"images", "kernels", "leases", "operations", "snapshots", "vms"}; !reflect.DeepEqual(tables, want) {
 		t.Errorf("tables = %v, want %v", tables, want)
 	}
 }
@@ -531,5 +531,38 @@ func TestMigration0008ImageMetadata(t *testing.T) {
 	}
 	if users, err := s.ImageUsers(ctx, "child"); err != nil || len(users) != 0 {
 		t.Fatalf("users of an unused image: %v %v", users, err)
+	}
+}
+
+// 0012: a snapshot round-trips; a taken name is a conflict; delete and
+// an unknown name are as for other rows.
+func TestMigration0012Snapshots(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	snap := Snapshot{Name: "s1", ID: "abc", VMName: "vm1", Image: "tiny", ImageID: "i1", Kernel: "k", CPUs: 1, MemoryMiB: 256,
+		DiskBytes: 1 << 30, NetMode: "user", Accel: "tcg", Hypervisor: "QEMU 7.2", AgentHostKey: "ssh-ed25519 AAAA",
+		Config: json.RawMessage(`{"ID":"x"}`), ImageConfig: ImageConfig{User: "app"}, CreatedAt: time.Unix(5, 0).UTC()}
+	if err := s.InsertSnapshot(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetSnapshot(ctx, "s1")
+	if err != nil || !reflect.DeepEqual(got, snap) {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	snap.ID = "def"
+	if err := s.InsertSnapshot(ctx, snap); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a taken name: %v", err)
+	}
+	if all, err := s.ListSnapshots(ctx); err != nil || len(all) != 1 {
+		t.Fatalf("list: %+v %v", all, err)
+	}
+	if err := s.DeleteSnapshot(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetSnapshot(ctx, "s1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+	if err := s.DeleteSnapshot(ctx, "s1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("delete again: %v", err)
 	}
 }

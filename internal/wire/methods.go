@@ -76,6 +76,10 @@ var (
 	SessionRun    = StreamMethod[SessionRunParams]{"session.run"}
 	SessionWait   = StreamMethod[SessionWaitParams]{"session.wait"}
 
+	SnapshotCreate = Method[SnapshotParams, Snapshot]{"snapshot.create"} // a VM's memory and disk at one moment (snapshot.go)
+	SnapshotList   = Method[None, []Snapshot]{"snapshot.list"}
+	SnapshotRemove = Method[SnapshotParams, None]{"snapshot.remove"}
+
 	PortAdd    = Method[PortParams, Port]{"port.add"}
 	PortRemove = Method[PortParams, None]{"port.remove"}
 	PortList   = Method[RefParams, []Port]{"port.list"}
@@ -101,6 +105,7 @@ var Methods = []MethodInfo{
 	SessionList.Info(), SessionCreate.Info(), SessionAttach.Info(), SessionSend.Info(),
 	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(), SessionRun.Info(), SessionWait.Info(),
 	PortAdd.Info(), PortRemove.Info(), PortList.Info(),
+	SnapshotCreate.Info(), SnapshotList.Info(), SnapshotRemove.Info(),
 	Events.Info(),
 	VMSSHProxy.Info(),
 }

@@ -296,6 +296,36 @@ type CreateVMParams struct {
 	// SSHKeys are the user's public keys, authorized_keys lines, that the
 	// VM's agent accepts beside the daemon's (ssh.go).
 	SSHKeys []string `json:"ssh_keys,omitempty"`
+	// Snapshot, when set, makes the VM from that snapshot: restored where
+	// the saved VM stopped (its memory, processes and sessions) on a copy
+	// of its disk, then made a machine of its own. Image, kernel, memory
+	// and vCPUs come from the snapshot; a snapshot that cannot be
+	// restored here (another hypervisor version or accelerator, memory or
+	// vCPUs asked otherwise) cold-boots its disk, and the operation says
+	// why.
+	Snapshot string `json:"snapshot,omitempty"`
+}
+
+// SnapshotParams names a snapshot (Name) and, to create one, its VM (Ref).
+type SnapshotParams struct {
+	Ref  string `json:"ref,omitempty"`
+	Name string `json:"name"`
+}
+
+// Snapshot is what snapshot create and ls return.
+type Snapshot struct {
+	Name       string    `json:"name"`
+	ID         string    `json:"id"`
+	VM         string    `json:"vm"`
+	Image      string    `json:"image"`
+	CPUs       int       `json:"cpus"`
+	MemoryMiB  int       `json:"memory_mib"`
+	DiskBytes  int64     `json:"disk_bytes"`
+	Net        string    `json:"net"`
+	Accel      string    `json:"accel"`
+	Hypervisor string    `json:"hypervisor"`
+	SizeBytes  int64     `json:"size_bytes"` // what its files take on disk
+	CreatedAt  time.Time `json:"created_at"`
 }
 
 type RefParams struct {

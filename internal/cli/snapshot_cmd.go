@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// snapshotCmd is `ember snapshot create|ls|rm`: a VM's memory and disk
+// saved at one moment; `ember create --snapshot NAME` makes VMs from it.
+func snapshotCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{Use: "snapshot", Short: "Save VMs' memory and disk at one moment, to make new VMs from (`ember create --snapshot`)"}
+	var createJSON bool
+	create := &cobra.Command{
+		Use:               "create VM NAME",
+		Short:             "Save a running or paused VM's memory and disk; it stops only while they are written",
+		ValidArgsFunction: completeArgs(e, false, vmNames),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			sn, err := client.Do(cmd.Context(), c, wire.SnapshotCreate, wire.SnapshotParams{Ref: args[0], Name: args[1]})
+			if err != nil {
+				return err
+			}
+			if createJSON {
+				return printJSON(e.stdout, sn)
+			}
+			_, err = fmt.Fprintln(e.stdout, sn.Name)
+			return err
+		},
+	}
+	create.Flags().BoolVar(&createJSON, "json", false, "print the snapshot as JSON")
+	var lsJSON bool
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List snapshots",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			all, err := client.Do(cmd.Context(), c, wire.SnapshotList, wire.None{})
+			if err != nil {
+				return err
+			}
+			if lsJSON {
+				return printJSON(e.stdout, all)
+			}
+			t := table(e.stdout)
+			fmt.Fprintln(t, "NAME\tVM\tIMAGE\tCPUS\tMEMORY\tSIZE\tCREATED")
+			for _, sn := range all {
+				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\n", sn.Name, sn.VM, sn.Image, sn.CPUs, sn.MemoryMiB, humanBytes(sn.SizeBytes), ago(sn.CreatedAt))
+			}
+			return t.Flush()
+		},
+	}
+	ls.Flags().BoolVar(&lsJSON, "json", false, "print a JSON array")
+	rm := &cobra.Command{
+		Use:   "rm NAME...",
+		Short: "Delete snapshots (refused while a VM's disk is made on one)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			for _, name := range args {
+				if _, err := client.Do(cmd.Context(), c, wire.SnapshotRemove, wire.SnapshotParams{Name: name}); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(create, ls, rm)
+	return cmd
+}

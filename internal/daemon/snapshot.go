@@ -1,0 +1,295 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// Snapshots (`ember snapshot create|ls|rm`, `ember create --snapshot`): a
+// VM's memory and devices (the hypervisor's StateSaver) and its disk
+// (flattened by the DiskFlattener) saved at one moment, with the VM
+// stopped only while both are written, in <state>/snapshots/<id>/. A
+// create from a snapshot makes its disk an overlay of the snapshot's disk
+// and starts the hypervisor from the saved state (restoreFrom in
+// bootFiles); the restored guest is the saved one, so before the VM is
+// handed out the daemon dials its agent pinning the saved agent's host
+// key (only that agent holds it) and asks it to become a new machine
+// (guest.Client.Reidentify: the host's clock, the VM's name as hostname,
+// fresh host entropy reseeding the kernel's generator, a new host key,
+// which is pinned from then on). A snapshot the hypervisor here cannot
+// restore (another version or accelerator, memory or vCPUs asked
+// otherwise) makes the create cold-boot the snapshot's disk, saying why.
+// Tap-mode VMs and VMs with shared folders are refused: their devices
+// (a MAC the guest keeps, vhost-user) do not move to a new process.
+
+// restoreFrom is what a boot restores from instead of booting.
+type restoreFrom struct {
+	State   string // the saved state file
+	Spec    hypervisor.Spec
+	Accel   string
+	HostKey ssh.PublicKey // the saved agent's
+}
+
+// registerSnapshots registers the snapshot methods (the VM service owns them).
+func (s *vmService) registerSnapshots(t methodTable) {
+	handle(t, wire.SnapshotCreate, s.createSnapshot)
+	handle(t, wire.SnapshotList, func(ctx context.Context, _ wire.None) ([]wire.Snapshot, error) { return s.listSnapshots(ctx) })
+	handle(t, wire.SnapshotRemove, s.removeSnapshot)
+}
+
+func (s *vmService) toWireSnapshot(sn store.Snapshot) wire.Snapshot {
+	w := wire.Snapshot{Name: sn.Name, ID: sn.ID, VM: sn.VMName, Image: sn.Image, CPUs: sn.CPUs, MemoryMiB: sn.MemoryMiB,
+		DiskBytes: sn.DiskBytes, Net: sn.NetMode, Accel: sn.Accel, Hypervisor: sn.Hypervisor, CreatedAt: sn.CreatedAt}
+	for _, f := range []string{layout.StateFile, layout.SnapDiskFile} {
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join(s.layout.SnapshotDir(sn.ID), f), &st) == nil {
+			w.SizeBytes += st.Blocks * 512
+		}
+	}
+	return w
+}
+
+func (s *vmService) listSnapshots(ctx context.Context) ([]wire.Snapshot, error) {
+	all, err := s.store.ListSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]wire.Snapshot, 0, len(all))
+	for _, sn := range all {
+		out = append(out, s.toWireSnapshot(sn))
+	}
+	return out, nil
+}
+
+// hypervisorVersion is the driver's version line, "" when it cannot say.
+func (s *vmService) hypervisorVersion(ctx context.Context) string {
+	if v, ok := s.driver.(hypervisor.Versioner); ok {
+		if line, err := v.Version(ctx); err == nil {
+			return line
+		}
+	}
+	return ""
+}
+
+// createSnapshot saves a running (or paused) VM's memory and disk. The VM
+// stops for the moment both are written and runs on after (a paused one
+// stays paused); a failure removes what was made and lets the VM run on.
+func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (_ wire.Snapshot, err error) {
+	if !layout.ValidName(p.Name) {
+		return wire.Snapshot{}, invalidf("snapshot name %q: use a DNS label (letters, digits, hyphens; at most 63)", p.Name)
+	}
+	saver, ok := s.driver.(hypervisor.StateSaver)
+	flattener, ok2 := s.driver.(hypervisor.DiskFlattener)
+	resumer, ok3 := s.driver.(hypervisor.Follower)
+	if !ok || !ok2 || !ok3 {
+		return wire.Snapshot{}, fmt.Errorf("snapshot: the %s driver cannot save vms: %w", s.driver.Name(), hypervisor.ErrUnsupported)
+	}
+	if _, err := s.store.GetSnapshot(ctx, p.Name); err == nil {
+		return wire.Snapshot{}, conflictf("a snapshot named %q already exists", p.Name)
+	}
+	vm, err := s.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
+		switch {
+		case transitional(vm.State):
+			return busy(vm)
+		case vm.State == wire.StatePaused && !userPaused(*vm):
+			return conflictf("vm %s is paused on a disk error: %s", vm.Name, vm.LastError)
+		case vm.State != wire.StateRunning && vm.State != wire.StatePaused:
+			return conflictf("vm %s is %s: only a running or paused vm can be snapshotted", vm.Name, vm.State)
+		}
+		return nil
+	})
+	if err != nil {
+		return wire.Snapshot{}, err
+	}
+	spec := specOf(vm)
+	switch {
+	case vm.NetMode == hypervisor.NetTAP:
+		return wire.Snapshot{}, conflictf("vm %s uses tap networking: snapshots of tap-mode vms are not supported yet", vm.Name)
+	case len(spec.Shares) > 0:
+		return wire.Snapshot{}, conflictf("vm %s has shared folders (--cap mount): their devices cannot be saved", vm.Name)
+	case vm.AgentHostKey == "":
+		return wire.Snapshot{}, conflictf("vm %s has no recorded agent host key; restart it first", vm.Name)
+	}
+	sn := store.Snapshot{Name: p.Name, ID: newID(), VMName: vm.Name, Image: vm.Image, Kernel: vm.Kernel,
+		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, NetMode: vm.NetMode, Accel: vm.Accel,
+		Hypervisor: s.hypervisorVersion(ctx), AgentHostKey: vm.AgentHostKey, Config: vm.Config, ImageConfig: vm.ImageConfig}
+	if img, ok, err := s.images.lookup(ctx, vm.Image); err == nil && ok {
+		sn.ImageID = img.ID
+	}
+	dir := s.layout.SnapshotDir(sn.ID)
+	var undo undoStack
+	defer undo.run()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return wire.Snapshot{}, fmt.Errorf("snapshot folder: %w", err)
+	}
+	undo.add("snapshot folder", func() { os.RemoveAll(dir) })
+	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
+	began := time.Now()
+	err = saver.SaveState(ctx, spec, inst, filepath.Join(dir, layout.StateFile))
+	if err == nil {
+		// The VM is stopped and its disk flushed: the disk as it is now
+		// goes with the saved memory.
+		_, err = flattener.FlattenDisk(ctx, spec.Disk, spec.DiskBacking, spec.DiskBackingFormat, filepath.Join(dir, layout.SnapDiskFile))
+	}
+	stopped := time.Since(began)
+	if vm.State == wire.StateRunning {
+		// Resume on every path: a failed save leaves the VM stopped.
+		if rerr := resumer.Resume(context.WithoutCancel(ctx), spec, inst); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("resume vm %s after the snapshot: %w", vm.Name, rerr))
+		}
+	}
+	if err != nil {
+		return wire.Snapshot{}, fmt.Errorf("snapshot vm %s: %w", vm.Name, err)
+	}
+	if err := s.store.InsertSnapshot(context.WithoutCancel(ctx), sn); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return wire.Snapshot{}, conflictf("a snapshot named %q already exists", p.Name)
+		}
+		return wire.Snapshot{}, err
+	}
+	undo.success()
+	s.log.Info("snapshot made", "vm", vm.Name, "snapshot", p.Name, "stopped", stopped.Round(time.Millisecond))
+	return s.toWireSnapshot(sn), nil
+}
+
+// removeSnapshot deletes a snapshot; refused while a VM's disk is made on
+// its disk copy.
+func (s *vmService) removeSnapshot(ctx context.Context, p wire.SnapshotParams) (wire.None, error) {
+	sn, err := s.store.GetSnapshot(ctx, p.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		return wire.None{}, notFoundf("no snapshot named %q", p.Name)
+	} else if err != nil {
+		return wire.None{}, err
+	}
+	disk := filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile)
+	vms, err := s.store.ListVMs(ctx)
+	if err != nil {
+		return wire.None{}, err
+	}
+	var users []string
+	for _, vm := range vms {
+		if specOf(vm).DiskBacking == disk {
+			users = append(users, vm.Name)
+		}
+	}
+	if len(users) > 0 {
+		return wire.None{}, conflictf("snapshot %s is in use: the disks of vms %s are made on it; delete them first", p.Name, strings.Join(users, ", "))
+	}
+	if err := s.store.DeleteSnapshot(ctx, p.Name); err != nil {
+		return wire.None{}, err
+	}
+	if err := os.RemoveAll(s.layout.SnapshotDir(sn.ID)); err != nil {
+		s.log.Warn("snapshot files left", "snapshot", p.Name, "err", err)
+	}
+	return wire.None{}, nil
+}
+
+// snapshotFor reads the snapshot a create names and fills in what the VM
+// takes from it: image, kernel, and memory and vCPUs unless asked. It
+// says whether the VM can be restored, and if not why (the create then
+// cold-boots the snapshot's disk).
+func (s *vmService) snapshotFor(ctx context.Context, p *wire.CreateVMParams) (store.Snapshot, string, error) {
+	sn, err := s.store.GetSnapshot(ctx, p.Snapshot)
+	if errors.Is(err, store.ErrNotFound) {
+		return sn, "", notFoundf("no snapshot named %q", p.Snapshot)
+	} else if err != nil {
+		return sn, "", err
+	}
+	if p.Image != "" && p.Image != sn.Image {
+		return sn, "", invalidf("snapshot %s is of image %s: --image %s cannot go with it", sn.Name, sn.Image, p.Image)
+	}
+	if p.Net != "" && p.Net != sn.NetMode {
+		return sn, "", invalidf("snapshot %s has %s networking: --net %s cannot go with it", sn.Name, sn.NetMode, p.Net)
+	}
+	img, ok, err := s.images.lookup(ctx, sn.Image)
+	if err != nil {
+		return sn, "", err
+	}
+	if !ok || (sn.ImageID != "" && img.ID != sn.ImageID) {
+		return sn, "", conflictf("snapshot %s was made of image %s, which was deleted or replaced since; `ember snapshot rm %s`", sn.Name, sn.Image, sn.Name)
+	}
+	p.Image, p.Kernel, p.Net = sn.Image, sn.Kernel, sn.NetMode
+	var why []string
+	if p.CPUs == nil {
+		p.CPUs = &sn.CPUs
+	} else if *p.CPUs != sn.CPUs {
+		why = append(why, fmt.Sprintf("%d vCPUs asked, the snapshot has %d", *p.CPUs, sn.CPUs))
+	}
+	if p.MemoryMiB == nil {
+		p.MemoryMiB = &sn.MemoryMiB
+	} else if *p.MemoryMiB != sn.MemoryMiB {
+		why = append(why, fmt.Sprintf("%d MiB of memory asked, the snapshot has %d MiB", *p.MemoryMiB, sn.MemoryMiB))
+	}
+	if v := s.hypervisorVersion(ctx); v != sn.Hypervisor {
+		why = append(why, fmt.Sprintf("the hypervisor is %q, the snapshot was made by %q", v, sn.Hypervisor))
+	}
+	return sn, strings.Join(why, "; "), nil
+}
+
+// restorePlan is how a create boots from sn: the saved state, unless
+// why says it cannot be restored here, or the accelerator differs, or a
+// file it needs is gone; then nil and why it cold-boots.
+func (s *vmService) restorePlan(ctx context.Context, sn store.Snapshot, files bootFiles, why string) (*restoreFrom, string) {
+	if why != "" {
+		return nil, why
+	}
+	spec := specOf(store.VM{Config: sn.Config})
+	if dec := s.boot.accelFor(ctx, files); dec.Accel != sn.Accel {
+		return nil, fmt.Sprintf("the accelerator is %s, the snapshot was made under %s", dec.Accel, sn.Accel)
+	}
+	for _, f := range []string{spec.Kernel, spec.Initrd} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Sprintf("the saved vm's kernel or initramfs %s is gone (a new ember builds a new initramfs)", f)
+		}
+	}
+	k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(sn.AgentHostKey))
+	if err != nil {
+		return nil, fmt.Sprintf("its agent host key does not parse: %v", err)
+	}
+	return &restoreFrom{State: filepath.Join(s.layout.SnapshotDir(sn.ID), layout.StateFile), Spec: spec, Accel: sn.Accel, HostKey: k}, ""
+}
+
+// reidentifier is the part of an agent connection that makes a restored
+// guest new (guest.Client).
+type reidentifier interface {
+	Reidentify(ctx context.Context, hostname string, now time.Time, entropy []byte) (ssh.PublicKey, error)
+}
+
+// makeNew asks the restored guest's agent, over conn (which met the saved
+// agent's key), to become vm: the host's clock, vm's name, fresh entropy,
+// a new host key, which it returns.
+func makeNew(ctx context.Context, conn guestConn, vm store.VM) (ssh.PublicKey, error) {
+	r, ok := conn.(reidentifier)
+	if !ok {
+		return nil, fmt.Errorf("vm %s: its agent connection cannot make a restored guest new", vm.Name)
+	}
+	entropy := make([]byte, 64)
+	if _, err := rand.Read(entropy); err != nil {
+		return nil, err
+	}
+	return r.Reidentify(ctx, vm.Name, time.Now(), entropy)
+}
+
+var _ reidentifier = (*guest.Client)(nil)
+
+// restoredPin is what the first dial of a restored VM must meet: the
+// saved agent's key.
+func restoredPin(r *restoreFrom) guest.HostKeyPin { return guest.HostKeyPin{Key: r.HostKey} }

@@ -1,0 +1,88 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Snapshot is a VM's memory and disk saved at one moment; see
+// migrations/0012_snapshots.sql.
+type Snapshot struct {
+	Name, ID     string
+	VMName       string // the VM it was taken of, by its name then
+	Image        string
+	ImageID      string // the image's ID then
+	Kernel       string
+	CPUs         int
+	MemoryMiB    int
+	DiskBytes    int64
+	NetMode      string
+	Accel        string
+	Hypervisor   string // the hypervisor's version line
+	AgentHostKey string // the saved agent's host key, authorized_keys form
+	Config       json.RawMessage
+	ImageConfig  ImageConfig
+	CreatedAt    time.Time // zero: now
+}
+
+const snapshotColumns = `name, id, vm_name, image, image_id, kernel, cpus, memory_mib, disk_bytes,
+	net_mode, accel, hypervisor, agent_host_key, config, image_config, created_at`
+
+func scanSnapshot(row scanner) (Snapshot, error) {
+	var s Snapshot
+	var created int64
+	var config string
+	var imageConfig sql.NullString
+	err := row.Scan(&s.Name, &s.ID, &s.VMName, &s.Image, &s.ImageID, &s.Kernel, &s.CPUs, &s.MemoryMiB, &s.DiskBytes,
+		&s.NetMode, &s.Accel, &s.Hypervisor, &s.AgentHostKey, &config, &imageConfig, &created)
+	if err != nil {
+		return s, err
+	}
+	s.Config, s.CreatedAt = json.RawMessage(config), fromNanos(created)
+	if imageConfig.Valid {
+		if err := json.Unmarshal([]byte(imageConfig.String), &s.ImageConfig); err != nil {
+			return s, fmt.Errorf("snapshot %s image config: %w", s.Name, err)
+		}
+	}
+	return s, nil
+}
+
+// InsertSnapshot adds a snapshot; a taken name or ID is ErrConflict.
+func (o *ops) InsertSnapshot(ctx context.Context, s Snapshot) error {
+	ic, err := imageConfigArg("snapshot "+s.Name, s.ImageConfig)
+	if err != nil {
+		return err
+	}
+	if !json.Valid(s.Config) {
+		return fmt.Errorf("snapshot %s: its config is not JSON", s.Name)
+	}
+	_, err = o.w.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		s.Name, s.ID, s.VMName, s.Image, s.ImageID, s.Kernel, s.CPUs, s.MemoryMiB, s.DiskBytes,
+		s.NetMode, s.Accel, s.Hypervisor, s.AgentHostKey, string(s.Config), ic, toNanos(orNow(s.CreatedAt, o.now())))
+	if isConstraint(err) {
+		return fmt.Errorf("snapshot %q: name already in use: %w", s.Name, ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("insert snapshot %q: %w", s.Name, err)
+	}
+	return nil
+}
+
+// GetSnapshot returns the snapshot named name.
+func (o *ops) GetSnapshot(ctx context.Context, name string) (Snapshot, error) {
+	return queryOne(ctx, o.r, fmt.Sprintf("snapshot %q", name), scanSnapshot,
+		`SELECT `+snapshotColumns+` FROM snapshots WHERE name = ?`, name)
+}
+
+// ListSnapshots returns every snapshot, oldest first.
+func (o *ops) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
+	return queryAll(ctx, o.r, "snapshots", scanSnapshot, `SELECT `+snapshotColumns+` FROM snapshots ORDER BY created_at, name`)
+}
+
+// DeleteSnapshot removes the snapshot named name; unknown is ErrNotFound.
+func (o *ops) DeleteSnapshot(ctx context.Context, name string) error {
+	return execOne(ctx, o.w, fmt.Sprintf("delete snapshot %q", name), `DELETE FROM snapshots WHERE name = ?`, name)
+}

@@ -1,0 +1,99 @@
+package e2e
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A VM with a file written and a session running is snapshotted (and
+// runs on); two VMs made from the snapshot have the file and the
+// session's scrollback, the session takes input, and each is a machine
+// of its own: its own hostname, host key and random bytes, its clock
+// the host's. A create asking other memory boots the snapshot's disk
+// instead and says why; a snapshot in use cannot be removed.
+func TestSnapshotRestoreRealVM(t *testing.T) {
+	e := newEnv(t)
+	e.must("create", "orig")
+	e.must("exec", "orig", "--", "sh", "-c", "echo kept-data > /root/file && sync")
+	e.must("session", "new", "orig", "s1")
+	e.must("session", "send", "orig", "s1", "echo before-snapshot-marker", "--enter")
+	e.must("session", "wait", "orig", "s1", "--for", "before-snapshot-marker\\s", "--timeout", "60s")
+
+	e.must("snapshot", "create", "orig", "snap1")
+	if out := e.must("snapshot", "ls"); !strings.Contains(out, "snap1") || !strings.Contains(out, "orig") {
+		t.Fatalf("snapshot ls:\n%s", out)
+	}
+	// The saved VM runs on.
+	if out := e.must("exec", "orig", "--", "cat", "/root/file"); strings.TrimSpace(out) != "kept-data" {
+		t.Fatalf("the snapshotted vm: %q", out)
+	}
+
+	keys := map[string]string{}
+	rand := map[string]string{}
+	for _, name := range []string{"copy1", "copy2"} {
+		start := time.Now()
+		e.must("create", "--snapshot", "snap1", name)
+		t.Logf("create --snapshot %s: %v", name, time.Since(start).Round(time.Millisecond))
+		rand[name] = e.must("exec", name, "--", "sh", "-c", "head -c 16 /dev/urandom | od -x")
+		if out := e.must("exec", name, "--", "cat", "/root/file"); strings.TrimSpace(out) != "kept-data" {
+			t.Fatalf("%s: the file: %q", name, out)
+		}
+		if out := e.must("exec", name, "--", "hostname"); strings.TrimSpace(out) != name {
+			t.Fatalf("%s: hostname %q", name, out)
+		}
+		out := e.must("exec", name, "--", "date", "+%s")
+		guest, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+		if err != nil {
+			t.Fatalf("%s: date: %q", name, out)
+		}
+		if d := time.Now().Unix() - guest; d < -2 || d > 5 {
+			t.Errorf("%s: the guest clock is %d s off the host's", name, d)
+		}
+		if got := e.must("session", "read", "orig", "s1"); !strings.Contains(got, "before-snapshot-marker") {
+			t.Fatalf("orig's session: %q", got)
+		}
+		if got := e.must("session", "read", name, "s1"); !strings.Contains(got, "before-snapshot-marker") {
+			t.Fatalf("%s: the session's scrollback: %q", name, got)
+		}
+		e.must("session", "send", name, "s1", "echo after-restore-"+name, "--enter")
+		e.must("session", "wait", name, "s1", "--for", "after-restore-"+name+"\\s", "--timeout", "60s")
+		keys[name] = e.inspect(name).HostKey
+	}
+	orig := e.inspect("orig").HostKey
+	if keys["copy1"] == "" || keys["copy1"] == keys["copy2"] || keys["copy1"] == orig || keys["copy2"] == orig {
+		t.Fatalf("host keys: orig %q, copy1 %q, copy2 %q", orig, keys["copy1"], keys["copy2"])
+	}
+	if rand["copy1"] == rand["copy2"] {
+		t.Fatalf("two restored vms read the same random bytes: %q", rand["copy1"])
+	}
+	e.must("exec", "copy1", "--", "true") // a fresh dial meets the new host key
+
+	// Other memory: the disk boots, and the operation said why.
+	out, errOut, code := e.run("create", "--snapshot", "snap1", "--memory", "320", "cold")
+	if code != 0 {
+		t.Fatalf("create --snapshot with other memory: exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(out+errOut, "cannot be restored here") && !strings.Contains(e.log.String(), "create from a snapshot boots its disk instead") {
+		t.Errorf("no reason for the cold boot: %s%s", out, errOut)
+	}
+	if got := e.must("exec", "cold", "--", "cat", "/root/file"); strings.TrimSpace(got) != "kept-data" {
+		t.Fatalf("the cold-booted copy: %q", got)
+	}
+	if vm := e.inspect("cold"); vm.MemoryMiB != 320 {
+		t.Fatalf("cold: %+v", vm)
+	}
+
+	if _, errOut, code := e.run("snapshot", "rm", "snap1"); code != 4 || !strings.Contains(errOut, "in use") {
+		t.Fatalf("rm of a snapshot in use: exit %d: %s", code, errOut)
+	}
+	if _, errOut, code := e.run("create", "--snapshot", "nope", "x"); code != 3 {
+		t.Fatalf("create from a missing snapshot: exit %d: %s", code, errOut)
+	}
+	e.must("rm", "-f", "copy1", "copy2", "cold", "orig")
+	e.must("snapshot", "rm", "snap1")
+	if out := e.must("snapshot", "ls"); strings.Contains(out, "snap1") {
+		t.Fatalf("after rm: %s", out)
+	}
+}
