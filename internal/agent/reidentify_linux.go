@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Linux random ioctls (linux/random.h): RNDADDENTROPY = _IOW('R', 0x03,
+// Linux random ioctls (the kernel's uapi header linux/random, include/uapi): RNDADDENTROPY = _IOW('R', 0x03,
 // int[2]), RNDRESEEDCRNG = _IO('R', 0x07).
 const (
 	ioctlRNDADDENTROPY  = 0x40085203
