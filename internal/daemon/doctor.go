@@ -13,7 +13,6 @@ import (
 	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/hypervisor/qemu"
-	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
@@ -35,7 +34,9 @@ func fail(name, detail, fix string) Check {
 	return Check{Name: name, Status: "fail", Detail: detail, Fix: fix}
 }
 
-// Doctor diagnoses the host for the layout at home. It needs no daemon.
+// Doctor diagnoses the host for the layout at home, each check with the
+// exact fix when it does not pass. It needs no daemon; with one up it
+// also says that it answers (and what it decided, e.g. the accelerator).
 func Doctor(ctx context.Context, home string) []Check {
 	var out []Check
 	lay, err := layout.Resolve(home)
@@ -47,6 +48,7 @@ func Doctor(ctx context.Context, home string) []Check {
 		out = append(out, fail("qemu", err.Error(), qemuFix(root)))
 	} else {
 		out = append(out, pass("qemu", drv.Binary()))
+		out = append(out, qemuMachineCheck(ctx, drv, root))
 		out = append(out, accelCheck(ctx, lay, drv))
 		out = append(out, sandboxCheck(lay, hostSandboxEnv()))
 	}
@@ -54,8 +56,8 @@ func Doctor(ctx context.Context, home string) []Check {
 	out = append(out, toolChecks(daemonTools(), hosttools.Finder{}.FindTool, root)...)
 	out = append(out, kernelCheck(ctx, lay))
 	out = append(out, netChecks(ctx, lay, root)...)
-	out = append(out, diskCheck(lay))
-	out = append(out, storeCheck(ctx, lay))
+	out = append(out, diskCheck(lay), memoryCheck())
+	out = append(out, storeCheck(ctx, lay), pidFileCheck(lay), orphanCheck(ctx, lay))
 	sockets := socketCheck(lay)
 	out = append(out, sockets)
 	if sockets.Status == "fail" {
@@ -64,16 +66,6 @@ func Doctor(ctx context.Context, home string) []Check {
 		out = append(out, daemonCheck(lay))
 	}
 	return out
-}
-
-func kernelCheck(ctx context.Context, lay layout.Layout) Check {
-	if ks, err := kernel.List(lay.KernelsDir()); err == nil && len(ks) > 0 {
-		return pass("kernel", fmt.Sprintf("%s (%s)", ks[0].Name, ks[0].Release))
-	}
-	if k, err := kernel.Host(); err == nil {
-		return pass("kernel", "host kernel "+k.Release)
-	}
-	return warn("kernel", "no guest kernel yet", "run `ember kernel fetch` (the first create also fetches Debian's cloud kernel)")
 }
 
 func diskCheck(lay layout.Layout) Check {

@@ -89,7 +89,9 @@ func tapOffChecks(lay layout.Layout, root bool) []Check {
 	if !root {
 		tap.Detail = "off: VMs use user-mode networking (tap networking needs a daemon running as root)"
 	}
-	return []Check{capc, tun, tap}
+	nft := pass("nftables", notNeeded)
+	dns := pass("dns port", notNeeded+" (VM DNS listens on the bridge)")
+	return []Check{capc, tun, tap, nft, dns}
 }
 
 // hasCapNetAdmin reports why this process lacks CAP_NET_ADMIN, or nil.

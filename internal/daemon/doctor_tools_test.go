@@ -98,7 +98,7 @@ func TestTapOffChecksTellTheTruth(t *testing.T) {
 				t.Errorf("root=%v: %s: %q / %q", root, c.Name, c.Detail, c.Fix)
 			}
 		}
-		if names != "cap_net_admin tun tap " {
+		if names != "cap_net_admin tun tap nftables dns port " {
 			t.Errorf("root=%v: checks %s", root, names)
 		}
 	}

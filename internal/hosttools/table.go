@@ -57,8 +57,8 @@ var table = []Tool{
 		Use: "fetches the dashboard's terminal (xterm.js) by its lock file in make build, and playwright-core for the browser tests"},
 
 	// make fresh-check.
-	{Binary: "mount", Package: "mount", Needs: []Purpose{FreshCheck},
-		Use: "mounts /proc, /dev and /tmp in the fresh root"},
+	{Binary: "mount", Package: "mount", Needs: []Purpose{Test, FreshCheck},
+		Use: "mounts /proc, /dev and /tmp in the fresh root; hides QEMU in a private mount namespace (the doctor test)"},
 
 	// Build tools every machine ember is built on has.
 	{Binary: "go", Base: true, Use: "builds ember and runs its tests (install Go from https://go.dev/dl)"},

@@ -103,26 +103,27 @@ func (s *Store) Close() error {
 	return errors.Join(s.rdb.Close(), s.wdb.Close())
 }
 
-// Check runs SQLite's integrity quick_check and a foreign key check, for
-// `ember doctor`. It returns nil when the database is healthy.
+// Check runs SQLite's full integrity_check (indexes against their tables
+// too, which quick_check skips) and a foreign key check, for `ember
+// doctor`. It returns nil when the database is healthy.
 func (s *Store) Check(ctx context.Context) error {
-	rows, err := s.rdb.QueryContext(ctx, "PRAGMA quick_check")
+	rows, err := s.rdb.QueryContext(ctx, "PRAGMA integrity_check")
 	if err != nil {
-		return fmt.Errorf("store quick_check: %w", err)
+		return fmt.Errorf("store integrity_check: %w", err)
 	}
 	var problems []string
 	for rows.Next() {
 		var line string
 		if err := rows.Scan(&line); err != nil {
 			rows.Close()
-			return fmt.Errorf("store quick_check: %w", err)
+			return fmt.Errorf("store integrity_check: %w", err)
 		}
 		if line != "ok" {
 			problems = append(problems, line)
 		}
 	}
 	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-		return fmt.Errorf("store quick_check: %w", err)
+		return fmt.Errorf("store integrity_check: %w", err)
 	}
 	rows, err = s.rdb.QueryContext(ctx, "PRAGMA foreign_key_check")
 	if err != nil {

@@ -192,6 +192,9 @@ func checkDoctor(t *testing.T, e *env) {
 			t.Errorf("check %s has status %q", c.Name, c.Status)
 		}
 		got[c.Name] = c.Status
+		if c.Status == "fail" {
+			t.Errorf("doctor %s fails on this host: %s (fix %s)", c.Name, c.Detail, c.Fix)
+		}
 	}
 	for _, name := range []string{"qemu", "qemu-img", "mkfs.ext4", "debugfs", "busybox", "kernel", "store", "daemon"} {
 		if got[name] != "pass" {

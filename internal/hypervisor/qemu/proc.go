@@ -139,3 +139,17 @@ func readPIDFile(path string) (int, error) {
 	}
 	return pid, nil
 }
+
+// ProcessesWithArg lists the live QEMU processes, of any daemon or none,
+// with an argument containing sub (doctor's orphan check), and each one's
+// command line, arguments joined by spaces.
+func ProcessesWithArg(sub string) map[int]string {
+	out := map[int]string{}
+	for _, inst := range findByArg(sub) {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(inst.PID), "cmdline"))
+		if err == nil {
+			out[inst.PID] = strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")
+		}
+	}
+	return out
+}
