@@ -60,6 +60,8 @@ func main() {
 		err = runPromote(*runs, *out)
 	case *memoryOnly:
 		err = runMemory(*runs, *out)
+	case *snapshotOnly:
+		err = runSnapshot(*runs, *out)
 	case *imagesOnly:
 		err = runImages(*runs, *out)
 	case *buildOnly:
