@@ -123,6 +123,8 @@ try {
   await page.waitForSelector('tr[data-vm="web2"] td.state-running', { timeout });
   await page.click('nav a[data-page="operations"]');
   await page.waitForSelector('#ops tr:has(td:text-is("web2")) td.state-succeeded', { timeout });
+  await page.click('#ops tr:has(td:text-is("web2")) button[data-action="log"]');
+  await page.waitForSelector('#oplog:not([hidden]) h3:has-text("web2")', { timeout });
   await page.screenshot({ path: join(shots, 'operations.png'), fullPage: true });
   const v2 = JSON.parse(ember('ls', '--json')).find((v) => v.name === 'web2');
   if (!v2 || v2.state !== 'running') throw new Error('ember ls after a create from the page: ' + JSON.stringify(v2));

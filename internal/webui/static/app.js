@@ -250,7 +250,10 @@ function followOp(o) {
       if (snap.progress) box.querySelector('h3').textContent = o.kind + ' ' + o.target + ': ' + (snap.error || snap.progress);
       pre.scrollTop = pre.scrollHeight;
     },
-    end: (exit, err) => { if (err) pre.textContent += '\n[' + err.message + ']\n'; },
+    end: (exit, err) => {
+      if (err) pre.textContent += '\n[' + err.message + ']\n';
+      else if (!pre.textContent) pre.textContent = '(no log: only image builds and imports keep one)';
+    },
   });
 }
 
