@@ -167,7 +167,7 @@ func newRoot(e *env) *cobra.Command {
 	root.AddCommand(daemonCmd(e), doctorCmd(e), createCmd(e), lsCmd(e), inspectCmd(e),
 		startCmd(e), stopCmd(e), restartCmd(e), rmCmd(e), execCmd(e), logsCmd(e), cpCmd(e),
 		opCmd(e), imageCmd(e), kernelCmd(e), versionCmd(e))
-	root.AddCommand(shellCmd(e), sessionCmd(e), portCmd(e), webCmd(e), pauseCmd(e), resumeCmd(e), eventsCmd(e), sshCmd(e), sshConfigCmd(e), sshProxyCmd(e), snapshotCmd(e))
+	root.AddCommand(shellCmd(e), sessionCmd(e), portCmd(e), webCmd(e), pauseCmd(e), resumeCmd(e), eventsCmd(e), sshCmd(e), sshConfigCmd(e), sshProxyCmd(e), snapshotCmd(e), restoreCmd(e))
 	setUsage(root)
 	return root
 }

@@ -79,3 +79,30 @@ func snapshotCmd(e *env) *cobra.Command {
 	cmd.AddCommand(create, ls, rm)
 	return cmd
 }
+
+// restoreCmd is `ember restore VM NAME`: the VM put back to a snapshot.
+func restoreCmd(e *env) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:               "restore VM NAME",
+		Short:             "Put a VM back to a snapshot of the same image, memory and CPUs: it runs on from there as itself (its disk replaced)",
+		ValidArgsFunction: completeArgs(e, false, vmNames),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			vm, err := client.Do(cmd.Context(), c, wire.VMRestore, wire.SnapshotParams{Ref: args[0], Name: args[1]})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(e.stdout, vm)
+			}
+			_, err = fmt.Fprintln(e.stdout, vm.Name)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}

@@ -43,6 +43,7 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return unary(wire.SnapshotCreate) },
 		func() (string, paramDecoder) { return unary(wire.SnapshotList) },
 		func() (string, paramDecoder) { return unary(wire.SnapshotRemove) },
+		func() (string, paramDecoder) { return unary(wire.VMRestore) },
 		func() (string, paramDecoder) { return stream(wire.VMExec) },
 		func() (string, paramDecoder) { return stream(wire.VMLogs) },
 		func() (string, paramDecoder) { return stream(wire.VMCopyIn) },

@@ -50,6 +50,7 @@ func (s *vmService) registerSnapshots(t methodTable) {
 	handle(t, wire.SnapshotCreate, s.createSnapshot)
 	handle(t, wire.SnapshotList, func(ctx context.Context, _ wire.None) ([]wire.Snapshot, error) { return s.listSnapshots(ctx) })
 	handle(t, wire.SnapshotRemove, s.removeSnapshot)
+	handle(t, wire.VMRestore, s.restoreVM)
 }
 
 func (s *vmService) toWireSnapshot(sn store.Snapshot) wire.Snapshot {
@@ -293,3 +294,81 @@ var _ reidentifier = (*guest.Client)(nil)
 // restoredPin is what the first dial of a restored VM must meet: the
 // saved agent's key.
 func restoredPin(r *restoreFrom) guest.HostKeyPin { return guest.HostKeyPin{Key: r.HostKey} }
+
+// restoreVM puts a VM back to a snapshot (ember restore VM NAME): its
+// process is ended, its disk replaced by an overlay on the snapshot's
+// disk, and it runs on from the saved state as itself (its name, the
+// host's clock, a new host key, fresh entropy). The snapshot must have
+// the VM's image, memory and vCPUs and be restorable here; otherwise
+// nothing changes. The old disk is kept aside until the restored VM
+// answers, and put back if it does not (the VM is then stopped).
+func (s *vmService) restoreVM(ctx context.Context, p wire.SnapshotParams) (_ wire.VM, err error) {
+	sn, err := s.store.GetSnapshot(ctx, p.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		return wire.VM{}, notFoundf("no snapshot named %q", p.Name)
+	} else if err != nil {
+		return wire.VM{}, err
+	}
+	target, err := s.resolveRef(ctx, p.Ref)
+	if err != nil {
+		return wire.VM{}, err
+	}
+	cp := wire.CreateVMParams{Snapshot: sn.Name, Image: target.Image, Net: target.NetMode, CPUs: &target.CPUs, MemoryMiB: &target.MemoryMiB}
+	if _, why, err := s.snapshotFor(ctx, &cp); err != nil {
+		return wire.VM{}, err
+	} else if why != "" {
+		return wire.VM{}, conflictf("vm %s cannot be restored to snapshot %s: %s", target.Name, sn.Name, why)
+	}
+	files, err := s.boot.prepare(ctx, bootRequest{Image: sn.Image, Kernel: sn.Kernel, Progress: func(string) {}})
+	if err != nil {
+		return wire.VM{}, fmt.Errorf("restore %s: %w", target.Name, err)
+	}
+	files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile), store.FormatRaw
+	var why string
+	if files.Restore, why = s.restorePlan(ctx, sn, files, ""); files.Restore == nil {
+		return wire.VM{}, conflictf("vm %s cannot be restored to snapshot %s: %s", target.Name, sn.Name, why)
+	}
+	prev, err := s.withVMLockByID(ctx, target.ID, func(vm *store.VM) error {
+		if transitional(vm.State) {
+			return busy(vm)
+		}
+		vm.State, vm.UpdatedAt = wire.StateStarting, time.Now().UTC()
+		return s.store.UpdateVM(ctx, *vm)
+	})
+	if err != nil {
+		return wire.VM{}, err
+	}
+	if prev.PID != 0 && s.driver.Alive(hypervisor.Instance{PID: prev.PID, StartTime: prev.PIDStart}) {
+		s.shutdown(ctx, prev, true, 0)
+	}
+	var undo undoStack
+	defer undo.run()
+	id := prev.ID
+	undo.add("starting state", func() { s.settle(id, wire.StateStopped, err) })
+	disk := filepath.Join(s.layout.VMDir(id), layout.DiskFile)
+	aside := disk + ".before-restore"
+	if err := os.Rename(disk, aside); err != nil {
+		return wire.VM{}, fmt.Errorf("restore %s: %w", prev.Name, err)
+	}
+	undo.add("old disk", func() {
+		os.Remove(disk)
+		_ = os.Rename(aside, disk)
+		_, _ = s.withVMLockByID(context.Background(), id, func(v *store.VM) error {
+			v.Config = prev.Config // its old disk's chain
+			return s.store.UpdateVM(context.Background(), *v)
+		})
+	})
+	if err := s.driver.CreateDisk(ctx, files.Disk, files.DiskFormat, disk, 0); err != nil {
+		return wire.VM{}, fmt.Errorf("restore %s: %w", prev.Name, err)
+	}
+	vm := prev
+	vm.Config = nil // the disk's chain is the snapshot's now
+	vm, err = s.bootVM(ctx, &undo, vm, files, disk, false, func(string) {})
+	if err != nil {
+		return wire.VM{}, err
+	}
+	undo.success()
+	os.Remove(aside)
+	s.log.Info("vm restored", "vm", vm.Name, "snapshot", sn.Name)
+	return s.toWireVM(vm), nil
+}

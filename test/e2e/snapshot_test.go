@@ -91,6 +91,27 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 	if _, errOut, code := e.run("create", "--snapshot", "nope", "x"); code != 3 {
 		t.Fatalf("create from a missing snapshot: exit %d: %s", code, errOut)
 	}
+	// ember restore: orig goes back to the snapshot, as itself.
+	e.must("exec", "orig", "--", "sh", "-c", "echo changed > /root/file && sync")
+	before := e.inspect("orig")
+	e.must("restore", "orig", "snap1")
+	after := e.inspect("orig")
+	if after.State != "running" || after.PID == before.PID || after.HostKey == before.HostKey || after.ID != before.ID {
+		t.Fatalf("restore: before %+v, after %+v", before, after)
+	}
+	if out := e.must("exec", "orig", "--", "cat", "/root/file"); strings.TrimSpace(out) != "kept-data" {
+		t.Fatalf("after restore, the file: %q", out)
+	}
+	if out := e.must("exec", "orig", "--", "hostname"); strings.TrimSpace(out) != "orig" {
+		t.Fatalf("after restore, hostname %q", out)
+	}
+	if got := e.must("session", "read", "orig", "s1"); !strings.Contains(got, "before-snapshot-marker") {
+		t.Fatalf("after restore, the session: %q", got)
+	}
+	if _, errOut, code := e.run("restore", "cold", "snap1"); code != 4 || !strings.Contains(errOut, "cannot be restored") {
+		t.Fatalf("restore of a vm with other memory: exit %d: %s", code, errOut)
+	}
+
 	e.must("rm", "-f", "copy1", "copy2", "cold", "orig")
 	e.must("snapshot", "rm", "snap1")
 	if out := e.must("snapshot", "ls"); strings.Contains(out, "snap1") {
