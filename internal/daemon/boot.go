@@ -39,6 +39,9 @@ type bootFiles struct {
 	// Restore, when set, starts the VM from a snapshot's saved state
 	// instead of booting it (snapshot.go).
 	Restore *restoreFrom
+	// SaveWarm, when set, is the name under which the boot saves a
+	// snapshot of the guest as soon as its agent answers (warm images).
+	SaveWarm string
 }
 
 // bootService owns the inputs of a boot: guest kernels (kernel.* methods,

@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -72,6 +74,9 @@ func (s *vmService) listSnapshots(ctx context.Context) ([]wire.Snapshot, error) 
 	}
 	out := make([]wire.Snapshot, 0, len(all))
 	for _, sn := range all {
+		if strings.HasPrefix(sn.Name, warmPrefix) {
+			continue // an image's warm snapshot, not the user's
+		}
 		out = append(out, s.toWireSnapshot(sn))
 	}
 	return out, nil
@@ -94,10 +99,7 @@ func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (
 	if !layout.ValidName(p.Name) {
 		return wire.Snapshot{}, invalidf("snapshot name %q: use a DNS label (letters, digits, hyphens; at most 63)", p.Name)
 	}
-	saver, ok := s.driver.(hypervisor.StateSaver)
-	flattener, ok2 := s.driver.(hypervisor.DiskFlattener)
-	resumer, ok3 := s.driver.(hypervisor.Follower)
-	if !ok || !ok2 || !ok3 {
+	if !s.canSave() {
 		return wire.Snapshot{}, fmt.Errorf("snapshot: the %s driver cannot save vms: %w", s.driver.Name(), hypervisor.ErrUnsupported)
 	}
 	if _, err := s.store.GetSnapshot(ctx, p.Name); err == nil {
@@ -117,16 +119,40 @@ func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (
 	if err != nil {
 		return wire.Snapshot{}, err
 	}
+	sn, err := s.saveSnapshot(ctx, vm, p.Name, vm.State == wire.StateRunning)
+	if err != nil {
+		return wire.Snapshot{}, err
+	}
+	return s.toWireSnapshot(sn), nil
+}
+
+// canSave reports whether the driver can make snapshots.
+func (s *vmService) canSave() bool {
+	_, ok := s.driver.(hypervisor.StateSaver)
+	_, ok2 := s.driver.(hypervisor.DiskFlattener)
+	_, ok3 := s.driver.(hypervisor.Follower)
+	return ok && ok2 && ok3
+}
+
+// saveSnapshot saves vm's running process as snapshot name: the VM stops
+// while its state and disk are written and runs on after when resume.
+func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, resume bool) (_ store.Snapshot, err error) {
+	saver, _ := s.driver.(hypervisor.StateSaver)
+	flattener, _ := s.driver.(hypervisor.DiskFlattener)
+	resumer, _ := s.driver.(hypervisor.Follower)
+	if saver == nil || flattener == nil || resumer == nil {
+		return store.Snapshot{}, fmt.Errorf("snapshot: the %s driver cannot save vms: %w", s.driver.Name(), hypervisor.ErrUnsupported)
+	}
 	spec := specOf(vm)
 	switch {
 	case vm.NetMode == hypervisor.NetTAP:
-		return wire.Snapshot{}, conflictf("vm %s uses tap networking: snapshots of tap-mode vms are not supported yet", vm.Name)
+		return store.Snapshot{}, conflictf("vm %s uses tap networking: snapshots of tap-mode vms are not supported yet", vm.Name)
 	case len(spec.Shares) > 0:
-		return wire.Snapshot{}, conflictf("vm %s has shared folders (--cap mount): their devices cannot be saved", vm.Name)
+		return store.Snapshot{}, conflictf("vm %s has shared folders (--cap mount): their devices cannot be saved", vm.Name)
 	case vm.AgentHostKey == "":
-		return wire.Snapshot{}, conflictf("vm %s has no recorded agent host key; restart it first", vm.Name)
+		return store.Snapshot{}, conflictf("vm %s has no recorded agent host key; restart it first", vm.Name)
 	}
-	sn := store.Snapshot{Name: p.Name, ID: newID(), VMName: vm.Name, Image: vm.Image, Kernel: vm.Kernel,
+	sn := store.Snapshot{Name: name, ID: newID(), VMName: vm.Name, Image: vm.Image, Kernel: vm.Kernel,
 		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, NetMode: vm.NetMode, Accel: vm.Accel,
 		Hypervisor: s.hypervisorVersion(ctx), AgentHostKey: vm.AgentHostKey, Config: vm.Config, ImageConfig: vm.ImageConfig}
 	if img, ok, err := s.images.lookup(ctx, vm.Image); err == nil && ok {
@@ -136,7 +162,7 @@ func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (
 	var undo undoStack
 	defer undo.run()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return wire.Snapshot{}, fmt.Errorf("snapshot folder: %w", err)
+		return store.Snapshot{}, fmt.Errorf("snapshot folder: %w", err)
 	}
 	undo.add("snapshot folder", func() { os.RemoveAll(dir) })
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
@@ -148,24 +174,24 @@ func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (
 		_, err = flattener.FlattenDisk(ctx, spec.Disk, spec.DiskBacking, spec.DiskBackingFormat, filepath.Join(dir, layout.SnapDiskFile))
 	}
 	stopped := time.Since(began)
-	if vm.State == wire.StateRunning {
+	if resume {
 		// Resume on every path: a failed save leaves the VM stopped.
 		if rerr := resumer.Resume(context.WithoutCancel(ctx), spec, inst); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("resume vm %s after the snapshot: %w", vm.Name, rerr))
 		}
 	}
 	if err != nil {
-		return wire.Snapshot{}, fmt.Errorf("snapshot vm %s: %w", vm.Name, err)
+		return store.Snapshot{}, fmt.Errorf("snapshot vm %s: %w", vm.Name, err)
 	}
 	if err := s.store.InsertSnapshot(context.WithoutCancel(ctx), sn); err != nil {
 		if errors.Is(err, store.ErrConflict) {
-			return wire.Snapshot{}, conflictf("a snapshot named %q already exists", p.Name)
+			return store.Snapshot{}, conflictf("a snapshot named %q already exists", name)
 		}
-		return wire.Snapshot{}, err
+		return store.Snapshot{}, err
 	}
 	undo.success()
-	s.log.Info("snapshot made", "vm", vm.Name, "snapshot", p.Name, "stopped", stopped.Round(time.Millisecond))
-	return s.toWireSnapshot(sn), nil
+	s.log.Info("snapshot made", "vm", vm.Name, "snapshot", name, "stopped", stopped.Round(time.Millisecond))
+	return sn, nil
 }
 
 // removeSnapshot deletes a snapshot; refused while a VM's disk is made on
@@ -371,4 +397,56 @@ func (s *vmService) restoreVM(ctx context.Context, p wire.SnapshotParams) (_ wir
 	os.Remove(aside)
 	s.log.Info("vm restored", "vm", vm.Name, "snapshot", sn.Name)
 	return s.toWireVM(vm), nil
+}
+
+// Warm images (config warm_images): the first create of an image, with a
+// given memory and vCPU count, saves a snapshot of the guest as soon as
+// its agent answers, before anything of that VM's own goes in (user
+// keys, capabilities); later creates of the same shape restore it
+// instead of booting, each made a new machine. Its name (warmName, not a
+// valid user name, so `snapshot ls` leaves it out) hashes everything the
+// saved guest depends on: the image's ID, the kernel and initramfs files
+// (whose names carry the agent's and modules' hash), memory, vCPUs,
+// accelerator and hypervisor version; a change of any makes a new one.
+// Only user-mode VMs without capabilities or a disk size of their own.
+
+// warmPrefix starts every warm snapshot's name.
+const warmPrefix = ".warm-"
+
+// warmName is the warm snapshot a create of vm would use or save, "" when
+// warm images are off or the VM does not qualify.
+func (s *vmService) warmName(ctx context.Context, vm store.VM, files bootFiles, requestedDisk int64) string {
+	if !s.cfg.WarmImages || !s.canSave() || vm.NetMode != hypervisor.NetUser || len(vm.Caps) > 0 || requestedDisk != 0 {
+		return ""
+	}
+	img, ok, err := s.images.lookup(ctx, vm.Image)
+	if err != nil || !ok || img.ID == "" {
+		return ""
+	}
+	dec := s.boot.accelFor(ctx, files)
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%s\n%d\n%d\n%s\n%s\n", img.ID, files.Vmlinuz, files.Initrd, vm.MemoryMiB, vm.CPUs, dec.Accel, s.hypervisorVersion(ctx))
+	return warmPrefix + hex.EncodeToString(h.Sum(nil))[:24]
+}
+
+// useWarm points a create at its image's warm snapshot, or asks the boot
+// to save one.
+func (s *vmService) useWarm(ctx context.Context, op *createOp, vm store.VM, files *bootFiles, requestedDisk int64) {
+	name := s.warmName(ctx, vm, *files, requestedDisk)
+	if name == "" {
+		return
+	}
+	sn, err := s.store.GetSnapshot(ctx, name)
+	if err != nil {
+		files.SaveWarm = name
+		return
+	}
+	restore, why := s.restorePlan(ctx, sn, *files, "")
+	if restore == nil {
+		s.log.Warn("warm snapshot not usable; booting", "vm", vm.Name, "image", vm.Image, "why", why)
+		return
+	}
+	files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile), store.FormatRaw
+	files.Restore = restore
+	op.Progress("restoring the warm snapshot of image %s", vm.Image)
 }

@@ -353,6 +353,9 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 		return nil, fmt.Errorf("prepare boot of %s: %w", vm.Name, err)
 	}
 	vm.Kernel = files.KernelName
+	if snap == nil {
+		s.useWarm(ctx, op, vm, &files, requestedDisk)
+	}
 	if snap != nil {
 		// The disk is made on the snapshot's copy, and the VM restores
 		// where the saved one stopped, unless it cannot here.
@@ -527,6 +530,15 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		conn, err = s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, readyPin(s.log, vm.Name, ready), alive)
 		if err == nil {
 			vm.AgentHostKey = authorizedKey(conn.HostKey())
+			if files.SaveWarm != "" {
+				// Before anything of this VM's own goes in (keys,
+				// capabilities): the image's first boot, for the
+				// creates that follow.
+				progress("saving the image's warm snapshot")
+				if _, werr := s.saveSnapshot(bootCtx, vm, files.SaveWarm, true); werr != nil {
+					s.log.Warn("warm snapshot not saved", "vm", vm.Name, "image", vm.Image, "err", werr)
+				}
+			}
 		}
 	}
 	if err != nil {

@@ -62,6 +62,10 @@ type Config struct {
 	// UserNetEgress lets user-mode guests reach outside the host; off by
 	// default, so guests are isolated unless someone asks.
 	UserNetEgress bool `toml:"user_net_egress"`
+	// WarmImages makes create restore a snapshot of its image's first
+	// boot (taken by the first create of that image, memory and vCPUs)
+	// instead of booting; off by default while it is new.
+	WarmImages bool `toml:"warm_images"`
 	// BootTimeout bounds create: a guest that has not answered by then fails
 	// with its console's last lines.
 	BootTimeout Duration `toml:"boot_timeout"`
