@@ -384,7 +384,9 @@ func (m *monitor) reportStatus(ctx context.Context, h hypervisor.FollowHandler, 
 		if h.Resumed != nil {
 			h.Resumed()
 		}
-	case "paused":
+	case "paused", "postmigrate", "finish-migrate":
+		// Paused on request, or stopped by a state save that a killed
+		// daemon never followed with cont.
 		if h.Held != nil {
 			h.Held()
 		}

@@ -254,26 +254,29 @@ func TestFollowEventsAndHostileMonitor(t *testing.T) {
 			t.Errorf("a hostile monitor line (%d bytes) was taken", len(bad))
 		}
 	}
-	// A VM paused on request is reported held, not paused on an error.
-	sock, _ = fakeMonitor(t, func(cmd string) string {
-		if cmd == "query-status" {
-			return `{"return": {"status": "paused", "running": false}}`
+	// A VM paused on request, or left stopped by a state save, is
+	// reported held, not paused on an error.
+	for _, status := range []string{"paused", "postmigrate"} {
+		sock, _ = fakeMonitor(t, func(cmd string) string {
+			if cmd == "query-status" {
+				return `{"return": {"status": "` + status + `", "running": false}}`
+			}
+			return `{"return": ""}`
+		})
+		var held followed
+		hctx, hcancel := context.WithCancel(context.Background())
+		hdone := make(chan error, 1)
+		go func() {
+			hdone <- d.Follow(hctx, hypervisor.Spec{Name: "fake", MonitorSocket: sock, ConsoleRing: 64 << 10}, self, held.handler())
+		}()
+		for _, ev := held.snapshot(); len(ev) == 0; _, ev = held.snapshot() {
+			time.Sleep(5 * time.Millisecond)
 		}
-		return `{"return": ""}`
-	})
-	var held followed
-	hctx, hcancel := context.WithCancel(context.Background())
-	hdone := make(chan error, 1)
-	go func() {
-		hdone <- d.Follow(hctx, hypervisor.Spec{Name: "fake", MonitorSocket: sock, ConsoleRing: 64 << 10}, self, held.handler())
-	}()
-	for _, ev := held.snapshot(); len(ev) == 0; _, ev = held.snapshot() {
-		time.Sleep(5 * time.Millisecond)
-	}
-	hcancel()
-	<-hdone
-	if _, ev := held.snapshot(); !slices.Equal(ev, []string{"held"}) {
-		t.Errorf("a vm paused on request: events %v, want [held]", ev)
+		hcancel()
+		<-hdone
+		if _, ev := held.snapshot(); !slices.Equal(ev, []string{"held"}) {
+			t.Errorf("a vm in state %s: events %v, want [held]", status, ev)
+		}
 	}
 	if err := d.Follow(context.Background(), hypervisor.Spec{Name: "old"}, self, hypervisor.FollowHandler{}); err == nil || !strings.Contains(err.Error(), "no monitor socket") {
 		t.Errorf("a vm without a monitor socket: %v", err)
