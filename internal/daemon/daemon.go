@@ -178,6 +178,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.images.sweepPromoteLeftovers()
+	d.vms.sweepSnapshotLeftovers(ctx)
 	if err := d.vms.reattach(ctx); err != nil {
 		return nil, err
 	}

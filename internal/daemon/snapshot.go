@@ -450,3 +450,27 @@ func (s *vmService) useWarm(ctx context.Context, op *createOp, vm store.VM, file
 	files.Restore = restore
 	op.Progress("restoring the warm snapshot of image %s", vm.Image)
 }
+
+// sweepSnapshotLeftovers removes snapshot folders no row names: the files
+// of a snapshot a crash cut short (the row is written last).
+func (s *vmService) sweepSnapshotLeftovers(ctx context.Context) {
+	dir := filepath.Join(s.layout.State, layout.SnapshotsDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	all, err := s.store.ListSnapshots(ctx)
+	if err != nil {
+		return
+	}
+	known := map[string]bool{}
+	for _, sn := range all {
+		known[sn.ID] = true
+	}
+	for _, e := range entries {
+		if !known[e.Name()] {
+			s.log.Info("removing the files of an unfinished snapshot", "folder", e.Name())
+			os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+}

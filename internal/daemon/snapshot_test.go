@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -33,5 +34,31 @@ func TestSnapshotRefusals(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(td.vms.layout.State + "/snapshots"); len(entries) != 0 {
 		t.Fatalf("snapshot files left: %v", entries)
+	}
+}
+
+// The files of a snapshot a crash cut short (no row) are removed when the
+// daemon starts; a recorded snapshot's stay.
+func TestSnapshotLeftoversSwept(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	ctx := context.Background()
+	dir := td.vms.layout.State + "/snapshots"
+	for _, id := range []string{"kept", "orphan"} {
+		if err := os.MkdirAll(dir+"/"+id, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dir+"/"+id+"/state", []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := td.store.InsertSnapshot(ctx, store.Snapshot{Name: "s", ID: "kept", Config: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	td.vms.sweepSnapshotLeftovers(ctx)
+	if _, err := os.Stat(dir + "/orphan"); !os.IsNotExist(err) {
+		t.Errorf("an unfinished snapshot's files stay: %v", err)
+	}
+	if _, err := os.Stat(dir + "/kept/state"); err != nil {
+		t.Errorf("a recorded snapshot's files went: %v", err)
 	}
 }
