@@ -133,7 +133,7 @@ func (h *hostPortCap) guestReady(ctx context.Context, vm store.VM, args []string
 	if err != nil {
 		return nil, err
 	}
-	boot := vm.State != wire.StateRunning && vm.State != wire.StatePaused
+	boot := !guestRuns(vm.State)
 	var made []*hostForward
 	undo := func() {
 		for _, fw := range made {

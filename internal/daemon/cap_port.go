@@ -179,29 +179,45 @@ func (p *portCap) guestReady(ctx context.Context, vm store.VM, args []string) (f
 	return p.bindAll(ctx, vm, args, true)
 }
 
+// bindAll binds (and serves, if serve) every forward of vm. At a boot it
+// is all or nothing: the first that cannot listen closes those bound
+// before it and fails the boot. At a re-attach (vm recorded running: the
+// guest runs on whatever happens here) one port taken while no daemon
+// watched costs only its own forward: every other is bound, and the
+// error joins those that could not be.
 func (p *portCap) bindAll(ctx context.Context, vm store.VM, args []string, serve bool) (func(), error) {
 	specs, err := parsePorts(args)
 	if err != nil {
 		return nil, err
 	}
+	reattach := guestRuns(vm.State)
 	var bound []string
 	undo := func() {
 		for _, a := range bound {
 			p.closeOne(vm.ID, a)
 		}
 	}
+	var errs []error
 	for _, s := range specs {
 		made, err := p.bind(ctx, vm, s, serve)
 		if err != nil {
-			undo()
-			return nil, err
+			if !reattach {
+				undo()
+				return nil, err
+			}
+			errs = append(errs, err)
+			continue
 		}
 		if made {
 			bound = append(bound, s.hostAddr())
 		}
 	}
-	return undo, nil
+	return undo, errors.Join(errs...)
 }
+
+// guestRuns says whether a VM in state st runs a guest (running or paused):
+// a capability hook called for it is a re-attach, not a boot.
+func guestRuns(st string) bool { return st == wire.StateRunning || st == wire.StatePaused }
 
 // bind listens on s's host address for vm unless it already does, and
 // serves it when serve is set; made says whether it listened now.

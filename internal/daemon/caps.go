@@ -181,8 +181,9 @@ func (r *vmCaps) beforeBoot(ctx context.Context, undo *undoStack, vm store.VM, b
 	return err
 }
 
-// guestReady runs the VM's guestReady hooks, registering each one's undo
-// (undo may be nil: a re-attach, where nothing is taken back).
+// guestReady runs the VM's guestReady hooks at a boot, registering each
+// one's undo; the first failure stops it (the boot's undo takes back the
+// rest).
 func (r *vmCaps) guestReady(ctx context.Context, undo *undoStack, vm store.VM) error {
 	var err error
 	r.each(vm, func(c vmCap, args []string) {
@@ -192,11 +193,40 @@ func (r *vmCaps) guestReady(ctx context.Context, undo *undoStack, vm store.VM) e
 		var u func()
 		if u, err = c.guestReady(ctx, vm, args); err != nil {
 			err = fmt.Errorf("cap %s: %s: %w", c.capName(), hookGuestReady, err)
-		} else if u != nil && undo != nil {
+		} else if u != nil {
 			undo.add("cap "+c.capName()+": "+hookGuestReady, u)
 		}
 	})
 	return err
+}
+
+// reattached runs the guestReady hooks of a VM a daemon re-attached. The
+// guest runs on, and nothing is taken back: a failure (a forward's host
+// port taken while no daemon watched) is returned and the hooks after it
+// still run, as a capability that acts on several arguments (port) acts on
+// those it can. Each failure is an error of its own, "cap NAME: guest
+// ready: why", for the caller to log.
+func (r *vmCaps) reattached(ctx context.Context, vm store.VM) []error {
+	var errs []error
+	r.each(vm, func(c vmCap, args []string) {
+		_, err := c.guestReady(ctx, vm, args)
+		for _, e := range flattenJoined(err) {
+			errs = append(errs, fmt.Errorf("cap %s: %s: %w", c.capName(), hookGuestReady, e))
+		}
+	})
+	return errs
+}
+
+// flattenJoined is err's parts if it is an errors.Join, else err alone
+// (none for nil).
+func flattenJoined(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // beforeStop runs every capability's beforeStop hook, newest first: also

@@ -281,6 +281,49 @@ func TestCapPortForward(t *testing.T) {
 	}
 }
 
+// After a daemon restart, a host port taken while no daemon watched costs
+// only its own forward: the VM's other forwards listen again, and the
+// capabilities registered after port (hostport) still act.
+func TestCapPortReattachKeepsTheRest(t *testing.T) {
+	drv := newFakeDriver()
+	home := t.TempDir()
+	td := openTestDaemon(t, home, drv)
+	c := serve(t, td)
+	ctx := context.Background()
+	taken, kept, hsp := freeTestPort(t), freeTestPort(t), hostServer(t)
+	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "vm1", Caps: []string{
+		fmt.Sprintf("port=%d:8080", taken), fmt.Sprintf("port=%d:8081", kept), fmt.Sprintf("hostport=%d:5000", hsp)}})
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	td.Close()
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(taken)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+
+	td2 := openTestDaemon(t, home, drv)
+	c2 := serve(t, td2)
+	if got, err := roundTrip(kept); err != nil || got != "guest:8081 hello\n" {
+		t.Fatalf("the forward whose port is free, after a daemon restart: %q %v", got, err)
+	}
+	eventuallyFromGuest(t, drv, 5000, "host hello\n")
+	ports, err := client.Do(ctx, c2, wire.PortList, wire.RefParams{Ref: "vm1"})
+	if err != nil || len(ports) != 3 {
+		t.Fatalf("port ls: %v %+v", err, ports)
+	}
+	for _, p := range ports {
+		if want := p.HostPort != taken; p.Listening != want {
+			t.Errorf("port ls: %+v: listening %v, want %v", p, p.Listening, want)
+		}
+	}
+	vm, err := td2.store.GetVMByName(ctx, "vm1")
+	if err != nil || vm.State != wire.StateRunning {
+		t.Fatalf("vm after re-attach: %v %+v", err, vm.State)
+	}
+}
+
 // A host port in use fails the create naming the capability and leaves
 // nothing; the port's owner keeps it.
 func TestCapPortInUseFailsCreate(t *testing.T) {

@@ -1038,9 +1038,9 @@ func (s *vmService) reattach(ctx context.Context) error {
 		if alive {
 			s.follow(vm, specOf(vm), inst, false)
 			// Its capabilities act again (port forwards listen anew);
-			// one that cannot is logged, the VM runs on.
-			if next == wire.StateRunning || next == wire.StatePaused {
-				if err := s.caps.guestReady(ctx, nil, vm); err != nil {
+			// each that cannot is logged, the others act, the VM runs on.
+			if guestRuns(next) {
+				for _, err := range s.caps.reattached(ctx, vm) {
 					s.log.Warn("re-attach: a capability of the vm failed", "vm", vm.Name, "err", err)
 				}
 			}
