@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"time"
@@ -137,6 +138,26 @@ func (s *vmService) notRunning(vm store.VM) error {
 		return conflictf("vm %s is paused: %s", vm.Name, pausedWhy(vm))
 	}
 	return conflictf("vm %s is %s; start it with `ember start %s`", vm.Name, vm.State, vm.Name)
+}
+
+// agentFailed is what a request says when vm's agent failed it (a dial,
+// or a channel the connection could not open: "open channel: EOF"): vm
+// was running when the request began, and a stop or delete since then
+// ends the connection under it. Read again, a VM that is gone is
+// not_found and one no longer running says so as notRunning does
+// (conflict); a VM still running keeps err, the agent's own failure.
+func (s *vmService) agentFailed(vm store.VM, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	now, gerr := s.store.GetVM(context.Background(), vm.ID)
+	switch {
+	case errors.Is(gerr, store.ErrNotFound):
+		return notFoundf("vm %s was deleted while the request ran (%v)", vm.Name, err)
+	case gerr == nil && now.State != wire.StateRunning:
+		return fmt.Errorf("%w (%v)", s.notRunning(now), err)
+	}
+	return err
 }
 
 // logsVM streams a VM's console log; with Follow it keeps streaming while

@@ -188,7 +188,7 @@ func (ss *sessionService) sessionErr(vm store.VM, err error) error {
 	if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 		ss.vms.guests.drop(vm.ID)
 	}
-	return fmt.Errorf("vm %s: %w", vm.Name, err)
+	return ss.vms.agentFailed(vm, fmt.Errorf("vm %s: %w", vm.Name, err))
 }
 
 // sessionTarget resolves a running VM and its agent connection.
@@ -205,7 +205,7 @@ func (ss *sessionService) sessionTarget(ctx context.Context, ref, name string) (
 	}
 	conn, err := ss.vms.guest(ctx, vm)
 	if err != nil {
-		return vm, nil, err
+		return vm, nil, ss.vms.agentFailed(vm, err)
 	}
 	sg, ok := conn.(sessionGuest)
 	if !ok {

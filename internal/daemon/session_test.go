@@ -14,6 +14,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/guestproto"
+	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -755,4 +757,59 @@ func TestStalledSessionBlocksNoOne(t *testing.T) {
 		<-att.done
 		<-follow.done
 	})
+}
+
+// dyingGuest is an agent connection that ends while a request uses it:
+// SessionList first lets the test change the VM (as a delete does), then
+// fails as a closed SSH connection does.
+type dyingGuest struct {
+	*fakeGuest
+	sessionGuest
+	meanwhile func()
+}
+
+func (g dyingGuest) SessionList(context.Context) ([]guestproto.SessionInfo, error) {
+	g.meanwhile()
+	return nil, errors.New("session list: open channel: EOF")
+}
+
+// A VM deleted or stopped while session.list talks to its agent answers
+// not_found or conflict saying so, not internal with the connection's
+// EOF; a VM still running keeps the agent's own error.
+func TestSessionListOnAVMThatGoes(t *testing.T) {
+	for _, tc := range []struct {
+		name, code, says string
+		meanwhile        func(td *testDaemon, vm store.VM) error
+	}{
+		{"deleting", wire.CodeConflict, "vm vm1 is deleting", func(td *testDaemon, vm store.VM) error {
+			vm.State = wire.StateDeleting
+			return td.store.UpdateVM(context.Background(), vm)
+		}},
+		{"deleted", wire.CodeNotFound, "vm vm1 was deleted while the request ran", func(td *testDaemon, vm store.VM) error {
+			return td.store.DeleteVM(context.Background(), vm.ID)
+		}},
+		{"running", wire.CodeInternal, "open channel: EOF", func(*testDaemon, store.VM) error { return nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			td, c, w := daemonWithVM(t, "vm1")
+			ctx := t.Context()
+			vm, err := td.store.GetVM(ctx, w.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			guests := &td.vms.guests
+			guests.mu.Lock()
+			fg := guests.conns[vm.ID].(*fakeGuest)
+			guests.mu.Unlock()
+			guests.put(vm.ID, dyingGuest{fakeGuest: fg, meanwhile: func() {
+				if err := tc.meanwhile(td, vm); err != nil {
+					t.Error(err)
+				}
+			}})
+			_, err = client.Do(ctx, c, wire.SessionList, wire.SessionParams{Ref: "vm1"})
+			if wire.CodeOf(err) != tc.code || err == nil || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("session ls: %v (code %q), want %s saying %q", err, wire.CodeOf(err), tc.code, tc.says)
+			}
+		})
+	}
 }
