@@ -15,7 +15,7 @@ import (
 
 // The copy and mount capabilities both name a host folder and a guest
 // folder: HOSTDIR:GUESTDIR[:OPTION...]. Only root and the daemon's own
-// user may name host folders (mayNameHostPaths): the daemon reads them
+// user may name host folders (trustedPeer): the daemon reads them
 // with its rights, which a member of the socket's group does not have.
 
 // folderSpec is one parsed HOSTDIR:GUESTDIR[:OPTION...].
@@ -82,13 +82,29 @@ func checkHostFolder(dir string, protect []string) error {
 // namesHostPaths marks a capability whose arguments name host folders.
 type namesHostPaths interface{ namesHostPaths() }
 
-// checkClient refuses, before anything is made, capabilities that name
-// host folders when the client may not (mayNameHostPaths).
+// clientLimited is a capability some of whose arguments only a trusted
+// client (trustedPeer) may give; checkClient says why arg is refused.
+type clientLimited interface {
+	checkClient(ctx context.Context, arg string) error
+}
+
+// checkClient refuses, before anything is made and before any argument
+// is looked at on the host, what the client may not ask for: host folders
+// (copy, mount) unless the client is trusted (trustedPeer), with one
+// message whatever the path, so a client learns nothing of paths it
+// cannot read; and what a capability limits itself (clientLimited).
 func (r *vmCaps) checkClient(ctx context.Context, specs []string) error {
 	for _, s := range specs {
-		name, _, _ := strings.Cut(s, "=")
-		if _, ok := r.byName(name).(namesHostPaths); ok && !mayNameHostPaths(ctx) {
-			return invalidf("cap %s: only root or the daemon's user may name host folders (the daemon would read them with its own rights); `ember cp` copies with yours", name)
+		name, arg, _ := strings.Cut(s, "=")
+		switch c := r.byName(name).(type) {
+		case namesHostPaths:
+			if !trustedPeer(ctx) {
+				return invalidf("cap %s: only root or the daemon's user may name host folders (the daemon would read them with its own rights); `ember cp` copies with yours", name)
+			}
+		case clientLimited:
+			if err := c.checkClient(ctx, arg); err != nil {
+				return invalidf("cap %s: %v", name, err)
+			}
 		}
 	}
 	return nil

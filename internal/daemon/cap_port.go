@@ -135,6 +135,21 @@ func portNumber(s string) (int, error) {
 	return n, nil
 }
 
+// minUnprivilegedPort is the first host port any client may forward
+// from; below it only a trusted client (trustedPeer) may, since a root
+// daemon would bind it with its own rights.
+const minUnprivilegedPort = 1024
+
+// checkClient refuses a privileged host port to a client that is not
+// root or the daemon's user; a bad argument is left to check.
+func (*portCap) checkClient(ctx context.Context, arg string) error {
+	spec, err := parsePort(arg)
+	if err == nil && spec.HostPort < minUnprivilegedPort && !trustedPeer(ctx) {
+		return fmt.Errorf("%q: host port %d is below %d: only root or the daemon's user may forward from it", arg, spec.HostPort, minUnprivilegedPort)
+	}
+	return nil
+}
+
 // check parses every forward and refuses a host address given twice.
 func (*portCap) check(args []string) error {
 	_, err := parsePorts(args)
@@ -440,6 +455,9 @@ func (p *portCap) addPort(ctx context.Context, r wire.PortParams) (wire.Port, er
 	if r.ToHost {
 		return p.toHost.addHostPort(ctx, r)
 	}
+	if err := p.checkClient(ctx, r.Spec); err != nil {
+		return wire.Port{}, invalidf("cap port: %v", err)
+	}
 	spec, err := parsePort(r.Spec)
 	if err != nil {
 		return wire.Port{}, invalidf("cap port: %v", err)
@@ -478,18 +496,19 @@ func (p *portCap) removePort(ctx context.Context, r wire.PortParams) (wire.None,
 	if r.ToHost {
 		return p.toHost.removeHostPort(ctx, r)
 	}
-	spec, err := parsePort(r.Spec)
+	spec, byPort, err := parseRemovePort(r.Spec)
 	if err != nil {
-		// `port rm VM 18080` names the host port only.
-		n, nerr := portNumber(r.Spec)
-		if nerr != nil {
-			return wire.None{}, invalidf("cap port: %v", err)
-		}
-		spec = portSpec{Addr: "127.0.0.1", HostPort: n}
+		return wire.None{}, invalidf("cap port: %v", err)
 	}
 	_, err = p.vms.withVMLockByRef(ctx, r.Ref, func(vm *store.VM) error {
 		if transitional(vm.State) {
 			return busy(vm)
+		}
+		if byPort != 0 {
+			var err error
+			if spec, err = forwardOnPort(*vm, byPort); err != nil {
+				return err
+			}
 		}
 		found := dropCap(vm, "port", func(arg string) bool {
 			s, err := parsePort(arg)
@@ -506,6 +525,45 @@ func (p *portCap) removePort(ctx context.Context, r wire.PortParams) (wire.None,
 		return nil
 	})
 	return wire.None{}, err
+}
+
+// parseRemovePort reads what `port rm` names: a whole forward, its
+// HOSTADDR:HOSTPORT, or HOSTPORT alone (byPort: whichever address holds
+// it, forwardOnPort).
+func parseRemovePort(s string) (spec portSpec, byPort int, err error) {
+	spec, err = parsePort(s)
+	if err == nil {
+		return spec, 0, nil
+	}
+	if n, nerr := portNumber(s); nerr == nil {
+		return portSpec{}, n, nil
+	}
+	if h, p, serr := net.SplitHostPort(s); serr == nil {
+		if whole, werr := parsePort(net.JoinHostPort(h, p) + ":1"); werr == nil {
+			return whole, 0, nil
+		}
+	}
+	return portSpec{}, 0, fmt.Errorf("%q is not [HOSTADDR:]HOSTPORT[:GUESTPORT][/tcp]: %v", s, err)
+}
+
+// forwardOnPort is vm's one forward from host port n, on whichever
+// loopback address; none is not found, several are ambiguous.
+func forwardOnPort(vm store.VM, n int) (portSpec, error) {
+	var on []portSpec
+	var addrs []string
+	for _, a := range argsOf(vm.Caps, "port") {
+		if s, err := parsePort(a); err == nil && s.HostPort == n {
+			on = append(on, s)
+			addrs = append(addrs, s.hostAddr())
+		}
+	}
+	switch len(on) {
+	case 0:
+		return portSpec{}, notFoundf("vm %s forwards nothing from host port %d; `ember port ls %s` lists its ports", vm.Name, n, vm.Name)
+	case 1:
+		return on[0], nil
+	}
+	return portSpec{}, invalidf("vm %s forwards host port %d from %s: name one as HOSTADDR:%d", vm.Name, n, strings.Join(addrs, " and "), n)
 }
 
 // dropCap removes vm's entries of capability name whose argument match

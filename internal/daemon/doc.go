@@ -130,9 +130,10 @@
 // ready, before stop, before delete) through the registry vmCaps, built
 // in buildServices with envCap, portCap, hostPortCap, copyCap and
 // mountCap; a failing hook fails the boot and undoes the earlier hooks.
-// copy and mount name host folders, which only root and the daemon's own
-// user may do (mayNameHostPaths, from the socket's peer credentials,
-// withPeer).
+// copy and mount name host folders, and port may name a host port below
+// 1024, which only root and the daemon's own user may do (trustedPeer,
+// from the socket's peer credentials, withPeer); vmCaps.checkClient says
+// so before any argument is looked at on the host.
 //
 // Events (events.go): services publish lifecycle events to one hub
 // (internal/events) where a change is committed; the events stream

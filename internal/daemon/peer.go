@@ -45,13 +45,14 @@ func peerOf(ctx context.Context) peerCred {
 	return p
 }
 
-// mayNameHostPaths says whether the client may have the daemon read host
-// folders it names (`--cap copy`, `--cap mount`): only root and the
-// daemon's own user, who can read whatever the daemon reads. A root
+// trustedPeer says whether the client may have the daemon use its own
+// rights for it: read host folders it names (`--cap copy`, `--cap
+// mount`) or bind a privileged host port (`--cap port` below 1024). Only
+// root and the daemon's own user are, who can do whatever the daemon does. A root
 // daemon's socket also admits the members of its group; they use `ember
 // cp`, whose CLI reads the host side with their own rights. A request
 // with no kernel-given credentials is refused too.
-func mayNameHostPaths(ctx context.Context) bool {
+func trustedPeer(ctx context.Context) bool {
 	p := peerOf(ctx)
 	return p.known && (p.uid == 0 || p.uid == uint32(os.Geteuid()))
 }

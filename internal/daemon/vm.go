@@ -153,9 +153,11 @@ func (s *vmService) validateCreate(ctx context.Context, p *wire.CreateVMParams) 
 	if _, err := s.nets.of(p.Net); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := s.caps.parse(p.Caps); err != nil {
+	// Who may ask comes first: a refused client's host paths are never
+	// looked at, so the answer says nothing of them.
+	if err := s.caps.checkClient(ctx, p.Caps); err != nil {
 		errs = append(errs, err)
-	} else if err := s.caps.checkClient(ctx, p.Caps); err != nil {
+	} else if _, err := s.caps.parse(p.Caps); err != nil {
 		errs = append(errs, err)
 	}
 	if keys, err := parseSSHKeys(p.SSHKeys); err != nil {
