@@ -149,6 +149,17 @@ func TestWarmImageRealVM(t *testing.T) {
 	if out := e.must("snapshot", "ls"); strings.Contains(out, ".warm") {
 		t.Fatalf("snapshot ls lists the warm snapshot:\n%s", out)
 	}
+	// A restored VM's next start boots its own disk, made on the warm
+	// snapshot's.
+	e.must("exec", "w2", "--", "sh", "-c", "echo w2-data > /root/mine && sync")
+	e.must("restart", "w2")
+	if vm := e.inspect("w2"); strings.Contains(vm.AccelReason, "restored") {
+		t.Fatalf("w2 restarted from the snapshot again: %+v", vm)
+	}
+	if out := e.must("exec", "w2", "--", "cat", "/root/mine"); strings.TrimSpace(out) != "w2-data" {
+		t.Fatalf("w2 after restart: %q", out)
+	}
+	checkNewMachine(t, e, "w2")
 	// Other memory boots.
 	if _, errOut, code := e.run("create", "--memory", "320", "w4"); code != 0 || strings.Contains(e.inspect("w4").AccelReason, "restored") {
 		t.Fatalf("create with other memory: exit %d: %s", code, errOut)
