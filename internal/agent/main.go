@@ -41,6 +41,7 @@ func serveMain(args []string, stderr io.Writer) int {
 	keyFile := fs.String("authorized-key", "", "file with the one accepted public key (authorized_keys format)")
 	hostKeyFile := fs.String("host-key", "", "private host key file (default: generate an ed25519 key)")
 	hostKeyFD := fs.Int("host-key-fd", -1, "read the private host key (PEM) from this file descriptor, as init passes it")
+	keyOutFD := fs.Int("key-out-fd", -1, "write a new host key (PEM) a reidentify makes to this file descriptor, as init passes it")
 	fromCmdline := fs.Bool("from-cmdline", false, "take key and port from ember.* in /proc/cmdline")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -114,6 +115,14 @@ func serveMain(args []string, stderr io.Writer) int {
 		if err != nil {
 			return fail(err)
 		}
+	}
+	if *keyOutFD >= 0 {
+		f := os.NewFile(uintptr(*keyOutFD), "key-out")
+		if f == nil {
+			return fail(fmt.Errorf("key out: no file descriptor %d", *keyOutFD))
+		}
+		unix.CloseOnExec(*keyOutFD) // commands the server starts do not inherit it
+		cfg.KeyOut = func(p []byte) error { _, err := f.Write(p); return err }
 	}
 	srv, err := NewServer(cfg)
 	if err != nil {

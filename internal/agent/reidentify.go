@@ -3,6 +3,7 @@ package agent
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"sync/atomic"
@@ -68,6 +69,15 @@ func (s *session) runReidentify(hostname string, now time.Time) error {
 	signer, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
 		return fmt.Errorf("host key signer: %w", err)
+	}
+	if s.srv.cfg.KeyOut != nil {
+		block, err := ssh.MarshalPrivateKey(priv, "")
+		if err != nil {
+			return fmt.Errorf("marshal host key: %w", err)
+		}
+		if err := s.srv.cfg.KeyOut(pem.EncodeToMemory(block)); err != nil {
+			return fmt.Errorf("hand the new host key to init: %w", err)
+		}
 	}
 	s.srv.hostKey.cur.Store(&signer)
 	s.srv.log.Info("reidentified after a restore", "hostname", hostname, "host_key", ssh.FingerprintSHA256(signer.PublicKey()))

@@ -40,6 +40,9 @@ type ServerConfig struct {
 	// takes a new host key. Nil makes the request fail: only the agent
 	// of a VM sets it.
 	Reidentify func(hostname string, now time.Time, entropy []byte) error
+	// KeyOut, when set, gets the new host key (PEM) a reidentify made,
+	// so init hands that key, not the boot's, to a server it restarts.
+	KeyOut func(pemKey []byte) error
 	// Logger receives connection-level problems. Nil discards them.
 	Logger *slog.Logger
 	// HostListenIP is where the agent listens for the daemon's host

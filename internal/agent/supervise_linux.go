@@ -2,8 +2,10 @@ package agent
 
 import (
 	"bytes"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -32,16 +34,25 @@ const (
 // server it starts: the daemon pins the key the first server announced,
 // so a restarted server must hold the same one.
 func superviseAndWait(sigs <-chan os.Signal) {
-	hostKey, err := newHostKeyPEM()
+	first, err := newHostKeyPEM()
 	if err != nil {
 		fatal(err)
 	}
+	var hostKey atomic.Pointer[[]byte]
+	hostKey.Store(&first)
+	// A server that reidentified a restored guest sends its new key back
+	// on this pipe: a restarted server must hold that one.
+	keyR, keyW, err := os.Pipe()
+	if err != nil {
+		fatal(err)
+	}
+	go takeNewKeys(keyR, &hostKey)
 	var serverPid atomic.Int64
 	serverDied := make(chan unix.WaitStatus, 8)
 	go reap(&serverPid, serverDied)
 
 	start := func() {
-		pid, err := startServer(hostKey)
+		pid, err := startServer(*hostKey.Load(), keyW)
 		if err != nil {
 			consolef("error: start ssh server: %v", err)
 			return
@@ -65,7 +76,7 @@ func superviseAndWait(sigs <-chan os.Signal) {
 // as its output and the host key (PEM) on a pipe as file descriptor 3, so
 // the key is never in a file or on a command line. Its exit status is
 // collected by reap, never by os.
-func startServer(hostKey []byte) (int, error) {
+func startServer(hostKey []byte, keyOut *os.File) (int, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return 0, fmt.Errorf("host key pipe: %w", err)
@@ -77,10 +88,10 @@ func startServer(hostKey []byte) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("host key pipe: %w", err)
 	}
-	p, err := os.StartProcess(serverCommand, []string{"ember-agent", "serve", "--from-cmdline", "--host-key-fd", "3"}, &os.ProcAttr{
+	p, err := os.StartProcess(serverCommand, []string{"ember-agent", "serve", "--from-cmdline", "--host-key-fd", "3", "--key-out-fd", "4"}, &os.ProcAttr{
 		Dir:   "/",
 		Env:   []string{"PATH=" + DefaultPath, "HOME=/root"},
-		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, r},
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, r, keyOut},
 	})
 	if err != nil {
 		return 0, err
@@ -198,4 +209,33 @@ func userProcesses() int {
 		n++
 	}
 	return n
+}
+
+// takeNewKeys reads the host keys servers send back after a reidentify
+// (PEM blocks, one per write) and keeps the last valid one for the next
+// server started. What is not a key is dropped; the buffer is bounded.
+func takeNewKeys(r io.Reader, hostKey *atomic.Pointer[[]byte]) {
+	var buf []byte
+	chunk := make([]byte, 4096)
+	for {
+		n, err := r.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		for {
+			block, rest := pem.Decode(buf)
+			if block == nil {
+				break
+			}
+			buf = rest
+			k := pem.EncodeToMemory(block)
+			if _, err := readHostKey(bytes.NewReader(k)); err == nil {
+				hostKey.Store(&k)
+			}
+		}
+		if len(buf) > maxHostKeyPEM {
+			buf = nil
+		}
+		if err != nil {
+			return
+		}
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/emberhq/ember/internal/agent"
 	"github.com/emberhq/ember/internal/guest"
 )
@@ -20,11 +22,16 @@ func TestReidentifyNewHostKey(t *testing.T) {
 	var mu sync.Mutex
 	var gotHost string
 	var gotNow time.Time
-	var gotEntropy []byte
+	var gotEntropy, keyOut []byte
 	cfg := agent.ServerConfig{Reidentify: func(h string, now time.Time, e []byte) error {
 		mu.Lock()
 		defer mu.Unlock()
 		gotHost, gotNow, gotEntropy = h, now, append([]byte(nil), e...)
+		return nil
+	}, KeyOut: func(p []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		keyOut = append([]byte(nil), p...)
 		return nil
 	}}
 	addr, key := startAgentWith(t, cfg)
@@ -49,6 +56,12 @@ func TestReidentifyNewHostKey(t *testing.T) {
 	mu.Unlock()
 	if bytes.Equal(nk.Marshal(), old.Marshal()) {
 		t.Fatal("the host key did not change")
+	}
+	mu.Lock()
+	handed, err := ssh.ParsePrivateKey(keyOut)
+	mu.Unlock()
+	if err != nil || !bytes.Equal(handed.PublicKey().Marshal(), nk.Marshal()) {
+		t.Fatalf("the key handed to init is not the new one: %v", err)
 	}
 	if code, err := c.Exec(ctx, guest.ExecRequest{Argv: []string{"true"}}); err != nil || code != 0 {
 		t.Fatalf("the connection made before: %d %v", code, err)
