@@ -18,8 +18,11 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 	e.must("create", "orig")
 	e.must("exec", "orig", "--", "sh", "-c", "echo kept-data > /root/file && sync")
 	e.must("session", "new", "orig", "s1")
-	e.must("session", "send", "orig", "s1", "echo before-snapshot-marker", "--enter")
-	e.must("session", "wait", "orig", "s1", "--for", "before-snapshot-marker\\s", "--timeout", "60s")
+	// session run waits for the command's end (a wait after a send could
+	// start after the output came).
+	if out := e.must("session", "run", "orig", "s1", "--timeout", "60s", "--", "echo", "before-snapshot-marker"); !strings.Contains(out, "before-snapshot-marker") {
+		t.Fatalf("session run in orig: %q", out)
+	}
 
 	e.must("snapshot", "create", "orig", "snap1")
 	if out := e.must("snapshot", "ls"); !strings.Contains(out, "snap1") || !strings.Contains(out, "orig") {
@@ -47,8 +50,9 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 		if got := e.must("session", "read", name, "s1"); !strings.Contains(got, "before-snapshot-marker") {
 			t.Fatalf("%s: the session's scrollback: %q", name, got)
 		}
-		e.must("session", "send", name, "s1", "echo after-restore-"+name, "--enter")
-		e.must("session", "wait", name, "s1", "--for", "after-restore-"+name+"\\s", "--timeout", "60s")
+		if out := e.must("session", "run", name, "s1", "--timeout", "60s", "--", "echo", "after-restore-"+name); !strings.Contains(out, "after-restore-"+name) {
+			t.Fatalf("%s: the restored session's input: %q", name, out)
+		}
 		keys[name] = e.inspect(name).HostKey
 	}
 	orig := e.inspect("orig").HostKey
