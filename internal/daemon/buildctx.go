@@ -17,6 +17,7 @@ import (
 	"github.com/pkg/sftp"
 
 	"github.com/emberhq/ember/internal/recipe"
+	"github.com/emberhq/ember/internal/treecopy"
 	"github.com/emberhq/ember/internal/wire"
 )
 
@@ -227,35 +228,41 @@ func contextDigest(dir string, sources []string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// sftpConn is a guest connection that serves SFTP (the agent's does).
+// sftpConn is a guest connection that serves SFTP (the agent's does);
+// wrap stands between the client and the server's replies.
 type sftpConn interface {
-	SFTP() (*sftp.Client, error)
+	SFTP(wrap ...func(io.Reader) io.Reader) (*sftp.Client, error)
 }
 
-// openSFTP opens an SFTP client on the guest's agent connection; done
-// closes it. sftp calls take no context: ctx ending closes the client
-// under them.
-func openSFTP(ctx context.Context, conn guestConn) (*sftp.Client, func(), error) {
+// openSFTP opens an SFTP client on the guest's agent connection, its
+// replies metered (treecopy.NameMeter: a folder's listing is bounded as
+// it arrives, whatever answers in the guest); done closes it. sftp calls
+// take no context: ctx ending closes the client under them.
+func openSFTP(ctx context.Context, conn guestConn) (treecopy.SFTPFS, func(), error) {
 	sc, ok := conn.(sftpConn)
 	if !ok {
-		return nil, nil, errors.New("the guest connection does not serve sftp")
+		return treecopy.SFTPFS{}, nil, errors.New("the guest connection does not serve sftp")
 	}
-	cl, err := sc.SFTP()
+	var names *treecopy.NameMeter
+	cl, err := sc.SFTP(func(r io.Reader) io.Reader {
+		names = treecopy.NewNameMeter(r)
+		return names
+	})
 	if err != nil {
-		return nil, nil, err
+		return treecopy.SFTPFS{}, nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { cl.Close() })
-	return cl, func() { stop(); cl.Close() }, nil
+	return treecopy.SFTPFS{C: cl, Names: names}, func() { stop(); cl.Close() }, nil
 }
 
 // makeGuestDir makes dir and its parents in the guest.
 func makeGuestDir(ctx context.Context, conn guestConn, dir string) error {
-	cl, done, err := openSFTP(ctx, conn)
+	gfs, done, err := openSFTP(ctx, conn)
 	if err != nil {
 		return err
 	}
 	defer done()
-	return cl.MkdirAll(dir)
+	return gfs.C.MkdirAll(dir)
 }
 
 // copyIn copies a COPY step's sources from the unpacked context into the
@@ -263,11 +270,12 @@ func makeGuestDir(ctx context.Context, conn guestConn, dir string) error {
 // trailing slash, or a folder already there, means "into this folder".
 // A folder source copies its contents, as in Dockerfiles.
 func copyIn(ctx context.Context, conn guestConn, dir string, sources []string, dest string) error {
-	cl, done, err := openSFTP(ctx, conn)
+	gfs, done, err := openSFTP(ctx, conn)
 	if err != nil {
 		return err
 	}
 	defer done()
+	cl := gfs.C
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return err

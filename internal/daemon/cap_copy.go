@@ -91,13 +91,13 @@ func (c *copyCap) seed(ctx context.Context, vm store.VM, f folderSpec) (int64, e
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cl, done, err := openSFTP(ctx, conn)
+	gfs, done, err := openSFTP(ctx, conn)
 	if err != nil {
 		return 0, err
 	}
 	defer done()
 	parent := path.Dir(f.Guest)
-	if err := cl.MkdirAll(parent); err != nil {
+	if err := gfs.C.MkdirAll(parent); err != nil {
 		return 0, fmt.Errorf("make %s in the guest: %w", parent, err)
 	}
 	var prog treecopy.Progress
@@ -111,7 +111,7 @@ func (c *copyCap) seed(ctx context.Context, vm store.VM, f folderSpec) (int64, e
 		}
 		pw.CloseWithError(err)
 	})
-	err = treecopy.Unpack(ctx, pr, treecopy.SFTPFS{C: cl}, parent, path.Base(f.Guest), &prog)
+	err = treecopy.Unpack(ctx, pr, gfs, parent, path.Base(f.Guest), &prog)
 	if err != nil {
 		cancel()
 	}

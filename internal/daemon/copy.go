@@ -25,42 +25,42 @@ import (
 // CLI's) and of the guest's tree (a guest's files are hostile too).
 
 // copySFTP opens an SFTP client on a running VM's agent; done closes it.
-func (s *vmService) copySFTP(ctx context.Context, ref string) (store.VM, *sftp.Client, func(), error) {
+func (s *vmService) copySFTP(ctx context.Context, ref string) (store.VM, treecopy.SFTPFS, func(), error) {
 	vm, err := s.resolveRef(ctx, ref)
 	if err != nil {
-		return vm, nil, nil, err
+		return vm, treecopy.SFTPFS{}, nil, err
 	}
 	if vm.State != wire.StateRunning {
-		return vm, nil, nil, s.notRunning(vm)
+		return vm, treecopy.SFTPFS{}, nil, s.notRunning(vm)
 	}
 	conn, err := s.guest(ctx, vm)
 	if err != nil {
-		return vm, nil, nil, err
+		return vm, treecopy.SFTPFS{}, nil, err
 	}
-	cl, done, err := openSFTP(ctx, conn)
+	gfs, done, err := openSFTP(ctx, conn)
 	if err != nil {
-		return vm, nil, nil, fmt.Errorf("vm %s: %w", vm.Name, err)
+		return vm, treecopy.SFTPFS{}, nil, fmt.Errorf("vm %s: %w", vm.Name, err)
 	}
-	return vm, cl, done, nil
+	return vm, gfs, done, nil
 }
 
 // copyIn is vm.copy_in: the client's tar stream, written into the guest.
 func (s *vmService) copyIn(ctx context.Context, p wire.CopyInParams, sc *streamConn) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	vm, cl, done, err := s.copySFTP(ctx, p.Ref)
+	vm, gfs, done, err := s.copySFTP(ctx, p.Ref)
 	if err != nil {
 		return err
 	}
 	defer done()
-	dest, name, err := copyInDest(cl, vm.Name, p)
+	dest, name, err := copyInDest(gfs.C, vm.Name, p)
 	if err != nil {
 		return err
 	}
 	if err := sc.startStream(); err != nil {
 		return nil
 	}
-	err = treecopy.Unpack(ctx, &frameReader{r: sc, what: "the files to copy"}, treecopy.SFTPFS{C: cl}, dest, name, &treecopy.Progress{})
+	err = treecopy.Unpack(ctx, &frameReader{r: sc, what: "the files to copy"}, gfs, dest, name, &treecopy.Progress{})
 	if err != nil {
 		sc.exit(-1, fmt.Errorf("cp into vm %s:%s: %w", vm.Name, p.Path, err))
 		return nil
@@ -97,13 +97,13 @@ func copyInDest(cl *sftp.Client, vmName string, p wire.CopyInParams) (dest, name
 func (s *vmService) copyOut(ctx context.Context, p wire.CopyOutParams, sc *streamConn) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	vm, cl, done, err := s.copySFTP(ctx, p.Ref)
+	vm, gfs, done, err := s.copySFTP(ctx, p.Ref)
 	if err != nil {
 		return err
 	}
 	defer done()
 	src := path.Clean(p.Path)
-	if _, err := cl.Lstat(src); errors.Is(err, fs.ErrNotExist) {
+	if _, err := gfs.Lstat(src); errors.Is(err, fs.ErrNotExist) {
 		return notFoundf("cp: vm %s has no %s", vm.Name, src)
 	} else if err != nil {
 		return fmt.Errorf("cp: %s in vm %s: %w", src, vm.Name, err)
@@ -114,7 +114,7 @@ func (s *vmService) copyOut(ctx context.Context, p wire.CopyOutParams, sc *strea
 	bw := bufio.NewWriterSize(&wire.FrameWriter{W: sc, Kind: wire.FrameStdout}, 256<<10)
 	tw := tar.NewWriter(bw)
 	var prog treecopy.Progress
-	err = treecopy.Pack(ctx, tw, treecopy.SFTPFS{C: cl}, src, path.Base(src), &prog)
+	err = treecopy.Pack(ctx, tw, gfs, src, path.Base(src), &prog)
 	if err == nil {
 		err = tw.Close()
 	}

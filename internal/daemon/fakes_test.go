@@ -296,14 +296,18 @@ func (g *fakeGuest) Close() error { return nil }
 // SFTP serves the host's own file system as the guest's (copy_test.go
 // uses absolute paths under its temporary folders), with the SFTP
 // server the agent runs.
-func (g *fakeGuest) SFTP() (*sftp.Client, error) {
+func (g *fakeGuest) SFTP(wrap ...func(io.Reader) io.Reader) (*sftp.Client, error) {
 	a, b := net.Pipe()
 	srv, err := sftp.NewServer(a)
 	if err != nil {
 		return nil, err
 	}
 	go func() { srv.Serve(); srv.Close() }()
-	return sftp.NewClientPipe(b, b, sftp.UseConcurrentWrites(true))
+	var r io.Reader = b
+	for _, f := range wrap {
+		r = f(r)
+	}
+	return sftp.NewClientPipe(r, b, sftp.UseConcurrentWrites(true))
 }
 
 func appendFile(path, s string) error {

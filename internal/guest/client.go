@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"time"
@@ -216,12 +217,52 @@ func (c *Client) ListenHost(port int) (net.Listener, error) {
 // SFTP opens an SFTP session on the connection; close it when done.
 // Writes go out with several requests in flight (a file's ReadFrom), as
 // reads do: one request at a time would wait a round trip per 32 KiB.
-func (c *Client) SFTP() (*sftp.Client, error) {
-	s, err := sftp.NewClient(c.ssh, sftp.UseConcurrentWrites(true))
+// wrap, if given, stands between the client and the server's replies
+// (treecopy.NewNameMeter, which bounds a folder's listing as it arrives).
+func (c *Client) SFTP(wrap ...func(io.Reader) io.Reader) (*sftp.Client, error) {
+	s, err := c.ssh.NewSession()
 	if err != nil {
 		return nil, fmt.Errorf("open sftp: %w", err)
 	}
-	return s, nil
+	cl, err := startSFTP(s, wrap)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open sftp: %w", err)
+	}
+	return cl, nil
+}
+
+// startSFTP starts the sftp subsystem on s, as sftp.NewClient does, with
+// the server's replies read through wrap.
+func startSFTP(s *ssh.Session, wrap []func(io.Reader) io.Reader) (*sftp.Client, error) {
+	w, err := s.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	var r io.Reader
+	if r, err = s.StdoutPipe(); err != nil {
+		return nil, err
+	}
+	if err := s.RequestSubsystem("sftp"); err != nil {
+		return nil, err
+	}
+	for _, f := range wrap {
+		r = f(r)
+	}
+	// Closing the client closes the session with it.
+	return sftp.NewClientPipe(r, sessionCloser{w, s}, sftp.UseConcurrentWrites(true))
+}
+
+// sessionCloser is a session's stdin whose Close ends the session.
+type sessionCloser struct {
+	io.WriteCloser
+	s *ssh.Session
+}
+
+func (c sessionCloser) Close() error {
+	err := c.WriteCloser.Close()
+	c.s.Close()
+	return err
 }
 
 // Close drops the connection; running commands lose their session and

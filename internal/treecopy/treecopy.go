@@ -10,6 +10,9 @@
 // are kept as symlinks and never followed; regular files are written
 // under a temporary name and renamed into place, so a file that was there
 // is replaced whole or not at all. A failed unpack removes what it made.
+// A guest's tree is hostile too: a guest root may replace the agent's
+// SFTP server, so a folder's listing is bounded as it arrives
+// (NameMeter, sftpnames.go), not once it is whole in memory.
 package treecopy
 
 import (

@@ -40,14 +40,15 @@ func sides(t *testing.T, dir string) []side {
 		t.Fatal(err)
 	}
 	go srv.Serve()
-	cl, err := sftp.NewClientPipe(b, b, sftp.UseConcurrentWrites(true))
+	names := NewNameMeter(b)
+	cl, err := sftp.NewClientPipe(names, b, sftp.UseConcurrentWrites(true))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cl.Close(); srv.Close() })
 	return []side{
 		{"root", RootFS{root}, func(rel string) string { return rel }},
-		{"sftp", SFTPFS{cl}, func(rel string) string { return filepath.Join(dir, rel) }},
+		{"sftp", SFTPFS{C: cl, Names: names}, func(rel string) string { return filepath.Join(dir, rel) }},
 	}
 }
 
