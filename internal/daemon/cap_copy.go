@@ -27,17 +27,15 @@ import (
 // fails the create, which removes the VM.
 type copyCap struct {
 	capHooks
-	vms *vmService
-	log *slog.Logger
-	// protect are ember's own folders, which no copy may be or hold.
-	protect []string
+	hostFolders // ember's own folders; the pin and verified open
+	vms         *vmService
+	log         *slog.Logger
 }
 
 // copySeededFile, in the VM's folder, says the copy capability ran.
 const copySeededFile = "copy-seeded"
 
 func (*copyCap) capName() string { return "copy" }
-func (*copyCap) namesHostPaths() {}
 
 func (c *copyCap) check(args []string) error {
 	for _, a := range args {
@@ -61,12 +59,12 @@ func (c *copyCap) guestReady(ctx context.Context, vm store.VM, args []string) (f
 	if _, err := os.Stat(marker); err == nil {
 		return nil, nil
 	}
-	for _, a := range args {
-		f, err := parseFolder(a)
+	for _, vc := range capsNamed(vm.Caps, "copy") {
+		f, err := parseFolder(vc.Arg)
 		if err != nil {
 			return nil, err
 		}
-		n, err := c.seed(ctx, vm, f)
+		n, err := c.seed(ctx, vm, vc, f)
 		if err != nil {
 			return nil, fmt.Errorf("copy %s to %s: %w", f.Host, f.Guest, err)
 		}
@@ -78,9 +76,16 @@ func (c *copyCap) guestReady(ctx context.Context, vm store.VM, args []string) (f
 	return nil, nil
 }
 
-// seed packs f.Host and unpacks it into the guest as f.Guest, streaming.
-func (c *copyCap) seed(ctx context.Context, vm store.VM, f folderSpec) (int64, error) {
-	root, err := os.OpenRoot(f.Host)
+// seed packs the host folder of vc (f) and unpacks it into the guest as
+// f.Guest, streaming. The folder is the one checked at create
+// (hostFolders.open), read through an os.Root of that very open folder.
+func (c *copyCap) seed(ctx context.Context, vm store.VM, vc store.VMCap, f folderSpec) (int64, error) {
+	dir, _, err := c.open(vc)
+	if err != nil {
+		return 0, err
+	}
+	root, err := os.OpenRoot(fdPath(dir))
+	dir.Close()
 	if err != nil {
 		return 0, err
 	}

@@ -8,9 +8,13 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/emberhq/ember/internal/guestproto"
+	"github.com/emberhq/ember/internal/store"
 )
 
 // The copy and mount capabilities both name a host folder and a guest
@@ -79,8 +83,201 @@ func checkHostFolder(dir string, protect []string) error {
 	return nil
 }
 
-// namesHostPaths marks a capability whose arguments name host folders.
-type namesHostPaths interface{ namesHostPaths() }
+// namesHostPaths is a capability whose arguments name host folders:
+// parse pins each one (store.VMCap.Host) when it checks it.
+type namesHostPaths interface {
+	pin(arg string) (*store.FolderPin, error)
+}
+
+// hostFolders is what copy and mount share: ember's own folders, which
+// no copy or share may be, lie in or hold (protect), and the pin and
+// verified open of a named folder, so that the folder used a boot later
+// is the one checked at create.
+type hostFolders struct {
+	protect []string
+}
+
+// pin checks arg's host folder (checkHostFolder) and records it: its
+// path with symlinks resolved and its device and inode, as opened with
+// no symlink followed (openNoFollow).
+func (h hostFolders) pin(arg string) (*store.FolderPin, error) {
+	f, err := parseFolder(arg)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkHostFolder(f.Host, h.protect); err != nil {
+		return nil, err
+	}
+	real, err := filepath.EvalSymlinks(f.Host)
+	if err != nil {
+		return nil, fmt.Errorf("host folder %s: %w", f.Host, err)
+	}
+	dir, err := openNoFollow(real)
+	if err != nil {
+		return nil, fmt.Errorf("host folder %s: %w", f.Host, err)
+	}
+	defer dir.Close()
+	dev, ino, err := fileID(dir)
+	if err == nil {
+		err = notProtectedFD(dir, h.protect)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("host folder %s: %w", f.Host, err)
+	}
+	return &store.FolderPin{Path: real, Dev: dev, Ino: ino}, nil
+}
+
+// notProtectedFD refuses the open folder dir when it is, lies in or
+// holds one of protect, by device and inode: dir's own parents are
+// walked through its ".." entries, so no path can be swapped under it.
+func notProtectedFD(dir *os.File, protect []string) error {
+	type id struct{ dev, ino uint64 }
+	up := map[id]bool{}
+	fd, err := unix.Openat(int(dir.Fd()), ".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	var self id
+	for {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		k := id{st.Dev, st.Ino}
+		if len(up) == 0 {
+			self = k
+		}
+		if up[k] { // / is its own parent
+			break
+		}
+		up[k] = true
+		next, err := unix.Openat(fd, "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		if err != nil {
+			return err
+		}
+		fd = next
+	}
+	unix.Close(fd)
+	for _, p := range protect {
+		rp, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			continue // not made yet: nothing of it to protect
+		}
+		for d := rp; ; d = filepath.Dir(d) {
+			var st unix.Stat_t
+			if unix.Stat(d, &st) == nil {
+				k := id{st.Dev, st.Ino}
+				if (d == rp && up[k]) || k == self {
+					return fmt.Errorf("it is or holds or lies inside ember's folder %s, which a vm must never reach", rp)
+				}
+			}
+			if d == "/" || d == "." {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// open opens the host folder of c (a copy or mount entry) for use: the
+// path pinned at create, walked with no symlink followed at any
+// component, must still be the folder of that device and inode, and not
+// one of ember's; otherwise the use is refused. A user who swaps the
+// folder, or a folder on its path, for a symlink (to /root, to ember's
+// state) between the create and a boot gets an error, not that tree.
+// An entry made before pins were recorded is pinned now.
+func (h hostFolders) open(c store.VMCap) (*os.File, *store.FolderPin, error) {
+	pin := c.Host
+	if pin == nil {
+		var err error
+		if pin, err = h.pin(c.Arg); err != nil {
+			return nil, nil, err
+		}
+	}
+	dir, err := openNoFollow(pin.Path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("host folder %s is no longer the folder checked at create (%v): refused", pin.Path, err)
+	}
+	dev, ino, err := fileID(dir)
+	if err == nil && (dev != pin.Dev || ino != pin.Ino) {
+		err = fmt.Errorf("host folder %s is no longer the folder checked at create (another folder is there now): refused", pin.Path)
+	}
+	if err == nil {
+		if err = notProtectedFD(dir, h.protect); err != nil {
+			err = fmt.Errorf("host folder %s: %w", pin.Path, err)
+		}
+	}
+	if err != nil {
+		dir.Close()
+		return nil, nil, err
+	}
+	return dir, pin, nil
+}
+
+// openNoFollow opens the absolute folder p one component at a time from
+// /, never following a symlink (O_NOFOLLOW at every step; O_PATH on the
+// way, which needs only search rights), so what it opens is reached
+// through real folders alone.
+func openNoFollow(p string) (*os.File, error) {
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return nil, fmt.Errorf("%q is not a clean absolute path", p)
+	}
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	names := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	for i, name := range names {
+		if name == "" {
+			continue
+		}
+		flags := unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		if i == len(names)-1 {
+			flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		}
+		next, err := unix.Openat(fd, name, flags, 0)
+		unix.Close(fd)
+		if err != nil {
+			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+				return nil, fmt.Errorf("%s is not a folder there (a symlink or a file)", filepath.Join(append([]string{"/"}, names[:i+1]...)...))
+			}
+			return nil, fmt.Errorf("open %s: %w", filepath.Join(append([]string{"/"}, names[:i+1]...)...), err)
+		}
+		fd = next
+	}
+	if p == "/" {
+		unix.Close(fd)
+		return os.Open("/")
+	}
+	return os.NewFile(uintptr(fd), p), nil
+}
+
+// fileID is f's device and inode.
+func fileID(f *os.File) (dev, ino uint64, err error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, 0, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return st.Dev, st.Ino, nil
+}
+
+// fdPath names the open f for this process alone: opening it opens the
+// very folder f is, whatever has since been renamed or swapped.
+func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
+
+// capsNamed is vm's entries of capability name, in order (their pins
+// with them; argsOf has their arguments).
+func capsNamed(caps []store.VMCap, name string) []store.VMCap {
+	var out []store.VMCap
+	for _, c := range caps {
+		if c.Name == name {
+			out = append(out, c)
+		}
+	}
+	return out
+}
 
 // clientLimited is a capability some of whose arguments only a trusted
 // client (trustedPeer) may give; checkClient says why arg is refused.

@@ -146,7 +146,7 @@ func TestFolderCapsRefuseEmberFolders(t *testing.T) {
 		t.Fatal(err)
 	}
 	protect := []string{state, filepath.Join(root, "home", "run-not-made")}
-	for _, c := range []vmCap{&copyCap{protect: protect}, &mountCap{protect: protect}} {
+	for _, c := range []vmCap{&copyCap{hostFolders: hostFolders{protect: protect}}, &mountCap{hostFolders: hostFolders{protect: protect}}} {
 		for _, dir := range []string{state, filepath.Join(state, "vms"), filepath.Join(root, "home"), root, "/", link} {
 			if err := c.check([]string{dir + ":/work"}); err == nil || !strings.Contains(err.Error(), "ember's folder") {
 				t.Errorf("%s of %s: %v", c.capName(), dir, err)
@@ -154,6 +154,19 @@ func TestFolderCapsRefuseEmberFolders(t *testing.T) {
 		}
 		if err := c.check([]string{other + ":/work"}); err != nil {
 			t.Errorf("%s of an unrelated folder: %v", c.capName(), err)
+		}
+	}
+	// The same on an open folder, by device and inode through its own
+	// parents (notProtectedFD), as a use checks a pinned folder.
+	for dir, bad := range map[string]bool{state: true, filepath.Join(state, "vms"): true, filepath.Join(root, "home"): true, "/": true, other: false} {
+		f, err := openNoFollow(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = notProtectedFD(f, protect)
+		f.Close()
+		if (err != nil) != bad {
+			t.Errorf("open %s: %v, want refused %v", dir, err, bad)
 		}
 	}
 }

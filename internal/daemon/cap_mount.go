@@ -25,14 +25,12 @@ import (
 // Debian's cloud kernel has virtiofs, not 9p).
 type mountCap struct {
 	capHooks
+	hostFolders // ember's own folders; the pin and verified open
 	// virtiofs says whether the driver serves virtiofs shares.
 	virtiofs func() bool
-	// protect are ember's own folders, which no share may be or hold.
-	protect []string
 }
 
 func (*mountCap) capName() string { return "mount" }
-func (*mountCap) namesHostPaths() {}
 
 // mountSpec is one parsed share.
 type mountSpec struct {
@@ -88,17 +86,27 @@ func (c *mountCap) check(args []string) error {
 }
 
 // beforeBoot adds the shares to the Spec and their mounts to the agent's
-// command line. The folder is checked again: it may have gone since the
-// create.
-func (c *mountCap) beforeBoot(_ context.Context, _ store.VM, args []string, b *capBoot) (func(), error) {
+// command line. Each folder is verified again (hostFolders.open): it may
+// have gone since the create, or been swapped for a symlink or another
+// folder, which is refused; the driver is handed the folder's pinned path,
+// which has no symlink in it.
+func (c *mountCap) beforeBoot(_ context.Context, vm store.VM, args []string, b *capBoot) (func(), error) {
 	ms, err := parseMounts(args)
 	if err != nil {
 		return nil, err
 	}
+	entries := capsNamed(vm.Caps, "mount")
 	for i, m := range ms {
-		if err := checkHostFolder(m.Host, c.protect); err != nil {
+		vc := store.VMCap{Name: "mount", Arg: args[i]}
+		if i < len(entries) && entries[i].Arg == args[i] {
+			vc = entries[i]
+		}
+		dir, pin, err := c.open(vc)
+		if err != nil {
 			return nil, err
 		}
+		dir.Close()
+		m.Host = pin.Path
 		t := m.Transport
 		if t == "" {
 			t = hypervisor.Share9P

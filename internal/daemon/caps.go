@@ -128,6 +128,15 @@ func (r *vmCaps) parse(specs []string) ([]store.VMCap, error) {
 	if len(errs) > 0 {
 		return nil, joinInvalid(errs)
 	}
+	for i := range out {
+		if h, ok := r.byName(out[i].Name).(namesHostPaths); ok {
+			pin, err := h.pin(out[i].Arg)
+			if err != nil {
+				return nil, invalidf("cap %s: %v", out[i].Name, err)
+			}
+			out[i].Host = pin
+		}
+	}
 	return out, nil
 }
 

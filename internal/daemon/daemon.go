@@ -250,8 +250,8 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	hostPorts := newHostPortCap(d.vms, d.log, &d.background)
 	d.ports = newPortCap(d.vms, hostPorts, d.log, &d.background)
 	d.vms.caps = newVMCaps(envCap{}, d.ports, hostPorts,
-		&copyCap{vms: d.vms, log: d.log, protect: d.vms.protectedDirs()},
-		&mountCap{protect: d.vms.protectedDirs(), virtiofs: func() bool {
+		&copyCap{vms: d.vms, log: d.log, hostFolders: hostFolders{protect: d.vms.protectedDirs()}},
+		&mountCap{hostFolders: hostFolders{protect: d.vms.protectedDirs()}, virtiofs: func() bool {
 			v, ok := driver.(interface{ Virtiofsd() string })
 			return ok && v.Virtiofsd() != ""
 		}})

@@ -133,7 +133,11 @@
 // copy and mount name host folders, and port may name a host port below
 // 1024, which only root and the daemon's own user may do (trustedPeer,
 // from the socket's peer credentials, withPeer); vmCaps.checkClient says
-// so before any argument is looked at on the host.
+// so before any argument is looked at on the host. A named folder is
+// pinned at create (store.FolderPin: resolved path, device, inode) and
+// opened at each use with no symlink followed and compared to the pin
+// (hostFolders.open), so a folder swapped for a symlink meanwhile is
+// refused.
 //
 // Events (events.go): services publish lifecycle events to one hub
 // (internal/events) where a change is committed; the events stream

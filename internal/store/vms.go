@@ -52,10 +52,21 @@ type VM struct {
 }
 
 // VMCap is one capability of a VM: a built-in capability's name and its
-// argument, as the user gave it (`--cap NAME[=ARG]`).
+// argument, as the user gave it (`--cap NAME[=ARG]`). Host is, for one
+// that names a host folder (copy, mount), that folder as it was checked.
 type VMCap struct {
-	Name string `json:"name"`
-	Arg  string `json:"arg,omitempty"`
+	Name string     `json:"name"`
+	Arg  string     `json:"arg,omitempty"`
+	Host *FolderPin `json:"host,omitempty"`
+}
+
+// FolderPin is a host folder as a check saw it: its path with symlinks
+// resolved and its identity (device and inode), so a later use can tell
+// that the folder it opens is still that one.
+type FolderPin struct {
+	Path string `json:"path"`
+	Dev  uint64 `json:"dev"`
+	Ino  uint64 `json:"ino"`
 }
 
 // capsArg is caps as a column value: NULL when there are none.
