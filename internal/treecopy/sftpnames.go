@@ -30,8 +30,9 @@ type NameMeter struct {
 // sftpName is SSH_FXP_NAME, the reply that lists names.
 const sftpName = 104
 
-// ErrTooManyNames is the reader's error past its bound.
-var ErrTooManyNames = errors.New("the sftp server listed more names than a copy takes")
+// errTooManyNames is the reader's error past its bound; SFTPFS.ReadDir
+// says it as ErrInvalid.
+var errTooManyNames = errors.New("the sftp server listed more names than a copy takes")
 
 // NewNameMeter meters r, with no bound until one is set.
 func NewNameMeter(r io.Reader) *NameMeter {
@@ -49,13 +50,13 @@ func (m *NameMeter) exceeded() bool { return m.over.Load() }
 
 func (m *NameMeter) Read(p []byte) (int, error) {
 	if m.over.Load() {
-		return 0, ErrTooManyNames
+		return 0, errTooManyNames
 	}
 	n, err := m.r.Read(p)
 	m.count(p[:n])
 	if m.names.Load() > m.limit.Load() {
 		m.over.Store(true)
-		return 0, ErrTooManyNames
+		return 0, errTooManyNames
 	}
 	return n, err
 }
