@@ -66,7 +66,8 @@ func portList(t *testing.T, e *env, vm string) []wire.Port {
 // --cap port and --cap env on a real VM (issue 12): a guest server on
 // 8080 answers on the host's loopback port; env reaches exec and
 // sessions; the forward comes back after a daemon restart; port rm
-// closes it, port add opens another, rm -f of the VM closes that.
+// closes it, port add opens another (port rm by port alone also finds one
+// on 127.0.0.2), rm -f of the VM closes that.
 func TestCapPortAndEnv(t *testing.T) {
 	e := newEnv(t)
 	hp := freeLoopbackPort(t)
@@ -105,6 +106,14 @@ func TestCapPortAndEnv(t *testing.T) {
 	hp2 := freeLoopbackPort(t)
 	e.must("port", "add", "web", fmt.Sprintf("127.0.0.1:%d:8080/tcp", hp2))
 	waitHTTP(t, hp2, "/index.html", "hello-port\n")
+	// port rm by the host port alone finds a forward on another loopback
+	// address too.
+	hp3 := freeLoopbackPort(t)
+	e.must("port", "add", "web", fmt.Sprintf("127.0.0.2:%d:8080", hp3))
+	e.must("port", "rm", "web", strconv.Itoa(hp3))
+	if ports := portList(t, e, "web"); len(ports) != 1 || ports[0].HostPort != hp2 {
+		t.Fatalf("port ls after rm of the 127.0.0.2 forward: %+v", ports)
+	}
 
 	// A poweroff in the guest closes the forward (the follower sees the
 	// process end; capsStopped), and a start opens it again.

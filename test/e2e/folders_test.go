@@ -262,8 +262,10 @@ func TestCapFolderBadHostDir(t *testing.T) {
 
 // A member of a root daemon's socket group may not have the daemon read
 // host folders for it (copy, mount): the daemon reads as root. The create
-// is refused at once, pointing at `ember cp`, and leaves nothing; root's
-// own create of the same is accepted (checked by the other tests).
+// is refused at once, pointing at `ember cp`, with the same answer
+// whatever the path, and leaves nothing; nor may a member forward a host
+// port below 1024. Root's own create of the same is accepted (checked by
+// the other tests).
 func TestCapFolderRefusedToGroupMember(t *testing.T) {
 	needRoot(t)
 	home := sharedDir(t)
@@ -282,6 +284,18 @@ func TestCapFolderRefusedToGroupMember(t *testing.T) {
 		if code != 2 || !strings.Contains(errOut, "cap "+name+": only root or the daemon's user may name host folders") || !strings.Contains(errOut, "ember cp") {
 			t.Errorf("a group member's --cap %s: exit %d: %s", c, code, errOut)
 		}
+	}
+	// The answer is the same whatever the path (the daemon does not look
+	// at it first), so a member cannot probe paths they cannot read.
+	for _, p := range []string{"/root/no-such-folder", "/etc/hostname"} {
+		_, errOut, code := runAs(t, memberUID, []uint32{socketGID}, nil, "--home", home, "create", "peek", "--cap", "copy="+p+":/work")
+		if code != 2 || !strings.Contains(errOut, "only root or the daemon's user may name host folders") || strings.Contains(errOut, "exist") || strings.Contains(errOut, "not a folder") {
+			t.Errorf("a group member's copy of %s: exit %d: %s", p, code, errOut)
+		}
+	}
+	// Nor may a member have the root daemon bind a privileged host port.
+	if _, errOut, code := runAs(t, memberUID, []uint32{socketGID}, nil, "--home", home, "create", "peek", "--cap", "port=80:8080"); code != 2 || !strings.Contains(errOut, "below 1024") {
+		t.Errorf("a group member's --cap port=80:8080: exit %d: %s", code, errOut)
 	}
 	assertNoVMs(t, e)
 }
