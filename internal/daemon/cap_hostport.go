@@ -83,7 +83,7 @@ const hostRetryMax = 10 * time.Second
 // hostListener is an agent connection that listens in the guest for the
 // host (guest.Client.ListenHost).
 type hostListener interface {
-	ListenHost(port int) (net.Listener, error)
+	ListenHost(ctx context.Context, port int) (net.Listener, error)
 }
 
 func newHostPortCap(vms *vmService, log *slog.Logger, background *sync.WaitGroup) *hostPortCap {
@@ -317,7 +317,7 @@ func (s *vmService) listenHost(ctx context.Context, id string, port int) (net.Li
 	if !ok {
 		return nil, fmt.Errorf("vm %s: its agent connection forwards nothing to the host", vm.Name)
 	}
-	ln, err := l.ListenHost(port)
+	ln, err := l.ListenHost(ctx, port)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
 	}

@@ -484,7 +484,7 @@ func (g *fakeGuest) DialPort(ctx context.Context, port int) (net.Conn, error) {
 // ListenHost plays the agent's reverse forward: a loopback listener
 // stands for host.ember.internal:port in the guest, and drv.guestHost
 // says where it is, for a test to dial as a guest process would.
-func (g *fakeGuest) ListenHost(port int) (net.Listener, error) {
+func (g *fakeGuest) ListenHost(_ context.Context, port int) (net.Listener, error) {
 	g.drv.mu.Lock()
 	defer g.drv.mu.Unlock()
 	if g.drv.refuseHost[port] {

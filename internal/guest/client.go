@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -204,15 +205,70 @@ func (c *Client) DialPort(ctx context.Context, port int) (net.Conn, error) {
 // ListenHost asks the agent to listen on guestproto.HostAddr:port in the
 // guest (host.ember.internal) for this connection: each connection a
 // guest process makes there is one Accept, until the listener or the
-// connection closes. The agent answers in its own goroutine; a guest that
-// never does is cut off by the keepalive, which ends the wait.
-func (c *Client) ListenHost(port int) (net.Listener, error) {
-	ln, err := c.ssh.Listen("tcp", net.JoinHostPort(guestproto.HostAddr, strconv.Itoa(port)))
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s:%d in the guest (is port %d in use there on every address?): %w", guestproto.HostName, port, port, err)
+// connection closes.
+//
+// The ask is an SSH global request, and x/crypto/ssh sends a connection's
+// global requests one at a time, each waiting for its answer: an agent
+// that never answers this one (stuck, or not the agent: a guest root can
+// replace it) would hold up every later one on the connection (the
+// keepalive, the user's keys, other forwards). So the wait ends with ctx,
+// and an ask with no answer after listenHostTimeout means the connection
+// is broken: it is closed (whoever waited, even a caller that gave up),
+// its pool forgets it, and the next use dials a new one.
+func (c *Client) ListenHost(ctx context.Context, port int) (net.Listener, error) {
+	type result struct {
+		ln  net.Listener
+		err error
 	}
-	return ln, nil
+	res := make(chan result, 1)
+	timeout := listenHostTimeout
+	broken := time.AfterFunc(timeout, func() { c.ssh.Close() })
+	var mu sync.Mutex
+	left := false // the caller gave up: an answer that comes is closed
+	go func() {
+		ln, err := c.ssh.Listen("tcp", net.JoinHostPort(guestproto.HostAddr, strconv.Itoa(port)))
+		if !broken.Stop() {
+			err = fmt.Errorf("the agent did not answer in %v, so its connection was closed: %w", timeout, context.DeadlineExceeded)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if left {
+			if ln != nil {
+				ln.Close()
+			}
+			return
+		}
+		res <- result{ln, err}
+	}()
+	select {
+	case r := <-res:
+		if r.err != nil {
+			if r.ln != nil {
+				r.ln.Close()
+			}
+			return nil, fmt.Errorf("listen on %s:%d in the guest (is port %d in use there on every address?): %w", guestproto.HostName, port, port, r.err)
+		}
+		return r.ln, nil
+	case <-ctx.Done():
+		mu.Lock()
+		left = true
+		mu.Unlock()
+		select {
+		case r := <-res: // it came meanwhile
+			if r.ln != nil {
+				r.ln.Close()
+			}
+		default:
+		}
+		return nil, fmt.Errorf("listen on %s:%d in the guest: %w", guestproto.HostName, port, ctx.Err())
+	}
 }
+
+// listenHostTimeout bounds the agent's answer to ListenHost; the agent
+// answers from its own goroutine, so only a guest that does not run (or
+// an agent that is not ours) misses it, and the keepalive gives up on
+// such a connection after as long.
+var listenHostTimeout = keepaliveTimeout
 
 // SFTP opens an SFTP session on the connection; close it when done.
 // Writes go out with several requests in flight (a file's ReadFrom), as

@@ -62,7 +62,7 @@ func TestListenHost(t *testing.T) {
 	}
 	defer c.Close()
 	port := freePort(t)
-	ln, err := c.ListenHost(port)
+	ln, err := c.ListenHost(t.Context(), port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestListenHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln2, err := c2.ListenHost(port)
+	ln2, err := c2.ListenHost(t.Context(), port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestListenHost(t *testing.T) {
 	}
 
 	// A listener closed by the daemon stops the guest side too.
-	ln3, err := c.ListenHost(port)
+	ln3, err := c.ListenHost(t.Context(), port)
 	if err != nil {
 		t.Fatal(err)
 	}
