@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"time"
 
 	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/wire"
@@ -55,6 +56,10 @@ func ImportKernel(ctx context.Context, c *Client, p wire.KernelImportParams, std
 // point, cancels the send. When sending fails, the daemon's answer, if
 // it gave one, is the outcome (a refusal says why better than a broken
 // pipe); without one, closing the stream ends the reader.
+// answerGrace is how long sendAndAnswer waits for the daemon's answer after
+// its send failed.
+const answerGrace = 2 * time.Second
+
 func sendAndAnswer[R any](ctx context.Context, s *Stream, what string, send func(context.Context) error, answer func() (R, error)) (R, error) {
 	type result struct {
 		r   R
@@ -73,12 +78,15 @@ func sendAndAnswer[R any](ctx context.Context, s *Stream, what string, send func
 		sendErr = s.Send(wire.FrameStdinEOF, nil)
 	}
 	if sendErr != nil && ctx.Err() == nil {
+		// A daemon that refuses the stream answers and closes, so the
+		// send fails (EPIPE) while the answer is still being read: give
+		// the answer a moment, it says more than the broken pipe.
 		select {
 		case r := <-done:
 			// The daemon answered: it had what it needed, or says
 			// what was wrong.
 			return r.r, r.err
-		default:
+		case <-time.After(answerGrace):
 			s.Close()
 		}
 		var zero R
