@@ -268,19 +268,7 @@ func (s *vmService) vmPaused(vm store.VM, inst hypervisor.Instance, msg string) 
 
 // vmResumed records a paused VM as running again.
 func (s *vmService) vmResumed(vm store.VM, inst hypervisor.Instance) {
-	changed := false
-	resumed, err := s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
-		if v.PID != inst.PID || v.State != wire.StatePaused {
-			return nil
-		}
-		changed = true
-		v.State, v.LastError, v.UpdatedAt = wire.StateRunning, "", time.Now().UTC()
-		s.log.Info("vm runs again", "vm", vm.Name)
-		return s.store.UpdateVM(context.Background(), *v)
-	})
-	if err == nil && changed {
-		s.events.Publish(vmEvent(wire.EventVMResumed, resumed, ""))
-	}
+	_, _, _ = s.recordRunState(vm, inst, wire.StatePaused, wire.StateRunning, wire.EventVMResumed, "", "vm runs again")
 }
 
 // resumeVM lets a paused VM run again: one paused on request at once,

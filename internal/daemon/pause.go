@@ -65,24 +65,15 @@ func (s *vmService) pauseVM(ctx context.Context, p wire.RefParams) (wire.VM, err
 	if err := pd.Pause(ctx, specOf(vm), inst); err != nil {
 		return wire.VM{}, fmt.Errorf("pause vm %s: %w", vm.Name, err)
 	}
-	changed := false
-	vm, err = s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
-		if v.PID != inst.PID || v.State != wire.StateRunning {
-			return nil // stopped or paused meanwhile
-		}
-		changed = true
-		v.State, v.LastError, v.UpdatedAt = wire.StatePaused, "", time.Now().UTC()
-		return s.store.UpdateVM(context.Background(), *v)
-	})
+	// Stopped or paused meanwhile: left as it is.
+	vm, changed, err := s.recordRunState(vm, inst, wire.StateRunning, wire.StatePaused, wire.EventVMPaused, "by request", "vm paused")
 	if err != nil {
 		return wire.VM{}, err
 	}
 	if changed {
-		s.events.Publish(vmEvent(wire.EventVMPaused, vm, "by request"))
 		// A request in flight on the agent connection would wait on a
 		// guest that does not run: it ends now and says the VM paused.
 		s.guests.drop(vm.ID)
-		s.log.Info("vm paused", "vm", vm.Name)
 	}
 	return s.toWireVM(vm), nil
 }
@@ -113,18 +104,28 @@ func (s *vmService) resumeRequested(ctx context.Context, p wire.RefParams) (wire
 // its process so when it attached (a pause whose record a killed daemon
 // did not write).
 func (s *vmService) vmHeld(vm store.VM, inst hypervisor.Instance) {
-	changed := false
-	held, err := s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
-		if v.PID != inst.PID || v.State != wire.StateRunning {
+	_, _, _ = s.recordRunState(vm, inst, wire.StateRunning, wire.StatePaused, wire.EventVMPaused, "found paused", "vm found paused")
+	s.guests.drop(vm.ID)
+}
+
+// recordRunState records VM vm, still hypervisor process inst, moved
+// from state from to state to (pause and resume: running ⇄ paused) with
+// no last error, then publishes event ev with detail and logs msg.
+// A VM that is another process or in another state by now is left as it
+// is (changed false): it stopped, or the move was recorded already.
+func (s *vmService) recordRunState(vm store.VM, inst hypervisor.Instance, from, to, ev, detail, msg string) (rec store.VM, changed bool, err error) {
+	rec, err = s.withVMLockByID(context.Background(), vm.ID, func(v *store.VM) error {
+		if v.PID != inst.PID || v.State != from {
 			return nil
 		}
 		changed = true
-		v.State, v.LastError, v.UpdatedAt = wire.StatePaused, "", time.Now().UTC()
-		s.log.Info("vm found paused", "vm", vm.Name)
+		v.State, v.LastError, v.UpdatedAt = to, "", time.Now().UTC()
 		return s.store.UpdateVM(context.Background(), *v)
 	})
-	if err == nil && changed {
-		s.events.Publish(vmEvent(wire.EventVMPaused, held, "found paused"))
+	if err != nil || !changed {
+		return rec, false, err
 	}
-	s.guests.drop(vm.ID)
+	s.events.Publish(vmEvent(ev, rec, detail))
+	s.log.Info(msg, "vm", vm.Name)
+	return rec, true, nil
 }
