@@ -293,8 +293,11 @@ func TestEventsOfImages(t *testing.T) {
 
 // A client that reads nothing holds up no publisher: the daemon keeps
 // publishing, and when the client reads again it gets what its socket
-// held, one gap for what the ring dropped meanwhile, then the rest, every
-// event accounted for, in order.
+// held, a gap for what the ring dropped meanwhile, then the rest, every
+// event accounted for, in order. The stream's goroutine drains the ring
+// while the publisher still runs, so the publisher may lap it more than
+// once (CI saw 2 gaps under load): each lap is its own gap, and after the
+// last one the client reads a whole ring's worth.
 func TestEventsSlowClientGetsAGap(t *testing.T) {
 	td := openTestDaemon(t, "", newFakeDriver())
 	c := serve(t, td)
@@ -329,8 +332,8 @@ func TestEventsSlowClientGetsAGap(t *testing.T) {
 			got++
 		}
 	}
-	if gaps != 1 || got < 1024 || last != td.events.Latest() {
-		t.Fatalf("%d events, %d missed in %d gaps, last %d of %d; want one gap and at least the ring's 1024",
+	if gaps < 1 || got+missed != n || got < 1024 || last != td.events.Latest() {
+		t.Fatalf("%d events, %d missed in %d gaps, last %d of %d; want a gap, every event accounted for and at least the ring's 1024",
 			got, missed, gaps, last, td.events.Latest())
 	}
 }

@@ -26,6 +26,7 @@ type terminal struct {
 	ptmx    *os.File
 	out     *lockedBuf
 	done    chan struct{}
+	read    chan struct{} // closed when the pty gives EOF: every byte the client wrote is in out
 	code    int
 	answers int // queries answered
 }
@@ -37,8 +38,9 @@ func (e *env) terminal(args ...string) *terminal {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	tm := &terminal{t: e.t, cmd: cmd, ptmx: ptmx, out: &lockedBuf{}, done: make(chan struct{})}
+	tm := &terminal{t: e.t, cmd: cmd, ptmx: ptmx, out: &lockedBuf{}, done: make(chan struct{}), read: make(chan struct{})}
 	go func() {
+		defer close(tm.read)
 		buf := make([]byte, 4096)
 		seen := ""
 		for {
@@ -88,13 +90,18 @@ func (tm *terminal) waitFor(what, want string) {
 	poll(tm.t, what, func() bool { return strings.Contains(tm.out.String(), want) })
 }
 
-// exit waits for the client to end and returns its status.
+// exit waits for the client to end and for the pty to give up the last
+// bytes it wrote (the client may exit before the reader has copied them),
+// and returns its status.
 func (tm *terminal) exit() int {
 	tm.t.Helper()
-	select {
-	case <-tm.done:
-	case <-time.After(60 * time.Second):
-		tm.t.Fatalf("ember did not end; it showed:\n%q", tm.out.String())
+	deadline := time.After(60 * time.Second)
+	for _, ch := range []chan struct{}{tm.done, tm.read} {
+		select {
+		case <-ch:
+		case <-deadline:
+			tm.t.Fatalf("ember did not end; it showed:\n%q", tm.out.String())
+		}
 	}
 	return tm.code
 }
