@@ -122,3 +122,44 @@ func setupHostAddr() error {
 	}
 	return nil
 }
+
+// renumber gives a restored tap-mode guest its own network: the NIC's
+// MAC (virtio-net takes a new one while up and tells QEMU, whose receive
+// filter follows; the change also flushes the guest's ARP cache), its
+// address in place of the saved VM's (removing the last address drops
+// the link's routes, so the default route is made again), and the
+// resolvers in /etc/resolv.conf. n was checked whole by the decoder.
+func renumber(n *guestproto.ReidentifyNet) error {
+	link, err := firstLink()
+	if err != nil {
+		return err
+	}
+	name := link.Attrs().Name
+	if err := netlink.LinkSetHardwareAddr(link, n.MAC); err != nil {
+		return fmt.Errorf("network: mac %s on %s: %w", n.MAC, name, err)
+	}
+	old, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("network: addresses of %s: %w", name, err)
+	}
+	for _, a := range old {
+		if err := netlink.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("network: remove %s from %s: %w", a.IPNet, name, err)
+		}
+	}
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: n.IP}); err != nil {
+		return fmt.Errorf("network: address %s on %s: %w", n.IP, name, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("network: bring up %s: %w", name, err)
+	}
+	if n.Gateway != nil {
+		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: n.Gateway}); err != nil {
+			return fmt.Errorf("network: default route via %s: %w", n.Gateway, err)
+		}
+	}
+	if len(n.DNS) > 0 {
+		return writeResolvConf("/etc/resolv.conf", n.DNS)
+	}
+	return nil
+}

@@ -40,6 +40,11 @@ type ServerConfig struct {
 	// takes a new host key. Nil makes the request fail: only the agent
 	// of a VM sets it.
 	Reidentify func(hostname string, now time.Time, entropy []byte) error
+	// Renumber gives a restored tap-mode guest its own network
+	// (guestproto.ReidentifyNet: MAC, address, default route, resolvers),
+	// once the reidentify's answer is read. Nil makes a reidentify that
+	// carries a network fail before anything changes.
+	Renumber func(n *guestproto.ReidentifyNet) error
 	// KeyOut, when set, gets the new host key (PEM) a reidentify made,
 	// so init hands that key, not the boot's, to a server it restarts.
 	KeyOut func(pemKey []byte) error

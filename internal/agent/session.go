@@ -34,6 +34,9 @@ type session struct {
 	srv  *Server
 	ch   ssh.Channel
 	reqs <-chan *ssh.Request
+	// peerClosed is closed when the client has closed the channel: it
+	// has read all the session sent.
+	peerClosed chan struct{}
 
 	wg sync.WaitGroup // the running program and its copiers
 
@@ -60,7 +63,7 @@ type ptyRequest struct {
 }
 
 func newSession(s *Server, ch ssh.Channel, reqs <-chan *ssh.Request) *session {
-	return &session{srv: s, ch: ch, reqs: reqs, env: map[string]string{}}
+	return &session{srv: s, ch: ch, reqs: reqs, peerClosed: make(chan struct{}), env: map[string]string{}}
 }
 
 // run handles requests until the client closes the channel, then makes
@@ -77,6 +80,7 @@ func (s *session) run() {
 			then()
 		}
 	}
+	close(s.peerClosed)
 	s.mu.Lock()
 	detached := s.detached
 	if s.cmd != nil && !s.exited && !detached {
@@ -173,8 +177,8 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		if limit, ok, err := guestproto.DecodeFreeze(p.Command); ok {
 			return true, func() { s.freeze(limit, err) }
 		}
-		if hostname, now, ok, err := guestproto.DecodeReidentify(p.Command); ok {
-			return true, func() { s.reidentify(hostname, now, err) }
+		if r, ok, err := guestproto.DecodeReidentify(p.Command); ok {
+			return true, func() { s.reidentify(r, err) }
 		}
 		env, term := s.snapshot()
 		spec, err := specForExec(p.Command, env, term)

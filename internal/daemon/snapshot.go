@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
@@ -297,13 +298,14 @@ func (s *vmService) restorePlan(ctx context.Context, sn store.Snapshot, files bo
 // reidentifier is the part of an agent connection that makes a restored
 // guest new (guest.Client).
 type reidentifier interface {
-	Reidentify(ctx context.Context, hostname string, now time.Time, entropy []byte) (ssh.PublicKey, error)
+	Reidentify(ctx context.Context, r guestproto.Reidentify, entropy []byte) (ssh.PublicKey, error)
 }
 
 // makeNew asks the restored guest's agent, over conn (which met the saved
 // agent's key), to become vm: the host's clock, vm's name, fresh entropy,
-// a new host key, which it returns.
-func makeNew(ctx context.Context, conn guestConn, vm store.VM) (ssh.PublicKey, error) {
+// a new host key, which it returns; with netw (tap mode) also vm's MAC,
+// address, gateway and resolvers, which it takes once it has answered.
+func makeNew(ctx context.Context, conn guestConn, vm store.VM, netw *guestproto.ReidentifyNet) (ssh.PublicKey, error) {
 	r, ok := conn.(reidentifier)
 	if !ok {
 		return nil, fmt.Errorf("vm %s: its agent connection cannot make a restored guest new", vm.Name)
@@ -312,7 +314,7 @@ func makeNew(ctx context.Context, conn guestConn, vm store.VM) (ssh.PublicKey, e
 	if _, err := rand.Read(entropy); err != nil {
 		return nil, err
 	}
-	return r.Reidentify(ctx, vm.Name, time.Now(), entropy)
+	return r.Reidentify(ctx, guestproto.Reidentify{Hostname: vm.Name, Now: time.Now(), Net: netw}, entropy)
 }
 
 var _ reidentifier = (*guest.Client)(nil)

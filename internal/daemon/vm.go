@@ -520,7 +520,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		conn, err = s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, restoredPin(restore), alive)
 		var newKey ssh.PublicKey
 		if err == nil {
-			if newKey, err = makeNew(bootCtx, conn, vm); err != nil {
+			if newKey, err = makeNew(bootCtx, conn, vm, nil); err != nil {
 				conn.Close()
 			}
 		}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -16,12 +15,14 @@ import (
 const maxHostKeyLine = 4096
 
 // Reidentify makes a restored guest a new machine (guestproto.
-// ReidentifyCommand): clock set to now, hostname, the kernel's random
+// ReidentifyCommand): clock set to r.Now, r.Hostname, the kernel's random
 // generator mixed with entropy and reseeded, and a new host key, which it
 // returns. Connections made before (this one) keep the old key; every
-// later one must meet the new.
-func (c *Client) Reidentify(ctx context.Context, hostname string, now time.Time, entropy []byte) (ssh.PublicKey, error) {
-	cmd, err := guestproto.EncodeReidentify(hostname, now)
+// later one must meet the new. With r.Net the guest takes that network
+// just after it answers: this connection, made to its old address, then
+// goes dead, and the guest is reached at its new one.
+func (c *Client) Reidentify(ctx context.Context, r guestproto.Reidentify, entropy []byte) (ssh.PublicKey, error) {
+	cmd, err := guestproto.EncodeReidentify(r)
 	if err != nil {
 		return nil, err
 	}
