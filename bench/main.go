@@ -70,6 +70,8 @@ func main() {
 		err = runCp(*runs, *out)
 	case *mountOnly:
 		err = runMount(*runs, *out)
+	case *curveOnly:
+		err = runCurve(*out)
 	case *webOnly:
 		err = runWeb(*runs, *out)
 	default:
