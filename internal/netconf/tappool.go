@@ -168,21 +168,25 @@ func (p *TapPool) create(name string) error {
 	return nil
 }
 
-func (p *TapPool) attach(name string) error {
-	l, err := netlink.LinkByName(name)
+func (p *TapPool) attach(name string) error { return attachTAP(&netlink.Handle{}, name, p.bridge) }
+
+// attachTAP puts the TAP name on bridge and brings it up, through h (the
+// zero Handle works in the calling thread's namespace).
+func attachTAP(h *netlink.Handle, name, bridge string) error {
+	l, err := h.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("find tap %s: %w", name, err)
 	}
-	br, err := netlink.LinkByName(p.bridge)
+	br, err := h.LinkByName(bridge)
 	if err != nil {
-		return fmt.Errorf("find bridge %s: %w", p.bridge, err)
+		return fmt.Errorf("find bridge %s: %w", bridge, err)
 	}
 	if l.Attrs().MasterIndex != br.Attrs().Index {
-		if err := netlink.LinkSetMaster(l, br); err != nil {
-			return fmt.Errorf("attach %s to %s: %w", name, p.bridge, err)
+		if err := h.LinkSetMaster(l, br); err != nil {
+			return fmt.Errorf("attach %s to %s: %w", name, bridge, err)
 		}
 	}
-	if err := netlink.LinkSetUp(l); err != nil {
+	if err := h.LinkSetUp(l); err != nil {
 		return fmt.Errorf("bring up tap %s: %w", name, err)
 	}
 	return nil
