@@ -128,6 +128,16 @@ func imageNames(ctx context.Context, e *env, _ []string) []string {
 	})
 }
 
+func snapshotNames(ctx context.Context, e *env, _ []string) []string {
+	return ask(ctx, e, wire.SnapshotList, wire.None{}, func(all []wire.Snapshot) []string {
+		out := make([]string, len(all))
+		for i, sn := range all {
+			out[i] = sn.Name
+		}
+		return out
+	})
+}
+
 func kernelNames(ctx context.Context, e *env, _ []string) []string {
 	return ask(ctx, e, wire.KernelList, wire.None{}, func(ks []wire.Kernel) []string {
 		out := make([]string, len(ks))

@@ -69,26 +69,13 @@ name. A bare word that is both is refused: write ./NAME for the file.`,
 			if err != nil {
 				return err
 			}
-			var errs []string
-			var first error
-			for _, name := range args {
+			return eachArg(args, func(name string) error {
 				if _, err := client.Do(cmd.Context(), c, wire.ImageRemove, wire.ImageRemoveParams{Name: name, Force: force}); err != nil {
-					if len(args) == 1 {
-						return err
-					}
-					errs = append(errs, err.Error())
-					if first == nil {
-						first = err
-					}
-					continue
+					return err
 				}
-				fmt.Fprintln(e.stdout, name)
-			}
-			if len(errs) > 0 {
-				// The first failure's code decides the exit status.
-				return &wire.Error{Code: wire.CodeOf(first), Message: strings.Join(errs, "; ")}
-			}
-			return nil
+				_, err := fmt.Fprintln(e.stdout, name)
+				return err
+			})
 		},
 	}
 	rm.Flags().BoolVarP(&force, "force", "f", false, "refused for an image in use as well: its VMs' disks read from its file")

@@ -9,7 +9,7 @@ import (
 	"github.com/emberhq/ember/internal/wire"
 )
 
-// snapshotCmd is `ember snapshot create|ls|rm`: a VM's memory and disk
+// snapshotCmd is `ember snapshot create|ls|inspect|rm`: a VM's memory and disk
 // saved at one moment; `ember create --snapshot NAME` makes VMs from it.
 func snapshotCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "snapshot", Short: "Save VMs' memory and disk at one moment, to make new VMs from (`ember create --snapshot`)"}
@@ -54,30 +54,53 @@ func snapshotCmd(e *env) *cobra.Command {
 			t := table(e.stdout)
 			fmt.Fprintln(t, "NAME\tVM\tIMAGE\tCPUS\tMEMORY\tSIZE\tCREATED")
 			for _, sn := range all {
-				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\n", sn.Name, sn.VM, sn.Image, sn.CPUs, sn.MemoryMiB, humanBytes(sn.SizeBytes), ago(sn.CreatedAt))
+				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\n", sn.Name, sn.VM, snapshotImage(sn), sn.CPUs, sn.MemoryMiB, humanBytes(sn.SizeBytes), ago(sn.CreatedAt))
 			}
 			return t.Flush()
 		},
 	}
 	ls.Flags().BoolVar(&lsJSON, "json", false, "print a JSON array")
+	var inspectJSON bool
+	var format string
+	inspect := &cobra.Command{
+		Use:               "inspect NAME...",
+		Short:             "Show snapshots as JSON: what a create from one takes (image, memory, CPUs, network), its size on disk, whether its image is gone",
+		ValidArgsFunction: completeArgs(e, true, snapshotNames),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return inspectAll(cmd, e, args, inspectJSON, format, wire.SnapshotInspect)
+		},
+	}
+	inspect.Flags().BoolVar(&inspectJSON, "json", false, "print a JSON array (the default)")
+	inspect.Flags().StringVar(&format, "format", "", "print each snapshot with a Go template, e.g. '{{.SizeBytes}}'")
 	rm := &cobra.Command{
-		Use:   "rm NAME...",
-		Short: "Delete snapshots (refused while a VM's disk is made on one)",
+		Use:               "rm NAME...",
+		Short:             "Delete snapshots (refused while a VM's disk is made on one)",
+		ValidArgsFunction: completeArgs(e, true, snapshotNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()
 			if err != nil {
 				return err
 			}
-			for _, name := range args {
+			return eachArg(args, func(name string) error {
 				if _, err := client.Do(cmd.Context(), c, wire.SnapshotRemove, wire.SnapshotParams{Name: name}); err != nil {
 					return err
 				}
-			}
-			return nil
+				_, err := fmt.Fprintln(e.stdout, name)
+				return err
+			})
 		},
 	}
-	cmd.AddCommand(create, ls, rm)
+	cmd.AddCommand(create, ls, inspect, rm)
 	return cmd
+}
+
+// snapshotImage is a listing's IMAGE: the image's name, and whether it
+// went since the snapshot was taken.
+func snapshotImage(sn wire.Snapshot) string {
+	if sn.ImageGone != "" {
+		return sn.Image + " (" + sn.ImageGone + ")"
+	}
+	return sn.Image
 }
 
 // restoreCmd is `ember restore VM NAME`: the VM put back to a snapshot.

@@ -67,7 +67,7 @@ func createCmd(e *env) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&p.Image, "image", "", fmt.Sprintf("image to boot (default: the daemon's default_image, %s unless configured)", def.DefaultImage))
 	f.StringVar(&p.Kernel, "kernel", "", "kernel to boot (default: the daemon's, marked in `ember kernel ls`)")
-	f.StringVar(&p.Snapshot, "snapshot", "", "make the VM from this snapshot (`ember snapshot ls`): it runs on where the saved VM stopped, with its own name, clock, host key and random state, on a copy of its disk; image, kernel, memory and CPUs are the snapshot's (other memory or CPUs boot the disk instead)")
+	f.StringVar(&p.Snapshot, "snapshot", "", "make the VM from this snapshot (`ember snapshot ls`): it runs on where the saved VM stopped, with its own name, clock, host key and random state, on a copy of its disk; image, kernel, memory and CPUs are the snapshot's (other memory or CPUs, or its image deleted since, cold-boot its disk instead, with a warning)")
 	f.IntVar(&cpus, "cpus", 0, fmt.Sprintf("virtual CPUs (default: the daemon's default_cpus, %d unless configured)", def.DefaultCPUs))
 	f.IntVar(&memory, "memory", 0, fmt.Sprintf("memory in MiB (default: the daemon's default_memory_mib, %d unless configured)", def.DefaultMemoryMiB))
 	f.IntVar(&disk, "disk", 0, "disk size in GiB (default: the image's size)")
@@ -80,6 +80,7 @@ func createCmd(e *env) *cobra.Command {
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	_ = cmd.RegisterFlagCompletionFunc("image", completeFlag(e, imageNames))
 	_ = cmd.RegisterFlagCompletionFunc("kernel", completeFlag(e, kernelNames))
+	_ = cmd.RegisterFlagCompletionFunc("snapshot", completeFlag(e, snapshotNames))
 	_ = cmd.RegisterFlagCompletionFunc("net", completeFlag(e, fixed("user", "tap")))
 	_ = cmd.RegisterFlagCompletionFunc("restart", completeFlag(e, fixed(wire.RestartPolicies...)))
 	return cmd
@@ -446,25 +447,10 @@ func vmActionCmd(e *env, use, short string, m wire.Method[wire.RefParams, wire.V
 		Short:             short,
 		ValidArgsFunction: completeArgs(e, true, vmNames),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var errs []string
-			var first error
-			for _, ref := range args {
+			return eachArg(args, func(ref string) error {
 				p.Ref = ref
-				if err := callPrint(cmd.Context(), e, m, p, asJSON); err != nil {
-					if len(args) == 1 {
-						return err
-					}
-					errs = append(errs, err.Error())
-					if first == nil {
-						first = err
-					}
-				}
-			}
-			if len(errs) > 0 {
-				// The first failure's code decides the exit status.
-				return &wire.Error{Code: wire.CodeOf(first), Message: strings.Join(errs, "; ")}
-			}
-			return nil
+				return callPrint(cmd.Context(), e, m, p, asJSON)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
@@ -472,6 +458,29 @@ func vmActionCmd(e *env, use, short string, m wire.Method[wire.RefParams, wire.V
 		extra(cmd, &p)
 	}
 	return cmd
+}
+
+// eachArg runs do for every argument, going on past failures; one
+// argument's error is returned as it is, several are joined, and the
+// first failure's code decides the exit status.
+func eachArg(args []string, do func(arg string) error) error {
+	var errs []string
+	var first error
+	for _, a := range args {
+		if err := do(a); err != nil {
+			if len(args) == 1 {
+				return err
+			}
+			errs = append(errs, err.Error())
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return &wire.Error{Code: wire.CodeOf(first), Message: strings.Join(errs, "; ")}
+	}
+	return nil
 }
 
 func startCmd(e *env) *cobra.Command {

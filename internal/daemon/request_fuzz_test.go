@@ -42,6 +42,7 @@ func paramDecoders() map[string]paramDecoder {
 		func() (string, paramDecoder) { return unary(wire.VMResume) },
 		func() (string, paramDecoder) { return unary(wire.SnapshotCreate) },
 		func() (string, paramDecoder) { return unary(wire.SnapshotList) },
+		func() (string, paramDecoder) { return unary(wire.SnapshotInspect) },
 		func() (string, paramDecoder) { return unary(wire.SnapshotRemove) },
 		func() (string, paramDecoder) { return unary(wire.VMRestore) },
 		func() (string, paramDecoder) { return stream(wire.VMExec) },

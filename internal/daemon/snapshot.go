@@ -52,11 +52,12 @@ type restoreFrom struct {
 func (s *vmService) registerSnapshots(t methodTable) {
 	handle(t, wire.SnapshotCreate, s.createSnapshot)
 	handle(t, wire.SnapshotList, func(ctx context.Context, _ wire.None) ([]wire.Snapshot, error) { return s.listSnapshots(ctx) })
+	handle(t, wire.SnapshotInspect, s.inspectSnapshot)
 	handle(t, wire.SnapshotRemove, s.removeSnapshot)
 	handle(t, wire.VMRestore, s.restoreVM)
 }
 
-func (s *vmService) toWireSnapshot(sn store.Snapshot) wire.Snapshot {
+func (s *vmService) toWireSnapshot(ctx context.Context, sn store.Snapshot) wire.Snapshot {
 	w := wire.Snapshot{Name: sn.Name, ID: sn.ID, VM: sn.VMName, Image: sn.Image, CPUs: sn.CPUs, MemoryMiB: sn.MemoryMiB,
 		DiskBytes: sn.DiskBytes, Net: sn.NetMode, Accel: sn.Accel, Hypervisor: sn.Hypervisor, CreatedAt: sn.CreatedAt}
 	for _, f := range []string{layout.StateFile, layout.SnapDiskFile} {
@@ -65,6 +66,7 @@ func (s *vmService) toWireSnapshot(sn store.Snapshot) wire.Snapshot {
 			w.SizeBytes += st.Blocks * 512
 		}
 	}
+	w.ImageGone, _ = s.imageGone(ctx, sn) // a listing shows what it can
 	return w
 }
 
@@ -75,12 +77,23 @@ func (s *vmService) listSnapshots(ctx context.Context) ([]wire.Snapshot, error) 
 	}
 	out := make([]wire.Snapshot, 0, len(all))
 	for _, sn := range all {
-		if strings.HasPrefix(sn.Name, warmPrefix) {
+		if isWarm(sn.Name) {
 			continue // an image's warm snapshot, not the user's
 		}
-		out = append(out, s.toWireSnapshot(sn))
+		out = append(out, s.toWireSnapshot(ctx, sn))
 	}
 	return out, nil
+}
+
+// inspectSnapshot is snapshot.inspect: one snapshot by its name.
+func (s *vmService) inspectSnapshot(ctx context.Context, p wire.RefParams) (wire.Snapshot, error) {
+	sn, err := s.store.GetSnapshot(ctx, p.Ref)
+	if errors.Is(err, store.ErrNotFound) {
+		return wire.Snapshot{}, notFoundf("no snapshot named %q; `ember snapshot ls` lists snapshots", p.Ref)
+	} else if err != nil {
+		return wire.Snapshot{}, err
+	}
+	return s.toWireSnapshot(ctx, sn), nil
 }
 
 // hypervisorVersion is the driver's version line, "" when it cannot say.
@@ -124,7 +137,7 @@ func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (
 	if err != nil {
 		return wire.Snapshot{}, err
 	}
-	return s.toWireSnapshot(sn), nil
+	return s.toWireSnapshot(ctx, sn), nil
 }
 
 // canSave reports whether the driver can make snapshots.
@@ -200,7 +213,7 @@ func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, 
 func (s *vmService) removeSnapshot(ctx context.Context, p wire.SnapshotParams) (wire.None, error) {
 	sn, err := s.store.GetSnapshot(ctx, p.Name)
 	if errors.Is(err, store.ErrNotFound) {
-		return wire.None{}, notFoundf("no snapshot named %q", p.Name)
+		return wire.None{}, notFoundf("no snapshot named %q; `ember snapshot ls` lists snapshots", p.Name)
 	} else if err != nil {
 		return wire.None{}, err
 	}
@@ -230,7 +243,10 @@ func (s *vmService) removeSnapshot(ctx context.Context, p wire.SnapshotParams) (
 // snapshotFor reads the snapshot a create names and fills in what the VM
 // takes from it: image, kernel, and memory and vCPUs unless asked. It
 // says whether the VM can be restored, and if not why (the create then
-// cold-boots the snapshot's disk).
+// cold-boots the snapshot's disk). A snapshot whose image was deleted or
+// replaced since is not restored (the saved guest may hold what the
+// image's files were), but its disk is its own: the create boots it, with
+// the default kernel if the image's own kernel went with the image.
 func (s *vmService) snapshotFor(ctx context.Context, p *wire.CreateVMParams) (store.Snapshot, string, error) {
 	sn, err := s.store.GetSnapshot(ctx, p.Snapshot)
 	if errors.Is(err, store.ErrNotFound) {
@@ -244,15 +260,24 @@ func (s *vmService) snapshotFor(ctx context.Context, p *wire.CreateVMParams) (st
 	if p.Net != "" && p.Net != sn.NetMode {
 		return sn, "", invalidf("snapshot %s has %s networking: --net %s cannot go with it", sn.Name, sn.NetMode, p.Net)
 	}
-	img, ok, err := s.images.lookup(ctx, sn.Image)
-	if err != nil {
-		return sn, "", err
-	}
-	if !ok || (sn.ImageID != "" && img.ID != sn.ImageID) {
-		return sn, "", conflictf("snapshot %s was made of image %s, which was deleted or replaced since; `ember snapshot rm %s`", sn.Name, sn.Image, sn.Name)
+	if p.DiskGiB != nil && int64(*p.DiskGiB)<<30 < sn.DiskBytes {
+		return sn, "", invalidf("disk of %d GiB is smaller than snapshot %s's disk (%d MiB)", *p.DiskGiB, sn.Name, sn.DiskBytes>>20)
 	}
 	p.Image, p.Kernel, p.Net = sn.Image, sn.Kernel, sn.NetMode
 	var why []string
+	if gone, err := s.imageGone(ctx, sn); err != nil {
+		return sn, "", err
+	} else if gone != "" {
+		why = append(why, fmt.Sprintf("its image %s was %s", sn.Image, gone))
+	}
+	if p.Kernel != "" {
+		if _, err := s.store.GetKernel(ctx, p.Kernel); errors.Is(err, store.ErrNotFound) {
+			why = append(why, fmt.Sprintf("its kernel %s was deleted (the default kernel boots)", p.Kernel))
+			p.Kernel = ""
+		} else if err != nil {
+			return sn, "", err
+		}
+	}
 	if p.CPUs == nil {
 		p.CPUs = &sn.CPUs
 	} else if *p.CPUs != sn.CPUs {
@@ -267,6 +292,23 @@ func (s *vmService) snapshotFor(ctx context.Context, p *wire.CreateVMParams) (st
 		why = append(why, fmt.Sprintf("the hypervisor is %q, the snapshot was made by %q", v, sn.Hypervisor))
 	}
 	return sn, strings.Join(why, "; "), nil
+}
+
+// imageGone says how sn's image went since it was taken: "deleted",
+// "replaced" (same name, another image), or "" while it is there.
+func (s *vmService) imageGone(ctx context.Context, sn store.Snapshot) (string, error) {
+	img, ok, err := s.images.lookup(ctx, sn.Image)
+	switch {
+	case err != nil:
+		return "", err
+	case !ok || (sn.ImageID != "" && img.ID == ""):
+		// No row: deleted (a built-in one comes back at its next use,
+		// as another image).
+		return "deleted", nil
+	case sn.ImageID != "" && img.ID != sn.ImageID:
+		return "replaced", nil
+	}
+	return "", nil
 }
 
 // restorePlan is how a create boots from sn: the saved state, unless
@@ -347,7 +389,7 @@ func (s *vmService) restoreVM(ctx context.Context, p wire.SnapshotParams) (_ wir
 	} else if why != "" {
 		return wire.VM{}, conflictf("vm %s cannot be restored to snapshot %s: %s", target.Name, sn.Name, why)
 	}
-	files, err := s.boot.prepare(ctx, bootRequest{Image: sn.Image, Kernel: sn.Kernel, Progress: func(string) {}})
+	files, err := s.boot.prepare(ctx, bootRequest{Kernel: sn.Kernel, Progress: func(string) {}}) // the disk is the snapshot's
 	if err != nil {
 		return wire.VM{}, fmt.Errorf("restore %s: %w", target.Name, err)
 	}
@@ -414,6 +456,9 @@ func (s *vmService) restoreVM(ctx context.Context, p wire.SnapshotParams) (_ wir
 
 // warmPrefix starts every warm snapshot's name.
 const warmPrefix = ".warm-"
+
+// isWarm reports whether a snapshot is an image's warm one.
+func isWarm(name string) bool { return strings.HasPrefix(name, warmPrefix) }
 
 // warmName is the warm snapshot a create of vm would use or save, "" when
 // warm images are off or the VM does not qualify.

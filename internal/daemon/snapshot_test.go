@@ -3,9 +3,12 @@ package daemon
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -60,5 +63,96 @@ func TestSnapshotLeftoversSwept(t *testing.T) {
 	}
 	if _, err := os.Stat(dir + "/kept/state"); err != nil {
 		t.Errorf("a recorded snapshot's files went: %v", err)
+	}
+}
+
+// insertSnapshot records a snapshot of image with its files, as
+// createSnapshot leaves them.
+func insertSnapshot(t *testing.T, td *testDaemon, sn store.Snapshot) {
+	t.Helper()
+	dir := td.vms.layout.SnapshotDir(sn.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{layout.StateFile, layout.SnapDiskFile} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("saved"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if sn.Config == nil {
+		sn.Config = []byte("{}")
+	}
+	if err := td.store.InsertSnapshot(context.Background(), sn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// createLog is a create's log once it ended (op.status holds it whole).
+func createLog(t *testing.T, c *client.Client, p wire.CreateVMParams) (wire.Operation, string) {
+	t.Helper()
+	op, err := createAndWait(t, c, p)
+	if err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create %s: %v %+v", p.Name, err, op)
+	}
+	st, err := client.Do(context.Background(), c, wire.OpStatus, wire.OpParams{ID: op.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, strings.Join(st.Log, "\n")
+}
+
+// A snapshot whose image was deleted (its own kernel with it) is not
+// restored: the create says why as a warning in its log and boots the
+// snapshot's disk with the default kernel; one asking other memory says
+// so too. snapshot ls and inspect say the image is gone.
+func TestCreateFromSnapshotOfDeletedImageColdBoots(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	ctx := context.Background()
+	insertSnapshot(t, td, store.Snapshot{Name: "s1", ID: "sid1", VMName: "old", Image: "gone", ImageID: "img1", Kernel: "own-k",
+		CPUs: 1, MemoryMiB: 256, DiskBytes: 2 << 30, NetMode: "user", Accel: "tcg", AgentHostKey: "x"})
+
+	st, log := createLog(t, c, wire.CreateVMParams{Name: "v1", Snapshot: "s1"})
+	want := "warning: snapshot s1 is not restored: its image gone was deleted; its kernel own-k was deleted (the default kernel boots); cold-booting its saved disk"
+	if log != want {
+		t.Fatalf("create log %q, want %q (%+v)", log, want, st)
+	}
+	vm, err := td.store.GetVMByName(ctx, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(td.vms.layout.SnapshotDir("sid1"), layout.SnapDiskFile)
+	if vm.State != wire.StateRunning || vm.Kernel != "k1" || vm.Image != "gone" || vm.MemoryMiB != 256 || vm.DiskBytes != 2<<30 || specOf(vm).DiskBacking != disk || specOf(vm).Incoming != "" {
+		t.Fatalf("v1 %+v, spec %+v", vm, specOf(vm))
+	}
+	// It starts again with its image gone: its disk is its own.
+	if err := c.Call(ctx, wire.VMStop.Name, wire.RefParams{Ref: "v1", Force: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Call(ctx, wire.VMStart.Name, wire.RefParams{Ref: "v1"}, nil); err != nil {
+		t.Fatalf("start of a vm whose image is gone: %v", err)
+	}
+
+	// Another memory size: not restored, and said as clearly.
+	insertSnapshot(t, td, store.Snapshot{Name: "s2", ID: "sid2", VMName: "old", Image: "tiny",
+		CPUs: 1, MemoryMiB: 256, DiskBytes: 1 << 30, NetMode: "user", Accel: "tcg", AgentHostKey: "x"})
+	mem := 320
+	if _, log := createLog(t, c, wire.CreateVMParams{Name: "v2", Snapshot: "s2", MemoryMiB: &mem}); !strings.Contains(log, "warning: snapshot s2 is not restored: 320 MiB of memory asked, the snapshot has 256 MiB; cold-booting its saved disk") {
+		t.Fatalf("create log %q", log)
+	}
+
+	all, err := client.Do(ctx, c, wire.SnapshotList, wire.None{})
+	if err != nil || len(all) != 2 || all[0].ImageGone != "deleted" || all[1].ImageGone != "" {
+		t.Fatalf("list: %v %+v", err, all)
+	}
+	if sn, err := client.Do(ctx, c, wire.SnapshotInspect, wire.RefParams{Ref: "s1"}); err != nil || sn.Image != "gone" || sn.ImageGone != "deleted" || sn.SizeBytes == 0 {
+		t.Fatalf("inspect: %v %+v", err, sn)
+	}
+	_, err = client.Do(ctx, c, wire.SnapshotInspect, wire.RefParams{Ref: "nope"})
+	wantCode(t, err, wire.CodeNotFound)
+	// restore is refused with the reason.
+	err = c.Call(ctx, wire.VMRestore.Name, wire.SnapshotParams{Ref: "v1", Name: "s1"}, nil)
+	if wantCode(t, err, wire.CodeConflict); !strings.Contains(err.Error(), "its image gone was deleted") {
+		t.Fatalf("restore: %v", err)
 	}
 }

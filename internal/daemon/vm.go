@@ -41,8 +41,38 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-// createOp is a vm.create in flight.
-type createOp struct{ *opState }
+// createOp is a vm.create in flight. Its log holds the few lines a user
+// must read beside the progress (a snapshot not restored, and why),
+// which the CLI prints as they come.
+type createOp struct {
+	*opState
+
+	// logMu guards log.
+	logMu sync.Mutex
+	log   []string
+}
+
+// createLogLines bounds a create's log: a handful of warnings at most.
+const createLogLines = 16
+
+// Snapshot is the operation's with its log.
+func (o *createOp) Snapshot() wire.Operation {
+	s := o.opState.Snapshot()
+	o.logMu.Lock()
+	s.Log = append([]string(nil), o.log...)
+	o.logMu.Unlock()
+	return s
+}
+
+// warnf adds a warning to the create's log.
+func (o *createOp) warnf(format string, args ...any) {
+	o.logMu.Lock()
+	if len(o.log) < createLogLines {
+		o.log = append(o.log, "warning: "+fmt.Sprintf(format, args...))
+	}
+	o.logMu.Unlock()
+	o.touch()
+}
 
 // vmService owns VMs: their records and per-VM locks, the create window,
 // the create operations, the agent connections, and the lifecycle methods
@@ -168,6 +198,11 @@ func (s *vmService) validateCreate(ctx context.Context, p *wire.CreateVMParams) 
 	if len(errs) > 0 {
 		return joinInvalid(errs)
 	}
+	if p.Snapshot != "" {
+		// snapshotFor took the image and kernel from the snapshot, whose
+		// disk is its own: its image may be gone, its kernel the default.
+		return nil
+	}
 	img, ok, err := s.images.lookup(ctx, p.Image)
 	if err != nil {
 		return err
@@ -252,14 +287,18 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	} else if ok {
 		vm.ImageConfig = img.Config
 	}
-	if snap != nil {
-		vm.ImageConfig = snap.ImageConfig
-	}
 	// What the disk will be, so `ls` shows it while the VM is created; the
-	// disk itself is made with the size asked for (none: the image's).
+	// disk itself is made with the size asked for (none: the image's, or
+	// the snapshot's).
 	requestedDisk := vm.DiskBytes
 	if vm.DiskBytes == 0 {
 		vm.DiskBytes = s.images.sizeOf(ctx, p.Image)
+	}
+	if snap != nil {
+		vm.ImageConfig = snap.ImageConfig
+		if requestedDisk == 0 {
+			vm.DiskBytes = snap.DiskBytes
+		}
 	}
 	var undo undoStack
 	defer undo.run()
@@ -272,7 +311,7 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 		return wire.Operation{}, err
 	}
 
-	op := &createOp{newOpState(s.base, newID(), wire.VMCreate.Name, p.Name, s.ops.persist)}
+	op := &createOp{opState: newOpState(s.base, newID(), wire.VMCreate.Name, p.Name, s.ops.persist)}
 	s.createOps.Begin(op)
 	undo.success()
 	s.events.Publish(vmEvent(wire.EventVMCreated, vm, "image "+vm.Image))
@@ -347,7 +386,11 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 	undo.add("vm record", func() { s.removeVM(context.Background(), vm.ID) })
 
 	op.Progress("preparing kernel and image")
-	files, err := s.boot.prepare(ctx, bootRequest{Image: vm.Image, Kernel: vm.Kernel, Progress: func(msg string) { op.Progress("%s", msg) }})
+	image := vm.Image
+	if snap != nil {
+		image = "" // the disk is the snapshot's own; its image may be gone
+	}
+	files, err := s.boot.prepare(ctx, bootRequest{Image: image, Kernel: vm.Kernel, Progress: func(msg string) { op.Progress("%s", msg) }})
 	if err == nil {
 		err = s.step("prepare boot")
 	}
@@ -362,9 +405,11 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 		// The disk is made on the snapshot's copy, and the VM restores
 		// where the saved one stopped, unless it cannot here.
 		files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(snap.ID), layout.SnapDiskFile), store.FormatRaw
+		files.DiskBytes = snap.DiskBytes
 		files.Restore, coldWhy = s.restorePlan(ctx, *snap, files, coldWhy)
 		if files.Restore == nil {
-			op.Progress("snapshot %s cannot be restored here (%s): booting its disk", snap.Name, coldWhy)
+			op.warnf("snapshot %s is not restored: %s; cold-booting its saved disk", snap.Name, coldWhy)
+			op.Progress("cold-booting the disk of snapshot %s", snap.Name)
 			s.log.Warn("create from a snapshot boots its disk instead", "vm", vm.Name, "snapshot", snap.Name, "why", coldWhy)
 		}
 	}
@@ -834,7 +879,14 @@ func (s *vmService) bootStarting(ctx context.Context, vm store.VM, keepConsole b
 	defer undo.run()
 	id := vm.ID
 	undo.add("starting state", func() { s.settle(id, wire.StateStopped, err) })
-	files, err := s.boot.prepare(ctx, bootRequest{Image: vm.Image, Kernel: vm.Kernel, Progress: func(string) {}})
+	image := vm.Image
+	if specOf(vm).DiskBacking != "" {
+		// Its disk exists and names what it is made on (bootVM): the
+		// image's file is not needed, and the image may be gone (a VM
+		// made of a snapshot whose image was deleted).
+		image = ""
+	}
+	files, err := s.boot.prepare(ctx, bootRequest{Image: image, Kernel: vm.Kernel, Progress: func(string) {}})
 	if err == nil {
 		err = s.step("prepare boot")
 	}

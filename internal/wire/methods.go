@@ -76,10 +76,11 @@ var (
 	SessionRun    = StreamMethod[SessionRunParams]{"session.run"}
 	SessionWait   = StreamMethod[SessionWaitParams]{"session.wait"}
 
-	SnapshotCreate = Method[SnapshotParams, Snapshot]{"snapshot.create"} // a VM's memory and disk at one moment (snapshot.go)
-	SnapshotList   = Method[None, []Snapshot]{"snapshot.list"}
-	SnapshotRemove = Method[SnapshotParams, None]{"snapshot.remove"}
-	VMRestore      = Method[SnapshotParams, VM]{"vm.restore"} // a VM put back to a snapshot
+	SnapshotCreate  = Method[SnapshotParams, Snapshot]{"snapshot.create"} // a VM's memory and disk at one moment (snapshot.go)
+	SnapshotList    = Method[None, []Snapshot]{"snapshot.list"}
+	SnapshotInspect = Method[RefParams, Snapshot]{"snapshot.inspect"}
+	SnapshotRemove  = Method[SnapshotParams, None]{"snapshot.remove"}
+	VMRestore       = Method[SnapshotParams, VM]{"vm.restore"} // a VM put back to a snapshot
 
 	PortAdd    = Method[PortParams, Port]{"port.add"}
 	PortRemove = Method[PortParams, None]{"port.remove"}
@@ -106,7 +107,7 @@ var Methods = []MethodInfo{
 	SessionList.Info(), SessionCreate.Info(), SessionAttach.Info(), SessionSend.Info(),
 	SessionRead.Info(), SessionKill.Info(), SessionSignal.Info(), SessionRun.Info(), SessionWait.Info(),
 	PortAdd.Info(), PortRemove.Info(), PortList.Info(),
-	SnapshotCreate.Info(), SnapshotList.Info(), SnapshotRemove.Info(), VMRestore.Info(),
+	SnapshotCreate.Info(), SnapshotList.Info(), SnapshotInspect.Info(), SnapshotRemove.Info(), VMRestore.Info(),
 	Events.Info(),
 	VMSSHProxy.Info(),
 }

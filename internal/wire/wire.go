@@ -326,6 +326,9 @@ type Snapshot struct {
 	Hypervisor string    `json:"hypervisor"`
 	SizeBytes  int64     `json:"size_bytes"` // what its files take on disk
 	CreatedAt  time.Time `json:"created_at"`
+	// ImageGone says how its image went since ("deleted", "replaced"): a
+	// create from it cold-boots its disk, which is its own.
+	ImageGone string `json:"image_gone,omitempty"`
 }
 
 type RefParams struct {

@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emberhq/ember/internal/kernel"
+	"github.com/emberhq/ember/internal/wire"
 )
 
 // A VM with a file written and a session running is snapshotted (and
@@ -90,7 +96,7 @@ done) </dev/null >/dev/null 2>&1 &`)
 	if code != 0 {
 		t.Fatalf("create --snapshot with other memory: exit %d: %s", code, errOut)
 	}
-	if !strings.Contains(out+errOut, "cannot be restored here") && !strings.Contains(e.log.String(), "create from a snapshot boots its disk instead") {
+	if !strings.Contains(errOut, "warning: snapshot snap1 is not restored: 320 MiB of memory asked") {
 		t.Errorf("no reason for the cold boot: %s%s", out, errOut)
 	}
 	if got := e.must("exec", "cold", "--", "cat", "/root/file"); strings.TrimSpace(got) != "kept-data" {
@@ -131,6 +137,97 @@ done) </dev/null >/dev/null 2>&1 &`)
 	e.must("snapshot", "rm", "snap1")
 	if out := e.must("snapshot", "ls"); strings.Contains(out, "snap1") {
 		t.Fatalf("after rm: %s", out)
+	}
+}
+
+// The must-work line of issue 14: a snapshot made under another memory
+// size, or whose image was deleted since (its own kernel with it), is not
+// restored; the create says why on the user's terminal, in one warning
+// line, and in its operation's log, and cold-boots the snapshot's disk
+// (the default kernel when the image's own went), and the VM answers
+// exec. snapshot ls shows the image as deleted; a user snapshot outlives
+// its image.
+func TestSnapshotNotRestorableColdBootsRealVM(t *testing.T) {
+	e := newEnv(t)
+	e.must("create", "t1")
+	tinyImg := e.imageOf("tiny")
+	defaultKernel := e.inspect("t1").Kernel
+	mem := e.inspect("t1").MemoryMiB
+	e.must("snapshot", "create", "t1", "smem")
+	e.must("rm", "-f", "t1")
+
+	// Another memory size.
+	_, errOut, code := e.run("create", "--snapshot", "smem", "--memory", strconv.Itoa(mem+64), "m1")
+	want := fmt.Sprintf("warning: snapshot smem is not restored: %d MiB of memory asked, the snapshot has %d MiB; cold-booting its saved disk\n", mem+64, mem)
+	if code != 0 || !strings.Contains(errOut, want) {
+		t.Fatalf("create --snapshot with other memory: exit %d, stderr %q, want the line %q", code, errOut, want)
+	}
+	checkColdBooted(t, e, "m1", "smem")
+	e.must("rm", "-f", "m1")
+
+	// An image with its own kernel, snapshotted, then deleted.
+	release, err := kernel.ReleaseFromBzImage(filepath.Join(kernelDir, "vmlinuz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	e.must("image", "register", "own", "--rootfs", rootfsWithKernelModules(t, tinyImg.Path, dir, release), "--kernel", kernelFile(t, dir))
+	e.must("create", "--image", "own", "o1")
+	e.must("exec", "o1", "--", "sh", "-c", "echo from-own > /root/file && sync")
+	e.must("snapshot", "create", "o1", "sown")
+	e.must("rm", "-f", "o1")
+	e.must("image", "rm", "own")
+	if out := e.must("snapshot", "ls"); !strings.Contains(out, "own (deleted)") {
+		t.Fatalf("snapshot ls after image rm:\n%s", out)
+	}
+	_, errOut, code = e.run("create", "--snapshot", "sown", "o2")
+	want = "warning: snapshot sown is not restored: its image own was deleted; its kernel own.kernel was deleted (the default kernel boots); cold-booting its saved disk\n"
+	if code != 0 || !strings.Contains(errOut, want) {
+		t.Fatalf("create --snapshot of a deleted image: exit %d, stderr %q, want the line %q", code, errOut, want)
+	}
+	checkColdBooted(t, e, "o2", "sown")
+	if vm := e.inspect("o2"); vm.Kernel != defaultKernel || vm.Image != "own" {
+		t.Fatalf("o2 boots kernel %q of image %q, want the default %q", vm.Kernel, vm.Image, defaultKernel)
+	}
+	if out := e.must("exec", "o2", "--", "cat", "/root/file"); strings.TrimSpace(out) != "from-own" {
+		t.Fatalf("o2: the snapshot's file: %q", out)
+	}
+	// Its next start boots its own disk: the image is not needed.
+	e.must("restart", "o2")
+	if out := e.must("exec", "o2", "--", "cat", "/root/file"); strings.TrimSpace(out) != "from-own" {
+		t.Fatalf("o2 after restart: %q", out)
+	}
+	e.must("rm", "-f", "o2")
+	e.must("snapshot", "rm", "smem", "sown")
+}
+
+// checkColdBooted checks that vm was booted, not restored, from
+// snapshot: its create operation's log says so, its record and console
+// show a boot, and it answers exec.
+func checkColdBooted(t *testing.T, e *env, vm, snapshot string) {
+	t.Helper()
+	var ops []wire.Operation
+	if err := json.Unmarshal([]byte(e.must("op", "ls", "--json")), &ops); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	for _, op := range ops {
+		if op.Kind == "vm.create" && op.Target == vm {
+			id = op.ID
+		}
+	}
+	op := e.opOf(id)
+	if log := strings.Join(op.Log, "\n"); !strings.Contains(log, "snapshot "+snapshot+" is not restored") || !strings.Contains(log, "cold-booting its saved disk") {
+		t.Fatalf("%s: the create's log %q", vm, log)
+	}
+	if r := e.inspect(vm).AccelReason; strings.Contains(r, "restored") {
+		t.Fatalf("%s was restored: %q", vm, r)
+	}
+	if logs := e.must("logs", vm); !strings.Contains(logs, "ember-agent: start") {
+		t.Fatalf("%s did not boot:\n%s", vm, logs)
+	}
+	if out := e.must("exec", vm, "--", "hostname"); strings.TrimSpace(out) != vm {
+		t.Fatalf("%s: hostname %q", vm, out)
 	}
 }
 
