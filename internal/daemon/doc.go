@@ -80,7 +80,9 @@
 //     pause.go, snapshot.go): vm.* (vm.pause and vm.resume stop and run a
 //     VM's guest through the driver's Pauser, recorded as paused with no
 //     last error; snapshot.* saves a VM's memory and disk, and a create
-//     from a snapshot restores it and makes its guest a new machine;
+//     from a snapshot restores it and makes its guest a new machine, a
+//     tap guest reached with its TAP quarantined until it has taken its
+//     VM's own network;
 //     vm.copy_in and vm.copy_out move `ember cp`'s tar streams into
 //     and out of the guest over SFTP, checked by internal/treecopy; the
 //     host side is the CLI's, with its user's rights; vm.ssh_proxy pipes

@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 
+	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/ipam"
@@ -40,6 +42,10 @@ type vmNetwork interface {
 	guestIP(vm store.VM) string
 	// info adds what `inspect` shows of the VM's network.
 	info(w *wire.VM)
+	// restored says how the agent of vm, restored from a snapshot whose
+	// guest had saved's network (nil in user mode), is reached before it
+	// takes vm's own, and what that is. vm's process runs.
+	restored(vm store.VM, saved *savedNet) (restoredReach, error)
 	// release frees what a deleted VM held; its process is gone.
 	release(ctx context.Context, id string)
 	close()
@@ -122,6 +128,14 @@ func (u *userNet) agentAddr(vm store.VM) string {
 	return fmt.Sprintf("127.0.0.1:%d", vm.SSHPort)
 }
 
+func (u *userNet) restored(vm store.VM, saved *savedNet) (restoredReach, error) {
+	if saved != nil {
+		return restoredReach{}, fmt.Errorf("vm %s uses user networking; the snapshot's guest had a tap network", vm.Name)
+	}
+	// Every user-mode guest has the same address behind its own forward.
+	return restoredReach{addr: u.agentAddr(vm), done: func() error { return nil }}, nil
+}
+
 func (u *userNet) guestIP(store.VM) string         { return "" }
 func (u *userNet) info(*wire.VM)                   {}
 func (u *userNet) release(context.Context, string) {}
@@ -163,6 +177,7 @@ type guestFilter interface {
 // VM DNS server (its own lock) and a cache of the leases (the store is the
 // truth; the cache serves inspect and agent dials without a query).
 type tapNet struct {
+	bridge string
 	store  *store.Store
 	log    *slog.Logger
 	subnet *ipam.Subnet
@@ -343,7 +358,7 @@ func openTapNet(ctx context.Context, cfg layout.Config, lay layout.Layout, st *s
 		}
 		return nil, fmt.Errorf("tap networking: %w%s", err, hint)
 	}
-	n := &tapNet{store: st, log: log, subnet: sub, taps: opts.Taps, filter: filter, leases: map[string]vmLease{}}
+	n := &tapNet{bridge: cfg.Bridge, store: st, log: log, subnet: sub, taps: opts.Taps, filter: filter, leases: map[string]vmLease{}}
 	if n.taps == nil {
 		n.taps = netconf.NewTapPool(cfg.Bridge, cfg.TAPPrefix, cfg.TAPPoolWarm, log)
 	}
@@ -500,4 +515,87 @@ func (n *tapNet) info(w *wire.VM) {
 	if l, ok := n.lease(w.ID); ok {
 		w.IP, w.MAC, w.TAP, w.DNSName = l.IP, l.MAC, l.TAP, n.dns.Name(w.Name)
 	}
+}
+
+// savedNet is where a saved tap-mode guest believes it is: its address,
+// and its gateway with its network's prefix (the agent's ember.ip and
+// ember.gw of that guest's boot, which a restore renews).
+type savedNet struct {
+	IP      net.IP
+	Gateway *net.IPNet
+}
+
+// savedNetOf reads a saved guest's network from its kernel command line.
+func savedNetOf(cmdline string) (*savedNet, error) {
+	var sn savedNet
+	var gw net.IP
+	var prefix int
+	for _, f := range strings.Fields(cmdline) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case guestproto.ArgIP:
+			ip, n, err := net.ParseCIDR(v)
+			if err != nil || ip.To4() == nil {
+				return nil, fmt.Errorf("its %s %q is not an IPv4 address with a prefix", k, v)
+			}
+			sn.IP = ip.To4()
+			prefix, _ = n.Mask.Size()
+		case guestproto.ArgGateway:
+			if gw = net.ParseIP(v).To4(); gw == nil {
+				return nil, fmt.Errorf("its %s %q is not an IPv4 address", k, v)
+			}
+		}
+	}
+	if sn.IP == nil || gw == nil {
+		return nil, fmt.Errorf("its boot named no %s and %s", guestproto.ArgIP, guestproto.ArgGateway)
+	}
+	sn.Gateway = &net.IPNet{IP: gw, Mask: net.CIDRMask(prefix, 32)}
+	if !sn.Gateway.Contains(sn.IP) || sn.IP.Equal(gw) {
+		return nil, fmt.Errorf("its address %s and gateway %s are not two hosts of one network", sn.IP, sn.Gateway)
+	}
+	return &sn, nil
+}
+
+// restoredReach is how the daemon reaches a restored guest's agent before
+// the guest has taken its VM's network, and that network.
+type restoredReach struct {
+	addr string         // the agent, at the saved guest's address
+	dial guest.DialFunc // nil: the host's own network
+	// netw is the VM's network for the agent to take (nil: the guest
+	// keeps the one it has).
+	netw *guestproto.ReidentifyNet
+	// done gives the VM back its ordinary network (its TAP back on the
+	// bridge); called once, also on failure. Never nil.
+	done func() error
+}
+
+// restored quarantines vm's TAP (netconf.QuarantineTAP): the restored
+// guest still has the saved VM's MAC and address, which the bridge's
+// filter refuses from this TAP and which the saved VM may still be
+// using; there the daemon reaches it at the saved address, alone, and
+// hands it vm's lease.
+func (n *tapNet) restored(vm store.VM, saved *savedNet) (restoredReach, error) {
+	if saved == nil {
+		return restoredReach{}, fmt.Errorf("vm %s uses tap networking; the snapshot's guest had user networking", vm.Name)
+	}
+	l, ok := n.lease(vm.ID)
+	if !ok || l.TAP == "" {
+		return restoredReach{}, fmt.Errorf("vm %s has no address lease or tap", vm.Name)
+	}
+	mac, err := net.ParseMAC(l.MAC)
+	if err != nil {
+		return restoredReach{}, fmt.Errorf("vm %s: lease mac %q: %w", vm.Name, l.MAC, err)
+	}
+	gw := n.subnet.Gateway().To4()
+	netw := &guestproto.ReidentifyNet{MAC: mac,
+		IP:      &net.IPNet{IP: net.ParseIP(l.IP).To4(), Mask: net.CIDRMask(n.subnet.Prefix(), 32)},
+		Gateway: gw, DNS: []net.IP{gw}}
+	if err := netw.Check(); err != nil {
+		return restoredReach{}, fmt.Errorf("vm %s: %w", vm.Name, err)
+	}
+	q, err := netconf.QuarantineTAP(l.TAP, n.bridge, saved.Gateway)
+	if err != nil {
+		return restoredReach{}, fmt.Errorf("vm %s: %w", vm.Name, err)
+	}
+	return restoredReach{addr: net.JoinHostPort(saved.IP.String(), "22"), dial: q.DialContext, netw: netw, done: q.Release}, nil
 }

@@ -36,9 +36,12 @@ import (
 // fresh host entropy reseeding the kernel's generator, a new host key,
 // which is pinned from then on). A snapshot the hypervisor here cannot
 // restore (another version or accelerator, memory or vCPUs asked
-// otherwise) makes the create cold-boot the snapshot's disk, saying why.
-// Tap-mode VMs and VMs with shared folders are refused: their devices
-// (a MAC the guest keeps, vhost-user) do not move to a new process.
+// otherwise, or the other network mode) makes the create cold-boot the
+// snapshot's disk, saying why. A tap-mode guest also takes the new VM's
+// MAC, address, gateway and resolvers: until it has, it is reached with
+// its TAP quarantined off the bridge (restoredGuest). VMs with shared
+// folders are refused: their vhost-user devices do not move to a new
+// process.
 
 // restoreFrom is what a boot restores from instead of booting.
 type restoreFrom struct {
@@ -46,6 +49,7 @@ type restoreFrom struct {
 	Spec    hypervisor.Spec
 	Accel   string
 	HostKey ssh.PublicKey // the saved agent's
+	Saved   *savedNet     // the saved guest's network (tap mode); nil in user mode
 }
 
 // registerSnapshots registers the snapshot methods (the VM service owns them).
@@ -159,8 +163,6 @@ func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, 
 	}
 	spec := specOf(vm)
 	switch {
-	case vm.NetMode == hypervisor.NetTAP:
-		return store.Snapshot{}, conflictf("vm %s uses tap networking: snapshots of tap-mode vms are not supported yet", vm.Name)
 	case len(spec.Shares) > 0:
 		return store.Snapshot{}, conflictf("vm %s has shared folders (--cap mount): their devices cannot be saved", vm.Name)
 	case vm.AgentHostKey == "":
@@ -257,13 +259,10 @@ func (s *vmService) snapshotFor(ctx context.Context, p *wire.CreateVMParams) (st
 	if p.Image != "" && p.Image != sn.Image {
 		return sn, "", invalidf("snapshot %s is of image %s: --image %s cannot go with it", sn.Name, sn.Image, p.Image)
 	}
-	if p.Net != "" && p.Net != sn.NetMode {
-		return sn, "", invalidf("snapshot %s has %s networking: --net %s cannot go with it", sn.Name, sn.NetMode, p.Net)
-	}
 	if p.DiskGiB != nil && int64(*p.DiskGiB)<<30 < sn.DiskBytes {
 		return sn, "", invalidf("disk of %d GiB is smaller than snapshot %s's disk (%d MiB)", *p.DiskGiB, sn.Name, sn.DiskBytes>>20)
 	}
-	p.Image, p.Kernel, p.Net = sn.Image, sn.Kernel, sn.NetMode
+	p.Image, p.Kernel = sn.Image, sn.Kernel
 	var why []string
 	if gone, err := s.imageGone(ctx, sn); err != nil {
 		return sn, "", err
@@ -277,6 +276,12 @@ func (s *vmService) snapshotFor(ctx context.Context, p *wire.CreateVMParams) (st
 		} else if err != nil {
 			return sn, "", err
 		}
+	}
+	if p.Net == "" {
+		p.Net = sn.NetMode
+	} else if p.Net != sn.NetMode {
+		// The saved guest's NIC is another device in the other mode.
+		why = append(why, fmt.Sprintf("%s networking asked, the snapshot's vm had %s networking", p.Net, sn.NetMode))
 	}
 	if p.CPUs == nil {
 		p.CPUs = &sn.CPUs
@@ -334,7 +339,13 @@ func (s *vmService) restorePlan(ctx context.Context, sn store.Snapshot, files bo
 	if err != nil {
 		return nil, fmt.Sprintf("its agent host key does not parse: %v", err)
 	}
-	return &restoreFrom{State: filepath.Join(s.layout.SnapshotDir(sn.ID), layout.StateFile), Spec: spec, Accel: sn.Accel, HostKey: k}, ""
+	var saved *savedNet
+	if sn.NetMode == hypervisor.NetTAP {
+		if saved, err = savedNetOf(spec.Cmdline); err != nil {
+			return nil, fmt.Sprintf("the saved guest's network is unknown: %v", err)
+		}
+	}
+	return &restoreFrom{State: filepath.Join(s.layout.SnapshotDir(sn.ID), layout.StateFile), Spec: spec, Accel: sn.Accel, HostKey: k, Saved: saved}, ""
 }
 
 // reidentifier is the part of an agent connection that makes a restored
@@ -360,6 +371,54 @@ func makeNew(ctx context.Context, conn guestConn, vm store.VM, netw *guestproto.
 }
 
 var _ reidentifier = (*guest.Client)(nil)
+
+// restoredGuest makes the restored guest of vm new (makeNew) and returns
+// a connection to its agent and the agent's new key. The saved agent is
+// reached where the network says (a tap guest with its TAP quarantined,
+// at the saved address); a guest given a network of its own takes it
+// once it has answered, and is then dialled at its own address, pinning
+// the new key.
+func (s *vmService) restoredGuest(ctx context.Context, nw vmNetwork, vm store.VM, restore *restoreFrom, alive func() error) (guestConn, ssh.PublicKey, error) {
+	reach, err := nw.restored(vm, restore.Saved)
+	if err != nil {
+		return nil, nil, err
+	}
+	released := false
+	defer func() {
+		if !released {
+			if err := reach.done(); err != nil {
+				s.log.Warn("the restored vm's network", "vm", vm.Name, "err", err)
+			}
+		}
+	}()
+	dctx := ctx
+	if reach.dial != nil {
+		dctx = guest.WithDialer(ctx, reach.dial)
+	}
+	conn, err := s.waitGuest(dctx, reach.addr, s.key, restoredPin(restore), alive)
+	if err != nil {
+		return nil, nil, err
+	}
+	newKey, err := makeNew(ctx, conn, vm, reach.netw)
+	if err != nil || reach.netw == nil {
+		if err != nil {
+			conn.Close()
+		}
+		return conn, newKey, err
+	}
+	// This connection has carried the answer; the guest now leaves the
+	// saved address for its own.
+	conn.Close()
+	released = true
+	if err := reach.done(); err != nil {
+		return nil, nil, err
+	}
+	conn, err = s.waitGuest(ctx, nw.agentAddr(vm), s.key, guest.HostKeyPin{Key: newKey}, alive)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the restored guest at its own address: %w", err)
+	}
+	return conn, newKey, nil
+}
 
 // restoredPin is what the first dial of a restored VM must meet: the
 // saved agent's key.

@@ -156,3 +156,24 @@ func TestCreateFromSnapshotOfDeletedImageColdBoots(t *testing.T) {
 		t.Fatalf("restore: %v", err)
 	}
 }
+
+// A saved tap guest's network is read from its boot's command line; a
+// line that does not name a usable one makes the restore cold-boot.
+func TestSavedNetOf(t *testing.T) {
+	sn, err := savedNetOf("console=ttyS0 ember.ip=10.231.0.5/24 ember.gw=10.231.0.1 ember.dns=10.231.0.1 quiet")
+	if err != nil || sn.IP.String() != "10.231.0.5" || sn.Gateway.String() != "10.231.0.1/24" {
+		t.Fatalf("saved net %+v, %v", sn, err)
+	}
+	for _, bad := range []string{"",
+		"ember.ip=10.231.0.5/24",
+		"ember.gw=10.231.0.1",
+		"ember.ip=10.231.0.5 ember.gw=10.231.0.1",
+		"ember.ip=fd00::5/64 ember.gw=10.231.0.1",
+		"ember.ip=10.231.0.5/24 ember.gw=10.232.0.1",
+		"ember.ip=10.231.0.5/24 ember.gw=10.231.0.5",
+		"ember.ip=10.231.0.5/24 ember.gw=gateway"} {
+		if sn, err := savedNetOf(bad); err == nil {
+			t.Errorf("%q: %+v", bad, sn)
+		}
+	}
+}

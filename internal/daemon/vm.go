@@ -562,14 +562,8 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		// The restored agent is the saved one, already listening: only
 		// it holds the saved key. It becomes this VM before anything
 		// else is asked of it, and takes a new key.
-		conn, err = s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, restoredPin(restore), alive)
 		var newKey ssh.PublicKey
-		if err == nil {
-			if newKey, err = makeNew(bootCtx, conn, vm, nil); err != nil {
-				conn.Close()
-			}
-		}
-		if err == nil {
+		if conn, newKey, err = s.restoredGuest(bootCtx, nw, vm, restore, alive); err == nil {
 			vm.AgentHostKey = authorizedKey(newKey)
 		}
 	} else {

@@ -60,11 +60,27 @@ func Dial(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin) (
 	return dial(ctx, addr, signer, pin, 0)
 }
 
+// DialFunc makes the TCP connection to an agent.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+type dialerKey struct{}
+
+// WithDialer makes the dials under ctx connect through d instead of the
+// host's own network: a restored tap-mode guest is reached inside the
+// namespace its TAP is quarantined in (netconf.Quarantine).
+func WithDialer(ctx context.Context, d DialFunc) context.Context {
+	return context.WithValue(ctx, dialerKey{}, d)
+}
+
 // dial is Dial with an optional bound on the wait for the server's first
 // bytes (its SSH version line).
 func dial(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, bannerTimeout time.Duration) (*Client, error) {
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	dialTCP := d.DialContext
+	if f, ok := ctx.Value(dialerKey{}).(DialFunc); ok && f != nil {
+		dialTCP = f
+	}
+	nc, err := dialTCP(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial guest %s: %w", addr, err)
 	}
