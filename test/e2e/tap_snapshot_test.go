@@ -20,11 +20,11 @@ func TestTapSnapshotRestore(t *testing.T) {
 	e.startDaemon()
 	e.must("create", "orig")
 	e.must("exec", "orig", "--", "sh", "-c", "echo kept-data > /root/file && sync")
+	// A restored guest is the saved one (a cold boot would draw a new
+	// boot id; the kernel draws it at its first read, so before the save).
+	bootID := e.must("exec", "orig", "--", "cat", "/proc/sys/kernel/random/boot_id")
 	e.must("snapshot", "create", "orig", "tsnap")
 	orig := e.inspect("orig")
-	// A restored guest is the saved one (a cold boot would draw a new
-	// boot id).
-	bootID := e.must("exec", "orig", "--", "cat", "/proc/sys/kernel/random/boot_id")
 
 	vms := map[string]wire.VM{}
 	for _, name := range []string{"tc1", "tc2"} {
