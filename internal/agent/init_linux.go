@@ -110,6 +110,7 @@ func bootSteps() []bootStep {
 	return []bootStep{
 		{"load modules", true, func(*bootState) error { return loadModules(modulesList) }},
 		{"load share modules", true, func(st *bootState) error { return loadShareModules(st.cfg.Shares) }},
+		{"free the initramfs's modules", false, func(*bootState) error { return freeInitramfsModules("/") }},
 		{"switch root", true, func(st *bootState) error { return switchRoot(st.cfg.Root) }},
 		{"mount /dev/pts", false, func(*bootState) error { return mountDevPts() }},
 		{"mount /dev/shm", false, func(*bootState) error { return mountTmpfs("/dev/shm", "1777", true) }},

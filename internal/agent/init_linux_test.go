@@ -19,6 +19,7 @@ func TestBootStepsFatalOnlyWhenNeeded(t *testing.T) {
 	}{
 		{"load modules", true},
 		{"load share modules", true},
+		{"free the initramfs's modules", false},
 		{"switch root", true},
 		{"mount /dev/pts", false},
 		{"mount /dev/shm", false},

@@ -17,8 +17,9 @@ const rootWait = 10 * time.Second
 
 // switchRoot mounts dev (ext4) and makes it the root, like switch_root:
 // the initramfs cannot be pivot_root'ed away, so the new root is moved
-// over / and chroot'ed into. The initramfs stays in memory underneath; it
-// is only a few MiB.
+// over / and chroot'ed into. The initramfs stays in memory underneath:
+// the agent's binary (which keeps running from it), its modules removed
+// before (freeInitramfsModules).
 func switchRoot(dev string) error {
 	deadline := time.Now().Add(rootWait)
 	for {
