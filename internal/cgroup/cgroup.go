@@ -12,6 +12,12 @@
 // the daemon still cover its VMs. Where neither can be written (a rootless
 // daemon, a read-only cgroupfs) Detect says why and the caller runs VMs
 // without limits.
+//
+// A VM's cgroup also carries BPF programs (internal/loopguard), which
+// only cgroup v2 has. On a hybrid host (limits in v1, a cgroup2 mount
+// with no controllers beside them, as systemd's "unified" folder) each VM
+// also gets a folder in that v2 hierarchy, <mount>/ember.slice/<name>,
+// holding no limits: V2Dir names it.
 package cgroup
 
 import (
@@ -55,6 +61,9 @@ type controller struct {
 	enable []string
 	// controllers are the v2 controllers available (memory, cpu).
 	controllers []string
+	// v2 marks the cgroup v2 hierarchy: the only one on v2, the one
+	// without controllers beside v1's on a hybrid host.
+	v2 bool
 }
 
 // Manager makes, fills and removes VM cgroups. It keeps no per-VM state:
@@ -70,7 +79,7 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // NewV2 manages VM cgroups in parent, a folder of a cgroup v2 hierarchy
 // mounted at mount, with the given controllers (memory, cpu).
 func NewV2(mount, parent string, controllers []string) *Manager {
-	c := controller{parent: parent, controllers: controllers}
+	c := controller{parent: parent, controllers: controllers, v2: true}
 	rel, err := filepath.Rel(mount, parent)
 	if err == nil && !strings.HasPrefix(rel, "..") {
 		dir := mount
@@ -100,16 +109,38 @@ func NewV1(memParent, cpuParent string) *Manager {
 	return m
 }
 
-// Version is 1 or 2.
+// WithV2 adds, to a v1 manager, the folder of a cgroup v2 hierarchy with
+// no controllers where each VM gets a cgroup too (V2Dir), for its BPF
+// programs; it holds no limits.
+func (m *Manager) WithV2(parent string) *Manager {
+	m.ctrls = append(m.ctrls, controller{parent: parent, v2: true})
+	return m
+}
+
+// V2Dir is the folder of the cgroup called name in a cgroup v2 hierarchy
+// (where BPF programs attach), "" when this manager has none.
+func (m *Manager) V2Dir(name string) string {
+	for _, c := range m.ctrls {
+		if c.v2 {
+			return filepath.Join(c.parent, name)
+		}
+	}
+	return ""
+}
+
+// Version is 1 or 2 (where the limits are).
 func (m *Manager) Version() int { return m.version }
 
 // String says where VM cgroups go, for the daemon's log.
 func (m *Manager) String() string {
 	var parts []string
 	for _, c := range m.ctrls {
-		if c.name != "" {
+		switch {
+		case c.name != "":
 			parts = append(parts, c.name+" in "+c.parent)
-		} else {
+		case m.version == 1:
+			parts = append(parts, "v2 (no limits) in "+c.parent)
+		default:
 			parts = append(parts, strings.Join(c.controllers, "+")+" in "+c.parent)
 		}
 	}
@@ -421,7 +452,7 @@ func under(m mount, path string) string {
 func detect(mountinfo, procCgroup []byte, controllers func(string) []string, canWrite func(string) error) (*Manager, error) {
 	mounts := parseMountinfo(mountinfo)
 	own := parseProcCgroup(procCgroup)
-	var v2Why string
+	var v2Why, v2Parent string
 	for _, m := range mounts {
 		if !m.v2 {
 			continue
@@ -434,6 +465,9 @@ func detect(mountinfo, procCgroup []byte, controllers func(string) []string, can
 		}
 		if !contains(have, "memory") {
 			v2Why = fmt.Sprintf("the cgroup v2 hierarchy at %s has no memory controller", m.dir)
+			if p := filepath.Join(m.dir, ParentV2); v2Parent == "" && canWrite(p) == nil {
+				v2Parent = p
+			}
 			continue
 		}
 		parent := filepath.Join(m.dir, ParentV2)
@@ -470,5 +504,9 @@ func detect(mountinfo, procCgroup []byte, controllers func(string) []string, can
 		}
 		return nil, fmt.Errorf("%s and no v1 memory or cpu hierarchy is mounted", v2Why)
 	}
-	return NewV1(memParent, cpuParent), nil
+	m := NewV1(memParent, cpuParent)
+	if v2Parent != "" {
+		m.WithV2(v2Parent)
+	}
+	return m, nil
 }

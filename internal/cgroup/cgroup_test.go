@@ -55,13 +55,23 @@ func TestDetect(t *testing.T) {
 		canWrite          func(string) error
 		want              string // Manager.String, or the error's text
 		wantErr           bool
+		v2Dir             string // V2Dir("vm-a")
 	}{
 		{name: "v1 beside a v2 without memory", mountinfo: hybridMountinfo, procCg: hybridProcCgroup,
 			controllers: map[string][]string{"/sys/fs/cgroup/unified": {"hugetlb"}}, canWrite: allWritable,
+			want: "cgroup v1: memory in /sys/fs/cgroup/memory/process_api/54a1/ember, cpu in /sys/fs/cgroup/cpu/ember, v2 (no limits) in /sys/fs/cgroup/unified/ember.slice", v2Dir: "/sys/fs/cgroup/unified/ember.slice/vm-a"},
+		{name: "v1 beside a v2 that cannot be written", mountinfo: hybridMountinfo, procCg: hybridProcCgroup,
+			controllers: map[string][]string{"/sys/fs/cgroup/unified": {"hugetlb"}},
+			canWrite: func(d string) error {
+				if strings.HasPrefix(d, "/sys/fs/cgroup/unified") {
+					return errors.New("read-only")
+				}
+				return nil
+			},
 			want: "cgroup v1: memory in /sys/fs/cgroup/memory/process_api/54a1/ember, cpu in /sys/fs/cgroup/cpu/ember"},
 		{name: "v2 with memory and cpu", mountinfo: v2Mountinfo, procCg: "0::/user.slice/user-1000.slice/session-2.scope\n",
 			controllers: map[string][]string{"/sys/fs/cgroup": {"cpuset", "cpu", "io", "memory", "pids"}}, canWrite: allWritable,
-			want: "cgroup v2: cpu+memory in /sys/fs/cgroup/ember.slice"},
+			want: "cgroup v2: cpu+memory in /sys/fs/cgroup/ember.slice", v2Dir: "/sys/fs/cgroup/ember.slice/vm-a"},
 		{name: "container: the mount's root is the container's cgroup", mountinfo: containerMountinfo, procCg: containerProcCgroup,
 			canWrite: allWritable,
 			want:     "cgroup v1: memory in /sys/fs/cgroup/memory/ember, cpu in /sys/fs/cgroup/cpu,cpuacct/ember"},
@@ -90,6 +100,9 @@ func TestDetect(t *testing.T) {
 			}
 			if got := m.String(); got != c.want {
 				t.Errorf("got %q\nwant %q", got, c.want)
+			}
+			if got := m.V2Dir("vm-a"); got != c.v2Dir {
+				t.Errorf("V2Dir = %q, want %q", got, c.v2Dir)
 			}
 		})
 	}
@@ -160,7 +173,8 @@ func TestPlaceRemoveSweepV2(t *testing.T) {
 func TestPlaceV1AndSweep(t *testing.T) {
 	root := t.TempDir()
 	mem, cpu := filepath.Join(root, "memory", "p", ParentV1), filepath.Join(root, "cpu", ParentV1)
-	m := NewV1(mem, cpu)
+	unified := filepath.Join(root, "unified", ParentV2)
+	m := NewV1(mem, cpu).WithV2(unified)
 	if err := m.Place("vm-b", 99, Limits{MemoryBytes: 512 << 20, MilliCPUs: 1000}); err != nil {
 		t.Fatal(err)
 	}
@@ -170,6 +184,7 @@ func TestPlaceV1AndSweep(t *testing.T) {
 		filepath.Join(cpu, "vm-b", "cpu.cfs_period_us"):     "100000",
 		filepath.Join(cpu, "vm-b", "cpu.cfs_quota_us"):      "100000",
 		filepath.Join(cpu, "vm-b", "cgroup.procs"):          "99",
+		filepath.Join(unified, "vm-b", "cgroup.procs"):      "99",
 	} {
 		if got := read(t, path); got != want {
 			t.Errorf("%s = %q, want %q", path, got, want)
@@ -177,6 +192,12 @@ func TestPlaceV1AndSweep(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(mem, "vm-b", "cpu.cfs_quota_us")); err == nil {
 		t.Error("a cpu file in the memory hierarchy")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(unified, "vm-b")); len(ents) != 1 {
+		t.Errorf("the v2 folder beside v1 holds %v, want only cgroup.procs", ents)
+	}
+	if got := m.V2Dir("vm-b"); got != filepath.Join(unified, "vm-b") {
+		t.Errorf("V2Dir = %q", got)
 	}
 	// Sweep keeps a cgroup that has a process (the real test below shows
 	// it removing an empty one: a plain folder cannot be empty here).

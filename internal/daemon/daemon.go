@@ -230,8 +230,9 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	d.nets = &networks{config: d.layout.Config, user: &userNet{store: d.store, restrict: !d.cfg.UserNetEgress}, tap: tap}
 	if d.cfg.UserNetEgress {
 		// QEMU's slirp maps its gateway to the host's 127.0.0.1 once
-		// restrict is off, and QEMU 7.2 has no switch against it.
-		d.log.Warn("user_net_egress is on: user-mode guests reach every port on the host's loopback through 10.0.2.2; use tap networking for guests that need egress, and host.ember.internal (--cap hostport) for host ports")
+		// restrict is off, and QEMU 7.2 has no switch against it: the
+		// QEMU driver's loopback filter closes it (or VMs are refused).
+		d.log.Warn("user_net_egress is on: user-mode guests reach outside the host; their QEMU is kept off the host's loopback by a cgroup BPF filter (DNS's port 53 excepted), and user-mode VMs are refused where it cannot be attached")
 	}
 	d.vms = &vmService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver, key: key,
 		base: d.base, background: &d.background, boot: d.boot, images: d.images, nets: d.nets, ops: d.ops,

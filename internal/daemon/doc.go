@@ -13,7 +13,8 @@
 // builds the QEMU driver confined as the config says (qemuConfinement in
 // sandbox.go: QEMU's seccomp filter, the unprivileged qemu_user when
 // root, a cgroup per VM with its memory and CPU limits where cgroups can
-// be made), re-attaches to VMs whose QEMU kept running while no daemon
+// be made, the loopback filter on each VM's cgroup v2 folder where BPF
+// can be loaded), re-attaches to VMs whose QEMU kept running while no daemon
 // was there and settles the operations the previous daemon left
 // unfinished. Serve(ctx)
 // accepts connections on the unix socket (0660, group socket_group, as

@@ -10,9 +10,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emberhq/ember/internal/cgroup"
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/ipam"
 	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/loopguard"
 	"github.com/emberhq/ember/internal/netconf"
 )
 
@@ -30,9 +32,9 @@ func netChecks(ctx context.Context, lay layout.Layout, root bool) []Check {
 		return []Check{fail("config", err.Error(), "fix "+lay.Config)}
 	}
 	if !cfg.TAPEnabled() {
-		return append(tapOffChecks(lay, root), userNetCheck(cfg, lay))
+		return append(tapOffChecks(lay, root), userNetCheck(cfg, lay, hostLoopFence))
 	}
-	out := []Check{userNetCheck(cfg, lay), capCheck(lay, root), tunCheck(root)}
+	out := []Check{userNetCheck(cfg, lay, hostLoopFence), capCheck(lay, root), tunCheck(root)}
 	out = append(out, toolChecks(tapTools(), hosttools.Finder{}.FindTool, root)...)
 	sub, err := ipam.Parse(cfg.Subnet)
 	if err != nil {
@@ -64,13 +66,32 @@ func netChecks(ctx context.Context, lay layout.Layout, root bool) []Check {
 // userNetCheck says what user-mode guests reach of the host. With
 // user_net_egress QEMU's slirp is unrestricted, and it maps its gateway,
 // 10.0.2.2, to the host's 127.0.0.1 with no option in QEMU to stop it:
-// every loopback service (the dashboard among them) is open to guests.
-func userNetCheck(cfg layout.Config, lay layout.Layout) Check {
-	if cfg.UserNetEgress {
-		return warn("user network", "user_net_egress = true: user-mode guests reach every port on the host's loopback through 10.0.2.2 (QEMU's user-mode network maps it there and cannot be told not to)",
-			"set user_net_egress = false in "+lay.Config+"; give guests that need egress --net tap, and open host ports to guests with --cap hostport (host.ember.internal)")
+// only the loopback filter on each VM's cgroup (internal/loopguard)
+// keeps every loopback service (the dashboard among them) from guests,
+// and without it the daemon refuses user-mode VMs. fence says why this
+// host cannot have the filter ("" when it can); it is only asked with
+// egress on.
+func userNetCheck(cfg layout.Config, lay layout.Layout, fence func() string) Check {
+	if !cfg.UserNetEgress {
+		return pass("user network", "no egress; guests reach host ports only where opened for them at host.ember.internal (--cap hostport)")
 	}
-	return pass("user network", "no egress; guests reach host ports only where opened for them at host.ember.internal (--cap hostport)")
+	if why := fence(); why != "" {
+		return fail("user network", "user_net_egress = true, but the host's loopback cannot be closed to QEMU here ("+why+"): without that a guest reaches every port on the host's loopback through 10.0.2.2, so the daemon refuses user-mode VMs",
+			"run the daemon as root on a host with a cgroup v2 hierarchy (the filter is a cgroup BPF program), or set user_net_egress = false in "+lay.Config+" and give guests that need egress --net tap")
+	}
+	return pass("user network", "user_net_egress = true: guests reach outside; the host's loopback (10.0.2.2) is closed to QEMU by a cgroup BPF filter, but for port 53 (DNS); host ports open only at host.ember.internal (--cap hostport)")
+}
+
+// hostLoopFence loads the loopback filter as a daemon here would, and
+// unloads it: "" when it can, else why not.
+func hostLoopFence() string {
+	cg, err := cgroup.Detect()
+	if err != nil {
+		return "no cgroup hierarchy ember can use: " + err.Error()
+	}
+	g, why := loadLoopGuard(cg, loopguard.Load)
+	_ = g.Close()
+	return why
 }
 
 // tapOffChecks: with tap networking off, CAP_NET_ADMIN and /dev/net/tun

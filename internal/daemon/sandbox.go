@@ -11,6 +11,7 @@ import (
 	"github.com/emberhq/ember/internal/cgroup"
 	"github.com/emberhq/ember/internal/hypervisor/qemu"
 	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/loopguard"
 )
 
 // nobodyUID is the fallback QEMU user of a root daemon whose qemu_user is
@@ -32,11 +33,17 @@ const nobodyUID = 65534
 //     exist.
 //   - a rootless daemon: the seccomp filter; QEMU already runs as the
 //     daemon's user; cgroups only where that user may make them.
+//
+// Where a VM's cgroup has a cgroup v2 folder and the daemon may load BPF
+// (root), the loopback filter (internal/loopguard) goes on every VM's
+// cgroup; without it the driver refuses VMs with user-mode egress
+// (user_net_egress), and NoLoopGuard says why.
 func qemuConfinement(cfg layout.Config, log *slog.Logger) (qemu.Options, error) {
 	var o qemu.Options
 	if !cfg.QEMUSandbox {
-		log.Warn("qemu runs unconfined (qemu_sandbox = false): no seccomp filter, as the daemon's user, no cgroup limits")
+		log.Warn("qemu runs unconfined (qemu_sandbox = false): no seccomp filter, as the daemon's user, no cgroup limits, no loopback filter")
 		o.Unconfined = true
+		o.NoLoopGuard = "qemu_sandbox = false"
 		return o, nil
 	}
 	if os.Geteuid() == 0 {
@@ -58,7 +65,27 @@ func qemuConfinement(cfg layout.Config, log *slog.Logger) (qemu.Options, error) 
 	default:
 		log.Info("vms run without memory and cpu limits (a rootless daemon cannot make cgroups here)", "why", err)
 	}
+	o.LoopGuard, o.NoLoopGuard = loadLoopGuard(o.Cgroups, loopguard.Load)
+	if o.LoopGuard == nil && cfg.UserNetEgress {
+		log.Error("user_net_egress is on, but the host's loopback cannot be closed to QEMU here: user-mode VMs are refused until it can (or user_net_egress = false)", "why", o.NoLoopGuard)
+	}
 	return o, nil
+}
+
+// loadLoopGuard loads the loopback filter where VM cgroups have a v2
+// folder to attach it to; otherwise, or when loading fails, it says why.
+func loadLoopGuard(cg *cgroup.Manager, load func() (*loopguard.Guard, error)) (*loopguard.Guard, string) {
+	if cg == nil {
+		return nil, "vms get no cgroup here"
+	}
+	if cg.V2Dir("x") == "" {
+		return nil, "no writable cgroup v2 hierarchy (the filter is a cgroup v2 BPF program)"
+	}
+	g, err := load()
+	if err != nil {
+		return nil, err.Error()
+	}
+	return g, ""
 }
 
 // qemuUser is the resolved qemu_user; fallback, when set, says that the

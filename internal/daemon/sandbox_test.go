@@ -1,11 +1,14 @@
 package daemon
 
 import (
+	"errors"
 	"os/user"
 	"strings"
 	"testing"
 
+	"github.com/emberhq/ember/internal/cgroup"
 	"github.com/emberhq/ember/internal/hypervisor/qemu"
+	"github.com/emberhq/ember/internal/loopguard"
 )
 
 // A passwd of three users, for lookupQEMUUser.
@@ -70,5 +73,22 @@ func TestLookupQEMUUser(t *testing.T) {
 		if c.fallback && !strings.Contains(u.fallback, "useradd --system") {
 			t.Errorf("%s: fallback warning %q does not say how to create the user", c.name, u.fallback)
 		}
+	}
+}
+
+// loadLoopGuard says why there is no filter: no cgroups, no v2 folder, or
+// the kernel's refusal; it loads only where a v2 folder exists.
+func TestLoadLoopGuard(t *testing.T) {
+	load := func() (*loopguard.Guard, error) { return nil, errors.New("load: operation not permitted") }
+	if g, why := loadLoopGuard(nil, load); g != nil || !strings.Contains(why, "no cgroup") {
+		t.Errorf("no cgroups: %v %q", g, why)
+	}
+	v1 := cgroup.NewV1("/sys/fs/cgroup/memory/ember", "")
+	if g, why := loadLoopGuard(v1, func() (*loopguard.Guard, error) { t.Error("loaded without a v2 folder"); return nil, nil }); g != nil || !strings.Contains(why, "cgroup v2") {
+		t.Errorf("v1 only: %v %q", g, why)
+	}
+	hybrid := cgroup.NewV1("/sys/fs/cgroup/memory/ember", "").WithV2("/sys/fs/cgroup/unified/ember.slice")
+	if g, why := loadLoopGuard(hybrid, load); g != nil || why != "load: operation not permitted" {
+		t.Errorf("refused by the kernel: %v %q", g, why)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/emberhq/ember/internal/cgroup"
 	"github.com/emberhq/ember/internal/hosttools"
 	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/loopguard"
 )
 
 // Options configure a Driver; zero values pick defaults.
@@ -47,6 +48,12 @@ type Options struct {
 	// Cgroups, when set, gives each VM's QEMU a cgroup of its own with the
 	// VM's memory and CPU limits (see cgroupLimits).
 	Cgroups *cgroup.Manager
+	// LoopGuard, when set with Cgroups that have a v2 folder, is attached
+	// to every VM's cgroup: its QEMU (and virtiofsd) cannot connect to the
+	// host's loopback (fence). A user-mode VM with egress (Restrict off)
+	// is refused without it; NoLoopGuard then says why there is none.
+	LoopGuard   *loopguard.Guard
+	NoLoopGuard string
 }
 
 // Driver runs VMs with QEMU. It is safe for concurrent use: it keeps no
@@ -60,9 +67,11 @@ type Driver struct {
 	kvmDevice     string
 	log           *slog.Logger
 	seccomp       bool
-	user          *User           // nil: the caller's
-	cgroups       *cgroup.Manager // nil: no limits
-	thpOnce       sync.Once       // noHugePages
+	user          *User            // nil: the caller's
+	cgroups       *cgroup.Manager  // nil: no limits
+	guard         *loopguard.Guard // nil: no loopback filter
+	noGuard       string           // why guard is nil
+	thpOnce       sync.Once        // noHugePages
 }
 
 var _ hypervisor.Driver = (*Driver)(nil)
@@ -72,7 +81,13 @@ var _ hypervisor.AccelProber = (*Driver)(nil)
 // missing qemu-img only makes CreateDisk fail.
 func New(o Options) (*Driver, error) {
 	d := &Driver{quitGrace: o.QuitGrace, tscKHz: o.TSCKHz, kvmDevice: o.KVMDevice, log: o.Logger,
-		seccomp: !o.Unconfined, user: o.User, cgroups: o.Cgroups}
+		seccomp: !o.Unconfined, user: o.User, cgroups: o.Cgroups, guard: o.LoopGuard, noGuard: o.NoLoopGuard}
+	if d.guard != nil && (d.cgroups == nil || d.cgroups.V2Dir("x") == "") {
+		d.guard, d.noGuard = nil, "no cgroup v2 hierarchy to attach the loopback filter to"
+	}
+	if d.guard == nil && d.noGuard == "" {
+		d.noGuard = "no loopback filter was loaded"
+	}
 	if d.user != nil && os.Geteuid() != 0 {
 		return nil, fmt.Errorf("qemu can run as %s only when started by root, and this process is uid %d", d.user, os.Geteuid())
 	}
@@ -127,6 +142,11 @@ func (d *Driver) Confinement() string {
 		parts = append(parts, "one cgroup per vm with its memory and cpu limits ("+d.cgroups.String()+")")
 	} else {
 		parts = append(parts, "no cgroup limits")
+	}
+	if d.guard != nil {
+		parts = append(parts, "host loopback closed to qemu (cgroup BPF)")
+	} else {
+		parts = append(parts, "host loopback open to qemu ("+d.noGuard+"; user-mode egress refused)")
 	}
 	return strings.Join(parts, "; ")
 }

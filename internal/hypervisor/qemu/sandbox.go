@@ -38,6 +38,40 @@ func cgroupLimits(s hypervisor.Spec) cgroup.Limits {
 	return cgroup.Limits{MemoryBytes: int64(s.MemoryMiB+memOverheadMiB) << 20, MilliCPUs: s.CPUs * 1000}
 }
 
+// egress says whether the VM's QEMU connects out for its guest: user-mode
+// networking without restrict=on, where slirp turns the guest's
+// connections into QEMU's own (its gateway 10.0.2.2 into the host's
+// 127.0.0.1).
+func egress(s hypervisor.Spec) bool { return s.Net.Mode == hypervisor.NetUser && !s.Net.Restrict }
+
+// checkFence refuses, before anything starts, a VM whose QEMU would
+// connect out for its guest when no loopback filter can be attached.
+func (d *Driver) checkFence(s hypervisor.Spec) error {
+	if egress(s) && d.guard == nil {
+		return fmt.Errorf("user-mode networking with egress would open the host's loopback to the guest (through 10.0.2.2), and this host cannot close it: %s: %w", d.noGuard, hypervisor.ErrUnsupported)
+	}
+	return nil
+}
+
+// fence attaches the loopback filter to the VM's cgroup once its QEMU is
+// in it (a cgroup with a process is never swept by another daemon, so
+// the filter cannot be lost with a removed folder) and before the guest
+// runs. A VM with egress must have it; for the others it is a second
+// wall (their QEMU connects nowhere), and a failure only warns.
+func (d *Driver) fence(s hypervisor.Spec) error {
+	if d.guard == nil {
+		return d.checkFence(s)
+	}
+	err := d.guard.Attach(d.cgroups.V2Dir(cgroupName(s)))
+	if err != nil && egress(s) {
+		return fmt.Errorf("close the host's loopback to the guest: %w", err)
+	}
+	if err != nil {
+		d.log.Warn("vm runs without the loopback filter", "vm", vmName(s), "err", err)
+	}
+	return nil
+}
+
 // sysProcAttr starts QEMU in a session of its own (a terminal's signals
 // do not reach it and it outlives the daemon) and, when a user is set, as
 // that user with no supplementary groups but the KVM device's group when

@@ -203,3 +203,23 @@ func TestSysProcAttr(t *testing.T) {
 		t.Errorf("no user: %+v", a)
 	}
 }
+
+// A user-mode VM with egress is refused before anything starts when the
+// driver has no loopback filter, with the reason; a restricted one, and
+// tap, start without it.
+func TestCheckFence(t *testing.T) {
+	d := &Driver{noGuard: "no writable cgroup v2 hierarchy"}
+	s := hypervisor.Spec{Name: "v", Net: hypervisor.NetSpec{Mode: hypervisor.NetUser}}
+	err := d.checkFence(s)
+	if !errors.Is(err, hypervisor.ErrUnsupported) || !strings.Contains(err.Error(), "no writable cgroup v2 hierarchy") || !strings.Contains(err.Error(), "10.0.2.2") {
+		t.Fatalf("egress without the filter: %v", err)
+	}
+	s.Net.Restrict = true
+	if err := d.checkFence(s); err != nil {
+		t.Errorf("restricted: %v", err)
+	}
+	s.Net = hypervisor.NetSpec{Mode: hypervisor.NetTAP, TAP: "t0"}
+	if err := d.checkFence(s); err != nil {
+		t.Errorf("tap: %v", err)
+	}
+}

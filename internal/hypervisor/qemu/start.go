@@ -46,6 +46,9 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
 	s.Cmdline = withTSC(s.Cmdline, s.Accel, d.tscKHz)
+	if err := d.checkFence(s); err != nil {
+		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
+	}
 	if err := d.prepareFiles(s); err != nil {
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
 	}
@@ -90,6 +93,9 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	}
 	if err == nil && d.cgroups != nil {
 		err = d.cgroups.Place(cgroupName(s), inst.PID, cgroupLimits(s))
+	}
+	if err == nil {
+		err = d.fence(s)
 	}
 	if err == nil {
 		err = resume(ctx, s.QMPSocket, proc.done, s.Incoming != "")

@@ -1,0 +1,253 @@
+package loopguard
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/cilium/ebpf/asm"
+	"github.com/vishvananda/netlink"
+)
+
+// The programs assemble without a kernel (labels resolve, both end in exit).
+func TestProgramsAssemble(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		insns := program(v6)
+		var buf bytes.Buffer
+		if err := insns.Marshal(&buf, binary.LittleEndian); err != nil {
+			t.Fatalf("v6=%v: %v", v6, err)
+		}
+		if last := insns[len(insns)-1]; last.OpCode.JumpOp() != asm.Exit {
+			t.Errorf("v6=%v: last instruction %v, want exit", v6, last)
+		}
+	}
+}
+
+// helperEnv makes the test binary run probeLoopback instead of its tests:
+// the process TestFilterVerdicts starts inside a filtered cgroup.
+const helperEnv = "EMBER_LOOPGUARD_PROBE"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(probeLoopback())
+	}
+	os.Exit(m.Run())
+}
+
+// The real kernel's verdicts: a process in a cgroup with the programs
+// attached, in a network namespace of its own (lo up, with 10.99.0.1 and
+// fd00::1 on it as addresses that are not loopback), connects and sends
+// to each address; loopback ones fail with EPERM, the others reach the
+// listener, and DNS's port stays open. Needs root and a cgroup v2
+// hierarchy; no packet leaves the namespace.
+func TestFilterVerdicts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: loading cgroup BPF needs root")
+	}
+	mnt := cgroup2Mount(t)
+	g, err := Load()
+	if err != nil {
+		t.Skipf("skipping: %v", err)
+	}
+	defer g.Close()
+	dir := filepath.Join(mnt, "ember-loopguard-test-"+strconv.Itoa(os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Rmdir(dir) })
+	if ok, err := Attached(dir); err != nil || ok {
+		t.Fatalf("before attach: attached=%v err=%v", ok, err)
+	}
+	if err := g.Attach(dir); err != nil {
+		t.Fatal(err)
+	}
+	// Again, as a VM's next boot in the same cgroup does: replaces.
+	if err := g.Attach(dir); err != nil {
+		t.Fatalf("second attach: %v", err)
+	}
+	if ok, err := Attached(dir); err != nil || !ok {
+		t.Fatalf("after attach: attached=%v err=%v", ok, err)
+	}
+	cg, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("probe: %v\n%s%s", err, out, stderr.String())
+	}
+	want := map[string]string{
+		"tcp 127.0.0.1":        "refused",
+		"tcp 127.1.2.3":        "refused",
+		"tcp 0.0.0.0":          "refused",
+		"tcp ::1":              "refused",
+		"tcp ::":               "refused",
+		"tcp ::ffff:127.0.0.1": "refused",
+		"tcp ::ffff:0.0.0.0":   "refused",
+		"tcp 10.99.0.1":        "ok",
+		"tcp fd00::1":          "ok",
+		"tcp ::ffff:10.99.0.1": "ok",
+		"udp 127.0.0.1":        "refused",
+		"udp ::1":              "refused",
+		"udp ::ffff:127.0.0.1": "refused",
+		"udp 10.99.0.1":        "ok",
+		"udp fd00::1":          "ok",
+		"dns tcp 127.0.0.1":    "ok",
+		"dns udp 127.0.0.1":    "ok",
+	}
+	got := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if ok {
+			got[k] = v
+		}
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: got %q, want %q", k, got[k], w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("probe output:\n%s%s", out, stderr.String())
+	}
+}
+
+func cgroup2Mount(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if f := strings.Fields(pre); ok && len(f) >= 5 && strings.HasPrefix(post, "cgroup2 ") {
+			return f[4]
+		}
+	}
+	t.Skip("skipping: no cgroup v2 hierarchy mounted")
+	return ""
+}
+
+// probeLoopback runs in the filtered cgroup and its own network
+// namespace, and prints one "what=ok|refused|error ..." line per probe.
+func probeLoopback() int {
+	if err := probeSetup(); err != nil {
+		fmt.Fprintln(os.Stderr, "setup:", err)
+		return 2
+	}
+	tl, err := net.Listen("tcp", "[::]:0") // dual-stack: every address
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer tl.Close()
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := strconv.Itoa(tl.Addr().(*net.TCPAddr).Port)
+	for _, a := range []string{"127.0.0.1", "127.1.2.3", "0.0.0.0", "::1", "::", "::ffff:127.0.0.1", "::ffff:0.0.0.0", "10.99.0.1", "fd00::1", "::ffff:10.99.0.1"} {
+		c, err := net.Dial("tcp", net.JoinHostPort(a, port))
+		report("tcp "+a, err)
+		if err == nil {
+			c.Close()
+		}
+	}
+	ul, err := net.ListenPacket("udp", "[::]:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer ul.Close()
+	uport := ul.LocalAddr().(*net.UDPAddr).Port
+	for _, a := range []string{"127.0.0.1", "::1", "::ffff:127.0.0.1", "10.99.0.1", "fd00::1"} {
+		// An unconnected socket: sendto, which the sendmsg hooks see.
+		// udp4 for IPv4, else a dual-stack socket (v4-mapped sends).
+		network, laddr := "udp", "[::]:0"
+		if !strings.Contains(a, ":") {
+			network, laddr = "udp4", ""
+		}
+		s, err := net.ListenPacket(network, laddr)
+		if err != nil {
+			report("udp "+a, err)
+			continue
+		}
+		_, err = s.WriteTo([]byte("x"), &net.UDPAddr{IP: net.ParseIP(a), Port: uport})
+		report("udp "+a, err)
+		s.Close()
+	}
+	// DNS's port: listeners of our own in this namespace.
+	dl, err := net.Listen("tcp", "127.0.0.1:53")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer dl.Close()
+	c, err := net.Dial("tcp", "127.0.0.1:53")
+	report("dns tcp 127.0.0.1", err)
+	if err == nil {
+		c.Close()
+	}
+	s, err := net.ListenPacket("udp4", "")
+	if err == nil {
+		_, err = s.WriteTo([]byte("x"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53})
+		s.Close()
+	}
+	report("dns udp 127.0.0.1", err)
+	return 0
+}
+
+func report(what string, err error) {
+	switch {
+	case err == nil:
+		fmt.Printf("%s=ok\n", what)
+	case errors.Is(err, syscall.EPERM):
+		fmt.Printf("%s=refused\n", what)
+	default:
+		fmt.Printf("%s=error %v\n", what, err)
+	}
+}
+
+// probeSetup brings the namespace's lo up with two addresses that are
+// not loopback ones.
+func probeSetup() error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return err
+	}
+	for _, a := range []string{"10.99.0.1/32", "fd00::1/128"} {
+		addr, err := netlink.ParseAddr(a)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(lo, addr); err != nil {
+			return fmt.Errorf("add %s: %w", a, err)
+		}
+	}
+	return nil
+}

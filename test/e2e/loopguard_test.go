@@ -1,0 +1,75 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/emberhq/ember/internal/loopguard"
+)
+
+// A user-mode guest with egress on (user_net_egress = true, so QEMU's
+// slirp runs without restrict=on) cannot reach the host's loopback
+// through slirp's gateway 10.0.2.2: QEMU's own connection to 127.0.0.1
+// is refused by the loopback filter on its cgroup. The same host port,
+// opened for the VM with --cap hostport, still answers at
+// host.ember.internal (the daemon connects it, not QEMU). Nothing
+// leaves the machine: the guest only dials 10.0.2.2 and
+// host.ember.internal.
+func TestUserNetEgressNoHostLoopback(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: the loopback filter needs a root daemon (a rootless one refuses egress VMs)")
+	}
+	e := newEnvWith(t, e2eConfig+"user_net_egress = true\n", nil)
+	open, other := greeter(t), greeter(t)
+	e.must("create", "eg", "--cap", fmt.Sprintf("hostport=%d", open))
+	want := fmt.Sprintf("hello-host %d", open)
+	if got := e.fromGuestTo("eg", "host.ember.internal", open); got != want {
+		t.Fatalf("host.ember.internal:%d from the guest: %q, want %q", open, got, want)
+	}
+	for _, port := range []int{open, other} {
+		if got := e.fromGuestTo("eg", "10.0.2.2", port); got != "refused" {
+			t.Fatalf("10.0.2.2:%d (the host's 127.0.0.1) from an egress guest: %q, want refused", port, got)
+		}
+	}
+	// It is the filter that refuses: its programs are on the cgroup v2
+	// folder QEMU is in.
+	pids := qemuPIDs(e.home)
+	if len(pids) != 1 {
+		t.Fatalf("qemu processes: %v", pids)
+	}
+	dir := v2CgroupOf(t, pids[0])
+	if ok, err := loopguard.Attached(dir); err != nil || !ok {
+		t.Fatalf("loopback filter on %s: attached=%v err=%v", dir, ok, err)
+	}
+}
+
+// v2CgroupOf is the folder of pid's cgroup in the cgroup v2 hierarchy.
+func v2CgroupOf(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rel string
+	for _, l := range strings.Split(string(b), "\n") {
+		if r, ok := strings.CutPrefix(l, "0::"); ok {
+			rel = r
+		}
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mi), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		if f := strings.Fields(pre); ok && len(f) >= 5 && strings.HasPrefix(post, "cgroup2 ") && f[3] == "/" {
+			return filepath.Join(f[4], rel)
+		}
+	}
+	t.Fatalf("no cgroup v2 mount for %s", rel)
+	return ""
+}
