@@ -65,7 +65,36 @@ type curveRun struct {
 	daemonRSS, daemonPeak int64   // KiB: after idling; peak since the burst began
 	deleteWall            time.Duration
 	loadAfter             float64
-	memAvailDrop          int64 // bytes: the host's MemAvailable before the burst − after idling
+	memAvailDrop          int64     // bytes: the host's MemAvailable before the burst − after idling
+	idleCPU               []float64 // each VM's QEMU CPU while idling, share of a core
+	daemonIdle            float64   // the daemon's, the same
+	opens                 []int64   // each guest's TCP PassiveOpens after its burst
+}
+
+// guestPassiveOpens is the guest's count of TCP connections it accepted
+// (Tcp PassiveOpens in its /proc/net/snmp).
+func guestPassiveOpens(env *benchEnv, name string) (int64, error) {
+	out, err := env.ember("exec", name, "--", "cat", "/proc/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	var head []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "Tcp:" {
+			continue
+		}
+		if head == nil {
+			head = f
+			continue
+		}
+		for i, k := range head {
+			if k == "PassiveOpens" && i < len(f) {
+				return strconv.ParseInt(f[i], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("vm %s: no Tcp PassiveOpens in /proc/net/snmp", name)
 }
 
 func runCurve(out string) error {
@@ -261,17 +290,45 @@ func curveBurst(env *benchEnv, c *client.Client, n int, mode string, round int) 
 		return run, fmt.Errorf("no VM answered: %w", run.firstErr)
 	}
 
-	// Idle, then what they hold.
-	time.Sleep(memoryIdle)
+	// Idle, then what they hold, and what idling cost the CPU.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	before, err := client.Do(ctx, c, wire.VMList, wire.None{})
+	if err != nil {
+		return run, err
+	}
+	idleFrom, idleCPU := time.Now(), map[int]time.Duration{}
+	for _, vm := range before {
+		idleCPU[vm.PID], _ = cpuTime(vm.PID)
+	}
+	dIdle0, _ := cpuTime(pid)
+	time.Sleep(memoryIdle)
 	all, err := client.Do(ctx, c, wire.VMList, wire.None{})
 	if err != nil {
 		return run, err
 	}
+	idled := time.Since(idleFrom)
+	dIdle1, _ := cpuTime(pid)
+	run.daemonIdle = float64(dIdle1-dIdle0) / float64(idled)
+	var up []string
 	for _, vm := range all {
 		if slices.Contains(names, vm.Name) && vm.State == wire.StateRunning {
 			run.vmMem = append(run.vmMem, vm.HostMemoryBytes)
+			if c0, ok := idleCPU[vm.PID]; ok {
+				c1, _ := cpuTime(vm.PID)
+				run.idleCPU = append(run.idleCPU, float64(c1-c0)/float64(idled))
+			}
+			up = append(up, vm.Name)
+		}
+	}
+	// How many connections each guest accepted: the daemon's dials of its
+	// agent, each a handshake the guest pays for, whether or not the
+	// daemon waited for its end.
+	for _, name := range up {
+		if n, err := guestPassiveOpens(env, name); err == nil {
+			run.opens = append(run.opens, n)
+		} else {
+			fmt.Fprintln(os.Stderr, "curve: guest tcp counters:", err)
 		}
 	}
 	if m, err := daemonMem(pid); err == nil {
@@ -430,6 +487,7 @@ func curveSection(ns []int, results map[string][]curveRun, idleInfo, idleList ti
 	fmt.Fprintf(&b, "%s\n\n", curveHeading)
 	fmt.Fprintf(&b, "Written by `go run ./bench -curve`. One daemon, `tiny` (256 MiB, 1 vCPU, TCG, user-mode networking), N `ember create` processes started at once, each followed by its first `ember exec VM -- true`; cold boots, and restores of one snapshot (`ember snapshot create` of a freshly booted VM, then `create --snapshot`); the two modes alternate at each N. N = %d is measured %d times per mode (medians of those; every ratio divides by it), the others once. After the burst the VMs idle %s; then each VM's `host_memory_bytes` (QEMU's RssAnon + RssShmem, what `ember ls` shows) and the daemon's VmRSS. During the burst the daemon is asked every %s, alternately, `daemon.info` (no lock, no store: answers as fast as the daemon gets a CPU) and `vm.list` (the store and every VM's /proc, what `ember ls` does), each over a new connection of the client library. `boot_timeout` is raised to 900 s for the run.\n\n",
 		ns[0], curveBaseRuns, memoryIdle, curveSample)
+	byMode := map[string][]curveCol{}
 	for _, mode := range []string{"cold", "snapshot"} {
 		runs := results[mode]
 		if len(runs) == 0 {
@@ -439,10 +497,21 @@ func curveSection(ns []int, results map[string][]curveRun, idleInfo, idleList ti
 		for _, r := range runs {
 			byN[r.n] = append(byN[r.n], r)
 		}
+		var cols []curveCol
+		for _, n := range ns {
+			if runs := byN[n]; len(runs) > 0 {
+				cols = append(cols, curveColumn(runs))
+			}
+		}
 		title := map[string]string{"cold": "Cold boots (`ember create`)", "snapshot": "From a snapshot (`ember create --snapshot`)"}[mode]
 		fmt.Fprintf(&b, "### %s\n\n", title)
-		writeCurveTable(&b, ns, byN, idleInfo, idleList)
+		writeCurveTable(&b, cols, idleInfo, idleList)
+		byMode[mode] = cols
 	}
+	if cold, snap := byMode["cold"], byMode["snapshot"]; len(cold) > 1 && len(snap) > 1 {
+		writeCurveFindings(&b, cold, snap)
+	}
+	b.WriteString(measuredLine())
 	return b.String()
 }
 
@@ -460,6 +529,8 @@ type curveCol struct {
 	daemonCPU, deleteWall                time.Duration
 	loadBefore, loadMax, loadAfter       float64
 	memDrop                              int64
+	idleCPU, daemonIdle                  float64
+	opens50, opensMax                    int64
 }
 
 func curveColumn(runs []curveRun) curveCol {
@@ -487,9 +558,11 @@ func curveColumn(runs []curveRun) curveCol {
 	}
 	var all []curveVM
 	var info, list []time.Duration
-	var mems []int64
+	var mems, opens []int64
+	var idle []float64
 	for _, r := range runs {
 		all = append(all, r.vms...)
+		opens, idle = append(opens, r.opens...), append(idle, r.idleCPU...)
 		info, list = append(info, r.info...), append(list, r.list...)
 		mems = append(mems, r.vmMem...)
 		col.failed += r.failed
@@ -525,6 +598,13 @@ func curveColumn(runs []curveRun) curveCol {
 	if len(list) > 0 {
 		col.list50, col.list99, col.listMax = pct(list, 50), pct(list, 99), slices.Max(list)
 	}
+	if len(opens) > 0 {
+		col.opens50, col.opensMax = median(opens), slices.Max(opens)
+	}
+	if len(idle) > 0 {
+		col.idleCPU = median(idle)
+	}
+	col.daemonIdle = midF(func(r curveRun) float64 { return r.daemonIdle })
 	col.busy = midF(func(r curveRun) float64 { return r.busy })
 	col.iowait = midF(func(r curveRun) float64 { return r.iowait })
 	col.daemonCPU = mid(func(r curveRun) time.Duration { return r.daemonCPU })
@@ -535,16 +615,7 @@ func curveColumn(runs []curveRun) curveCol {
 	return col
 }
 
-func writeCurveTable(b *strings.Builder, ns []int, byN map[int][]curveRun, idleInfo, idleList time.Duration) {
-	var cols []curveCol
-	for _, n := range ns {
-		if runs := byN[n]; len(runs) > 0 {
-			cols = append(cols, curveColumn(runs))
-		}
-	}
-	if len(cols) == 0 {
-		return
-	}
+func writeCurveTable(b *strings.Builder, cols []curveCol, idleInfo, idleList time.Duration) {
 	base := cols[0]
 	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
 	mib := func(v int64) string { return fmt.Sprintf("%.0f MiB", float64(v)/(1<<20)) }
@@ -591,6 +662,12 @@ func writeCurveTable(b *strings.Builder, ns []int, byN map[int][]curveRun, idleI
 	row("daemon CPU time during the burst (per VM)", func(c curveCol) string {
 		return fmt.Sprintf("%s (%s)", ms(c.daemonCPU), ms(c.daemonCPU/time.Duration(c.n)))
 	})
+	row("agent connections each guest accepted by then (its TCP PassiveOpens; median / max)", func(c curveCol) string {
+		return fmt.Sprintf("%d / %d", c.opens50, c.opensMax)
+	})
+	row("CPU while the VMs idle: each QEMU (median) / the daemon, share of a core", func(c curveCol) string {
+		return fmt.Sprintf("%.1f%% / %.1f%%", 100*c.idleCPU, 100*c.daemonIdle)
+	})
 	row("host memory per VM after idling (median `host_memory_bytes`)", func(c curveCol) string { return mib(c.vmMem) })
 	row("all N VMs' host memory", func(c curveCol) string { return mib(c.sumMem) })
 	row("daemon RSS after idling (peak during the burst)", func(c curveCol) string {
@@ -628,4 +705,21 @@ func firstLine(err error) string {
 	}
 	s, _, _ := strings.Cut(err.Error(), "\n")
 	return s
+}
+
+// writeCurveFindings is what the curve shows, its numbers from this run:
+// the first and the last column of each mode.
+func writeCurveFindings(b *strings.Builder, cold, snap []curveCol) {
+	c1, cN, s1, sN := cold[0], cold[len(cold)-1], snap[0], snap[len(snap)-1]
+	mib := func(v int64) float64 { return float64(v) / (1 << 20) }
+	per := func(c curveCol) float64 { return float64(c.sumMem+c.daemonRSS) / float64(c.n) }
+	fmt.Fprintf(b, "**What the curve shows.** Memory grows linearly: each VM holds the same host memory whatever N (cold %.0f → %.0f MiB, restored %.0f → %.0f MiB from N = %d to %d), and the daemon adds little (%.0f → %.0f MiB RSS), so the total per VM at N = %d is %.2f (cold) and %.2f (restored) of N = 1's, the daemon's fixed part spread. A restored VM holds less than a cold one: it has not run the boot, so TCG has translated less code and the guest has not touched and freed the boot's pages.\n\n",
+		mib(c1.vmMem), mib(cN.vmMem), mib(s1.vmMem), mib(sN.vmMem), c1.n, cN.n, mib(c1.daemonRSS), mib(cN.daemonRSS), cN.n, per(cN)/per(c1), per(sN)/per(s1))
+	fmt.Fprintf(b, "Time is bound by the CPU. Every burst kept the machine's two cores 100%% busy with no measurable I/O wait (a disk is a qcow2 overlay made in milliseconds; the snapshot's memory file is read from the page cache), and under TCG every guest instruction is host CPU, so N VMs at once can at best take N × one VM's CPU ÷ 2 cores, and the machine is shared (load averages in the tables). At N = %d the whole burst took %.2f (cold) and %.2f (restored) times N one-VM creates one after another: starting them together saves nothing once the cores are full. What makes it worse than sharing is that each VM costs more CPU the longer it waits (QEMU CPU per VM: %.2f× cold, %.2f× restored at N = %d): an idle TCG guest is not free (%.1f%% of a core each, so %d idle VMs take %.1f cores), and the daemon's dial of a guest's agent gives up on a handshake after fixed wall-clock bounds — 500 ms for the agent's banner and 5 s for the whole SSH handshake (`bannerTimeout` and `attemptTimeout` in `guest.WaitReady`, internal/guest/client.go, which `bootVM` reaches through `waitGuest`) — so a guest that gets a few percent of a core cannot finish a handshake in time, the daemon drops it and dials again, and the guest pays for a new handshake each time: the connections each guest accepted went from %d to %d (at most %d) cold and from %d to %d (at most %d) restored. That is a daemon-side amplification of CPU contention, not a lock.\n\n",
+		cN.n, float64(cN.wall)/(float64(cN.n)*float64(c1.wall)), float64(sN.wall)/(float64(sN.n)*float64(s1.wall)),
+		float64(cN.cpu)/float64(c1.cpu), float64(sN.cpu)/float64(s1.cpu), cN.n, 100*cN.idleCPU, cN.n, float64(cN.n)*cN.idleCPU,
+		c1.opens50, cN.opens50, cN.opensMax, s1.opens50, sN.opens50, sN.opensMax)
+	fmt.Fprintf(b, "No daemon lock shows. The part of a create before its QEMU starts (name and address under `createVMMu`, the store's insert, the disk overlay, starting QEMU; it also holds the CLI's own start on a loaded machine) took %v cold and %v restored at N = %d, against minutes of boot. `daemon.info`, which takes no lock and reads no store, has a tail as long as `vm.list`'s (p99 %v and %v at N = %d, medians still %v and %v): a slow answer is the daemon waiting for a core among the QEMU threads, not for a lock. The daemon's own CPU grows with how long VMs wait rather than with the work of a create (%v per VM cold at N = %d, %v at N = 1): while a VM boots its console ring is read over QMP every 10 ms (`ringFastPoll`, internal/hypervisor/qemu/follow.go), a cold boot's console log is read every 10 ms for the ready line (`waitConsoleLine`, internal/daemon/console.go), and `WaitReady` dials again every 50 ms. `ember rm` deletes the VMs it is given one after another, so deleting N grows linearly (%v for %d).\n",
+		cN.qemu.Round(time.Millisecond), sN.qemu.Round(time.Millisecond), cN.n, ms3(cN.info99), ms3(cN.list99), cN.n, ms3(cN.info50), ms3(cN.list50),
+		(cN.daemonCPU / time.Duration(cN.n)).Round(time.Millisecond), cN.n, (c1.daemonCPU / time.Duration(c1.n)).Round(time.Millisecond), cN.deleteWall.Round(time.Millisecond), cN.n)
 }
