@@ -105,7 +105,8 @@ func TestCapCopySeedsOnce(t *testing.T) {
 // writes after boot is read in the guest; the guest's writes land on the
 // host as QEMU's user, never as root; a :ro share refuses writes, also
 // after the guest remounts it read-write (the host serves it from a
-// read-only bind mount); rm -f leaves no virtiofsd.
+// read-only bind mount); virtiofsd runs in the VM's cgroup; rm -f
+// leaves no virtiofsd.
 func TestCapMountVirtiofs(t *testing.T) {
 	if _, err := os.Stat("/usr/lib/qemu/virtiofsd"); err != nil {
 		t.Skip("no /usr/lib/qemu/virtiofsd (Debian: qemu-system-common): mounts go over 9p here")
@@ -119,6 +120,16 @@ func TestCapMountVirtiofs(t *testing.T) {
 	e.must("create", "shared", "--cap", "mount="+rw+":/mnt/host", "--cap", "mount="+ro+":/mnt/ro:ro")
 	if len(virtiofsdPIDs(e.home)) == 0 {
 		t.Fatal("no virtiofsd serves the vm")
+	}
+	// virtiofsd runs in the VM's cgroup, under its limits, with its QEMU.
+	if qemus := qemuPIDs(e.home); len(qemus) == 1 {
+		if _, want := vmCgroup(t, qemus[0]); want != "" {
+			for _, pid := range virtiofsdPIDs(e.home) {
+				if _, got := vmCgroup(t, pid); got != want {
+					t.Errorf("virtiofsd %d is in cgroup %q, its qemu in %q", pid, got, want)
+				}
+			}
+		}
 	}
 	if err := os.WriteFile(filepath.Join(rw, "late.txt"), []byte("written after boot\n"), 0o644); err != nil {
 		t.Fatal(err)

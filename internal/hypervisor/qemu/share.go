@@ -34,7 +34,8 @@ import (
 //     name as its user; security_model=none keeps the files' owners as the
 //     host has them, and readonly=on refuses writes in QEMU.
 //   - virtiofs: a virtiofsd per share, started here before QEMU, detached
-//     like QEMU (its own session), in a user namespace whose root is
+//     like QEMU (its own session), in the VM's cgroup (its limits, its
+//     loopback filter, gone with it), in a user namespace whose root is
 //     QEMU's user (so its sandbox, pivot_root into the folder, works
 //     without root and its file access is that user's). QEMU gets the
 //     vhost-user socket already connected (it opens nothing by name), and
@@ -164,6 +165,17 @@ func (v virtiofsds) kill() {
 	}
 }
 
+// gone waits (a moment at most) until each was reaped, so the VM's
+// cgroup they were in can be removed.
+func (v virtiofsds) gone() {
+	for _, f := range v {
+		select {
+		case <-f.done:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // errText is what they said, when QEMU's start failed (call kill
 // first): a virtiofsd that cannot open its folder ends, and QEMU only
 // reports a broken connection. It waits a moment for each to be reaped,
@@ -184,8 +196,9 @@ func (v virtiofsds) errText() string {
 	return strings.Join(parts, "; ")
 }
 
-// startShares starts a virtiofsd for every virtiofs share and puts its
-// connected socket in files. On error nothing it started is left.
+// startShares starts a virtiofsd for every virtiofs share, in the VM's
+// cgroup, and puts its connected socket in files. On error nothing it
+// started is left but the cgroup (the caller's to remove).
 func (d *Driver) startShares(s hypervisor.Spec, files *launchFiles) (_ virtiofsds, err error) {
 	var started virtiofsds
 	defer func() {
@@ -207,6 +220,12 @@ func (d *Driver) startShares(s hypervisor.Spec, files *launchFiles) (_ virtiofsd
 		}
 		started = append(started, fsd)
 		files.set(fdShare+i, conn)
+		// In the VM's cgroup, under its limits and filter, like QEMU.
+		if d.cgroups != nil {
+			if err := d.cgroups.Place(cgroupName(s), fsd.cmd.Process.Pid, cgroupLimits(s)); err != nil {
+				return started, fmt.Errorf("share %s: virtiofsd: %w", sh.Path, err)
+			}
+		}
 	}
 	return started, nil
 }

@@ -61,6 +61,7 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	defer files.close()
 	fsds, err := d.startShares(s, files)
 	if err != nil {
+		d.dropShares(s, fsds)
 		removeIfExists(s.QMPSocket)
 		removeIfExists(s.MonitorSocket)
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
@@ -72,7 +73,7 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	cmd.SysProcAttr = d.sysProcAttr(s.Accel)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		fsds.kill()
+		d.dropShares(s, fsds)
 		removeIfExists(s.QMPSocket)
 		removeIfExists(s.MonitorSocket)
 		return none, fmt.Errorf("start vm %s: %w", vmName(s), err)
@@ -80,7 +81,7 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	d.log.Debug("starting qemu", "vm", vmName(s), "args", args)
 	d.noHugePages()
 	if err := cmd.Start(); err != nil {
-		fsds.kill()
+		d.dropShares(s, fsds)
 		removeIfExists(s.QMPSocket)
 		removeIfExists(s.MonitorSocket)
 		return none, fmt.Errorf("start vm %s: run %s: %w", vmName(s), d.qemu, err)
@@ -104,8 +105,9 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 		// QEMU that failed its set-up is exiting: let it finish, so its
 		// message is complete and tells what went wrong.
 		exited := ctx.Err() == nil && proc.exitedWithin(time.Second)
+		fsds.kill() // first: QEMU's reaper then finds its cgroup empty
 		d.abandon(proc, s)
-		fsds.kill()
+		d.dropShares(s, fsds)
 		if ctx.Err() != nil {
 			return none, fmt.Errorf("start vm %s: %w", vmName(s), ctx.Err())
 		}
@@ -123,6 +125,17 @@ func (d *Driver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.Insta
 	}
 	proc.started()
 	return inst, nil
+}
+
+// dropShares kills the virtiofsd processes of a start that failed and
+// removes the VM's cgroup once they are gone.
+func (d *Driver) dropShares(s hypervisor.Spec, fsds virtiofsds) {
+	if len(fsds) == 0 {
+		return
+	}
+	fsds.kill()
+	fsds.gone()
+	d.removeCgroup(s, true)
 }
 
 // resume waits until QEMU answers on its QMP socket, which it does once
@@ -249,7 +262,9 @@ func (d *Driver) watch(cmd *exec.Cmd, stderr io.Reader, s hypervisor.Spec) *qemu
 			}
 		}
 		_ = cmd.Wait()
-		d.removeCgroup(s, false)
+		// Its virtiofsd processes (in the same cgroup) end a moment
+		// after QEMU closes their connections.
+		d.removeCgroup(s, hasVirtioFS(s))
 	}()
 	return p
 }
