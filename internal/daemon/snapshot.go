@@ -510,8 +510,9 @@ func (s *vmService) restoreVM(ctx context.Context, p wire.SnapshotParams) (_ wir
 // valid user name, so `snapshot ls` leaves it out) hashes everything the
 // saved guest depends on: the image's ID, the kernel and initramfs files
 // (whose names carry the agent's and modules' hash), memory, vCPUs,
-// accelerator and hypervisor version; a change of any makes a new one.
-// Only user-mode VMs without capabilities or a disk size of their own.
+// accelerator, hypervisor version and network mode; a change of any
+// makes a new one. Only VMs without capabilities or a disk size of their
+// own; a tap-mode VM restored takes its own network as from --snapshot.
 
 // warmPrefix starts every warm snapshot's name.
 const warmPrefix = ".warm-"
@@ -522,7 +523,7 @@ func isWarm(name string) bool { return strings.HasPrefix(name, warmPrefix) }
 // warmName is the warm snapshot a create of vm would use or save, "" when
 // warm images are off or the VM does not qualify.
 func (s *vmService) warmName(ctx context.Context, vm store.VM, files bootFiles, requestedDisk int64) string {
-	if !s.cfg.WarmImages || !s.canSave() || vm.NetMode != hypervisor.NetUser || len(vm.Caps) > 0 || requestedDisk != 0 {
+	if !s.cfg.WarmImages || !s.canSave() || len(vm.Caps) > 0 || requestedDisk != 0 {
 		return ""
 	}
 	img, ok, err := s.images.lookup(ctx, vm.Image)
@@ -532,6 +533,11 @@ func (s *vmService) warmName(ctx context.Context, vm store.VM, files bootFiles, 
 	dec := s.boot.accelFor(ctx, files)
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%s\n%d\n%d\n%s\n%s\n", img.ID, files.Vmlinuz, files.Initrd, vm.MemoryMiB, vm.CPUs, dec.Accel, s.hypervisorVersion(ctx))
+	if vm.NetMode != hypervisor.NetUser {
+		// Another NIC: a snapshot of its own (user mode's names stay
+		// as they were).
+		fmt.Fprintf(h, "net %s\n", vm.NetMode)
+	}
 	return warmPrefix + hex.EncodeToString(h.Sum(nil))[:24]
 }
 

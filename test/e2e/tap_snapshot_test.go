@@ -39,21 +39,12 @@ func TestTapSnapshotRestore(t *testing.T) {
 		if vm.IP == orig.IP || vm.MAC == orig.MAC || vm.TAP == orig.TAP {
 			t.Fatalf("%s shares the saved vm's network: %+v, orig %+v", name, vm, orig)
 		}
-		if got := strings.TrimSpace(e.must("exec", name, "--", "cat", "/sys/class/net/eth0/address")); got != vm.MAC {
-			t.Fatalf("%s: the guest's mac is %s, its lease's %s", name, got, vm.MAC)
-		}
-		addrs := e.must("exec", name, "--", "busybox", "ip", "-4", "-o", "addr", "show", "dev", "eth0")
-		if !strings.Contains(addrs, " "+vm.IP+"/24 ") || strings.Contains(addrs, " "+orig.IP+"/") {
-			t.Fatalf("%s: the guest's addresses:\n%s(want %s only)", name, addrs, vm.IP)
-		}
+		checkGuestNet(t, e, vm, orig)
 		if out := e.must("exec", name, "--", "cat", "/root/file"); strings.TrimSpace(out) != "kept-data" {
 			t.Fatalf("%s: the file: %q", name, out)
 		}
 		if out := e.must("exec", name, "--", "hostname"); strings.TrimSpace(out) != name {
 			t.Fatalf("%s: hostname %q", name, out)
-		}
-		if ip := e.helper("dns", dnsServer, vm.DNSName); ip != vm.IP {
-			t.Fatalf("%s resolves to %q, want %s", vm.DNSName, ip, vm.IP)
 		}
 	}
 	tc1, tc2 := vms["tc1"], vms["tc2"]
@@ -61,23 +52,9 @@ func TestTapSnapshotRestore(t *testing.T) {
 		t.Fatalf("the two restored vms share a network: %+v %+v", tc1, tc2)
 	}
 
-	// Guest to guest by name, both ways through the bridge's filter,
-	// which lets each TAP send only as its own lease.
-	e.must("exec", "tc2", "--", "sh", "-c",
-		"setsid sh -c 'while true; do echo hello-from-tc2 | busybox nc -l -p 8080; done' >/dev/null 2>&1 </dev/null &")
-	if out := e.must("exec", "tc1", "--", "busybox", "nslookup", "tc2.e2e.internal"); !strings.Contains(out, tc2.IP) {
-		t.Fatalf("nslookup tc2 in tc1:\n%s", out)
-	}
-	var got string
-	for i := 0; i < 20 && !strings.Contains(got, "hello-from-tc2"); i++ {
-		got, _, _ = e.run("exec", "tc1", "--", "sh", "-c", "busybox nc -w 2 tc2.e2e.internal 8080 </dev/null")
-		if !strings.Contains(got, "hello-from-tc2") {
-			time.Sleep(250 * time.Millisecond)
-		}
-	}
-	if !strings.Contains(got, "hello-from-tc2") {
-		t.Fatalf("tc1 could not reach tc2.e2e.internal:8080: %q", got)
-	}
+	// Guest to guest by name, through the bridge's filter, which lets
+	// each TAP send only as its own lease.
+	checkReach(t, e, "tc1", tc2)
 
 	// The saved VM runs on with its own network.
 	if got := strings.TrimSpace(e.must("exec", "orig", "--", "cat", "/sys/class/net/eth0/address")); got != orig.MAC {
@@ -126,4 +103,74 @@ func TestTapSnapshotRestore(t *testing.T) {
 	}
 	e.must("rm", "-f", "tc1", "tc2", "uc", "orig")
 	e.must("snapshot", "rm", "tsnap")
+}
+
+// checkGuestNet checks that inside vm's guest the NIC's MAC and the only
+// IPv4 address are vm's lease (not saved's), and that the VM DNS answers
+// vm's name with that address.
+func checkGuestNet(t *testing.T, e *nsEnv, vm, saved wire.VM) {
+	t.Helper()
+	if got := strings.TrimSpace(e.must("exec", vm.Name, "--", "cat", "/sys/class/net/eth0/address")); got != vm.MAC {
+		t.Fatalf("%s: the guest's mac is %s, its lease's %s", vm.Name, got, vm.MAC)
+	}
+	addrs := e.must("exec", vm.Name, "--", "busybox", "ip", "-4", "-o", "addr", "show", "dev", "eth0")
+	if !strings.Contains(addrs, " "+vm.IP+"/24 ") || strings.Contains(addrs, " "+saved.IP+"/") {
+		t.Fatalf("%s: the guest's addresses:\n%s(want %s only)", vm.Name, addrs, vm.IP)
+	}
+	if ip := e.helper("dns", dnsServer, vm.DNSName); ip != vm.IP {
+		t.Fatalf("%s resolves to %q, want %s", vm.DNSName, ip, vm.IP)
+	}
+}
+
+// checkReach has to listen on port 8080 and from reach it by its DNS
+// name.
+func checkReach(t *testing.T, e *nsEnv, from string, to wire.VM) {
+	t.Helper()
+	hello := "hello-from-" + to.Name
+	e.must("exec", to.Name, "--", "sh", "-c",
+		"setsid sh -c 'while true; do echo "+hello+" | busybox nc -l -p 8080; done' >/dev/null 2>&1 </dev/null &")
+	if out := e.must("exec", from, "--", "busybox", "nslookup", to.DNSName); !strings.Contains(out, to.IP) {
+		t.Fatalf("nslookup %s in %s:\n%s", to.DNSName, from, out)
+	}
+	var got string
+	for i := 0; i < 20 && !strings.Contains(got, hello); i++ {
+		got, _, _ = e.run("exec", from, "--", "sh", "-c", "busybox nc -w 2 "+to.DNSName+" 8080 </dev/null")
+		if !strings.Contains(got, hello) {
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
+	if !strings.Contains(got, hello) {
+		t.Fatalf("%s could not reach %s:8080: %q", from, to.DNSName, got)
+	}
+}
+
+// Warm images in tap mode: the second create of the image restores the
+// first one's boot and takes its own MAC and address; the two VMs reach
+// each other, and both work on.
+func TestTapWarmImage(t *testing.T) {
+	e := newNSEnv(t, tapConfig+"guest_to_guest = true\nwarm_images = true\n")
+	e.startDaemon()
+	e.must("create", "tw1")
+	w1 := e.inspect("tw1")
+	if strings.Contains(w1.AccelReason, "restored") {
+		t.Fatalf("the first create restored: %+v", w1)
+	}
+	start := time.Now()
+	e.must("create", "tw2")
+	t.Logf("create tw2: %v", time.Since(start).Round(time.Millisecond))
+	w2 := e.inspect("tw2")
+	if !strings.Contains(w2.AccelReason, "restored from a snapshot") {
+		t.Fatalf("tw2 was not restored: %+v", w2)
+	}
+	if w2.IP == w1.IP || w2.MAC == w1.MAC || w2.TAP == w1.TAP {
+		t.Fatalf("tw2 shares tw1's network: %+v %+v", w2, w1)
+	}
+	checkGuestNet(t, e, w2, w1)
+	checkGuestNet(t, e, w1, w2)
+	if out := e.must("exec", "tw2", "--", "hostname"); strings.TrimSpace(out) != "tw2" {
+		t.Fatalf("tw2: hostname %q", out)
+	}
+	checkReach(t, e, "tw2", w1)
+	checkReach(t, e, "tw1", w2)
+	e.must("rm", "-f", "tw1", "tw2")
 }
