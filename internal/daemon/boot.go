@@ -60,6 +60,9 @@ type bootService struct {
 	background *sync.WaitGroup
 	// prepare is the seam tests replace; prepareBoot in production.
 	prepare func(ctx context.Context, r bootRequest) (bootFiles, error)
+	// filesNow is kernelFilesNow in production; with prepare replaced,
+	// prepare's answer for the kernel.
+	filesNow func(ctx context.Context, kernel string) (bootFiles, error)
 
 	accel  accelCache
 	initrd initrdCache
@@ -295,11 +298,10 @@ func (c *initrdCache) lockFor(path string) *sync.Mutex {
 }
 
 func (c *initrdCache) ensure(ctx context.Context, dir string, k kernel.Kernel, agent string, progress func(string)) (string, error) {
-	key, err := kernel.InitramfsKey(k, agent)
+	path, err := initramfsPath(dir, k, agent)
 	if err != nil {
 		return "", err
 	}
-	path := filepath.Join(dir, "initramfs-"+key+".cpio.gz")
 	m := c.lockFor(path)
 	m.Lock()
 	defer m.Unlock()
@@ -311,6 +313,36 @@ func (c *initrdCache) ensure(ctx context.Context, dir string, k kernel.Kernel, a
 		return "", err
 	}
 	return path, nil
+}
+
+// initramfsPath is where k's initramfs with agent is (or will be) in dir:
+// its name carries the hash of what goes in it.
+func initramfsPath(dir string, k kernel.Kernel, agent string) (string, error) {
+	key, err := kernel.InitramfsKey(k, agent)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "initramfs-"+key+".cpio.gz"), nil
+}
+
+// kernelFilesNow is what a boot of the kernel named name would use now
+// (its vmlinuz and the initramfs of today's agent), without fetching or
+// building anything: how pruneWarm tells a warm snapshot made with other
+// files. A kernel no longer there is store.ErrNotFound.
+func (s *bootService) kernelFilesNow(ctx context.Context, name string) (bootFiles, error) {
+	k, err := s.store.GetKernel(ctx, name)
+	if err != nil {
+		return bootFiles{}, err
+	}
+	agent, err := findAgent(s.agent)
+	if err != nil {
+		return bootFiles{}, err
+	}
+	initrd, err := initramfsPath(s.layout.InitramfsDir(), storeToKernel(k), agent)
+	if err != nil {
+		return bootFiles{}, fmt.Errorf("initramfs of kernel %s: %w", name, err)
+	}
+	return bootFiles{KernelName: k.Name, Vmlinuz: k.Vmlinuz, Initrd: initrd}, nil
 }
 
 func (s *bootService) listKernels(ctx context.Context) ([]wire.Kernel, error) {

@@ -187,6 +187,10 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.vms.settleUnfinishedOps(ctx); err != nil {
 		return nil, err
 	}
+	// Warm snapshots no create would restore (another kernel, agent or
+	// hypervisor since, an image gone while no daemon ran): pruned in the
+	// background, as the accelerator probe may be asked.
+	d.vms.pruneWarmLater("daemon start")
 	if err := d.sweepImages(ctx); err != nil {
 		d.log.Warn("images folder: leftovers of an interrupted image operation stay", "err", err)
 	}
@@ -220,8 +224,13 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 	sweepImports(d.layout.ImagesDir())
 	d.boot = &bootService{layout: d.layout, cfg: d.cfg, store: d.store, log: d.log, driver: driver,
 		agent: opts.AgentPath, images: d.images, base: d.base, background: &d.background, prepare: opts.PrepareBoot}
+	d.boot.filesNow = d.boot.kernelFilesNow
 	if d.boot.prepare == nil {
 		d.boot.prepare = d.boot.prepareBoot
+	} else {
+		d.boot.filesNow = func(ctx context.Context, k string) (bootFiles, error) {
+			return d.boot.prepare(ctx, bootRequest{Kernel: k, Progress: func(string) {}})
+		}
 	}
 	tap, err := openTapNet(ctx, d.cfg, d.layout, d.store, d.log, opts)
 	if err != nil {
@@ -245,6 +254,7 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 		d.vms.kvmStall = defaultKVMStall
 	}
 	d.images.host = d.vms
+	d.images.removed = func(ctx context.Context, image string) { d.vms.pruneWarm(context.WithoutCancel(ctx), image) }
 	d.sessions = &sessionService{vms: d.vms}
 	d.vms.onStopping, d.vms.onGone = d.sessions.stopping, d.sessions.gone
 	// The built-in capabilities (caps.go), in the order their hooks run.

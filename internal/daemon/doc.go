@@ -78,12 +78,15 @@
 //     bridge's guestFilter, which lets each lease's TAP send only as
 //     that lease; the rest of the guest policy is fixed at start).
 //   - vmService (vm.go, exec.go, copy.go, ssh.go, guests.go, vmlock.go, promote.go,
-//     pause.go, snapshot.go): vm.* (vm.pause and vm.resume stop and run a
+//     pause.go, snapshot.go, snapshot_prune.go): vm.* (vm.pause and vm.resume stop and run a
 //     VM's guest through the driver's Pauser, recorded as paused with no
 //     last error; snapshot.* saves a VM's memory and disk, and a create
 //     from a snapshot restores it and makes its guest a new machine, a
 //     tap guest reached with its TAP quarantined until it has taken its
-//     VM's own network;
+//     VM's own network; pruneWarm drops the warm snapshots no create
+//     would restore and bounds the rest per image, never one a VM's disk
+//     or a create in flight uses (warmHolds, a leaf lock; warmPruneMu,
+//     one prune at a time);
 //     vm.copy_in and vm.copy_out move `ember cp`'s tar streams into
 //     and out of the guest over SFTP, checked by internal/treecopy; the
 //     host side is the CLI's, with its user's rights; vm.ssh_proxy pipes

@@ -107,11 +107,10 @@ func doctorProbeSpec(ctx context.Context, lay layout.Layout, want string) (_ *hy
 	if err != nil {
 		return nil, cleanup, err.Error()
 	}
-	key, err := kernel.InitramfsKey(k, agent)
+	initrd, err := initramfsPath(lay.InitramfsDir(), k, agent)
 	if err != nil {
 		return nil, cleanup, fmt.Sprintf("initramfs for kernel %s: %v", k.Name, err)
 	}
-	initrd := filepath.Join(lay.InitramfsDir(), "initramfs-"+key+".cpio.gz")
 	if _, err := os.Stat(initrd); err != nil {
 		dir, err := os.MkdirTemp("", "ember-doctor-")
 		if err != nil {

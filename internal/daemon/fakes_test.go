@@ -411,13 +411,20 @@ type testDaemon struct {
 
 func openTestDaemon(t *testing.T, home string, drv *fakeDriver) *testDaemon {
 	t.Helper()
+	return openTestDaemonOn(t, home, drv, drv)
+}
+
+// openTestDaemonOn opens a test daemon whose driver is outer, a wrapper
+// of drv that adds capabilities (saving state, following), from Open on.
+func openTestDaemonOn(t *testing.T, home string, drv *fakeDriver, outer hypervisor.Driver) *testDaemon {
+	t.Helper()
 	if home == "" {
 		home = t.TempDir()
 	}
 	td := &testDaemon{drv: drv, home: home}
 	opts := Options{
 		Home:   home,
-		Driver: drv,
+		Driver: outer,
 		Logger: discardLogger(),
 		// Any free loopback port: tests run daemons side by side.
 		WebAddr: "127.0.0.1:0",

@@ -26,7 +26,13 @@ const maxRegisterBytes = int64(maxDiskGiB) << 30
 func (s *imageService) registerManage(t methodTable) {
 	handleStream(t, wire.ImageRegister, s.registerImage)
 	handle(t, wire.ImageRemove, func(ctx context.Context, p wire.ImageRemoveParams) (wire.None, error) {
-		return wire.None{}, s.remove(ctx, p)
+		if err := s.remove(ctx, p); err != nil {
+			return wire.None{}, err
+		}
+		if s.removed != nil {
+			s.removed(ctx, p.Name) // outside imageOpsMu
+		}
+		return wire.None{}, nil
 	})
 }
 

@@ -71,6 +71,9 @@ type imageService struct {
 	events     *events.Hub          // image.registered, image.deleted
 	// host boots build VMs (the VM service; set by buildServices).
 	host buildHost
+	// removed, when set, runs after image rm removed an image: the VM
+	// service drops that image's warm snapshots (pruneWarm).
+	removed func(ctx context.Context, image string)
 	// cache is the config's builtin_image_cache ("" for none).
 	cache string
 

@@ -211,7 +211,7 @@ func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, 
 }
 
 // removeSnapshot deletes a snapshot; refused while a VM's disk is made on
-// its disk copy.
+// its disk copy (deleteSnapshot).
 func (s *vmService) removeSnapshot(ctx context.Context, p wire.SnapshotParams) (wire.None, error) {
 	sn, err := s.store.GetSnapshot(ctx, p.Name)
 	if errors.Is(err, store.ErrNotFound) {
@@ -219,27 +219,7 @@ func (s *vmService) removeSnapshot(ctx context.Context, p wire.SnapshotParams) (
 	} else if err != nil {
 		return wire.None{}, err
 	}
-	disk := filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile)
-	vms, err := s.store.ListVMs(ctx)
-	if err != nil {
-		return wire.None{}, err
-	}
-	var users []string
-	for _, vm := range vms {
-		if specOf(vm).DiskBacking == disk {
-			users = append(users, vm.Name)
-		}
-	}
-	if len(users) > 0 {
-		return wire.None{}, conflictf("snapshot %s is in use: the disks of vms %s are made on it; delete them first", p.Name, strings.Join(users, ", "))
-	}
-	if err := s.store.DeleteSnapshot(ctx, p.Name); err != nil {
-		return wire.None{}, err
-	}
-	if err := os.RemoveAll(s.layout.SnapshotDir(sn.ID)); err != nil {
-		s.log.Warn("snapshot files left", "snapshot", p.Name, "err", err)
-	}
-	return wire.None{}, nil
+	return wire.None{}, s.deleteSnapshot(ctx, sn)
 }
 
 // snapshotFor reads the snapshot a create names and fills in what the VM
@@ -542,25 +522,32 @@ func (s *vmService) warmName(ctx context.Context, vm store.VM, files bootFiles, 
 }
 
 // useWarm points a create at its image's warm snapshot, or asks the boot
-// to save one.
-func (s *vmService) useWarm(ctx context.Context, op *createOp, vm store.VM, files *bootFiles, requestedDisk int64) {
+// to save one. The snapshot restored is held (warmHolds) until release.
+func (s *vmService) useWarm(ctx context.Context, op *createOp, vm store.VM, files *bootFiles, requestedDisk int64) (release func()) {
 	name := s.warmName(ctx, vm, *files, requestedDisk)
 	if name == "" {
-		return
+		return func() {}
 	}
+	release = s.warm.hold(name) // before the read: a prune that comes after sees the hold
 	sn, err := s.store.GetSnapshot(ctx, name)
 	if err != nil {
+		release()
 		files.SaveWarm = name
-		return
+		return func() {}
 	}
 	restore, why := s.restorePlan(ctx, sn, *files, "")
 	if restore == nil {
+		release()
 		s.log.Warn("warm snapshot not usable; booting", "vm", vm.Name, "image", vm.Image, "why", why)
-		return
+		return func() {}
+	}
+	if err := s.store.TouchSnapshot(ctx, name, time.Now()); err != nil {
+		s.log.Warn("warm snapshot: its use not recorded", "snapshot", name, "err", err)
 	}
 	files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile), store.FormatRaw
 	files.Restore = restore
 	op.Progress("restoring the warm snapshot of image %s", vm.Image)
+	return release
 }
 
 // sweepSnapshotLeftovers removes snapshot folders no row names: the files

@@ -114,6 +114,9 @@ type vmService struct {
 	stops      pendingStops // graceful stops in flight, which rm -f and Close cut short
 	resets     guestResets  // recent guest resets per VM, to stop a reset loop (reboot.go)
 	followers  vmFollowers  // one per running VM: its console and disk-error pauses (follow.go)
+	warm       warmHolds    // the warm snapshots creates in flight restore (snapshot_prune.go)
+	// warmPruneMu: one pruneWarm at a time, over its own slow work.
+	warmPruneMu sync.Mutex
 }
 
 func (s *vmService) register(t methodTable) {
@@ -399,7 +402,9 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 	}
 	vm.Kernel = files.KernelName
 	if snap == nil {
-		s.useWarm(ctx, op, vm, &files, requestedDisk)
+		// Held until the VM's record names the warm disk (bootVM) or
+		// the create is undone: pruneWarm leaves it alone meanwhile.
+		defer s.useWarm(ctx, op, vm, &files, requestedDisk)()
 	}
 	if snap != nil {
 		// The disk is made on the snapshot's copy, and the VM restores
@@ -578,6 +583,8 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 				progress("saving the image's warm snapshot")
 				if _, werr := s.saveSnapshot(bootCtx, vm, files.SaveWarm, true); werr != nil {
 					s.log.Warn("warm snapshot not saved", "vm", vm.Name, "image", vm.Image, "err", werr)
+				} else {
+					s.pruneWarmLater("a new warm snapshot")
 				}
 			}
 		}

@@ -26,22 +26,23 @@ type Snapshot struct {
 	Config       json.RawMessage
 	ImageConfig  ImageConfig
 	CreatedAt    time.Time // zero: now
+	UsedAt       time.Time // when a create last restored it; zero: never (0013)
 }
 
 const snapshotColumns = `name, id, vm_name, image, image_id, kernel, cpus, memory_mib, disk_bytes,
-	net_mode, accel, hypervisor, agent_host_key, config, image_config, created_at`
+	net_mode, accel, hypervisor, agent_host_key, config, image_config, created_at, used_at`
 
 func scanSnapshot(row scanner) (Snapshot, error) {
 	var s Snapshot
-	var created int64
+	var created, used int64
 	var config string
 	var imageConfig sql.NullString
 	err := row.Scan(&s.Name, &s.ID, &s.VMName, &s.Image, &s.ImageID, &s.Kernel, &s.CPUs, &s.MemoryMiB, &s.DiskBytes,
-		&s.NetMode, &s.Accel, &s.Hypervisor, &s.AgentHostKey, &config, &imageConfig, &created)
+		&s.NetMode, &s.Accel, &s.Hypervisor, &s.AgentHostKey, &config, &imageConfig, &created, &used)
 	if err != nil {
 		return s, err
 	}
-	s.Config, s.CreatedAt = json.RawMessage(config), fromNanos(created)
+	s.Config, s.CreatedAt, s.UsedAt = json.RawMessage(config), fromNanos(created), fromNanos(used)
 	if imageConfig.Valid {
 		if err := json.Unmarshal([]byte(imageConfig.String), &s.ImageConfig); err != nil {
 			return s, fmt.Errorf("snapshot %s image config: %w", s.Name, err)
@@ -59,9 +60,9 @@ func (o *ops) InsertSnapshot(ctx context.Context, s Snapshot) error {
 	if !json.Valid(s.Config) {
 		return fmt.Errorf("snapshot %s: its config is not JSON", s.Name)
 	}
-	_, err = o.w.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err = o.w.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		s.Name, s.ID, s.VMName, s.Image, s.ImageID, s.Kernel, s.CPUs, s.MemoryMiB, s.DiskBytes,
-		s.NetMode, s.Accel, s.Hypervisor, s.AgentHostKey, string(s.Config), ic, toNanos(orNow(s.CreatedAt, o.now())))
+		s.NetMode, s.Accel, s.Hypervisor, s.AgentHostKey, string(s.Config), ic, toNanos(orNow(s.CreatedAt, o.now())), toNanos(s.UsedAt))
 	if isConstraint(err) {
 		return fmt.Errorf("snapshot %q: name already in use: %w", s.Name, ErrConflict)
 	}
@@ -85,4 +86,10 @@ func (o *ops) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
 // DeleteSnapshot removes the snapshot named name; unknown is ErrNotFound.
 func (o *ops) DeleteSnapshot(ctx context.Context, name string) error {
 	return execOne(ctx, o.w, fmt.Sprintf("delete snapshot %q", name), `DELETE FROM snapshots WHERE name = ?`, name)
+}
+
+// TouchSnapshot records that a create restored the snapshot named name
+// at t; unknown is ErrNotFound.
+func (o *ops) TouchSnapshot(ctx context.Context, name string, t time.Time) error {
+	return execOne(ctx, o.w, fmt.Sprintf("touch snapshot %q", name), `UPDATE snapshots SET used_at = ? WHERE name = ?`, toNanos(t), name)
 }

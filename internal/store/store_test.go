@@ -566,3 +566,26 @@ func TestMigration0012Snapshots(t *testing.T) {
 		t.Fatalf("delete again: %v", err)
 	}
 }
+
+// 0013: a snapshot's used_at is zero until touched, then round-trips;
+// touching an unknown snapshot is ErrNotFound.
+func TestMigration0013SnapshotUsedAt(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	if err := s.InsertSnapshot(ctx, Snapshot{Name: "s1", ID: "abc", Config: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetSnapshot(ctx, "s1"); err != nil || !got.UsedAt.IsZero() {
+		t.Fatalf("new snapshot: %+v %v", got, err)
+	}
+	at := time.Unix(7, 0).UTC()
+	if err := s.TouchSnapshot(ctx, "s1", at); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetSnapshot(ctx, "s1"); err != nil || !got.UsedAt.Equal(at) {
+		t.Fatalf("touched: %+v %v", got, err)
+	}
+	if err := s.TouchSnapshot(ctx, "nope", at); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("touch unknown: %v", err)
+	}
+}

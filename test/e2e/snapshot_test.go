@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -286,7 +287,30 @@ func TestWarmImageRealVM(t *testing.T) {
 	if _, errOut, code := e.run("create", "--memory", "320", "w4"); code != 0 || strings.Contains(e.inspect("w4").AccelReason, "restored") {
 		t.Fatalf("create with other memory: exit %d: %s", code, errOut)
 	}
+	// Two shapes, two warm snapshots; image rm takes them along (their
+	// files too) once no VM's disk is made on them.
+	if n := warmSnapshotFiles(t, e); n != 2 {
+		t.Fatalf("%d warm snapshot folders, want 2 (256 and 320 MiB)", n)
+	}
 	e.must("rm", "-f", "w1", "w2", "w3", "w4")
+	e.must("image", "rm", "tiny")
+	if n := warmSnapshotFiles(t, e); n != 0 {
+		t.Fatalf("%d warm snapshot folders after image rm", n)
+	}
+	if !strings.Contains(e.log.String(), "warm snapshot removed") {
+		t.Errorf("the daemon's log does not say it removed the warm snapshots")
+	}
+}
+
+// warmSnapshotFiles counts the snapshot folders in e's state: in a test
+// that makes no user snapshot, the warm ones.
+func warmSnapshotFiles(t *testing.T, e *env) int {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(e.home, "state", "snapshots"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return len(entries)
 }
 
 // checkNewMachine checks that a restored VM took its own name as its

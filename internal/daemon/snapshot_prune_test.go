@@ -1,0 +1,187 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/store"
+	"github.com/emberhq/ember/internal/wire"
+)
+
+// saveDriver is the follower fake that can also save a VM's state, so
+// the daemon makes and keeps warm snapshots.
+type saveDriver struct{ *followDriver }
+
+func (d saveDriver) SaveState(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance, out string) error {
+	return os.WriteFile(out, []byte("state"), 0o600)
+}
+
+// warmFixture records warm snapshot rows with their files, named as a
+// create of their shape would name them now.
+type warmFixture struct {
+	t     *testing.T
+	td    *testDaemon
+	files bootFiles
+	n     int
+}
+
+// add records a warm snapshot of image with memory mib; initrd "" is
+// today's (a current snapshot), another a stale one.
+func (f *warmFixture) add(image string, mib int, initrd string, used time.Time) store.Snapshot {
+	f.t.Helper()
+	ctx := context.Background()
+	shape := store.VM{Image: image, MemoryMiB: mib, CPUs: 1, NetMode: hypervisor.NetUser}
+	name := f.td.vms.warmName(ctx, shape, f.files, 0)
+	if name == "" {
+		f.t.Fatalf("no warm name for %s", image)
+	}
+	spec := hypervisor.Spec{Kernel: f.files.Vmlinuz, Initrd: f.files.Initrd, MemoryMiB: mib, CPUs: 1}
+	if initrd != "" {
+		spec.Initrd = initrd
+		name += "-old" // what an older agent's name was
+	}
+	cfg, _ := json.Marshal(spec)
+	img, _, _ := f.td.vms.images.lookup(ctx, image)
+	f.n++
+	sn := store.Snapshot{Name: name, ID: "w" + string(rune('a'+f.n)), VMName: "first", Image: image, ImageID: img.ID, Kernel: f.files.KernelName,
+		CPUs: 1, MemoryMiB: mib, DiskBytes: 1 << 30, NetMode: hypervisor.NetUser, Accel: "tcg", AgentHostKey: "x",
+		Config: cfg, CreatedAt: time.Unix(int64(1000+f.n), 0).UTC(), UsedAt: used}
+	insertSnapshot(f.t, f.td, sn)
+	return sn
+}
+
+func (f *warmFixture) exists(sn store.Snapshot) bool {
+	_, err := f.td.store.GetSnapshot(context.Background(), sn.Name)
+	_, serr := os.Stat(f.td.vms.layout.SnapshotDir(sn.ID))
+	if (err == nil) != (serr == nil) {
+		f.t.Fatalf("snapshot %s: row %v, files %v", sn.Name, err, serr)
+	}
+	return err == nil
+}
+
+// Warm snapshots no create would restore (here: made by an older agent)
+// are pruned and at most warmPerImage per image stay, the least recently
+// used going first; one a VM's disk is made on, or one a create in
+// flight holds, stays; image rm takes its image's warm snapshots along
+// and leaves user snapshots, which say their image is deleted.
+func TestPruneWarmSnapshots(t *testing.T) {
+	home := t.TempDir()
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("warm_images = true\naccel = \"tcg\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fake := newFollowDriver()
+	td := openTestDaemonOn(t, home, fake.fakeDriver, saveDriver{fake})
+	c := serve(t, td)
+	ctx := context.Background()
+	for _, name := range []string{"img1", "img2"} {
+		if err := td.store.PutImage(ctx, store.Image{Name: name, Kind: store.ImageRegistered, Path: filepath.Join(home, name+".ext4"), Format: store.FormatRaw}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, err := td.vms.boot.filesNow(ctx, "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &warmFixture{t: t, td: td, files: files}
+	now := time.Now().UTC()
+	lru := f.add("img1", 448, "", time.Time{}) // never restored, made first
+	recent := []store.Snapshot{
+		f.add("img1", 256, "", now.Add(-time.Hour)),
+		f.add("img1", 320, "", now.Add(-2*time.Hour)),
+		f.add("img1", 384, "", now.Add(-3*time.Hour)),
+	}
+	stale := f.add("img1", 512, "/old/initramfs", time.Time{})
+	staleInUse := f.add("img1", 576, "/old/initramfs", time.Time{})
+	staleHeld := f.add("img1", 640, "/old/initramfs", time.Time{})
+	other := f.add("img2", 256, "", time.Time{})
+	insertSnapshot(t, td, store.Snapshot{Name: "mine", ID: "u1", VMName: "v", Image: "img2", Kernel: "k1", CPUs: 1, MemoryMiB: 256, NetMode: "user", AgentHostKey: "x"})
+
+	disk := filepath.Join(td.vms.layout.SnapshotDir(staleInUse.ID), layout.SnapDiskFile)
+	cfg, _ := json.Marshal(hypervisor.Spec{DiskBacking: disk})
+	if err := td.store.InsertVM(ctx, store.VM{ID: "vmid1", Name: "on-warm", State: wire.StateStopped, Image: "img1", CPUs: 1, MemoryMiB: 576, NetMode: "user", Config: cfg}); err != nil {
+		t.Fatal(err)
+	}
+	release := td.vms.warm.hold(staleHeld.Name)
+
+	td.vms.pruneWarm(ctx)
+	for _, sn := range append(recent, staleInUse, staleHeld, other) {
+		if !f.exists(sn) {
+			t.Errorf("%s (%d MiB of %s) was pruned", sn.Name, sn.MemoryMiB, sn.Image)
+		}
+	}
+	for _, sn := range []store.Snapshot{lru, stale} {
+		if f.exists(sn) {
+			t.Errorf("%s (%d MiB of %s) stays", sn.Name, sn.MemoryMiB, sn.Image)
+		}
+	}
+	// A snapshot in use is refused to snapshot rm as to the prune.
+	err = c.Call(ctx, wire.SnapshotRemove.Name, wire.SnapshotParams{Name: staleHeld.Name}, nil)
+	wantCode(t, err, wire.CodeConflict)
+	release()
+	if removed := td.vms.pruneWarm(ctx); !slices.Equal(removed, []string{staleHeld.Name}) {
+		t.Errorf("after the hold's release, pruned %v, want %s", removed, staleHeld.Name)
+	}
+
+	// image rm: img2's warm snapshot goes, the user's stays and says so.
+	if err := c.Call(ctx, wire.ImageRemove.Name, wire.ImageRemoveParams{Name: "img2"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if f.exists(other) {
+		t.Errorf("image rm left its warm snapshot")
+	}
+	all, err := td.vms.listSnapshots(ctx)
+	if err != nil || len(all) != 1 || all[0].Name != "mine" || all[0].ImageGone != "deleted" {
+		t.Fatalf("user snapshots after image rm: %v %+v", err, all)
+	}
+	for _, sn := range recent {
+		if !f.exists(sn) {
+			t.Errorf("image rm of img2 took %s of img1", sn.Name)
+		}
+	}
+}
+
+// A daemon started with warm images off removes every warm snapshot
+// nothing uses (no create would restore them), and never a user's.
+func TestPruneWarmAtStartWhenOff(t *testing.T) {
+	home := t.TempDir()
+	lay, err := layout.Resolve(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(lay.Store()), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(context.Background(), lay.Store())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sn := range []store.Snapshot{{Name: warmPrefix + "abc", ID: "w1"}, {Name: "mine", ID: "u1"}} {
+		sn.Config = []byte("{}")
+		if err := st.InsertSnapshot(context.Background(), sn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	td := openTestDaemon(t, home, newFakeDriver())
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		all, err := td.store.ListSnapshots(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) == 1 && all[0].Name == "mine" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("snapshots after start: %+v", all)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
