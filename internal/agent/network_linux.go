@@ -129,7 +129,10 @@ func setupHostAddr() error {
 // address in place of the saved VM's (removing the last address drops
 // the link's routes, so the default route is made again), and the
 // resolvers in /etc/resolv.conf. n was checked whole by the decoder.
-func renumber(n *guestproto.ReidentifyNet) error {
+func renumber(n *guestproto.ReidentifyNet) error { return renumberAt(n, "/etc/resolv.conf") }
+
+// renumberAt is renumber writing the resolvers to resolvConf.
+func renumberAt(n *guestproto.ReidentifyNet, resolvConf string) error {
 	link, err := firstLink()
 	if err != nil {
 		return err
@@ -159,7 +162,7 @@ func renumber(n *guestproto.ReidentifyNet) error {
 		}
 	}
 	if len(n.DNS) > 0 {
-		return writeResolvConf("/etc/resolv.conf", n.DNS)
+		return writeResolvConf(resolvConf, n.DNS)
 	}
 	return nil
 }
