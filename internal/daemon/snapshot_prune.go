@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
 )
@@ -140,7 +139,7 @@ func (s *vmService) warmStale(ctx context.Context, sn store.Snapshot, files map[
 	case f.Vmlinuz != spec.Kernel || f.Initrd != spec.Initrd:
 		return fmt.Sprintf("its kernel %s or the agent changed (a new initramfs)", sn.Kernel)
 	}
-	shape := store.VM{Image: sn.Image, MemoryMiB: sn.MemoryMiB, CPUs: sn.CPUs, NetMode: hypervisor.NetUser}
+	shape := store.VM{Image: sn.Image, MemoryMiB: sn.MemoryMiB, CPUs: sn.CPUs, NetMode: sn.NetMode}
 	if s.warmName(ctx, shape, f, 0) != sn.Name {
 		return "the accelerator or the hypervisor changed"
 	}

@@ -35,9 +35,14 @@ type warmFixture struct {
 // add records a warm snapshot of image with memory mib; initrd "" is
 // today's (a current snapshot), another a stale one.
 func (f *warmFixture) add(image string, mib int, initrd string, used time.Time) store.Snapshot {
+	return f.addNet(image, mib, hypervisor.NetUser, initrd, used)
+}
+
+// addNet is add for a VM of network mode net.
+func (f *warmFixture) addNet(image string, mib int, net, initrd string, used time.Time) store.Snapshot {
 	f.t.Helper()
 	ctx := context.Background()
-	shape := store.VM{Image: image, MemoryMiB: mib, CPUs: 1, NetMode: hypervisor.NetUser}
+	shape := store.VM{Image: image, MemoryMiB: mib, CPUs: 1, NetMode: net}
 	name := f.td.vms.warmName(ctx, shape, f.files, 0)
 	if name == "" {
 		f.t.Fatalf("no warm name for %s", image)
@@ -51,7 +56,7 @@ func (f *warmFixture) add(image string, mib int, initrd string, used time.Time) 
 	img, _, _ := f.td.vms.images.lookup(ctx, image)
 	f.n++
 	sn := store.Snapshot{Name: name, ID: "w" + string(rune('a'+f.n)), VMName: "first", Image: image, ImageID: img.ID, Kernel: f.files.KernelName,
-		CPUs: 1, MemoryMiB: mib, DiskBytes: 1 << 30, NetMode: hypervisor.NetUser, Accel: "tcg", AgentHostKey: "x",
+		CPUs: 1, MemoryMiB: mib, DiskBytes: 1 << 30, NetMode: net, Accel: "tcg", AgentHostKey: "x",
 		Config: cfg, CreatedAt: time.Unix(int64(1000+f.n), 0).UTC(), UsedAt: used}
 	insertSnapshot(f.t, f.td, sn)
 	return sn
@@ -101,6 +106,7 @@ func TestPruneWarmSnapshots(t *testing.T) {
 	staleInUse := f.add("img1", 576, "/old/initramfs", time.Time{})
 	staleHeld := f.add("img1", 640, "/old/initramfs", time.Time{})
 	other := f.add("img2", 256, "", time.Time{})
+	otherTap := f.addNet("img2", 256, hypervisor.NetTAP, "", time.Time{})
 	insertSnapshot(t, td, store.Snapshot{Name: "mine", ID: "u1", VMName: "v", Image: "img2", Kernel: "k1", CPUs: 1, MemoryMiB: 256, NetMode: "user", AgentHostKey: "x"})
 
 	disk := filepath.Join(td.vms.layout.SnapshotDir(staleInUse.ID), layout.SnapDiskFile)
@@ -111,7 +117,7 @@ func TestPruneWarmSnapshots(t *testing.T) {
 	release := td.vms.warm.hold(staleHeld.Name)
 
 	td.vms.pruneWarm(ctx)
-	for _, sn := range append(recent, staleInUse, staleHeld, other) {
+	for _, sn := range append(recent, staleInUse, staleHeld, other, otherTap) {
 		if !f.exists(sn) {
 			t.Errorf("%s (%d MiB of %s) was pruned", sn.Name, sn.MemoryMiB, sn.Image)
 		}
@@ -133,8 +139,8 @@ func TestPruneWarmSnapshots(t *testing.T) {
 	if err := c.Call(ctx, wire.ImageRemove.Name, wire.ImageRemoveParams{Name: "img2"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if f.exists(other) {
-		t.Errorf("image rm left its warm snapshot")
+	if f.exists(other) || f.exists(otherTap) {
+		t.Errorf("image rm left its warm snapshots")
 	}
 	all, err := td.vms.listSnapshots(ctx)
 	if err != nil || len(all) != 1 || all[0].Name != "mine" || all[0].ImageGone != "deleted" {
