@@ -159,7 +159,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		if err != nil {
 			return nil, err
 		}
-		qo.Logger, qo.KVMDevice = log, cfg.KVMDevice
+		qo.Logger, qo.KVMDevice, qo.TCGCodeCacheMiB = log, cfg.KVMDevice, cfg.TCGCodeCacheMiB
 		drv, err := qemu.New(qo)
 		if err != nil {
 			return nil, err

@@ -66,6 +66,11 @@ type Config struct {
 	// boot (taken by the first create of that image, memory and vCPUs)
 	// instead of booting; off by default while it is new.
 	WarmImages bool `toml:"warm_images"`
+	// TCGCodeCacheMiB is each TCG guest's cache of translated code, in
+	// MiB (8..128); 0, the default, picks it by the VM's memory. An idle
+	// VM keeps what its cache filled; a smaller one makes the guest
+	// translate its code again more often.
+	TCGCodeCacheMiB int `toml:"tcg_code_cache_mib"`
 	// BootTimeout bounds create: a guest that has not answered by then fails
 	// with its console's last lines.
 	BootTimeout Duration `toml:"boot_timeout"`
@@ -195,6 +200,9 @@ func (c Config) validate() []error {
 	}
 	if c.DefaultMemoryMiB < 64 || c.DefaultMemoryMiB > 1<<20 {
 		errs = append(errs, fmt.Errorf("`default_memory_mib` must be 64..1048576, not %d", c.DefaultMemoryMiB))
+	}
+	if n := c.TCGCodeCacheMiB; n != 0 && (n < 8 || n > 128) {
+		errs = append(errs, fmt.Errorf("`tcg_code_cache_mib` must be 8..128 (0: by the vm's memory), not %d", n))
 	}
 	if c.BootTimeout.Duration <= 0 {
 		errs = append(errs, fmt.Errorf("`boot_timeout` must be positive"))

@@ -48,13 +48,13 @@ func TestConfigDefaultsAndFile(t *testing.T) {
 
 func TestConfigReportsEveryProblem(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "c.toml")
-	os.WriteFile(p, []byte("accel = \"warp\"\ndefault_cpus = 0\nbogus = 1\nbuiltin_image_cache = \"cache\"\n"), 0o644)
+	os.WriteFile(p, []byte("accel = \"warp\"\ndefault_cpus = 0\nbogus = 1\nbuiltin_image_cache = \"cache\"\ntcg_code_cache_mib = 4\n"), 0o644)
 	_, err := LoadConfig(p)
 	if err == nil {
 		t.Fatal("want an error")
 	}
 	for _, want := range []string{"unknown key `bogus`", "`accel` must be auto, kvm or tcg", "`default_cpus` must be 1..64",
-		"`builtin_image_cache` must be an absolute path, not \"cache\""} {
+		"`builtin_image_cache` must be an absolute path, not \"cache\"", "`tcg_code_cache_mib` must be 8..128 (0: by the vm's memory), not 4"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

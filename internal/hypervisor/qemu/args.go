@@ -164,6 +164,9 @@ type plan struct {
 	backing []backingFile
 	// seccomp turns QEMU's syscall filter on.
 	seccomp bool
+	// codeCacheMiB is the configured TCG code cache; 0 picks it by the
+	// VM's memory (TCGCodeCacheMiB).
+	codeCacheMiB int
 }
 
 // procFD names an inherited descriptor as a path, for options that take
@@ -188,7 +191,7 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 		"-name", "ember-" + strings.ReplaceAll(firstNonEmpty(s.Name, s.ID), ",", ",,"),
 	}
 	a = append(a, machineArgs(s)...)
-	a = append(a, "-accel", accelArg(s.Accel))
+	a = append(a, "-accel", accelArg(s.Accel, TCGCodeCacheMiB(s.MemoryMiB, p.codeCacheMiB)))
 	if s.Accel == hypervisor.AccelKVM {
 		a = append(a, "-cpu", "host")
 	}
@@ -258,16 +261,33 @@ func consoleChardev(s hypervisor.Spec) string {
 	return "file,id=console,path=/dev/fdset/" + strconv.Itoa(fdsetConsole) + ",append=on"
 }
 
-// tcgCodeCacheMiB bounds TCG's cache of translated code. QEMU's default
-// is an eighth of the host's memory up to 1 GiB, touched as the guest runs
-// more distinct code: unbounded next to a VM's cgroup limit, which
-// leaves QEMU memOverheadMiB beyond guest RAM. QEMU before 5.0 used 32.
-const tcgCodeCacheMiB = 128
+// TCG's cache of translated code (-accel tcg,tb-size, in MiB). QEMU's
+// default is an eighth of the host's memory up to 1 GiB, touched as the
+// guest runs more distinct code, and never handed back: a boot of the
+// tiny image translates about 61 MiB, which an idle VM then holds for
+// good. A smaller cache is flushed and refilled when full, which costs
+// CPU; BENCHMARKS.md has what each size costs a boot and saves. KVM has
+// no such cache.
+const (
+	// MinTCGCodeCacheMiB and MaxTCGCodeCacheMiB bound the configured
+	// size. The cgroup's memOverheadMiB counts the largest.
+	MinTCGCodeCacheMiB = 8
+	MaxTCGCodeCacheMiB = 128
+)
+
+// TCGCodeCacheMiB is a VM's code cache: configured (non-zero) or picked
+// by its memory.
+func TCGCodeCacheMiB(memoryMiB, configured int) int {
+	if configured != 0 {
+		return configured
+	}
+	return defaultTCGCodeCacheMiB(memoryMiB)
+}
 
 // accelArg is -accel's value: TCG with its code cache bounded.
-func accelArg(accel string) string {
+func accelArg(accel string, codeCacheMiB int) string {
 	if accel == hypervisor.AccelTCG {
-		return accel + ",tb-size=" + strconv.Itoa(tcgCodeCacheMiB)
+		return accel + ",tb-size=" + strconv.Itoa(codeCacheMiB)
 	}
 	return accel
 }
@@ -331,4 +351,16 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// defaultTCGCodeCacheMiB is the code cache of a VM with memoryMiB when
+// none is configured: an eighth of its memory (QEMU's own default is an
+// eighth of the host's), from 32 to 128 MiB. A small VM is the kind many
+// of run idle side by side, and a 32 MiB cache halves what its QEMU
+// holds beyond the guest's pages (BENCHMARKS.md: a tiny boot fills about
+// 61 MiB; at 32 MiB it is flushed once or twice, at 16 MiB its boot's
+// CPU grew more); a VM given memory for real work gets the cache its
+// code needs.
+func defaultTCGCodeCacheMiB(memoryMiB int) int {
+	return min(max(memoryMiB/8, 32), MaxTCGCodeCacheMiB)
 }

@@ -53,7 +53,7 @@ func TestBuildArgsUserNetTCG(t *testing.T) {
 	s.DiskBacking, s.DiskBackingFormat = "/img/tiny.ext4", "raw"
 	a := buildArgs(s, plan{seccomp: true, backing: []backingFile{{"/img/tiny.ext4", "raw"}}})
 	for flag, want := range map[string]string{
-		"-M": "microvm", "-accel": "tcg,tb-size=128", "-smp": "2", "-m": "512", "-display": "none",
+		"-M": "microvm", "-accel": "tcg,tb-size=64", "-smp": "2", "-m": "512", "-display": "none",
 		"-kernel": "/proc/self/fd/3", "-initrd": "/proc/self/fd/4",
 		"-append": "console=ttyS0 quiet", "-name": "ember-web",
 		"-sandbox": "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
@@ -287,6 +287,36 @@ func TestMapStatus(t *testing.T) {
 	} {
 		if got := mapStatus(in); got != want {
 			t.Errorf("mapStatus(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TCG's code cache is the configured size, or an eighth of the VM's
+// memory from 32 to 128 MiB; KVM has none.
+func TestTCGCodeCache(t *testing.T) {
+	for _, c := range []struct{ memory, configured, want int }{
+		{64, 0, 32}, {256, 0, 32}, {512, 0, 64}, {1024, 0, 128}, {65536, 0, 128},
+		{256, 128, 128}, {8192, 16, 16},
+	} {
+		if got := TCGCodeCacheMiB(c.memory, c.configured); got != c.want {
+			t.Errorf("TCGCodeCacheMiB(%d, %d) = %d, want %d", c.memory, c.configured, got, c.want)
+		}
+	}
+	s := testSpec()
+	s.MemoryMiB = 256
+	if got := argAfter(t, buildArgs(s, plan{}), "-accel"); got != "tcg,tb-size=32" {
+		t.Errorf("256 MiB: -accel %q", got)
+	}
+	if got := argAfter(t, buildArgs(s, plan{codeCacheMiB: 96}), "-accel"); got != "tcg,tb-size=96" {
+		t.Errorf("configured 96 MiB: -accel %q", got)
+	}
+	s.Accel = hypervisor.AccelKVM
+	if got := argAfter(t, buildArgs(s, plan{codeCacheMiB: 96}), "-accel"); got != "kvm" {
+		t.Errorf("kvm: -accel %q", got)
+	}
+	for _, bad := range []int{-1, MinTCGCodeCacheMiB - 1, MaxTCGCodeCacheMiB + 1} {
+		if _, err := New(Options{TCGCodeCacheMiB: bad}); err == nil || !strings.Contains(err.Error(), "tcg code cache must be") {
+			t.Errorf("New with a %d MiB code cache: %v", bad, err)
 		}
 	}
 }

@@ -54,6 +54,10 @@ type Options struct {
 	// is refused without it; NoLoopGuard then says why there is none.
 	LoopGuard   *loopguard.Guard
 	NoLoopGuard string
+	// TCGCodeCacheMiB is each TCG guest's translated-code cache, from
+	// MinTCGCodeCacheMiB to MaxTCGCodeCacheMiB; 0 picks it by the VM's
+	// memory.
+	TCGCodeCacheMiB int
 }
 
 // Driver runs VMs with QEMU. It is safe for concurrent use: it keeps no
@@ -72,6 +76,7 @@ type Driver struct {
 	guard         *loopguard.Guard // nil: no loopback filter
 	noGuard       string           // why guard is nil
 	thpOnce       sync.Once        // noHugePages
+	codeCacheMiB  int              // Options.TCGCodeCacheMiB
 }
 
 var _ hypervisor.Driver = (*Driver)(nil)
@@ -81,7 +86,11 @@ var _ hypervisor.AccelProber = (*Driver)(nil)
 // missing qemu-img only makes CreateDisk fail.
 func New(o Options) (*Driver, error) {
 	d := &Driver{quitGrace: o.QuitGrace, tscKHz: o.TSCKHz, kvmDevice: o.KVMDevice, log: o.Logger,
-		seccomp: !o.Unconfined, user: o.User, cgroups: o.Cgroups, guard: o.LoopGuard, noGuard: o.NoLoopGuard}
+		seccomp: !o.Unconfined, user: o.User, cgroups: o.Cgroups, guard: o.LoopGuard, noGuard: o.NoLoopGuard,
+		codeCacheMiB: o.TCGCodeCacheMiB}
+	if c := o.TCGCodeCacheMiB; c != 0 && (c < MinTCGCodeCacheMiB || c > MaxTCGCodeCacheMiB) {
+		return nil, fmt.Errorf("tcg code cache must be %d..%d MiB (0: by the vm's memory), not %d", MinTCGCodeCacheMiB, MaxTCGCodeCacheMiB, c)
+	}
 	if d.guard != nil && (d.cgroups == nil || d.cgroups.V2Dir("x") == "") {
 		d.guard, d.noGuard = nil, "no cgroup v2 hierarchy to attach the loopback filter to"
 	}

@@ -25,7 +25,7 @@ func (u *User) String() string { return fmt.Sprintf("%s (uid %d, gid %d)", u.Nam
 
 // memOverheadMiB is what a VM's cgroup allows QEMU beyond the guest's RAM:
 // its own code and heap (tens of MiB), TCG's translated code (at most
-// tcgCodeCacheMiB), and page cache of the disk it writes (reclaimable, but
+// MaxTCGCodeCacheMiB), and page cache of the disk it writes (reclaimable, but
 // counted). BENCHMARKS.md has a VM's measured peak against its limit.
 const memOverheadMiB = 256
 
@@ -121,7 +121,7 @@ func (f *launchFiles) close() {
 // they live in the daemon's folders.
 func (d *Driver) openFiles(ctx context.Context, s hypervisor.Spec) (_ *launchFiles, _ plan, err error) {
 	f := &launchFiles{}
-	p := plan{seccomp: d.seccomp}
+	p := plan{seccomp: d.seccomp, codeCacheMiB: d.codeCacheMiB}
 	defer func() {
 		if err != nil {
 			f.close()
