@@ -85,7 +85,7 @@
 //     tap guest reached with its TAP quarantined until it has taken its
 //     VM's own network; pruneWarm drops the warm snapshots no create
 //     would restore and bounds the rest per image, never one a VM's disk
-//     or a create in flight uses (warmHolds, a leaf lock; warmPruneMu,
+//     or a create in flight uses (snapshotHolds, a leaf lock; warmPruneMu,
 //     one prune at a time);
 //     vm.copy_in and vm.copy_out move `ember cp`'s tar streams into
 //     and out of the guest over SFTP, checked by internal/treecopy; the

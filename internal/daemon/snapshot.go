@@ -412,6 +412,7 @@ func restoredPin(r *restoreFrom) guest.HostKeyPin { return guest.HostKeyPin{Key:
 // nothing changes. The old disk is kept aside until the restored VM
 // answers, and put back if it does not (the VM is then stopped).
 func (s *vmService) restoreVM(ctx context.Context, p wire.SnapshotParams) (_ wire.VM, err error) {
+	defer s.holds.hold(p.Name)() // snapshot rm waits until the VM's record names the disk
 	sn, err := s.store.GetSnapshot(ctx, p.Name)
 	if errors.Is(err, store.ErrNotFound) {
 		return wire.VM{}, notFoundf("no snapshot named %q", p.Name)
@@ -522,13 +523,13 @@ func (s *vmService) warmName(ctx context.Context, vm store.VM, files bootFiles, 
 }
 
 // useWarm points a create at its image's warm snapshot, or asks the boot
-// to save one. The snapshot restored is held (warmHolds) until release.
+// to save one. The snapshot restored is held (snapshotHolds) until release.
 func (s *vmService) useWarm(ctx context.Context, op *createOp, vm store.VM, files *bootFiles, requestedDisk int64) (release func()) {
 	name := s.warmName(ctx, vm, *files, requestedDisk)
 	if name == "" {
 		return func() {}
 	}
-	release = s.warm.hold(name) // before the read: a prune that comes after sees the hold
+	release = s.holds.hold(name) // before the read: a prune that comes after sees the hold
 	sn, err := s.store.GetSnapshot(ctx, name)
 	if err != nil {
 		release()

@@ -25,7 +25,7 @@ import (
 // another name — and bounds the rest to warmPerImage per image, least
 // recently used first (store.Snapshot UsedAt, set by each restore; else
 // CreatedAt). It never removes one a VM's disk is made on
-// (snapshotUsers), nor one a create in flight restores (warmHolds). It
+// (snapshotUsers), nor one a create in flight restores (snapshotHolds). It
 // runs at the daemon's start, after image rm (only that image's), and
 // after a create saved a new warm snapshot (which is also when a new
 // kernel or agent shows: the first create after it saves a new one).
@@ -36,17 +36,19 @@ import (
 // per memory and vCPU shape in use).
 const warmPerImage = 3
 
-// warmHolds counts the creates in flight that restore each warm
-// snapshot: until the VM's record names the snapshot's disk as its
-// backing file, only this keeps pruneWarm off it. Its mu is a leaf,
-// held for a store read and a row delete at most.
-type warmHolds struct {
+// snapshotHolds counts the creates and restores in flight that use each
+// snapshot (a warm one through useWarm, a user's through create
+// --snapshot or ember restore): until the VM's record names the
+// snapshot's disk as its backing file, only this keeps snapshot rm and
+// pruneWarm off it. Its mu is a leaf, held for a store read and a row
+// delete at most.
+type snapshotHolds struct {
 	mu sync.Mutex
 	n  map[string]int
 }
 
 // hold keeps pruneWarm off snapshot name until release is called.
-func (w *warmHolds) hold(name string) (release func()) {
+func (w *snapshotHolds) hold(name string) (release func()) {
 	w.mu.Lock()
 	if w.n == nil {
 		w.n = map[string]int{}
@@ -79,14 +81,14 @@ func (s *vmService) snapshotUsers(sn store.Snapshot, vms []store.VM) []string {
 
 // deleteSnapshot removes sn's row, then its files; refused (conflict)
 // while a VM's disk is made on it or a create in flight restores it.
-// The check and the row's delete happen under warmHolds.mu, with the
+// The check and the row's delete happen under snapshotHolds.mu, with the
 // VMs read there: a create holds the snapshot before it reads it and
 // releases it once its VM's record names the disk, so either sees the
 // other.
 func (s *vmService) deleteSnapshot(ctx context.Context, sn store.Snapshot) error {
-	s.warm.mu.Lock()
+	s.holds.mu.Lock()
 	err := func() error {
-		if s.warm.n[sn.Name] > 0 {
+		if s.holds.n[sn.Name] > 0 {
 			return conflictf("snapshot %s is in use: a create restores it now", sn.Name)
 		}
 		vms, err := s.store.ListVMs(ctx)
@@ -103,7 +105,7 @@ func (s *vmService) deleteSnapshot(ctx context.Context, sn store.Snapshot) error
 		}
 		return nil
 	}()
-	s.warm.mu.Unlock()
+	s.holds.mu.Unlock()
 	if err != nil {
 		return err
 	}

@@ -114,7 +114,7 @@ func TestPruneWarmSnapshots(t *testing.T) {
 	if err := td.store.InsertVM(ctx, store.VM{ID: "vmid1", Name: "on-warm", State: wire.StateStopped, Image: "img1", CPUs: 1, MemoryMiB: 576, NetMode: "user", Config: cfg}); err != nil {
 		t.Fatal(err)
 	}
-	release := td.vms.warm.hold(staleHeld.Name)
+	release := td.vms.holds.hold(staleHeld.Name)
 
 	td.vms.pruneWarm(ctx)
 	for _, sn := range append(recent, staleInUse, staleHeld, other, otherTap) {

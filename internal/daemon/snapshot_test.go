@@ -177,3 +177,48 @@ func TestSavedNetOf(t *testing.T) {
 		}
 	}
 }
+
+// A snapshot a create is made from cannot be removed meanwhile, even
+// before the VM's record names its disk; once the create ended the VM's
+// disk keeps it; with the VM gone it can go.
+func TestSnapshotHeldByCreate(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	ctx := context.Background()
+	insertSnapshot(t, td, store.Snapshot{Name: "s1", ID: "sid1", VMName: "old", Image: "tiny",
+		CPUs: 1, MemoryMiB: 256, DiskBytes: 1 << 30, NetMode: "user", Accel: "tcg", AgentHostKey: "x"})
+	gate, reached := make(chan struct{}), make(chan struct{})
+	td.vms.fault = func(step string) error {
+		if step == "prepare boot" {
+			close(reached)
+			<-gate
+		}
+		return nil
+	}
+	var op wire.Operation
+	if err := c.Call(ctx, wire.VMCreate.Name, wire.CreateVMParams{Name: "v1", Snapshot: "s1"}, &op); err != nil {
+		t.Fatal(err)
+	}
+	<-reached
+	err := c.Call(ctx, wire.SnapshotRemove.Name, wire.SnapshotParams{Name: "s1"}, nil)
+	if wantCode(t, err, wire.CodeConflict); !strings.Contains(err.Error(), "a create restores it now") {
+		t.Fatalf("rm during the create: %v", err)
+	}
+	close(gate)
+	if st := waitFor(t, c, op.ID); st.State != wire.OpSucceeded {
+		t.Fatalf("create: %+v", st)
+	}
+	err = c.Call(ctx, wire.SnapshotRemove.Name, wire.SnapshotParams{Name: "s1"}, nil)
+	if wantCode(t, err, wire.CodeConflict); !strings.Contains(err.Error(), "vms v1") {
+		t.Fatalf("rm while v1 is on it: %v", err)
+	}
+	if err := c.Call(ctx, wire.VMDelete.Name, wire.RefParams{Ref: "v1", Force: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Call(ctx, wire.SnapshotRemove.Name, wire.SnapshotParams{Name: "s1"}, nil); err != nil {
+		t.Fatalf("rm once v1 is gone: %v", err)
+	}
+	if _, err := os.Stat(td.vms.layout.SnapshotDir("sid1")); !os.IsNotExist(err) {
+		t.Fatalf("the snapshot's files: %v", err)
+	}
+}

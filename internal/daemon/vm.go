@@ -111,10 +111,10 @@ type vmService struct {
 	createVMMu sync.Mutex // name uniqueness and the address window of creates
 	createOps  *opRegistry[*createOp]
 	guests     guestPool
-	stops      pendingStops // graceful stops in flight, which rm -f and Close cut short
-	resets     guestResets  // recent guest resets per VM, to stop a reset loop (reboot.go)
-	followers  vmFollowers  // one per running VM: its console and disk-error pauses (follow.go)
-	warm       warmHolds    // the warm snapshots creates in flight restore (snapshot_prune.go)
+	stops      pendingStops  // graceful stops in flight, which rm -f and Close cut short
+	resets     guestResets   // recent guest resets per VM, to stop a reset loop (reboot.go)
+	followers  vmFollowers   // one per running VM: its console and disk-error pauses (follow.go)
+	holds      snapshotHolds // the snapshots creates and restores in flight use (snapshot_prune.go)
 	// warmPruneMu: one pruneWarm at a time, over its own slow work.
 	warmPruneMu sync.Mutex
 }
@@ -258,7 +258,12 @@ func hostMemoryMiB() int {
 func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire.Operation, err error) {
 	var snap *store.Snapshot
 	var coldWhy string
+	release := func() {}
+	defer func() { release() }()
 	if p.Snapshot != "" {
+		// Held from before it is read to the create's end (by when the
+		// VM's record names its disk): snapshot rm waits (snapshotHolds).
+		release = s.holds.hold(p.Snapshot)
 		sn, why, err := s.snapshotFor(ctx, &p)
 		if err != nil {
 			return wire.Operation{}, err
@@ -320,8 +325,12 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	s.events.Publish(vmEvent(wire.EventVMCreated, vm, "image "+vm.Image))
 	// A panic in the create fails its operation (runCreate's undo has
 	// run by then), not the daemon.
+	held := release
+	release = func() {} // the create's now
 	goSafe(s.background, s.log, "create of vm "+vm.Name, func(err error) { op.finish(nil, err) }, func() {
+		defer held() // also on a panic
 		res, err := s.runCreate(op, vm, requestedDisk, snap, coldWhy)
+		held() // before the operation ends: who waits for it may rm the snapshot
 		op.finish(res, err)
 		if err != nil {
 			s.log.Warn("create failed", "vm", vm.Name, "err", err)

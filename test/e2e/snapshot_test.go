@@ -200,6 +200,12 @@ func TestSnapshotNotRestorableColdBootsRealVM(t *testing.T) {
 	}
 	e.must("rm", "-f", "o2")
 	e.must("snapshot", "rm", "smem", "sown")
+	// An unknown name: the same exit status as the other rm commands.
+	_, vmErr, vmCode := e.run("rm", "nope")
+	_, errOut, code = e.run("snapshot", "rm", "nope")
+	if code != 3 || code != vmCode || !strings.Contains(errOut, `no snapshot named "nope"`) {
+		t.Fatalf("snapshot rm nope: exit %d %q (rm nope: exit %d %q)", code, errOut, vmCode, vmErr)
+	}
 }
 
 // checkColdBooted checks that vm was booted, not restored, from
