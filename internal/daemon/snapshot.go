@@ -19,6 +19,7 @@ import (
 	"github.com/emberhq/ember/internal/guestproto"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/netconf"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -323,6 +324,10 @@ func (s *vmService) restorePlan(ctx context.Context, sn store.Snapshot, files bo
 	if sn.NetMode == hypervisor.NetTAP {
 		if saved, err = savedNetOf(spec.Cmdline); err != nil {
 			return nil, fmt.Sprintf("the saved guest's network is unknown: %v", err)
+		}
+		if err := netconf.CanQuarantine(); err != nil {
+			// Its TAP could not be taken aside to reach the saved guest.
+			return nil, fmt.Sprintf("a restored tap guest cannot be reached: %v", err)
 		}
 	}
 	return &restoreFrom{State: filepath.Join(s.layout.SnapshotDir(sn.ID), layout.StateFile), Spec: spec, Accel: sn.Accel, HostKey: k, Saved: saved}, ""

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Quarantine is a VM's TAP taken off the bridge into a network namespace
@@ -147,6 +148,20 @@ func (q *Quarantine) Release() error {
 	q.ns, q.host = netns.None(), netns.None()
 	if err != nil {
 		return fmt.Errorf("put tap %s back on %s: %w", q.tap, q.bridge, err)
+	}
+	return nil
+}
+
+// CanQuarantine says why this process cannot quarantine a TAP (making a
+// network namespace needs CAP_SYS_ADMIN), or nil.
+func CanQuarantine() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("read this process's capabilities: %w", err)
+	}
+	if data[unix.CAP_SYS_ADMIN/32].Effective&(1<<(unix.CAP_SYS_ADMIN%32)) == 0 {
+		return errors.New("making a network namespace needs CAP_SYS_ADMIN, which the daemon lacks")
 	}
 	return nil
 }
