@@ -187,10 +187,6 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err := d.vms.settleUnfinishedOps(ctx); err != nil {
 		return nil, err
 	}
-	// Warm snapshots no create would restore (another kernel, agent or
-	// hypervisor since, an image gone while no daemon ran): pruned in the
-	// background, as the accelerator probe may be asked.
-	d.vms.pruneWarmLater("daemon start")
 	if err := d.sweepImages(ctx); err != nil {
 		d.log.Warn("images folder: leftovers of an interrupted image operation stay", "err", err)
 	}
@@ -204,6 +200,11 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		d.log.Warn("kernels folder: leftovers of an interrupted image register stay", "err", err)
 	}
 	d.boot.registerKernels(ctx)
+	// Warm snapshots no create would restore (another kernel, agent or
+	// hypervisor since, an image gone while no daemon ran): pruned in the
+	// background once the kernels are registered, as the accelerator
+	// probe may be asked.
+	d.vms.pruneWarmLater("daemon start")
 	if opts.PrepareBoot == nil {
 		d.boot.probeAtStart(ctx)
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -308,8 +309,56 @@ func TestWarmImageRealVM(t *testing.T) {
 	}
 }
 
-// warmSnapshotFiles counts the snapshot folders in e's state: in a test
-// that makes no user snapshot, the warm ones.
+// A daemon started with warm images turned off prunes the warm
+// snapshots, but not one a VM's disk is made on (until that VM goes) and
+// never a user's snapshot.
+func TestWarmSnapshotsPrunedAtStartRealVM(t *testing.T) {
+	e := newEnvWith(t, e2eConfig+"warm_images = true\n", nil)
+	e.must("create", "w1") // saves the warm snapshot
+	e.must("snapshot", "create", "w1", "mine")
+	e.must("create", "w2") // restores it: w2's disk is made on it
+	if vm := e.inspect("w2"); !strings.Contains(vm.AccelReason, "restored from a snapshot") {
+		t.Fatalf("w2 was not restored: %+v", vm)
+	}
+	e.must("rm", "-f", "w1")
+	if n := warmSnapshotFiles(t, e); n != 2 {
+		t.Fatalf("%d snapshot folders, want the warm one and mine", n)
+	}
+	restartWith := func(config, wantLog string) {
+		t.Helper()
+		e.stopDaemon(syscall.SIGTERM)
+		if err := os.WriteFile(filepath.Join(e.home, "config.toml"), []byte(fmt.Sprintf("builtin_image_cache = %q\n", imageCache)+config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.startDaemon()
+		deadline := time.Now().Add(60 * time.Second)
+		for !strings.Contains(e.log.String(), wantLog) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the daemon's log:\n%s", wantLog, e.log.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	restartWith(e2eConfig, "warm snapshot kept")
+	if n := warmSnapshotFiles(t, e); n != 2 {
+		t.Fatalf("%d snapshot folders after a start with w2 on the warm one, want 2", n)
+	}
+	if out := e.must("exec", "w2", "--", "hostname"); strings.TrimSpace(out) != "w2" {
+		t.Fatalf("w2 after the restart: %q", out)
+	}
+	e.must("rm", "-f", "w2")
+	restartWith(e2eConfig, "warm snapshot removed")
+	if n := warmSnapshotFiles(t, e); n != 1 {
+		t.Fatalf("%d snapshot folders, want mine alone", n)
+	}
+	if out := e.must("snapshot", "ls"); !strings.Contains(out, "mine") {
+		t.Fatalf("snapshot ls: %s", out)
+	}
+	e.must("snapshot", "rm", "mine")
+}
+
+// warmSnapshotFiles counts the snapshot folders in e's state (the warm
+// ones where the test made no user snapshot).
 func warmSnapshotFiles(t *testing.T, e *env) int {
 	t.Helper()
 	entries, err := os.ReadDir(filepath.Join(e.home, "state", "snapshots"))
