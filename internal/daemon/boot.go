@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/emberhq/ember/internal/hypervisor"
@@ -274,13 +275,81 @@ func (s *bootService) registerKernels(ctx context.Context) {
 }
 
 // initrdCache builds each kernel's initramfs once per agent version. It
-// owns its lock, a leaf held only to find the per-file lock; the per-file
-// lock is held while that one initramfs is written, so building one
-// kernel's initramfs never waits for another's.
+// owns its lock, a leaf held only to find the per-file lock or a
+// remembered key; the per-file lock is held while that one initramfs is
+// written, so building one kernel's initramfs never waits for another's.
 type initrdCache struct {
-	// mu guards building.
+	// mu guards building and keys.
 	mu       sync.Mutex
 	building map[string]*sync.Mutex
+	// keys remembers each initramfs key (kernel.InitramfsKey: it reads
+	// the modules index and hashes the agent binary, 20-40 ms of every
+	// create) by the identity of the files it was computed from; a file
+	// replaced or changed gets a new identity, so a new key.
+	keys map[initrdInputs]string
+	// computeKey is kernel.InitramfsKey unless a test counts the calls.
+	computeKey func(kernel.Kernel, string) (string, error)
+}
+
+// initrdInputs is what an initramfs key depends on: the kernel as named,
+// and the agent binary and the modules index as files (fileIdentity).
+type initrdInputs struct {
+	kernel                      kernel.Kernel
+	agentPath                   string
+	agent, modulesDir, modsDeps fileIdentity
+}
+
+// fileIdentity tells one version of a file from another without reading
+// it: device, inode, size and modification time.
+type fileIdentity struct {
+	dev, ino uint64
+	size     int64
+	mtime    int64
+}
+
+func identityOf(path string) (fileIdentity, bool) {
+	var st syscall.Stat_t
+	if path == "" || syscall.Stat(path, &st) != nil {
+		return fileIdentity{}, false
+	}
+	return fileIdentity{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano()}, true
+}
+
+// key is kernel.InitramfsKey, remembered while its files stay the same.
+// A kernel's modules are not read again: an imported or fetched kernel's
+// folder is never changed in place, and the host's gets a new modules.dep
+// (depmod) when its modules change.
+func (c *initrdCache) key(k kernel.Kernel, agent string) (string, error) {
+	compute := c.computeKey
+	if compute == nil {
+		compute = kernel.InitramfsKey
+	}
+	in := initrdInputs{kernel: k, agentPath: agent}
+	var ok bool
+	if in.agent, ok = identityOf(agent); !ok {
+		return compute(k, agent)
+	}
+	if k.ModulesDir != "" {
+		in.modulesDir, _ = identityOf(k.ModulesDir)
+		in.modsDeps, _ = identityOf(filepath.Join(k.ModulesDir, "modules.dep"))
+	}
+	c.mu.Lock()
+	key, found := c.keys[in]
+	c.mu.Unlock()
+	if found {
+		return key, nil
+	}
+	key, err := compute(k, agent)
+	if err != nil {
+		return "", err
+	}
+	c.mu.Lock()
+	if c.keys == nil {
+		c.keys = make(map[initrdInputs]string)
+	}
+	c.keys[in] = key
+	c.mu.Unlock()
+	return key, nil
 }
 
 func (c *initrdCache) lockFor(path string) *sync.Mutex {
@@ -298,7 +367,7 @@ func (c *initrdCache) lockFor(path string) *sync.Mutex {
 }
 
 func (c *initrdCache) ensure(ctx context.Context, dir string, k kernel.Kernel, agent string, progress func(string)) (string, error) {
-	path, err := initramfsPath(dir, k, agent)
+	path, err := c.path(dir, k, agent)
 	if err != nil {
 		return "", err
 	}
@@ -322,8 +391,20 @@ func initramfsPath(dir string, k kernel.Kernel, agent string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(dir, "initramfs-"+key+".cpio.gz"), nil
+	return initramfsFile(dir, key), nil
 }
+
+// path is initramfsPath with the key remembered (key).
+func (c *initrdCache) path(dir string, k kernel.Kernel, agent string) (string, error) {
+	key, err := c.key(k, agent)
+	if err != nil {
+		return "", err
+	}
+	return initramfsFile(dir, key), nil
+}
+
+// initramfsFile is the initramfs of key in dir.
+func initramfsFile(dir, key string) string { return filepath.Join(dir, "initramfs-"+key+".cpio.gz") }
 
 // kernelFilesNow is what a boot of the kernel named name would use now
 // (its vmlinuz and the initramfs of today's agent), without fetching or
@@ -338,7 +419,7 @@ func (s *bootService) kernelFilesNow(ctx context.Context, name string) (bootFile
 	if err != nil {
 		return bootFiles{}, err
 	}
-	initrd, err := initramfsPath(s.layout.InitramfsDir(), storeToKernel(k), agent)
+	initrd, err := s.initrd.path(s.layout.InitramfsDir(), storeToKernel(k), agent)
 	if err != nil {
 		return bootFiles{}, fmt.Errorf("initramfs of kernel %s: %w", name, err)
 	}

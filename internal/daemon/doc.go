@@ -67,7 +67,8 @@
 //     imageOpsMu at the end.
 //   - bootService (boot.go, accel.go): kernel.*, the kernel fetched on
 //     first use (kernelFetchMu), each kernel's initramfs (initrdCache: a
-//     leaf lock that hands out one mutex per file) and the accelerator
+//     leaf lock that hands out one mutex per file and remembers each
+//     file's key while the agent and modules stay the same) and the accelerator
 //     (accelCache: one decision per kernel and initramfs, made by booting
 //     that kernel under KVM for a moment or taken from the config; its
 //     lock is a leaf never held across the probe).
