@@ -39,7 +39,7 @@ type Options struct {
 	// executable.
 	AgentPath string
 	// WaitGuest waits until a booted guest answers with a host key that
-	// pin allows; nil means SSH.
+	// pin allows; nil means SSH. A test's also waits for restored guests.
 	WaitGuest func(ctx context.Context, addr string, key ssh.Signer, pin guest.HostKeyPin, alive func() error) (guestConn, error)
 	// PrepareBoot returns the kernel, initramfs and image disk for a create;
 	// nil means the real kernel and image code.
@@ -248,8 +248,9 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 		base: d.base, background: &d.background, boot: d.boot, images: d.images, nets: d.nets, ops: d.ops,
 		waitGuest: opts.WaitGuest, kvmStall: opts.KVMStallTimeout, guests: guestPool{log: d.log}, metrics: d.metrics, events: d.events,
 		createOps: newOpRegistry[*createOp](d.cfg.OperationRetention.Duration)}
+	d.vms.waitRestored = d.vms.waitGuest
 	if d.vms.waitGuest == nil {
-		d.vms.waitGuest = dialGuest
+		d.vms.waitGuest, d.vms.waitRestored = dialGuest, dialRestored
 	}
 	if d.vms.kvmStall <= 0 {
 		d.vms.kvmStall = defaultKVMStall

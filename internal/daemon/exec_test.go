@@ -281,3 +281,61 @@ func TestSessionAttachCutOffByStopIsGone(t *testing.T) {
 type listingGuest struct{ *plantedGuest }
 
 func (listingGuest) SessionList(context.Context) ([]guestproto.SessionInfo, error) { return nil, nil }
+
+// Each agent connection is counted by why it was made: a create's first
+// contact is the one the first exec uses (no redial), and only a VM whose
+// pooled connection ended is dialled again.
+func TestAgentConnectionsCounted(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	runningVM(t, c, "x1")
+	count := func(why string) float64 {
+		t.Helper()
+		families, err := td.metrics.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() != "ember_agent_connections_total" {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "why" && l.GetValue() == why {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		t.Fatalf("no ember_agent_connections_total{why=%q}", why)
+		return 0
+	}
+	if b, r := count(agentConnBoot), count(agentConnRedial); b != 1 || r != 0 {
+		t.Fatalf("after create: boot %v, redial %v; want 1, 0", b, r)
+	}
+	exec := func() {
+		t.Helper()
+		s, err := c.OpenStream(context.Background(), wire.VMExec.Name, wire.ExecParams{Ref: "x1", Argv: []string{"exit", "0"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if ex := recvExit(t, s); ex.Error != nil || ex.Code != 0 {
+			t.Fatalf("exec: %+v", ex)
+		}
+	}
+	exec()
+	exec()
+	if r := count(agentConnRedial); r != 0 {
+		t.Fatalf("the first execs after create made %v new connections, want 0", r)
+	}
+	vm, err := td.store.GetVMByName(context.Background(), "x1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	td.vms.guests.drop(vm.ID)
+	exec()
+	if r := count(agentConnRedial); r != 1 {
+		t.Fatalf("an exec after the pool lost its connection: %v redials, want 1", r)
+	}
+}

@@ -27,6 +27,12 @@ func dialGuest(ctx context.Context, addr string, key ssh.Signer, pin guest.HostK
 	return guest.WaitReady(ctx, addr, key, pin, alive)
 }
 
+// dialRestored is dialGuest for a guest restored from a snapshot, whose
+// agent listens already (guest.WaitListening).
+func dialRestored(ctx context.Context, addr string, key ssh.Signer, pin guest.HostKeyPin, alive func() error) (guestConn, error) {
+	return guest.WaitListening(ctx, addr, key, pin, alive)
+}
+
 // The agent's host key is pinned, so that nothing but the agent that
 // booted is ever handed a command, its arguments, environment or input:
 // not a network peer or another guest that answers on the VM's address,

@@ -27,7 +27,19 @@ type daemonMetrics struct {
 	bootSeconds   prometheus.Histogram
 	// ops counts finished operations by kind and state.
 	ops *prometheus.CounterVec
+	// agentConns counts the SSH connections made to guest agents, by why
+	// (agentConnBoot, agentConnRestore, agentConnRedial): each is a
+	// handshake in the guest, the dearest step of a TCG guest's first
+	// exec, so a redial the pool should have spared shows here.
+	agentConns *prometheus.CounterVec
 }
+
+// Why an agent connection was made (daemonMetrics.agentConns).
+const (
+	agentConnBoot    = "boot"    // the first contact of a boot (bootVM)
+	agentConnRestore = "restore" // the first contact of a restore (bootVM)
+	agentConnRedial  = "redial"  // a running VM whose pool had none (vmService.guest)
+)
 
 // vmBuckets span a KVM boot (0.1 s) to a loaded TCG one (a minute).
 var vmBuckets = []float64{0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120}
@@ -41,8 +53,13 @@ func newDaemonMetrics() *daemonMetrics {
 			Help: "Time from starting a VM's hypervisor process to its guest answering (create and start).", Buckets: vmBuckets}),
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ember_operations_total",
 			Help: "Finished operations by kind and outcome (succeeded, failed, cancelled)."}, []string{"kind", "state"}),
+		agentConns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ember_agent_connections_total",
+			Help: "SSH connections made to guest agents, by why: a boot's or a restore's first contact, or a redial of a running VM."}, []string{"why"}),
 	}
-	m.reg.MustRegister(m.createSeconds, m.bootSeconds, m.ops,
+	for _, why := range []string{agentConnBoot, agentConnRestore, agentConnRedial} {
+		m.agentConns.WithLabelValues(why) // reported from zero
+	}
+	m.reg.MustRegister(m.createSeconds, m.bootSeconds, m.ops, m.agentConns,
 		// The daemon's RSS, descriptors and CPU; its goroutines and heap.
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector())
@@ -67,6 +84,13 @@ func (m *daemonMetrics) finished(o wire.Operation) {
 }
 
 func (m *daemonMetrics) booted(d time.Duration) { m.bootSeconds.Observe(d.Seconds()) }
+
+// agentConnected counts a connection made to a guest agent; m may be nil.
+func (m *daemonMetrics) agentConnected(why string) {
+	if m != nil {
+		m.agentConns.WithLabelValues(why).Inc()
+	}
+}
 
 func (m *daemonMetrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{MaxRequestsInFlight: 4, Timeout: 30 * time.Second})

@@ -380,10 +380,11 @@ func (s *vmService) restoredGuest(ctx context.Context, nw vmNetwork, vm store.VM
 	if reach.dial != nil {
 		dctx = guest.WithDialer(ctx, reach.dial)
 	}
-	conn, err := s.waitGuest(dctx, reach.addr, s.key, restoredPin(restore), alive)
+	conn, err := s.waitRestored(dctx, reach.addr, s.key, restoredPin(restore), alive)
 	if err != nil {
 		return nil, nil, err
 	}
+	s.metrics.agentConnected(agentConnRestore)
 	newKey, err := makeNew(ctx, conn, vm, reach.netw)
 	if err != nil || reach.netw == nil {
 		if err != nil {
@@ -402,6 +403,7 @@ func (s *vmService) restoredGuest(ctx context.Context, nw vmNetwork, vm store.VM
 	if err != nil {
 		return nil, nil, fmt.Errorf("the restored guest at its own address: %w", err)
 	}
+	s.metrics.agentConnected(agentConnRestore)
 	return conn, newKey, nil
 }
 

@@ -96,7 +96,10 @@ type vmService struct {
 	nets       *networks
 	ops        *opService
 	waitGuest  func(ctx context.Context, addr string, key ssh.Signer, pin guest.HostKeyPin, alive func() error) (guestConn, error)
-	kvmStall   time.Duration
+	// waitRestored is waitGuest for a guest restored from a snapshot,
+	// whose agent listens already (dialRestored).
+	waitRestored func(ctx context.Context, addr string, key ssh.Signer, pin guest.HostKeyPin, alive func() error) (guestConn, error)
+	kvmStall     time.Duration
 	// hooks: the session service's; each may be nil.
 	onStopping func(ctx context.Context, vm store.VM, reason string)
 	onGone     func(vmID string)
@@ -584,6 +587,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		ready := waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
 		conn, err = s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, readyPin(s.log, vm.Name, ready), alive)
 		if err == nil {
+			s.metrics.agentConnected(agentConnBoot)
 			vm.AgentHostKey = authorizedKey(conn.HostKey())
 			if files.SaveWarm != "" {
 				// Before anything of this VM's own goes in (keys,
@@ -1162,6 +1166,7 @@ func (s *vmService) guest(ctx context.Context, vm store.VM) (guestConn, error) {
 	return s.guests.get(vm.ID, func() (guestConn, error) {
 		c, err := s.dialAgent(ctx, vm)
 		if err == nil {
+			s.metrics.agentConnected(agentConnRedial)
 			// Before the pool hands the connection out: whoever gets it
 			// (vm.ssh_proxy) finds the agent holding the user's keys.
 			s.giveUserKeys(ctx, vm, c)

@@ -171,6 +171,21 @@ const attemptTimeout = 5 * time.Second
 // whose host key breaks pin ends the wait at once (ErrHostKeyMismatch):
 // trying again would not change its key.
 func WaitReady(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, alive func() error) (*Client, error) {
+	return waitReady(ctx, addr, signer, pin, alive, bannerTimeout)
+}
+
+// WaitListening is WaitReady for an agent that listens from the first
+// instant its guest runs: one restored from a snapshot. A connection that
+// got through is kept until the agent says its version (within
+// attemptTimeout), rather than dropped after bannerTimeout: under TCG a
+// restored guest translates all its code anew, and its first banner can
+// take longer than that on a loaded host, where giving up would cost a
+// second handshake.
+func WaitListening(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, alive func() error) (*Client, error) {
+	return waitReady(ctx, addr, signer, pin, alive, 0)
+}
+
+func waitReady(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyPin, alive func() error, banner time.Duration) (*Client, error) {
 	var last error
 	for {
 		if alive != nil {
@@ -179,7 +194,7 @@ func WaitReady(ctx context.Context, addr string, signer ssh.Signer, pin HostKeyP
 			}
 		}
 		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-		c, err := dial(actx, addr, signer, pin, bannerTimeout)
+		c, err := dial(actx, addr, signer, pin, banner)
 		cancel()
 		if err == nil {
 			return c, nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -417,5 +418,77 @@ func TestDirectTCPIPForward(t *testing.T) {
 	back, err := io.ReadAll(conn)
 	if err != nil || string(back) != "ping" {
 		t.Fatalf("echo = %q, %v", back, err)
+	}
+}
+
+// slowBanner stands before an agent at addr: the first connection waits
+// delay before it is joined to the agent (a restored TCG guest translating
+// its code anew before its first answer). It counts the connections.
+func slowBanner(t *testing.T, addr string, delay time.Duration) (string, func() int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	n := 0
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			n++
+			first := n == 1
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				if first {
+					time.Sleep(delay)
+				}
+				a, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer a.Close()
+				go func() { io.Copy(a, c); a.Close() }()
+				io.Copy(c, a)
+			}()
+		}
+	}()
+	return ln.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// A restored guest's agent listens already: WaitListening keeps the first
+// connection however late its banner comes, where WaitReady gives up on
+// it and dials again (a second handshake).
+func TestWaitListeningKeepsASlowFirstConnection(t *testing.T) {
+	addr, key := startAgent(t)
+	slow, conns := slowBanner(t, addr, 800*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := guest.WaitListening(ctx, slow, key, guest.HostKeyPin{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if n := conns(); n != 1 {
+		t.Fatalf("WaitListening made %d connections, want 1", n)
+	}
+	slow2, conns2 := slowBanner(t, addr, 800*time.Millisecond)
+	c, err = guest.WaitReady(ctx, slow2, key, guest.HostKeyPin{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if n := conns2(); n < 2 {
+		t.Fatalf("WaitReady made %d connections to an agent whose banner comes after its banner timeout; the test no longer shows the difference", n)
 	}
 }

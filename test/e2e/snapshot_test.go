@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,7 +25,7 @@ import (
 // the host's. A create asking other memory boots the snapshot's disk
 // instead and says why; a snapshot in use cannot be removed.
 func TestSnapshotRestoreRealVM(t *testing.T) {
-	e := newEnv(t)
+	e := newEnvWith(t, e2eConfig+"web_port = 0\n", nil) // /metrics (agentConns)
 	e.must("create", "orig")
 	e.must("exec", "orig", "--", "sh", "-c", "echo kept-data > /root/file && sync")
 	e.must("session", "new", "orig", "s1")
@@ -44,10 +47,16 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 	keys := map[string]string{}
 	rand := map[string]string{}
 	for _, name := range []string{"copy1", "copy2"} {
+		before := agentConns(t, e)
 		start := time.Now()
 		e.must("create", "--snapshot", "snap1", name)
 		t.Logf("create --snapshot %s: %v", name, time.Since(start).Round(time.Millisecond))
 		rand[name] = e.must("exec", name, "--", "sh", "-c", "head -c 16 /dev/urandom | od -x")
+		// The create made one connection, to the restored agent, and
+		// the first exec went over it: no second handshake.
+		if after := agentConns(t, e); after["restore"] != before["restore"]+1 || after["redial"] != before["redial"] {
+			t.Fatalf("%s: agent connections before the create %v, after its first exec %v: want one restore and no redial", name, before, after)
+		}
 		if out := e.must("exec", name, "--", "cat", "/root/file"); strings.TrimSpace(out) != "kept-data" {
 			t.Fatalf("%s: the file: %q", name, out)
 		}
@@ -366,6 +375,40 @@ func warmSnapshotFiles(t *testing.T, e *env) int {
 		t.Fatal(err)
 	}
 	return len(entries)
+}
+
+// agentConns reads the daemon's ember_agent_connections_total by why
+// from /metrics (the daemon's web listener, web_port = 0).
+func agentConns(t *testing.T, e *env) map[string]float64 {
+	t.Helper()
+	u, err := url.Parse(strings.TrimSpace(e.must("web")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "http://"+u.Host+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+u.Query().Get("token"))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	const prefix = `ember_agent_connections_total{why="`
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), prefix)
+		if !ok {
+			continue
+		}
+		why, val, ok := strings.Cut(line, `"} `)
+		if n, err := strconv.ParseFloat(val, 64); ok && err == nil {
+			out[why] = n
+		}
+	}
+	if resp.StatusCode != http.StatusOK || len(out) == 0 {
+		t.Fatalf("/metrics: %s, no ember_agent_connections_total", resp.Status)
+	}
+	return out
 }
 
 // checkNewMachine checks that a restored VM took its own name as its
