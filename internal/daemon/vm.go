@@ -430,11 +430,13 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 			s.log.Warn("create from a snapshot boots its disk instead", "vm", vm.Name, "snapshot", snap.Name, "why", coldWhy)
 		}
 	}
+	s.log.Debug("create step", "vm", vm.Name, "step", "boot prepared", "after", time.Since(op.created))
 	op.Progress("creating disk")
 	disk, err := s.createDisk(ctx, &undo, vm, files.Disk, files.DiskFormat, requestedDisk)
 	if err != nil {
 		return nil, err
 	}
+	s.log.Debug("create step", "vm", vm.Name, "step", "disk made", "after", time.Since(op.created))
 	if requestedDisk == 0 {
 		vm.DiskBytes = files.DiskBytes
 	}
@@ -527,6 +529,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		if inst, err = s.startProcess(ctx, vm, nw, &spec, boot.KernelArgs); err != nil {
 			return vm, err
 		}
+		s.log.Debug("boot step", "vm", vm.Name, "step", "hypervisor running", "restored", restore != nil, "after", time.Since(began))
 		started := inst
 		// Followed from the start: the console (the ready line) comes
 		// through the follower, and so does a pause on a full disk.
@@ -582,18 +585,21 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		var newKey ssh.PublicKey
 		if conn, newKey, err = s.restoredGuest(bootCtx, nw, vm, restore, alive); err == nil {
 			vm.AgentHostKey = authorizedKey(newKey)
+			s.log.Debug("boot step", "vm", vm.Name, "step", "agent connected and reidentified", "after", time.Since(began))
 		}
 	} else {
 		ready := waitConsoleLine(bootCtx, spec.ConsoleLog, agentReadyLine, consoleHintTimeout, alive)
 		conn, err = s.waitGuest(bootCtx, nw.agentAddr(vm), s.key, readyPin(s.log, vm.Name, ready), alive)
 		if err == nil {
 			s.metrics.agentConnected(agentConnBoot)
+			s.log.Debug("boot step", "vm", vm.Name, "step", "agent connected", "after", time.Since(began))
 			vm.AgentHostKey = authorizedKey(conn.HostKey())
 			if files.SaveWarm != "" {
 				// Before anything of this VM's own goes in (keys,
 				// capabilities): the image's first boot, for the
 				// creates that follow.
 				progress("saving the image's warm snapshot")
+				s.warmUp(bootCtx, vm, conn)
 				if _, werr := s.saveSnapshot(bootCtx, vm, files.SaveWarm, true); werr != nil {
 					s.log.Warn("warm snapshot not saved", "vm", vm.Name, "image", vm.Image, "err", werr)
 				} else {
@@ -633,6 +639,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		return vm, fmt.Errorf("record vm %s running: %w", vm.Name, err)
 	}
 	s.events.Publish(vmEvent(wire.EventVMStarted, vm, vm.Accel))
+	s.log.Debug("boot step", "vm", vm.Name, "step", "running", "after", time.Since(began))
 	if s.metrics != nil {
 		s.metrics.booted(time.Since(began))
 	}

@@ -138,6 +138,9 @@ func (d *Driver) dropShares(s hypervisor.Spec, fsds virtiofsds) {
 	d.removeCgroup(s, true)
 }
 
+// loadPollMax is the longest wait between two looks at a state load.
+const loadPollMax = 8 * time.Millisecond
+
 // resume waits until QEMU answers on its QMP socket, which it does once
 // the machine is set up, and lets the paused guest run. exited closes if
 // QEMU exits meanwhile. With incoming, it first waits for the saved state
@@ -158,6 +161,11 @@ func resume(ctx context.Context, sock string, exited <-chan struct{}, incoming b
 		return fmt.Errorf("qemu did not come up: %w", err)
 	}
 	defer q.Close()
+	// The load takes about 0.1 s for a small guest: polled often at
+	// first, then every loadPollMax. (The load begins as QEMU starts,
+	// before this connection: an event of its end could come before it
+	// is made, so a poll would be needed all the same.)
+	poll := time.Millisecond
 	for incoming {
 		raw, err := q.run("query-status")
 		if err != nil {
@@ -175,8 +183,9 @@ func resume(ctx context.Context, sock string, exited <-chan struct{}, incoming b
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("load the saved state: %w", ctx.Err())
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(poll):
 		}
+		poll = min(2*poll, loadPollMax)
 	}
 	if _, err := q.run("cont"); err != nil {
 		return fmt.Errorf("resume the vm: %w", err)
