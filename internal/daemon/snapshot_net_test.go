@@ -87,6 +87,7 @@ func TestRestoredGuestTakesItsNetwork(t *testing.T) {
 			}
 			return second, nil
 		}
+		s.waitRestored = s.waitGuest // the first dial is the restored one's
 		return s, nw, &seen, second
 	}
 
