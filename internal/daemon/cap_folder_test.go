@@ -83,6 +83,13 @@ func TestMountCapBeforeBoot(t *testing.T) {
 		if virtiofs {
 			first = hypervisor.ShareVirtioFS
 		}
+		// Each with the checked folder open for the driver.
+		for i, sh := range spec.Shares {
+			if sh.Dir == nil {
+				t.Errorf("share %d has no open folder", i)
+			}
+		}
+		closeShareDirs(&spec)
 		want := []hypervisor.Share{{Tag: "ember0", Path: dir, Transport: first}, {Tag: "ember1", Path: dir, ReadOnly: true, Transport: hypervisor.Share9P}}
 		if len(spec.Shares) != 2 || spec.Shares[0] != want[0] || spec.Shares[1] != want[1] {
 			t.Errorf("virtiofs %v: shares %+v, want %+v", virtiofs, spec.Shares, want)

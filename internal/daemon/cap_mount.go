@@ -88,8 +88,10 @@ func (c *mountCap) check(args []string) error {
 // beforeBoot adds the shares to the Spec and their mounts to the agent's
 // command line. Each folder is verified again (hostFolders.open): it may
 // have gone since the create, or been swapped for a symlink or another
-// folder, which is refused; the driver is handed the folder's pinned path,
-// which has no symlink in it.
+// folder, which is refused. The driver is handed the verified open folder
+// (Share.Dir, closed by closeShareDirs once the boot is over) and serves
+// that very folder, so a swap after the check changes nothing; the
+// pinned path (no symlink in it) is for messages.
 func (c *mountCap) beforeBoot(_ context.Context, vm store.VM, args []string, b *capBoot) (func(), error) {
 	ms, err := parseMounts(args)
 	if err != nil {
@@ -103,9 +105,9 @@ func (c *mountCap) beforeBoot(_ context.Context, vm store.VM, args []string, b *
 		}
 		dir, pin, err := c.open(vc)
 		if err != nil {
+			closeShareDirs(b.Spec)
 			return nil, err
 		}
-		dir.Close()
 		m.Host = pin.Path
 		t := m.Transport
 		if t == "" {
@@ -115,9 +117,20 @@ func (c *mountCap) beforeBoot(_ context.Context, vm store.VM, args []string, b *
 			}
 		}
 		tag := "ember" + strconv.Itoa(i)
-		b.Spec.Shares = append(b.Spec.Shares, hypervisor.Share{Tag: tag, Path: m.Host, ReadOnly: m.ReadOnly, Transport: t})
+		b.Spec.Shares = append(b.Spec.Shares, hypervisor.Share{Tag: tag, Path: m.Host, ReadOnly: m.ReadOnly, Transport: t, Dir: dir})
 		b.KernelArgs = append(b.KernelArgs, guestproto.ArgShare+"="+guestproto.ShareArg(guestproto.Share{
 			Transport: t, Tag: tag, Dir: m.Guest, ReadOnly: m.ReadOnly}))
 	}
 	return nil, nil
+}
+
+// closeShareDirs closes the shares' open folders (the driver has its own
+// copies once Start returned).
+func closeShareDirs(s *hypervisor.Spec) {
+	for i := range s.Shares {
+		if d := s.Shares[i].Dir; d != nil {
+			d.Close()
+			s.Shares[i].Dir = nil
+		}
+	}
 }

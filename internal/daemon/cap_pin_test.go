@@ -113,7 +113,29 @@ func TestHostFolderPinRefusesSwaps(t *testing.T) {
 	if _, err := m.beforeBoot(context.Background(), vm, []string{arg}, &b); err != nil || len(b.Spec.Shares) != 1 || b.Spec.Shares[0].Path != real {
 		t.Fatalf("mount: %v %+v", err, b.Spec.Shares)
 	}
+	// The driver gets the checked folder open: swapped for a symlink to
+	// ember's state right after the check (the window before QEMU or
+	// virtiofsd starts), the descriptor is still the pinned folder.
+	shared := b.Spec.Shares[0].Dir
+	if shared == nil {
+		t.Fatal("the share has no open folder for the driver")
+	}
 	swap(real, state)
+	if dev, ino, err := fileID(shared); err != nil || dev != pin.Dev || ino != pin.Ino {
+		t.Errorf("after the swap the share's folder is %d:%d (%v), want the pinned %d:%d", dev, ino, err, pin.Dev, pin.Ino)
+	}
+	if r, err := os.OpenRoot(fdPath(shared)); err != nil {
+		t.Error(err)
+	} else {
+		if b, err := r.ReadFile("a.txt"); err != nil || string(b) != "mine\n" {
+			t.Errorf("read through the share's folder after the swap: %q %v", b, err)
+		}
+		r.Close()
+	}
+	closeShareDirs(b.Spec)
+	if b.Spec.Shares[0].Dir != nil {
+		t.Error("closeShareDirs left the folder open")
+	}
 	if _, err := m.beforeBoot(context.Background(), vm, []string{arg}, &capBoot{Spec: &hypervisor.Spec{}}); err == nil || !strings.Contains(err.Error(), "no longer the folder") {
 		t.Errorf("mount of a swapped folder: %v", err)
 	}

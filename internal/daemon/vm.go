@@ -489,6 +489,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	}
 	undo.add("vm runtime folder", func() { _ = os.RemoveAll(runDir) })
 	boot := capBoot{Spec: &spec}
+	defer closeShareDirs(&spec)
 	if err := s.caps.beforeBoot(ctx, undo, vm, &boot); err != nil {
 		return vm, fmt.Errorf("boot %s: %w", vm.Name, err)
 	}

@@ -8,6 +8,7 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"os"
 	"time"
 
 	"github.com/emberhq/ember/internal/guestproto"
@@ -117,6 +118,10 @@ type Share struct {
 	Path      string // the host folder, absolute
 	ReadOnly  bool   // the host refuses writes, whatever the guest does
 	Transport string // ShareVirtioFS or Share9P
+	// Dir, when set, is the folder already opened (and checked) by the
+	// caller, who closes it once Start returns: the driver serves this
+	// very folder, not whatever Path names by the time it starts.
+	Dir *os.File `json:"-"`
 }
 
 // Instance identifies a running VM process. StartTime (the starttime field of

@@ -447,3 +447,25 @@ func TestKillStraysRealQEMU(t *testing.T) {
 		t.Fatal("qemu still alive")
 	}
 }
+
+// A 9p share handed over open: QEMU serves the descriptor, so it starts
+// even though the share's path names nothing any more (swapped away
+// after the check); by path it would fail to open it.
+func TestStart9pShareByDescriptor(t *testing.T) {
+	d := testDriver(t)
+	s := bootSpec(t)
+	cleanupVM(t, d, s)
+	dir, err := os.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	s.Shares = []hypervisor.Share{{Tag: "ember0", Path: filepath.Join(t.TempDir(), "gone"), Transport: hypervisor.Share9P, Dir: dir}}
+	inst, err := d.Start(context.Background(), s)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if err := d.Quit(context.Background(), s, inst); err != nil {
+		t.Fatalf("quit: %v", err)
+	}
+}

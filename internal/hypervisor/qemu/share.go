@@ -30,8 +30,9 @@ import (
 // let it create a set-uid file owned by root on the host, or read what
 // that user could not.
 //
-//   - 9p: QEMU serves the folder itself (-fsdev local), opening it by
-//     name as its user; security_model=none keeps the files' owners as the
+//   - 9p: QEMU serves the folder itself (-fsdev local), opening it as its
+//     user by name, /proc/self/fd/N of the folder the caller opened and
+//     checked (Share.Dir) when there is one; security_model=none keeps the files' owners as the
 //     host has them, and readonly=on refuses writes in QEMU.
 //   - virtiofs: a virtiofsd per share, started here before QEMU, detached
 //     like QEMU (its own session), in the VM's cgroup (its limits, its
@@ -42,18 +43,30 @@ import (
 //     the guest's RAM as shared memory (memory-backend-memfd, share=on),
 //     which vhost-user needs. virtiofsd ends by itself when QEMU closes
 //     the connection; Quit and KillStrays also kill any left, found by
-//     the VM's console log in their environment (virtiofsEnv). A
-//     read-only share is served from a read-only bind mount in a mount
-//     namespace of virtiofsd's own, made by a root daemon (roBind);
-//     virtiofsd 7.2 has no read-only option.
+//     the VM's console log in their environment (virtiofsEnv). A root
+//     daemon serves the folder the caller opened (Share.Dir) from a
+//     mount of it at privateShare in a mount namespace of virtiofsd's
+//     own, read-only for a read-only share (startInMountNS; without Dir,
+//     startInROBind binds the path read-only); virtiofsd 7.2 has no
+//     read-only option.
 
 // virtiofsEnv names the VM a virtiofsd serves, in its environment: its
 // command line has no path of the VM's (it gets its socket as fd 3).
 const virtiofsEnv = "EMBER_VM_CONSOLE"
 
 // fdShare is the first descriptor of the virtiofs shares' connected
-// sockets, after the monitor's.
-const fdShare = fdMonitor + 1
+// sockets, after the monitor's; fdShareDir the first of the 9p shares'
+// folders (Share.Dir), after those.
+const (
+	fdShare    = fdMonitor + 1
+	fdShareDir = fdShare + maxShares
+)
+
+// privateShare is where a root daemon's virtiofsd finds its share: a
+// bind mount of the checked folder (Share.Dir) on a tmpfs over /tmp, in
+// a mount namespace made for that virtiofsd alone (startInMountNS). No
+// user can swap anything on that path, as one can on the share's own.
+const privateShare = "/tmp/ember-share"
 
 // FindVirtiofsd locates virtiofsd (Debian: /usr/lib/qemu/virtiofsd, in
 // qemu-system-common).
@@ -136,7 +149,14 @@ func shareArgs(s hypervisor.Spec) []string {
 			a = append(a, "-chardev", "socket,id="+id+",fd="+strconv.Itoa(fdShare+i),
 				"-device", "vhost-user-fs-device,chardev="+id+",tag="+sh.Tag)
 		case hypervisor.Share9P:
-			fsdev := "local,id=" + id + ",path=" + sh.Path + ",security_model=none"
+			// QEMU opens the folder by this name once, at start, and
+			// everything below it relative to that: given the checked
+			// folder's descriptor, the name is that very folder.
+			path := sh.Path
+			if sh.Dir != nil {
+				path = "/proc/self/fd/" + strconv.Itoa(fdShareDir+i)
+			}
+			fsdev := "local,id=" + id + ",path=" + path + ",security_model=none"
 			if sh.ReadOnly {
 				fsdev += ",readonly=on"
 			}
@@ -150,6 +170,7 @@ func shareArgs(s hypervisor.Spec) []string {
 type virtiofsd struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed once it exited and was reaped
+	path string        // the share's folder, for its messages
 
 	mu   sync.Mutex
 	head []byte // the start of its error output, for a failed start
@@ -189,7 +210,8 @@ func (v virtiofsds) errText() string {
 		}
 		f.mu.Lock()
 		if t := strings.TrimSpace(string(f.head)); t != "" {
-			parts = append(parts, printable(t))
+			// It names the folder where it finds it, privateShare.
+			parts = append(parts, printable(strings.ReplaceAll(t, privateShare, f.path)))
 		}
 		f.mu.Unlock()
 	}
@@ -207,6 +229,13 @@ func (d *Driver) startShares(s hypervisor.Spec, files *launchFiles) (_ virtiofsd
 		}
 	}()
 	for i, sh := range s.Shares {
+		if sh.Transport == hypervisor.Share9P && sh.Dir != nil {
+			dup, err := dupFile(sh.Dir)
+			if err != nil {
+				return started, fmt.Errorf("share %s: %w", sh.Path, err)
+			}
+			files.set(fdShareDir+i, dup)
+		}
 		if sh.Transport != hypervisor.ShareVirtioFS {
 			continue
 		}
@@ -221,16 +250,11 @@ func (d *Driver) startShares(s hypervisor.Spec, files *launchFiles) (_ virtiofsd
 		started = append(started, fsd)
 		files.set(fdShare+i, conn)
 		// In the VM's cgroup, under its limits and filter, like QEMU.
-		if d.cgroups != nil {
-			if err := d.cgroups.Place(cgroupName(s), fsd.cmd.Process.Pid, cgroupLimits(s)); err != nil {
-				return started, fmt.Errorf("share %s: virtiofsd: %w", sh.Path, err)
-			}
-		}
 	}
 	return started, nil
 }
 
-// startVirtiofsd starts one share's virtiofsd on a socket of its own and
+// startVirtiofsd starts one share's virtiofsd, in the VM's cgroup, on a socket of its own and
 // returns it with the socket connected, for QEMU.
 func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock string) (*virtiofsd, *os.File, error) {
 	removeIfExists(sock)
@@ -244,7 +268,17 @@ func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock str
 		return nil, nil, fmt.Errorf("virtiofsd socket: %w", err)
 	}
 	defer lf.Close()
-	cmd := exec.Command(d.virtiofsd, "--fd=3", "-o", "source="+sh.Path, "-o", "sandbox=namespace",
+	// A root daemon serves the checked folder itself from a private
+	// mount (virtiofsd 7.2 takes its folder only by name, and refuses a
+	// /proc/self/fd one); a rootless one names it: virtiofsd then runs
+	// as the daemon's own user, whom a swapped path gives nothing that
+	// user could not read anyway.
+	private := os.Geteuid() == 0 && sh.Dir != nil
+	source := sh.Path
+	if private {
+		source = privateShare
+	}
+	cmd := exec.Command(d.virtiofsd, "--fd=3", "-o", "source="+source, "-o", "sandbox=namespace",
 		"-o", "cache=auto", "-o", "log_level=warn", "--rlimit-nofile=0")
 	cmd.Env = []string{virtiofsEnv + "=" + s.ConsoleLog}
 	cmd.ExtraFiles = []*os.File{lf}
@@ -265,9 +299,12 @@ func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock str
 	if err != nil {
 		return nil, nil, err
 	}
-	if sh.ReadOnly && os.Geteuid() == 0 {
+	switch {
+	case private:
+		err = startInMountNS(cmd, sh.Dir, sh.ReadOnly)
+	case sh.ReadOnly && os.Geteuid() == 0:
 		err = startInROBind(cmd, sh.Path)
-	} else {
+	default:
 		if sh.ReadOnly {
 			d.log.Warn("a read-only share is read-only only in the guest: a daemon that is not root cannot make a read-only bind mount", "vm", vmName(s), "folder", sh.Path)
 		}
@@ -277,7 +314,7 @@ func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock str
 		return nil, nil, fmt.Errorf("start virtiofsd: %w", err)
 	}
 	name := vmName(s)
-	fsd := &virtiofsd{cmd: cmd, done: make(chan struct{})}
+	fsd := &virtiofsd{cmd: cmd, done: make(chan struct{}), path: sh.Path}
 	go func() {
 		defer close(fsd.done)
 		br := bufio.NewReaderSize(stderr, stderrLineMax)
@@ -297,6 +334,16 @@ func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock str
 		}
 		_ = cmd.Wait()
 	}()
+	// In the VM's cgroup, under its limits and filter, like QEMU; before
+	// the connection, on which it forks its sandboxed child (which then
+	// inherits the cgroup). One that exited already (it could not serve
+	// the folder) is left out: QEMU's start then fails with what it said.
+	if d.cgroups != nil {
+		if err := d.cgroups.Place(cgroupName(s), cmd.Process.Pid, cgroupLimits(s)); err != nil && !errors.Is(err, syscall.ESRCH) {
+			_ = cmd.Process.Kill()
+			return nil, nil, fmt.Errorf("virtiofsd: %w", err)
+		}
+	}
 	// The connection waits in the socket's backlog until virtiofsd accepts.
 	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -310,6 +357,62 @@ func (d *Driver) startVirtiofsd(s hypervisor.Spec, sh hypervisor.Share, sock str
 		return nil, nil, err
 	}
 	return fsd, cf, nil
+}
+
+// startInMountNS starts cmd in a mount namespace of its own where the
+// folder dir (open, checked by the caller) is mounted, read-only when
+// ro, at privateShare, on a tmpfs mounted over /tmp there. What cmd
+// is given at privateShare is that folder whatever its path names by now.
+// As startInROBind, on a locked thread never unlocked.
+func startInMountNS(cmd *exec.Cmd, dir *os.File, ro bool) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		errc <- func() error {
+			// A detached copy of the folder's mount, made from the
+			// descriptor (so the opened folder itself, not a lookup of its
+			// path) while this thread is still in the daemon's namespace,
+			// where the descriptor's mount is.
+			tree, err := unix.OpenTree(int(dir.Fd()), "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE|unix.AT_EMPTY_PATH)
+			if err != nil {
+				return fmt.Errorf("clone the shared folder's mount: %w", err)
+			}
+			defer unix.Close(tree)
+			if ro {
+				attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+				if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+					return fmt.Errorf("make the shared folder read-only: %w", err)
+				}
+			}
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return fmt.Errorf("mount namespace: %w", err)
+			}
+			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+				return fmt.Errorf("mount namespace: %w", err)
+			}
+			if err := unix.Mount("ember", filepath.Dir(privateShare), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
+				return fmt.Errorf("private tmpfs: %w", err)
+			}
+			if err := os.Mkdir(privateShare, 0o755); err != nil {
+				return err
+			}
+			if err := unix.MoveMount(tree, "", unix.AT_FDCWD, privateShare, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+				return fmt.Errorf("mount the shared folder: %w", err)
+			}
+			return cmd.Start()
+		}()
+	}()
+	return <-errc
+}
+
+// dupFile is a descriptor of its own on f's open file, for a child to
+// inherit while the caller keeps f.
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
 // startInROBind starts cmd in a mount namespace of its own where dir is a
