@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/emberhq/ember/internal/loopguard"
@@ -44,6 +45,20 @@ func TestUserNetEgressNoHostLoopback(t *testing.T) {
 	dir := v2CgroupOf(t, pids[0])
 	if ok, err := loopguard.Attached(dir); err != nil || !ok {
 		t.Fatalf("loopback filter on %s: attached=%v err=%v", dir, ok, err)
+	}
+	// The filter is the cgroup's, not the daemon's: it stays while the
+	// VM outlives a daemon restart.
+	e.stopDaemon(syscall.SIGTERM)
+	if ok, err := loopguard.Attached(dir); err != nil || !ok {
+		t.Fatalf("loopback filter with no daemon: attached=%v err=%v", ok, err)
+	}
+	e.startDaemon()
+	if got := e.fromGuestTo("eg", "10.0.2.2", other); got != "refused" {
+		t.Fatalf("10.0.2.2:%d after a daemon restart: %q, want refused", other, got)
+	}
+	e.must("rm", "-f", "eg")
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the vm's cgroup v2 folder %s is left after rm: %v", dir, err)
 	}
 }
 
