@@ -221,6 +221,11 @@ func TestUserNetCheck(t *testing.T) {
 	if c.Status != "pass" || !strings.Contains(c.Detail, "closed to QEMU") {
 		t.Errorf("egress with the filter: %+v", c)
 	}
+	// With qemu_sandbox = false VMs get no cgroup: no filter, whatever
+	// the host could do.
+	if why := fenceFor(layout.Config{UserNetEgress: true})(); why != "qemu_sandbox = false" {
+		t.Errorf("sandbox off: %q", why)
+	}
 }
 
 // A guest that opens connection after connection to host.ember.internal

@@ -32,9 +32,9 @@ func netChecks(ctx context.Context, lay layout.Layout, root bool) []Check {
 		return []Check{fail("config", err.Error(), "fix "+lay.Config)}
 	}
 	if !cfg.TAPEnabled() {
-		return append(tapOffChecks(lay, root), userNetCheck(cfg, lay, hostLoopFence))
+		return append(tapOffChecks(lay, root), userNetCheck(cfg, lay, fenceFor(cfg)))
 	}
-	out := []Check{userNetCheck(cfg, lay, hostLoopFence), capCheck(lay, root), tunCheck(root)}
+	out := []Check{userNetCheck(cfg, lay, fenceFor(cfg)), capCheck(lay, root), tunCheck(root)}
 	out = append(out, toolChecks(tapTools(), hosttools.Finder{}.FindTool, root)...)
 	sub, err := ipam.Parse(cfg.Subnet)
 	if err != nil {
@@ -80,6 +80,15 @@ func userNetCheck(cfg layout.Config, lay layout.Layout, fence func() string) Che
 			"run the daemon as root on a host with a cgroup v2 hierarchy (the filter is a cgroup BPF program), or set user_net_egress = false in "+lay.Config+" and give guests that need egress --net tap")
 	}
 	return pass("user network", "user_net_egress = true: guests reach outside; the host's loopback (10.0.2.2) is closed to QEMU by a cgroup BPF filter, but for port 53 (DNS); host ports open only at host.ember.internal (--cap hostport)")
+}
+
+// fenceFor is how doctor asks whether a daemon with cfg could close the
+// host's loopback to QEMU: never with qemu_sandbox = false (no cgroups).
+func fenceFor(cfg layout.Config) func() string {
+	if !cfg.QEMUSandbox {
+		return func() string { return "qemu_sandbox = false" }
+	}
+	return hostLoopFence
 }
 
 // hostLoopFence loads the loopback filter as a daemon here would, and

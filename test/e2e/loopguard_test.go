@@ -88,3 +88,21 @@ func v2CgroupOf(t *testing.T, pid int) string {
 	t.Fatalf("no cgroup v2 mount for %s", rel)
 	return ""
 }
+
+// Where the loopback filter cannot be attached (here: qemu_sandbox =
+// false, so VMs get no cgroup), a user-mode VM with egress is refused,
+// saying why and what to do, and nothing of it is left; doctor fails
+// its user network check.
+func TestUserNetEgressRefusedWithoutFilter(t *testing.T) {
+	e := newEnvWith(t, e2eConfig+"user_net_egress = true\nqemu_sandbox = false\n", nil)
+	_, errOut, code := e.run("create", "open")
+	if code == 0 || !strings.Contains(errOut, "10.0.2.2") || !strings.Contains(errOut, "qemu_sandbox = false") {
+		t.Fatalf("create with egress and no filter: exit %d: %s", code, errOut)
+	}
+	t.Logf("refused: exit %d: %s", code, errOut)
+	assertNoVMs(t, e)
+	out, _, _ := e.run("doctor", "--json")
+	if !strings.Contains(out, `"name":"user network","status":"fail"`) && !strings.Contains(out, `"name": "user network",`+"\n"+`    "status": "fail"`) {
+		t.Errorf("doctor does not fail user network:\n%s", out)
+	}
+}

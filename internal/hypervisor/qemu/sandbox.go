@@ -48,7 +48,7 @@ func egress(s hypervisor.Spec) bool { return s.Net.Mode == hypervisor.NetUser &&
 // connect out for its guest when no loopback filter can be attached.
 func (d *Driver) checkFence(s hypervisor.Spec) error {
 	if egress(s) && d.guard == nil {
-		return fmt.Errorf("user-mode networking with egress would open the host's loopback to the guest (through 10.0.2.2), and this host cannot close it: %s: %w", d.noGuard, hypervisor.ErrUnsupported)
+		return fmt.Errorf("user-mode networking with egress would open the host's loopback to the guest (through 10.0.2.2), and this host cannot close it (%s); turn user_net_egress off, or see `ember doctor`: %w", d.noGuard, hypervisor.ErrUnsupported)
 	}
 	return nil
 }
