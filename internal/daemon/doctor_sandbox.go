@@ -7,6 +7,7 @@ import (
 
 	"github.com/emberhq/ember/internal/cgroup"
 	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/loopguard"
 )
 
 // sandboxEnv is what the sandbox check looks at, replaceable in tests.
@@ -15,10 +16,18 @@ type sandboxEnv struct {
 	byName func(string) (*user.User, error)
 	byID   func(string) (*user.User, error)
 	detect func() (*cgroup.Manager, error)
+	// fence says why the loopback filter cannot go on VM cgroups of cg
+	// ("" when it can).
+	fence func(cg *cgroup.Manager) string
 }
 
 func hostSandboxEnv() sandboxEnv {
-	return sandboxEnv{euid: os.Geteuid(), byName: user.Lookup, byID: user.LookupId, detect: cgroup.Detect}
+	return sandboxEnv{euid: os.Geteuid(), byName: user.Lookup, byID: user.LookupId, detect: cgroup.Detect,
+		fence: func(cg *cgroup.Manager) string {
+			g, why := loadLoopGuard(cg, loopguard.Load)
+			_ = g.Close()
+			return why
+		}}
 }
 
 // sandboxCheck says how a daemon with this config would confine QEMU
@@ -59,6 +68,12 @@ func sandboxCheck(lay layout.Layout, env sandboxEnv) Check {
 		}
 	} else {
 		detail += "; one cgroup per vm (" + cg.String() + ")"
+		// Informational here: user network fails when egress needs it.
+		if why := env.fence(cg); why == "" {
+			detail += "; host loopback closed to QEMU (cgroup BPF filter)"
+		} else {
+			detail += "; host loopback open to QEMU (no filter: " + why + ")"
+		}
 	}
 	c := Check{Name: name, Status: status, Detail: detail}
 	for i, f := range fixes {
