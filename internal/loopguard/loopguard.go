@@ -158,7 +158,7 @@ func ne(b ...byte) int32 { return int32(binary.NativeEndian.Uint32(b)) }
 //
 //	v4:  first octet 127 or 0            → refuse, unless port 53
 //	v6:  first 96 bits zero (::, ::1…)    → refuse, unless port 53
-//	     v4-mapped (::ffff:), 127 or 0      → refuse, unless port 53
+//	     v4-mapped (::ffff:), 127 or 0    → refuse, unless port 53
 func program(v6 bool) asm.Instructions {
 	firstOctet := ne(0xff, 0, 0, 0)
 	var insns asm.Instructions
