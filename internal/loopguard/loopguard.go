@@ -2,7 +2,11 @@
 // loopback: BPF programs attached to a cgroup v2 group refuse (EPERM) any
 // connect(2) and any unconnected UDP sendmsg from that group to
 // 127.0.0.0/8, 0.0.0.0/8 (which Linux delivers locally), ::1, ::, the
-// other addresses with 96 zero bits, and their IPv4-mapped forms.
+// other addresses with 96 zero bits, the host's own addresses (kept in
+// BPF maps: SetLocal, Refresh), and their IPv4-mapped forms. A
+// connection to the host's LAN address is as local as one to 127.0.0.1
+// and reaches services that bind every address but that a firewall
+// hides from the LAN.
 //
 // ember attaches them to each VM's cgroup: QEMU's user-mode network with
 // egress on (restrict=off) turns a guest's connection to its gateway,
@@ -25,11 +29,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,19 +65,34 @@ var hooks = []struct {
 
 // Guard holds the loaded programs. It is safe for concurrent use.
 type Guard struct {
-	progs []*ebpf.Program // one per hook
+	progs          []*ebpf.Program // one per hook
+	local4, local6 *ebpf.Map       // the host's own addresses (SetLocal)
+	mu             sync.Mutex      // one SetLocal at a time
 }
 
 // Load loads the programs into the kernel. The error says why that
 // cannot be done here (not root, no BPF, a kernel without cgroup BPF).
 func Load() (*Guard, error) {
 	g := &Guard{}
+	var err error
+	for _, m := range []struct {
+		to  **ebpf.Map
+		key uint32
+	}{{&g.local4, 4}, {&g.local6, 16}} {
+		if *m.to, err = ebpf.NewMap(&ebpf.MapSpec{Name: "ember_local", Type: ebpf.Hash, KeySize: m.key, ValueSize: 1, MaxEntries: maxLocal}); err != nil {
+			g.Close()
+			if errors.Is(err, unix.EPERM) {
+				return nil, fmt.Errorf("load the loopback filter (cgroup sock_addr BPF): needs CAP_BPF and CAP_NET_ADMIN (a root daemon): %w", err)
+			}
+			return nil, fmt.Errorf("load the loopback filter (cgroup sock_addr BPF): %w", err)
+		}
+	}
 	for _, h := range hooks {
 		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 			Name:         "ember_noloop",
 			Type:         ebpf.CGroupSockAddr,
 			AttachType:   h.attach,
-			Instructions: program(h.v6),
+			Instructions: program(h.v6, g.local4.FD(), g.local6.FD()),
 			License:      "Apache-2.0",
 		})
 		if err != nil {
@@ -94,7 +116,12 @@ func (g *Guard) Close() error {
 	for _, p := range g.progs {
 		errs = append(errs, p.Close())
 	}
-	g.progs = nil
+	for _, m := range []*ebpf.Map{g.local4, g.local6} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	g.progs, g.local4, g.local6 = nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -153,39 +180,70 @@ func Attached(dir string) (bool, error) {
 // this host: how a word of a network-order address compares in BPF.
 func ne(b ...byte) int32 { return int32(binary.NativeEndian.Uint32(b)) }
 
-// program is the filter for one family. It returns 1 (allow) or 0
+// program is the filter for one family, looking the host's own addresses
+// up in local4 and local6 (map descriptors). It returns 1 (allow) or 0
 // (refuse: the call fails with EPERM).
 //
 //	v4:  first octet 127 or 0            → refuse, unless port 53
+//	     one of the host's own (local4)  → refuse, unless port 53
 //	v6:  first 96 bits zero (::, ::1…)    → refuse, unless port 53
-//	     v4-mapped (::ffff:), 127 or 0    → refuse, unless port 53
-func program(v6 bool) asm.Instructions {
+//	     v4-mapped (::ffff:)             → as v4
+//	     one of the host's own (local6)  → refuse, unless port 53
+//
+// The address goes on the stack (the maps' key, in network order):
+// fp-4 for v4, fp-16..fp-1 for v6. R6 keeps the context across calls.
+func program(v6 bool, local4, local6 int) asm.Instructions {
 	firstOctet := ne(0xff, 0, 0, 0)
-	var insns asm.Instructions
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
 	if !v6 {
-		insns = asm.Instructions{
-			asm.LoadMem(asm.R2, asm.R1, offUserIP4, asm.Word),
-		}
+		insns = append(insns,
+			asm.LoadMem(asm.R2, asm.R6, offUserIP4, asm.Word),
+			asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+		)
 	} else {
-		insns = asm.Instructions{
-			asm.LoadMem(asm.R2, asm.R1, offUserIP6, asm.Word),
-			asm.JNE.Imm32(asm.R2, 0, "allow"),
-			asm.LoadMem(asm.R2, asm.R1, offUserIP6+4, asm.Word),
-			asm.JNE.Imm32(asm.R2, 0, "allow"),
-			asm.LoadMem(asm.R2, asm.R1, offUserIP6+8, asm.Word),
-			asm.JEq.Imm32(asm.R2, 0, "loopback"),
-			asm.JNE.Imm32(asm.R2, ne(0, 0, 0xff, 0xff), "allow"),
-			asm.LoadMem(asm.R2, asm.R1, offUserIP6+12, asm.Word),
+		for i := int16(0); i < 4; i++ {
+			insns = append(insns,
+				asm.LoadMem(asm.R2, asm.R6, offUserIP6+4*i, asm.Word),
+				asm.StoreMem(asm.RFP, -16+4*i, asm.R2, asm.Word),
+			)
 		}
+		insns = append(insns,
+			asm.LoadMem(asm.R2, asm.RFP, -16, asm.Word),
+			asm.JNE.Imm32(asm.R2, 0, "lookup6"),
+			asm.LoadMem(asm.R2, asm.RFP, -12, asm.Word),
+			asm.JNE.Imm32(asm.R2, 0, "lookup6"),
+			asm.LoadMem(asm.R2, asm.RFP, -8, asm.Word),
+			asm.JEq.Imm32(asm.R2, 0, "loopback"),
+			asm.JNE.Imm32(asm.R2, ne(0, 0, 0xff, 0xff), "lookup6"),
+			asm.LoadMem(asm.R2, asm.RFP, -4, asm.Word),
+		)
 	}
 	insns = append(insns,
-		// R2 holds an IPv4 address in network order.
-		asm.And.Imm32(asm.R2, firstOctet),
-		asm.JEq.Imm32(asm.R2, ne(127, 0, 0, 0), "loopback"),
-		asm.JEq.Imm32(asm.R2, 0, "loopback"),
-		asm.Ja.Label("allow"),
+		// R2 holds an IPv4 address in network order, also at fp-4.
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.And.Imm32(asm.R3, firstOctet),
+		asm.JEq.Imm32(asm.R3, ne(127, 0, 0, 0), "loopback"),
+		asm.JEq.Imm32(asm.R3, 0, "loopback"),
 
-		asm.LoadMem(asm.R2, asm.R1, offUserPort, asm.Word).WithSymbol("loopback"),
+		asm.LoadMapPtr(asm.R1, local4),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, "loopback"),
+		asm.Ja.Label("allow"),
+	)
+	if v6 {
+		insns = append(insns,
+			asm.LoadMapPtr(asm.R1, local6).WithSymbol("lookup6"),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -16),
+			asm.FnMapLookupElem.Call(),
+			asm.JNE.Imm(asm.R0, 0, "loopback"),
+			asm.Ja.Label("allow"),
+		)
+	}
+	insns = append(insns,
+		asm.LoadMem(asm.R2, asm.R6, offUserPort, asm.Word).WithSymbol("loopback"),
 		asm.JEq.Imm32(asm.R2, ne(0, AllowedPort, 0, 0), "allow"),
 		asm.Mov.Imm(asm.R0, 0),
 		asm.Return(),
@@ -194,4 +252,66 @@ func program(v6 bool) asm.Instructions {
 		asm.Return(),
 	)
 	return insns
+}
+
+// maxLocal bounds the host addresses kept per family.
+const maxLocal = 1024
+
+// SetLocal makes addrs the host's own addresses that the programs refuse
+// (besides loopback): a connection from QEMU to the host's LAN address
+// is as local as one to 127.0.0.1, and reaches services a firewall
+// hides from the LAN. Loopback addresses are left out (refused anyway).
+func (g *Guard) SetLocal(addrs []netip.Addr) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	want4, want6 := map[[4]byte]bool{}, map[[16]byte]bool{}
+	for _, a := range addrs {
+		a = a.Unmap()
+		switch {
+		case a.IsLoopback() || a.IsUnspecified():
+		case a.Is4() && len(want4) < maxLocal:
+			want4[a.As4()] = true
+		case a.Is6() && len(want6) < maxLocal:
+			want6[a.As16()] = true
+		}
+	}
+	return errors.Join(syncMap(g.local4, want4), syncMap(g.local6, want6))
+}
+
+// syncMap makes m hold exactly the keys of want (K: [4]byte or [16]byte).
+func syncMap[K comparable](m *ebpf.Map, want map[K]bool) error {
+	var k K
+	var v uint8
+	var stale []K
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	errs := []error{it.Err()}
+	for _, k := range stale {
+		errs = append(errs, m.Delete(k))
+	}
+	for k := range want {
+		errs = append(errs, m.Put(k, uint8(1)))
+	}
+	return errors.Join(errs...)
+}
+
+// Refresh reads the host's addresses (every interface, this network
+// namespace) into the programs' maps. The QEMU driver calls it at each
+// VM start, so an address the host got since counts from then on.
+func (g *Guard) Refresh() error {
+	list, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("loopback filter: list the host's addresses: %w", err)
+	}
+	var addrs []netip.Addr
+	for _, a := range list {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			addrs = append(addrs, ip)
+		}
+	}
+	return g.SetLocal(addrs)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +23,7 @@ import (
 // The programs assemble without a kernel (labels resolve, both end in exit).
 func TestProgramsAssemble(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
-		insns := program(v6)
+		insns := program(v6, 3, 4)
 		var buf bytes.Buffer
 		if err := insns.Marshal(&buf, binary.LittleEndian); err != nil {
 			t.Fatalf("v6=%v: %v", v6, err)
@@ -68,6 +69,10 @@ func TestFilterVerdicts(t *testing.T) {
 	if ok, err := Attached(dir); err != nil || ok {
 		t.Fatalf("before attach: attached=%v err=%v", ok, err)
 	}
+	// The host's own addresses: here two the probe's namespace has.
+	if err := g.SetLocal([]netip.Addr{netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
 	if err := g.Attach(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +108,11 @@ func TestFilterVerdicts(t *testing.T) {
 		"tcp 10.99.0.1":        "ok",
 		"tcp fd00::1":          "ok",
 		"tcp ::ffff:10.99.0.1": "ok",
+		"tcp 10.99.0.2":        "refused",
+		"tcp fd00::2":          "refused",
+		"tcp ::ffff:10.99.0.2": "refused",
+		"udp 10.99.0.2":        "refused",
+		"udp fd00::2":          "refused",
 		"udp 127.0.0.1":        "refused",
 		"udp ::1":              "refused",
 		"udp ::ffff:127.0.0.1": "refused",
@@ -126,6 +136,42 @@ func TestFilterVerdicts(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("probe output:\n%s%s", out, stderr.String())
+	}
+}
+
+// SetLocal replaces the host's addresses: one no longer given is gone,
+// v4-mapped ones count as v4, loopback ones are left out.
+func TestSetLocalReplaces(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: loading cgroup BPF needs root")
+	}
+	g, err := Load()
+	if err != nil {
+		t.Skipf("skipping: %v", err)
+	}
+	defer g.Close()
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	if err := g.SetLocal([]netip.Addr{a("10.1.1.1"), a("fd00::9")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetLocal([]netip.Addr{a("::ffff:10.2.2.2"), a("127.0.0.1"), a("::1")}); err != nil {
+		t.Fatal(err)
+	}
+	var v uint8
+	if err := g.local4.Lookup([4]byte{10, 2, 2, 2}, &v); err != nil {
+		t.Errorf("10.2.2.2: %v", err)
+	}
+	for _, k := range [][4]byte{{10, 1, 1, 1}, {127, 0, 0, 1}} {
+		if err := g.local4.Lookup(k, &v); err == nil {
+			t.Errorf("%v still in the map", k)
+		}
+	}
+	var k6 [16]byte
+	if it := g.local6.Iterate(); it.Next(&k6, &v) {
+		t.Errorf("v6 map keeps %v", netip.AddrFrom16(k6))
+	}
+	if err := g.Refresh(); err != nil {
+		t.Fatalf("refresh from this host: %v", err)
 	}
 }
 
@@ -168,7 +214,7 @@ func probeLoopback() int {
 		}
 	}()
 	port := strconv.Itoa(tl.Addr().(*net.TCPAddr).Port)
-	for _, a := range []string{"127.0.0.1", "127.1.2.3", "0.0.0.0", "::1", "::", "::ffff:127.0.0.1", "::ffff:0.0.0.0", "10.99.0.1", "fd00::1", "::ffff:10.99.0.1"} {
+	for _, a := range []string{"127.0.0.1", "127.1.2.3", "0.0.0.0", "::1", "::", "::ffff:127.0.0.1", "::ffff:0.0.0.0", "10.99.0.1", "fd00::1", "::ffff:10.99.0.1", "10.99.0.2", "fd00::2", "::ffff:10.99.0.2"} {
 		c, err := net.Dial("tcp", net.JoinHostPort(a, port))
 		report("tcp "+a, err)
 		if err == nil {
@@ -182,7 +228,7 @@ func probeLoopback() int {
 	}
 	defer ul.Close()
 	uport := ul.LocalAddr().(*net.UDPAddr).Port
-	for _, a := range []string{"127.0.0.1", "::1", "::ffff:127.0.0.1", "10.99.0.1", "fd00::1"} {
+	for _, a := range []string{"127.0.0.1", "::1", "::ffff:127.0.0.1", "10.99.0.1", "fd00::1", "10.99.0.2", "fd00::2"} {
 		// An unconnected socket: sendto, which the sendmsg hooks see.
 		// udp4 for IPv4, else a dual-stack socket (v4-mapped sends).
 		network, laddr := "udp", "[::]:0"
@@ -240,7 +286,7 @@ func probeSetup() error {
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return err
 	}
-	for _, a := range []string{"10.99.0.1/32", "fd00::1/128"} {
+	for _, a := range []string{"10.99.0.1/32", "fd00::1/128", "10.99.0.2/32", "fd00::2/128"} {
 		addr, err := netlink.ParseAddr(a)
 		if err != nil {
 			return err

@@ -62,6 +62,10 @@ func (d *Driver) fence(s hypervisor.Spec) error {
 	if d.guard == nil {
 		return d.checkFence(s)
 	}
+	// The host's addresses as they are now: every VM's filter shares them.
+	if err := d.guard.Refresh(); err != nil {
+		d.log.Warn("the loopback filter keeps the host's addresses it knew", "vm", vmName(s), "err", err)
+	}
 	err := d.guard.Attach(d.cgroups.V2Dir(cgroupName(s)))
 	if err != nil && egress(s) {
 		return fmt.Errorf("close the host's loopback to the guest: %w", err)
