@@ -671,15 +671,6 @@ func (s *vmService) startProcess(ctx context.Context, vm store.VM, nw vmNetwork,
 	}
 }
 
-// initOnFreeArg makes the guest kernel zero each page it frees (instead
-// of each page it hands out: with it on, init_on_alloc zeroes no page
-// again, so a boot costs the same; measured within noise). Free guest
-// memory then reads as zeros, which a snapshot skips: a freshly booted
-// `tiny`'s saved state went from 97 to 59 MB and its restore's load from
-// about 160 to 120 ms. Freed data (keys, a process's secrets) also no
-// longer lingers in guest memory, nor in the snapshots made of it.
-const initOnFreeArg = "init_on_free=1"
-
 // rebootArg makes the guest kernel reset by a triple fault, which QEMU
 // turns into a reset request at once. Its default order under microvm
 // (no ACPI reset register, no keyboard controller) ends in a jump to the
@@ -692,7 +683,7 @@ const rebootArg = "reboot=t"
 // cmdline is the guest kernel's command line: console and the agent's
 // settings.
 func (s *vmService) cmdline(vm store.VM, netArgs []string) string {
-	args := []string{"console=ttyS0", "panic=-1", rebootArg, "quiet", "loglevel=3", initOnFreeArg,
+	args := []string{"console=ttyS0", "panic=-1", rebootArg, "quiet", "loglevel=3",
 		guestproto.ArgRoot + "=/dev/vda", guestproto.ArgHostname + "=" + vm.Name,
 		guestproto.ArgKey + "=" + guestproto.KeyArg(s.key.PublicKey())}
 	args = append(args, netArgs...)
