@@ -78,7 +78,11 @@ func replaceSection(path, heading, body string) error {
 		if j := strings.Index(rest, "\n## "); j >= 0 {
 			end = i + len(heading) + j + 1
 		}
-		s = s[:i] + strings.TrimLeft(body, "\n") + s[end:]
+		body = strings.Trim(body, "\n") + "\n"
+		if end < len(s) {
+			body += "\n" // a blank line before the next section's heading
+		}
+		s = s[:i] + body + s[end:]
 	} else {
 		s = strings.TrimRight(s, "\n") + "\n\n" + strings.TrimLeft(body, "\n")
 	}
