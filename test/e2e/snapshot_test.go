@@ -229,7 +229,7 @@ func checkColdBooted(t *testing.T, e *env, vm, snapshot string) {
 	}
 	var id string
 	for _, op := range ops {
-		if op.Kind == "vm.create" && op.Target == vm {
+		if op.Kind == wire.VMCreate.Name && op.Target == vm {
 			id = op.ID
 		}
 	}
