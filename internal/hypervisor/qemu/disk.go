@@ -42,12 +42,16 @@ func (d *Driver) CreateDisk(ctx context.Context, base, baseFormat, overlay strin
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("create disk %s: %w", overlay, err)
 	}
-	baseSize, err := d.virtualSize(ctx, base, baseFormat)
-	if err != nil {
-		return fmt.Errorf("create disk %s: %w", overlay, err)
-	}
-	if sizeBytes != 0 && sizeBytes < baseSize {
-		return fmt.Errorf("create disk %s: size %d bytes is smaller than the image's %d bytes", overlay, sizeBytes, baseSize)
+	if sizeBytes != 0 {
+		// Only a size asked is checked against the image's: a create
+		// of the image's own size runs one qemu-img, not two.
+		baseSize, err := d.virtualSize(ctx, base, baseFormat)
+		if err != nil {
+			return fmt.Errorf("create disk %s: %w", overlay, err)
+		}
+		if sizeBytes < baseSize {
+			return fmt.Errorf("create disk %s: size %d bytes is smaller than the image's %d bytes", overlay, sizeBytes, baseSize)
+		}
 	}
 	args := []string{"create", "-q", "-f", "qcow2", "-b", base, "-F", baseFormat, overlay}
 	if sizeBytes != 0 {

@@ -469,3 +469,22 @@ func TestStart9pShareByDescriptor(t *testing.T) {
 		t.Fatalf("quit: %v", err)
 	}
 }
+
+// A disk on a base that is not there fails and leaves no overlay, with
+// or without a size asked.
+func TestCreateDiskMissingBase(t *testing.T) {
+	d := testDriver(t)
+	if d.qemuImg == "" {
+		t.Skip("skipping: qemu-img not installed (Debian package qemu-utils)")
+	}
+	dir := t.TempDir()
+	for _, size := range []int64{0, 1 << 30} {
+		overlay := filepath.Join(dir, "o.qcow2")
+		if err := d.CreateDisk(context.Background(), filepath.Join(dir, "missing.raw"), "raw", overlay, size); err == nil {
+			t.Fatalf("size %d: a disk on a missing base was made", size)
+		}
+		if _, err := os.Lstat(overlay); !os.IsNotExist(err) {
+			t.Fatalf("size %d: an overlay was left: %v", size, err)
+		}
+	}
+}
