@@ -21,7 +21,7 @@ import (
 // paused for a long time. stop kills a paused VM (its guest cannot power
 // off), rm -f deletes it. A daemon that restarts keeps it paused: the
 // follower asks the hypervisor's run state (query-status) when it
-// attaches, and records a pause the store missed (vmHeld).
+// attaches; a stop the store says nothing of is resumed (vmHeld).
 
 // userPaused reports whether vm was paused on request (ember pause), not
 // by the hypervisor on a disk error.
@@ -100,12 +100,28 @@ func (s *vmService) resumeRequested(ctx context.Context, p wire.RefParams) (wire
 	return s.resumeVM(ctx, vm)
 }
 
-// vmHeld records a running VM as paused on request: the follower found
-// its process so when it attached (a pause whose record a killed daemon
-// did not write).
+// vmHeld handles the follower finding VM vm's process stopped when it
+// attached. A VM recorded paused (ember pause, or a disk error) stays so:
+// a user's pause survives a daemon restart. A VM recorded running was
+// stopped by no finished request: a state save (snapshot create) that a
+// killed daemon never followed with cont, or a pause killed before its
+// record (whose caller got no answer); it is resumed.
 func (s *vmService) vmHeld(vm store.VM, inst hypervisor.Instance) {
-	_, _, _ = s.recordRunState(vm, inst, wire.StateRunning, wire.StatePaused, wire.EventVMPaused, "found paused", "vm found paused")
-	s.guests.drop(vm.ID)
+	now, err := s.store.GetVM(context.Background(), vm.ID)
+	if err != nil || now.PID != inst.PID || now.State != wire.StateRunning {
+		return
+	}
+	fd, ok := s.driver.(hypervisor.Follower)
+	if !ok {
+		return
+	}
+	s.log.Info("vm found stopped by an unfinished snapshot save: resuming it", "vm", vm.Name)
+	// Not on the follower's own goroutine: the resume is reported through it.
+	goSafe(s.background, s.log, "resume of held vm "+vm.Name, nil, func() {
+		if err := fd.Resume(context.Background(), specOf(now), inst); err != nil {
+			s.log.Warn("resume of a vm found stopped by an unfinished snapshot save", "vm", vm.Name, "err", err)
+		}
+	})
 }
 
 // recordRunState records VM vm, still hypervisor process inst, moved

@@ -14,8 +14,23 @@ import (
 // per process.
 type pauseDriver struct {
 	*followDriver
-	mu     sync.Mutex
-	pauses map[int]int
+	mu      sync.Mutex
+	pauses  map[int]int
+	resumed map[int]int
+}
+
+// Resume counts resumes per process, then resumes as followDriver does.
+func (d *pauseDriver) Resume(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
+	d.mu.Lock()
+	d.resumed[inst.PID]++
+	d.mu.Unlock()
+	return d.followDriver.Resume(ctx, s, inst)
+}
+
+func (d *pauseDriver) resumes(pid int) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.resumed[pid]
 }
 
 func (d *pauseDriver) Pause(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
@@ -30,7 +45,7 @@ func (d *pauseDriver) Pause(ctx context.Context, s hypervisor.Spec, inst hypervi
 // (exec works); a pause the store missed (found by the follower when it
 // attaches) is recorded; stop and rm -f of a paused VM work.
 func TestPauseResume(t *testing.T) {
-	drv := &pauseDriver{followDriver: newFollowDriver(), pauses: map[int]int{}}
+	drv := &pauseDriver{followDriver: newFollowDriver(), pauses: map[int]int{}, resumed: map[int]int{}}
 	td := openTestDaemon(t, "", drv.fakeDriver)
 	td.vms.driver = drv
 	c := serve(t, td)
@@ -73,12 +88,25 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("resume of a running vm: %v %+v", err, vm)
 	}
 
-	// The follower finds the VM paused (a daemon killed between the
-	// hypervisor's pause and the record): it is recorded paused.
+	// The follower finds the VM stopped while the store says running (a
+	// daemon killed during a snapshot's save): it is resumed, not paused.
+	resumedBefore := drv.resumes(vm.PID)
 	drv.do(vm.PID, func(h hypervisor.FollowHandler) { h.Held() })
-	poll(t, "the held vm recorded paused", func() bool { return inspect(t, c, "p").State == wire.StatePaused })
-	if got := inspect(t, c, "p"); got.LastError != "" {
-		t.Fatalf("a held vm has an error: %+v", got)
+	poll(t, "the held running vm resumed", func() bool { return drv.resumes(vm.PID) == resumedBefore+1 })
+	if got := inspect(t, c, "p"); got.State != wire.StateRunning || got.LastError != "" {
+		t.Fatalf("a vm found stopped while recorded running: %+v", got)
+	}
+	// A user's pause found on attach (a daemon restart) stays paused.
+	if err := c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "p"}, &vm); err != nil || vm.State != wire.StatePaused {
+		t.Fatalf("pause: %v %+v", err, vm)
+	}
+	resumedBefore = drv.resumes(vm.PID)
+	drv.do(vm.PID, func(h hypervisor.FollowHandler) { h.Held() })
+	handled := make(chan struct{})
+	drv.do(vm.PID, func(h hypervisor.FollowHandler) { close(handled) }) // after the Held above
+	<-handled
+	if got := inspect(t, c, "p"); got.State != wire.StatePaused || got.LastError != "" || drv.resumes(vm.PID) != resumedBefore {
+		t.Fatalf("a user-paused vm found paused on attach: %+v, resumes %d -> %d", got, resumedBefore, drv.resumes(vm.PID))
 	}
 
 	wantCode(t, c.Call(ctx, wire.VMDelete.Name, wire.RefParams{Ref: "p"}, nil), wire.CodeConflict)
