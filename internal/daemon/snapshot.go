@@ -52,6 +52,7 @@ type restoreFrom struct {
 	Accel   string
 	HostKey ssh.PublicKey // the saved agent's
 	Saved   *savedNet     // the saved guest's network (tap mode); nil in user mode
+	What    string        // what is restored, for progress and log: "snapshot NAME"
 }
 
 // registerSnapshots registers the snapshot methods (the VM service owns them).
@@ -331,7 +332,8 @@ func (s *vmService) restorePlan(ctx context.Context, sn store.Snapshot, files bo
 			return nil, fmt.Sprintf("a restored tap guest cannot be reached: %v", err)
 		}
 	}
-	return &restoreFrom{State: filepath.Join(s.layout.SnapshotDir(sn.ID), layout.StateFile), Spec: spec, Accel: sn.Accel, HostKey: k, Saved: saved}, ""
+	return &restoreFrom{State: filepath.Join(s.layout.SnapshotDir(sn.ID), layout.StateFile), Spec: spec, Accel: sn.Accel, HostKey: k, Saved: saved,
+		What: "snapshot " + sn.Name}, ""
 }
 
 // reidentifier is the part of an agent connection that makes a restored
@@ -573,8 +575,8 @@ func (s *vmService) useWarm(ctx context.Context, op *createOp, vm store.VM, file
 		s.log.Warn("warm snapshot: its use not recorded", "snapshot", name, "err", err)
 	}
 	files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile), store.FormatRaw
+	restore.What = "the warm snapshot of image " + vm.Image
 	files.Restore = restore
-	op.Progress("restoring the warm snapshot of image %s", vm.Image)
 	return release
 }
 

@@ -42,7 +42,8 @@ func newID() string {
 }
 
 // createOp is a vm.create in flight. Its log holds the few lines a user
-// must read beside the progress (a snapshot not restored, and why),
+// must read beside the progress (a snapshot restored rather than booted,
+// or not restored and why),
 // which the CLI prints as they come.
 type createOp struct {
 	*opState
@@ -66,9 +67,14 @@ func (o *createOp) Snapshot() wire.Operation {
 
 // warnf adds a warning to the create's log.
 func (o *createOp) warnf(format string, args ...any) {
+	o.logf("warning: "+format, args...)
+}
+
+// logf adds a line to the create's log (a restore instead of a boot).
+func (o *createOp) logf(format string, args ...any) {
 	o.logMu.Lock()
 	if len(o.log) < createLogLines {
-		o.log = append(o.log, "warning: "+fmt.Sprintf(format, args...))
+		o.log = append(o.log, fmt.Sprintf(format, args...))
 	}
 	o.logMu.Unlock()
 	o.touch()
@@ -440,6 +446,9 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 	if requestedDisk == 0 {
 		vm.DiskBytes = files.DiskBytes
 	}
+	if files.Restore != nil {
+		op.logf("restoring %s, not booting", files.Restore.What)
+	}
 	vm, err = s.bootVM(ctx, &undo, vm, files, disk, false, func(msg string) { op.Progress("%s", msg) })
 	if err != nil {
 		return nil, err
@@ -526,7 +535,12 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 				consolelog.Remove(spec.ConsoleLog) // each boot's log starts empty
 			}
 		}
-		progress(fmt.Sprintf("booting (%s%s)", spec.Accel, label))
+		if restore != nil && label == "" {
+			progress(fmt.Sprintf("restoring %s (%s)", restore.What, spec.Accel))
+			s.log.Info("vm restored, not booted", "vm", vm.Name, "from", restore.What)
+		} else {
+			progress(fmt.Sprintf("booting (%s%s)", spec.Accel, label))
+		}
 		if inst, err = s.startProcess(ctx, vm, nw, &spec, boot.KernelArgs); err != nil {
 			return vm, err
 		}

@@ -51,6 +51,9 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 		start := time.Now()
 		e.must("create", "--snapshot", "snap1", name)
 		t.Logf("create --snapshot %s: %v", name, time.Since(start).Round(time.Millisecond))
+		if log := createLog(t, e, name); !strings.Contains(log, "restoring snapshot snap1, not booting") {
+			t.Fatalf("%s: the create's log %q does not say it restored", name, log)
+		}
 		rand[name] = e.must("exec", name, "--", "sh", "-c", "head -c 16 /dev/urandom | od -x")
 		// The create made one connection, to the restored agent, and
 		// the first exec went over it: no second handshake.
@@ -218,10 +221,8 @@ func TestSnapshotNotRestorableColdBootsRealVM(t *testing.T) {
 	}
 }
 
-// checkColdBooted checks that vm was booted, not restored, from
-// snapshot: its create operation's log says so, its record and console
-// show a boot, and it answers exec.
-func checkColdBooted(t *testing.T, e *env, vm, snapshot string) {
+// createLog is the log of vm's create operation, one line a line.
+func createLog(t *testing.T, e *env, vm string) string {
 	t.Helper()
 	var ops []wire.Operation
 	if err := json.Unmarshal([]byte(e.must("op", "ls", "--json")), &ops); err != nil {
@@ -233,8 +234,15 @@ func checkColdBooted(t *testing.T, e *env, vm, snapshot string) {
 			id = op.ID
 		}
 	}
-	op := e.opOf(id)
-	if log := strings.Join(op.Log, "\n"); !strings.Contains(log, "snapshot "+snapshot+" is not restored") || !strings.Contains(log, "cold-booting its saved disk") {
+	return strings.Join(e.opOf(id).Log, "\n")
+}
+
+// checkColdBooted checks that vm was booted, not restored, from
+// snapshot: its create operation's log says so, its record and console
+// show a boot, and it answers exec.
+func checkColdBooted(t *testing.T, e *env, vm, snapshot string) {
+	t.Helper()
+	if log := createLog(t, e, vm); !strings.Contains(log, "snapshot "+snapshot+" is not restored") || !strings.Contains(log, "cold-booting its saved disk") {
 		t.Fatalf("%s: the create's log %q", vm, log)
 	}
 	if r := e.inspect(vm).AccelReason; strings.Contains(r, "restored") {
@@ -274,6 +282,9 @@ func TestWarmImageRealVM(t *testing.T) {
 		// shows no boot.
 		if vm := e.inspect(name); !strings.Contains(vm.AccelReason, "restored from a snapshot") {
 			t.Fatalf("%s was not restored: %+v", name, vm)
+		}
+		if log := createLog(t, e, name); !strings.Contains(log, "restoring the warm snapshot of image") {
+			t.Fatalf("%s: the create's log %q does not say it restored", name, log)
 		}
 		if logs := e.must("logs", name); strings.Contains(logs, "ember-agent: start") {
 			t.Fatalf("%s booted:\n%s", name, logs)
