@@ -332,7 +332,7 @@ func TestInspectSeveral(t *testing.T) {
 		errOut != "ember: vm \"nope\" not found; `ember ls` lists vms\n" {
 		t.Errorf("inspect web1 nope: exit %d %q %q", code, out, errOut)
 	}
-	if out, _, code := cli(fd.home, "inspect", "nope"); code != 3 || out != "[]\n" {
+	if out, _, code := cli(fd.home, "inspect", "nope"); code != 3 || out != "" {
 		t.Errorf("inspect nope: exit %d %q", code, out)
 	}
 	if _, _, code := cli(fd.home, "inspect", "--json", "--format", "{{.Name}}", "web1"); code != 2 {

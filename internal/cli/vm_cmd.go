@@ -375,6 +375,7 @@ func inspectCmd(e *env) *cobra.Command {
 // inspectAll asks for each ref and prints what was found: a JSON array (as
 // docker inspect does, also for one) or each through --format. Refs that
 // fail are reported after it; the first failure decides the exit status.
+// When none is found, stdout stays empty.
 func inspectAll[R any](cmd *cobra.Command, e *env, refs []string, asJSON bool, format string, m wire.Method[wire.RefParams, R]) error {
 	if asJSON && format != "" {
 		return usagef(cmd, "--json and --format each choose the output: give one")
@@ -407,12 +408,17 @@ func inspectAll[R any](cmd *cobra.Command, e *env, refs []string, asJSON bool, f
 		}
 		found = append(found, res)
 	}
-	if tmpl != nil {
+	switch {
+	case len(found) == 0 && first != nil:
+		// Nothing found: the error alone, no empty array on stdout.
+	case tmpl != nil:
 		if err := printFormatted(e.stdout, tmpl, false, false, found); err != nil {
 			return err
 		}
-	} else if err := printJSON(e.stdout, found); err != nil {
-		return err
+	default:
+		if err := printJSON(e.stdout, found); err != nil {
+			return err
+		}
 	}
 	if first != nil {
 		return &wire.Error{Code: wire.CodeOf(first), Message: strings.Join(errs, "; ")}
