@@ -140,11 +140,38 @@ func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (
 	if err != nil {
 		return wire.Snapshot{}, err
 	}
+	if vm.State == wire.StateRunning {
+		s.syncGuest(ctx, vm)
+	}
 	sn, err := s.saveSnapshot(ctx, vm, p.Name, vm.State == wire.StateRunning)
 	if err != nil {
 		return wire.Snapshot{}, err
 	}
 	return s.toWireSnapshot(ctx, sn), nil
+}
+
+// syncGuestTimeout bounds the guest's sync before a snapshot.
+const syncGuestTimeout = 20 * time.Second
+
+// syncGuest asks a running guest to write its dirty page cache out
+// (sync(1) through its agent) before its snapshot: a restore from memory
+// does not need it, but a snapshot's saved disk that is cold-booted
+// (other memory or vCPUs, its image gone) holds only what reached the
+// disk — without it a file written seconds before read back as zeros
+// after the journal's recovery. Not a freeze: frozen filesystems would
+// be saved frozen in the guest's memory. A guest that does not answer
+// in time is logged and the snapshot goes on (crash-consistent).
+func (s *vmService) syncGuest(ctx context.Context, vm store.VM) {
+	ctx, cancel := context.WithTimeout(ctx, syncGuestTimeout)
+	defer cancel()
+	conn, err := s.guest(ctx, vm)
+	if err != nil {
+		s.log.Warn("snapshot: the guest could not be asked to sync; its saved disk is crash-consistent only", "vm", vm.Name, "err", err)
+		return
+	}
+	if code, err := conn.Exec(ctx, guest.ExecRequest{Argv: []string{"sync"}, Stdout: io.Discard, Stderr: io.Discard}); err != nil || code != 0 {
+		s.log.Warn("snapshot: the guest's sync failed; its saved disk is crash-consistent only", "vm", vm.Name, "code", code, "err", err)
+	}
 }
 
 // canSave reports whether the driver can make snapshots.

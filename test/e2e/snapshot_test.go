@@ -167,6 +167,10 @@ func TestSnapshotNotRestorableColdBootsRealVM(t *testing.T) {
 	tinyImg := e.imageOf("tiny")
 	defaultKernel := e.inspect("t1").Kernel
 	mem := e.inspect("t1").MemoryMiB
+	// Written just before the snapshot and not synced: the snapshot asks
+	// the guest to sync, so the saved disk a cold boot uses has it (it
+	// read back as zeros before).
+	e.must("exec", "t1", "--", "sh", "-c", "echo unsynced-42 > /root/unsynced")
 	e.must("snapshot", "create", "t1", "smem")
 	e.must("rm", "-f", "t1")
 
@@ -177,6 +181,9 @@ func TestSnapshotNotRestorableColdBootsRealVM(t *testing.T) {
 		t.Fatalf("create --snapshot with other memory: exit %d, stderr %q, want the line %q", code, errOut, want)
 	}
 	checkColdBooted(t, e, "m1", "smem")
+	if got := e.guestFile("m1", "/root/unsynced"); got != "unsynced-42\n" {
+		t.Fatalf("a file written just before the snapshot reads %q in the cold-booted copy", got)
+	}
 	e.must("rm", "-f", "m1")
 
 	// An image with its own kernel, snapshotted, then deleted.
