@@ -102,7 +102,7 @@ func idleSample(env *benchEnv, name string) (memorySample, error) {
 	if err != nil {
 		return memorySample{}, err
 	}
-	cpu, err := processCPU(vm.PID)
+	cpu, err := cpuTime(vm.PID)
 	if err != nil {
 		return memorySample{}, err
 	}
@@ -123,26 +123,6 @@ func inspectVM(env *benchEnv, name string) (wire.VM, error) {
 		return vm, err
 	}
 	return vm, json.Unmarshal([]byte(raw), &vm)
-}
-
-// processCPU is a process's user + system time so far.
-func processCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name may hold spaces: fields count from its ')'.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
-	}
-	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }
 
 // measureMemory reads the VM's host memory (inspect), its QEMU's Rss,

@@ -535,8 +535,7 @@ func cpuTime(pid int) (time.Duration, error) {
 	if _, err := fmt.Sscan(f[12], &stime); err != nil {
 		return 0, err
 	}
-	// USER_HZ is 100 on Linux.
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }
 
 func writeNet(path string, runs int, warm, empty time.Duration) error {
