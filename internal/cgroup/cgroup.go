@@ -158,19 +158,28 @@ func (m *Manager) Dirs(name string) []string {
 
 // Place makes the cgroup name with limits l and moves pid (every thread of
 // it) into it. A cgroup left by an earlier process of the same name is
-// reused. Another daemon's Sweep may remove a folder between our mkdir
-// and our writes; that is retried.
+// reused. Another daemon's Sweep (or the removal of this name's earlier,
+// empty cgroup) may remove a folder between our mkdir and our writes;
+// that is retried: a file opened before the rmdir fails its write with
+// ENODEV (the cgroup is offline), one opened after with ENOENT. CI saw
+// the ENODEV case on a guest reset's restart.
 func (m *Manager) Place(name string, pid int, l Limits) error {
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("cgroup name %q: want letters, digits, '.', '_' or '-'", name)
 	}
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
-		if err = m.place(name, pid, l); err == nil || !errors.Is(err, os.ErrNotExist) {
+		if err = m.place(name, pid, l); err == nil || !removedUnderUs(err) {
 			break
 		}
 	}
 	return err
+}
+
+// removedUnderUs reports whether err is a write or open into a cgroup
+// folder removed meanwhile.
+func removedUnderUs(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV)
 }
 
 func (m *Manager) place(name string, pid int, l Limits) error {
