@@ -37,6 +37,22 @@ func pausedWhy(vm store.VM) string {
 	return vm.LastError
 }
 
+// runningOrPaused is the entry check pause and resume share: VM ref as
+// it is now, refused as busy in the middle of another change and as not
+// running unless it runs or is paused. Only the check holds the VM lock;
+// the hypervisor is asked after it.
+func (s *vmService) runningOrPaused(ctx context.Context, ref string) (store.VM, error) {
+	return s.withVMLockByRef(ctx, ref, func(vm *store.VM) error {
+		if transitional(vm.State) {
+			return busy(vm)
+		}
+		if vm.State != wire.StateRunning && vm.State != wire.StatePaused {
+			return s.notRunning(*vm)
+		}
+		return nil
+	})
+}
+
 // pauseVM stops a running VM's vCPUs. A VM already paused is left so.
 // The hypervisor is asked between two short critical sections: the VM
 // lock is not held across it, and the record changes only when the VM
@@ -46,15 +62,7 @@ func (s *vmService) pauseVM(ctx context.Context, p wire.RefParams) (wire.VM, err
 	if !ok {
 		return wire.VM{}, fmt.Errorf("pause: the %s driver cannot pause vms: %w", s.driver.Name(), hypervisor.ErrUnsupported)
 	}
-	vm, err := s.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
-		if transitional(vm.State) {
-			return busy(vm)
-		}
-		if vm.State != wire.StateRunning && vm.State != wire.StatePaused {
-			return s.notRunning(*vm)
-		}
-		return nil
-	})
+	vm, err := s.runningOrPaused(ctx, p.Ref)
 	if err != nil {
 		return wire.VM{}, err
 	}
@@ -82,15 +90,7 @@ func (s *vmService) pauseVM(ctx context.Context, p wire.RefParams) (wire.VM, err
 // left so. A VM paused on a disk error resumes as `start` resumes it,
 // once its disk has room.
 func (s *vmService) resumeRequested(ctx context.Context, p wire.RefParams) (wire.VM, error) {
-	vm, err := s.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
-		if transitional(vm.State) {
-			return busy(vm)
-		}
-		if vm.State != wire.StateRunning && vm.State != wire.StatePaused {
-			return s.notRunning(*vm)
-		}
-		return nil
-	})
+	vm, err := s.runningOrPaused(ctx, p.Ref)
 	if err != nil {
 		return wire.VM{}, err
 	}

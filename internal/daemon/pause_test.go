@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -40,19 +41,25 @@ func (d *pauseDriver) Pause(ctx context.Context, s hypervisor.Spec, inst hypervi
 	return nil
 }
 
+// pausedDaemon is a daemon whose driver can pause, with a running VM p.
+func pausedDaemon(t *testing.T) (*testDaemon, *pauseDriver, *client.Client) {
+	drv := &pauseDriver{followDriver: newFollowDriver(), pauses: map[int]int{}, resumed: map[int]int{}}
+	td := openTestDaemon(t, "", drv.fakeDriver)
+	td.vms.driver = drv
+	c := serve(t, td)
+	if op, err := createAndWait(t, c, wire.CreateVMParams{Name: "p"}); err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	return td, drv, c
+}
+
 // ember pause records the VM paused with no error; exec says it is paused
 // and how to resume at once; pause again changes nothing; resume runs it
 // (exec works); a pause the store missed (found by the follower when it
 // attaches) is recorded; stop and rm -f of a paused VM work.
 func TestPauseResume(t *testing.T) {
-	drv := &pauseDriver{followDriver: newFollowDriver(), pauses: map[int]int{}, resumed: map[int]int{}}
-	td := openTestDaemon(t, "", drv.fakeDriver)
-	td.vms.driver = drv
-	c := serve(t, td)
+	td, drv, c := pausedDaemon(t)
 	ctx := context.Background()
-	if op, err := createAndWait(t, c, wire.CreateVMParams{Name: "p"}); err != nil || op.State != wire.OpSucceeded {
-		t.Fatalf("create: %v %+v", err, op)
-	}
 	var vm wire.VM
 	if err := c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "p"}, &vm); err != nil || vm.State != wire.StatePaused || vm.LastError != "" || vm.PID == 0 {
 		t.Fatalf("pause: %v %+v", err, vm)
@@ -127,5 +134,54 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("rm -f of a paused vm: %v", err)
 	}
 	wantCode(t, c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "nope"}, nil), wire.CodeNotFound)
+	assertNothingLeft(t, td)
+}
+
+// pause and resume share one entry check: a VM in the middle of another
+// change is busy, a stopped one is not running (conflict), an unknown
+// name is not found; neither asks the hypervisor then.
+func TestPauseResumeRefuseAlike(t *testing.T) {
+	td, drv, c := pausedDaemon(t)
+	ctx := context.Background()
+	setState := func(state string) {
+		t.Helper()
+		vm, err := td.store.GetVMByName(ctx, "p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm.State = state
+		if err := td.store.UpdateVM(ctx, vm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running, err := td.store.GetVMByName(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{wire.VMPause.Name, wire.VMResume.Name} {
+		setState(wire.StateStopping)
+		err := c.Call(ctx, m, wire.RefParams{Ref: "p"}, nil)
+		wantCode(t, err, wire.CodeBusy)
+		if !strings.Contains(err.Error(), "vm p is stopping") {
+			t.Fatalf("%s of a stopping vm: %v", m, err)
+		}
+		wantCode(t, c.Call(ctx, m, wire.RefParams{Ref: "nope"}, nil), wire.CodeNotFound)
+	}
+	drv.mu.Lock()
+	pauses := drv.pauses[running.PID]
+	drv.mu.Unlock()
+	if pauses != 0 || drv.resumes(running.PID) != 0 {
+		t.Fatalf("a refused request reached the hypervisor: %d pauses, %d resumes", pauses, drv.resumes(running.PID))
+	}
+	setState(wire.StateRunning)
+	if err := c.Call(ctx, wire.VMStop.Name, wire.RefParams{Ref: "p", TimeoutSeconds: 600}, nil); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	for _, m := range []string{wire.VMPause.Name, wire.VMResume.Name} {
+		wantCode(t, c.Call(ctx, m, wire.RefParams{Ref: "p"}, nil), wire.CodeConflict)
+	}
+	if err := c.Call(ctx, wire.VMDelete.Name, wire.RefParams{Ref: "p", Force: true}, nil); err != nil {
+		t.Fatalf("rm: %v", err)
+	}
 	assertNothingLeft(t, td)
 }
