@@ -166,6 +166,13 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 		log.Info("qemu confinement", "how", drv.Confinement())
 		driver = drv
+		if g := qo.LoopGuard; g != nil {
+			// Every VM's filter reads the maps this keeps at the host's
+			// addresses.
+			goSafe(&d.background, log, "the loopback filter's address follower", nil, func() {
+				g.Follow(d.base, func(err error) { log.Warn("loopback filter", "err", err) })
+			})
+		}
 	}
 	if d.store, err = store.Open(ctx, lay.Store()); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)

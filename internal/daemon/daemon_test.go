@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -353,6 +354,13 @@ func TestRestartReattaches(t *testing.T) {
 	}
 	if states["keep"] != wire.StateRunning || states["dies"] != wire.StateStopped {
 		t.Fatalf("after restart: %v", states)
+	}
+	// The running one got the new daemon's own (its loopback filter).
+	drv.mu.Lock()
+	got := slices.Clone(drv.reattached)
+	drv.mu.Unlock()
+	if !slices.Equal(got, []string{"keep"}) {
+		t.Errorf("driver re-attached %v, want [keep]", got)
 	}
 	if out, _, _ := execVM(t, c2, wire.ExecParams{Ref: "keep", Argv: []string{"echo"}}, ""); out != "ran: echo\n" {
 		t.Fatalf("exec after restart: %q", out)

@@ -30,7 +30,9 @@ type fakeDriver struct {
 	userKeys [][]string
 	nextPID  int
 	alive    map[int]bool
-	started  int
+	// reattached names the VMs a daemon gave its own again (Reattach).
+	reattached []string
+	started    int
 	// startErr, when set, fails every Start.
 	startErr error
 	// block, when set, makes Start wait until it is closed or ctx ends.
@@ -178,6 +180,15 @@ func (f *fakeDriver) Alive(inst hypervisor.Instance) bool {
 	defer f.mu.Unlock()
 	return f.alive[inst.PID]
 }
+
+func (f *fakeDriver) Reattach(_ context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reattached = append(f.reattached, s.Name)
+	return nil
+}
+
+var _ hypervisor.Reattacher = (*fakeDriver)(nil)
 
 func (f *fakeDriver) Quit(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
 	f.mu.Lock()

@@ -1127,6 +1127,11 @@ func (s *vmService) reattach(ctx context.Context) error {
 		}
 		if alive {
 			s.follow(vm, specOf(vm), inst, false)
+			if r, ok := s.driver.(hypervisor.Reattacher); ok {
+				if err := r.Reattach(ctx, specOf(vm), inst); err != nil {
+					s.log.Warn("re-attach: the vm keeps what the daemon that started it gave it", "vm", vm.Name, "err", err)
+				}
+			}
 			// Its capabilities act again (port forwards listen anew);
 			// each that cannot is logged, the others act, the VM runs on.
 			if guestRuns(next) {

@@ -245,3 +245,14 @@ type DiskBackuper interface {
 	// stopped and out removed.
 	BackupDisk(ctx context.Context, s Spec, inst Instance, sizeBytes int64, out string, quiesce Quiesce) error
 }
+
+// Reattacher is implemented by drivers that give each VM they start
+// something tied to the process that started it, which a new process
+// must give again to a VM it finds running (ember's loopback filter:
+// its programs read the address maps of the daemon that attached them).
+type Reattacher interface {
+	// Reattach gives the running VM (s, inst), started by another
+	// process, this process's own. A failure leaves the VM with what
+	// it had.
+	Reattach(ctx context.Context, s Spec, inst Instance) error
+}

@@ -26,12 +26,14 @@
 package loopguard
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -67,7 +69,7 @@ var hooks = []struct {
 type Guard struct {
 	progs          []*ebpf.Program // one per hook
 	local4, local6 *ebpf.Map       // the host's own addresses (SetLocal)
-	mu             sync.Mutex      // one SetLocal at a time
+	mu             sync.Mutex      // one SetLocal (or Close) at a time
 }
 
 // Load loads the programs into the kernel. The error says why that
@@ -112,6 +114,8 @@ func (g *Guard) Close() error {
 	if g == nil {
 		return nil
 	}
+	g.mu.Lock() // not while a SetLocal (Follow's) writes the maps
+	defer g.mu.Unlock()
 	var errs []error
 	for _, p := range g.progs {
 		errs = append(errs, p.Close())
@@ -147,17 +151,25 @@ func (g *Guard) Attach(dir string) error {
 // Attached reports whether dir has ember's programs attached on every
 // hook (for tests and doctor).
 func Attached(dir string) (bool, error) {
+	ids, err := AttachedIDs(dir)
+	return err == nil && len(ids) == len(hooks), err
+}
+
+// AttachedIDs returns the IDs of ember's programs attached to dir, one
+// per hook that has one: a daemon that attaches its own replaces them
+// with new IDs (for tests).
+func AttachedIDs(dir string) ([]ebpf.ProgramID, error) {
 	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	defer f.Close()
+	var ids []ebpf.ProgramID
 	for _, h := range hooks {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: h.attach})
 		if err != nil {
-			return false, fmt.Errorf("query %s: %w", h.attach, err)
+			return nil, fmt.Errorf("query %s: %w", h.attach, err)
 		}
-		found := false
 		for _, p := range res.Programs {
 			prog, err := ebpf.NewProgramFromID(p.ID)
 			if err != nil {
@@ -166,14 +178,12 @@ func Attached(dir string) (bool, error) {
 			info, err := prog.Info()
 			prog.Close()
 			if err == nil && info.Name == "ember_noloop" {
-				found = true
+				ids = append(ids, p.ID)
+				break
 			}
 		}
-		if !found {
-			return false, nil
-		}
 	}
-	return true, nil
+	return ids, nil
 }
 
 // ne is the 32-bit value that the bytes b, in memory order, load as on
@@ -264,6 +274,9 @@ const maxLocal = 1024
 func (g *Guard) SetLocal(addrs []netip.Addr) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.local4 == nil {
+		return errors.New("loopback filter: closed")
+	}
 	want4, want6 := map[[4]byte]bool{}, map[[16]byte]bool{}
 	for _, a := range addrs {
 		a = a.Unmap()
@@ -301,7 +314,7 @@ func syncMap[K comparable](m *ebpf.Map, want map[K]bool) error {
 
 // Refresh reads the host's addresses (every interface, this network
 // namespace) into the programs' maps. The QEMU driver calls it at each
-// VM start, so an address the host got since counts from then on.
+// VM start, and Follow at every address change.
 func (g *Guard) Refresh() error {
 	list, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
@@ -314,4 +327,78 @@ func (g *Guard) Refresh() error {
 		}
 	}
 	return g.SetLocal(addrs)
+}
+
+// followRetry is how long Follow first waits before it subscribes again
+// after the kernel ended its subscription (a full socket buffer drops
+// it) or refused one; each failure in a row doubles it, up to
+// followRetryMax.
+const (
+	followRetry    = time.Second
+	followRetryMax = time.Minute
+)
+
+// Follow keeps the maps at the host's addresses until ctx ends: it
+// subscribes to the kernel's address changes (netlink, this network
+// namespace) and refreshes the maps at each, so an address the host
+// gains while VMs run is refused to them from then on, not only from
+// the next VM start. Every VM's filter shares the maps, so one Follow
+// serves them all. It refreshes once after each subscription (nothing
+// missed in between) and reports what fails through onErr; it returns
+// when ctx ends.
+func (g *Guard) Follow(ctx context.Context, onErr func(error)) {
+	wait := followRetry
+	for ctx.Err() == nil {
+		ch := make(chan netlink.AddrUpdate, 64)
+		done := make(chan struct{})
+		err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{ErrorCallback: func(err error) {
+			select {
+			case <-done: // the socket closed under its reader: not news
+			default:
+				onErr(fmt.Errorf("loopback filter: address updates: %w", err))
+			}
+		}})
+		if err != nil {
+			onErr(fmt.Errorf("loopback filter: follow the host's addresses: %w", err))
+		} else if g.follow(ctx, ch, onErr) {
+			wait = followRetry // it worked for a while
+		}
+		close(done)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, followRetryMax)
+	}
+}
+
+// follow refreshes the maps now and at each update on ch until ch
+// closes or ctx ends; it reports whether an update came.
+func (g *Guard) follow(ctx context.Context, ch <-chan netlink.AddrUpdate, onErr func(error)) (updated bool) {
+	for {
+		if err := g.Refresh(); err != nil {
+			onErr(err)
+		}
+		select {
+		case <-ctx.Done():
+			return updated
+		case _, ok := <-ch:
+			if !ok {
+				return updated
+			}
+		}
+		updated = true
+		// A burst (an interface coming up with several addresses) is
+		// one refresh.
+		for drained := false; !drained; {
+			select {
+			case _, ok := <-ch:
+				if !ok {
+					return updated
+				}
+			default:
+				drained = true
+			}
+		}
+	}
 }

@@ -3,6 +3,7 @@ package loopguard
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
@@ -38,9 +40,16 @@ func TestProgramsAssemble(t *testing.T) {
 // the process TestFilterVerdicts starts inside a filtered cgroup.
 const helperEnv = "EMBER_LOOPGUARD_PROBE"
 
+// followEnv makes the test binary run followProbe: the process
+// TestFollowTakesNewAddresses starts in a network namespace of its own.
+const followEnv = "EMBER_LOOPGUARD_FOLLOW"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(probeLoopback())
+	}
+	if os.Getenv(followEnv) != "" {
+		os.Exit(followProbe())
 	}
 	os.Exit(m.Run())
 }
@@ -173,6 +182,99 @@ func TestSetLocalReplaces(t *testing.T) {
 	if err := g.Refresh(); err != nil {
 		t.Fatalf("refresh from this host: %v", err)
 	}
+}
+
+// Follow puts an address the host gains into the maps without a
+// Refresh call, and takes out one it loses. Run in a process of its own
+// in a network namespace of its own (the addresses are that
+// namespace's; no packet is sent).
+func TestFollowTakesNewAddresses(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: loading cgroup BPF needs root")
+	}
+	if g, err := Load(); err != nil {
+		t.Skipf("skipping: %v", err)
+	} else {
+		g.Close()
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), followEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("follow probe: %v\n%s", err, out)
+	}
+	for _, want := range []string{"added 10.98.0.7: in the map", "added fd00::7: in the map", "removed 10.98.0.7: gone from the map"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("follow probe did not say %q:\n%s", want, out)
+		}
+	}
+}
+
+// followProbe loads the filter, follows the namespace's addresses, adds
+// and removes addresses on lo and prints what the maps show.
+func followProbe() int {
+	g, err := Load()
+	if err != nil {
+		fmt.Println("load:", err)
+		return 2
+	}
+	defer g.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go g.Follow(ctx, func(err error) { fmt.Println("follow:", err) })
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		fmt.Println("lo:", err)
+		return 2
+	}
+	in := func(a netip.Addr) bool {
+		var v uint8
+		if a.Is4() {
+			return g.local4.Lookup(a.As4(), &v) == nil
+		}
+		return g.local6.Lookup(a.As16(), &v) == nil
+	}
+	// until waits for the maps to show what is wanted: Follow works in
+	// the background (bounded: a kernel that never tells fails the test).
+	until := func(a netip.Addr, want bool) bool {
+		for i := 0; i < 200; i++ {
+			if in(a) == want {
+				return true
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	}
+	for _, s := range []string{"10.98.0.7/32", "fd00::7/128"} {
+		addr, _ := netlink.ParseAddr(s)
+		// The subscription may start after this add: Follow refreshes
+		// once subscribed, so either way the address arrives.
+		if err := netlink.AddrAdd(lo, addr); err != nil {
+			fmt.Println("add:", err)
+			return 2
+		}
+		a := netip.MustParsePrefix(s).Addr()
+		if until(a, true) {
+			fmt.Printf("added %s: in the map\n", a)
+		} else {
+			fmt.Printf("added %s: not in the map\n", a)
+		}
+	}
+	addr, _ := netlink.ParseAddr("10.98.0.7/32")
+	if err := netlink.AddrDel(lo, addr); err != nil {
+		fmt.Println("del:", err)
+		return 2
+	}
+	if until(netip.MustParseAddr("10.98.0.7"), false) {
+		fmt.Println("removed 10.98.0.7: gone from the map")
+	} else {
+		fmt.Println("removed 10.98.0.7: still in the map")
+	}
+	return 0
 }
 
 func cgroup2Mount(t *testing.T) string {

@@ -48,6 +48,10 @@ func TestUserNetEgressNoHostLoopback(t *testing.T) {
 	}
 	// The filter is the cgroup's, not the daemon's: it stays while the
 	// VM outlives a daemon restart.
+	before, err := loopguard.AttachedIDs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	e.stopDaemon(syscall.SIGTERM)
 	if ok, err := loopguard.Attached(dir); err != nil || !ok {
 		t.Fatalf("loopback filter with no daemon: attached=%v err=%v", ok, err)
@@ -55,6 +59,17 @@ func TestUserNetEgressNoHostLoopback(t *testing.T) {
 	e.startDaemon()
 	if got := e.fromGuestTo("eg", "10.0.2.2", other); got != "refused" {
 		t.Fatalf("10.0.2.2:%d after a daemon restart: %q, want refused", other, got)
+	}
+	// The new daemon put its own programs on the running VM's cgroup:
+	// they read its address maps, which follow the host's addresses.
+	after, err := loopguard.AttachedIDs(dir)
+	if err != nil || len(after) != len(before) {
+		t.Fatalf("loopback filter after the restart: programs %v (before %v), err %v", after, before, err)
+	}
+	for i := range after {
+		if after[i] == before[i] {
+			t.Errorf("hook %d keeps the old daemon's program %d after the restart", i, after[i])
+		}
 	}
 	e.must("rm", "-f", "eg")
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {

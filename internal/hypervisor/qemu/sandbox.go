@@ -76,6 +76,28 @@ func (d *Driver) fence(s hypervisor.Spec) error {
 	return nil
 }
 
+var _ hypervisor.Reattacher = (*Driver)(nil)
+
+// Reattach attaches this process's loopback filter to a VM's cgroup that
+// another daemon started: attaching replaces that daemon's programs,
+// which read its own address maps (a new daemon's maps follow the
+// host's addresses: loopguard.Guard.Follow). The old programs refused
+// loopback all along; only addresses the host gained since went
+// unrefused. Nothing to do without a filter or a cgroup.
+func (d *Driver) Reattach(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance) error {
+	if d.guard == nil || d.cgroups == nil || !alive(inst) {
+		return nil
+	}
+	dir := d.cgroups.V2Dir(cgroupName(s))
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil // started unconfined: no cgroup, no filter to renew
+	}
+	if err := d.guard.Attach(dir); err != nil {
+		return fmt.Errorf("re-attach the loopback filter of vm %s: %w", vmName(s), err)
+	}
+	return nil
+}
+
 // sysProcAttr starts QEMU in a session of its own (a terminal's signals
 // do not reach it and it outlives the daemon) and, when a user is set, as
 // that user with no supplementary groups but the KVM device's group when
