@@ -322,6 +322,20 @@ func TestCapPortReattachKeepsTheRest(t *testing.T) {
 	if err != nil || vm.State != wire.StateRunning {
 		t.Fatalf("vm after re-attach: %v %+v", err, vm.State)
 	}
+	// The failure is told: an event and the VM's last error name the port.
+	if want := strconv.Itoa(taken); !strings.Contains(vm.LastError, want) || !strings.Contains(vm.LastError, "after a daemon restart") {
+		t.Errorf("last error after re-attach: %q, want it to name port %s", vm.LastError, want)
+	}
+	evs := openEvents(t, c2, wire.EventsParams{SinceSeconds: 3600})
+	for {
+		e := evs.next()
+		if e.Type == wire.EventVMWarning {
+			if e.Subject != "vm1" || !strings.Contains(e.Detail, strconv.Itoa(taken)) {
+				t.Errorf("warning event: %+v", e)
+			}
+			break
+		}
+	}
 }
 
 // A host port in use fails the create naming the capability and leaves

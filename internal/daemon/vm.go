@@ -1135,8 +1135,15 @@ func (s *vmService) reattach(ctx context.Context) error {
 			// Its capabilities act again (port forwards listen anew);
 			// each that cannot is logged, the others act, the VM runs on.
 			if guestRuns(next) {
+				var failed []string
 				for _, err := range s.caps.reattached(ctx, vm) {
 					s.log.Warn("re-attach: a capability of the vm failed", "vm", vm.Name, "err", err)
+					s.events.Publish(vmEvent(wire.EventVMWarning, vm, "after a daemon restart: "+err.Error()))
+					failed = append(failed, err.Error())
+				}
+				if len(failed) > 0 {
+					// Where inspect and ls show it, until its next start.
+					s.noteVM(vm.ID, "after a daemon restart: "+strings.Join(failed, "; "))
 				}
 			}
 		}

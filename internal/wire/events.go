@@ -22,6 +22,7 @@ const (
 	EventVMRebooted = "vm.rebooted" // its guest reset itself and was booted again
 	EventVMPaused   = "vm.paused"   // paused (its disk could not be written)
 	EventVMResumed  = "vm.resumed"
+	EventVMWarning  = "vm.warning" // the VM runs on, but something of it failed (Detail says what: a capability that could not act again after a daemon restart)
 
 	EventOpStarted  = "op.started"  // an asynchronous operation began (OpKind: vm.create, image.build, ...)
 	EventOpFinished = "op.finished" // it ended; State is its outcome: succeeded, failed, cancelled
