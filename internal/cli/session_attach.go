@@ -72,7 +72,9 @@ func attach(ctx context.Context, e *env, p wire.SessionAttachParams, o attachOpt
 		return err
 	}
 	defer s.Close()
-	a := &attachment{e: e, s: s, name: p.Name, nl: "\n",
+	out, flush := attachOutput(e.stdout, tf != nil)
+	defer flush()
+	a := &attachment{e: e, s: s, out: out, name: p.Name, nl: "\n",
 		detached: make(chan struct{}), inputDone: make(chan struct{}), recv: make(chan recvd, 16), done: make(chan struct{})}
 	defer close(a.done)
 	if tf != nil {
@@ -91,10 +93,26 @@ func attach(ctx context.Context, e *env, p wire.SessionAttachParams, o attachOpt
 	return a.run(ctx, o.again)
 }
 
+// attachOutput is where an attach writes the session's output: as it is
+// when stdin and stdout are both the user's terminal, which answers the
+// programs' queries (a line editor's ESC[6n) through stdin. On a terminal
+// that ember does not read (stdin is a pipe or a file) the queries are
+// left out: their answers would be typed into the user's own shell once
+// ember exits. To a pipe or a file it is text (termtext.Writer): no
+// escape sequences or carriage returns, so a script reads the lines the
+// guest printed (`session read` gives the bytes as they are).
+func attachOutput(stdout io.Writer, stdinTerminal bool) (io.Writer, func() error) {
+	if stdinTerminal && isTerminal(stdout) {
+		return stdout, func() error { return nil }
+	}
+	return sessionOutput(stdout, !isTerminal(stdout))
+}
+
 // attachment is one attach in progress.
 type attachment struct {
 	e     *env
 	s     *client.Stream
+	out   io.Writer // the session's output goes here (attachOutput)
 	name  string
 	nl    string     // line end: \r\n while the terminal is raw
 	modes *termModes // what the session's output turned on (nil: not a terminal)
@@ -240,7 +258,7 @@ func (a *attachment) run(ctx context.Context, again string) error {
 				if a.modes != nil {
 					a.modes.feed(r.payload)
 				}
-				if _, err := a.e.stdout.Write(r.payload); err != nil {
+				if _, err := a.out.Write(r.payload); err != nil {
 					return err
 				}
 				if quiet != nil {

@@ -23,6 +23,8 @@ import (
 // terminal.
 const attachInputHelp = "With stdin that is not a terminal (a pipe, a file, /dev/null) ember types the input and detaches\n" +
 	"when it ends and the output has paused for a second; `session run` waits for a command and its status.\n" +
+	"Output that is not a terminal gets text: no escape sequences or carriage returns (`session read` gives the raw bytes);\n" +
+	"a terminal whose input is not the same terminal gets the output without the queries only a terminal it reads could answer.\n" +
 	"If the daemon goes away, ember says so and exits 255: the session runs on in the VM."
 
 // defaultDetachKeys is Docker's detach sequence.

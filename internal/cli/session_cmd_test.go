@@ -115,13 +115,13 @@ func TestSessionCommandsSayWhatHappened(t *testing.T) {
 			[]string{"shell", "vm1"}, "$ ", "[session main had exited with status 6; this is a new one]\n", 0, 0},
 		{"attach to a session that had exited", wire.SessionAttach.Name,
 			sessionStream([]func(net.Conn){event(wire.SessionEvent{Exited: &six}), out("bye\r\n")}, &wire.Exit{Code: 6}),
-			[]string{"session", "attach", "vm1", "s"}, "bye\r\n", "[session s had exited with status 6 before this attach; `ember shell vm1 s` starts a new one]\n", 6, 0},
+			[]string{"session", "attach", "vm1", "s"}, "bye\n", "[session s had exited with status 6 before this attach; `ember shell vm1 s` starts a new one]\n", 6, 0},
 		{"end of input detaches once the output pauses", wire.SessionAttach.Name, // the stream holds far longer than the 1 s quiet: a loaded machine still detaches first
-			sessionStream([]func(net.Conn){out("$ "), hold(700 * time.Millisecond), out("hi\r\n$ "), hold(15 * time.Second)}, nil),
-			[]string{"session", "attach", "vm1", "s"}, "$ hi\r\n$ ", "[detached from session s: end of input]\n", 0, 1.6},
+			sessionStream([]func(net.Conn){out("$ \x1b[6n"), hold(700 * time.Millisecond), out("\x1b[1mhi\x1b[0m\r\n$ \x1b["), out("6n"), hold(15 * time.Second)}, nil),
+			[]string{"session", "attach", "vm1", "s"}, "$ hi\n$ ", "[detached from session s: end of input]\n", 0, 1.6},
 		{"a session that exits before the pause gives its status", wire.SessionAttach.Name,
 			sessionStream([]func(net.Conn){out("$ exit 3\r\n")}, &wire.Exit{Code: 3}),
-			[]string{"shell", "vm1", "s"}, "$ exit 3\r\n", "", 3, 0},
+			[]string{"shell", "vm1", "s"}, "$ exit 3\n", "", 3, 0},
 		{"the daemon goes away", wire.SessionAttach.Name,
 			sessionStream([]func(net.Conn){out("$ ")}, nil),
 			[]string{"shell", "vm1"}, "$ ", "ember: lost the connection to the daemon: session main still runs in the VM; attach again with `ember shell vm1` once the daemon is back\n", 255, 0},
@@ -275,14 +275,11 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// The same kind of fault as issue 11 item 7: `session read` prints output
-// that ran before; on a terminal, what would make it answer (into the
-// user's own shell, once ember has exited) is left out, colours stay.
-func TestReadOnATerminalTypesNothing(t *testing.T) {
-	fd := newFakeDaemon(t)
-	fd.on(wire.SessionRead.Name, sessionStream([]func(net.Conn){
-		event(wire.SessionEvent{Offset: i64(0)}), out("\x1b[6nroot# \x1b]11;?\x07\x1b[31mred\x1b[0m"),
-	}, &wire.Exit{}))
+// stdoutOnTerminal runs ember with args, its stdout a terminal (a pty) and its
+// stdin the given reader, and checks that it exits 0 and that the terminal
+// shows want.
+func stdoutOnTerminal(t *testing.T, stdin io.Reader, want string, args ...string) {
+	t.Helper()
 	ptmx, tty, err := pty.Open()
 	if err != nil {
 		t.Fatal(err)
@@ -292,10 +289,9 @@ func TestReadOnATerminalTypesNothing(t *testing.T) {
 	var shown lockedBuffer
 	go io.Copy(&shown, ptmx)
 	var stderr bytes.Buffer
-	if code := run(&env{stdin: strings.NewReader(""), stdout: tty, stderr: &stderr}, []string{"--home", fd.home, "session", "read", "vm1", "s"}); code != 0 {
+	if code := run(&env{stdin: stdin, stdout: tty, stderr: &stderr}, args); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
-	want := "root# \x1b[31mred\x1b[0m"
 	deadline := time.Now().Add(5 * time.Second)
 	for shown.String() != want && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -303,4 +299,28 @@ func TestReadOnATerminalTypesNothing(t *testing.T) {
 	if got := shown.String(); got != want {
 		t.Fatalf("the terminal got %q, want %q", got, want)
 	}
+}
+
+// The same kind of fault as issue 11 item 7: `session read` prints output
+// that ran before; on a terminal, what would make it answer (into the
+// user's own shell, once ember has exited) is left out, colours stay.
+func TestReadOnATerminalTypesNothing(t *testing.T) {
+	fd := newFakeDaemon(t)
+	fd.on(wire.SessionRead.Name, sessionStream([]func(net.Conn){
+		event(wire.SessionEvent{Offset: i64(0)}), out("\x1b[6nroot# \x1b]11;?\x07\x1b[31mred\x1b[0m"),
+	}, &wire.Exit{}))
+	stdoutOnTerminal(t, strings.NewReader(""), "root# \x1b[31mred\x1b[0m", "--home", fd.home, "session", "read", "vm1", "s")
+}
+
+// Input piped into a session shown on a terminal (`echo cmd | ember shell
+// vm1` at a prompt): ember does not read that terminal, so its answer to a
+// line editor's cursor query would be typed into the user's own shell once
+// ember exits; the queries are left out, colours stay.
+func TestPipedAttachOnATerminalTypesNothing(t *testing.T) {
+	fd := newFakeDaemon(t)
+	fd.on(wire.SessionAttach.Name, sessionStream([]func(net.Conn){
+		out("root# \x1b[6n"), out("\x1b[31mhi\x1b[0m\r\n\x1b]11;?\x07"),
+	}, &wire.Exit{}))
+	// The tty (not raw: stdin is not it) makes the \n \r\n.
+	stdoutOnTerminal(t, strings.NewReader("echo hi\n"), "root# \x1b[31mhi\x1b[0m\r\r\n", "--home", fd.home, "shell", "vm1")
 }

@@ -22,8 +22,10 @@
 //
 // Streams of `exec -t` and session attach are not filtered: there the
 // terminal is the guest program's own. Only output that reaches a terminal
-// a second time (a session's replayed scrollback) loses what would make
-// the terminal answer into its input: StripQueries (queries.go).
+// a second time (a session's replayed scrollback), or one whose input is
+// not the client's (an attach with piped stdin), loses what would make the
+// terminal answer into its input: StripQueries (queries.go). An attach
+// whose output is not a terminal gets text (Writer).
 package termtext
 
 import (

@@ -207,6 +207,23 @@ func TestSessionsForPeopleAndScripts(t *testing.T) {
 		t.Logf("piped attach detached after %v", time.Since(start))
 		poll(t, "the piped command ran", func() bool { return e.readHas("vm1", "s9", "hi-42") })
 
+		// Output to a pipe is text. busybox's line editor asks the terminal
+		// where its cursor is (ESC[6n) after each prompt when no input
+		// waits: the prompt after the command, seen before the input ends,
+		// reaches the pipe without it, and without \r.
+		a := e.attach("vm1", "s9")
+		io.WriteString(a.stdin, "echo piped-$((6*7))\n")
+		poll(t, "the prompt after the piped command", func() bool {
+			_, after, ok := strings.Cut(a.out.String(), "piped-42")
+			return ok && strings.Contains(after, "# ")
+		})
+		a.stdin.Close()
+		<-a.done
+		if got := a.out.String(); a.cmd.ProcessState.ExitCode() != 0 || strings.ContainsAny(got, "\x1b\r") || !strings.Contains(got, "piped-42\n") ||
+			!strings.HasSuffix(got, "[detached from session s9: end of input]\n") {
+			t.Fatalf("piped attach: exit %d, output %q", a.cmd.ProcessState.ExitCode(), got)
+		}
+
 		// shell </dev/null: made, then detached.
 		cmd := exec.Command(filepath.Join(binDir, "ember"), "--home", e.home, "shell", "vm1", "s9null")
 		devnull, _ := os.Open(os.DevNull)
