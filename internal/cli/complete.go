@@ -129,7 +129,7 @@ func imageNames(ctx context.Context, e *env, _ []string) []string {
 }
 
 func snapshotNames(ctx context.Context, e *env, _ []string) []string {
-	return ask(ctx, e, wire.SnapshotList, wire.None{}, func(all []wire.Snapshot) []string {
+	return ask(ctx, e, wire.SnapshotList, wire.SnapshotListParams{}, func(all []wire.Snapshot) []string {
 		out := make([]string, len(all))
 		for i, sn := range all {
 			out[i] = sn.Name

@@ -35,16 +35,16 @@ func snapshotCmd(e *env) *cobra.Command {
 		},
 	}
 	create.Flags().BoolVar(&createJSON, "json", false, "print the snapshot as JSON")
-	var lsJSON bool
+	var lsJSON, lsAll bool
 	ls := &cobra.Command{
 		Use:   "ls",
-		Short: "List snapshots",
+		Short: "List snapshots with the disk space each takes on the host (SIZE: its saved memory and disk, blocks allocated)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := e.client()
 			if err != nil {
 				return err
 			}
-			all, err := client.Do(cmd.Context(), c, wire.SnapshotList, wire.None{})
+			all, err := client.Do(cmd.Context(), c, wire.SnapshotList, wire.SnapshotListParams{All: lsAll})
 			if err != nil {
 				return err
 			}
@@ -60,6 +60,7 @@ func snapshotCmd(e *env) *cobra.Command {
 		},
 	}
 	ls.Flags().BoolVar(&lsJSON, "json", false, "print a JSON array")
+	ls.Flags().BoolVarP(&lsAll, "all", "a", false, "also list the images' warm snapshots (.warm-..., made and pruned by the daemon for warm_images)")
 	var inspectJSON bool
 	var format string
 	inspect := &cobra.Command{

@@ -63,3 +63,41 @@ func TestSnapshotCommands(t *testing.T) {
 		t.Fatalf("snapshot inspect: exit %d %q\n%s", code, errOut, out)
 	}
 }
+
+// snapshot ls asks for the warm snapshots only with --all (the daemon
+// leaves them out otherwise), and shows every snapshot's size on disk,
+// in the table and in --json.
+func TestSnapshotLsAll(t *testing.T) {
+	fd := newFakeDaemon(t)
+	user := wire.Snapshot{Name: "s1", VM: "web", Image: "tiny", CPUs: 1, MemoryMiB: 256, SizeBytes: 90 << 20, CreatedAt: time.Now()}
+	warm := wire.Snapshot{Name: ".warm-0123456789abcdef01234567", VM: "web", Image: "tiny", CPUs: 1, MemoryMiB: 256, SizeBytes: 70 << 20, CreatedAt: time.Now()}
+	var asked []string
+	fd.on(wire.SnapshotList.Name, func(req wire.Request, c net.Conn) {
+		asked = append(asked, string(req.Params))
+		var p wire.SnapshotListParams
+		json.Unmarshal(req.Params, &p)
+		if p.All {
+			replyResult(c, []wire.Snapshot{user, warm})
+			return
+		}
+		replyResult(c, []wire.Snapshot{user})
+	})
+	out, errOut, code := cli(fd.home, "snapshot", "ls")
+	if code != 0 || strings.Contains(out, ".warm-") || !strings.Contains(out, "90M") {
+		t.Fatalf("snapshot ls: exit %d %q\n%s", code, errOut, out)
+	}
+	out, errOut, code = cli(fd.home, "snapshot", "ls", "--all")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[2], warm.Name) || !strings.Contains(lines[2], "70M") {
+		t.Fatalf("snapshot ls --all: exit %d %q\n%s", code, errOut, out)
+	}
+	out, errOut, code = cli(fd.home, "snapshot", "ls", "-a", "--json")
+	var got []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || len(got) != 2 || got[1]["name"] != warm.Name || got[1]["size_bytes"] != float64(70<<20) {
+		t.Fatalf("snapshot ls -a --json: exit %d %q\n%s", code, errOut, out)
+	}
+	// Without --all the request is what an older client sent: no field.
+	if len(asked) != 3 || asked[0] != "{}" || asked[1] != `{"all":true}` || asked[2] != `{"all":true}` {
+		t.Fatalf("params sent: %q", asked)
+	}
+}

@@ -58,12 +58,15 @@ type restoreFrom struct {
 // registerSnapshots registers the snapshot methods (the VM service owns them).
 func (s *vmService) registerSnapshots(t methodTable) {
 	handle(t, wire.SnapshotCreate, s.createSnapshot)
-	handle(t, wire.SnapshotList, func(ctx context.Context, _ wire.None) ([]wire.Snapshot, error) { return s.listSnapshots(ctx) })
+	handle(t, wire.SnapshotList, s.listSnapshots)
 	handle(t, wire.SnapshotInspect, s.inspectSnapshot)
 	handle(t, wire.SnapshotRemove, s.removeSnapshot)
 	handle(t, wire.VMRestore, s.restoreVM)
 }
 
+// toWireSnapshot is sn as the wire shows it. Its size is what its files
+// take on the host's disk, as du counts (st_blocks): the saved disk is a
+// sparse copy, so its apparent size would overstate it.
 func (s *vmService) toWireSnapshot(ctx context.Context, sn store.Snapshot) wire.Snapshot {
 	w := wire.Snapshot{Name: sn.Name, ID: sn.ID, VM: sn.VMName, Image: sn.Image, CPUs: sn.CPUs, MemoryMiB: sn.MemoryMiB,
 		DiskBytes: sn.DiskBytes, Net: sn.NetMode, Accel: sn.Accel, Hypervisor: sn.Hypervisor, CreatedAt: sn.CreatedAt}
@@ -77,15 +80,18 @@ func (s *vmService) toWireSnapshot(ctx context.Context, sn store.Snapshot) wire.
 	return w
 }
 
-func (s *vmService) listSnapshots(ctx context.Context) ([]wire.Snapshot, error) {
+// listSnapshots is snapshot.list: the user's snapshots, and with p.All
+// the images' warm ones too (hidden otherwise: the daemon makes and
+// prunes them, but they take disk space).
+func (s *vmService) listSnapshots(ctx context.Context, p wire.SnapshotListParams) ([]wire.Snapshot, error) {
 	all, err := s.store.ListSnapshots(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]wire.Snapshot, 0, len(all))
 	for _, sn := range all {
-		if isWarm(sn.Name) {
-			continue // an image's warm snapshot, not the user's
+		if isWarm(sn.Name) && !p.All {
+			continue
 		}
 		out = append(out, s.toWireSnapshot(ctx, sn))
 	}

@@ -142,7 +142,7 @@ func TestPruneWarmSnapshots(t *testing.T) {
 	if f.exists(other) || f.exists(otherTap) {
 		t.Errorf("image rm left its warm snapshots")
 	}
-	all, err := td.vms.listSnapshots(ctx)
+	all, err := td.vms.listSnapshots(ctx, wire.SnapshotListParams{})
 	if err != nil || len(all) != 1 || all[0].Name != "mine" || all[0].ImageGone != "deleted" {
 		t.Fatalf("user snapshots after image rm: %v %+v", err, all)
 	}

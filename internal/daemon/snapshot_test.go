@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/emberhq/ember/internal/client"
@@ -141,7 +142,7 @@ func TestCreateFromSnapshotOfDeletedImageColdBoots(t *testing.T) {
 		t.Fatalf("create log %q", log)
 	}
 
-	all, err := client.Do(ctx, c, wire.SnapshotList, wire.None{})
+	all, err := client.Do(ctx, c, wire.SnapshotList, wire.SnapshotListParams{})
 	if err != nil || len(all) != 2 || all[0].ImageGone != "deleted" || all[1].ImageGone != "" {
 		t.Fatalf("list: %v %+v", err, all)
 	}
@@ -220,5 +221,66 @@ func TestSnapshotHeldByCreate(t *testing.T) {
 	}
 	if _, err := os.Stat(td.vms.layout.SnapshotDir("sid1")); !os.IsNotExist(err) {
 		t.Fatalf("the snapshot's files: %v", err)
+	}
+}
+
+// snapshot.list leaves the images' warm snapshots out unless asked for
+// all (an older client's request, with no params, gets the user's), and
+// gives each snapshot's size on the host's disk: the blocks its saved
+// memory and disk take, not their apparent sizes (the saved disk is
+// sparse).
+func TestSnapshotListAllAndSize(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	c := serve(t, td)
+	ctx := context.Background()
+	insertSnapshot(t, td, store.Snapshot{Name: "s1", ID: "sid1", VMName: "v", Image: "tiny", CPUs: 1, MemoryMiB: 256, NetMode: "user", Accel: "tcg"})
+	warm := warmPrefix + "0123456789abcdef01234567"
+	insertSnapshot(t, td, store.Snapshot{Name: warm, ID: "sid2", VMName: "v", Image: "tiny", CPUs: 1, MemoryMiB: 256, NetMode: "user", Accel: "tcg"})
+	// s1's saved disk: 1 MiB written at the start of a 4 GiB file.
+	disk := filepath.Join(td.vms.layout.SnapshotDir("sid1"), layout.SnapDiskFile)
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 4<<30); err != nil {
+		t.Fatal(err)
+	}
+	used := func(id string) int64 {
+		var n int64
+		for _, f := range []string{layout.StateFile, layout.SnapDiskFile} {
+			var st syscall.Stat_t
+			if err := syscall.Stat(filepath.Join(td.vms.layout.SnapshotDir(id), f), &st); err != nil {
+				t.Fatal(err)
+			}
+			n += st.Blocks * 512
+		}
+		return n
+	}
+	names := func(all []wire.Snapshot) (out []string) {
+		for _, sn := range all {
+			out = append(out, sn.Name)
+		}
+		return out
+	}
+
+	var old []wire.Snapshot
+	if err := c.Call(ctx, wire.SnapshotList.Name, nil, &old); err != nil || len(old) != 1 || old[0].Name != "s1" {
+		t.Fatalf("list with no params: %v %q", err, names(old))
+	}
+	user, err := client.Do(ctx, c, wire.SnapshotList, wire.SnapshotListParams{})
+	if err != nil || len(user) != 1 || user[0].Name != "s1" {
+		t.Fatalf("list: %v %q", err, names(user))
+	}
+	if got := user[0].SizeBytes; got != used("sid1") || got < 1<<20 || got >= 4<<30 {
+		t.Fatalf("s1's size %d, want its allocated %d (1 MiB written of a 4 GiB sparse disk)", got, used("sid1"))
+	}
+	all, err := client.Do(ctx, c, wire.SnapshotList, wire.SnapshotListParams{All: true})
+	if err != nil || len(all) != 2 {
+		t.Fatalf("list all: %v %q", err, names(all))
+	}
+	for _, sn := range all {
+		want := map[string]int64{"s1": used("sid1"), warm: used("sid2")}[sn.Name]
+		if sn.SizeBytes != want || want == 0 {
+			t.Fatalf("list all: %s's size %d, want %d (%q)", sn.Name, sn.SizeBytes, want, names(all))
+		}
 	}
 }

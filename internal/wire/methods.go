@@ -77,7 +77,7 @@ var (
 	SessionWait   = StreamMethod[SessionWaitParams]{"session.wait"}
 
 	SnapshotCreate  = Method[SnapshotParams, Snapshot]{"snapshot.create"} // a VM's memory and disk at one moment (snapshot.go)
-	SnapshotList    = Method[None, []Snapshot]{"snapshot.list"}
+	SnapshotList    = Method[SnapshotListParams, []Snapshot]{"snapshot.list"}
 	SnapshotInspect = Method[RefParams, Snapshot]{"snapshot.inspect"}
 	SnapshotRemove  = Method[SnapshotParams, None]{"snapshot.remove"}
 	VMRestore       = Method[SnapshotParams, VM]{"vm.restore"} // a VM put back to a snapshot

@@ -312,6 +312,13 @@ type SnapshotParams struct {
 	Name string `json:"name"`
 }
 
+// SnapshotListParams asks snapshot.list for the user's snapshots, and with
+// All the images' warm snapshots too (names starting with .warm-, made and
+// pruned by the daemon for warm_images).
+type SnapshotListParams struct {
+	All bool `json:"all,omitempty"`
+}
+
 // Snapshot is what snapshot create and ls return.
 type Snapshot struct {
 	Name       string    `json:"name"`
@@ -324,7 +331,7 @@ type Snapshot struct {
 	Net        string    `json:"net"`
 	Accel      string    `json:"accel"`
 	Hypervisor string    `json:"hypervisor"`
-	SizeBytes  int64     `json:"size_bytes"` // what its files take on disk
+	SizeBytes  int64     `json:"size_bytes"` // what its files (saved memory and disk) take on the host's disk: allocated blocks, not apparent sizes
 	CreatedAt  time.Time `json:"created_at"`
 	// ImageGone says how its image went since ("deleted", "replaced"): a
 	// create from it cold-boots its disk, which is its own.

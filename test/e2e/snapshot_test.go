@@ -306,6 +306,12 @@ func TestWarmImageRealVM(t *testing.T) {
 	if out := e.must("snapshot", "ls"); strings.Contains(out, ".warm") {
 		t.Fatalf("snapshot ls lists the warm snapshot:\n%s", out)
 	}
+	// --all lists it, with the disk space its memory and disk take.
+	var all []wire.Snapshot
+	if out := e.must("snapshot", "ls", "--all", "--json"); json.Unmarshal([]byte(out), &all) != nil ||
+		len(all) != 1 || !strings.HasPrefix(all[0].Name, ".warm-") || all[0].Image != "tiny" || all[0].SizeBytes < 1<<20 {
+		t.Fatalf("snapshot ls --all --json:\n%s", out)
+	}
 	// A restored VM's next start boots its own disk, made on the warm
 	// snapshot's.
 	e.must("exec", "w2", "--", "sh", "-c", "echo w2-data > /root/mine && sync")
