@@ -195,6 +195,7 @@ func bootFloor(accel, vmlinuz, initrd, disk string) (time.Duration, error) {
 	if accel == "kvm" {
 		accelArgs = append(accelArgs, "-cpu", "host") // as the driver does
 	} else {
+		accelArgs = append(accelArgs, "-cpu", qemu.TCGCPUModel) // as the driver does
 		cmdline += fmt.Sprintf(" tsc_early_khz=%d tsc=reliable", qemu.HostTSCKHz())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -82,7 +82,8 @@
 //     pause.go, snapshot.go, snapshot_prune.go): vm.* (vm.pause and vm.resume stop and run a
 //     VM's guest through the driver's Pauser, recorded as paused with no
 //     last error; snapshot.* saves a VM's memory and disk, and a create
-//     from a snapshot restores it and makes its guest a new machine, a
+//     from a snapshot restores it (with the saved CPU model, Spec.CPUModel;
+//     a boot takes the driver's, cpuModel) and makes its guest a new machine, a
 //     tap guest reached with its TAP quarantined until it has taken its
 //     VM's own network; pruneWarm drops the warm snapshots no create
 //     would restore and bounds the rest per image, never one a VM's disk

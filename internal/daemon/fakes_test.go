@@ -48,6 +48,14 @@ type fakeDriver struct {
 	// vCPU that does not run; accels lists the accelerator of every Start.
 	kvmSilent bool
 	accels    []string
+	// specs is every Start's Spec, in order. cpuModel is the CPU model
+	// a boot under TCG gets (DefaultCPUModel): fakeTCGModel when "".
+	specs    []hypervisor.Spec
+	cpuModel string
+	// saved is the agent host key each saved state file holds (saveDriver
+	// records it): a process started from that file answers with it, as
+	// a restored agent does.
+	saved map[string]ssh.Signer
 	// poweroffHangs makes the guest ignore power-off: the request gets
 	// no answer until its context ends, as with a stalled agent.
 	poweroffHangs bool
@@ -122,6 +130,10 @@ func (f *fakeDriver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.I
 		}
 	}
 	f.accels = append(f.accels, s.Accel)
+	f.specs = append(f.specs, s)
+	if k := f.saved[s.Incoming]; s.Incoming != "" && k != nil {
+		hostKey, announced = k, k
+	}
 	console := "fake console line 1\nfake console line 2\n" + f.consoleExtra + guestproto.ReadyMessage("[::]:22", announced.PublicKey()) + "\n"
 	if f.kvmSilent && s.Accel == hypervisor.AccelKVM {
 		console = ""
@@ -145,6 +157,28 @@ func (f *fakeDriver) Start(ctx context.Context, s hypervisor.Spec) (hypervisor.I
 		f.agents[net.JoinHostPort(ip, "22")] = f.nextPID
 	}
 	return hypervisor.Instance{PID: f.nextPID, StartTime: 1}, nil
+}
+
+// fakeTCGModel is the fake's CPU model of a boot under TCG.
+const fakeTCGModel = "qemu64,+arat"
+
+func (f *fakeDriver) DefaultCPUModel(accel string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case accel != hypervisor.AccelTCG:
+		return ""
+	case f.cpuModel != "":
+		return f.cpuModel
+	}
+	return fakeTCGModel
+}
+
+// setCPUModel changes the CPU model a boot under TCG gets from now on.
+func (f *fakeDriver) setCPUModel(m string) {
+	f.mu.Lock()
+	f.cpuModel = m
+	f.mu.Unlock()
 }
 
 // dialAgent plays a dial of the agent at addr: the process behind it
@@ -303,6 +337,21 @@ func (g *fakeGuest) Poweroff(ctx context.Context) error {
 }
 
 func (g *fakeGuest) Close() error { return nil }
+
+// Reidentify makes a restored guest new: its agent takes a new host key.
+func (g *fakeGuest) Reidentify(_ context.Context, _ guestproto.Reidentify, entropy []byte) (ssh.PublicKey, error) {
+	if len(entropy) < guestproto.MinEntropy {
+		return nil, errors.New("too little entropy")
+	}
+	k, err := guest.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	g.drv.mu.Lock()
+	g.drv.hostKeys[g.pid] = k
+	g.drv.mu.Unlock()
+	return k.PublicKey(), nil
+}
 
 // SFTP serves the host's own file system as the guest's (copy_test.go
 // uses absolute paths under its temporary folders), with the SFTP

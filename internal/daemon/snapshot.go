@@ -535,7 +535,7 @@ func (s *vmService) restoreVM(ctx context.Context, p wire.SnapshotParams) (_ wir
 // valid user name, so `snapshot ls` leaves it out) hashes everything the
 // saved guest depends on: the image's ID, the kernel and initramfs files
 // (whose names carry the agent's and modules' hash), memory, vCPUs,
-// accelerator, hypervisor version and network mode; a change of any
+// accelerator, CPU model, hypervisor version and network mode; a change of any
 // makes a new one. Only VMs without capabilities or a disk size of their
 // own; a tap-mode VM restored takes its own network as from --snapshot.
 
@@ -580,6 +580,11 @@ func (s *vmService) warmName(ctx context.Context, vm store.VM, files bootFiles, 
 		// Another NIC: a snapshot of its own (user mode's names stay
 		// as they were).
 		fmt.Fprintf(h, "net %s\n", vm.NetMode)
+	}
+	if cpu := s.cpuModel(dec.Accel); cpu != "" {
+		// The CPU model a boot gets now: a snapshot saved with another
+		// one has another name (KVM's, with none, stay as they were).
+		fmt.Fprintf(h, "cpu %s\n", cpu)
 	}
 	return warmPrefix + hex.EncodeToString(h.Sum(nil))[:24]
 }

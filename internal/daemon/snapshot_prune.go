@@ -20,7 +20,7 @@ import (
 // daemon removes them too: pruneWarm drops every one no create would
 // restore again — its image deleted or replaced, its kernel deleted, its
 // kernel's files or the agent (so the initramfs) changed, another
-// accelerator or hypervisor version, warm images turned off: whatever
+// accelerator, CPU model or hypervisor version, warm images turned off: whatever
 // makes warmName for the snapshot's own shape (image, memory, vCPUs)
 // another name — and bounds the rest to warmPerImage per image, least
 // recently used first (store.Snapshot UsedAt, set by each restore; else
@@ -140,6 +140,10 @@ func (s *vmService) warmStale(ctx context.Context, sn store.Snapshot, files map[
 		return fmt.Sprintf("its kernel %s is gone", sn.Kernel)
 	case f.Vmlinuz != spec.Kernel || f.Initrd != spec.Initrd:
 		return fmt.Sprintf("its kernel %s or the agent changed (a new initramfs)", sn.Kernel)
+	}
+	if want := s.cpuModel(sn.Accel); spec.CPUModel != want {
+		// Restored, it would keep its own model: a boot now gets another.
+		return fmt.Sprintf("it was saved with CPU model %q, a boot now gets %q", spec.CPUModel, want)
 	}
 	shape := store.VM{Image: sn.Image, MemoryMiB: sn.MemoryMiB, CPUs: sn.CPUs, NetMode: sn.NetMode}
 	if s.warmName(ctx, shape, f, 0) != sn.Name {

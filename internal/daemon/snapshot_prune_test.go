@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
@@ -20,6 +22,12 @@ import (
 type saveDriver struct{ *followDriver }
 
 func (d saveDriver) SaveState(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance, out string) error {
+	d.fakeDriver.mu.Lock()
+	if d.fakeDriver.saved == nil {
+		d.fakeDriver.saved = map[string]ssh.Signer{}
+	}
+	d.fakeDriver.saved[out] = d.fakeDriver.hostKeys[inst.PID]
+	d.fakeDriver.mu.Unlock()
 	return os.WriteFile(out, []byte("state"), 0o600)
 }
 
@@ -47,7 +55,7 @@ func (f *warmFixture) addNet(image string, mib int, net, initrd string, used tim
 	if name == "" {
 		f.t.Fatalf("no warm name for %s", image)
 	}
-	spec := hypervisor.Spec{Kernel: f.files.Vmlinuz, Initrd: f.files.Initrd, MemoryMiB: mib, CPUs: 1}
+	spec := hypervisor.Spec{Kernel: f.files.Vmlinuz, Initrd: f.files.Initrd, MemoryMiB: mib, CPUs: 1, CPUModel: f.td.vms.cpuModel(hypervisor.AccelTCG)}
 	if initrd != "" {
 		spec.Initrd = initrd
 		name += "-old" // what an older agent's name was

@@ -526,6 +526,13 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	label := ""
 	for {
 		spec.Accel = dec.Accel
+		// The CPU model is part of the saved guest: a restore keeps the
+		// saved VM's ("" for a snapshot saved before it was recorded:
+		// no -cpu, as that VM had); a boot takes today's.
+		spec.CPUModel = s.cpuModel(dec.Accel)
+		if restore != nil {
+			spec.CPUModel = restore.Spec.CPUModel
+		}
 		if keepConsole {
 			_ = consolelog.Rotate(spec.ConsoleLog)
 			keepConsole = false // a boot again under TCG replaces only its own part
@@ -693,6 +700,15 @@ func (s *vmService) startProcess(ctx context.Context, vm store.VM, nw vmNetwork,
 // QEMU spun after "reboot: Restarting system" (EIP sliding through
 // unmapped memory in 32-bit mode), about one in four under TCG.
 const rebootArg = "reboot=t"
+
+// cpuModel is the CPU model a new boot under accel gets: the driver's
+// (hypervisor.CPUModeler), else none. A restore takes the saved VM's.
+func (s *vmService) cpuModel(accel string) string {
+	if m, ok := s.driver.(hypervisor.CPUModeler); ok {
+		return m.DefaultCPUModel(accel)
+	}
+	return ""
+}
 
 // cmdline is the guest kernel's command line: console and the agent's
 // settings.

@@ -80,6 +80,13 @@ type Spec struct {
 	QMPSocket  string // control socket (QEMU), at most 107 bytes long
 	PIDFile    string
 	Accel      string // AccelKVM or AccelTCG, already resolved
+	// CPUModel is the guest's CPU model in the driver's terms (QEMU's
+	// -cpu syntax: a model and its +/- features). "" names none: the
+	// driver's own choice as it was before the field existed (QEMU:
+	// qemu64 under TCG, the host's CPU under KVM). It is part of a saved
+	// guest: a restore must name the one the saved VM had. A new boot
+	// takes the CPUModeler's.
+	CPUModel string `json:",omitempty"`
 
 	// ConsoleRing, when not 0, keeps the guest's console in a ring of that
 	// many bytes inside the hypervisor (a power of two) instead of writing
@@ -201,6 +208,13 @@ type AccelProber interface {
 	// its agent in time, else AccelTCG; reason is a sentence saying why (for
 	// TCG, where the KVM boot stalled).
 	ProbeAccel(ctx context.Context, p ProbeSpec) (accel, reason string)
+}
+
+// CPUModeler is a driver that names the CPU model a new boot under an
+// accelerator gets (Spec.CPUModel); a new boot with a driver that is not
+// one gets "".
+type CPUModeler interface {
+	DefaultCPUModel(accel string) string
 }
 
 // StateSaver is implemented by drivers that can save a running VM's

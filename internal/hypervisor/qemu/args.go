@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -38,6 +39,8 @@ func validate(s hypervisor.Spec) error {
 		return fmt.Errorf("accel must be %q or %q, got %q", hypervisor.AccelKVM, hypervisor.AccelTCG, s.Accel)
 	case len(s.MonitorSocket) > maxSocketPath:
 		return fmt.Errorf("monitor socket path %q is %d bytes, longer than the %d a unix socket allows: %w", s.MonitorSocket, len(s.MonitorSocket), maxSocketPath, hypervisor.ErrSocketPathTooLong)
+	case s.CPUModel != "" && (len(s.CPUModel) > 256 || !cpuModelPattern.MatchString(s.CPUModel)):
+		return fmt.Errorf("cpu model %q is not a model name with +feature/-feature options", s.CPUModel)
 	case s.ConsoleRing != 0 && (s.ConsoleRing < minConsoleRing || s.ConsoleRing > maxConsoleRing || s.ConsoleRing&(s.ConsoleRing-1) != 0):
 		return fmt.Errorf("console ring must be a power of two from %d to %d bytes, got %d", minConsoleRing, maxConsoleRing, s.ConsoleRing)
 	}
@@ -192,8 +195,8 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 	}
 	a = append(a, machineArgs(s)...)
 	a = append(a, "-accel", accelArg(s.Accel, TCGCodeCacheMiB(s.MemoryMiB, p.codeCacheMiB)))
-	if s.Accel == hypervisor.AccelKVM {
-		a = append(a, "-cpu", "host")
+	if cpu := cpuModel(s); cpu != "" {
+		a = append(a, "-cpu", cpu)
 	}
 	if p.seccomp {
 		a = append(a, "-sandbox", seccompPolicy)
@@ -250,6 +253,39 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 	a = append(a, "-device", "virtio-balloon-device,free-page-reporting=on")
 	return a
 }
+
+// TCGCPUModel is the CPU model a new boot under TCG gets: QEMU's default
+// qemu64 with ARAT (the local APIC timer keeps running in deep idle).
+// Without ARAT, and with no broadcast timer device under microvm, the
+// guest kernel cannot stop its tick when idle and keeps a periodic 250 Hz
+// tick, which TCG emulates at a cost: an idle guest took about 2.7 % of a
+// host core, 0.6 % with ARAT (BENCHMARKS.md, "Idle CPU per VM").
+const TCGCPUModel = "qemu64,+arat"
+
+// DefaultCPUModel is the Spec.CPUModel of a new boot under accel:
+// TCGCPUModel under TCG; "" under KVM (the host's CPU, cpuModel).
+func (d *Driver) DefaultCPUModel(accel string) string {
+	if accel == hypervisor.AccelTCG {
+		return TCGCPUModel
+	}
+	return ""
+}
+
+var _ hypervisor.CPUModeler = (*Driver)(nil)
+
+// cpuModel is -cpu's value: the Spec's CPU model, else the host's CPU
+// under KVM; "" (no -cpu: QEMU's qemu64) under TCG, which is how a
+// snapshot saved before Spec.CPUModel existed must be restored.
+func cpuModel(s hypervisor.Spec) string {
+	if s.CPUModel == "" && s.Accel == hypervisor.AccelKVM {
+		return "host"
+	}
+	return s.CPUModel
+}
+
+// cpuModelPattern is what Spec.CPUModel may be: a model name and
+// comma-separated features (+name, -name, name=value).
+var cpuModelPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*(,[+-]?[A-Za-z0-9_.-]+(=[A-Za-z0-9_.-]+)?)*$`)
 
 // consoleChardev is the serial console's backend: a ring in QEMU's memory
 // that Follow drains (Spec.ConsoleRing), so what the guest prints takes no

@@ -161,6 +161,39 @@ func TestBuildArgsKVMUsesHostCPU(t *testing.T) {
 	}
 }
 
+// The Spec's CPU model is -cpu's value under TCG (a new boot's ARAT
+// model) as under KVM; a Spec without one (a snapshot saved before
+// CPUModel existed) gets no -cpu under TCG, the host's CPU under KVM.
+func TestBuildArgsCPUModel(t *testing.T) {
+	for _, c := range []struct{ accel, model, want string }{
+		{hypervisor.AccelTCG, (&Driver{}).DefaultCPUModel(hypervisor.AccelTCG), "qemu64,+arat"},
+		{hypervisor.AccelTCG, "", ""},
+		{hypervisor.AccelTCG, "max", "max"},
+		{hypervisor.AccelKVM, (&Driver{}).DefaultCPUModel(hypervisor.AccelKVM), "host"},
+		{hypervisor.AccelKVM, "host,-vmx", "host,-vmx"},
+	} {
+		s := testSpec()
+		s.Accel, s.CPUModel = c.accel, c.model
+		if err := validate(s); err != nil {
+			t.Errorf("%s %q: %v", c.accel, c.model, err)
+		}
+		a := buildArgs(s, plan{})
+		if got := argAfter(t, a, "-cpu"); got != c.want {
+			t.Errorf("%s with model %q: -cpu %q, want %q", c.accel, c.model, got, c.want)
+		}
+		if c.want == "" && slices.Contains(a, "-cpu") {
+			t.Errorf("%s with no model: -cpu in %q", c.accel, a)
+		}
+	}
+	for _, bad := range []string{"qemu64 +arat", "qemu64,+arat,", ",+arat", "qemu64,+a,rat=", "qemu64,+arat -device x", strings.Repeat("a", 300)} {
+		s := testSpec()
+		s.CPUModel = bad
+		if err := validate(s); err == nil {
+			t.Errorf("cpu model %q accepted", bad)
+		}
+	}
+}
+
 func TestBuildArgsOptionalParts(t *testing.T) {
 	s := testSpec()
 	s.Initrd, s.Disk, s.Cmdline = "", "", ""
