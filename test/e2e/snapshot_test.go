@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emberhq/ember/internal/hypervisor/qemu"
 	"github.com/emberhq/ember/internal/kernel"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -27,6 +28,7 @@ import (
 func TestSnapshotRestoreRealVM(t *testing.T) {
 	e := newEnvWith(t, e2eConfig+"web_port = 0\n", nil) // /metrics (agentConns)
 	e.must("create", "orig")
+	checkTickless(t, e, "orig")
 	e.must("exec", "orig", "--", "sh", "-c", "echo kept-data > /root/file && sync")
 	e.must("session", "new", "orig", "s1")
 	// session run waits for the command's end (a wait after a send could
@@ -64,6 +66,7 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 			t.Fatalf("%s: the file: %q", name, out)
 		}
 		checkNewMachine(t, e, name)
+		checkTickless(t, e, name) // restored with the saved CPU model
 		if got := e.must("session", "read", "orig", "s1"); !strings.Contains(got, "before-snapshot-marker") {
 			t.Fatalf("orig's session: %q", got)
 		}
@@ -438,6 +441,52 @@ func agentConns(t *testing.T, e *env) map[string]float64 {
 // checkNewMachine checks that a restored VM took its own name as its
 // hostname and the host's clock (to the second `date` shows, plus the
 // exec's own time).
+// checkTickless checks that a TCG guest runs with ARAT and so tickless
+// when idle: QEMU's -cpu is the driver's TCG model, the guest's CPU has
+// the arat flag, and every CPU's tick is in NOHZ mode (/proc/timer_list
+// nohz_mode 2, high resolution; 0 is the periodic 250 Hz tick a guest
+// without ARAT keeps under microvm), with the lapic timer on hrtimers.
+func checkTickless(t *testing.T, e *env, name string) {
+	t.Helper()
+	vm := e.inspect(name)
+	if vm.Accel != "tcg" {
+		t.Logf("%s runs under %s: its CPU is the host's, the tickless check is for TCG", name, vm.Accel)
+		return
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", vm.PID))
+	if err != nil {
+		t.Fatalf("%s: qemu's command line: %v", name, err)
+	}
+	args := strings.Split(string(raw), "\x00")
+	cpu := ""
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-cpu" {
+			cpu = args[i+1]
+		}
+	}
+	if cpu != qemu.TCGCPUModel {
+		t.Fatalf("%s: qemu's -cpu %q, want %q", name, cpu, qemu.TCGCPUModel)
+	}
+	if out := e.must("exec", name, "--", "cat", "/proc/cpuinfo"); !strings.Contains(out, " arat") {
+		t.Fatalf("%s: the guest's CPU has no arat flag:\n%s", name, out)
+	}
+	out := e.must("exec", name, "--", "cat", "/proc/timer_list")
+	modes := 0
+	for _, line := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(k) != ".nohz_mode" {
+			continue
+		}
+		modes++
+		if strings.TrimSpace(v) != "2" {
+			t.Fatalf("%s: a CPU's tick is not tickless (nohz_mode %s):\n%s", name, strings.TrimSpace(v), out)
+		}
+	}
+	if modes == 0 || strings.Contains(out, "tick_handle_periodic") {
+		t.Fatalf("%s: no NOHZ tick in /proc/timer_list (%d nohz_mode lines):\n%s", name, modes, out)
+	}
+}
+
 func checkNewMachine(t *testing.T, e *env, name string) {
 	t.Helper()
 	if out := e.must("exec", name, "--", "hostname"); strings.TrimSpace(out) != name {
