@@ -34,7 +34,7 @@ func netChecks(ctx context.Context, lay layout.Layout, root bool) []Check {
 	if !cfg.TAPEnabled() {
 		return append(tapOffChecks(lay, root), userNetCheck(cfg, lay, fenceFor(cfg)))
 	}
-	out := []Check{userNetCheck(cfg, lay, fenceFor(cfg)), capCheck(lay, root), tunCheck(root)}
+	out := []Check{userNetCheck(cfg, lay, fenceFor(cfg)), capCheck(lay, root), tunCheck(root), quarantineCheckFor(netconf.CanQuarantine(), root)}
 	out = append(out, toolChecks(tapTools(), hosttools.Finder{}.FindTool, root)...)
 	sub, err := ipam.Parse(cfg.Subnet)
 	if err != nil {
@@ -159,6 +159,23 @@ func capCheckFor(err error, lay layout.Layout, root bool) Check {
 			"tap networking needs a daemon running as root (sudo ember daemon, which uses /etc/ember/config.toml); for this user's daemon remove tap and default_net = \"tap\" from "+lay.Config)
 	}
 	return fail("cap_net_admin", detail, "give the daemon CAP_NET_ADMIN (in a container: --cap-add NET_ADMIN)")
+}
+
+// quarantineCheckFor is for a config with tap on: a restored tap guest
+// still has the saved VM's MAC and address, so the daemon reaches it
+// with its TAP in a network namespace of its own until it has taken the
+// new VM's (restorePlan, netconf.CanQuarantine); err says why this
+// process cannot make one. Without it every tap snapshot, warm ones
+// included, cold-boots its disk.
+func quarantineCheckFor(err error, root bool) Check {
+	if err == nil {
+		return pass("tap snapshots", "restore: a restored guest's TAP is kept in a network namespace of its own until the guest takes its new address")
+	}
+	detail := err.Error() + ": tap snapshots will cold-boot instead of restoring (create --snapshot, restore and warm_images of --net tap VMs)"
+	if !root {
+		return warn("tap snapshots", detail, "run the daemon as root (sudo ember daemon)")
+	}
+	return warn("tap snapshots", detail, "give the daemon CAP_SYS_ADMIN (in a container: --cap-add SYS_ADMIN)")
 }
 
 func openTun() error {

@@ -119,6 +119,24 @@ func TestCapCheckAdvice(t *testing.T) {
 	}
 }
 
+// With tap on, doctor says whether tap snapshots restore: without what a
+// network namespace needs it warns that they cold-boot, with the fix for
+// root and for a user.
+func TestQuarantineCheck(t *testing.T) {
+	missing := errors.New("making a network namespace needs CAP_SYS_ADMIN, which the daemon lacks")
+	c := quarantineCheckFor(missing, true)
+	if c.Name != "tap snapshots" || c.Status != "warn" || !strings.Contains(c.Detail, "tap snapshots will cold-boot instead of restoring") ||
+		!strings.HasPrefix(c.Detail, missing.Error()) || !strings.Contains(c.Fix, "CAP_SYS_ADMIN") {
+		t.Errorf("root without CAP_SYS_ADMIN: %+v", c)
+	}
+	if c := quarantineCheckFor(missing, false); c.Status != "warn" || !strings.Contains(c.Fix, "sudo ember daemon") {
+		t.Errorf("user: %+v", c)
+	}
+	if c := quarantineCheckFor(nil, true); c.Status != "pass" || c.Fix != "" {
+		t.Errorf("able: %+v", c)
+	}
+}
+
 // A home too deep for its VMs' control sockets: doctor fails it with the
 // same words the daemon refuses to start with, and does not send the user
 // to start a daemon that cannot run (issue 11 item 24).
