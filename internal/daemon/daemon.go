@@ -186,6 +186,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.images.sweepPromoteLeftovers()
 	d.vms.sweepSnapshotLeftovers(ctx)
+	d.vms.sweepStandbys(ctx)
 	if err := d.vms.reattach(ctx); err != nil {
 		return nil, err
 	}
@@ -337,7 +338,7 @@ func (d *Daemon) info() wire.DaemonInfo {
 	a := d.boot.accelInfo()
 	return wire.DaemonInfo{PID: os.Getpid(), Version: Version, Home: d.layout.Home, Socket: d.layout.Socket(),
 		Accel: a.Accel, Reason: a.Reason, AccelForced: a.Forced, GoVersion: runtime.Version(),
-		Hypervisor: d.vms.driver.Name(), HypervisorVersion: d.hypervisorVersion()}
+		Hypervisor: d.vms.driver.Name(), HypervisorVersion: d.hypervisorVersion(), StandbyVMs: d.vms.standbys.size()}
 }
 
 // versionOf is the version of driver's hypervisor, "" when it cannot say.
@@ -374,6 +375,9 @@ func (d *Daemon) Close() error {
 		d.closeWeb()
 		d.background.Wait()
 		if d.vms != nil {
+			// No fill runs now (they hang on base): every standby
+			// is quit and its folders removed; VMs run on.
+			d.vms.closeStandbys()
 			d.vms.guests.closeAll()
 		}
 		if d.nets != nil {

@@ -88,7 +88,9 @@
 //     VM's own network; pruneWarm drops the warm snapshots no create
 //     would restore and bounds the rest per image, never one a VM's disk
 //     or a create in flight uses (snapshotHolds, a leaf lock; warmPruneMu,
-//     one prune at a time);
+//     one prune at a time); standbys (standby.go, standbyPool, a leaf
+//     lock): VMs restored from a snapshot in advance, with no row, which
+//     a create of the same shape claims, taking their ID;
 //     vm.copy_in and vm.copy_out move `ember cp`'s tar streams into
 //     and out of the guest over SFTP, checked by internal/treecopy; the
 //     host side is the CLI's, with its user's rights; vm.ssh_proxy pipes

@@ -93,6 +93,8 @@ type fakeDriver struct {
 	// guest); refuseHost are ports the agent refuses to listen on.
 	guestHost  map[int]string
 	refuseHost map[int]bool
+	// reidentified names each reidentify's hostname by process.
+	reidentified map[int][]string
 }
 
 const (
@@ -338,8 +340,9 @@ func (g *fakeGuest) Poweroff(ctx context.Context) error {
 
 func (g *fakeGuest) Close() error { return nil }
 
-// Reidentify makes a restored guest new: its agent takes a new host key.
-func (g *fakeGuest) Reidentify(_ context.Context, _ guestproto.Reidentify, entropy []byte) (ssh.PublicKey, error) {
+// Reidentify makes a restored guest new: its agent takes a new host key,
+// and the hostname asked is recorded (reidentified).
+func (g *fakeGuest) Reidentify(_ context.Context, r guestproto.Reidentify, entropy []byte) (ssh.PublicKey, error) {
 	if len(entropy) < guestproto.MinEntropy {
 		return nil, errors.New("too little entropy")
 	}
@@ -349,6 +352,10 @@ func (g *fakeGuest) Reidentify(_ context.Context, _ guestproto.Reidentify, entro
 	}
 	g.drv.mu.Lock()
 	g.drv.hostKeys[g.pid] = k
+	if g.drv.reidentified == nil {
+		g.drv.reidentified = map[int][]string{}
+	}
+	g.drv.reidentified[g.pid] = append(g.drv.reidentified[g.pid], r.Hostname)
 	g.drv.mu.Unlock()
 	return k.PublicKey(), nil
 }

@@ -102,6 +102,7 @@ var (
 		"Persistent sessions the daemon has a controller for (in use since it started).", nil, nil)
 	clientsDesc = prometheus.NewDesc("ember_session_clients", "Clients attached to sessions (terminals, readers).", nil, nil)
 	dnsDesc     = prometheus.NewDesc("ember_dns_queries_total", "DNS queries the VM DNS server answered (tap networking).", nil, nil)
+	standbyDesc = prometheus.NewDesc("ember_standby_vms", "VMs restored in advance from a snapshot, ready for a create to claim (standby_vms).", nil, nil)
 )
 
 // vmStates are reported even when no VM is in them, so a graph of each
@@ -117,6 +118,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- sessDesc
 	ch <- clientsDesc
 	ch <- dnsDesc
+	ch <- standbyDesc
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -144,4 +146,5 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		q = c.d.nets.tap.dns.Queries()
 	}
 	ch <- prometheus.MustNewConstMetric(dnsDesc, prometheus.CounterValue, float64(q))
+	ch <- prometheus.MustNewConstMetric(standbyDesc, prometheus.GaugeValue, float64(c.d.vms.standbys.size()))
 }

@@ -53,6 +53,9 @@ type restoreFrom struct {
 	HostKey ssh.PublicKey // the saved agent's
 	Saved   *savedNet     // the saved guest's network (tap mode); nil in user mode
 	What    string        // what is restored, for progress and log: "snapshot NAME"
+	// Snapshot is the snapshot restored (its name and ID): standbys
+	// (standby.go) are kept per snapshot.
+	Snapshot store.Snapshot
 }
 
 // registerSnapshots registers the snapshot methods (the VM service owns them).
@@ -366,7 +369,7 @@ func (s *vmService) restorePlan(ctx context.Context, sn store.Snapshot, files bo
 		}
 	}
 	return &restoreFrom{State: filepath.Join(s.layout.SnapshotDir(sn.ID), layout.StateFile), Spec: spec, Accel: sn.Accel, HostKey: k, Saved: saved,
-		What: "snapshot " + sn.Name}, ""
+		What: "snapshot " + sn.Name, Snapshot: store.Snapshot{Name: sn.Name, ID: sn.ID}}, ""
 }
 
 // reidentifier is the part of an agent connection that makes a restored

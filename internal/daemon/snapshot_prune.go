@@ -79,7 +79,8 @@ func (s *vmService) snapshotUsers(sn store.Snapshot, vms []store.VM) []string {
 	return users
 }
 
-// deleteSnapshot removes sn's row, then its files; refused (conflict)
+// deleteSnapshot removes sn's row, then its standbys (standby.go) and
+// its files; refused (conflict)
 // while a VM's disk is made on it or a create in flight restores it.
 // The check and the row's delete happen under snapshotHolds.mu, with the
 // VMs read there: a create holds the snapshot before it reads it and
@@ -109,6 +110,9 @@ func (s *vmService) deleteSnapshot(ctx context.Context, sn store.Snapshot) error
 	if err != nil {
 		return err
 	}
+	// Its standbys' disks are overlays on its disk: they go first, and
+	// none is made of it again.
+	s.discardStandbys(sn.ID)
 	if err := os.RemoveAll(s.layout.SnapshotDir(sn.ID)); err != nil {
 		// A folder no row names: the next start's sweep takes it.
 		s.log.Warn("snapshot files left", "snapshot", sn.Name, "err", err)

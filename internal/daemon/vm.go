@@ -124,6 +124,7 @@ type vmService struct {
 	resets     guestResets   // recent guest resets per VM, to stop a reset loop (reboot.go)
 	followers  vmFollowers   // one per running VM: its console and disk-error pauses (follow.go)
 	holds      snapshotHolds // the snapshots creates and restores in flight use (snapshot_prune.go)
+	standbys   standbyPool   // VMs restored in advance, which creates claim (standby.go)
 	// warmPruneMu: one pruneWarm at a time, over its own slow work.
 	warmPruneMu sync.Mutex
 }
@@ -319,6 +320,16 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	}
 	var undo undoStack
 	defer undo.run()
+	// A standby restored in advance (standby.go): the VM takes its ID,
+	// which names its folders and process; runCreate checks that it is
+	// what the create would restore, and discards it otherwise.
+	var sb *standby
+	if snap == nil || coldWhy == "" {
+		if sb = s.standbys.claim(s.standbyKey(vm, snap, requestedDisk)); sb != nil {
+			vm.ID = sb.vm.ID
+			undo.add("standby", func() { s.discardStandby(sb) })
+		}
+	}
 	if err := s.recordNew(ctx, vm, nw); err != nil {
 		return wire.Operation{}, err
 	}
@@ -338,7 +349,7 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	release = func() {} // the create's now
 	goSafe(s.background, s.log, "create of vm "+vm.Name, func(err error) { op.finish(nil, err) }, func() {
 		defer held() // also on a panic
-		res, err := s.runCreate(op, vm, requestedDisk, snap, coldWhy)
+		res, err := s.runCreate(op, vm, requestedDisk, snap, coldWhy, sb)
 		held() // before the operation ends: who waits for it may rm the snapshot
 		op.finish(res, err)
 		if err != nil {
@@ -400,11 +411,20 @@ func (s *vmService) createDisk(ctx context.Context, undo *undoStack, vm store.VM
 // runCreate does the slow part of a create. Each step registers the undo
 // of what it made; on any failure or cancel they run in reverse, ending
 // with the removal of the row and what it leased.
-func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, snap *store.Snapshot, coldWhy string) (result []byte, err error) {
+func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, snap *store.Snapshot, coldWhy string, sb *standby) (result []byte, err error) {
 	ctx := op.ctx
 	var undo undoStack
 	defer undo.run()
 	undo.add("vm record", func() { s.removeVM(context.Background(), vm.ID) })
+	if sb != nil {
+		// Until it is the VM's or discarded.
+		undo.add("standby", func() {
+			if sb != nil {
+				s.discardStandby(sb)
+			}
+		})
+	}
+	standbyKey := s.standbyKey(vm, snap, requestedDisk) // before the kernel is resolved, as createVM's
 
 	op.Progress("preparing kernel and image")
 	image := vm.Image
@@ -437,6 +457,29 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 		}
 	}
 	s.log.Debug("create step", "vm", vm.Name, "step", "boot prepared", "after", time.Since(op.created))
+	if sb != nil {
+		if why := s.standbyFits(sb, files); why != "" {
+			// Its folders are this VM's ID's: gone before the boot
+			// below makes them again.
+			s.log.Info("standby vm discarded: not what the create restores", "vm", vm.Name, "standby", sb.vm.ID, "why", why)
+			s.discardStandby(sb)
+			sb = nil
+		}
+	}
+	if sb != nil {
+		claimed := sb
+		sb = nil // the VM's now: its undo is the VM's
+		if requestedDisk == 0 {
+			vm.DiskBytes = claimed.vm.DiskBytes
+		}
+		if vm, err = s.runClaimed(ctx, op, &undo, vm, claimed); err != nil {
+			return nil, err
+		}
+		undo.success()
+		s.refillStandbys(files.Restore.Snapshot, standbyKey)
+		out, _ := json.Marshal(s.toWireVM(vm))
+		return out, nil
+	}
 	op.Progress("creating disk")
 	disk, err := s.createDisk(ctx, &undo, vm, files.Disk, files.DiskFormat, requestedDisk)
 	if err != nil {
@@ -454,6 +497,9 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 		return nil, err
 	}
 	undo.success()
+	if files.Restore != nil {
+		s.refillStandbys(files.Restore.Snapshot, standbyKey)
+	}
 	out, _ := json.Marshal(s.toWireVM(vm))
 	return out, nil
 }
@@ -471,32 +517,11 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		return vm, fmt.Errorf("vm %s: %w", vm.Name, err)
 	}
 	began := time.Now()
-	dec := s.boot.accelFor(ctx, files)
-	// The disk stays on the image file it was made on; the driver hands
-	// QEMU that file itself rather than follow the name inside the disk.
-	backing, backingFormat := files.Disk, files.DiskFormat
-	if prev := specOf(vm); prev.DiskBacking != "" {
-		backing, backingFormat = prev.DiskBacking, prev.DiskBackingFormat
-	}
-	spec := hypervisor.Spec{ID: vm.ID, Name: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
-		Kernel: files.Vmlinuz, Initrd: files.Initrd, Disk: disk,
-		DiskBacking: backing, DiskBackingFormat: backingFormat,
-		ConsoleLog: filepath.Join(s.layout.VMDir(vm.ID), layout.ConsoleFile),
-		QMPSocket:  filepath.Join(s.layout.VMRunDir(vm.ID), layout.QMPFile),
-		PIDFile:    filepath.Join(s.layout.VMRunDir(vm.ID), layout.QEMUPIDFile)}
-	s.followable(&spec)
+	spec, dec := s.bootSpec(ctx, vm, files, disk)
 	restore := files.Restore
-	if restore != nil {
-		// The saved VM's kernel and initramfs are in its memory; QEMU
-		// loads them again and must find the same ones.
-		spec.Kernel, spec.Initrd, spec.Incoming = restore.Spec.Kernel, restore.Spec.Initrd, restore.State
-		dec = accelDecision{Accel: restore.Accel, Reason: "restored from a snapshot made under " + restore.Accel}
+	if err := s.makeRunDir(undo, vm.ID); err != nil {
+		return vm, err
 	}
-	runDir := s.layout.VMRunDir(vm.ID)
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return vm, fmt.Errorf("create vm runtime folder: %w", err)
-	}
-	undo.add("vm runtime folder", func() { _ = os.RemoveAll(runDir) })
 	boot := capBoot{Spec: &spec}
 	defer closeShareDirs(&spec)
 	if err := s.caps.beforeBoot(ctx, undo, vm, &boot); err != nil {
@@ -525,14 +550,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 	vm.AgentHostKey = "" // this boot's agent makes a new one
 	label := ""
 	for {
-		spec.Accel = dec.Accel
-		// The CPU model is part of the saved guest: a restore keeps the
-		// saved VM's ("" for a snapshot saved before it was recorded:
-		// no -cpu, as that VM had); a boot takes today's.
-		spec.CPUModel = s.cpuModel(dec.Accel)
-		if restore != nil {
-			spec.CPUModel = restore.Spec.CPUModel
-		}
+		s.setAccel(&spec, dec, restore)
 		if keepConsole {
 			_ = consolelog.Rotate(spec.ConsoleLog)
 			keepConsole = false // a boot again under TCG replaces only its own part
@@ -552,23 +570,10 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 			return vm, err
 		}
 		s.log.Debug("boot step", "vm", vm.Name, "step", "hypervisor running", "restored", restore != nil, "after", time.Since(began))
-		started := inst
 		// Followed from the start: the console (the ready line) comes
 		// through the follower, and so does a pause on a full disk.
-		fw = s.follow(vm, spec, inst, true)
-		undo.add("hypervisor process", func() {
-			_ = s.driver.Quit(context.Background(), spec, started)
-			s.driver.KillStrays(context.Background(), s.layout.VMDir(vm.ID))
-			s.unfollow(vm.ID)
-		})
-		vm.PID, vm.PIDStart, vm.SSHPort = inst.PID, inst.StartTime, spec.Net.SSHHostPort
-		vm.Accel, vm.AccelReason = dec.Accel, dec.Reason
-		recorded := spec
-		recorded.Incoming = "" // a later start boots
-		vm.Config, _ = json.Marshal(recorded)
-		vm.UpdatedAt = time.Now().UTC()
-		if err := s.store.UpdateVM(context.Background(), vm); err != nil {
-			return vm, fmt.Errorf("record vm %s: %w", vm.Name, err)
+		if fw, err = s.runProcess(undo, &vm, spec, inst, dec, true); err != nil {
+			return vm, err
 		}
 		if err := s.step("start process"); err != nil {
 			return vm, err
@@ -638,7 +643,90 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 		// a terminal before it goes into an error.
 		return vm, fmt.Errorf("vm %s did not boot: %w; last console lines:\n%s", vm.Name, err, termtext.Clean(consoleTail(spec.ConsoleLog, 15)))
 	}
-	s.giveUserKeys(bootCtx, vm, conn)
+	return s.guestUp(ctx, undo, vm, conn, began)
+}
+
+// bootSpec is the hypervisor's Spec for booting vm on disk from files
+// (or restoring it, files.Restore), and the accelerator it runs under.
+// Every path in it is keyed by vm's ID.
+func (s *vmService) bootSpec(ctx context.Context, vm store.VM, files bootFiles, disk string) (hypervisor.Spec, accelDecision) {
+	dec := s.boot.accelFor(ctx, files)
+	// The disk stays on the image file it was made on; the driver hands
+	// QEMU that file itself rather than follow the name inside the disk.
+	backing, backingFormat := files.Disk, files.DiskFormat
+	if prev := specOf(vm); prev.DiskBacking != "" {
+		backing, backingFormat = prev.DiskBacking, prev.DiskBackingFormat
+	}
+	spec := hypervisor.Spec{ID: vm.ID, Name: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
+		Kernel: files.Vmlinuz, Initrd: files.Initrd, Disk: disk,
+		DiskBacking: backing, DiskBackingFormat: backingFormat,
+		ConsoleLog: filepath.Join(s.layout.VMDir(vm.ID), layout.ConsoleFile),
+		QMPSocket:  filepath.Join(s.layout.VMRunDir(vm.ID), layout.QMPFile),
+		PIDFile:    filepath.Join(s.layout.VMRunDir(vm.ID), layout.QEMUPIDFile)}
+	s.followable(&spec)
+	if restore := files.Restore; restore != nil {
+		// The saved VM's kernel and initramfs are in its memory; QEMU
+		// loads them again and must find the same ones.
+		spec.Kernel, spec.Initrd, spec.Incoming = restore.Spec.Kernel, restore.Spec.Initrd, restore.State
+		dec = accelDecision{Accel: restore.Accel, Reason: "restored from a snapshot made under " + restore.Accel}
+	}
+	s.setAccel(&spec, dec, files.Restore)
+	return spec, dec
+}
+
+// setAccel puts the accelerator dec and its CPU model in spec. The CPU
+// model is part of the saved guest: a restore keeps the saved VM's (""
+// for a snapshot saved before it was recorded: no -cpu, as that VM had);
+// a boot takes today's.
+func (s *vmService) setAccel(spec *hypervisor.Spec, dec accelDecision, restore *restoreFrom) {
+	spec.Accel = dec.Accel
+	spec.CPUModel = s.cpuModel(dec.Accel)
+	if restore != nil {
+		spec.CPUModel = restore.Spec.CPUModel
+	}
+}
+
+// makeRunDir makes VM id's runtime folder (its sockets, pid file),
+// removed on undo.
+func (s *vmService) makeRunDir(undo *undoStack, id string) error {
+	runDir := s.layout.VMRunDir(id)
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return fmt.Errorf("create vm runtime folder: %w", err)
+	}
+	undo.add("vm runtime folder", func() { _ = os.RemoveAll(runDir) })
+	return nil
+}
+
+// runProcess follows vm's hypervisor process inst (fast: a boot waits
+// for its console), registers on undo how to quit it, and records it in
+// vm's row: PID, SSH port, accelerator, config.
+func (s *vmService) runProcess(undo *undoStack, vm *store.VM, spec hypervisor.Spec, inst hypervisor.Instance, dec accelDecision, fast bool) (*vmFollower, error) {
+	fw := s.follow(*vm, spec, inst, fast)
+	id := vm.ID
+	undo.add("hypervisor process", func() {
+		_ = s.driver.Quit(context.Background(), spec, inst)
+		s.driver.KillStrays(context.Background(), s.layout.VMDir(id))
+		s.unfollow(id)
+	})
+	vm.PID, vm.PIDStart, vm.SSHPort = inst.PID, inst.StartTime, spec.Net.SSHHostPort
+	vm.Accel, vm.AccelReason = dec.Accel, dec.Reason
+	recorded := spec
+	recorded.Incoming = "" // a later start boots
+	vm.Config, _ = json.Marshal(recorded)
+	vm.UpdatedAt = time.Now().UTC()
+	if err := s.store.UpdateVM(context.Background(), *vm); err != nil {
+		return fw, fmt.Errorf("record vm %s: %w", vm.Name, err)
+	}
+	return fw, nil
+}
+
+// guestUp is the end of every boot, once vm's agent answers on conn: the
+// user's keys, the pooled connection, the capabilities' guest-ready
+// hooks, and the record of vm running.
+func (s *vmService) guestUp(ctx context.Context, undo *undoStack, vm store.VM, conn guestConn, began time.Time) (store.VM, error) {
+	kctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
+	s.giveUserKeys(kctx, vm, conn)
+	cancel()
 	s.guests.put(vm.ID, conn)
 	undo.add("guest connection", func() { s.guests.drop(vm.ID) })
 	if err := s.step("connect to agent"); err != nil {

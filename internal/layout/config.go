@@ -66,6 +66,14 @@ type Config struct {
 	// boot (taken by the first create of that image, memory and vCPUs)
 	// instead of booting; off by default while it is new.
 	WarmImages bool `toml:"warm_images"`
+	// StandbyVMs is how many VMs the daemon keeps restored in advance
+	// from each snapshot a create restored (a warm image's or one named
+	// with --snapshot): 0..4, 0 (the default) keeps none. A create of
+	// the same shape (user networking, no capabilities, no disk size of
+	// its own) takes one and spares the restore and the guest's first
+	// translation of its code under TCG. Each costs its guest's memory
+	// on the host and a little idle CPU.
+	StandbyVMs int `toml:"standby_vms"`
 	// TCGCodeCacheMiB is each TCG guest's cache of translated code, in
 	// MiB (8..128); 0, the default, picks it by the VM's memory. An idle
 	// VM keeps what its cache filled; a smaller one makes the guest
@@ -204,6 +212,9 @@ func (c Config) validate() []error {
 	if n := c.TCGCodeCacheMiB; n != 0 && (n < 8 || n > 128) {
 		errs = append(errs, fmt.Errorf("`tcg_code_cache_mib` must be 8..128 (0: by the vm's memory), not %d", n))
 	}
+	if c.StandbyVMs < 0 || c.StandbyVMs > MaxStandbyVMs {
+		errs = append(errs, fmt.Errorf("`standby_vms` must be 0..%d (0: none), not %d", MaxStandbyVMs, c.StandbyVMs))
+	}
 	if c.BootTimeout.Duration <= 0 {
 		errs = append(errs, fmt.Errorf("`boot_timeout` must be positive"))
 	}
@@ -230,6 +241,10 @@ func (c Config) validate() []error {
 	}
 	return errs
 }
+
+// MaxStandbyVMs bounds standby_vms: each standby holds its guest's
+// memory on the host.
+const MaxStandbyVMs = 4
 
 // DefaultWebPort is the web dashboard's loopback port.
 const DefaultWebPort = 7780

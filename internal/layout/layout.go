@@ -39,6 +39,7 @@ const (
 	SnapshotsDir = "snapshots" // one folder per snapshot, by ID
 	StateFile    = "state"     // a snapshot's saved memory and devices
 	SnapDiskFile = "disk.raw"  // a snapshot's disk, flattened
+	StandbyFile  = "standby"   // marks a VM folder as a standby's (no row names it)
 )
 
 // The system daemon's runtime folder and socket: where a user without a

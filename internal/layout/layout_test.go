@@ -38,23 +38,24 @@ func TestConfigDefaultsAndFile(t *testing.T) {
 		t.Fatalf("missing file: %v %+v", err, cfg)
 	}
 	p := filepath.Join(dir, "c.toml")
-	os.WriteFile(p, []byte("accel = \"tcg\"\nboot_timeout = \"90s\"\ndefault_memory_mib = 512\nbuiltin_image_cache = \"/var/cache/ember\"\n"), 0o644)
+	os.WriteFile(p, []byte("accel = \"tcg\"\nboot_timeout = \"90s\"\ndefault_memory_mib = 512\nbuiltin_image_cache = \"/var/cache/ember\"\nstandby_vms = 2\n"), 0o644)
 	cfg, err = LoadConfig(p)
 	if err != nil || cfg.Accel != "tcg" || cfg.BootTimeout.Duration != 90*time.Second || cfg.DefaultMemoryMiB != 512 ||
-		cfg.BuiltinImageCache != "/var/cache/ember" {
+		cfg.BuiltinImageCache != "/var/cache/ember" || cfg.StandbyVMs != 2 {
 		t.Fatalf("file values: %v %+v", err, cfg)
 	}
 }
 
 func TestConfigReportsEveryProblem(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "c.toml")
-	os.WriteFile(p, []byte("accel = \"warp\"\ndefault_cpus = 0\nbogus = 1\nbuiltin_image_cache = \"cache\"\ntcg_code_cache_mib = 4\n"), 0o644)
+	os.WriteFile(p, []byte("accel = \"warp\"\ndefault_cpus = 0\nbogus = 1\nbuiltin_image_cache = \"cache\"\ntcg_code_cache_mib = 4\nstandby_vms = 5\n"), 0o644)
 	_, err := LoadConfig(p)
 	if err == nil {
 		t.Fatal("want an error")
 	}
 	for _, want := range []string{"unknown key `bogus`", "`accel` must be auto, kvm or tcg", "`default_cpus` must be 1..64",
-		"`builtin_image_cache` must be an absolute path, not \"cache\"", "`tcg_code_cache_mib` must be 8..128 (0: by the vm's memory), not 4"} {
+		"`builtin_image_cache` must be an absolute path, not \"cache\"", "`tcg_code_cache_mib` must be 8..128 (0: by the vm's memory), not 4",
+		"`standby_vms` must be 0..4 (0: none), not 5"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

@@ -412,4 +412,7 @@ type DaemonInfo struct {
 	GoVersion         string `json:"go_version"`
 	Hypervisor        string `json:"hypervisor"`
 	HypervisorVersion string `json:"hypervisor_version"`
+	// StandbyVMs is how many VMs are restored in advance and ready for
+	// a create to claim (config standby_vms).
+	StandbyVMs int `json:"standby_vms,omitempty"`
 }

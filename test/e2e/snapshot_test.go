@@ -408,6 +408,28 @@ func warmSnapshotFiles(t *testing.T, e *env) int {
 // from /metrics (the daemon's web listener, web_port = 0).
 func agentConns(t *testing.T, e *env) map[string]float64 {
 	t.Helper()
+	out := map[string]float64{}
+	const prefix = `ember_agent_connections_total{why="`
+	for _, line := range scrapeMetrics(t, e) {
+		line, ok := strings.CutPrefix(line, prefix)
+		if !ok {
+			continue
+		}
+		why, val, ok := strings.Cut(line, `"} `)
+		if n, err := strconv.ParseFloat(val, 64); ok && err == nil {
+			out[why] = n
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("/metrics: no ember_agent_connections_total")
+	}
+	return out
+}
+
+// scrapeMetrics is the daemon's /metrics (its web listener), line by
+// line.
+func scrapeMetrics(t *testing.T, e *env) []string {
+	t.Helper()
 	u, err := url.Parse(strings.TrimSpace(e.must("web")))
 	if err != nil {
 		t.Fatal(err)
@@ -419,23 +441,15 @@ func agentConns(t *testing.T, e *env) map[string]float64 {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	out := map[string]float64{}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %s", resp.Status)
+	}
+	var lines []string
 	sc := bufio.NewScanner(resp.Body)
-	const prefix = `ember_agent_connections_total{why="`
 	for sc.Scan() {
-		line, ok := strings.CutPrefix(sc.Text(), prefix)
-		if !ok {
-			continue
-		}
-		why, val, ok := strings.Cut(line, `"} `)
-		if n, err := strconv.ParseFloat(val, 64); ok && err == nil {
-			out[why] = n
-		}
+		lines = append(lines, sc.Text())
 	}
-	if resp.StatusCode != http.StatusOK || len(out) == 0 {
-		t.Fatalf("/metrics: %s, no ember_agent_connections_total", resp.Status)
-	}
-	return out
+	return lines
 }
 
 // checkNewMachine checks that a restored VM took its own name as its

@@ -1,0 +1,441 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/emberhq/ember/internal/hypervisor"
+	"github.com/emberhq/ember/internal/layout"
+	"github.com/emberhq/ember/internal/store"
+)
+
+// Standbys (config standby_vms): a restored TCG guest starts with an
+// empty translation cache, so its first SSH handshake, its reidentify
+// and its first exec each translate their code again — most of a
+// restore's time. A standby is a VM restored from a snapshot in
+// advance, in the background: its disk made, its QEMU running, its
+// agent connected, reidentified once with a placeholder name and warmed
+// with one `true`. A create of the same shape claims it (before its row
+// is inserted, so the VM takes the standby's ID, by which every file,
+// folder, socket and cgroup of it is named) and pays only a second
+// reidentify over the kept connection: its own name, the host's clock,
+// fresh entropy, a new host key. Only plain creates qualify: user
+// networking, no capabilities, no disk size of their own; user SSH keys
+// are given after the claim as after any boot.
+//
+// A standby has no row: ls, metrics' VM counts, DNS and the web never
+// see it. A marker file in its folder (layout.StandbyFile) lets the
+// next daemon's start remove what a crashed one left (sweepStandbys),
+// and doctor's orphan check tell it from an orphan. After each create
+// that restored snapshot S (claimed or not) the pool of S is filled up to
+// standby_vms in the background, one standby at a time daemon-wide;
+// snapshot rm and the warm prune discard S's standbys before its files
+// go (their disks are overlays on its disk), Close quits them all, and
+// one whose QEMU died is dropped at its claim.
+
+// standbyHostname is a standby's placeholder name until it is claimed.
+const standbyHostname = "standby"
+
+// standby is one VM restored in advance (standbyPool owns it until it
+// is claimed or discarded).
+type standby struct {
+	snap store.Snapshot // restored from (name and ID)
+	key  string         // the creates that may claim it (standbyKey)
+	what string         // what it restores, for the create's log
+	vm   store.VM       // its ID, shape and process; no row
+	spec hypervisor.Spec
+	inst hypervisor.Instance
+	dec  accelDecision
+	conn guestConn // to its agent, reidentified as standbyHostname
+}
+
+// standbyPool holds the ready standbys and the fills in flight. Its mu
+// is a leaf, held only for its own bookkeeping.
+type standbyPool struct {
+	// slot lets one fill run at a time daemon-wide (filled lazily).
+	slotOnce sync.Once
+	slot     chan struct{}
+
+	// mu guards the fields that follow.
+	mu      sync.Mutex
+	ready   []*standby
+	filling map[string]*standbyFill // by snapshot ID
+	gone    map[string]bool         // snapshot IDs removed: none of theirs is kept again
+	closed  bool                    // the daemon closes: none is kept again
+}
+
+// standbyFill is the fill of one snapshot's pool, in flight.
+type standbyFill struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// claim takes a ready standby for key; nil when there is none.
+func (p *standbyPool) claim(key string) *standby {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, sb := range p.ready {
+		if sb.key == key {
+			p.ready = append(p.ready[:i], p.ready[i+1:]...)
+			return sb
+		}
+	}
+	return nil
+}
+
+// count is how many standbys of snapshot id are ready.
+func (p *standbyPool) count(id string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, sb := range p.ready {
+		if sb.snap.ID == id {
+			n++
+		}
+	}
+	return n
+}
+
+// size is how many standbys are ready.
+func (p *standbyPool) size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.ready)
+}
+
+// beginFill registers a fill of snapshot id's pool on base's lifetime;
+// false when one runs already, the snapshot is gone or the daemon closes.
+func (p *standbyPool) beginFill(base context.Context, id string) (context.Context, *standbyFill, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.gone[id] || p.filling[id] != nil {
+		return nil, nil, false
+	}
+	ctx, cancel := context.WithCancel(base)
+	f := &standbyFill{cancel: cancel, done: make(chan struct{})}
+	if p.filling == nil {
+		p.filling = map[string]*standbyFill{}
+	}
+	p.filling[id] = f
+	return ctx, f, true
+}
+
+// endFill ends fill f of snapshot id.
+func (p *standbyPool) endFill(id string, f *standbyFill) {
+	p.mu.Lock()
+	if p.filling[id] == f {
+		delete(p.filling, id)
+	}
+	p.mu.Unlock()
+	f.cancel()
+	close(f.done)
+}
+
+// add keeps sb ready; false (the caller discards it) once its snapshot
+// is gone or the daemon closes.
+func (p *standbyPool) add(sb *standby) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.gone[sb.snap.ID] {
+		return false
+	}
+	p.ready = append(p.ready, sb)
+	return true
+}
+
+// takeSnapshot marks snapshot id gone and hands out its ready standbys
+// and its fill in flight (nil if none).
+func (p *standbyPool) takeSnapshot(id string) ([]*standby, *standbyFill) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gone == nil {
+		p.gone = map[string]bool{}
+	}
+	p.gone[id] = true
+	var taken, kept []*standby
+	for _, sb := range p.ready {
+		if sb.snap.ID == id {
+			taken = append(taken, sb)
+		} else {
+			kept = append(kept, sb)
+		}
+	}
+	p.ready = kept
+	return taken, p.filling[id]
+}
+
+// takeAll closes the pool and hands out every ready standby.
+func (p *standbyPool) takeAll() []*standby {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	all := p.ready
+	p.ready = nil
+	return all
+}
+
+// acquire waits for the daemon-wide fill slot; false when ctx ended.
+func (p *standbyPool) acquire(ctx context.Context) bool {
+	p.slotOnce.Do(func() { p.slot = make(chan struct{}, 1) })
+	select {
+	case p.slot <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (p *standbyPool) release() { <-p.slot }
+
+// standbyKey names the creates a standby may serve: "" for a create no
+// standby serves (another network, capabilities, a disk size of its own,
+// standby_vms off). snap is the create's --snapshot, nil for a create of
+// an image (a warm image's standby).
+func (s *vmService) standbyKey(vm store.VM, snap *store.Snapshot, requestedDisk int64) string {
+	if s.cfg.StandbyVMs == 0 || vm.NetMode != hypervisor.NetUser || len(vm.Caps) > 0 || requestedDisk != 0 {
+		return ""
+	}
+	if snap != nil {
+		return "snapshot " + snap.ID
+	}
+	if !s.cfg.WarmImages {
+		return ""
+	}
+	return fmt.Sprintf("image %s kernel %s memory %d cpus %d", vm.Image, vm.Kernel, vm.MemoryMiB, vm.CPUs)
+}
+
+// standbyFits says why sb cannot be the VM the create would restore from
+// files (files.Restore, made as for any create), "" when it can.
+func (s *vmService) standbyFits(sb *standby, files bootFiles) string {
+	switch {
+	case files.Restore == nil:
+		return "the create does not restore a snapshot"
+	case files.Restore.Snapshot.ID != sb.snap.ID:
+		return fmt.Sprintf("the create restores %s, the standby %s", files.Restore.What, sb.what)
+	case files.Restore.Accel != sb.dec.Accel:
+		return fmt.Sprintf("the standby runs under %s", sb.dec.Accel)
+	case !s.driver.Alive(sb.inst):
+		return "its hypervisor process exited"
+	}
+	return ""
+}
+
+// discardStandby ends sb and removes everything of it: its process,
+// connection and folders.
+func (s *vmService) discardStandby(sb *standby) {
+	if sb.conn != nil {
+		sb.conn.Close()
+	}
+	if err := s.driver.Quit(context.Background(), sb.spec, sb.inst); err != nil {
+		s.log.Warn("quit standby vm", "id", sb.vm.ID, "err", err)
+	}
+	s.driver.KillStrays(context.Background(), s.layout.VMDir(sb.vm.ID))
+	_ = os.RemoveAll(s.layout.VMDir(sb.vm.ID))
+	_ = os.RemoveAll(s.layout.VMRunDir(sb.vm.ID))
+}
+
+// discardStandbys discards snapshot id's standbys, the one a fill in
+// flight makes too, and keeps none of its again: the snapshot goes.
+func (s *vmService) discardStandbys(id string) {
+	taken, fill := s.standbys.takeSnapshot(id)
+	if fill != nil {
+		fill.cancel()
+		<-fill.done // its standby, if it made one, it discarded itself
+	}
+	for _, sb := range taken {
+		s.log.Info("standby vm discarded: its snapshot goes", "snapshot", sb.snap.Name, "id", sb.vm.ID)
+		s.discardStandby(sb)
+	}
+}
+
+// closeStandbys quits every standby; Close calls it once the fills
+// ended.
+func (s *vmService) closeStandbys() {
+	for _, sb := range s.standbys.takeAll() {
+		s.discardStandby(sb)
+	}
+}
+
+// refillStandbys fills snapshot sn's pool up to standby_vms in the
+// background, on the daemon's lifetime; key is the creates its standbys
+// serve. Nothing happens while a fill of sn runs.
+func (s *vmService) refillStandbys(sn store.Snapshot, key string) {
+	want := s.cfg.StandbyVMs
+	if want == 0 || key == "" || s.standbys.count(sn.ID) >= want {
+		return
+	}
+	ctx, fill, ok := s.standbys.beginFill(s.base, sn.ID)
+	if !ok {
+		return
+	}
+	goSafe(s.background, s.log, "standby fill of snapshot "+sn.Name, nil, func() {
+		defer s.standbys.endFill(sn.ID, fill) // also on a panic
+		for s.standbys.count(sn.ID) < want {
+			if !s.standbys.acquire(ctx) {
+				return
+			}
+			sb, err := func() (*standby, error) {
+				defer s.standbys.release()
+				return s.fillStandby(ctx, sn, key)
+			}()
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("standby vm not made", "snapshot", sn.Name, "err", err)
+				}
+				return
+			}
+			if !s.standbys.add(sb) {
+				s.discardStandby(sb)
+				return
+			}
+			s.log.Info("standby vm ready", "snapshot", sn.Name, "id", sb.vm.ID)
+		}
+	})
+}
+
+// fillStandby restores a standby of snapshot sn (read again: it may have
+// gone or been replaced): its disk, its process, its agent reidentified
+// as standbyHostname and warmed up. A failure leaves nothing of it.
+func (s *vmService) fillStandby(ctx context.Context, sn store.Snapshot, key string) (_ *standby, err error) {
+	if err := s.step("standby fill"); err != nil {
+		return nil, err
+	}
+	cur, err := s.store.GetSnapshot(ctx, sn.Name)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", sn.Name, err)
+	}
+	if cur.ID != sn.ID {
+		return nil, fmt.Errorf("snapshot %s was replaced", sn.Name)
+	}
+	files, err := s.boot.prepare(ctx, bootRequest{Kernel: cur.Kernel, Progress: func(string) {}}) // the disk is the snapshot's
+	if err != nil {
+		return nil, fmt.Errorf("prepare the restore of snapshot %s: %w", sn.Name, err)
+	}
+	files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(cur.ID), layout.SnapDiskFile), store.FormatRaw
+	restore, why := s.restorePlan(ctx, cur, files, "")
+	if restore == nil {
+		return nil, fmt.Errorf("snapshot %s cannot be restored here: %s", sn.Name, why)
+	}
+	files.Restore = restore
+	nw, err := s.nets.of(hypervisor.NetUser)
+	if err != nil {
+		return nil, err
+	}
+	vm := store.VM{ID: newID(), Name: standbyHostname, Image: cur.Image, Kernel: files.KernelName, CPUs: cur.CPUs,
+		MemoryMiB: cur.MemoryMiB, DiskBytes: cur.DiskBytes, NetMode: hypervisor.NetUser}
+	var undo undoStack
+	defer undo.run()
+	// The marker before anything else is in the folder: whatever a
+	// crash leaves of it, the next start removes.
+	dir := s.layout.VMDir(vm.ID)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("standby folder: %w", err)
+	}
+	undo.add("standby folder", func() { _ = os.RemoveAll(dir) })
+	if err := os.WriteFile(filepath.Join(dir, layout.StandbyFile), nil, 0o600); err != nil {
+		return nil, fmt.Errorf("standby marker: %w", err)
+	}
+	disk, err := s.createDisk(ctx, &undo, vm, files.Disk, files.DiskFormat, 0)
+	if err != nil {
+		return nil, err
+	}
+	spec, dec := s.bootSpec(ctx, vm, files, disk)
+	if err := s.makeRunDir(&undo, vm.ID); err != nil {
+		return nil, err
+	}
+	inst, err := s.startProcess(ctx, vm, nw, &spec, nil)
+	if err != nil {
+		return nil, err
+	}
+	undo.add("hypervisor process", func() {
+		_ = s.driver.Quit(context.Background(), spec, inst)
+		s.driver.KillStrays(context.Background(), dir)
+	})
+	vm.PID, vm.PIDStart, vm.SSHPort = inst.PID, inst.StartTime, spec.Net.SSHHostPort
+	alive := func() error {
+		if !s.driver.Alive(inst) {
+			return errors.New("the hypervisor process exited")
+		}
+		return nil
+	}
+	bootCtx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
+	defer cancel()
+	conn, _, err := s.restoredGuest(bootCtx, nw, vm, restore, alive)
+	if err != nil {
+		return nil, fmt.Errorf("the standby restored from snapshot %s: %w", sn.Name, err)
+	}
+	undo.add("agent connection", func() { conn.Close() })
+	s.warmUp(bootCtx, vm, conn)
+	if err := s.step("standby ready"); err != nil {
+		return nil, err
+	}
+	what := restore.What
+	if isWarm(cur.Name) {
+		what = "the warm snapshot of image " + cur.Image
+	}
+	undo.success()
+	return &standby{snap: store.Snapshot{Name: cur.Name, ID: cur.ID}, key: key, what: what, vm: vm, spec: spec, inst: inst, dec: dec, conn: conn}, nil
+}
+
+// runClaimed makes claimed standby sb the created VM vm (which took its
+// ID): its folders become the VM's, its process is followed and recorded,
+// its agent becomes vm (reidentify over the kept connection: vm's name,
+// the host's clock, fresh entropy, a new host key), and the boot's end
+// (guestUp) follows as for any boot. Each step registers its undo.
+func (s *vmService) runClaimed(ctx context.Context, op *createOp, undo *undoStack, vm store.VM, sb *standby) (store.VM, error) {
+	began := time.Now()
+	id := vm.ID
+	undo.add("vm folder", func() { _ = os.RemoveAll(s.layout.VMDir(id)) })
+	undo.add("vm runtime folder", func() { _ = os.RemoveAll(s.layout.VMRunDir(id)) })
+	undo.add("standby connection", func() { sb.conn.Close() })
+	// The VM's now: its row names the folder.
+	_ = os.Remove(filepath.Join(s.layout.VMDir(id), layout.StandbyFile))
+	op.logf("restoring %s, not booting (a standby restored in advance)", sb.what)
+	op.Progress("taking a standby restored from %s (%s)", sb.what, sb.dec.Accel)
+	s.log.Info("vm restored, not booted: a standby restored in advance", "vm", vm.Name, "from", sb.what)
+	spec := sb.spec
+	spec.Name = vm.Name
+	if _, err := s.runProcess(undo, &vm, spec, sb.inst, sb.dec, false); err != nil {
+		return vm, err
+	}
+	if err := s.step("claim standby"); err != nil {
+		return vm, err
+	}
+	op.Progress("waiting for the guest agent")
+	bootCtx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
+	defer cancel()
+	newKey, err := makeNew(bootCtx, sb.conn, vm, nil)
+	if err != nil {
+		return vm, fmt.Errorf("vm %s: the standby restored in advance: %w", vm.Name, err)
+	}
+	vm.AgentHostKey = authorizedKey(newKey)
+	return s.guestUp(ctx, undo, vm, sb.conn, began)
+}
+
+// sweepStandbys removes what standbys of an earlier daemon left: every
+// VM folder with the standby marker that no row names (a claimed one's
+// row does), its QEMU killed.
+func (s *vmService) sweepStandbys(ctx context.Context) {
+	entries, err := os.ReadDir(s.layout.VMsDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		id := e.Name()
+		if _, err := os.Stat(filepath.Join(s.layout.VMDir(id), layout.StandbyFile)); err != nil {
+			continue
+		}
+		if _, err := s.store.GetVM(ctx, id); !errors.Is(err, store.ErrNotFound) {
+			continue // a claimed one (or the store cannot tell): not ours to remove
+		}
+		s.log.Info("removing a standby vm an earlier daemon left", "id", id)
+		s.driver.KillStrays(ctx, s.layout.VMDir(id))
+		_ = os.RemoveAll(s.layout.VMDir(id))
+		_ = os.RemoveAll(s.layout.VMRunDir(id))
+	}
+}
