@@ -21,6 +21,9 @@ func daemonCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the daemon in the foreground",
+		Long: "Run the daemon in the foreground. It reads its config, config.toml, when it starts: /etc/ember/config.toml as root,\n" +
+			"$XDG_CONFIG_HOME/ember/config.toml (~/.config/ember) otherwise, DIR/config.toml with --home DIR or EMBER_HOME=DIR;\n" +
+			"`ember doctor` names the one this layout uses. Every key has a default (README.md, \"Configuration\").",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cleanup {
 				return cleanupNetwork(e)

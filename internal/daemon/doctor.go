@@ -44,6 +44,7 @@ func Doctor(ctx context.Context, home string) []Check {
 		return []Check{fail("layout", err.Error(), "set --home or EMBER_HOME to a writable folder")}
 	}
 	root := os.Geteuid() == 0
+	out = append(out, configCheck(lay))
 	if drv, err := qemu.New(qemu.Options{}); err != nil {
 		out = append(out, fail("qemu", err.Error(), qemuFix(root)))
 	} else {
@@ -66,6 +67,18 @@ func Doctor(ctx context.Context, home string) []Check {
 		out = append(out, daemonCheck(lay))
 	}
 	return out
+}
+
+// configCheck names the config file of this layout (a user who passes
+// --home or runs as root has another), and whether it is there and reads.
+func configCheck(lay layout.Layout) Check {
+	if _, err := layout.LoadConfig(lay.Config); err != nil {
+		return fail("config", err.Error(), "fix "+lay.Config+" (the daemon refuses to start with it)")
+	}
+	if _, err := os.Stat(lay.Config); errors.Is(err, os.ErrNotExist) {
+		return pass("config", lay.Config+" (not there: every key at its default)")
+	}
+	return pass("config", lay.Config)
 }
 
 func diskCheck(lay layout.Layout) Check {

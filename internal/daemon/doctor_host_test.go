@@ -122,3 +122,29 @@ func TestOrphanCheck(t *testing.T) {
 		t.Fatalf("an orphan QEMU: %+v", c)
 	}
 }
+
+// doctor names the config file of its layout, says when it is not there,
+// and fails one the daemon would refuse, with every problem.
+func TestConfigCheck(t *testing.T) {
+	lay, err := layout.Resolve(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := configCheck(lay); c.Status != "pass" || c.Detail != lay.Config+" (not there: every key at its default)" {
+		t.Errorf("no file: %+v", c)
+	}
+	if err := os.WriteFile(lay.Config, []byte("warm_images = true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c := configCheck(lay); c.Status != "pass" || c.Detail != lay.Config {
+		t.Errorf("a good file: %+v", c)
+	}
+	if err := os.WriteFile(lay.Config, []byte("warm_image = true\naccel = \"fast\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := configCheck(lay)
+	if c.Status != "fail" || !strings.Contains(c.Detail, "unknown key `warm_image`") || !strings.Contains(c.Detail, "`accel` must be auto, kvm or tcg") ||
+		c.Fix != "fix "+lay.Config+" (the daemon refuses to start with it)" {
+		t.Errorf("a bad file: %+v", c)
+	}
+}

@@ -71,7 +71,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		return err
 	}
 	d.listener = l
-	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid())
+	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid(), "config", d.layout.Config)
 	// The web listener serves the same dispatch; it ends with Serve.
 	d.startWeb(ctx)
 	defer context.AfterFunc(ctx, d.closeWeb)()

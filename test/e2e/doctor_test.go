@@ -41,7 +41,7 @@ func assertNoFail(t *testing.T, what string, got map[string]doctorCheck, code in
 	if code != 0 {
 		t.Errorf("%s: doctor exit %d with nothing failing", what, code)
 	}
-	for _, name := range []string{"qemu", "qemu version", "qemu-img", "kernel", "busybox", "mkfs.ext4", "debugfs",
+	for _, name := range []string{"config", "qemu", "qemu version", "qemu-img", "kernel", "busybox", "mkfs.ext4", "debugfs",
 		"mmdebstrap", "virtiofsd", "cap_net_admin", "nftables", "dns port", "disk", "memory", "store", "pid file", "orphans", "daemon"} {
 		if _, ok := got[name]; !ok {
 			t.Errorf("%s: no %q check", what, name)
