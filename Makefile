@@ -88,6 +88,7 @@ bench: deps-bench build testkernel browserdeps
 	$(GO) run ./bench -hostile
 	$(GO) run ./bench -promote -runs 3
 	$(GO) run ./bench -memory -runs 3
+	$(GO) run ./bench -idle
 	$(GO) run ./bench -snapshot
 	$(GO) run ./bench -cp -runs 2
 	$(GO) run ./bench -images

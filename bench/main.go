@@ -74,6 +74,8 @@ func main() {
 		err = runCurve(*out)
 	case *webOnly:
 		err = runWeb(*runs, *out)
+	case *idleOnly:
+		err = runIdle(*out)
 	default:
 		err = run(*runs, *out)
 	}
@@ -108,15 +110,14 @@ func run(runs int, out string) error {
 		return err
 	}
 
-	initrds, _ := filepath.Glob(filepath.Join(home, "state", "initramfs", "*.cpio.gz"))
-	ks, _ := kernel.List(filepath.Join(home, "state", "kernels"))
-	if len(initrds) != 1 || len(ks) == 0 {
-		return fmt.Errorf("want one initramfs and a kernel, got %v %v", initrds, ks)
+	vmlinuz, initrd, err := benchBootFiles(home)
+	if err != nil {
+		return err
 	}
 	var floor, full []time.Duration
 	// Interleave the two sides so machine noise hits both alike.
 	for i := 0; i < runs; i++ {
-		d, err := bootFloor(acc.Accel, ks[0].Vmlinuz, initrds[0], filepath.Join(home, "state", "images", "tiny.ext4"))
+		d, err := bootFloor(acc.Accel, vmlinuz, initrd, filepath.Join(home, "state", "images", "tiny.ext4"))
 		if err != nil {
 			return fmt.Errorf("floor run %d: %w", i, err)
 		}
