@@ -22,7 +22,7 @@ import (
 // daemon's stop quits the standby and leaves the VMs; a standby left by a
 // killed daemon is removed by the next start.
 func TestStandbyRealVM(t *testing.T) {
-	e := newEnvWith(t, e2eConfig+"warm_images = true\nstandby_vms = 1\n", nil)
+	e := newEnvWith(t, e2eConfig+"warm_images = true\nstandby_vms = 1\nweb_port = 0\n", nil)
 	e.must("create", "a") // cold: saves the warm snapshot
 	e.must("create", "b") // restores it: fills the pool
 	if log := createLog(t, e, "b"); !strings.Contains(log, "restoring the warm snapshot of image") || strings.Contains(log, "standby") {
