@@ -665,9 +665,10 @@ func (s *vmService) bootSpec(ctx context.Context, vm store.VM, files bootFiles, 
 		PIDFile:    filepath.Join(s.layout.VMRunDir(vm.ID), layout.QEMUPIDFile)}
 	s.followable(&spec)
 	if restore := files.Restore; restore != nil {
-		// The saved VM's kernel and initramfs are in its memory; QEMU
-		// loads them again and must find the same ones.
+		// The saved VM's kernel and initramfs are in its memory (QEMU
+		// loads none: Spec.Incoming); recorded for its later boots.
 		spec.Kernel, spec.Initrd, spec.Incoming = restore.Spec.Kernel, restore.Spec.Initrd, restore.State
+		spec.Restored = true // its process holds no kernel (recorded: the follower of a later daemon must know)
 		dec = accelDecision{Accel: restore.Accel, Reason: "restored from a snapshot made under " + restore.Accel}
 	}
 	s.setAccel(&spec, dec, files.Restore)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -101,6 +102,31 @@ func TestGuestRebootWhileNoDaemon(t *testing.T) {
 	time.Sleep(10 * time.Second)
 	e.startDaemon()
 	waitBootedAgain(t, e, "rw", pid)
+
+	// A restored VM's QEMU has no kernel to boot again in place: its
+	// unwatched reset waits, even after a clean daemon stop, and the
+	// next daemon boots it again in a new process.
+	e.must("snapshot", "create", "rw", "rws")
+	e.must("create", "--snapshot", "rws", "rr")
+	if cmd := qemuCmdline(t, e.inspect("rr").PID); strings.Contains(cmd, "-kernel") || strings.Contains(cmd, "-initrd") {
+		t.Errorf("a restored vm's qemu loads a kernel: %s", cmd)
+	}
+	pid = e.inspect("rr").PID
+	e.must("exec", "-d", "rr", "--", "sh", "-c", "sleep 2; reboot")
+	e.stopDaemon(syscall.SIGTERM)
+	time.Sleep(10 * time.Second)
+	e.startDaemon()
+	waitBootedAgain(t, e, "rr", pid)
+}
+
+// qemuCmdline is a process's command line, its arguments space-separated.
+func qemuCmdline(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.ReplaceAll(string(b), "\x00", " ")
 }
 
 // waitBootedAgain waits until vm runs in a process other than pid and

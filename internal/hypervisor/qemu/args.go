@@ -219,16 +219,19 @@ func buildArgs(s hypervisor.Spec, p plan) []string {
 		"-add-fd", consoleAddFD(s),
 		"-chardev", consoleChardev(s),
 		"-serial", "chardev:console",
-		"-kernel", procFD(fdKernel),
 	)
+	if s.Incoming == "" {
+		// A restored guest is in its saved memory (Spec.Incoming).
+		a = append(a, "-kernel", procFD(fdKernel))
+	}
 	if s.MonitorSocket != "" {
 		a = append(a, "-chardev", "socket,id=mon,fd="+strconv.Itoa(fdMonitor)+",server=on,wait=off",
 			"-mon", "chardev=mon,mode=control")
 	}
-	if s.Initrd != "" {
+	if s.Initrd != "" && s.Incoming == "" {
 		a = append(a, "-initrd", procFD(fdInitrd))
 	}
-	if s.Cmdline != "" {
+	if s.Cmdline != "" && s.Incoming == "" {
 		a = append(a, "-append", s.Cmdline)
 	}
 	if s.Disk != "" {

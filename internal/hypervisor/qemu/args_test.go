@@ -212,6 +212,22 @@ func TestBuildArgsOptionalParts(t *testing.T) {
 	}
 }
 
+// A restore (Incoming) names no kernel, initramfs or command line: the
+// guest is in the saved memory, and QEMU would keep a copy of them.
+func TestBuildArgsRestoreLoadsNoKernel(t *testing.T) {
+	s := testSpec()
+	s.Incoming = "/state/x"
+	a := buildArgs(s, plan{seccomp: true})
+	for _, f := range []string{"-kernel", "-initrd", "-append"} {
+		if slices.Contains(a, f) {
+			t.Errorf("a restore's arguments have %s: %q", f, a)
+		}
+	}
+	if !slices.Contains(a, "-incoming") {
+		t.Errorf("no -incoming in %q", a)
+	}
+}
+
 func TestBuildArgsUnrestrictedAndTAP(t *testing.T) {
 	s := testSpec()
 	s.Net.Restrict = false

@@ -248,7 +248,9 @@ func (m *monitor) command(ctx context.Context, cmd string, args any, onEvent fun
 // While followed, a guest's power-off pauses QEMU instead of ending it
 // (set-action shutdown=pause): the follower drains what the guest printed
 // last, then quits QEMU itself; a guest's reset does the same, reported
-// through GuestReset (reboot=shutdown). Unfollowed, a reset runs in place. A QEMU whose follower went away without
+// through GuestReset (reboot=shutdown). Unfollowed, a reset runs in place
+// (but in a restored QEMU, Spec.Restored, which has no kernel to boot:
+// there it waits as below). A QEMU whose follower went away without
 // setting that back (a daemon killed) stays paused after a power-off
 // until the next follower finds it so and does the same.
 func (m *monitor) follow(ctx context.Context, s hypervisor.Spec, h hypervisor.FollowHandler) error {
@@ -265,11 +267,13 @@ func (m *monitor) follow(ctx context.Context, s hypervisor.Spec, h hypervisor.Fo
 	_, err := m.command(ctx, "set-action", map[string]any{"shutdown": "pause", "reboot": "shutdown"}, onEvent)
 	keepAlive := err == nil
 	defer func() {
-		if keepAlive && !shutdown {
+		if keepAlive && !shutdown && !s.Restored {
 			// Leaving (the daemon stops): a power-off ends QEMU again,
 			// and a guest's reset runs in place, so the VM reboots
 			// while no one watches; the next follower makes a reset a
-			// shutdown again.
+			// shutdown again. A restored QEMU has no kernel to boot
+			// in place: its reset and power-off wait for the next
+			// follower, as after a killed daemon.
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_, _ = m.command(rctx, "set-action", map[string]any{"shutdown": "poweroff", "reboot": "reset"}, func(monitorMsg) {})
 			cancel()

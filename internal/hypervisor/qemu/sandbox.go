@@ -153,17 +153,19 @@ func (d *Driver) openFiles(ctx context.Context, s hypervisor.Spec) (_ *launchFil
 			f.close()
 		}
 	}()
-	k, err := d.openReadable(s.Kernel, "kernel")
-	if err != nil {
-		return nil, p, err
-	}
-	f.set(fdKernel, k)
-	if s.Initrd != "" {
-		i, err := d.openReadable(s.Initrd, "initramfs")
+	if s.Incoming == "" { // a restore loads no kernel (args)
+		k, err := d.openReadable(s.Kernel, "kernel")
 		if err != nil {
 			return nil, p, err
 		}
-		f.set(fdInitrd, i)
+		f.set(fdKernel, k)
+		if s.Initrd != "" {
+			i, err := d.openReadable(s.Initrd, "initramfs")
+			if err != nil {
+				return nil, p, err
+			}
+			f.set(fdInitrd, i)
+		}
 	}
 	q, err := listenQMP(s.QMPSocket)
 	if err != nil {

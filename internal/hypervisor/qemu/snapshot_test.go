@@ -48,6 +48,9 @@ func TestSaveStateAndRestoreRealQEMU(t *testing.T) {
 
 	r := s
 	r.Incoming = state
+	// A restore loads no kernel or initramfs: they are in the saved
+	// memory (none here proves that QEMU reads none).
+	r.Kernel, r.Initrd = filepath.Join(t.TempDir(), "no-vmlinuz"), filepath.Join(t.TempDir(), "no-initrd")
 	r.ConsoleLog = filepath.Join(t.TempDir(), "console.log")
 	r.Net.SSHHostPort = freePort(t)
 	cleanupVM(t, d, r)
