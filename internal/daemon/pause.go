@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/emberhq/ember/internal/hypervisor"
@@ -22,6 +23,44 @@ import (
 // off), rm -f deletes it. A daemon that restarts keeps it paused: the
 // follower asks the hypervisor's run state (query-status) when it
 // attaches; a stop the store says nothing of is resumed (vmHeld).
+
+// ownStops are the VMs that a request of this daemon has stopped and will
+// run again or record paused itself: a snapshot's save (from the stop to
+// the resume) and a pause (from the stop to its record). A follower that
+// reconnects meanwhile finds such a VM stopped while the store says
+// running, as after a killed daemon; vmHeld must leave it alone (resumed
+// mid-save, the VM would write its disk while it is copied).
+type ownStops struct {
+	mu sync.Mutex // a leaf
+	n  map[string]int
+}
+
+// hold marks VM id stopped by the caller until release.
+func (o *ownStops) hold(id string) (release func()) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == nil {
+		o.n = map[string]int{}
+	}
+	o.n[id]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			if o.n[id]--; o.n[id] <= 0 {
+				delete(o.n, id)
+			}
+		})
+	}
+}
+
+// held reports whether a request holds VM id stopped.
+func (o *ownStops) held(id string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[id] > 0
+}
 
 // userPaused reports whether vm was paused on request (ember pause), not
 // by the hypervisor on a disk error.
@@ -70,6 +109,7 @@ func (s *vmService) pauseVM(ctx context.Context, p wire.RefParams) (wire.VM, err
 		return s.toWireVM(vm), nil
 	}
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
+	defer s.ownStops.hold(vm.ID)() // until it is recorded paused
 	if err := pd.Pause(ctx, specOf(vm), inst); err != nil {
 		return wire.VM{}, fmt.Errorf("pause vm %s: %w", vm.Name, err)
 	}
@@ -109,6 +149,10 @@ func (s *vmService) resumeRequested(ctx context.Context, p wire.RefParams) (wire
 func (s *vmService) vmHeld(vm store.VM, inst hypervisor.Instance) {
 	now, err := s.store.GetVM(context.Background(), vm.ID)
 	if err != nil || now.PID != inst.PID || now.State != wire.StateRunning {
+		return
+	}
+	if s.ownStops.held(vm.ID) {
+		s.log.Debug("vm found stopped by a save or pause in flight: left to it", "vm", vm.Name)
 		return
 	}
 	fd, ok := s.driver.(hypervisor.Follower)

@@ -103,6 +103,18 @@ func TestPauseResume(t *testing.T) {
 	if got := inspect(t, c, "p"); got.State != wire.StateRunning || got.LastError != "" {
 		t.Fatalf("a vm found stopped while recorded running: %+v", got)
 	}
+	// Stopped by a save or pause of this daemon in flight (the follower
+	// reconnected meanwhile): left to that request, not resumed.
+	release := td.vms.ownStops.hold(vm.ID)
+	resumedBefore = drv.resumes(vm.PID)
+	drv.do(vm.PID, func(h hypervisor.FollowHandler) { h.Held() })
+	inFlight := make(chan struct{})
+	drv.do(vm.PID, func(h hypervisor.FollowHandler) { close(inFlight) }) // after the Held above
+	<-inFlight
+	release()
+	if n := drv.resumes(vm.PID); n != resumedBefore {
+		t.Fatalf("a vm stopped by a save in flight was resumed by its follower (%d resumes, was %d)", n, resumedBefore)
+	}
 	// A user's pause found on attach (a daemon restart) stays paused.
 	if err := c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "p"}, &vm); err != nil || vm.State != wire.StatePaused {
 		t.Fatalf("pause: %v %+v", err, vm)

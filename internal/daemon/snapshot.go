@@ -222,6 +222,8 @@ func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, 
 	undo.add("snapshot folder", func() { os.RemoveAll(dir) })
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
 	began := time.Now()
+	held := s.ownStops.hold(vm.ID) // until it runs again below: not a follower's to resume
+	defer held()
 	err = saver.SaveState(ctx, spec, inst, filepath.Join(dir, layout.StateFile))
 	if err == nil {
 		// The VM is stopped and its disk flushed: the disk as it is now

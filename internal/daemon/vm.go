@@ -124,6 +124,7 @@ type vmService struct {
 	resets     guestResets   // recent guest resets per VM, to stop a reset loop (reboot.go)
 	followers  vmFollowers   // one per running VM: its console and disk-error pauses (follow.go)
 	holds      snapshotHolds // the snapshots creates and restores in flight use (snapshot_prune.go)
+	ownStops   ownStops      // the VMs a save or pause in flight stopped, which the follower leaves alone (pause.go)
 	standbys   standbyPool   // VMs restored in advance, which creates claim (standby.go)
 	// warmPruneMu: one pruneWarm at a time, over its own slow work.
 	warmPruneMu sync.Mutex
