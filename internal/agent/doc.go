@@ -29,6 +29,9 @@
 // running VM's disk can be copied consistently: for as long as one exec
 // channel stays open, and never longer than the limit the host asked,
 // after which a timer thaws it by itself.
+// It also steps the guest's clock to the host's time when the host asks
+// (clock.go, guestproto.SetClockCommand): a VM's clock stands still while
+// the VM is paused or its snapshot is saved.
 //
 // Everything the host and the agent agree on (kernel arguments, console
 // lines, channel and request names, the exec and session payloads, limits)

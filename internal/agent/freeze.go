@@ -14,6 +14,14 @@ import (
 // channel, or limit passes, whichever comes first; the exit status says
 // which.
 func (s *session) freeze(limit time.Duration, bad error) {
+	s.serveRequest(bad, func() { s.runFreeze(limit) })
+}
+
+// serveRequest serves one of the agent's own exec requests (freeze,
+// reidentify, set clock) on its own goroutine, which the session waits
+// for: one that did not decode (bad) fails with exitCannotRun, anything
+// else is run's to answer.
+func (s *session) serveRequest(bad error, run func()) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -21,7 +29,7 @@ func (s *session) freeze(limit time.Duration, bad error) {
 			s.fail(&startError{exitCannotRun, "ember: " + bad.Error()})
 			return
 		}
-		s.runFreeze(limit)
+		run()
 	}()
 }
 

@@ -70,6 +70,7 @@ func serveMain(args []string, stderr io.Writer) int {
 		// In a VM (its kernel named the key): / is the guest's disk.
 		cfg.Freeze = freezeRootLogged
 		cfg.Reidentify = becomeNew
+		cfg.SetClock = stepClock
 		cfg.Renumber = renumber
 		if addr == "" {
 			addr = ":" + strconv.Itoa(boot.Port)

@@ -39,17 +39,11 @@ const renumberWait = 5 * time.Second
 // the guest becomes a new machine, with a new host key, which goes back
 // on stdout; a network in the request is taken after that answer.
 func (s *session) reidentify(r guestproto.Reidentify, bad error) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if bad != nil {
-			s.fail(&startError{exitCannotRun, "ember: " + bad.Error()})
-			return
-		}
+	s.serveRequest(bad, func() {
 		if err := s.runReidentify(r); err != nil {
 			s.fail(&startError{1, "ember: " + err.Error()})
 		}
-	}()
+	})
 }
 
 func (s *session) runReidentify(r guestproto.Reidentify) error {

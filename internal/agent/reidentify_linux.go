@@ -23,9 +23,8 @@ const (
 // restored from one snapshot never produce the same random bytes. Only a
 // VM's agent does this (ServerConfig.Reidentify).
 func becomeNew(hostname string, now time.Time, entropy []byte) error {
-	ts := unix.NsecToTimespec(now.UnixNano())
-	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
-		return fmt.Errorf("set the clock: %w", err)
+	if err := stepClock(now); err != nil {
+		return err
 	}
 	if err := setHostname(hostname); err != nil {
 		return err

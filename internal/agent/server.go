@@ -40,6 +40,11 @@ type ServerConfig struct {
 	// takes a new host key. Nil makes the request fail: only the agent
 	// of a VM sets it.
 	Reidentify func(hostname string, now time.Time, entropy []byte) error
+	// SetClock steps the guest's wall clock to the host's time
+	// (guestproto.SetClockCommand), which the host sends after the VM
+	// stood still. Nil makes the request fail: only the agent of a VM
+	// sets it.
+	SetClock func(now time.Time) error
 	// Renumber gives a restored tap-mode guest its own network
 	// (guestproto.ReidentifyNet: MAC, address, default route, resolvers),
 	// once the reidentify's answer is read. Nil makes a reidentify that

@@ -180,6 +180,9 @@ func (s *session) handle(req *ssh.Request) (ok bool, then func()) {
 		if r, ok, err := guestproto.DecodeReidentify(p.Command); ok {
 			return true, func() { s.reidentify(r, err) }
 		}
+		if c, ok, err := guestproto.DecodeSetClock(p.Command); ok {
+			return true, func() { s.setClock(c, err) }
+		}
 		env, term := s.snapshot()
 		spec, err := specForExec(p.Command, env, term)
 		if err == nil && spec.detach {

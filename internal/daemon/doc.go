@@ -81,7 +81,8 @@
 //   - vmService (vm.go, exec.go, copy.go, ssh.go, guests.go, vmlock.go, promote.go,
 //     pause.go, snapshot.go, snapshot_prune.go): vm.* (vm.pause and vm.resume stop and run a
 //     VM's guest through the driver's Pauser, recorded as paused with no
-//     last error; snapshot.* saves a VM's memory and disk, and a create
+//     last error, its guest's clock set to the host's once it runs again,
+//     as after a snapshot's save; snapshot.* saves a VM's memory and disk, and a create
 //     from a snapshot restores it (with the saved CPU model, Spec.CPUModel;
 //     a boot takes the driver's, cpuModel) and makes its guest a new machine, a
 //     tap guest reached with its TAP quarantined until it has taken its

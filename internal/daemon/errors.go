@@ -93,6 +93,7 @@ var internalErrors = []struct {
 	{client.ErrNoDaemon, "client side: the client could not reach a daemon, so no daemon answer carries it"},
 	{client.ErrPermission, "client side: the socket refused the client, so no daemon answer carries it"},
 	{guest.ErrDetached, "never an error on the wire: the daemon ends a detached exec with an Exit frame that says so"},
+	{guest.ErrOldAgent, "never an error on the wire: a guest clock that could not be set after a resume or a snapshot's save is only logged (setGuestClock)"},
 	{image.ErrNotInImage, "never an error on the wire: a register whose image has no modules folder keeps its kernel bare and says so in a remark (importOwnKernel)"},
 }
 

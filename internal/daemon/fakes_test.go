@@ -95,6 +95,10 @@ type fakeDriver struct {
 	refuseHost map[int]bool
 	// reidentified names each reidentify's hostname by process.
 	reidentified map[int][]string
+	// clocks are the times each process's guest clock was set to
+	// (SetClock); clockErr fails a set.
+	clocks   map[int][]time.Time
+	clockErr error
 }
 
 const (
@@ -358,6 +362,28 @@ func (g *fakeGuest) Reidentify(_ context.Context, r guestproto.Reidentify, entro
 	g.drv.reidentified[g.pid] = append(g.drv.reidentified[g.pid], r.Hostname)
 	g.drv.mu.Unlock()
 	return k.PublicKey(), nil
+}
+
+// SetClock records the time each process's guest clock was set to;
+// clockErr fails it.
+func (g *fakeGuest) SetClock(_ context.Context, now time.Time) error {
+	g.drv.mu.Lock()
+	defer g.drv.mu.Unlock()
+	if g.drv.clockErr != nil {
+		return g.drv.clockErr
+	}
+	if g.drv.clocks == nil {
+		g.drv.clocks = map[int][]time.Time{}
+	}
+	g.drv.clocks[g.pid] = append(g.drv.clocks[g.pid], now)
+	return nil
+}
+
+// clockSets is how many times the guest of process pid had its clock set.
+func (f *fakeDriver) clockSets(pid int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.clocks[pid])
 }
 
 // SFTP serves the host's own file system as the guest's (copy_test.go

@@ -293,6 +293,7 @@ func (s *vmService) resumeVM(ctx context.Context, vm store.VM) (wire.VM, error) 
 		f.paused.Store(nil)
 	}
 	s.vmResumed(vm, inst)
+	s.setGuestClock(ctx, vm, nil)
 	v, err := s.store.GetVM(ctx, vm.ID)
 	if err != nil {
 		return wire.VM{}, err

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -18,6 +19,9 @@ import (
 type guestConn interface {
 	Exec(ctx context.Context, req guest.ExecRequest) (int, error)
 	Poweroff(ctx context.Context) error
+	// SetClock steps the guest's wall clock to now (guest.ErrOldAgent:
+	// its agent is older than the request).
+	SetClock(ctx context.Context, now time.Time) error
 	Close() error
 	// HostKey is the host key the agent presented (nil if unknown).
 	HostKey() ssh.PublicKey

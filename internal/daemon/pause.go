@@ -2,10 +2,12 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/emberhq/ember/internal/guest"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
@@ -23,6 +25,11 @@ import (
 // off), rm -f deletes it. A daemon that restarts keeps it paused: the
 // follower asks the hypervisor's run state (query-status) when it
 // attaches; a stop the store says nothing of is resumed (vmHeld).
+//
+// A guest's clock stands still while its VM is stopped, so a VM that runs
+// again (resumeVM, vmHeld, a snapshot's save) has its guest's clock set
+// to the host's (setGuestClock): stepped, as a restored VM's is, before
+// the resume answers.
 
 // ownStops are the VMs that a request of this daemon has stopped and will
 // run again or record paused itself: a snapshot's save (from the stop to
@@ -164,8 +171,41 @@ func (s *vmService) vmHeld(vm store.VM, inst hypervisor.Instance) {
 	goSafe(s.background, s.log, "resume of held vm "+vm.Name, nil, func() {
 		if err := fd.Resume(context.Background(), specOf(now), inst); err != nil {
 			s.log.Warn("resume of a vm found stopped by an unfinished snapshot save", "vm", vm.Name, "err", err)
+			return
 		}
+		s.setGuestClock(context.Background(), now, nil)
 	})
+}
+
+// clockTimeout bounds setting a guest's clock after its VM ran again: a
+// dial (pause dropped the connection) and one request.
+const clockTimeout = 5 * time.Second
+
+// setGuestClock sets the clock of vm's guest, which stood still while the
+// VM was stopped, to the host's (guest.Client.SetClock), over conn, or the
+// pool's connection when conn is nil. No VM lock is held across it, it
+// ends within clockTimeout even when ctx is cancelled (the resume is
+// done), and a failure is only logged: the VM runs, its clock behind. An
+// agent older than the request (a VM restored from an older ember's
+// snapshot) is logged at debug.
+func (s *vmService) setGuestClock(ctx context.Context, vm store.VM, conn guestConn) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), clockTimeout)
+	defer cancel()
+	var err error
+	if conn == nil {
+		conn, err = s.guest(ctx, vm)
+	}
+	if err == nil {
+		err = conn.SetClock(ctx, time.Now())
+	}
+	switch {
+	case err == nil:
+		s.log.Debug("guest clock set to the host's", "vm", vm.Name)
+	case errors.Is(err, guest.ErrOldAgent):
+		s.log.Debug("guest clock not set: its agent is older than the request", "vm", vm.Name, "err", err)
+	default:
+		s.log.Warn("guest clock not set: it stays behind by the time the vm stood still", "vm", vm.Name, "err", err)
+	}
 }
 
 // recordRunState records VM vm, still hypervisor process inst, moved

@@ -88,6 +88,10 @@ func TestPauseResume(t *testing.T) {
 	if err != nil || vm.State != wire.StateRunning {
 		t.Fatalf("resume: %v %+v", err, vm)
 	}
+	// Its guest's clock, which stood still, was set before the answer.
+	if n := drv.clockSets(vm.PID); n != 1 {
+		t.Fatalf("the guest's clock was set %d times by the resume, want 1", n)
+	}
 	if out, _, code := execVM(t, c, wire.ExecParams{Ref: "p", Argv: []string{"echo"}}, ""); code != 0 || out != "ran: echo\n" {
 		t.Fatalf("exec after resume: %q %d", out, code)
 	}
@@ -100,6 +104,7 @@ func TestPauseResume(t *testing.T) {
 	resumedBefore := drv.resumes(vm.PID)
 	drv.do(vm.PID, func(h hypervisor.FollowHandler) { h.Held() })
 	poll(t, "the held running vm resumed", func() bool { return drv.resumes(vm.PID) == resumedBefore+1 })
+	poll(t, "the held vm's guest clock set", func() bool { return drv.clockSets(vm.PID) == 2 })
 	if got := inspect(t, c, "p"); got.State != wire.StateRunning || got.LastError != "" {
 		t.Fatalf("a vm found stopped while recorded running: %+v", got)
 	}
@@ -124,8 +129,8 @@ func TestPauseResume(t *testing.T) {
 	handled := make(chan struct{})
 	drv.do(vm.PID, func(h hypervisor.FollowHandler) { close(handled) }) // after the Held above
 	<-handled
-	if got := inspect(t, c, "p"); got.State != wire.StatePaused || got.LastError != "" || drv.resumes(vm.PID) != resumedBefore {
-		t.Fatalf("a user-paused vm found paused on attach: %+v, resumes %d -> %d", got, resumedBefore, drv.resumes(vm.PID))
+	if got := inspect(t, c, "p"); got.State != wire.StatePaused || got.LastError != "" || drv.resumes(vm.PID) != resumedBefore || drv.clockSets(vm.PID) != 2 {
+		t.Fatalf("a user-paused vm found paused on attach: %+v, resumes %d -> %d, clock sets %d", got, resumedBefore, drv.resumes(vm.PID), drv.clockSets(vm.PID))
 	}
 
 	wantCode(t, c.Call(ctx, wire.VMDelete.Name, wire.RefParams{Ref: "p"}, nil), wire.CodeConflict)

@@ -152,7 +152,7 @@ func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (
 	if vm.State == wire.StateRunning {
 		s.syncGuest(ctx, vm)
 	}
-	sn, err := s.saveSnapshot(ctx, vm, p.Name, vm.State == wire.StateRunning)
+	sn, err := s.saveSnapshot(ctx, vm, p.Name, vm.State == wire.StateRunning, nil)
 	if err != nil {
 		return wire.Snapshot{}, err
 	}
@@ -192,8 +192,10 @@ func (s *vmService) canSave() bool {
 }
 
 // saveSnapshot saves vm's running process as snapshot name: the VM stops
-// while its state and disk are written and runs on after when resume.
-func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, resume bool) (_ store.Snapshot, err error) {
+// while its state and disk are written and runs on after when resume,
+// its guest's clock set to the host's again over conn (nil: the pool's
+// connection; a boot passes its own, not pooled yet).
+func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, resume bool, conn guestConn) (_ store.Snapshot, err error) {
 	saver, _ := s.driver.(hypervisor.StateSaver)
 	flattener, _ := s.driver.(hypervisor.DiskFlattener)
 	resumer, _ := s.driver.(hypervisor.Follower)
@@ -235,6 +237,8 @@ func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, 
 		// Resume on every path: a failed save leaves the VM stopped.
 		if rerr := resumer.Resume(context.WithoutCancel(ctx), spec, inst); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("resume vm %s after the snapshot: %w", vm.Name, rerr))
+		} else {
+			s.setGuestClock(ctx, vm, conn)
 		}
 	}
 	if err != nil {

@@ -31,6 +31,18 @@ func (d saveDriver) SaveState(ctx context.Context, s hypervisor.Spec, inst hyper
 	return os.WriteFile(out, []byte("state"), 0o600)
 }
 
+// openWarmDaemon opens a test daemon with warm images on, whose driver
+// saves state (saveDriver), in its home.
+func openWarmDaemon(t *testing.T) (string, *testDaemon, *followDriver) {
+	t.Helper()
+	home := t.TempDir()
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("warm_images = true\naccel = \"tcg\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fake := newFollowDriver()
+	return home, openTestDaemonOn(t, home, fake.fakeDriver, saveDriver{fake}), fake
+}
+
 // warmFixture records warm snapshot rows with their files, named as a
 // create of their shape would name them now.
 type warmFixture struct {
@@ -85,12 +97,7 @@ func (f *warmFixture) exists(sn store.Snapshot) bool {
 // flight holds, stays; image rm takes its image's warm snapshots along
 // and leaves user snapshots, which say their image is deleted.
 func TestPruneWarmSnapshots(t *testing.T) {
-	home := t.TempDir()
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("warm_images = true\naccel = \"tcg\"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	fake := newFollowDriver()
-	td := openTestDaemonOn(t, home, fake.fakeDriver, saveDriver{fake})
+	home, td, _ := openWarmDaemon(t)
 	c := serve(t, td)
 	ctx := context.Background()
 	for _, name := range []string{"img1", "img2"} {

@@ -2,13 +2,17 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/emberhq/ember/internal/client"
+	"github.com/emberhq/ember/internal/guest"
+	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
@@ -282,5 +286,105 @@ func TestSnapshotListAllAndSize(t *testing.T) {
 		if sn.SizeBytes != want || want == 0 {
 			t.Fatalf("list all: %s's size %d, want %d (%q)", sn.Name, sn.SizeBytes, want, names(all))
 		}
+	}
+}
+
+// savePauseDriver is the follower fake that can pause and save state.
+type savePauseDriver struct{ *pauseDriver }
+
+func (d savePauseDriver) SaveState(ctx context.Context, s hypervisor.Spec, inst hypervisor.Instance, out string) error {
+	return saveDriver{d.followDriver}.SaveState(ctx, s, inst, out)
+}
+
+// A running VM's snapshot stops it while the state is saved: once it runs
+// again its guest's clock is set to the host's, before the answer. A
+// paused VM's snapshot leaves it paused and its clock alone (its resume
+// sets it). An agent that cannot set the clock (an older one) fails
+// neither the snapshot nor the resume.
+func TestSnapshotSaveSetsGuestClock(t *testing.T) {
+	drv := &pauseDriver{followDriver: newFollowDriver(), pauses: map[int]int{}, resumed: map[int]int{}}
+	td := openTestDaemonOn(t, "", drv.fakeDriver, savePauseDriver{drv})
+	c := serve(t, td)
+	ctx := context.Background()
+	if op, err := createAndWait(t, c, wire.CreateVMParams{Name: "src"}); err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	pid := inspect(t, c, "src").PID
+	if n := drv.clockSets(pid); n != 0 {
+		t.Fatalf("a cold boot set the guest's clock %d times", n)
+	}
+	before := time.Now()
+	if err := c.Call(ctx, wire.SnapshotCreate.Name, wire.SnapshotParams{Ref: "src", Name: "s1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now()
+	drv.mu.Lock()
+	set := append([]time.Time(nil), drv.clocks[pid]...)
+	drv.mu.Unlock()
+	if len(set) != 1 || set[0].Before(before) || set[0].After(after) {
+		t.Fatalf("the guest's clock was set to %v by the snapshot made between %v and %v", set, before, after)
+	}
+
+	drv.mu.Lock()
+	drv.clockErr = fmt.Errorf("set clock: %w: exit status 127", guest.ErrOldAgent)
+	drv.mu.Unlock()
+	if err := c.Call(ctx, wire.SnapshotCreate.Name, wire.SnapshotParams{Ref: "src", Name: "s2"}, nil); err != nil {
+		t.Fatalf("a snapshot of a vm whose agent cannot set the clock: %v", err)
+	}
+	if err := c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "src"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var vm wire.VM
+	if err := c.Call(ctx, wire.VMResume.Name, wire.RefParams{Ref: "src"}, &vm); err != nil || vm.State != wire.StateRunning {
+		t.Fatalf("a resume of a vm whose agent cannot set the clock: %v %+v", err, vm)
+	}
+	drv.mu.Lock()
+	drv.clockErr = nil
+	drv.mu.Unlock()
+
+	if err := c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "src"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Call(ctx, wire.SnapshotCreate.Name, wire.SnapshotParams{Ref: "src", Name: "s3"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := inspect(t, c, "src"); got.State != wire.StatePaused || drv.clockSets(pid) != 1 {
+		t.Fatalf("a paused vm's snapshot: %+v, clock sets %d", got, drv.clockSets(pid))
+	}
+	if err := c.Call(ctx, wire.VMResume.Name, wire.RefParams{Ref: "src"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := drv.clockSets(pid); n != 2 {
+		t.Fatalf("the resume after a paused vm's snapshot set the clock %d times in all, want 2", n)
+	}
+	if err := c.Call(ctx, wire.VMDelete.Name, wire.RefParams{Ref: "src", Force: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, sn := range []string{"s1", "s2", "s3"} {
+		if err := c.Call(ctx, wire.SnapshotRemove.Name, wire.SnapshotParams{Name: sn}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertNothingLeft(t, td)
+}
+
+// An image's first boot saves its warm snapshot, stopping the VM for the
+// moment: the VM that goes on has its guest's clock set to the host's.
+func TestWarmSaveSetsGuestClock(t *testing.T) {
+	home, td, fake := openWarmDaemon(t)
+	c := serve(t, td)
+	ctx := context.Background()
+	if err := td.store.PutImage(ctx, store.Image{Name: "img1", Kind: store.ImageRegistered, Path: filepath.Join(home, "img1.ext4"), Format: store.FormatRaw}); err != nil {
+		t.Fatal(err)
+	}
+	if op, err := createAndWait(t, c, wire.CreateVMParams{Name: "first", Image: "img1"}); err != nil || op.State != wire.OpSucceeded {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	all, err := td.store.ListSnapshots(ctx)
+	if err != nil || len(all) != 1 || !isWarm(all[0].Name) {
+		t.Fatalf("the first boot's warm snapshot: %v %+v", err, all)
+	}
+	if n := fake.clockSets(inspect(t, c, "first").PID); n != 1 {
+		t.Fatalf("the first boot's guest clock was set %d times after its warm snapshot, want 1", n)
 	}
 }

@@ -628,7 +628,7 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 				// creates that follow.
 				progress("saving the image's warm snapshot")
 				s.warmUp(bootCtx, vm, conn)
-				if _, werr := s.saveSnapshot(bootCtx, vm, files.SaveWarm, true); werr != nil {
+				if _, werr := s.saveSnapshot(bootCtx, vm, files.SaveWarm, true, conn); werr != nil {
 					s.log.Warn("warm snapshot not saved", "vm", vm.Name, "image", vm.Image, "err", werr)
 				} else {
 					s.pruneWarmLater("a new warm snapshot")

@@ -1,7 +1,8 @@
 // Package guest is the host side of the ember guest agent: it dials the
 // agent's SSH server inside a VM with the daemon's key, waits for a booting
 // guest to become ready, runs commands with their exit status passed
-// through, opens SFTP and asks the guest to power off.
+// through, opens SFTP, asks the guest to power off and sets its clock
+// (SetClock; ErrOldAgent from an agent older than the request).
 //
 // The agent's host key is pinned (HostKeyPin): the fingerprint the agent
 // announced on the console at boot, then the key recorded from that first

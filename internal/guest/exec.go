@@ -187,24 +187,33 @@ func exitStatus(err error) (int, error) {
 // Poweroff asks the agent (PID 1) to shut the VM down cleanly. It returns
 // once the guest has accepted; the VM process exits shortly after.
 func (c *Client) Poweroff(ctx context.Context) error {
+	return c.run(ctx, "poweroff", guestproto.PoweroffCommand, nil, nil)
+}
+
+// run makes one request of the agent's own (cmd) on a session of its
+// own, with stdin as its input and its output to stdout (nil: none), and
+// waits for its end, giving up when ctx ends. A failed request's error
+// names what, says how it failed and holds the start of the agent's
+// message on stderr.
+func (c *Client) run(ctx context.Context, what, cmd string, stdin io.Reader, stdout io.Writer) error {
 	sess, err := c.openSession(ctx)
 	if err != nil {
-		return fmt.Errorf("poweroff: open session: %w", err)
+		return fmt.Errorf("%s: open session: %w", what, err)
 	}
 	defer sess.Close()
-	done := make(chan error, 1)
 	var stderr limitedBuffer
-	sess.Stderr = &stderr
-	go func() { done <- sess.Run(guestproto.PoweroffCommand) }()
+	sess.Stdin, sess.Stdout, sess.Stderr = stdin, stdout, &stderr
+	done := make(chan error, 1)
+	go func() { done <- sess.Run(cmd) }()
 	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("poweroff: %w: %s", err, stderr.String())
-		}
-		return nil
+	case err = <-done:
 	case <-ctx.Done():
-		return fmt.Errorf("poweroff: %w", ctx.Err())
+		return fmt.Errorf("%s: %w", what, ctx.Err())
 	}
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", what, err, stderr.String())
+	}
+	return nil
 }
 
 // limitedBuffer keeps the first few KiB written to it, enough for an

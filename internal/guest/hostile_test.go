@@ -28,6 +28,26 @@ func impostor(t *testing.T, reply string, endless bool) *guest.Client {
 // (exec included) instead of refusing them.
 func impostorWith(t *testing.T, reply string, endless, accept bool) *guest.Client {
 	t.Helper()
+	return impostorServing(t, accept, func(ch ssh.Channel, _ <-chan struct{}) {
+		if _, err := ch.Write([]byte(reply)); err != nil {
+			return
+		}
+		junk := []byte(strings.Repeat(" ", 32<<10))
+		for endless {
+			if _, err := ch.Write(junk); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// impostorServing is an SSH server in the agent's place that answers
+// every channel request with accept and serves every channel with serve,
+// then closes it; answered is closed once the channel's first request
+// that wanted an answer (an exec) got it, or the channel closed. It returns a client connected
+// to it.
+func impostorServing(t *testing.T, accept bool, serve func(ch ssh.Channel, answered <-chan struct{})) *guest.Client {
+	t.Helper()
 	key, err := guest.NewKey()
 	if err != nil {
 		t.Fatal(err)
@@ -61,24 +81,20 @@ func impostorWith(t *testing.T, reply string, endless, accept bool) *guest.Clien
 					if err != nil {
 						continue
 					}
+					answered := make(chan struct{})
 					go func() {
+						var once sync.Once
 						for r := range creqs {
 							if r.WantReply {
 								r.Reply(accept, nil)
+								once.Do(func() { close(answered) })
 							}
 						}
+						once.Do(func() { close(answered) }) // the channel went first
 					}()
 					wg.Go(func() {
 						defer ch.Close()
-						if _, err := ch.Write([]byte(reply)); err != nil {
-							return
-						}
-						junk := []byte(strings.Repeat(" ", 32<<10))
-						for endless {
-							if _, err := ch.Write(junk); err != nil {
-								return
-							}
-						}
+						serve(ch, answered)
 					})
 				}
 			})

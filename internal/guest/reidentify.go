@@ -26,23 +26,9 @@ func (c *Client) Reidentify(ctx context.Context, r guestproto.Reidentify, entrop
 	if err != nil {
 		return nil, err
 	}
-	sess, err := c.openSession(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("reidentify: open session: %w", err)
-	}
-	defer sess.Close()
-	var stdout, stderr limitedBuffer
-	sess.Stdout, sess.Stderr = &stdout, &stderr
-	sess.Stdin = bytes.NewReader(entropy)
-	done := make(chan error, 1)
-	go func() { done <- sess.Run(cmd) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("reidentify: %w", ctx.Err())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reidentify: %w: %s", err, stderr.String())
+	var stdout limitedBuffer
+	if err := c.run(ctx, "reidentify", cmd, bytes.NewReader(entropy), &stdout); err != nil {
+		return nil, err
 	}
 	line := stdout.String()
 	if len(line) >= maxHostKeyLine {

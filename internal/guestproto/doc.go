@@ -24,7 +24,10 @@
 //     argv reaches the guest without shell quoting; PoweroffCommand asks the
 //     agent (PID 1) to shut the VM down; a FreezeCommand (EncodeFreeze)
 //     keeps the guest's root filesystem frozen while the channel lives,
-//     at most its limit (freeze.go).
+//     at most its limit (freeze.go); a SetClockCommand (EncodeSetClock)
+//     steps the guest's wall clock to the host's time after the VM stood
+//     still (clock.go); a ReidentifyCommand makes a restored guest a new
+//     machine (reidentify.go).
 //   - "direct-tcpip" channels (ChannelDirectTCPIP) for port forwards.
 //   - SessionChannelType channels for persistent sessions (session.go).
 //   - the global request ReqUserKeys (userkeys.go): the user's public keys

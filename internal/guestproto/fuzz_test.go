@@ -196,3 +196,34 @@ func FuzzParseShareArg(f *testing.F) {
 		}
 	})
 }
+
+// An exec command is one request of the agent's at most: the agent tries
+// its own requests' decoders before it runs a command, so a command two
+// of them took would do what the host did not ask.
+func FuzzExecCommandKinds(f *testing.F) {
+	for _, s := range []string{FreezeCommand + " 30", ReidentifyCommand + " vm1 5", SetClockCommand + " 5",
+		`ember-exec {"argv":["ls"]}`, PoweroffCommand, "ls -l", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, cmd string) {
+		var took []string
+		if _, ok, _ := DecodeFreeze(cmd); ok {
+			took = append(took, "freeze")
+		}
+		if _, ok, _ := DecodeReidentify(cmd); ok {
+			took = append(took, "reidentify")
+		}
+		if _, ok, _ := DecodeSetClock(cmd); ok {
+			took = append(took, "set-clock")
+		}
+		if _, ok, _ := DecodeExec(cmd); ok {
+			took = append(took, "exec")
+		}
+		if cmd == PoweroffCommand {
+			took = append(took, "poweroff")
+		}
+		if len(took) > 1 {
+			t.Fatalf("%q is taken by %v", cmd, took)
+		}
+	})
+}

@@ -101,10 +101,11 @@ func EncodeReidentify(r Reidentify) (string, error) {
 	if !ValidHostname(r.Hostname) {
 		return "", fmt.Errorf("reidentify: hostname %q is not a valid hostname", r.Hostname)
 	}
-	if r.Now.UnixNano() <= 0 {
-		return "", fmt.Errorf("reidentify: time %v is before 1970", r.Now)
+	now, err := formatNow(r.Now)
+	if err != nil {
+		return "", fmt.Errorf("reidentify: %w", err)
 	}
-	cmd := ReidentifyCommand + " " + r.Hostname + " " + strconv.FormatInt(r.Now.UnixNano(), 10)
+	cmd := ReidentifyCommand + " " + r.Hostname + " " + now
 	if n := r.Net; n != nil {
 		if err := n.Check(); err != nil {
 			return "", fmt.Errorf("reidentify: %w", err)
@@ -143,11 +144,11 @@ func DecodeReidentify(cmd string) (r Reidentify, ok bool, err error) {
 	if len(f) < 2 || len(f) > 6 || !ValidHostname(f[0]) {
 		return r, true, fmt.Errorf("bad reidentify request %q", cmd)
 	}
-	ns, perr := strconv.ParseInt(f[1], 10, 64)
-	if perr != nil || ns <= 0 {
-		return r, true, fmt.Errorf("bad reidentify request: time %q", f[1])
+	now, err := parseNow(f[1])
+	if err != nil {
+		return r, true, fmt.Errorf("bad reidentify request: %w", err)
 	}
-	r.Hostname, r.Now = f[0], time.Unix(0, ns)
+	r.Hostname, r.Now = f[0], now
 	if len(f) == 2 {
 		return r, true, nil
 	}

@@ -28,15 +28,52 @@ func cpuTicks(t *testing.T, pid int) int64 {
 	return utime + stime
 }
 
+// checkGuestClock reads the guest's clock between two readings of the
+// host's and fails unless it is within 1 s of the host's time in that
+// window. The tiny image's busybox date has no %N; its adjtimex prints
+// the clock to the microsecond (and changes nothing without options).
+// It returns the guest's offset from the window's middle, for the log.
+func checkGuestClock(t *testing.T, e *env, vm, what string) time.Duration {
+	t.Helper()
+	before := time.Now()
+	out := e.must("exec", vm, "--", "adjtimex")
+	after := time.Now()
+	var s, us int64 = -1, -1
+	for _, line := range strings.Split(out, "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		switch strings.TrimSpace(k) {
+		case "time.tv_sec":
+			s, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		case "time.tv_usec":
+			us, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	if s <= 0 || us < 0 || us >= 1e6 {
+		t.Fatalf("%s: the guest's adjtimex said %q", what, out)
+	}
+	ns := us * 1000
+	guest := time.Unix(s, ns)
+	off := guest.Sub(before.Add(after.Sub(before) / 2))
+	t.Logf("%s: guest clock %v off the host's (read within a window of %v)", what, off.Round(time.Millisecond), after.Sub(before).Round(time.Millisecond))
+	if guest.Before(before.Add(-time.Second)) || guest.After(after.Add(time.Second)) {
+		t.Fatalf("%s: the guest's clock %s is more than 1 s off the host's, which read %s before the exec and %s after",
+			what, guest.Format(time.RFC3339Nano), before.Format(time.RFC3339Nano), after.Format(time.RFC3339Nano))
+	}
+	return off
+}
+
 // ember pause: the VM shows as paused, its QEMU process uses no CPU over
 // 2 s (a small tolerance for the monitor's console drains), exec fails at
 // once saying it is paused and how to resume; the pause survives a daemon
-// restart; ember resume: exec works again; stop of a paused VM works.
+// restart; ember resume: exec works again, and the guest's clock is
+// the host's again (it stood still while paused); stop of a paused VM
+// works.
 func TestPauseResumeRealVM(t *testing.T) {
 	e := newEnv(t)
 	e.must("create", "pz")
 	pid := e.inspect("pz").PID
 	e.must("pause", "pz")
+	pausedAt := time.Now()
 	if vm := e.inspect("pz"); vm.State != "paused" || vm.PID != pid {
 		t.Fatalf("after pause: %+v", vm)
 	}
@@ -65,10 +102,16 @@ func TestPauseResumeRealVM(t *testing.T) {
 		t.Fatalf("after a daemon restart: %+v", vm)
 	}
 
+	// Paused for at least 3 s: a guest clock left as it stood would be
+	// that far behind.
+	if d := 3*time.Second - time.Since(pausedAt); d > 0 {
+		time.Sleep(d)
+	}
 	e.must("resume", "pz")
 	if vm := e.inspect("pz"); vm.State != "running" {
 		t.Fatalf("after resume: %+v", vm)
 	}
+	checkGuestClock(t, e, "pz", "after a pause of "+time.Since(pausedAt).Round(time.Second).String())
 	if out := e.must("exec", "pz", "--", "echo", "awake"); strings.TrimSpace(out) != "awake" {
 		t.Fatalf("exec after resume: %q", out)
 	}
