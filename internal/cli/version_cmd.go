@@ -75,6 +75,9 @@ func printVersions(e *env, v versions) {
 			accel += ": " + d.Reason
 		}
 		fmt.Fprintf(tw, "accel:\t%s\n", termtext.Clean(accel))
+		if d.StandbyVMs > 0 {
+			fmt.Fprintf(tw, "standby vms:\t%d restored in advance (standby_vms)\n", d.StandbyVMs)
+		}
 	}
 	_ = tw.Flush()
 }

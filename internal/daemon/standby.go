@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
@@ -382,12 +384,47 @@ func (s *vmService) fillStandby(ctx context.Context, sn store.Snapshot, key stri
 	return &standby{snap: store.Snapshot{Name: cur.Name, ID: cur.ID}, key: key, what: what, vm: vm, spec: spec, inst: inst, dec: dec, conn: conn}, nil
 }
 
-// runClaimed makes claimed standby sb the created VM vm (which took its
-// ID): its folders become the VM's, its process is followed and recorded,
-// its agent becomes vm (reidentify over the kept connection: vm's name,
-// the host's clock, fresh entropy, a new host key), and the boot's end
-// (guestUp) follows as for any boot. Each step registers its undo.
-func (s *vmService) runClaimed(ctx context.Context, op *createOp, undo *undoStack, vm store.VM, sb *standby) (store.VM, error) {
+// takeStandby makes claimed standby sb the created VM vm (which took its
+// ID) when sb is what the create restores from files (standbyFits) and
+// its agent takes vm's identity over the kept connection: vm's name, the
+// host's clock, fresh entropy, a new host key. Otherwise it discards sb
+// (its folders are this VM's ID's: they go before the create's boot
+// makes them again) and returns false: the create goes on as without a
+// standby.
+func (s *vmService) takeStandby(ctx context.Context, op *createOp, undo *undoStack, vm store.VM, sb *standby, files bootFiles) (store.VM, bool, error) {
+	why := s.standbyFits(sb, files)
+	var newKey ssh.PublicKey
+	if why == "" {
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
+		var err error
+		newKey, err = makeNew(rctx, sb.conn, vm, nil)
+		cancel()
+		if err == nil {
+			err = s.step("reidentify standby")
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				s.discardStandby(sb)
+				return vm, false, fmt.Errorf("create %s cancelled: %w", vm.Name, ctx.Err())
+			}
+			why = fmt.Sprintf("its agent did not take the vm's identity: %v", err)
+		}
+	}
+	if why != "" {
+		s.log.Info("standby vm discarded: the create restores as without one", "vm", vm.Name, "standby", sb.vm.ID, "why", why)
+		s.discardStandby(sb)
+		return vm, false, nil
+	}
+	vm.DiskBytes = sb.vm.DiskBytes // the snapshot's: a create with a disk size of its own takes no standby
+	vm, err := s.runClaimed(ctx, op, undo, vm, sb, newKey)
+	return vm, err == nil, err
+}
+
+// runClaimed makes claimed standby sb, whose agent is vm's already
+// (newKey), the created VM vm: its folders become the VM's, its process
+// is followed and recorded, and the boot's end (guestUp) follows as for
+// any boot. Each step registers its undo.
+func (s *vmService) runClaimed(ctx context.Context, op *createOp, undo *undoStack, vm store.VM, sb *standby, newKey ssh.PublicKey) (store.VM, error) {
 	began := time.Now()
 	id := vm.ID
 	undo.add("vm folder", func() { _ = os.RemoveAll(s.layout.VMDir(id)) })
@@ -405,13 +442,6 @@ func (s *vmService) runClaimed(ctx context.Context, op *createOp, undo *undoStac
 	}
 	if err := s.step("claim standby"); err != nil {
 		return vm, err
-	}
-	op.Progress("waiting for the guest agent")
-	bootCtx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout.Duration)
-	defer cancel()
-	newKey, err := makeNew(bootCtx, sb.conn, vm, nil)
-	if err != nil {
-		return vm, fmt.Errorf("vm %s: the standby restored in advance: %w", vm.Name, err)
 	}
 	vm.AgentHostKey = authorizedKey(newKey)
 	return s.guestUp(ctx, undo, vm, sb.conn, began)

@@ -284,3 +284,54 @@ func TestStandbyLeftoversSweptAtStart(t *testing.T) {
 		t.Errorf("a vm's folder was swept: %v", err)
 	}
 }
+
+// A standby whose agent does not take the VM's identity is discarded and
+// the create restores as without one.
+func TestStandbyNotReidentifiedIsDiscarded(t *testing.T) {
+	td, c, _ := standbyDaemon(t, 1)
+	ctx := context.Background()
+	sb := oneStandby(t, td, c)
+	td.vms.fault = func(step string) error {
+		if step == "reidentify standby" {
+			return errors.New("injected")
+		}
+		return nil
+	}
+	if _, log := createLog(t, c, wire.CreateVMParams{Name: "v2", Snapshot: "s1"}); log != "restoring snapshot s1, not booting" {
+		t.Fatalf("create's log %q", log)
+	}
+	v2, err := td.store.GetVMByName(ctx, "v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v2.PID == sb.inst.PID || v2.State != wire.StateRunning || td.drv.Alive(sb.inst) {
+		t.Fatalf("v2 %+v; the standby (pid %d) alive %v", v2, sb.inst.PID, td.drv.Alive(sb.inst))
+	}
+}
+
+// A create that fails once it took a standby leaves nothing: no row, no
+// process (the standby's neither), no folder.
+func TestStandbyClaimFailureLeavesNothing(t *testing.T) {
+	td, c, _ := standbyDaemon(t, 1)
+	ctx := context.Background()
+	sb := oneStandby(t, td, c)
+	td.vms.fault = func(step string) error {
+		if step == "claim standby" || step == "standby fill" {
+			return errors.New("injected")
+		}
+		return nil
+	}
+	op, err := createAndWait(t, c, wire.CreateVMParams{Name: "v2", Snapshot: "s1"})
+	if err != nil || op.State != wire.OpFailed {
+		t.Fatalf("create: %v %+v", err, op)
+	}
+	if _, err := td.store.GetVMByName(ctx, "v2"); err == nil {
+		t.Fatal("the failed create's row stays")
+	}
+	if td.drv.Alive(sb.inst) || td.drv.running() != 1 {
+		t.Fatalf("processes left: %d running, the standby's alive %v", td.drv.running(), td.drv.Alive(sb.inst))
+	}
+	standbysSettled(t, td)
+	v1, _ := td.store.GetVMByName(ctx, "v1")
+	wantVMFolders(t, td, v1.ID)
+}

@@ -459,27 +459,16 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 	}
 	s.log.Debug("create step", "vm", vm.Name, "step", "boot prepared", "after", time.Since(op.created))
 	if sb != nil {
-		if why := s.standbyFits(sb, files); why != "" {
-			// Its folders are this VM's ID's: gone before the boot
-			// below makes them again.
-			s.log.Info("standby vm discarded: not what the create restores", "vm", vm.Name, "standby", sb.vm.ID, "why", why)
-			s.discardStandby(sb)
-			sb = nil
-		}
-	}
-	if sb != nil {
 		claimed := sb
-		sb = nil // the VM's now: its undo is the VM's
-		if requestedDisk == 0 {
-			vm.DiskBytes = claimed.vm.DiskBytes
-		}
-		if vm, err = s.runClaimed(ctx, op, &undo, vm, claimed); err != nil {
+		sb = nil // the VM's from here, or discarded
+		if vm, ok, err := s.takeStandby(ctx, op, &undo, vm, claimed, files); err != nil {
 			return nil, err
+		} else if ok {
+			undo.success()
+			s.refillStandbys(files.Restore.Snapshot, standbyKey)
+			out, _ := json.Marshal(s.toWireVM(vm))
+			return out, nil
 		}
-		undo.success()
-		s.refillStandbys(files.Restore.Snapshot, standbyKey)
-		out, _ := json.Marshal(s.toWireVM(vm))
-		return out, nil
 	}
 	op.Progress("creating disk")
 	disk, err := s.createDisk(ctx, &undo, vm, files.Disk, files.DiskFormat, requestedDisk)
