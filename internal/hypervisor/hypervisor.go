@@ -251,6 +251,22 @@ type DiskFlattener interface {
 	FlattenDisk(ctx context.Context, disk, backing, backingFormat, out string) (int64, error)
 }
 
+// DiskOverlaySaver is implemented by drivers that can save a VM's disk
+// as a small file that reads through to its image (a warm snapshot's
+// disk, which goes with its image: unlike FlattenDisk's, it is not
+// standalone).
+type DiskOverlaySaver interface {
+	// SaveOverlay writes what disk (a qcow2 overlay CreateDisk made,
+	// which a guest and its hypervisor process may have written) holds
+	// above backing (its image, in backingFormat, as the Spec names
+	// them; an absolute path) into out, a new qcow2 file whose header
+	// names backing and its format: only disk's own clusters are
+	// copied. It returns the bytes out takes on the host's disk. The
+	// header of disk is not trusted, as for FlattenDisk. out must not
+	// exist; on failure it is removed.
+	SaveOverlay(ctx context.Context, disk, backing, backingFormat, out string) (int64, error)
+}
+
 // Quiesce makes a guest's disk consistent (its filesystems frozen) and
 // returns how to end that; see DiskBackuper.
 type Quiesce func(ctx context.Context) (thaw func(context.Context) error, err error)

@@ -9,7 +9,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/emberhq/ember/internal/hypervisor"
 )
@@ -82,29 +84,13 @@ func chainNode(disk string, chain []backingFile) blockNode {
 
 // FlattenDisk implements hypervisor.DiskFlattener with qemu-img convert.
 func (d *Driver) FlattenDisk(ctx context.Context, disk, backing, backingFormat, out string) (int64, error) {
-	if d.qemuImg == "" {
-		_, err := FindQEMUImg()
-		return 0, fmt.Errorf("flatten disk %s: %w", disk, err)
-	}
-	if _, err := os.Lstat(out); err == nil {
-		return 0, fmt.Errorf("flatten disk %s: %s already exists", disk, out)
-	}
-	if err := checkQcow2Header(disk); err != nil {
-		return 0, fmt.Errorf("flatten disk: %w", err)
-	}
-	chain, err := d.backingChain(ctx, hypervisor.Spec{Disk: disk, DiskBacking: backing, DiskBackingFormat: backingFormat})
-	if err != nil {
-		return 0, fmt.Errorf("flatten disk %s: %w", disk, err)
-	}
-	src, err := json.Marshal(chainNode(disk, chain))
+	src, err := d.convertSource(ctx, disk, backing, backingFormat, out)
 	if err != nil {
 		return 0, fmt.Errorf("flatten disk %s: %w", disk, err)
 	}
 	// Sparse raw output: the zeros the guest never wrote take no space.
-	cmd := exec.CommandContext(ctx, d.qemuImg, "convert", "-q", "-O", "raw", "json:"+string(src), out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		os.Remove(out)
-		return 0, fmt.Errorf("flatten disk %s: qemu-img convert: %s: %w", disk, strings.TrimSpace(string(b)), err)
+	if err := d.convert(ctx, out, "convert", "-q", "-O", "raw", src, out); err != nil {
+		return 0, fmt.Errorf("flatten disk %s: %w", disk, err)
 	}
 	st, err := os.Stat(out)
 	if err != nil {
@@ -113,3 +99,75 @@ func (d *Driver) FlattenDisk(ctx context.Context, disk, backing, backingFormat, 
 	}
 	return st.Size(), nil
 }
+
+// SaveOverlay implements hypervisor.DiskOverlaySaver with qemu-img
+// convert -B: given a backing file for its output, convert copies only
+// what the source's top node (disk) has allocated itself, and leaves
+// the rest to the output's backing file, which must read as the
+// source's chain below the top does (it is that chain's top).
+func (d *Driver) SaveOverlay(ctx context.Context, disk, backing, backingFormat, out string) (int64, error) {
+	switch {
+	case backingFormat != "raw" && backingFormat != "qcow2":
+		return 0, fmt.Errorf("save overlay of %s: backing format %q: want raw or qcow2", disk, backingFormat)
+	case !filepath.IsAbs(backing):
+		return 0, fmt.Errorf("save overlay of %s: backing file %q is not an absolute path", disk, backing)
+	case strings.ContainsRune(backing, ','):
+		// qemu-img takes -B as an option value.
+		return 0, fmt.Errorf("save overlay of %s: backing path %q contains a comma", disk, backing)
+	}
+	src, err := d.convertSource(ctx, disk, backing, backingFormat, out)
+	if err != nil {
+		return 0, fmt.Errorf("save overlay of %s: %w", disk, err)
+	}
+	if err := d.convert(ctx, out, "convert", "-q", "-O", "qcow2", "-B", backing, "-F", backingFormat, src, out); err != nil {
+		return 0, fmt.Errorf("save overlay of %s: %w", disk, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(out, &st); err != nil {
+		os.Remove(out)
+		return 0, fmt.Errorf("save overlay of %s: %w", disk, err)
+	}
+	return st.Blocks * 512, nil
+}
+
+// convertSource checks what a conversion of disk (a VM's overlay over
+// backing) into out may read and returns it as qemu-img's json: source:
+// out must not exist, disk's header is checked, and the chain under it
+// is the one named here.
+func (d *Driver) convertSource(ctx context.Context, disk, backing, backingFormat, out string) (string, error) {
+	if d.qemuImg == "" {
+		_, err := FindQEMUImg()
+		return "", err
+	}
+	if _, err := os.Lstat(out); err == nil {
+		return "", fmt.Errorf("%s already exists", out)
+	}
+	if err := checkQcow2Header(disk); err != nil {
+		return "", err
+	}
+	chain, err := d.backingChain(ctx, hypervisor.Spec{Disk: disk, DiskBacking: backing, DiskBackingFormat: backingFormat})
+	if err != nil {
+		return "", err
+	}
+	src, err := json.Marshal(chainNode(disk, chain))
+	if err != nil {
+		return "", err
+	}
+	return "json:" + string(src), nil
+}
+
+// convert runs qemu-img with args, which write out: on failure out is
+// removed.
+func (d *Driver) convert(ctx context.Context, out string, args ...string) error {
+	cmd := exec.CommandContext(ctx, d.qemuImg, args...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		os.Remove(out)
+		return fmt.Errorf("qemu-img %s: %s: %w", args[0], strings.TrimSpace(string(b)), err)
+	}
+	return nil
+}
+
+var (
+	_ hypervisor.DiskFlattener    = (*Driver)(nil)
+	_ hypervisor.DiskOverlaySaver = (*Driver)(nil)
+)
