@@ -264,7 +264,10 @@ func (d *Daemon) buildServices(ctx context.Context, opts Options, driver hypervi
 		d.vms.kvmStall = defaultKVMStall
 	}
 	d.images.host = d.vms
-	d.images.removed = func(ctx context.Context, image string) { d.vms.pruneWarm(context.WithoutCancel(ctx), image) }
+	d.images.removed = func(ctx context.Context, image string) {
+		d.vms.pruneWarm(context.WithoutCancel(ctx), image)
+		d.vms.discardStandbysOfImage(context.WithoutCancel(ctx), image)
+	}
 	d.sessions = &sessionService{vms: d.vms}
 	d.vms.onStopping, d.vms.onGone = d.sessions.stopping, d.sessions.gone
 	// The built-in capabilities (caps.go), in the order their hooks run.

@@ -170,8 +170,9 @@ func (s *vmService) pruneWarm(ctx context.Context, only ...string) []string {
 		return nil
 	}
 	type drop struct {
-		sn  store.Snapshot
-		why string
+		sn    store.Snapshot
+		why   string
+		stale bool // no create restores it again
 	}
 	var drops []drop
 	current := map[string][]store.Snapshot{} // by image
@@ -181,7 +182,7 @@ func (s *vmService) pruneWarm(ctx context.Context, only ...string) []string {
 			continue
 		}
 		if why := s.warmStale(ctx, sn, files); why != "" {
-			drops = append(drops, drop{sn, why})
+			drops = append(drops, drop{sn, why, true})
 		} else {
 			current[sn.Image] = append(current[sn.Image], sn)
 		}
@@ -192,13 +193,18 @@ func (s *vmService) pruneWarm(ctx context.Context, only ...string) []string {
 		}
 		sort.SliceStable(sns, func(i, j int) bool { return lastUsed(sns[i]).After(lastUsed(sns[j])) })
 		for _, sn := range sns[warmPerImage:] {
-			drops = append(drops, drop{sn, fmt.Sprintf("image %s keeps its %d most recently used warm snapshots", img, warmPerImage)})
+			drops = append(drops, drop{sn, fmt.Sprintf("image %s keeps its %d most recently used warm snapshots", img, warmPerImage), false})
 		}
 	}
 	var removed []string
 	for _, d := range drops {
 		if err := s.deleteSnapshot(ctx, d.sn); err != nil {
 			s.log.Info("warm snapshot kept", "snapshot", d.sn.Name, "image", d.sn.Image, "stale", d.why, "because", err)
+			if d.stale {
+				// Kept for a VM's disk, but no create restores it:
+				// its standbys would wait for ever.
+				s.discardStandbys(d.sn.ID)
+			}
 			continue
 		}
 		s.log.Info("warm snapshot removed", "snapshot", d.sn.Name, "image", d.sn.Image, "why", d.why)

@@ -37,8 +37,10 @@ import (
 // that restored snapshot S (claimed or not) the pool of S is filled up to
 // standby_vms in the background, one standby at a time daemon-wide;
 // snapshot rm and the warm prune discard S's standbys before its files
-// go (their disks are overlays on its disk), Close quits them all, and
-// one whose QEMU died is dropped at its claim.
+// go (their disks are overlays on its disk), image rm those of its
+// snapshots (none is restored again), Close quits them all, and one
+// whose QEMU died or whose agent does not answer is dropped at its
+// claim.
 
 // standbyHostname is a standby's placeholder name until it is claimed.
 const standbyHostname = "standby"
@@ -255,6 +257,23 @@ func (s *vmService) discardStandbys(id string) {
 	}
 }
 
+// discardStandbysOfImage discards the standbys of every snapshot of
+// image, which image rm removed: no create restores them again (their
+// image is gone; the warm ones go with it, a user's snapshot
+// cold-boots).
+func (s *vmService) discardStandbysOfImage(ctx context.Context, image string) {
+	all, err := s.store.ListSnapshots(ctx)
+	if err != nil {
+		s.log.Warn("standbys of a removed image not discarded", "image", image, "err", err)
+		return
+	}
+	for _, sn := range all {
+		if sn.Image == image {
+			s.discardStandbys(sn.ID)
+		}
+	}
+}
+
 // closeStandbys quits every standby; Close calls it once the fills
 // ended.
 func (s *vmService) closeStandbys() {
@@ -313,6 +332,11 @@ func (s *vmService) fillStandby(ctx context.Context, sn store.Snapshot, key stri
 	}
 	if cur.ID != sn.ID {
 		return nil, fmt.Errorf("snapshot %s was replaced", sn.Name)
+	}
+	if gone, err := s.imageGone(ctx, cur); err != nil {
+		return nil, err
+	} else if gone != "" {
+		return nil, fmt.Errorf("snapshot %s is not restored: its image %s was %s", sn.Name, cur.Image, gone)
 	}
 	files, err := s.boot.prepare(ctx, bootRequest{Kernel: cur.Kernel, Progress: func(string) {}}) // the disk is the snapshot's
 	if err != nil {

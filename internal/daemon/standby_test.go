@@ -335,3 +335,39 @@ func TestStandbyClaimFailureLeavesNothing(t *testing.T) {
 	v1, _ := td.store.GetVMByName(ctx, "v1")
 	wantVMFolders(t, td, v1.ID)
 }
+
+// image rm discards the standbys of a user's snapshot of that image: no
+// create restores it again (it cold-boots), so they would wait for ever.
+func TestImageRemoveDiscardsStandbys(t *testing.T) {
+	td, c, saved := standbyDaemon(t, 1)
+	ctx := context.Background()
+	if err := td.store.PutImage(ctx, store.Image{Name: "img1", Kind: store.ImageRegistered, Path: filepath.Join(td.home, "img1.ext4"), Format: store.FormatRaw}); err != nil {
+		t.Fatal(err)
+	}
+	img, _, err := td.vms.images.lookup(ctx, "img1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	insertSnapshot(t, td, store.Snapshot{Name: "s2", ID: "sid2", VMName: "old", Image: "img1", ImageID: img.ID, CPUs: 1, MemoryMiB: 256,
+		DiskBytes: 1 << 30, NetMode: "user", Accel: "tcg", AgentHostKey: authorizedKey(saved.PublicKey())})
+	td.drv.mu.Lock()
+	td.drv.saved[filepath.Join(td.vms.layout.SnapshotDir("sid2"), layout.StateFile)] = saved
+	td.drv.mu.Unlock()
+	if _, log := createLog(t, c, wire.CreateVMParams{Name: "v1", Snapshot: "s2"}); log != "restoring snapshot s2, not booting" {
+		t.Fatalf("create's log %q", log)
+	}
+	ready := standbysSettled(t, td)
+	if len(ready) != 1 {
+		t.Fatalf("standbys: %d", len(ready))
+	}
+	if err := c.Call(ctx, wire.VMDelete.Name, wire.RefParams{Ref: "v1", Force: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Call(ctx, wire.ImageRemove.Name, wire.ImageRemoveParams{Name: "img1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if td.drv.Alive(ready[0].inst) || td.vms.standbys.size() != 0 {
+		t.Fatal("image rm left the standby of its snapshot")
+	}
+	wantVMFolders(t, td)
+}
