@@ -611,6 +611,9 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 			s.metrics.agentConnected(agentConnBoot)
 			s.log.Debug("boot step", "vm", vm.Name, "step", "agent connected", "after", time.Since(began))
 			vm.AgentHostKey = authorizedKey(conn.HostKey())
+			// The guest took its clock from the RTC, which counts whole
+			// seconds: up to half a second off the host's.
+			s.setGuestClock(bootCtx, vm, conn)
 			if files.SaveWarm != "" {
 				// Before anything of this VM's own goes in (keys,
 				// capabilities): the image's first boot, for the

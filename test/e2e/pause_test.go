@@ -71,6 +71,9 @@ func checkGuestClock(t *testing.T, e *env, vm, what string) time.Duration {
 func TestPauseResumeRealVM(t *testing.T) {
 	e := newEnv(t)
 	e.must("create", "pz")
+	// A cold boot's clock is set as its agent answers (the RTC it
+	// started from counts whole seconds).
+	checkGuestClock(t, e, "pz", "after a cold boot")
 	pid := e.inspect("pz").PID
 	e.must("pause", "pz")
 	pausedAt := time.Now()

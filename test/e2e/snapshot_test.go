@@ -328,11 +328,12 @@ func TestWarmImageRealVM(t *testing.T) {
 	if out := e.must("exec", "w2", "--", "cat", "/root/mine"); strings.TrimSpace(out) != "w2-data" {
 		t.Fatalf("w2 after restart: %q", out)
 	}
-	// A cold boot's clock is the RTC's, to the second: only the name is
-	// checked.
+	// A cold boot's clock is the RTC's, to the second, until the daemon
+	// sets it as the agent answers.
 	if out := e.must("exec", "w2", "--", "hostname"); strings.TrimSpace(out) != "w2" {
 		t.Fatalf("w2 after restart: hostname %q", out)
 	}
+	checkGuestClock(t, e, "w2", "w2 after a restart (a cold boot)")
 	// Other memory boots.
 	if _, errOut, code := e.run("create", "--memory", "320", "w4"); code != 0 || strings.Contains(e.inspect("w4").AccelReason, "restored") {
 		t.Fatalf("create with other memory: exit %d: %s", code, errOut)
