@@ -49,7 +49,15 @@ const cpuPeriodUS = 100000
 type Limits struct {
 	MemoryBytes int64 // 0: no memory limit
 	MilliCPUs   int   // 1000 per core; 0: no CPU limit
+	// CPUWeight is the VM's share of contended CPU beside the other VMs:
+	// 1..10000, DefaultCPUWeight for a normal one (v2 cpu.weight; v1
+	// cpu.shares, 1024 per 100); 0 leaves the kernel's default.
+	CPUWeight int
 }
+
+// DefaultCPUWeight is the kernel's default CPU weight (v2), a normal
+// VM's.
+const DefaultCPUWeight = 100
 
 // controller is one hierarchy a Manager writes to. On v2 there is one, for
 // every controller; on v1 one per controller.
@@ -255,13 +263,37 @@ func (c controller) limitFiles(version int, l Limits) [][2]string {
 		if quota > 0 && contains(c.controllers, "cpu") {
 			out = append(out, [2]string{"cpu.max", fmt.Sprintf("%d %d", quota, cpuPeriodUS)})
 		}
+		if l.CPUWeight > 0 && contains(c.controllers, "cpu") {
+			out = append(out, [2]string{"cpu.weight", strconv.Itoa(l.CPUWeight)})
+		}
 	case c.name == "memory" && l.MemoryBytes > 0:
 		out = append(out, [2]string{"memory.limit_in_bytes", strconv.FormatInt(l.MemoryBytes, 10)})
-	case c.name == "cpu" && quota > 0:
-		out = append(out, [2]string{"cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS)},
-			[2]string{"cpu.cfs_quota_us", strconv.FormatInt(quota, 10)})
+	case c.name == "cpu":
+		if quota > 0 {
+			out = append(out, [2]string{"cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS)},
+				[2]string{"cpu.cfs_quota_us", strconv.FormatInt(quota, 10)})
+		}
+		if l.CPUWeight > 0 {
+			out = append(out, [2]string{"cpu.shares", strconv.Itoa(l.CPUWeight * 1024 / DefaultCPUWeight)})
+		}
 	}
 	return out
+}
+
+// SetCPUWeight changes cgroup name's CPU weight (Limits.CPUWeight) while
+// its processes run.
+func (m *Manager) SetCPUWeight(name string, weight int) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("cgroup name %q: want letters, digits, '.', '_' or '-'", name)
+	}
+	for _, c := range m.ctrls {
+		for _, w := range c.limitFiles(m.version, Limits{CPUWeight: weight}) {
+			if err := writeFile(filepath.Join(c.parent, name, w[0]), w[1]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func contains(s []string, v string) bool {

@@ -209,6 +209,53 @@ func TestPlaceV1AndSweep(t *testing.T) {
 	}
 }
 
+// A background VM's CPU weight is set at Place (v2 cpu.weight, v1
+// cpu.shares) and given back its normal one by SetCPUWeight, which
+// touches nothing else.
+func TestCPUWeight(t *testing.T) {
+	mount := t.TempDir()
+	m := NewV2(mount, filepath.Join(mount, ParentV2), []string{"cpu", "memory"})
+	if err := m.Place("vm-a", 1, Limits{MemoryBytes: 1 << 20, CPUWeight: 10}); err != nil {
+		t.Fatal(err)
+	}
+	weight := filepath.Join(mount, ParentV2, "vm-a", "cpu.weight")
+	if got := read(t, weight); got != "10" {
+		t.Fatalf("cpu.weight = %q", got)
+	}
+	if err := m.SetCPUWeight("vm-a", DefaultCPUWeight); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, weight); got != "100" {
+		t.Fatalf("cpu.weight after SetCPUWeight = %q", got)
+	}
+	if got := read(t, filepath.Join(mount, ParentV2, "vm-a", "memory.max")); got != "1048576" {
+		t.Fatalf("memory.max = %q", got)
+	}
+
+	root := t.TempDir()
+	mem, cpu := filepath.Join(root, "memory", ParentV1), filepath.Join(root, "cpu", ParentV1)
+	v1 := NewV1(mem, cpu)
+	if err := v1.Place("vm-b", 1, Limits{CPUWeight: 10}); err != nil {
+		t.Fatal(err)
+	}
+	shares := filepath.Join(cpu, "vm-b", "cpu.shares")
+	if got := read(t, shares); got != "102" {
+		t.Fatalf("cpu.shares = %q", got)
+	}
+	if err := v1.SetCPUWeight("vm-b", DefaultCPUWeight); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, shares); got != "1024" {
+		t.Fatalf("cpu.shares after SetCPUWeight = %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(mem, "vm-b", "cpu.shares")); err == nil {
+		t.Error("a cpu file in the memory hierarchy")
+	}
+	if err := v1.SetCPUWeight("../x", 1); err == nil {
+		t.Error("SetCPUWeight took a bad name")
+	}
+}
+
 // clearFiles removes the files Place wrote, which cgroupfs would remove
 // with the folder.
 func clearFiles(t *testing.T, dir string) {

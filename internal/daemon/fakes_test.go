@@ -93,8 +93,10 @@ type fakeDriver struct {
 	// guest); refuseHost are ports the agent refuses to listen on.
 	guestHost  map[int]string
 	refuseHost map[int]bool
-	// reidentified names each reidentify's hostname by process.
+	// reidentified names each reidentify's hostname by process;
+	// foreground each process Foreground was asked for.
 	reidentified map[int][]string
+	foreground   []int
 	// clocks are the times each process's guest clock was set to
 	// (SetClock); clockErr fails a set.
 	clocks   map[int][]time.Time
@@ -258,6 +260,14 @@ func (f *fakeDriver) ProbeAccel(ctx context.Context, p hypervisor.ProbeSpec) (st
 		return answer, "fake kvm guest reached its agent"
 	}
 	return hypervisor.AccelTCG, "fake probe: no kvm"
+}
+
+// Foreground records the processes given a normal CPU priority again.
+func (f *fakeDriver) Foreground(s hypervisor.Spec, inst hypervisor.Instance) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.foreground = append(f.foreground, inst.PID)
+	return nil
 }
 
 func (f *fakeDriver) KillStrays(ctx context.Context, dir string) int { return 0 }

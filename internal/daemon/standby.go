@@ -35,7 +35,10 @@ import (
 // next daemon's start remove what a crashed one left (sweepStandbys),
 // and doctor's orphan check tell it from an orphan. After each create
 // that restored snapshot S (claimed or not) the pool of S is filled up to
-// standby_vms in the background, one standby at a time daemon-wide;
+// standby_vms in the background, one standby at a time daemon-wide,
+// each at a tenth of a VM's CPU weight until it is claimed (Spec.Background:
+// it must not slow the VMs in use, such as the one whose create just
+// triggered the fill);
 // snapshot rm and the warm prune discard S's standbys before its files
 // go (their disks are overlays on its disk), image rm those of its
 // snapshots (none is restored again), Close quits them all, and one
@@ -371,6 +374,7 @@ func (s *vmService) fillStandby(ctx context.Context, sn store.Snapshot, key stri
 		return nil, err
 	}
 	spec, dec := s.bootSpec(ctx, vm, files, disk)
+	spec.Background = true // beside the VMs in use, it runs on what they leave
 	if err := s.makeRunDir(&undo, vm.ID); err != nil {
 		return nil, err
 	}
@@ -461,6 +465,12 @@ func (s *vmService) runClaimed(ctx context.Context, op *createOp, undo *undoStac
 	s.log.Info("vm restored, not booted: a standby restored in advance", "vm", vm.Name, "from", sb.what)
 	spec := sb.spec
 	spec.Name = vm.Name
+	if p, ok := s.driver.(hypervisor.Prioritizer); ok && spec.Background {
+		if err := p.Foreground(spec, sb.inst); err != nil {
+			s.log.Warn("a claimed standby keeps its low cpu priority", "vm", vm.Name, "err", err)
+		}
+	}
+	spec.Background = false
 	if _, err := s.runProcess(undo, &vm, spec, sb.inst, sb.dec, false); err != nil {
 		return vm, err
 	}

@@ -151,6 +151,13 @@ func TestStandbyClaimedByCreate(t *testing.T) {
 	if marked(td, v2.ID) {
 		t.Fatal("the claimed vm's folder is still marked a standby's")
 	}
+	// It ran in the background until claimed; the VM does not.
+	td.drv.mu.Lock()
+	foreground := slices.Clone(td.drv.foreground)
+	td.drv.mu.Unlock()
+	if !sb.spec.Background || specOf(v2).Background || !slices.Equal(foreground, []int{v2.PID}) {
+		t.Fatalf("standby background %v, v2's recorded %v, foreground asked for %v", sb.spec.Background, specOf(v2).Background, foreground)
+	}
 	if conn, err := td.vms.guest(ctx, v2); err != nil || conn != sb.conn {
 		t.Fatalf("v2's agent connection is not the standby's: %v", err)
 	}

@@ -111,6 +111,11 @@ type Spec struct {
 	// kernel, so its guest's reset cannot boot again in place; the
 	// driver keeps such a reset for the next follower (Follower) instead.
 	Restored bool `json:",omitempty"`
+	// Background starts the VM at a low CPU priority beside the other
+	// VMs (a standby restored in advance: it must not slow the VMs in
+	// use); Prioritizer's Foreground gives it a normal one. Drivers
+	// without a way to tell ignore it.
+	Background bool `json:",omitempty"`
 	// MonitorSocket, when set, is a second control socket, for a Follower's
 	// long-lived connection: QMPSocket serves one client at a time, and
 	// Quit and State must never wait behind a follower. At most 107 bytes.
@@ -225,6 +230,12 @@ type AccelProber interface {
 // one gets "".
 type CPUModeler interface {
 	DefaultCPUModel(accel string) string
+}
+
+// Prioritizer is implemented by drivers that honour Spec.Background:
+// Foreground gives the running VM (s, inst) a normal CPU priority.
+type Prioritizer interface {
+	Foreground(s Spec, inst Instance) error
 }
 
 // StateSaver is implemented by drivers that can save a running VM's

@@ -35,7 +35,30 @@ func cgroupName(s hypervisor.Spec) string { return "vm-" + firstNonEmpty(s.ID, s
 // cgroupLimits are a VM's limits: its memory plus QEMU's overhead, and
 // as many cores as it has vCPUs.
 func cgroupLimits(s hypervisor.Spec) cgroup.Limits {
-	return cgroup.Limits{MemoryBytes: int64(s.MemoryMiB+memOverheadMiB) << 20, MilliCPUs: s.CPUs * 1000}
+	l := cgroup.Limits{MemoryBytes: int64(s.MemoryMiB+memOverheadMiB) << 20, MilliCPUs: s.CPUs * 1000}
+	if s.Background {
+		l.CPUWeight = backgroundCPUWeight
+	}
+	return l
+}
+
+// backgroundCPUWeight is a Spec.Background VM's CPU weight: a tenth of a
+// normal VM's (cgroup.DefaultCPUWeight), so it runs on what the others
+// leave.
+const backgroundCPUWeight = cgroup.DefaultCPUWeight / 10
+
+var _ hypervisor.Prioritizer = (*Driver)(nil)
+
+// Foreground gives a VM started with Spec.Background a normal CPU weight
+// (hypervisor.Prioritizer); without cgroups there is nothing to change.
+func (d *Driver) Foreground(s hypervisor.Spec, inst hypervisor.Instance) error {
+	if d.cgroups == nil || !alive(inst) {
+		return nil
+	}
+	if err := d.cgroups.SetCPUWeight(cgroupName(s), cgroup.DefaultCPUWeight); err != nil {
+		return fmt.Errorf("vm %s: %w", vmName(s), err)
+	}
+	return nil
 }
 
 // egress says whether the VM's QEMU connects out for its guest: user-mode

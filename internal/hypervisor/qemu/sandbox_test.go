@@ -223,3 +223,16 @@ func TestCheckFence(t *testing.T) {
 		t.Errorf("tap: %v", err)
 	}
 }
+
+// A background VM (a standby) gets a tenth of a VM's CPU weight; others
+// leave the kernel's default.
+func TestCgroupLimitsBackground(t *testing.T) {
+	s := hypervisor.Spec{MemoryMiB: 256, CPUs: 1}
+	if l := cgroupLimits(s); l.CPUWeight != 0 || l.MilliCPUs != 1000 {
+		t.Fatalf("limits %+v", l)
+	}
+	s.Background = true
+	if l := cgroupLimits(s); l.CPUWeight != 10 {
+		t.Fatalf("background limits %+v", l)
+	}
+}
