@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/emberhq/ember/internal/client"
 	"github.com/emberhq/ember/internal/hypervisor"
 	"github.com/emberhq/ember/internal/kernel"
+	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
 	"github.com/emberhq/ember/internal/wire"
 )
@@ -83,6 +86,9 @@ func TestRestoreKeepsSavedCPUModel(t *testing.T) {
 	s2, err := td.store.GetSnapshot(ctx, "s2")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(td.vms.layout.SnapshotDir(s2.ID), layout.SnapDiskFile)); s2.DiskFormat != store.FormatRaw || err != nil {
+		t.Fatalf("a user snapshot's disk: format %q, flattened copy %v", s2.DiskFormat, err)
 	}
 	var cfg map[string]any
 	if err := json.Unmarshal(s2.Config, &cfg); err != nil || cfg["CPUModel"] != fakeTCGModel {
@@ -161,8 +167,35 @@ func TestWarmSnapshotByCPUModel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("warm snapshot %s not saved: %v", arat, err)
 	}
-	if sp := create("w2"); sp.Incoming == "" || sp.CPUModel != fakeTCGModel {
+	// Its disk is an overlay on the image file the first VM's disk is
+	// made on (the driver's SaveOverlay), not a flattened copy.
+	w1, err := td.store.GetVMByName(ctx, "w1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := td.vms.layout.SnapshotDir(old.ID)
+	overlay, _ := os.ReadFile(filepath.Join(dir, layout.SnapOverlayFile))
+	if _, err := os.Stat(filepath.Join(dir, layout.SnapDiskFile)); old.DiskFormat != store.FormatQcow2 || !os.IsNotExist(err) ||
+		!strings.HasPrefix(string(overlay), "overlay of "+specOf(w1).DiskBacking+" (raw)") {
+		t.Fatalf("warm snapshot disk: format %q, flattened copy %v, overlay %q", old.DiskFormat, err, overlay)
+	}
+	sp := create("w2")
+	if sp.Incoming == "" || sp.CPUModel != fakeTCGModel {
 		t.Fatalf("second create: incoming %q, cpu model %q, want a restore", sp.Incoming, sp.CPUModel)
+	}
+	if sp.DiskBacking != filepath.Join(dir, layout.SnapOverlayFile) || sp.DiskBackingFormat != store.FormatQcow2 {
+		t.Fatalf("restored vm's disk backs on %s (%s), want the warm overlay", sp.DiskBacking, sp.DiskBackingFormat)
+	}
+	vms, err := td.store.ListVMs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if users := td.vms.snapshotUsers(old, vms); !slices.Equal(users, []string{"w2"}) {
+		t.Fatalf("users of the warm snapshot: %v", users)
+	}
+	var listed []wire.Snapshot
+	if err := c.Call(ctx, wire.SnapshotList.Name, wire.SnapshotListParams{All: true}, &listed); err != nil || len(listed) != 1 || listed[0].SizeBytes == 0 {
+		t.Fatalf("snapshot ls --all: %v %+v", err, listed)
 	}
 
 	fake.setCPUModel("max")

@@ -86,7 +86,9 @@
 //     from a snapshot restores it (with the saved CPU model, Spec.CPUModel;
 //     a boot takes the driver's, cpuModel) and makes its guest a new machine, a
 //     tap guest reached with its TAP quarantined until it has taken its
-//     VM's own network; pruneWarm drops the warm snapshots no create
+//     VM's own network; an image's warm snapshot saves its disk as an
+//     overlay on the image file (snapDisk, the driver's SaveOverlay), a
+//     user's flattened, standalone; pruneWarm drops the warm snapshots no create
 //     would restore and bounds the rest per image, never one a VM's disk
 //     or a create in flight uses (snapshotHolds, a leaf lock; warmPruneMu,
 //     one prune at a time); standbys (standby.go, standbyPool, a leaf

@@ -501,6 +501,23 @@ func (f *fakeDriver) FlattenDisk(ctx context.Context, disk, backing, backingForm
 	return int64(len(b)), os.WriteFile(out, b, 0o644)
 }
 
+// SaveOverlay plays qemu-img convert -B: the "overlay" is the disk's
+// bytes under a marker naming its backing file and format.
+func (f *fakeDriver) SaveOverlay(ctx context.Context, disk, backing, backingFormat, out string) (int64, error) {
+	f.mu.Lock()
+	err := f.flattenErr
+	f.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	b, err := os.ReadFile(disk)
+	if err != nil {
+		return 0, err
+	}
+	b = append([]byte("overlay of "+backing+" ("+backingFormat+"): "), b...)
+	return int64(len(b)), os.WriteFile(out, b, 0o644)
+}
+
 type testDaemon struct {
 	*Daemon
 	drv    *fakeDriver

@@ -360,11 +360,21 @@ func wireImage(img store.Image) wire.Image {
 }
 
 // sweepImages runs the image service's sweep with the backing file of
-// every VM's disk.
+// every VM's disk and of every warm snapshot's (snapDisk: an overlay on
+// the image file its VM was made on).
 func (d *Daemon) sweepImages(ctx context.Context) error {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		return err
+	}
+	sns, err := d.store.ListSnapshots(ctx)
+	if err != nil {
+		return err
+	}
+	for _, sn := range sns {
+		if sn.DiskFormat == store.FormatQcow2 {
+			vms = append(vms, store.VM{Config: sn.Config}) // the saved VM's Spec
+		}
 	}
 	var backings []string
 	for _, vm := range vms {

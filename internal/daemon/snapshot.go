@@ -69,13 +69,15 @@ func (s *vmService) registerSnapshots(t methodTable) {
 
 // toWireSnapshot is sn as the wire shows it. Its size is what its files
 // take on the host's disk, as du counts (st_blocks): the saved disk is a
-// sparse copy, so its apparent size would overstate it.
+// sparse copy or a qcow2 of the VM's own clusters, so its apparent size
+// would overstate it.
 func (s *vmService) toWireSnapshot(ctx context.Context, sn store.Snapshot) wire.Snapshot {
 	w := wire.Snapshot{Name: sn.Name, ID: sn.ID, VM: sn.VMName, Image: sn.Image, CPUs: sn.CPUs, MemoryMiB: sn.MemoryMiB,
 		DiskBytes: sn.DiskBytes, Net: sn.NetMode, Accel: sn.Accel, Hypervisor: sn.Hypervisor, CreatedAt: sn.CreatedAt}
-	for _, f := range []string{layout.StateFile, layout.SnapDiskFile} {
+	disk, _ := s.snapDisk(sn)
+	for _, f := range []string{filepath.Join(s.layout.SnapshotDir(sn.ID), layout.StateFile), disk} {
 		var st syscall.Stat_t
-		if syscall.Stat(filepath.Join(s.layout.SnapshotDir(sn.ID), f), &st) == nil {
+		if syscall.Stat(f, &st) == nil {
 			w.SizeBytes += st.Blocks * 512
 		}
 	}
@@ -191,16 +193,48 @@ func (s *vmService) canSave() bool {
 	return ok && ok2 && ok3
 }
 
+// canSaveWarm reports whether the driver can make warm snapshots, whose
+// disk is an overlay on the image (hypervisor.DiskOverlaySaver).
+func (s *vmService) canSaveWarm() bool {
+	_, ok := s.driver.(hypervisor.DiskOverlaySaver)
+	return ok && s.canSave()
+}
+
+// snapDisk is sn's saved disk and its format (store.Snapshot
+// DiskFormat): a user's snapshot's is the VM's disk flattened
+// (layout.SnapDiskFile, raw), standalone since its image may be deleted
+// after; a warm one's only the VM's own clusters in a qcow2 whose header
+// names the image file (layout.SnapOverlayFile), which the image's
+// warm snapshots go with (pruneWarm) and which image rm keeps while a
+// VM made on one uses the image.
+func (s *vmService) snapDisk(sn store.Snapshot) (path, format string) {
+	if sn.DiskFormat == store.FormatQcow2 {
+		return filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapOverlayFile), store.FormatQcow2
+	}
+	return filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile), store.FormatRaw
+}
+
 // saveSnapshot saves vm's running process as snapshot name: the VM stops
 // while its state and disk are written and runs on after when resume,
 // its guest's clock set to the host's again over conn (nil: the pool's
-// connection; a boot passes its own, not pooled yet).
+// connection; a boot passes its own, not pooled yet). A warm snapshot's
+// disk (isWarm) is saved as an overlay on the VM's image (snapDisk), a
+// user's flattened.
 func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, resume bool, conn guestConn) (_ store.Snapshot, err error) {
 	saver, _ := s.driver.(hypervisor.StateSaver)
 	flattener, _ := s.driver.(hypervisor.DiskFlattener)
 	resumer, _ := s.driver.(hypervisor.Follower)
 	if saver == nil || flattener == nil || resumer == nil {
 		return store.Snapshot{}, fmt.Errorf("snapshot: the %s driver cannot save vms: %w", s.driver.Name(), hypervisor.ErrUnsupported)
+	}
+	saveDisk := flattener.FlattenDisk
+	diskFormat := store.FormatRaw
+	if isWarm(name) {
+		overlays, ok := s.driver.(hypervisor.DiskOverlaySaver)
+		if !ok {
+			return store.Snapshot{}, fmt.Errorf("warm snapshot: the %s driver cannot save a disk's overlay: %w", s.driver.Name(), hypervisor.ErrUnsupported)
+		}
+		saveDisk, diskFormat = overlays.SaveOverlay, store.FormatQcow2
 	}
 	spec := specOf(vm)
 	switch {
@@ -211,7 +245,8 @@ func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, 
 	}
 	sn := store.Snapshot{Name: name, ID: newID(), VMName: vm.Name, Image: vm.Image, Kernel: vm.Kernel,
 		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, NetMode: vm.NetMode, Accel: vm.Accel,
-		Hypervisor: s.hypervisorVersion(ctx), AgentHostKey: vm.AgentHostKey, Config: vm.Config, ImageConfig: vm.ImageConfig}
+		Hypervisor: s.hypervisorVersion(ctx), AgentHostKey: vm.AgentHostKey, Config: vm.Config, ImageConfig: vm.ImageConfig,
+		DiskFormat: diskFormat}
 	if img, ok, err := s.images.lookup(ctx, vm.Image); err == nil && ok {
 		sn.ImageID = img.ID
 	}
@@ -230,7 +265,8 @@ func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, 
 	if err == nil {
 		// The VM is stopped and its disk flushed: the disk as it is now
 		// goes with the saved memory.
-		_, err = flattener.FlattenDisk(ctx, spec.Disk, spec.DiskBacking, spec.DiskBackingFormat, filepath.Join(dir, layout.SnapDiskFile))
+		out, _ := s.snapDisk(sn)
+		_, err = saveDisk(ctx, spec.Disk, spec.DiskBacking, spec.DiskBackingFormat, out)
 	}
 	stopped := time.Since(began)
 	if resume {
@@ -486,7 +522,7 @@ func (s *vmService) restoreVM(ctx context.Context, p wire.SnapshotParams) (_ wir
 	if err != nil {
 		return wire.VM{}, fmt.Errorf("restore %s: %w", target.Name, err)
 	}
-	files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile), store.FormatRaw
+	files.Disk, files.DiskFormat = s.snapDisk(sn)
 	var why string
 	if files.Restore, why = s.restorePlan(ctx, sn, files, ""); files.Restore == nil {
 		return wire.VM{}, conflictf("vm %s cannot be restored to snapshot %s: %s", target.Name, sn.Name, why)
@@ -575,7 +611,7 @@ func isWarm(name string) bool { return strings.HasPrefix(name, warmPrefix) }
 // warmName is the warm snapshot a create of vm would use or save, "" when
 // warm images are off or the VM does not qualify.
 func (s *vmService) warmName(ctx context.Context, vm store.VM, files bootFiles, requestedDisk int64) string {
-	if !s.cfg.WarmImages || !s.canSave() || len(vm.Caps) > 0 || requestedDisk != 0 {
+	if !s.cfg.WarmImages || !s.canSaveWarm() || len(vm.Caps) > 0 || requestedDisk != 0 {
 		return ""
 	}
 	img, ok, err := s.images.lookup(ctx, vm.Image)
@@ -621,7 +657,7 @@ func (s *vmService) useWarm(ctx context.Context, op *createOp, vm store.VM, file
 	if err := s.store.TouchSnapshot(ctx, name, time.Now()); err != nil {
 		s.log.Warn("warm snapshot: its use not recorded", "snapshot", name, "err", err)
 	}
-	files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile), store.FormatRaw
+	files.Disk, files.DiskFormat = s.snapDisk(sn)
 	restore.What = "the warm snapshot of image " + vm.Image
 	files.Restore = restore
 	return release

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/emberhq/ember/internal/layout"
 	"github.com/emberhq/ember/internal/store"
 )
 
@@ -69,7 +67,7 @@ func (w *snapshotHolds) hold(name string) (release func()) {
 
 // snapshotUsers names the VMs among vms whose disks are made on sn's disk.
 func (s *vmService) snapshotUsers(sn store.Snapshot, vms []store.VM) []string {
-	disk := filepath.Join(s.layout.SnapshotDir(sn.ID), layout.SnapDiskFile)
+	disk, _ := s.snapDisk(sn)
 	var users []string
 	for _, vm := range vms {
 		if specOf(vm).DiskBacking == disk {

@@ -206,3 +206,32 @@ func TestPruneWarmAtStartWhenOff(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The start's image sweep keeps an image file a warm snapshot's disk
+// backs on (an overlay on it) even when no image row names it any more;
+// a user snapshot's disk is its own and keeps nothing.
+func TestImageSweepKeepsWarmSnapshotBacking(t *testing.T) {
+	td := openTestDaemon(t, "", newFakeDriver())
+	ctx := context.Background()
+	dir := td.vms.layout.ImagesDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	warmBase, userBase := filepath.Join(dir, "gone-warm.ext4"), filepath.Join(dir, "gone-user.ext4")
+	for i, c := range []struct{ base, name, format string }{{warmBase, warmPrefix + "abc", store.FormatQcow2}, {userBase, "mine", store.FormatRaw}} {
+		if err := os.WriteFile(c.base, []byte("image"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, _ := json.Marshal(hypervisor.Spec{DiskBacking: c.base, DiskBackingFormat: store.FormatRaw})
+		insertSnapshot(t, td, store.Snapshot{Name: c.name, ID: string(rune('a' + i)), Config: cfg, DiskFormat: c.format})
+	}
+	if err := td.Daemon.sweepImages(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(warmBase); err != nil {
+		t.Errorf("the image file under a warm snapshot was swept: %v", err)
+	}
+	if _, err := os.Stat(userBase); !os.IsNotExist(err) {
+		t.Errorf("an image file only a user snapshot was made on stays: %v", err)
+	}
+}

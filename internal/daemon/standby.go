@@ -345,7 +345,7 @@ func (s *vmService) fillStandby(ctx context.Context, sn store.Snapshot, key stri
 	if err != nil {
 		return nil, fmt.Errorf("prepare the restore of snapshot %s: %w", sn.Name, err)
 	}
-	files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(cur.ID), layout.SnapDiskFile), store.FormatRaw
+	files.Disk, files.DiskFormat = s.snapDisk(cur)
 	restore, why := s.restorePlan(ctx, cur, files, "")
 	if restore == nil {
 		return nil, fmt.Errorf("snapshot %s cannot be restored here: %s", sn.Name, why)

@@ -448,7 +448,7 @@ func (s *vmService) runCreate(op *createOp, vm store.VM, requestedDisk int64, sn
 	if snap != nil {
 		// The disk is made on the snapshot's copy, and the VM restores
 		// where the saved one stopped, unless it cannot here.
-		files.Disk, files.DiskFormat = filepath.Join(s.layout.SnapshotDir(snap.ID), layout.SnapDiskFile), store.FormatRaw
+		files.Disk, files.DiskFormat = s.snapDisk(*snap)
 		files.DiskBytes = snap.DiskBytes
 		files.Restore, coldWhy = s.restorePlan(ctx, *snap, files, coldWhy)
 		if files.Restore == nil {

@@ -38,8 +38,11 @@ const (
 	InitramfsDir = "initramfs"
 	SnapshotsDir = "snapshots" // one folder per snapshot, by ID
 	StateFile    = "state"     // a snapshot's saved memory and devices
-	SnapDiskFile = "disk.raw"  // a snapshot's disk, flattened
-	StandbyFile  = "standby"   // marks a VM folder as a standby's (no row names it)
+	SnapDiskFile = "disk.raw"  // a snapshot's disk, flattened (store.FormatRaw)
+	// SnapOverlayFile is a warm snapshot's disk: the VM's own clusters
+	// over the image file (store.FormatQcow2).
+	SnapOverlayFile = "disk.qcow2"
+	StandbyFile     = "standby" // marks a VM folder as a standby's (no row names it)
 )
 
 // The system daemon's runtime folder and socket: where a user without a

@@ -29,7 +29,8 @@
 //	snapshots  (name PK, id UNIQUE, vm_name, image, image_id, kernel, cpus,
 //	            memory_mib, disk_bytes, net_mode, accel, hypervisor,
 //	            agent_host_key, config JSON, image_config JSON, created_at,
-//	            used_at: when a create last restored it, 0013)
+//	            used_at: when a create last restored it, 0013,
+//	            disk_format: raw | qcow2, its saved disk's, 0014)
 //	           -- 0012: a VM's saved memory and disk, files in snapshots/<id>
 //
 // Conventions: every table is STRICT; times are INTEGER unix nanoseconds in

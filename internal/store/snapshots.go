@@ -27,10 +27,14 @@ type Snapshot struct {
 	ImageConfig  ImageConfig
 	CreatedAt    time.Time // zero: now
 	UsedAt       time.Time // when a create last restored it; zero: never (0013)
+	// DiskFormat is its saved disk's: FormatRaw (flattened, standalone;
+	// "" on insert) or FormatQcow2 (the VM's own clusters over the image
+	// file), 0014.
+	DiskFormat string
 }
 
 const snapshotColumns = `name, id, vm_name, image, image_id, kernel, cpus, memory_mib, disk_bytes,
-	net_mode, accel, hypervisor, agent_host_key, config, image_config, created_at, used_at`
+	net_mode, accel, hypervisor, agent_host_key, config, image_config, created_at, used_at, disk_format`
 
 func scanSnapshot(row scanner) (Snapshot, error) {
 	var s Snapshot
@@ -38,7 +42,7 @@ func scanSnapshot(row scanner) (Snapshot, error) {
 	var config string
 	var imageConfig sql.NullString
 	err := row.Scan(&s.Name, &s.ID, &s.VMName, &s.Image, &s.ImageID, &s.Kernel, &s.CPUs, &s.MemoryMiB, &s.DiskBytes,
-		&s.NetMode, &s.Accel, &s.Hypervisor, &s.AgentHostKey, &config, &imageConfig, &created, &used)
+		&s.NetMode, &s.Accel, &s.Hypervisor, &s.AgentHostKey, &config, &imageConfig, &created, &used, &s.DiskFormat)
 	if err != nil {
 		return s, err
 	}
@@ -60,9 +64,16 @@ func (o *ops) InsertSnapshot(ctx context.Context, s Snapshot) error {
 	if !json.Valid(s.Config) {
 		return fmt.Errorf("snapshot %s: its config is not JSON", s.Name)
 	}
-	_, err = o.w.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	switch s.DiskFormat {
+	case "":
+		s.DiskFormat = FormatRaw
+	case FormatRaw, FormatQcow2:
+	default:
+		return fmt.Errorf("snapshot %s: disk format %q: want %s or %s", s.Name, s.DiskFormat, FormatRaw, FormatQcow2)
+	}
+	_, err = o.w.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		s.Name, s.ID, s.VMName, s.Image, s.ImageID, s.Kernel, s.CPUs, s.MemoryMiB, s.DiskBytes,
-		s.NetMode, s.Accel, s.Hypervisor, s.AgentHostKey, string(s.Config), ic, toNanos(orNow(s.CreatedAt, o.now())), toNanos(s.UsedAt))
+		s.NetMode, s.Accel, s.Hypervisor, s.AgentHostKey, string(s.Config), ic, toNanos(orNow(s.CreatedAt, o.now())), toNanos(s.UsedAt), s.DiskFormat)
 	if isConstraint(err) {
 		return fmt.Errorf("snapshot %q: name already in use: %w", s.Name, ErrConflict)
 	}

@@ -541,7 +541,7 @@ func TestMigration0012Snapshots(t *testing.T) {
 	ctx := context.Background()
 	snap := Snapshot{Name: "s1", ID: "abc", VMName: "vm1", Image: "tiny", ImageID: "i1", Kernel: "k", CPUs: 1, MemoryMiB: 256,
 		DiskBytes: 1 << 30, NetMode: "user", Accel: "tcg", Hypervisor: "QEMU 7.2", AgentHostKey: "ssh-ed25519 AAAA",
-		Config: json.RawMessage(`{"ID":"x"}`), ImageConfig: ImageConfig{User: "app"}, CreatedAt: time.Unix(5, 0).UTC()}
+		Config: json.RawMessage(`{"ID":"x"}`), ImageConfig: ImageConfig{User: "app"}, CreatedAt: time.Unix(5, 0).UTC(), DiskFormat: FormatRaw}
 	if err := s.InsertSnapshot(ctx, snap); err != nil {
 		t.Fatal(err)
 	}
@@ -587,5 +587,26 @@ func TestMigration0013SnapshotUsedAt(t *testing.T) {
 	}
 	if err := s.TouchSnapshot(ctx, "nope", at); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("touch unknown: %v", err)
+	}
+}
+
+// 0014: a snapshot's disk format is raw unless recorded (every snapshot
+// before 0014 is flattened), qcow2 round-trips, and another is refused.
+func TestMigration0014SnapshotDiskFormat(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	for name, format := range map[string]string{"s1": "", "s2": FormatQcow2} {
+		if err := s.InsertSnapshot(ctx, Snapshot{Name: name, ID: name, Config: json.RawMessage(`{}`), DiskFormat: format}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := s.GetSnapshot(ctx, "s1"); err != nil || got.DiskFormat != FormatRaw {
+		t.Fatalf("unrecorded format: %q %v", got.DiskFormat, err)
+	}
+	if got, err := s.GetSnapshot(ctx, "s2"); err != nil || got.DiskFormat != FormatQcow2 {
+		t.Fatalf("qcow2: %q %v", got.DiskFormat, err)
+	}
+	if err := s.InsertSnapshot(ctx, Snapshot{Name: "s3", ID: "s3", Config: json.RawMessage(`{}`), DiskFormat: "vmdk"}); err == nil {
+		t.Fatal("a vmdk snapshot disk was recorded")
 	}
 }

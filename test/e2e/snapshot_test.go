@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -318,6 +319,7 @@ func TestWarmImageRealVM(t *testing.T) {
 		len(all) != 1 || !strings.HasPrefix(all[0].Name, ".warm-") || all[0].Image != "tiny" || all[0].SizeBytes < 1<<20 {
 		t.Fatalf("snapshot ls --all --json:\n%s", out)
 	}
+	checkWarmOverlay(t, e, all[0])
 	// A restored VM's next start boots its own disk, made on the warm
 	// snapshot's.
 	e.must("exec", "w2", "--", "sh", "-c", "echo w2-data > /root/mine && sync")
@@ -342,6 +344,11 @@ func TestWarmImageRealVM(t *testing.T) {
 	// files too) once no VM's disk is made on them.
 	if n := warmSnapshotFiles(t, e); n != 2 {
 		t.Fatalf("%d warm snapshot folders, want 2 (256 and 320 MiB)", n)
+	}
+	// The image stays while a VM made on its warm snapshot (so on its
+	// file) is there, forced or not.
+	if _, errOut, code := e.run("image", "rm", "--force", "tiny"); code == 0 || !strings.Contains(errOut, "in use") {
+		t.Fatalf("image rm --force of an image in use: exit %d: %s", code, errOut)
 	}
 	e.must("rm", "-f", "w1", "w2", "w3", "w4")
 	e.must("image", "rm", "tiny")
@@ -399,6 +406,39 @@ func TestWarmSnapshotsPrunedAtStartRealVM(t *testing.T) {
 		t.Fatalf("snapshot ls: %s", out)
 	}
 	e.must("snapshot", "rm", "mine")
+}
+
+// checkWarmOverlay checks that warm snapshot sn's disk is a qcow2
+// backed by its image's file (path and format in its header), and takes
+// far less of the host's disk than the image's file.
+func checkWarmOverlay(t *testing.T, e *env, sn wire.Snapshot) {
+	t.Helper()
+	img := e.imageOf(sn.Image)
+	disk := filepath.Join(e.home, "state", "snapshots", sn.ID, "disk.qcow2")
+	d, err := qemu.New(qemu.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := d.Info(context.Background(), disk, "qcow2")
+	if err != nil {
+		t.Fatalf("warm snapshot disk: %v", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(img.Path, &st); err != nil {
+		t.Fatal(err)
+	}
+	imgUsed := st.Blocks * 512
+	t.Logf("warm snapshot disk: %d bytes on the host (snapshot ls: %d with its memory); image %s: %d bytes (%d on the host)",
+		info.ActualSize, sn.SizeBytes, img.Name, img.SizeBytes, imgUsed)
+	if info.Format != "qcow2" || info.FullBackingFilename != img.Path || info.BackingFormat != img.Format {
+		t.Fatalf("warm snapshot disk %s: %+v, want a qcow2 backed by %s (%s)", disk, info, img.Path, img.Format)
+	}
+	if info.ActualSize <= 0 || info.ActualSize*4 > imgUsed {
+		t.Fatalf("warm snapshot disk takes %d bytes, the image %d: not much smaller", info.ActualSize, imgUsed)
+	}
+	if _, err := os.Stat(filepath.Join(e.home, "state", "snapshots", sn.ID, "disk.raw")); !os.IsNotExist(err) {
+		t.Fatalf("a flattened copy beside the warm overlay: %v", err)
+	}
 }
 
 // warmSnapshotFiles counts the snapshot folders in e's state (the warm
