@@ -71,16 +71,23 @@ type standbyPool struct {
 	// mu guards the fields that follow.
 	mu      sync.Mutex
 	ready   []*standby
-	filling map[string]*standbyFill // by snapshot ID
+	filling map[string]*standbyFill // by snapshot ID and key (fillKey)
 	gone    map[string]bool         // snapshot IDs removed: none of theirs is kept again
 	closed  bool                    // the daemon closes: none is kept again
 }
 
-// standbyFill is the fill of one snapshot's pool, in flight.
+// standbyFill is the fill of one snapshot's pool for one key, in
+// flight.
 type standbyFill struct {
+	snapID string
 	cancel context.CancelFunc
 	done   chan struct{}
 }
+
+// fillKey names the fill of snapshot id's standbys for key: a snapshot
+// may serve creates of two keys (a warm one named with --snapshot), each
+// with its own standbys.
+func fillKey(id, key string) string { return id + "\x00" + key }
 
 // claim takes a ready standby for key; nil when there is none.
 func (p *standbyPool) claim(key string) *standby {
@@ -95,13 +102,13 @@ func (p *standbyPool) claim(key string) *standby {
 	return nil
 }
 
-// count is how many standbys of snapshot id are ready.
-func (p *standbyPool) count(id string) int {
+// count is how many standbys of snapshot id for key are ready.
+func (p *standbyPool) count(id, key string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
 	for _, sb := range p.ready {
-		if sb.snap.ID == id {
+		if sb.snap.ID == id && sb.key == key {
 			n++
 		}
 	}
@@ -115,28 +122,29 @@ func (p *standbyPool) size() int {
 	return len(p.ready)
 }
 
-// beginFill registers a fill of snapshot id's pool on base's lifetime;
-// false when one runs already, the snapshot is gone or the daemon closes.
-func (p *standbyPool) beginFill(base context.Context, id string) (context.Context, *standbyFill, bool) {
+// beginFill registers a fill of snapshot id's pool for key on base's
+// lifetime; false when one runs already, the snapshot is gone or the
+// daemon closes.
+func (p *standbyPool) beginFill(base context.Context, id, key string) (context.Context, *standbyFill, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.gone[id] || p.filling[id] != nil {
+	if p.closed || p.gone[id] || p.filling[fillKey(id, key)] != nil {
 		return nil, nil, false
 	}
 	ctx, cancel := context.WithCancel(base)
-	f := &standbyFill{cancel: cancel, done: make(chan struct{})}
+	f := &standbyFill{snapID: id, cancel: cancel, done: make(chan struct{})}
 	if p.filling == nil {
 		p.filling = map[string]*standbyFill{}
 	}
-	p.filling[id] = f
+	p.filling[fillKey(id, key)] = f
 	return ctx, f, true
 }
 
-// endFill ends fill f of snapshot id.
-func (p *standbyPool) endFill(id string, f *standbyFill) {
+// endFill ends fill f of snapshot id for key.
+func (p *standbyPool) endFill(id, key string, f *standbyFill) {
 	p.mu.Lock()
-	if p.filling[id] == f {
-		delete(p.filling, id)
+	if p.filling[fillKey(id, key)] == f {
+		delete(p.filling, fillKey(id, key))
 	}
 	p.mu.Unlock()
 	f.cancel()
@@ -156,8 +164,8 @@ func (p *standbyPool) add(sb *standby) bool {
 }
 
 // takeSnapshot marks snapshot id gone and hands out its ready standbys
-// and its fill in flight (nil if none).
-func (p *standbyPool) takeSnapshot(id string) ([]*standby, *standbyFill) {
+// and its fills in flight.
+func (p *standbyPool) takeSnapshot(id string) ([]*standby, []*standbyFill) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.gone == nil {
@@ -173,7 +181,13 @@ func (p *standbyPool) takeSnapshot(id string) ([]*standby, *standbyFill) {
 		}
 	}
 	p.ready = kept
-	return taken, p.filling[id]
+	var fills []*standbyFill
+	for _, f := range p.filling {
+		if f.snapID == id {
+			fills = append(fills, f)
+		}
+	}
+	return taken, fills
 }
 
 // takeAll closes the pool and hands out every ready standby.
@@ -249,10 +263,10 @@ func (s *vmService) discardStandby(sb *standby) {
 // discardStandbys discards snapshot id's standbys, the one a fill in
 // flight makes too, and keeps none of its again: the snapshot goes.
 func (s *vmService) discardStandbys(id string) {
-	taken, fill := s.standbys.takeSnapshot(id)
-	if fill != nil {
-		fill.cancel()
-		<-fill.done // its standby, if it made one, it discarded itself
+	taken, fills := s.standbys.takeSnapshot(id)
+	for _, f := range fills {
+		f.cancel()
+		<-f.done // its standby, if it made one, it discarded itself
 	}
 	for _, sb := range taken {
 		s.log.Info("standby vm discarded: its snapshot goes", "snapshot", sb.snap.Name, "id", sb.vm.ID)
@@ -285,21 +299,21 @@ func (s *vmService) closeStandbys() {
 	}
 }
 
-// refillStandbys fills snapshot sn's pool up to standby_vms in the
-// background, on the daemon's lifetime; key is the creates its standbys
-// serve. Nothing happens while a fill of sn runs.
+// refillStandbys fills snapshot sn's pool for key (the creates its
+// standbys serve) up to standby_vms in the background, on the daemon's
+// lifetime. Nothing happens while such a fill runs.
 func (s *vmService) refillStandbys(sn store.Snapshot, key string) {
 	want := s.cfg.StandbyVMs
-	if want == 0 || key == "" || s.standbys.count(sn.ID) >= want {
+	if want == 0 || key == "" || s.standbys.count(sn.ID, key) >= want {
 		return
 	}
-	ctx, fill, ok := s.standbys.beginFill(s.base, sn.ID)
+	ctx, fill, ok := s.standbys.beginFill(s.base, sn.ID, key)
 	if !ok {
 		return
 	}
 	goSafe(s.background, s.log, "standby fill of snapshot "+sn.Name, nil, func() {
-		defer s.standbys.endFill(sn.ID, fill) // also on a panic
-		for s.standbys.count(sn.ID) < want {
+		defer s.standbys.endFill(sn.ID, key, fill) // also on a panic
+		for s.standbys.count(sn.ID, key) < want {
 			if !s.standbys.acquire(ctx) {
 				return
 			}
