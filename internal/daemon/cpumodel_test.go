@@ -137,7 +137,7 @@ func TestRestoreKeepsSavedCPUModel(t *testing.T) {
 // another model a create boots and saves a new one, restores that one
 // after, and the one saved with the old model is pruned as stale.
 func TestWarmSnapshotByCPUModel(t *testing.T) {
-	td, fake, c := cpuDaemon(t, "warm_images = true\n")
+	td, fake, c := cpuDaemon(t, "") // warm images are on by default
 	ctx := context.Background()
 	if err := td.store.PutImage(ctx, store.Image{Name: "img1", Kind: store.ImageRegistered, Path: filepath.Join(td.home, "img1.ext4"), Format: store.FormatRaw}); err != nil {
 		t.Fatal(err)

@@ -28,7 +28,7 @@ const (
 )
 
 // accessConfig keeps these daemons from probing KVM at start.
-const accessConfig = "accel = \"tcg\"\n"
+const accessConfig = "accel = \"tcg\"\nwarm_images = false\n"
 
 // needRoot skips unless the test can act as other users.
 func needRoot(t *testing.T) {

@@ -97,8 +97,20 @@ type env struct {
 
 // e2eConfig is every e2e daemon's config unless a test gives its own:
 // TCG without a probe, so VMs boot the same way on every host and no test
-// waits for a KVM probe (accel_test.go covers "auto").
+// waits for a KVM probe (accel_test.go covers "auto"). Every e2e daemon
+// also gets warm_images = false unless its config sets it (pinColdBoots).
 const e2eConfig = "accel = \"tcg\"\n"
+
+// pinColdBoots puts warm_images = false first in config unless config
+// sets warm_images itself: warm images are on by default, and a test
+// checks cold boots unless it asks for warm images (`e2eConfig +
+// "warm_images = true\n"`), so e2eConfig cannot hold the key.
+func pinColdBoots(config string) string {
+	if strings.Contains(config, "warm_images") {
+		return config
+	}
+	return "warm_images = false\n" + config
+}
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
@@ -125,6 +137,7 @@ func newEnvWith(t *testing.T, config string, daemonEnv []string) *env {
 	if err := os.Symlink(kernelDir, filepath.Join(kdir, filepath.Base(kernelDir))); err != nil {
 		t.Fatal(err)
 	}
+	config = pinColdBoots(config)
 	if !strings.Contains(config, "builtin_image_cache") {
 		// First: a key after a [table] header would belong to the table.
 		config = fmt.Sprintf("builtin_image_cache = %q\n", imageCache) + config

@@ -91,6 +91,7 @@ func newNSEnv(t *testing.T, config string) *nsEnv {
 	if !strings.Contains(config, "accel") {
 		config = e2eConfig + config
 	}
+	config = pinColdBoots(config)
 	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -378,7 +378,7 @@ func TestWarmSnapshotsPrunedAtStartRealVM(t *testing.T) {
 	restartWith := func(config, wantLog string) {
 		t.Helper()
 		e.stopDaemon(syscall.SIGTERM)
-		if err := os.WriteFile(filepath.Join(e.home, "config.toml"), []byte(fmt.Sprintf("builtin_image_cache = %q\n", imageCache)+config), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(e.home, "config.toml"), []byte(fmt.Sprintf("builtin_image_cache = %q\n", imageCache)+pinColdBoots(config)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		e.startDaemon()
