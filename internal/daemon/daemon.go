@@ -187,6 +187,7 @@ func Open(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.images.sweepPromoteLeftovers()
 	d.vms.sweepSnapshotLeftovers(ctx)
 	d.vms.sweepStandbys(ctx)
+	d.vms.keepStandbysFresh()
 	if err := d.vms.reattach(ctx); err != nil {
 		return nil, err
 	}

@@ -31,42 +31,58 @@ import (
 // to the host's (setGuestClock): stepped, as a restored VM's is, before
 // the resume answers.
 
-// ownStops are the VMs that a request of this daemon has stopped and will
-// run again or record paused itself: a snapshot's save (from the stop to
-// the resume) and a pause (from the stop to its record). A follower that
-// reconnects meanwhile finds such a VM stopped while the store says
-// running, as after a killed daemon; vmHeld must leave it alone (resumed
-// mid-save, the VM would write its disk while it is copied).
+// ownStops are the VMs that a request of this daemon is stopping or
+// running again: a pause (from its check to its record), a resume (to its
+// record), a snapshot's save (from its check to the resume). One request
+// at a time per VM: each takes its VM here in the same critical section
+// as its check of the VM's state (under the VM lock), and a second one
+// is told busy, so a resume cannot cont a VM in the middle of its save
+// (its disk written while it is copied) and a save cannot resume a VM
+// paused since it looked. A follower that reconnects meanwhile finds
+// such a VM stopped while the store says running, as after a killed
+// daemon; vmHeld leaves it to the request.
 type ownStops struct {
 	mu sync.Mutex // a leaf
-	n  map[string]int
+	m  map[string]bool
 }
 
-// hold marks VM id stopped by the caller until release.
-func (o *ownStops) hold(id string) (release func()) {
+// take marks VM id as the caller's until release; false when another
+// request has it. Called under the VM's lock.
+func (o *ownStops) take(id string) (release func(), ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.n == nil {
-		o.n = map[string]int{}
+	if o.m[id] {
+		return nil, false
 	}
-	o.n[id]++
+	if o.m == nil {
+		o.m = map[string]bool{}
+	}
+	o.m[id] = true
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			o.mu.Lock()
 			defer o.mu.Unlock()
-			if o.n[id]--; o.n[id] <= 0 {
-				delete(o.n, id)
-			}
+			delete(o.m, id)
 		})
-	}
+	}, true
 }
 
-// held reports whether a request holds VM id stopped.
+// held reports whether a request has VM id.
 func (o *ownStops) held(id string) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.n[id] > 0
+	return o.m[id]
+}
+
+// takeStop is ownStops.take for vm, as a busy error when another request
+// has it; release is a no-op then.
+func (s *vmService) takeStop(vm *store.VM) (release func(), err error) {
+	release, ok := s.ownStops.take(vm.ID)
+	if !ok {
+		return func() {}, wire.Errorf(wire.CodeBusy, "vm %s is being paused, resumed or snapshotted; try again when that finishes", vm.Name)
+	}
+	return release, nil
 }
 
 // userPaused reports whether vm was paused on request (ember pause), not
@@ -84,19 +100,24 @@ func pausedWhy(vm store.VM) string {
 }
 
 // runningOrPaused is the entry check pause and resume share: VM ref as
-// it is now, refused as busy in the middle of another change and as not
-// running unless it runs or is paused. Only the check holds the VM lock;
-// the hypervisor is asked after it.
-func (s *vmService) runningOrPaused(ctx context.Context, ref string) (store.VM, error) {
-	return s.withVMLockByRef(ctx, ref, func(vm *store.VM) error {
+// it is now, refused as busy in the middle of another change (or of
+// another pause, resume or save: ownStops, taken here until release) and
+// as not running unless it runs or is paused. Only the check holds the
+// VM lock; the hypervisor is asked after it.
+func (s *vmService) runningOrPaused(ctx context.Context, ref string) (_ store.VM, release func(), err error) {
+	release = func() {}
+	vm, err := s.withVMLockByRef(ctx, ref, func(vm *store.VM) error {
 		if transitional(vm.State) {
 			return busy(vm)
 		}
 		if vm.State != wire.StateRunning && vm.State != wire.StatePaused {
 			return s.notRunning(*vm)
 		}
-		return nil
+		var err error
+		release, err = s.takeStop(vm)
+		return err
 	})
+	return vm, release, err
 }
 
 // pauseVM stops a running VM's vCPUs. A VM already paused is left so.
@@ -108,7 +129,8 @@ func (s *vmService) pauseVM(ctx context.Context, p wire.RefParams) (wire.VM, err
 	if !ok {
 		return wire.VM{}, fmt.Errorf("pause: the %s driver cannot pause vms: %w", s.driver.Name(), hypervisor.ErrUnsupported)
 	}
-	vm, err := s.runningOrPaused(ctx, p.Ref)
+	vm, release, err := s.runningOrPaused(ctx, p.Ref)
+	defer release() // once it is recorded paused
 	if err != nil {
 		return wire.VM{}, err
 	}
@@ -116,7 +138,6 @@ func (s *vmService) pauseVM(ctx context.Context, p wire.RefParams) (wire.VM, err
 		return s.toWireVM(vm), nil
 	}
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
-	defer s.ownStops.hold(vm.ID)() // until it is recorded paused
 	if err := pd.Pause(ctx, specOf(vm), inst); err != nil {
 		return wire.VM{}, fmt.Errorf("pause vm %s: %w", vm.Name, err)
 	}
@@ -137,7 +158,8 @@ func (s *vmService) pauseVM(ctx context.Context, p wire.RefParams) (wire.VM, err
 // left so. A VM paused on a disk error resumes as `start` resumes it,
 // once its disk has room.
 func (s *vmService) resumeRequested(ctx context.Context, p wire.RefParams) (wire.VM, error) {
-	vm, err := s.runningOrPaused(ctx, p.Ref)
+	vm, release, err := s.runningOrPaused(ctx, p.Ref)
+	defer release()
 	if err != nil {
 		return wire.VM{}, err
 	}

@@ -111,12 +111,19 @@ func TestPauseResume(t *testing.T) {
 	}
 	// Stopped by a save or pause of this daemon in flight (the follower
 	// reconnected meanwhile): left to that request, not resumed.
-	release := td.vms.ownStops.hold(vm.ID)
+	release, ok := td.vms.ownStops.take(vm.ID)
+	if !ok {
+		t.Fatal("ownStops: the vm is taken already")
+	}
 	resumedBefore = drv.resumes(vm.PID)
 	drv.do(vm.PID, func(h hypervisor.FollowHandler) { h.Held() })
 	inFlight := make(chan struct{})
 	drv.do(vm.PID, func(h hypervisor.FollowHandler) { close(inFlight) }) // after the Held above
 	<-inFlight
+	// Meanwhile pause and resume are busy: one request at a time stops
+	// or runs a VM again.
+	wantCode(t, c.Call(ctx, wire.VMPause.Name, wire.RefParams{Ref: "p"}, nil), wire.CodeBusy)
+	wantCode(t, c.Call(ctx, wire.VMResume.Name, wire.RefParams{Ref: "p"}, nil), wire.CodeBusy)
 	release()
 	if n := drv.resumes(vm.PID); n != resumedBefore {
 		t.Fatalf("a vm stopped by a save in flight was resumed by its follower (%d resumes, was %d)", n, resumedBefore)

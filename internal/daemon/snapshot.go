@@ -137,6 +137,8 @@ func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (
 	if _, err := s.store.GetSnapshot(ctx, p.Name); err == nil {
 		return wire.Snapshot{}, conflictf("a snapshot named %q already exists", p.Name)
 	}
+	release := func() {}
+	defer func() { release() }() // once it runs again (or stays paused)
 	vm, err := s.withVMLockByRef(ctx, p.Ref, func(vm *store.VM) error {
 		switch {
 		case transitional(vm.State):
@@ -146,7 +148,11 @@ func (s *vmService) createSnapshot(ctx context.Context, p wire.SnapshotParams) (
 		case vm.State != wire.StateRunning && vm.State != wire.StatePaused:
 			return conflictf("vm %s is %s: only a running or paused vm can be snapshotted", vm.Name, vm.State)
 		}
-		return nil
+		// No pause or resume until the save is over: the state read
+		// here decides whether it runs on after.
+		var err error
+		release, err = s.takeStop(vm)
+		return err
 	})
 	if err != nil {
 		return wire.Snapshot{}, err
@@ -215,7 +221,8 @@ func (s *vmService) snapDisk(sn store.Snapshot) (path, format string) {
 }
 
 // saveSnapshot saves vm's running process as snapshot name: the VM stops
-// while its state and disk are written and runs on after when resume,
+// while its state and disk are written and runs on after when resume
+// (the caller has the VM in ownStops, so no pause or resume comes between),
 // its guest's clock set to the host's again over conn (nil: the pool's
 // connection; a boot passes its own, not pooled yet). A warm snapshot's
 // disk (isWarm) is saved as an overlay on the VM's image (snapDisk), a
@@ -259,8 +266,6 @@ func (s *vmService) saveSnapshot(ctx context.Context, vm store.VM, name string, 
 	undo.add("snapshot folder", func() { os.RemoveAll(dir) })
 	inst := hypervisor.Instance{PID: vm.PID, StartTime: vm.PIDStart}
 	began := time.Now()
-	held := s.ownStops.hold(vm.ID) // until it runs again below: not a follower's to resume
-	defer held()
 	err = saver.SaveState(ctx, spec, inst, filepath.Join(dir, layout.StateFile))
 	if err == nil {
 		// The VM is stopped and its disk flushed: the disk as it is now

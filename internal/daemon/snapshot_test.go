@@ -313,6 +313,18 @@ func TestSnapshotSaveSetsGuestClock(t *testing.T) {
 	if n := drv.clockSets(pid); n != 1 {
 		t.Fatalf("a cold boot set the guest's clock %d times, want 1 (as its agent answered: the RTC counts whole seconds)", n)
 	}
+	// While a pause, resume or save has the VM (ownStops), a snapshot
+	// is busy: its save could otherwise be resumed in the middle.
+	srcVM, err := td.store.GetVMByName(ctx, "src")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, ok := td.vms.ownStops.take(srcVM.ID)
+	if !ok {
+		t.Fatal("ownStops: the vm is taken already")
+	}
+	wantCode(t, c.Call(ctx, wire.SnapshotCreate.Name, wire.SnapshotParams{Ref: "src", Name: "s1"}, nil), wire.CodeBusy)
+	release()
 	before := time.Now()
 	if err := c.Call(ctx, wire.SnapshotCreate.Name, wire.SnapshotParams{Ref: "src", Name: "s1"}, nil); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -59,7 +60,22 @@ type standby struct {
 	inst hypervisor.Instance
 	dec  accelDecision
 	conn guestConn // to its agent, reidentified as standbyHostname
+	// readyAt is when it joined the pool (add): one left unclaimed for
+	// standbyMaxIdle goes (dropStaleStandbys).
+	readyAt time.Time
 }
+
+// standbyMaxIdle is how long a standby waits for a create before it is
+// discarded: a pool filled by a burst of creates does not hold its host
+// memory for the daemon's whole life.
+const standbyMaxIdle = 30 * time.Minute
+
+// maxStandbys bounds the standbys ready daemon-wide, whatever number of
+// snapshots their creates restored: the oldest goes for a new one.
+const maxStandbys = 8
+
+// standbyJanitorEvery is how often dropStaleStandbys looks.
+const standbyJanitorEvery = time.Minute
 
 // standbyPool holds the ready standbys and the fills in flight. Its mu
 // is a leaf, held only for its own bookkeeping.
@@ -152,15 +168,36 @@ func (p *standbyPool) endFill(id, key string, f *standbyFill) {
 }
 
 // add keeps sb ready; false (the caller discards it) once its snapshot
-// is gone or the daemon closes.
-func (p *standbyPool) add(sb *standby) bool {
+// is gone or the daemon closes. Past maxStandbys the oldest ready one is
+// handed back as evicted, for the caller to discard.
+func (p *standbyPool) add(sb *standby) (ok bool, evicted *standby) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed || p.gone[sb.snap.ID] {
-		return false
+		return false, nil
 	}
+	if len(p.ready) >= maxStandbys {
+		evicted, p.ready = p.ready[0], p.ready[1:]
+	}
+	sb.readyAt = time.Now()
 	p.ready = append(p.ready, sb)
-	return true
+	return true, evicted
+}
+
+// takeStale takes out the ready standbys that stale says must go.
+func (p *standbyPool) takeStale(stale func(*standby) bool) []*standby {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var taken, kept []*standby
+	for _, sb := range p.ready {
+		if stale(sb) {
+			taken = append(taken, sb)
+		} else {
+			kept = append(kept, sb)
+		}
+	}
+	p.ready = kept
+	return taken
 }
 
 // takeSnapshot marks snapshot id gone and hands out its ready standbys
@@ -299,12 +336,58 @@ func (s *vmService) closeStandbys() {
 	}
 }
 
+// dropStaleStandbys discards the ready standbys whose QEMU exited (a
+// guest that panicked or powered off; the OOM killer) or that waited
+// longer than standbyMaxIdle for a create.
+func (s *vmService) dropStaleStandbys() {
+	now := time.Now()
+	why := map[*standby]string{}
+	for _, sb := range s.standbys.takeStale(func(sb *standby) bool {
+		switch {
+		case !s.driver.Alive(sb.inst):
+			why[sb] = "its hypervisor process exited"
+		case now.Sub(sb.readyAt) > standbyMaxIdle:
+			why[sb] = "no create claimed it in " + standbyMaxIdle.String()
+		default:
+			return false
+		}
+		return true
+	}) {
+		s.log.Info("standby vm discarded", "snapshot", sb.snap.Name, "id", sb.vm.ID, "why", why[sb])
+		s.discardStandby(sb)
+	}
+}
+
+// keepStandbysFresh runs dropStaleStandbys every standbyJanitorEvery
+// until the daemon's base context ends (only with standby_vms on).
+func (s *vmService) keepStandbysFresh() {
+	if s.cfg.StandbyVMs == 0 {
+		return
+	}
+	goSafe(s.background, s.log, "standby janitor", nil, func() {
+		t := time.NewTicker(standbyJanitorEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.base.Done():
+				return
+			case <-t.C:
+				s.dropStaleStandbys()
+			}
+		}
+	})
+}
+
 // refillStandbys fills snapshot sn's pool for key (the creates its
 // standbys serve) up to standby_vms in the background, on the daemon's
 // lifetime. Nothing happens while such a fill runs.
 func (s *vmService) refillStandbys(sn store.Snapshot, key string) {
 	want := s.cfg.StandbyVMs
-	if want == 0 || key == "" || s.standbys.count(sn.ID, key) >= want {
+	if want == 0 || key == "" {
+		return
+	}
+	s.dropStaleStandbys() // a dead one counts no more
+	if s.standbys.count(sn.ID, key) >= want {
 		return
 	}
 	ctx, fill, ok := s.standbys.beginFill(s.base, sn.ID, key)
@@ -327,7 +410,12 @@ func (s *vmService) refillStandbys(sn store.Snapshot, key string) {
 				}
 				return
 			}
-			if !s.standbys.add(sb) {
+			ok, evicted := s.standbys.add(sb)
+			if evicted != nil {
+				s.log.Info("standby vm discarded: the daemon keeps at most "+strconv.Itoa(maxStandbys), "snapshot", evicted.snap.Name, "id", evicted.vm.ID)
+				s.discardStandby(evicted)
+			}
+			if !ok {
 				s.discardStandby(sb)
 				return
 			}

@@ -378,3 +378,80 @@ func TestImageRemoveDiscardsStandbys(t *testing.T) {
 	}
 	wantVMFolders(t, td)
 }
+
+// A create that fails before it used its claimed standby (its name is
+// taken) puts the standby back: the next create still finds it.
+func TestStandbyBackToPoolOnNameConflict(t *testing.T) {
+	td, c, _ := standbyDaemon(t, 1)
+	sb := oneStandby(t, td, c)
+	var op wire.Operation
+	err := c.Call(context.Background(), wire.VMCreate.Name, wire.CreateVMParams{Name: "v1", Snapshot: "s1"}, &op)
+	wantCode(t, err, wire.CodeConflict)
+	ready := standbysSettled(t, td)
+	if len(ready) != 1 || ready[0] != sb || !td.drv.Alive(sb.inst) {
+		t.Fatalf("after a name conflict: standbys %v (had %s), alive %v", ready, sb.vm.ID, td.drv.Alive(sb.inst))
+	}
+	if _, log := createLog(t, c, wire.CreateVMParams{Name: "v2", Snapshot: "s1"}); log != "restoring snapshot s1, not booting (a standby restored in advance)" {
+		t.Fatalf("the next create's log %q", log)
+	}
+}
+
+// A standby whose QEMU exited, or that no create claimed for
+// standbyMaxIdle, is discarded by dropStaleStandbys (the janitor's
+// work): it no longer counts as ready, and nothing of it is left.
+func TestStandbyStaleDropped(t *testing.T) {
+	td, c, _ := standbyDaemon(t, 1)
+	ctx := context.Background()
+	sb := oneStandby(t, td, c)
+	td.vms.standbys.mu.Lock()
+	sb.readyAt = time.Now().Add(-standbyMaxIdle - time.Minute)
+	td.vms.standbys.mu.Unlock()
+	td.vms.dropStaleStandbys()
+	if n := td.vms.standbys.size(); n != 0 || td.drv.Alive(sb.inst) {
+		t.Fatalf("an idle standby past %s: %d ready, alive %v", standbyMaxIdle, n, td.drv.Alive(sb.inst))
+	}
+	v1, err := td.store.GetVMByName(ctx, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantVMFolders(t, td, v1.ID)
+
+	// A dead one: the next restoring create's refill does not count it.
+	if _, log := createLog(t, c, wire.CreateVMParams{Name: "v2", Snapshot: "s1"}); log != "restoring snapshot s1, not booting" {
+		t.Fatalf("create's log %q", log)
+	}
+	ready := standbysSettled(t, td)
+	if len(ready) != 1 {
+		t.Fatalf("standbys after a restore: %d", len(ready))
+	}
+	td.drv.mu.Lock()
+	delete(td.drv.alive, ready[0].inst.PID)
+	td.drv.mu.Unlock()
+	td.vms.dropStaleStandbys()
+	if n := td.vms.standbys.size(); n != 0 {
+		t.Fatalf("a dead standby still counts: %d ready", n)
+	}
+}
+
+// The pool keeps at most maxStandbys daemon-wide: a new one evicts the
+// oldest.
+func TestStandbyPoolCap(t *testing.T) {
+	var p standbyPool
+	var all []*standby
+	for i := 0; i <= maxStandbys; i++ {
+		sb := &standby{snap: store.Snapshot{ID: fmt.Sprintf("s%d", i)}}
+		all = append(all, sb)
+		ok, evicted := p.add(sb)
+		switch {
+		case !ok:
+			t.Fatalf("add %d refused", i)
+		case i < maxStandbys && evicted != nil:
+			t.Fatalf("add %d evicted %v under the cap", i, evicted.snap.ID)
+		case i == maxStandbys && evicted != all[0]:
+			t.Fatalf("add past the cap evicted %v, want the oldest", evicted)
+		}
+	}
+	if p.size() != maxStandbys {
+		t.Fatalf("%d ready, want %d", p.size(), maxStandbys)
+	}
+}

@@ -124,7 +124,7 @@ type vmService struct {
 	resets     guestResets   // recent guest resets per VM, to stop a reset loop (reboot.go)
 	followers  vmFollowers   // one per running VM: its console and disk-error pauses (follow.go)
 	holds      snapshotHolds // the snapshots creates and restores in flight use (snapshot_prune.go)
-	ownStops   ownStops      // the VMs a save or pause in flight stopped, which the follower leaves alone (pause.go)
+	ownStops   ownStops      // the VMs a pause, resume or save in flight has: one at a time, and the follower leaves them alone (pause.go)
 	standbys   standbyPool   // VMs restored in advance, which creates claim (standby.go)
 	// warmPruneMu: one pruneWarm at a time, over its own slow work.
 	warmPruneMu sync.Mutex
@@ -326,13 +326,24 @@ func (s *vmService) createVM(ctx context.Context, p wire.CreateVMParams) (_ wire
 	// what the create would restore, and discards it otherwise.
 	var sb *standby
 	if snap == nil || coldWhy == "" {
+		s.dropStaleStandbys() // not a dead one
 		if sb = s.standbys.claim(s.standbyKey(vm, snap, requestedDisk)); sb != nil {
 			vm.ID = sb.vm.ID
-			undo.add("standby", func() { s.discardStandby(sb) })
 		}
 	}
 	if err := s.recordNew(ctx, vm, nw); err != nil {
+		if sb != nil {
+			// Nothing of it was used (a name taken): back to the pool.
+			if ok, evicted := s.standbys.add(sb); !ok {
+				s.discardStandby(sb)
+			} else if evicted != nil {
+				s.discardStandby(evicted)
+			}
+		}
 		return wire.Operation{}, err
+	}
+	if sb != nil {
+		undo.add("standby", func() { s.discardStandby(sb) })
 	}
 	// From here the row owns the reservation: removing the VM frees both.
 	undo.add("vm record", func() { s.removeVM(context.Background(), vm.ID) })
@@ -620,7 +631,12 @@ func (s *vmService) bootVM(ctx context.Context, undo *undoStack, vm store.VM, fi
 				// creates that follow.
 				progress("saving the image's warm snapshot")
 				s.warmUp(bootCtx, vm, conn)
-				if _, werr := s.saveSnapshot(bootCtx, vm, files.SaveWarm, true, conn); werr != nil {
+				release, _ := s.ownStops.take(vm.ID) // a VM being created: no request has it
+				_, werr := s.saveSnapshot(bootCtx, vm, files.SaveWarm, true, conn)
+				if release != nil {
+					release()
+				}
+				if werr != nil {
 					s.log.Warn("warm snapshot not saved", "vm", vm.Name, "image", vm.Image, "err", werr)
 				} else {
 					s.pruneWarmLater("a new warm snapshot")
@@ -979,6 +995,8 @@ func transitional(state string) bool {
 // the next start works.
 func (s *vmService) startVM(ctx context.Context, ref string) (_ wire.VM, err error) {
 	paused := false
+	release := func() {}
+	defer func() { release() }()
 	vm, err := s.withVMLockByRef(ctx, ref, func(vm *store.VM) error {
 		if transitional(vm.State) {
 			return busy(vm)
@@ -987,7 +1005,10 @@ func (s *vmService) startVM(ctx context.Context, ref string) (_ wire.VM, err err
 			return conflictf("vm %s is already running", vm.Name)
 		}
 		if paused = vm.State == wire.StatePaused; paused {
-			return nil
+			// A resume: one at a time with pause and save (ownStops).
+			var err error
+			release, err = s.takeStop(vm)
+			return err
 		}
 		vm.State, vm.UpdatedAt = wire.StateStarting, time.Now().UTC()
 		return s.store.UpdateVM(ctx, *vm)

@@ -332,7 +332,8 @@ func (g *Guard) Refresh() error {
 // followRetry is how long Follow first waits before it subscribes again
 // after the kernel ended its subscription (a full socket buffer drops
 // it) or refused one; each failure in a row doubles it, up to
-// followRetryMax.
+// followRetryMax, and a subscription that lasted longer than that
+// starts it again.
 const (
 	followRetry    = time.Second
 	followRetryMax = time.Minute
@@ -351,6 +352,7 @@ func (g *Guard) Follow(ctx context.Context, onErr func(error)) {
 	for ctx.Err() == nil {
 		ch := make(chan netlink.AddrUpdate, 64)
 		done := make(chan struct{})
+		began := time.Now()
 		err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{ErrorCallback: func(err error) {
 			select {
 			case <-done: // the socket closed under its reader: not news
@@ -360,8 +362,21 @@ func (g *Guard) Follow(ctx context.Context, onErr func(error)) {
 		}})
 		if err != nil {
 			onErr(fmt.Errorf("loopback filter: follow the host's addresses: %w", err))
-		} else if g.follow(ctx, ch, onErr) {
-			wait = followRetry // it worked for a while
+			// The maps still take the addresses as they are now.
+			if err := g.Refresh(); err != nil {
+				onErr(err)
+			}
+		} else {
+			g.follow(ctx, ch, onErr)
+			if time.Since(began) > followRetryMax {
+				wait = followRetry // it worked for a while
+			}
+			// The library's reader may be blocked sending to ch:
+			// drained until it sees done and closes ch.
+			go func() {
+				for range ch {
+				}
+			}()
 		}
 		close(done)
 		select {
@@ -373,28 +388,27 @@ func (g *Guard) Follow(ctx context.Context, onErr func(error)) {
 }
 
 // follow refreshes the maps now and at each update on ch until ch
-// closes or ctx ends; it reports whether an update came.
-func (g *Guard) follow(ctx context.Context, ch <-chan netlink.AddrUpdate, onErr func(error)) (updated bool) {
+// closes or ctx ends.
+func (g *Guard) follow(ctx context.Context, ch <-chan netlink.AddrUpdate, onErr func(error)) {
 	for {
 		if err := g.Refresh(); err != nil {
 			onErr(err)
 		}
 		select {
 		case <-ctx.Done():
-			return updated
+			return
 		case _, ok := <-ch:
 			if !ok {
-				return updated
+				return
 			}
 		}
-		updated = true
 		// A burst (an interface coming up with several addresses) is
 		// one refresh.
 		for drained := false; !drained; {
 			select {
 			case _, ok := <-ch:
 				if !ok {
-					return updated
+					return
 				}
 			default:
 				drained = true

@@ -115,6 +115,11 @@ func (d *Driver) Reattach(ctx context.Context, s hypervisor.Spec, inst hyperviso
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil // started unconfined: no cgroup, no filter to renew
 	}
+	// This daemon's maps start empty: filled before its programs replace
+	// the old ones, which knew the host's addresses.
+	if err := d.guard.Refresh(); err != nil {
+		return fmt.Errorf("re-attach the loopback filter of vm %s: the old one stays: %w", vmName(s), err)
+	}
 	if err := d.guard.Attach(dir); err != nil {
 		return fmt.Errorf("re-attach the loopback filter of vm %s: %w", vmName(s), err)
 	}
