@@ -107,7 +107,13 @@ func (s *vmService) promoteVM(ctx context.Context, p wire.ImagePromoteParams) (w
 		return wire.Image{}, fmt.Errorf("vm %s: the image under its disk is not known", vm.Name)
 	}
 
-	if err := s.checkPromoteSpace(vm, disk, backing); err != nil {
+	space := []string{disk, backing}
+	if backingFormat == store.FormatQcow2 && backing != parent.Path {
+		// A warm snapshot's disk (snapDisk): the image under it is
+		// flattened too.
+		space = append(space, parent.Path)
+	}
+	if err := s.checkPromoteSpace(vm, space...); err != nil {
 		return wire.Image{}, err
 	}
 
