@@ -23,7 +23,7 @@ type benchEnv struct {
 func startBench() (*benchEnv, error) { return startBenchWith("") }
 
 // startBenchWith is startBench with config as the daemon's config.toml,
-// with warm_images off unless config says otherwise.
+// with warm_images and standby_vms off unless config says otherwise.
 func startBenchWith(config string) (*benchEnv, error) {
 	root, _ := filepath.Abs(".")
 	e := &benchEnv{root: root, bin: filepath.Join(root, "bin", "ember")}
@@ -39,11 +39,14 @@ func startBenchWith(config string) (*benchEnv, error) {
 		e.close()
 		return nil, err
 	}
-	if !strings.Contains(config, "warm_images") {
-		// A create restores its image's warm snapshot by default; a
-		// section that times or measures boots asks for boots. First:
-		// a key after a [table] header would belong to the table.
-		config = "warm_images = false\n" + config
+	// A create restores its image's warm snapshot by default, and a
+	// standby restored in advance by default after that; a section that
+	// times or measures boots (or restores) asks for them. First: a key
+	// after a [table] header would belong to the table.
+	for _, pin := range []string{"standby_vms = 0\n", "warm_images = false\n"} {
+		if key, _, _ := strings.Cut(pin, " "); !strings.Contains(config, key) {
+			config = pin + config
+		}
 	}
 	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o644); err != nil {
 		e.close()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -534,6 +535,25 @@ func openTestDaemon(t *testing.T, home string, drv *fakeDriver) *testDaemon {
 	return openTestDaemonOn(t, home, drv, drv)
 }
 
+// pinNoStandbys puts standby_vms = 0 first in home's config unless it
+// names standby_vms: standbys are on by default, and a test that
+// restores checks its restores (and that nothing is left) unless it
+// asks for standbys (standbyDaemon).
+func pinNoStandbys(t *testing.T, home string) {
+	t.Helper()
+	file := filepath.Join(home, "config.toml")
+	b, err := os.ReadFile(file)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "standby_vms") {
+		return
+	}
+	if err := os.WriteFile(file, append([]byte("standby_vms = 0\n"), b...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // openTestDaemonOn opens a test daemon whose driver is outer, a wrapper
 // of drv that adds capabilities (saving state, following), from Open on.
 func openTestDaemonOn(t *testing.T, home string, drv *fakeDriver, outer hypervisor.Driver) *testDaemon {
@@ -541,6 +561,7 @@ func openTestDaemonOn(t *testing.T, home string, drv *fakeDriver, outer hypervis
 	if home == "" {
 		home = t.TempDir()
 	}
+	pinNoStandbys(t, home)
 	td := &testDaemon{drv: drv, home: home}
 	opts := Options{
 		Home:   home,

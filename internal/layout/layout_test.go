@@ -37,6 +37,11 @@ func TestConfigDefaultsAndFile(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(cfg, DefaultConfig()) {
 		t.Fatalf("missing file: %v %+v", err, cfg)
 	}
+	// Fast creates by default: an image's first boot is saved and
+	// restored, and one VM per restored snapshot waits ready.
+	if !cfg.WarmImages || cfg.StandbyVMs != 1 {
+		t.Fatalf("defaults: warm_images %v, standby_vms %d; want on and 1", cfg.WarmImages, cfg.StandbyVMs)
+	}
 	p := filepath.Join(dir, "c.toml")
 	os.WriteFile(p, []byte("accel = \"tcg\"\nboot_timeout = \"90s\"\ndefault_memory_mib = 512\nbuiltin_image_cache = \"/var/cache/ember\"\nstandby_vms = 2\n"), 0o644)
 	cfg, err = LoadConfig(p)

@@ -98,18 +98,23 @@ type env struct {
 // e2eConfig is every e2e daemon's config unless a test gives its own:
 // TCG without a probe, so VMs boot the same way on every host and no test
 // waits for a KVM probe (accel_test.go covers "auto"). Every e2e daemon
-// also gets warm_images = false unless its config sets it (pinColdBoots).
+// also gets warm_images = false and standby_vms = 0 unless its config
+// sets them (pinColdBoots).
 const e2eConfig = "accel = \"tcg\"\n"
 
-// pinColdBoots puts warm_images = false first in config unless config
-// sets warm_images itself: warm images are on by default, and a test
+// pinColdBoots puts warm_images = false (and standby_vms = 0) first in
+// config unless config sets them itself: warm images are on by default, and a test
 // checks cold boots unless it asks for warm images (`e2eConfig +
 // "warm_images = true\n"`), so e2eConfig cannot hold the key.
 func pinColdBoots(config string) string {
-	if strings.Contains(config, "warm_images") {
-		return config
+	// Standbys too (on by default): a test that restores checks its
+	// restores unless it asks for standbys.
+	for _, pin := range []string{"standby_vms = 0\n", "warm_images = false\n"} {
+		if key, _, _ := strings.Cut(pin, " "); !strings.Contains(config, key) {
+			config = pin + config
+		}
 	}
-	return "warm_images = false\n" + config
+	return config
 }
 
 func newEnv(t *testing.T) *env {
