@@ -207,7 +207,7 @@ func orphanCheck(ctx context.Context, lay layout.Layout) Check {
 	if len(orphans) == 0 {
 		msg := fmt.Sprintf("no QEMU process without its VM (%d of this layout's VMs running)", len(procs)-standbys)
 		if standbys > 0 {
-			msg += fmt.Sprintf("; %d standby VMs restored in advance", standbys)
+			msg += fmt.Sprintf("; %d standby %s restored in advance", standbys, map[bool]string{true: "VM", false: "VMs"}[standbys == 1])
 		}
 		return pass("orphans", msg)
 	}
